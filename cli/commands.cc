@@ -1,0 +1,166 @@
+#include "cli/commands.h"
+
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "coordinator/checkpoint.h"
+#include "coordinator/round_engine.h"
+#include "coordinator/run_directory.h"
+#include "core/config.h"
+#include "core/data/loaders.h"
+#include "core/data/png_reader.h"
+#include "core/models/models.h"
+#include "core/status_macros.h"
+#include "transport/local/local_transport.h"
+
+namespace reptile {
+namespace {
+
+RoundEngine* g_running_engine = nullptr;
+
+void StopOnSignal(int) {
+  if (g_running_engine != nullptr) g_running_engine->RequestStop();
+}
+
+void Log(const std::string& line) { std::cerr << line << std::endl; }
+
+// The config of a `train` run: the run directory's own when resuming without
+// --config, else the --config file with its overrides.
+absl::StatusOr<ExperimentConfig> TrainConfig(const CliOptions& options, const RunDirectory& dir) {
+  if (options.config_path.empty()) {
+    if (!dir.has_checkpoint()) return absl::InvalidArgumentError("train needs --config (or a run directory to resume)");
+    ASSIGN_OR_RETURN(TrainingState state, ReadCheckpoint(dir.checkpoint_path()));
+    ExperimentConfig config = state.config;
+    for (const std::string& o : options.overrides) RETURN_IF_ERROR(ApplyOverride(o, &config));
+    RETURN_IF_ERROR(ValidateConfig(config));
+    return config;
+  }
+  return LoadConfig(options.config_path, options.overrides);
+}
+
+absl::StatusOr<TrainingState> CheckpointFromOptions(const CliOptions& options) {
+  std::string path = options.checkpoint;
+  if (path.empty() && !options.run_dir.empty()) path = options.run_dir + "/checkpoint.bin";
+  if (path.empty()) return absl::InvalidArgumentError("give --checkpoint FILE or --run_dir DIR");
+  return ReadCheckpoint(path);
+}
+
+}  // namespace
+
+absl::Status TrainCommand(const CliOptions& options) {
+  if (options.run_dir.empty()) return absl::InvalidArgumentError("train needs --run_dir");
+  ASSIGN_OR_RETURN(std::unique_ptr<RunDirectory> dir, RunDirectory::Open(options.run_dir));
+  ASSIGN_OR_RETURN(ExperimentConfig config, TrainConfig(options, *dir));
+  if (options.workers > 0) config.mutable_runtime()->set_workers(options.workers);
+  Log(absl::StrCat("config ", ConfigSummary(config)));
+  ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(config.task()));
+  if (tasks->memory_bytes() > 0)
+    Log(absl::StrFormat("dataset: %d meta-training and %d meta-test classes, %.1f MB in memory",
+                        tasks->num_classes(false), tasks->num_classes(true), tasks->memory_bytes() / 1e6));
+  ASSIGN_OR_RETURN(std::unique_ptr<LocalTransport> transport,
+                   LocalTransport::Create(config, tasks, config.runtime().workers()));
+  RoundEngine::Options engine_options;
+  engine_options.run_dir = dir.get();
+  engine_options.log = Log;
+  ASSIGN_OR_RETURN(std::unique_ptr<RoundEngine> engine,
+                   RoundEngine::Create(config, *tasks, transport.get(), engine_options));
+  if (engine->round() > 0) Log(absl::StrCat("resuming ", options.run_dir, " at round ", engine->round()));
+  g_running_engine = engine.get();
+  std::signal(SIGINT, StopOnSignal);
+  std::signal(SIGTERM, StopOnSignal);
+  absl::Status status = engine->Run(options.stop_at_round);
+  g_running_engine = nullptr;
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  RETURN_IF_ERROR(status);
+  std::cout << absl::StrFormat("round %d  parameters sha256 %s  checkpoint %s\n", engine->round(),
+                               engine->Fingerprint(), dir->checkpoint_path());
+  return absl::OkStatus();
+}
+
+absl::Status EvalCommand(const CliOptions& options) {
+  ASSIGN_OR_RETURN(TrainingState state, CheckpointFromOptions(options));
+  ExperimentConfig config = state.config;
+  for (const std::string& o : options.overrides) RETURN_IF_ERROR(ApplyOverride(o, &config));
+  RETURN_IF_ERROR(ValidateConfig(config));
+  state.config = config;
+  const int episodes = options.episodes > 0 ? options.episodes : config.eval().final_episodes();
+  if (episodes <= 0) return absl::InvalidArgumentError("give --episodes N (eval.final_episodes is 0)");
+  ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(config.task()));
+  const int workers = options.workers > 0 ? options.workers : config.runtime().workers();
+  ASSIGN_OR_RETURN(std::unique_ptr<LocalTransport> transport, LocalTransport::Create(config, tasks, workers));
+  ASSIGN_OR_RETURN(std::unique_ptr<RoundEngine> engine,
+                   RoundEngine::Restore(std::move(state), *tasks, transport.get(), {}));
+  ASSIGN_OR_RETURN(EvaluationSummary summary, engine->Evaluate(episodes));
+  std::cout << absl::StrFormat("round %d: %s\n", engine->round(),
+                               FormatEvaluation(summary, config.task().family() != SINE));
+  return absl::OkStatus();
+}
+
+absl::Status AdaptCommand(const CliOptions& options) {
+  ASSIGN_OR_RETURN(TrainingState state, CheckpointFromOptions(options));
+  const ExperimentConfig& config = state.config;
+  const TaskConfig& task_config = config.task();
+  if (task_config.family() == SINE) return absl::InvalidArgumentError("adapt works on image classifiers, not sine");
+  if (options.support_dir.empty() || options.query_dir.empty())
+    return absl::InvalidArgumentError("adapt needs --support_dir (one folder of PNGs per label) and --query_dir");
+  const int channels = InputChannels(task_config);
+  const int size = task_config.image_size();
+  ASSIGN_OR_RETURN(ImageDataset support, LoadImageFolder(options.support_dir, channels, size));
+  if (support.num_classes() < 1 || support.num_classes() > task_config.ways())
+    return absl::InvalidArgumentError(absl::StrCat(options.support_dir, " has ", support.num_classes(),
+                                                   " label folders; this model tells apart up to ",
+                                                   task_config.ways()));
+  // Omniglot was trained on ink = 1 over a 0 background; user drawings, like
+  // the Omniglot files, are dark on light, so they are inverted the same way.
+  const bool invert = task_config.family() == OMNIGLOT;
+  auto fix = [invert](torch::Tensor x) { return invert ? 1.0 - x : x; };
+  TaskExamples task;
+  std::vector<torch::Tensor> xs, ys;
+  for (int c = 0; c < support.num_classes(); ++c) {
+    for (int i = 0; i < support.num_examples(c); ++i) {
+      torch::Tensor x = torch::empty({channels, size, size});
+      support.CopyExample(c, i, 0, x.data_ptr<float>());
+      xs.push_back(fix(x));
+      ys.push_back(torch::tensor(int64_t{c}));
+    }
+  }
+  task.support_x = torch::stack(xs);
+  task.support_y = torch::stack(ys);
+  std::vector<std::string> query_files;
+  for (const auto& entry : std::filesystem::directory_iterator(options.query_dir))
+    if (entry.path().extension() == ".png") query_files.push_back(entry.path().string());
+  std::sort(query_files.begin(), query_files.end());
+  if (query_files.empty()) return absl::InvalidArgumentError(absl::StrCat("no .png files in ", options.query_dir));
+  std::vector<torch::Tensor> queries;
+  for (const std::string& file : query_files) {
+    ASSIGN_OR_RETURN(DecodedImage image, ReadPngFile(file, channels));
+    DecodedImage resized = ResizeArea(image, size, size);
+    torch::Tensor x = torch::from_blob(resized.pixels.data(), {channels, size, size}, torch::kUInt8)
+                          .to(torch::kFloat32)
+                          .div_(255.0);
+    queries.push_back(fix(x));
+  }
+  task.query_x = torch::stack(queries);
+  ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, /*tasks=*/nullptr));
+  ASSIGN_OR_RETURN(std::vector<int64_t> labels, learner->AdaptAndPredict(state.meta, task));
+  for (size_t q = 0; q < query_files.size(); ++q)
+    std::cout << std::filesystem::path(query_files[q]).filename().string() << '\t'
+              << support.class_name(static_cast<int>(labels[q])) << '\n';
+  return absl::OkStatus();
+}
+
+absl::Status InspectCommand(const CliOptions& options) {
+  ASSIGN_OR_RETURN(TrainingState state, CheckpointFromOptions(options));
+  std::cout << absl::StrFormat("round %d of %d\nconfig %s\nparameters %d in %d tensors\nsha256 %s\n", state.round,
+                               state.config.outer().rounds(), ConfigSummary(state.config),
+                               state.meta.parameters.numel(), state.layout.size(),
+                               ParameterFingerprint(state.meta.parameters));
+  if (state.meta.adam_m.defined()) std::cout << absl::StrFormat("adam state carried, step %d\n", state.meta.adam_step);
+  return absl::OkStatus();
+}
+
+}  // namespace reptile

@@ -1,0 +1,33 @@
+// The `reptile` subcommands. Each returns a status; main() prints a failure
+// as one line and exits non-zero.
+#ifndef REPTILE_CLI_COMMANDS_H_
+#define REPTILE_CLI_COMMANDS_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace reptile {
+
+// Command-line options, read once from flags in main().
+struct CliOptions {
+  std::string config_path;
+  std::vector<std::string> overrides;  // "field.path=value"
+  std::string run_dir;
+  std::string checkpoint;
+  int workers = 0;  // 0: runtime.workers from the config
+  int episodes = 0; // 0: eval.final_episodes
+  int64_t stop_at_round = -1;
+  std::string support_dir;
+  std::string query_dir;
+};
+
+absl::Status TrainCommand(const CliOptions& options);
+absl::Status EvalCommand(const CliOptions& options);
+absl::Status AdaptCommand(const CliOptions& options);
+absl::Status InspectCommand(const CliOptions& options);
+
+}  // namespace reptile
+
+#endif  // REPTILE_CLI_COMMANDS_H_

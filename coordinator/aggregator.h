@@ -1,0 +1,44 @@
+// Combines one round's task results into the outer update. Results may arrive
+// in any order from any worker; they are summed in slot order in float64, so
+// the update is bitwise the same for any worker count and arrival order.
+// Each result is checked (shape, dtype, finite values) before it is accepted.
+// Not thread-safe.
+#ifndef REPTILE_COORDINATOR_AGGREGATOR_H_
+#define REPTILE_COORDINATOR_AGGREGATOR_H_
+
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "worker/learner.h"
+
+namespace reptile {
+
+class Aggregator {
+ public:
+  // `carry`: results also hold Adam moments, to be averaged into the state.
+  Aggregator(int64_t numel, int slots, bool carry);
+
+  // InvalidArgument for a malformed result or slot, AlreadyExists for a slot
+  // that already holds a result (the first one is kept).
+  absl::Status Add(int slot, TaskResult result);
+
+  bool complete() const;
+
+  // theta += step_size * mean(delta); in CARRY mode the moments become the
+  // mean of the workers' final moments and the step count advances by
+  // `inner_iterations`. FailedPrecondition unless complete().
+  absl::Status Apply(double step_size, int inner_iterations, MetaState* state) const;
+
+ private:
+  absl::Status CheckVector(const torch::Tensor& t, const char* what, int slot) const;
+  torch::Tensor SlotMean(torch::Tensor TaskResult::*field) const;
+
+  int64_t numel_;
+  bool carry_;
+  std::vector<std::optional<TaskResult>> slots_;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_COORDINATOR_AGGREGATOR_H_

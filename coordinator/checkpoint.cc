@@ -1,0 +1,120 @@
+#include "coordinator/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "core/fingerprint.h"
+#include "core/status_macros.h"
+
+namespace reptile {
+namespace {
+
+// File layout: kMagic, SHA-256 of the payload (32 bytes), payload (a
+// serialized Checkpoint message).
+constexpr char kMagic[8] = {'R', 'E', 'P', 'T', 'C', 'K', 'P', '1'};
+constexpr uint32_t kFormatVersion = 1;
+
+void ToFlat(const torch::Tensor& t, FlatTensor* out) {
+  torch::Tensor c = t.contiguous();
+  out->set_size(c.numel());
+  out->set_data(c.data_ptr<float>(), c.numel() * sizeof(float));
+}
+
+absl::StatusOr<torch::Tensor> FromFlat(const FlatTensor& flat, const std::string& what, const std::string& path) {
+  if (flat.size() < 0 || static_cast<size_t>(flat.size()) * sizeof(float) != flat.data().size())
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, ": ", what, " has ", flat.data().size(),
+                                            " bytes, not ", flat.size(), " floats"));
+  torch::Tensor t = torch::empty({flat.size()}, torch::kFloat32);
+  std::memcpy(t.data_ptr<float>(), flat.data().data(), flat.data().size());
+  return t;
+}
+
+absl::Status ErrnoError(const std::string& what, const std::string& path) {
+  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+}  // namespace
+
+std::string ParameterFingerprint(const torch::Tensor& parameters) {
+  torch::Tensor c = parameters.contiguous();
+  return ToHex(Sha256(c.data_ptr<float>(), c.numel() * sizeof(float)));
+}
+
+absl::Status WriteCheckpoint(const std::string& path, const TrainingState& state) {
+  Checkpoint message;
+  message.set_format_version(kFormatVersion);
+  *message.mutable_config() = state.config;
+  message.set_round(state.round);
+  for (const ParameterShape& shape : state.layout) *message.add_layout() = shape;
+  ToFlat(state.meta.parameters, message.mutable_parameters());
+  if (state.meta.adam_m.defined()) {
+    ToFlat(state.meta.adam_m, message.mutable_adam_m());
+    ToFlat(state.meta.adam_v, message.mutable_adam_v());
+    message.set_adam_step(state.meta.adam_step);
+  }
+  message.set_sampler_seed(state.config.seed());
+  std::string payload;
+  if (!message.SerializeToString(&payload)) return absl::InternalError("cannot serialize checkpoint");
+  const Sha256Digest digest = Sha256(payload.data(), payload.size());
+
+  const std::string temp = path + ".tmp";
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return ErrnoError("cannot create", temp);
+  bool ok = true;
+  for (const auto& [data, size] : {std::pair<const void*, size_t>{kMagic, sizeof(kMagic)},
+                                   {digest.data(), digest.size()},
+                                   {payload.data(), payload.size()}}) {
+    const char* p = static_cast<const char*>(data);
+    for (size_t left = size; ok && left > 0;) {
+      const ssize_t n = ::write(fd, p, left);
+      if (n < 0 && errno == EINTR) continue;
+      ok = n > 0;
+      p += n;
+      left -= n;
+    }
+  }
+  ok = ok && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok) return ErrnoError("cannot write", temp);
+  if (::rename(temp.c_str(), path.c_str()) != 0) return ErrnoError("cannot rename checkpoint to", path);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TrainingState> ReadCheckpoint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("no checkpoint at ", path));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string file = buffer.str();
+  constexpr size_t kHeader = sizeof(kMagic) + 32;
+  if (file.size() < kHeader || std::memcmp(file.data(), kMagic, sizeof(kMagic)) != 0)
+    return absl::DataLossError(absl::StrCat(path, " is not a reptile checkpoint (bad header)"));
+  const Sha256Digest digest = Sha256(file.data() + kHeader, file.size() - kHeader);
+  if (std::memcmp(digest.data(), file.data() + sizeof(kMagic), 32) != 0)
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, " is corrupt or truncated (checksum mismatch)"));
+  Checkpoint message;
+  if (!message.ParseFromArray(file.data() + kHeader, static_cast<int>(file.size() - kHeader)))
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, " does not parse"));
+  if (message.format_version() != kFormatVersion)
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, " has format version ", message.format_version(),
+                                            ", this build reads ", kFormatVersion));
+  TrainingState state;
+  state.config = message.config();
+  state.round = message.round();
+  state.layout.assign(message.layout().begin(), message.layout().end());
+  ASSIGN_OR_RETURN(state.meta.parameters, FromFlat(message.parameters(), "parameters", path));
+  if (message.has_adam_m()) {
+    ASSIGN_OR_RETURN(state.meta.adam_m, FromFlat(message.adam_m(), "adam_m", path));
+    ASSIGN_OR_RETURN(state.meta.adam_v, FromFlat(message.adam_v(), "adam_v", path));
+    state.meta.adam_step = message.adam_step();
+  }
+  return state;
+}
+
+}  // namespace reptile

@@ -1,0 +1,35 @@
+// Checkpoints: the config, the rounds completed and the meta-state, in one
+// file written atomically (temporary file, fsync, rename) and guarded by a
+// SHA-256 of its contents, so that a torn or corrupt file is reported as such
+// and never loaded. The sampler is counter-based, so the round is its state.
+#ifndef REPTILE_COORDINATOR_CHECKPOINT_H_
+#define REPTILE_COORDINATOR_CHECKPOINT_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "reptile.pb.h"
+#include "worker/learner.h"
+
+namespace reptile {
+
+struct TrainingState {
+  ExperimentConfig config;
+  int64_t round = 0;  // rounds completed
+  std::vector<ParameterShape> layout;
+  MetaState meta;
+};
+
+absl::Status WriteCheckpoint(const std::string& path, const TrainingState& state);
+
+// NotFound if there is no file; DataLoss if it is truncated, corrupt or not
+// a checkpoint; each message names the file.
+absl::StatusOr<TrainingState> ReadCheckpoint(const std::string& path);
+
+// SHA-256 (hex) of the parameters' fp32 bytes, in flat order.
+std::string ParameterFingerprint(const torch::Tensor& parameters);
+
+}  // namespace reptile
+
+#endif  // REPTILE_COORDINATOR_CHECKPOINT_H_

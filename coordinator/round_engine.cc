@@ -1,0 +1,198 @@
+#include "coordinator/round_engine.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "coordinator/aggregator.h"
+#include "core/config.h"
+#include "core/flat_parameters.h"
+#include "core/models/models.h"
+#include "core/status_macros.h"
+
+namespace reptile {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Mean and 95% confidence half-width (normal approximation) of `values`.
+std::pair<double, double> MeanCi95(const std::vector<double>& values) {
+  const double n = static_cast<double>(values.size());
+  if (values.empty()) return {0, 0};
+  double sum = 0;
+  for (double v : values) sum += v;
+  const double mean = sum / n;
+  if (values.size() < 2) return {mean, 0};
+  double squares = 0;
+  for (double v : values) squares += (v - mean) * (v - mean);
+  return {mean, 1.96 * std::sqrt(squares / (n - 1)) / std::sqrt(n)};
+}
+
+std::string FormatDuration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds);
+  if (s >= 3600) return absl::StrFormat("%dh%02dm", s / 3600, s / 60 % 60);
+  if (s >= 60) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%ds", s);
+}
+
+}  // namespace
+
+std::string FormatEvaluation(const EvaluationSummary& s, bool classification) {
+  if (!classification) return absl::StrFormat("query MSE %.4f ± %.4f over %d tasks", s.loss, s.loss_ci95, s.episodes);
+  return absl::StrFormat("accuracy %.2f%% ± %.2f (transductive), %.2f%% ± %.2f (non-transductive) over %d episodes",
+                         100 * s.accuracy, 100 * s.accuracy_ci95, 100 * s.accuracy_inductive,
+                         100 * s.accuracy_inductive_ci95, s.episodes);
+}
+
+RoundEngine::RoundEngine(const ExperimentConfig& config, const TaskSource& tasks, Transport* transport,
+                         Options options)
+    : config_(config),
+      sampler_(config, tasks.num_classes(false), tasks.num_classes(true)),
+      transport_(transport),
+      options_(std::move(options)) {}
+
+absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const ExperimentConfig& config,
+                                                                 const TaskSource& tasks, Transport* transport,
+                                                                 Options options) {
+  std::unique_ptr<RoundEngine> engine(new RoundEngine(config, tasks, transport, std::move(options)));
+  RunDirectory* dir = engine->options_.run_dir;
+  if (dir != nullptr && dir->has_checkpoint()) {
+    ASSIGN_OR_RETURN(engine->state_, ReadCheckpoint(dir->checkpoint_path()));
+    const std::string differences = ConfigDifferences(engine->state_.config, config);
+    if (!differences.empty())
+      return absl::FailedPreconditionError(absl::StrCat("run directory ", dir->path(),
+                                                        " holds a run with another config; use a new run "
+                                                        "directory or the same config. Differences: ",
+                                                        differences));
+    return engine;
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<MetaModel> model, MakeModel(config, config.seed()));
+  FlatParameters flat(*model);
+  engine->state_.config = config;
+  engine->state_.layout = flat.layout();
+  engine->state_.meta.parameters = flat.values().clone();
+  if (config.inner().optimizer() == ADAM && config.inner().state_mode() == CARRY) {
+    engine->state_.meta.adam_m = torch::zeros_like(flat.values());
+    engine->state_.meta.adam_v = torch::zeros_like(flat.values());
+  }
+  if (dir != nullptr) RETURN_IF_ERROR(dir->WriteConfig(config));
+  return engine;
+}
+
+absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Restore(TrainingState state, const TaskSource& tasks,
+                                                                  Transport* transport, Options options) {
+  RETURN_IF_ERROR(ValidateConfig(state.config));
+  std::unique_ptr<RoundEngine> engine(new RoundEngine(state.config, tasks, transport, std::move(options)));
+  engine->state_ = std::move(state);
+  return engine;
+}
+
+double RoundEngine::StepSize(int64_t round) const {
+  const double done = static_cast<double>(round) / static_cast<double>(config_.outer().rounds());
+  return (1.0 - done) * config_.outer().step_size() + done * config_.outer().step_size_final();
+}
+
+absl::Status RoundEngine::Record(const std::string& json) {
+  if (options_.run_dir == nullptr) return absl::OkStatus();
+  return options_.run_dir->AppendMetrics(json);
+}
+
+absl::Status RoundEngine::SaveCheckpoint() {
+  if (options_.run_dir == nullptr) return absl::OkStatus();
+  return WriteCheckpoint(options_.run_dir->checkpoint_path(), state_);
+}
+
+absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
+  const int64_t round = state_.round;
+  const std::vector<WorkItem> items = sampler_.TrainingItems(round);
+  ASSIGN_OR_RETURN(std::vector<TaskResult> results, transport_->Run(state_.meta, items));
+  const bool carry = state_.meta.adam_m.defined();
+  Aggregator aggregator(state_.meta.parameters.numel(), static_cast<int>(items.size()), carry);
+  double loss = 0;
+  int64_t correct = 0, predictions = 0;
+  for (size_t slot = 0; slot < results.size(); ++slot) {
+    loss += results[slot].loss / results.size();
+    correct += results[slot].correct;
+    predictions += results[slot].predictions;
+    RETURN_IF_ERROR(aggregator.Add(static_cast<int>(slot), std::move(results[slot])));
+  }
+  const double epsilon = StepSize(round);
+  RETURN_IF_ERROR(aggregator.Apply(epsilon, config_.inner().iterations(), &state_.meta));
+  state_.round = round + 1;
+  RoundStats stats{loss, predictions > 0 ? double(correct) / predictions : -1};
+  std::string json = absl::StrFormat(R"({"kind":"round","round":%d,"loss":%.6g,"step_size":%.6g)", state_.round,
+                                     loss, epsilon);
+  if (stats.accuracy >= 0) absl::StrAppendFormat(&json, R"(,"accuracy":%.6g)", stats.accuracy);
+  RETURN_IF_ERROR(Record(json + "}"));
+  return stats;
+}
+
+absl::StatusOr<EvaluationSummary> RoundEngine::Evaluate(int episodes) {
+  ASSIGN_OR_RETURN(std::vector<TaskResult> results, transport_->Run(state_.meta, sampler_.EvaluationItems(episodes)));
+  std::vector<double> accuracy, inductive, loss;
+  for (const TaskResult& r : results) {
+    loss.push_back(r.loss);
+    if (r.predictions > 0) {
+      accuracy.push_back(double(r.correct) / r.predictions);
+      inductive.push_back(double(r.correct_inductive) / r.predictions);
+    }
+  }
+  EvaluationSummary summary;
+  summary.episodes = episodes;
+  std::tie(summary.accuracy, summary.accuracy_ci95) = MeanCi95(accuracy);
+  std::tie(summary.accuracy_inductive, summary.accuracy_inductive_ci95) = MeanCi95(inductive);
+  std::tie(summary.loss, summary.loss_ci95) = MeanCi95(loss);
+  return summary;
+}
+
+absl::Status RoundEngine::Run(int64_t until_round) {
+  const int64_t rounds = config_.outer().rounds();
+  const int64_t last = until_round >= 0 ? std::min(until_round, rounds) : rounds;
+  const bool classification = config_.task().family() != SINE;
+  const int64_t first = state_.round;
+  const auto start = Clock::now();
+  auto last_log = start;
+  // Exponential moving averages of the training loss and accuracy, for the progress line.
+  double loss_average = -1, accuracy_average = -1;
+  auto smooth = [](double average, double value) { return average < 0 ? value : 0.95 * average + 0.05 * value; };
+  while (state_.round < last && !stop_.load()) {
+    ASSIGN_OR_RETURN(RoundStats stats, RunRound());
+    loss_average = smooth(loss_average, stats.loss);
+    if (stats.accuracy >= 0) accuracy_average = smooth(accuracy_average, stats.accuracy);
+    const int64_t r = state_.round;
+    const int64_t every = config_.runtime().checkpoint_every_rounds();
+    if (every > 0 && r % every == 0) RETURN_IF_ERROR(SaveCheckpoint());
+    const int64_t eval_every = config_.eval().every_rounds();
+    std::string eval_text;
+    if (eval_every > 0 && r % eval_every == 0 && r < rounds) {
+      ASSIGN_OR_RETURN(EvaluationSummary eval, Evaluate(config_.eval().episodes()));
+      RETURN_IF_ERROR(Record(absl::StrFormat(
+          R"({"kind":"eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"loss":%.6g})",
+          r, eval.episodes, eval.accuracy, eval.accuracy_ci95, eval.accuracy_inductive, eval.loss)));
+      eval_text = classification ? absl::StrFormat("  eval acc %.1f%%", 100 * eval.accuracy)
+                                 : absl::StrFormat("  eval MSE %.4f", eval.loss);
+    }
+    const auto now = Clock::now();
+    const double since_log = std::chrono::duration<double>(now - last_log).count();
+    if (options_.log && (since_log >= config_.runtime().log_every_seconds() || !eval_text.empty() || r == last)) {
+      const double elapsed = std::chrono::duration<double>(now - start).count();
+      const double rate = (r - first) / std::max(elapsed, 1e-9);
+      std::string train_text = absl::StrFormat("loss %.4f", loss_average);
+      if (accuracy_average >= 0) absl::StrAppendFormat(&train_text, "  train acc %.1f%%", 100 * accuracy_average);
+      options_.log(absl::StrFormat("round %d/%d  %s%s  %.1f rounds/s  ETA %s", r, rounds, train_text, eval_text,
+                                   rate, FormatDuration((rounds - r) / std::max(rate, 1e-9))));
+      last_log = now;
+    }
+  }
+  RETURN_IF_ERROR(SaveCheckpoint());
+  if (state_.round < rounds || config_.eval().final_episodes() == 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(EvaluationSummary final_eval, Evaluate(config_.eval().final_episodes()));
+  if (options_.log) options_.log(absl::StrCat("final evaluation: ", FormatEvaluation(final_eval, classification)));
+  return Record(absl::StrFormat(
+      R"({"kind":"final_eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"accuracy_inductive_ci95":%.6g,"loss":%.6g,"loss_ci95":%.6g})",
+      state_.round, final_eval.episodes, final_eval.accuracy, final_eval.accuracy_ci95, final_eval.accuracy_inductive,
+      final_eval.accuracy_inductive_ci95, final_eval.loss, final_eval.loss_ci95));
+}
+
+}  // namespace reptile

@@ -1,0 +1,92 @@
+// The coordinator's side of Reptile, the one round engine every runtime
+// shares: holds theta (and Adam's moments in CARRY mode), samples each
+// round's meta-batch, hands it to the Transport, aggregates the results in
+// slot order and applies the annealed outer step; evaluates every
+// eval.every_rounds rounds and at the end; checkpoints to the run directory
+// and resumes from it. Sees only the Transport, never a network.
+// Not thread-safe, except RequestStop().
+#ifndef REPTILE_COORDINATOR_ROUND_ENGINE_H_
+#define REPTILE_COORDINATOR_ROUND_ENGINE_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "coordinator/checkpoint.h"
+#include "coordinator/run_directory.h"
+#include "coordinator/task_sampler.h"
+#include "transport/transport.h"
+
+namespace reptile {
+
+// Few-shot results over many episodes: means with 95% confidence half-widths.
+// Accuracy fields are fractions in [0, 1], unset (0) for sine regression.
+struct EvaluationSummary {
+  int episodes = 0;
+  double accuracy = 0, accuracy_ci95 = 0;                      // transductive
+  double accuracy_inductive = 0, accuracy_inductive_ci95 = 0;  // non-transductive
+  double loss = 0, loss_ci95 = 0;                              // query loss (MSE for sine)
+};
+
+std::string FormatEvaluation(const EvaluationSummary& summary, bool classification);
+
+class RoundEngine {
+ public:
+  struct Options {
+    RunDirectory* run_dir = nullptr;  // no checkpoints or metrics if null
+    // Progress lines (round, loss, accuracy, rounds/s, ETA); none if empty.
+    std::function<void(const std::string&)> log;
+  };
+
+  // Resumes from the run directory's checkpoint if it has one (its config
+  // must equal `config`), else starts from parameters drawn from config.seed.
+  static absl::StatusOr<std::unique_ptr<RoundEngine>> Create(const ExperimentConfig& config,
+                                                             const TaskSource& tasks, Transport* transport,
+                                                             Options options);
+
+  // Continues from an explicit state (e.g. a checkpoint read for `eval`).
+  static absl::StatusOr<std::unique_ptr<RoundEngine>> Restore(TrainingState state, const TaskSource& tasks,
+                                                              Transport* transport, Options options);
+
+  // Trains until outer.rounds are done, `until_round` is reached (if >= 0) or
+  // RequestStop() is called, checkpointing when it stops. After the last
+  // round it runs the final evaluation (eval.final_episodes).
+  absl::Status Run(int64_t until_round = -1);
+
+  // Asks Run() to stop after the current round. Safe from any thread or a
+  // signal handler.
+  void RequestStop() { stop_.store(true); }
+
+  absl::StatusOr<EvaluationSummary> Evaluate(int episodes);
+  absl::Status SaveCheckpoint();
+
+  int64_t round() const { return state_.round; }
+  const MetaState& meta_state() const { return state_.meta; }
+  const TrainingState& training_state() const { return state_; }
+  std::string Fingerprint() const { return ParameterFingerprint(state_.meta.parameters); }
+
+  // epsilon for `round`: linear from outer.step_size to outer.step_size_final.
+  double StepSize(int64_t round) const;
+
+ private:
+  RoundEngine(const ExperimentConfig& config, const TaskSource& tasks, Transport* transport, Options options);
+  struct RoundStats {
+    double loss;      // mean inner-loop loss over the meta-batch
+    double accuracy;  // inner minibatch accuracy; -1 for regression
+  };
+  absl::StatusOr<RoundStats> RunRound();
+  absl::Status Record(const std::string& json);
+
+  ExperimentConfig config_;
+  TaskSampler sampler_;
+  Transport* transport_;
+  Options options_;
+  TrainingState state_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_COORDINATOR_ROUND_ENGINE_H_

@@ -1,0 +1,36 @@
+// A run's folder: config.textproto (the config as run), checkpoint.bin (the
+// latest checkpoint), metrics.jsonl (one JSON object per line: training
+// rounds, evaluations, the final evaluation). Not thread-safe.
+#ifndef REPTILE_COORDINATOR_RUN_DIRECTORY_H_
+#define REPTILE_COORDINATOR_RUN_DIRECTORY_H_
+
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "reptile.pb.h"
+
+namespace reptile {
+
+class RunDirectory {
+ public:
+  // Creates the folder if needed.
+  static absl::StatusOr<std::unique_ptr<RunDirectory>> Open(const std::string& path);
+
+  const std::string& path() const { return path_; }
+  std::string checkpoint_path() const { return path_ + "/checkpoint.bin"; }
+  bool has_checkpoint() const;
+
+  absl::Status WriteConfig(const ExperimentConfig& config);
+  absl::Status AppendMetrics(const std::string& json_object);
+
+ private:
+  explicit RunDirectory(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+  std::ofstream metrics_;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_COORDINATOR_RUN_DIRECTORY_H_

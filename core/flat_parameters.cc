@@ -1,0 +1,28 @@
+#include "core/flat_parameters.h"
+
+namespace reptile {
+
+FlatParameters::FlatParameters(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  auto named = module.named_parameters(/*recurse=*/true);
+  int64_t total = 0;
+  for (const auto& item : named) total += item.value().numel();
+  values_ = torch::empty({total}, torch::kFloat32);
+  grads_ = torch::zeros({total}, torch::kFloat32);
+  int64_t offset = 0;
+  for (auto& item : named) {
+    torch::Tensor& param = item.value();
+    const int64_t n = param.numel();
+    torch::Tensor slot = values_.narrow(0, offset, n).view(param.sizes());
+    slot.copy_(param);
+    param.set_data(slot);
+    param.mutable_grad() = grads_.narrow(0, offset, n).view(param.sizes());
+    ParameterShape shape;
+    shape.set_name(item.key());
+    for (int64_t d : param.sizes()) shape.add_dims(d);
+    layout_.push_back(std::move(shape));
+    offset += n;
+  }
+}
+
+}  // namespace reptile

@@ -1,0 +1,39 @@
+// Lays a module's parameters, and their gradients, out as views into one
+// contiguous fp32 vector each, so that copying theta in, taking the delta and
+// the optimizer update are single tensor operations on the whole model.
+// Not thread-safe; the module must outlive this object.
+#ifndef REPTILE_CORE_FLAT_PARAMETERS_H_
+#define REPTILE_CORE_FLAT_PARAMETERS_H_
+
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "reptile.pb.h"
+
+namespace reptile {
+
+class FlatParameters {
+ public:
+  // Re-points every parameter of `module` (in named_parameters() order) into
+  // the flat buffers. Current parameter values are kept.
+  explicit FlatParameters(torch::nn::Module& module);
+
+  // The parameters, [numel]. Writing into it changes the module.
+  torch::Tensor& values() { return values_; }
+  // The gradients, [numel]; backward() accumulates into it.
+  torch::Tensor& grads() { return grads_; }
+  int64_t numel() const { return values_.numel(); }
+
+  // Names and shapes in flat order, as stored in checkpoints.
+  const std::vector<ParameterShape>& layout() const { return layout_; }
+
+ private:
+  torch::Tensor values_;
+  torch::Tensor grads_;
+  std::vector<ParameterShape> layout_;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_CORE_FLAT_PARAMETERS_H_

@@ -1,0 +1,93 @@
+#include "core/models/models.h"
+
+#include <mutex>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace reptile {
+namespace {
+
+namespace nn = torch::nn;
+
+class SineMlp final : public MetaModel {
+ public:
+  SineMlp()
+      : hidden1_(register_module("hidden1", nn::Linear(1, 64))),
+        hidden2_(register_module("hidden2", nn::Linear(64, 64))),
+        out_(register_module("out", nn::Linear(64, 1))) {}
+
+  torch::Tensor forward(torch::Tensor x) override {
+    x = torch::tanh(hidden1_->forward(x));
+    x = torch::tanh(hidden2_->forward(x));
+    return out_->forward(x);
+  }
+
+ private:
+  nn::Linear hidden1_, hidden2_, out_;
+};
+
+// Four blocks of [3x3 conv, batch norm, (2x2 max-pool), ReLU] and a linear
+// classifier. Omniglot: 64 filters, stride 2, no pooling. Mini-ImageNet: 32
+// filters, stride 1, max-pool.
+class ConvClassifier final : public MetaModel {
+ public:
+  ConvClassifier(int in_channels, int image_size, int filters, bool pool, int ways) : pool_(pool) {
+    int size = image_size;
+    for (int i = 0; i < 4; ++i) {
+      auto conv = nn::Conv2d(nn::Conv2dOptions(i == 0 ? in_channels : filters, filters, 3)
+                                 .stride(pool ? 1 : 2)
+                                 .padding(1));
+      auto norm = nn::BatchNorm2d(nn::BatchNorm2dOptions(filters).track_running_stats(false));
+      convs_.push_back(register_module(absl::StrCat("conv", i), conv));
+      norms_.push_back(register_module(absl::StrCat("norm", i), norm));
+      size = pool ? size / 2 : (size + 1) / 2;
+    }
+    classifier_ = register_module("classifier", nn::Linear(filters * size * size, ways));
+  }
+
+  torch::Tensor forward(torch::Tensor x) override {
+    for (size_t i = 0; i < convs_.size(); ++i) {
+      x = norms_[i]->forward(convs_[i]->forward(x));
+      if (pool_) x = torch::max_pool2d(x, 2);
+      x = torch::relu(x);
+    }
+    return classifier_->forward(x.flatten(1));
+  }
+
+ private:
+  bool pool_;
+  std::vector<nn::Conv2d> convs_;
+  std::vector<nn::BatchNorm2d> norms_;
+  nn::Linear classifier_{nullptr};
+};
+
+}  // namespace
+
+int InputChannels(const TaskConfig& task) { return task.family() == IMAGE_FOLDER ? 3 : 1; }
+
+absl::StatusOr<std::shared_ptr<MetaModel>> MakeModel(const ExperimentConfig& config,
+                                                     std::optional<uint64_t> seed) {
+  static std::mutex global_generator;
+  std::lock_guard<std::mutex> lock(global_generator);
+  try {
+    if (seed.has_value()) torch::manual_seed(*seed);
+    const TaskConfig& task = config.task();
+    switch (config.model().arch()) {
+      case MLP_SINE:
+        return std::shared_ptr<MetaModel>(std::make_shared<SineMlp>());
+      case CONV_OMNIGLOT:
+        return std::shared_ptr<MetaModel>(std::make_shared<ConvClassifier>(
+            InputChannels(task), task.image_size(), 64, /*pool=*/false, task.ways()));
+      case CONV_MINIIMAGENET:
+        return std::shared_ptr<MetaModel>(std::make_shared<ConvClassifier>(
+            InputChannels(task), task.image_size(), 32, /*pool=*/true, task.ways()));
+      default:
+        return absl::InvalidArgumentError("config field model.arch: unknown architecture");
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("building the model failed: ", e.what_without_backtrace()));
+  }
+}
+
+}  // namespace reptile

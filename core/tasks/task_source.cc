@@ -1,0 +1,156 @@
+#include "core/tasks/task_source.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "core/data/loaders.h"
+#include "core/models/models.h"
+#include "core/rng.h"
+#include "core/status_macros.h"
+
+namespace reptile {
+namespace {
+
+// The literature's Omniglot protocol: 1200 shuffled characters for
+// meta-training (each in 4 rotations), the remaining 423 for meta-test.
+constexpr int kOmniglotTrainCharacters = 1200;
+// Fashion-MNIST: classes 0-4 (T-shirt, trouser, pullover, dress, coat) for
+// meta-training, 5-9 (sandal, shirt, sneaker, bag, ankle boot) for meta-test.
+constexpr int kFashionTrainClasses = 5;
+
+// Sine tasks: y = A sin(x + phi), as in the paper's regression demo.
+constexpr double kAmplitudeMin = 0.1, kAmplitudeMax = 5.0;
+constexpr double kXMin = -5.0, kXMax = 5.0;
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const TaskSource>> TaskSource::Create(const TaskConfig& config) {
+  std::shared_ptr<TaskSource> source(new TaskSource(config));
+  switch (config.family()) {
+    case SINE:
+      break;
+    case OMNIGLOT: {
+      ASSIGN_OR_RETURN(ImageDataset omniglot, LoadOmniglot(config.data_dir(), config.image_size()));
+      std::vector<int> order(omniglot.num_classes());
+      for (int i = 0; i < omniglot.num_classes(); ++i) order[i] = i;
+      Rng(config.split_seed()).Shuffle(order);
+      const int train = std::min<int>(kOmniglotTrainCharacters, order.size());
+      for (int i = 0; i < train; ++i)
+        for (int turns = 0; turns < 4; ++turns) source->train_classes_.push_back({0, order[i], turns});
+      for (size_t i = train; i < order.size(); ++i) source->test_classes_.push_back({0, order[i], 0});
+      source->datasets_.push_back(std::move(omniglot));
+      break;
+    }
+    case FASHION_MNIST: {
+      ASSIGN_OR_RETURN(ImageDataset fashion, LoadFashionMnist(config.data_dir()));
+      for (int c = 0; c < fashion.num_classes(); ++c)
+        (c < kFashionTrainClasses ? source->train_classes_ : source->test_classes_).push_back({0, c, 0});
+      source->datasets_.push_back(std::move(fashion));
+      break;
+    }
+    case IMAGE_FOLDER: {
+      const std::filesystem::path root(config.data_dir());
+      for (const char* split : {"train", "test"}) {
+        ASSIGN_OR_RETURN(ImageDataset images,
+                         LoadImageFolder((root / split).string(), InputChannels(config), config.image_size()));
+        auto& classes = std::string(split) == "train" ? source->train_classes_ : source->test_classes_;
+        for (int c = 0; c < images.num_classes(); ++c)
+          classes.push_back({static_cast<int>(source->datasets_.size()), c, 0});
+        source->datasets_.push_back(std::move(images));
+      }
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError("config field task.family: unknown task family");
+  }
+  if (config.family() != SINE && std::min(source->num_classes(false), source->num_classes(true)) < config.ways())
+    return absl::InvalidArgumentError(absl::StrCat("dataset in ", config.data_dir(), " has fewer than task.ways=",
+                                                   config.ways(), " classes in a split"));
+  return std::shared_ptr<const TaskSource>(std::move(source));
+}
+
+int TaskSource::num_classes(bool meta_test) const {
+  return static_cast<int>((meta_test ? test_classes_ : train_classes_).size());
+}
+
+int64_t TaskSource::memory_bytes() const {
+  int64_t total = 0;
+  for (const ImageDataset& d : datasets_) total += d.memory_bytes();
+  return total;
+}
+
+absl::StatusOr<TaskExamples> TaskSource::Materialize(const TaskSpec& spec) const {
+  if (spec.family() != config_.family())
+    return absl::InvalidArgumentError(absl::StrCat("task spec family ", TaskFamily_Name(spec.family()),
+                                                   " does not match this source's ",
+                                                   TaskFamily_Name(config_.family())));
+  if (spec.support_shots() <= 0 || spec.query_shots() < 0)
+    return absl::InvalidArgumentError("task spec needs support_shots > 0 and query_shots >= 0");
+  return spec.family() == SINE ? MaterializeSine(spec) : MaterializeImages(spec);
+}
+
+absl::StatusOr<TaskExamples> TaskSource::MaterializeSine(const TaskSpec& spec) const {
+  constexpr int64_t kMaxPoints = 1 << 20;
+  if (spec.support_shots() > kMaxPoints || spec.query_shots() > kMaxPoints)
+    return absl::InvalidArgumentError("sine task spec asks for too many points");
+  Rng rng(spec.seed());
+  const double amplitude = rng.Uniform(kAmplitudeMin, kAmplitudeMax);
+  const double phase = rng.Uniform(0.0, 2.0 * M_PI);
+  auto draw = [&](int n, torch::Tensor& x, torch::Tensor& y) {
+    x = torch::empty({n, 1}, torch::kFloat32);
+    y = torch::empty({n, 1}, torch::kFloat32);
+    float* xs = x.data_ptr<float>();
+    float* ys = y.data_ptr<float>();
+    for (int i = 0; i < n; ++i) {
+      const double v = rng.Uniform(kXMin, kXMax);
+      xs[i] = static_cast<float>(v);
+      ys[i] = static_cast<float>(amplitude * std::sin(v + phase));
+    }
+  };
+  TaskExamples task;
+  draw(spec.support_shots(), task.support_x, task.support_y);
+  draw(spec.query_shots(), task.query_x, task.query_y);
+  return task;
+}
+
+absl::StatusOr<TaskExamples> TaskSource::MaterializeImages(const TaskSpec& spec) const {
+  const std::vector<ClassRef>& split = spec.meta_test() ? test_classes_ : train_classes_;
+  const int ways = spec.class_ids_size();
+  if (ways < 1) return absl::InvalidArgumentError("task spec names no classes");
+  const int per_class = spec.support_shots() + spec.query_shots();
+  const ImageDataset& any = datasets_.front();
+  const int64_t pixels = any.image_bytes();
+  TaskExamples task;
+  task.support_x = torch::empty({ways * spec.support_shots(), any.channels(), any.height(), any.width()});
+  task.query_x = torch::empty({ways * spec.query_shots(), any.channels(), any.height(), any.width()});
+  task.support_y = torch::empty({ways * spec.support_shots()}, torch::kInt64);
+  task.query_y = torch::empty({ways * spec.query_shots()}, torch::kInt64);
+  Rng rng(spec.seed());
+  for (int label = 0; label < ways; ++label) {
+    const int id = spec.class_ids(label);
+    if (id < 0 || id >= static_cast<int>(split.size()))
+      return absl::InvalidArgumentError(absl::StrCat("task spec class id ", id, " outside the ",
+                                                     spec.meta_test() ? "meta-test" : "meta-training",
+                                                     " split of ", split.size(), " classes"));
+    const ClassRef& ref = split[id];
+    const ImageDataset& images = datasets_[ref.dataset];
+    if (per_class > images.num_examples(ref.cls))
+      return absl::InvalidArgumentError(absl::StrCat("task spec asks for ", per_class, " examples of class ",
+                                                     images.class_name(ref.cls), " which has ",
+                                                     images.num_examples(ref.cls)));
+    const std::vector<int> picks = rng.Choose(images.num_examples(ref.cls), per_class);
+    for (int s = 0; s < per_class; ++s) {
+      const bool support = s < spec.support_shots();
+      const int64_t row = support ? label * spec.support_shots() + s
+                                  : label * spec.query_shots() + (s - spec.support_shots());
+      torch::Tensor& x = support ? task.support_x : task.query_x;
+      torch::Tensor& y = support ? task.support_y : task.query_y;
+      images.CopyExample(ref.cls, picks[s], ref.quarter_turns, x.data_ptr<float>() + row * pixels);
+      y.data_ptr<int64_t>()[row] = label;
+    }
+  }
+  return task;
+}
+
+}  // namespace reptile

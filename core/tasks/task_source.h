@@ -1,0 +1,61 @@
+// Turns TaskSpecs into examples. Holds the config's dataset in memory (decoded
+// once, uint8) and maps a spec's class ids onto the meta-training or meta-test
+// split, so that every process holding the same dataset materialises exactly
+// the same examples from the same spec. Read-only after Create(): threads may
+// share one instance.
+#ifndef REPTILE_CORE_TASKS_TASK_SOURCE_H_
+#define REPTILE_CORE_TASKS_TASK_SOURCE_H_
+
+#include <memory>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "core/data/image_dataset.h"
+#include "reptile.pb.h"
+
+namespace reptile {
+
+// Support examples train the inner loop; query examples (evaluation only)
+// measure the adapted model. Labels are class positions 0..ways-1 (int64) for
+// classification, and targets [n, 1] for sine regression.
+struct TaskExamples {
+  torch::Tensor support_x, support_y;
+  torch::Tensor query_x, query_y;
+};
+
+class TaskSource {
+ public:
+  // Loads the dataset the config names (nothing for SINE). Errors name the
+  // missing or corrupt file.
+  static absl::StatusOr<std::shared_ptr<const TaskSource>> Create(const TaskConfig& config);
+
+  // Classes a spec may name in the meta-training (false) or meta-test split.
+  int num_classes(bool meta_test) const;
+
+  // Fails with InvalidArgument if the spec does not fit this source (family,
+  // class ids out of range, more shots than a class has).
+  absl::StatusOr<TaskExamples> Materialize(const TaskSpec& spec) const;
+
+  // Bytes of decoded images held.
+  int64_t memory_bytes() const;
+
+ private:
+  struct ClassRef {
+    int dataset;        // index into datasets_
+    int cls;            // class within that dataset
+    int quarter_turns;  // rotation applied to every image of the class
+  };
+  explicit TaskSource(const TaskConfig& config) : config_(config) {}
+  absl::StatusOr<TaskExamples> MaterializeSine(const TaskSpec& spec) const;
+  absl::StatusOr<TaskExamples> MaterializeImages(const TaskSpec& spec) const;
+
+  TaskConfig config_;
+  std::vector<ImageDataset> datasets_;
+  std::vector<ClassRef> train_classes_, test_classes_;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_CORE_TASKS_TASK_SOURCE_H_

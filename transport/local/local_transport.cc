@@ -1,0 +1,75 @@
+#include "transport/local/local_transport.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+
+namespace reptile {
+
+absl::StatusOr<std::unique_ptr<LocalTransport>> LocalTransport::Create(const ExperimentConfig& config,
+                                                                        std::shared_ptr<const TaskSource> tasks,
+                                                                        int workers) {
+  if (workers < 1) return absl::InvalidArgumentError("local transport needs at least one worker");
+  std::unique_ptr<LocalTransport> transport(new LocalTransport());
+  for (int i = 0; i < workers; ++i) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, tasks));
+    transport->learners_.push_back(std::move(learner));
+  }
+  for (auto& learner : transport->learners_)
+    transport->threads_.emplace_back(&LocalTransport::WorkerLoop, transport.get(), learner.get());
+  return transport;
+}
+
+LocalTransport::~LocalTransport() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& t : threads_) t.join();
+}
+
+absl::StatusOr<std::vector<TaskResult>> LocalTransport::Run(const MetaState& state,
+                                                            const std::vector<WorkItem>& items) {
+  absl::MutexLock lock(&mu_);
+  state_ = &state;
+  items_ = &items;
+  results_.assign(items.size(), absl::UnknownError("not run"));
+  next_item_ = 0;
+  unfinished_ = items.size();
+  mu_.Await(absl::Condition(
+      +[](size_t* unfinished) { return *unfinished == 0; }, &unfinished_));
+  state_ = nullptr;
+  items_ = nullptr;
+  std::vector<TaskResult> out;
+  out.reserve(items.size());
+  for (size_t i = 0; i < results_.size(); ++i) {
+    if (!results_[i].ok())
+      return absl::Status(results_[i].status().code(),
+                          absl::StrCat("work item ", i, ": ", results_[i].status().message()));
+    out.push_back(std::move(results_[i]).value());
+  }
+  return out;
+}
+
+void LocalTransport::WorkerLoop(Learner* learner) {
+  // One intra-op thread per worker: a task's arithmetic, and so its result,
+  // must not depend on how many threads share the machine.
+  at::set_num_threads(1);
+  auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || (items_ != nullptr && next_item_ < items_->size());
+  };
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    mu_.Await(absl::Condition(&has_work));
+    if (stopping_) return;
+    const size_t index = next_item_++;
+    const MetaState* state = state_;
+    const WorkItem& item = (*items_)[index];
+    mu_.Unlock();
+    absl::StatusOr<TaskResult> result = learner->Run(*state, item);
+    mu_.Lock();
+    results_[index] = std::move(result);
+    --unfinished_;
+  }
+}
+
+}  // namespace reptile

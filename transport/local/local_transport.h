@@ -1,0 +1,49 @@
+// Runs work items on W threads of this process, each with its own Learner
+// (model replica) and one intra-op LibTorch thread. Items are taken from a
+// shared queue in any order; results are returned by item position.
+#ifndef REPTILE_TRANSPORT_LOCAL_LOCAL_TRANSPORT_H_
+#define REPTILE_TRANSPORT_LOCAL_LOCAL_TRANSPORT_H_
+
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "transport/transport.h"
+
+namespace reptile {
+
+class LocalTransport final : public Transport {
+ public:
+  // Starts `workers` threads; fails if a learner cannot be built.
+  static absl::StatusOr<std::unique_ptr<LocalTransport>> Create(const ExperimentConfig& config,
+                                                                std::shared_ptr<const TaskSource> tasks,
+                                                                int workers);
+  ~LocalTransport() override;
+  LocalTransport(const LocalTransport&) = delete;
+  LocalTransport& operator=(const LocalTransport&) = delete;
+
+  absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state,
+                                              const std::vector<WorkItem>& items) override;
+  int num_workers() const override { return static_cast<int>(threads_.size()); }
+
+ private:
+  LocalTransport() = default;
+  void WorkerLoop(Learner* learner);
+
+  absl::Mutex mu_;
+  // The batch being run; null between calls to Run().
+  const MetaState* state_ ABSL_GUARDED_BY(mu_) = nullptr;
+  const std::vector<WorkItem>* items_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<absl::StatusOr<TaskResult>> results_ ABSL_GUARDED_BY(mu_);
+  size_t next_item_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t unfinished_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  std::vector<std::unique_ptr<Learner>> learners_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_TRANSPORT_LOCAL_LOCAL_TRANSPORT_H_

@@ -1,0 +1,195 @@
+#include "worker/learner.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "core/rng.h"
+#include "core/status_macros.h"
+
+namespace reptile {
+namespace {
+
+// Stream label for the order in which a task's support examples are visited.
+constexpr uint64_t kMinibatchOrderStream = 0x6d696e69;
+
+bool IsClassification(const ExperimentConfig& config) { return config.task().family() != SINE; }
+
+absl::Status CheckState(const MetaState& state, int64_t numel, bool carry) {
+  auto check = [numel](const torch::Tensor& t, const char* what) -> absl::Status {
+    if (!t.defined() || t.scalar_type() != torch::kFloat32 || t.dim() != 1 || t.numel() != numel)
+      return absl::InvalidArgumentError(
+          absl::StrCat("meta-state ", what, " must be a flat fp32 vector of ", numel, " values"));
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(check(state.parameters, "parameters"));
+  if (carry) {
+    RETURN_IF_ERROR(check(state.adam_m, "adam_m"));
+    RETURN_IF_ERROR(check(state.adam_v, "adam_v"));
+    if (state.adam_step < 0) return absl::InvalidArgumentError("meta-state adam_step is negative");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(const ExperimentConfig& config,
+                                                         std::shared_ptr<const TaskSource> tasks) {
+  ASSIGN_OR_RETURN(std::shared_ptr<MetaModel> model, MakeModel(config));
+  return std::unique_ptr<Learner>(new Learner(config, std::move(tasks), std::move(model)));
+}
+
+Learner::Learner(const ExperimentConfig& config, std::shared_ptr<const TaskSource> tasks,
+                 std::shared_ptr<MetaModel> model)
+    : config_(config), tasks_(std::move(tasks)), model_(std::move(model)) {
+  model_->train();  // batch norm uses batch statistics, always
+  flat_ = std::make_unique<FlatParameters>(*model_);
+  adam_m_ = torch::zeros_like(flat_->values());
+  adam_v_ = torch::zeros_like(flat_->values());
+}
+
+absl::StatusOr<TaskResult> Learner::Run(const MetaState& state, const WorkItem& item) {
+  const bool carry = config_.inner().optimizer() == ADAM && config_.inner().state_mode() == CARRY;
+  RETURN_IF_ERROR(CheckState(state, flat_->numel(), carry));
+  if (tasks_ == nullptr) return absl::FailedPreconditionError("learner has no task source");
+  ASSIGN_OR_RETURN(TaskExamples task, tasks_->Materialize(item.spec));
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    TaskResult result = item.kind == WorkKind::kTrain ? Train(state, item.spec, task)
+                                                      : Evaluate(state, item.spec, task);
+    result.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return result;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("inner loop failed: ", e.what_without_backtrace()));
+  }
+}
+
+torch::Tensor Learner::Loss(const torch::Tensor& output, const torch::Tensor& target) const {
+  return IsClassification(config_) ? torch::nn::functional::cross_entropy(output, target)
+                                   : torch::mse_loss(output, target);
+}
+
+void Learner::AdamStep() {
+  torch::NoGradGuard no_grad;
+  const InnerLoopConfig& in = config_.inner();
+  torch::Tensor& theta = flat_->values();
+  const torch::Tensor& grad = flat_->grads();
+  if (in.optimizer() == SGD) {
+    theta.add_(grad, -in.learning_rate());
+    return;
+  }
+  const double beta1 = in.adam_beta1(), beta2 = in.adam_beta2();
+  ++adam_step_;
+  adam_m_.mul_(beta1).add_(grad, 1.0 - beta1);
+  adam_v_.mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
+  const double bias1 = 1.0 - std::pow(beta1, static_cast<double>(adam_step_));
+  const double bias2 = 1.0 - std::pow(beta2, static_cast<double>(adam_step_));
+  torch::Tensor denom = adam_v_.sqrt().div_(std::sqrt(bias2)).add_(in.adam_epsilon());
+  theta.addcdiv_(adam_m_, denom, -in.learning_rate() / bias1);
+}
+
+Learner::InnerRun Learner::Adapt(const MetaState& state, const TaskExamples& task, uint64_t order_seed,
+                                 int iterations, int batch_size, torch::Tensor* before_last) {
+  {
+    torch::NoGradGuard no_grad;
+    flat_->values().copy_(state.parameters);
+    const bool carry = config_.inner().state_mode() == CARRY && state.adam_m.defined();
+    if (carry) {
+      adam_m_.copy_(state.adam_m);
+      adam_v_.copy_(state.adam_v);
+      adam_step_ = state.adam_step;
+    } else {
+      adam_m_.zero_();
+      adam_v_.zero_();
+      adam_step_ = 0;
+    }
+  }
+  const int64_t n = task.support_x.size(0);
+  batch_size = static_cast<int>(std::min<int64_t>(batch_size, n));
+  Rng rng(Rng::Derive(order_seed, kMinibatchOrderStream));
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  int64_t cursor = n;  // forces a shuffle before the first batch
+  InnerRun run;
+  torch::Tensor batch_index = torch::empty({batch_size}, torch::kInt64);
+  for (int it = 0; it < iterations; ++it) {
+    int64_t* idx = batch_index.data_ptr<int64_t>();
+    for (int b = 0; b < batch_size; ++b) {
+      if (cursor == n) {
+        rng.Shuffle(order);
+        cursor = 0;
+      }
+      idx[b] = order[cursor++];
+    }
+    torch::Tensor x = task.support_x.index_select(0, batch_index);
+    torch::Tensor y = task.support_y.index_select(0, batch_index);
+    torch::Tensor output = model_->forward(x);
+    torch::Tensor loss = Loss(output, y);
+    flat_->grads().zero_();
+    loss.backward();
+    if (before_last != nullptr && it == iterations - 1) *before_last = flat_->values().clone();
+    AdamStep();
+    run.mean_loss += loss.item<double>() / iterations;
+    if (IsClassification(config_)) {
+      run.correct += output.argmax(1).eq(y).sum().item<int64_t>();
+      run.predictions += batch_size;
+    }
+  }
+  return run;
+}
+
+TaskResult Learner::Train(const MetaState& state, const TaskSpec& spec, const TaskExamples& task) {
+  const InnerLoopConfig& in = config_.inner();
+  torch::Tensor before_last;
+  const bool fomaml = config_.outer().algorithm() == FOMAML;
+  InnerRun run = Adapt(state, task, spec.seed(), in.iterations(), in.batch_size(), fomaml ? &before_last : nullptr);
+  TaskResult result;
+  result.delta = flat_->values() - (fomaml ? before_last : state.parameters);
+  if (in.optimizer() == ADAM && in.state_mode() == CARRY) {
+    result.adam_m = adam_m_.clone();
+    result.adam_v = adam_v_.clone();
+  }
+  result.loss = run.mean_loss;
+  result.correct = run.correct;
+  result.predictions = run.predictions;
+  return result;
+}
+
+TaskResult Learner::Evaluate(const MetaState& state, const TaskSpec& spec, const TaskExamples& task) {
+  const EvalConfig& ev = config_.eval();
+  Adapt(state, task, spec.seed(), ev.inner_iterations(), ev.inner_batch_size(), nullptr);
+  torch::NoGradGuard no_grad;
+  TaskResult result;
+  torch::Tensor output = model_->forward(task.query_x);
+  result.loss = Loss(output, task.query_y).item<double>();
+  if (!IsClassification(config_)) return result;
+  result.correct = output.argmax(1).eq(task.query_y).sum().item<int64_t>();
+  const int64_t queries = task.query_x.size(0);
+  for (int64_t q = 0; q < queries; ++q) {
+    torch::Tensor batch = torch::cat({task.support_x, task.query_x.narrow(0, q, 1)});
+    const int64_t predicted = model_->forward(batch)[-1].argmax().item<int64_t>();
+    result.correct_inductive += predicted == task.query_y[q].item<int64_t>();
+  }
+  result.predictions = queries;
+  return result;
+}
+
+absl::StatusOr<std::vector<int64_t>> Learner::AdaptAndPredict(const MetaState& state, const TaskExamples& task) {
+  const bool carry = config_.inner().optimizer() == ADAM && config_.inner().state_mode() == CARRY;
+  RETURN_IF_ERROR(CheckState(state, flat_->numel(), carry));
+  try {
+    const EvalConfig& ev = config_.eval();
+    Adapt(state, task, config_.eval().seed(), ev.inner_iterations(), ev.inner_batch_size(), nullptr);
+    torch::NoGradGuard no_grad;
+    std::vector<int64_t> labels;
+    for (int64_t q = 0; q < task.query_x.size(0); ++q) {
+      torch::Tensor batch = torch::cat({task.support_x, task.query_x.narrow(0, q, 1)});
+      labels.push_back(model_->forward(batch)[-1].argmax().item<int64_t>());
+    }
+    return labels;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("adaptation failed: ", e.what_without_backtrace()));
+  }
+}
+
+}  // namespace reptile

@@ -1,0 +1,102 @@
+// The worker's side of Reptile: copy theta, run the inner optimizer on one
+// task's examples, and report the outcome (the delta for a training task,
+// few-shot accuracy or MSE for an evaluation episode). The result depends only
+// on the meta-state and the task spec, never on which thread or process runs
+// it. One Learner per thread; it is not thread-safe.
+#ifndef REPTILE_WORKER_LEARNER_H_
+#define REPTILE_WORKER_LEARNER_H_
+
+#include <memory>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "core/flat_parameters.h"
+#include "core/models/models.h"
+#include "core/tasks/task_source.h"
+#include "reptile.pb.h"
+
+namespace reptile {
+
+// What the coordinator holds and sends with every task: flat fp32 parameters
+// and, when inner.state_mode is CARRY, Adam's moments and step count.
+struct MetaState {
+  torch::Tensor parameters;
+  torch::Tensor adam_m, adam_v;  // undefined unless CARRY
+  int64_t adam_step = 0;
+};
+
+enum class WorkKind { kTrain, kEvaluate };
+
+struct WorkItem {
+  WorkKind kind = WorkKind::kTrain;
+  TaskSpec spec;
+};
+
+struct TaskResult {
+  // Training: W - theta (REPTILE) or the last inner step's update (FOMAML),
+  // and in CARRY mode the final Adam moments.
+  torch::Tensor delta;
+  torch::Tensor adam_m, adam_v;
+  // Training: mean loss over the inner minibatches. Evaluation: loss on the
+  // query set after adaptation (cross-entropy, or MSE for sine).
+  double loss = 0;
+  // Classification counts: training minibatch predictions, or evaluation
+  // queries (transductive: all queries in one batch; inductive: each query in
+  // a batch with the support set only).
+  int64_t correct = 0;
+  int64_t correct_inductive = 0;
+  int64_t predictions = 0;
+  double compute_seconds = 0;
+};
+
+class Learner {
+ public:
+  // `tasks` may be null for a learner used only through AdaptAndPredict().
+  static absl::StatusOr<std::unique_ptr<Learner>> Create(const ExperimentConfig& config,
+                                                         std::shared_ptr<const TaskSource> tasks);
+
+  // Fails with InvalidArgument for a spec or state that does not fit, and
+  // Internal for a LibTorch failure; the learner stays usable either way.
+  absl::StatusOr<TaskResult> Run(const MetaState& state, const WorkItem& item);
+
+  // Runs the evaluation adaptation on caller-provided examples and returns
+  // the predicted label of each query, each classified in a batch with the
+  // support set only. Used by `reptile adapt` on a user's own images.
+  absl::StatusOr<std::vector<int64_t>> AdaptAndPredict(const MetaState& state, const TaskExamples& task);
+
+  int64_t num_parameters() const { return flat_->numel(); }
+  const std::vector<ParameterShape>& layout() const { return flat_->layout(); }
+
+ private:
+  Learner(const ExperimentConfig& config, std::shared_ptr<const TaskSource> tasks,
+          std::shared_ptr<MetaModel> model);
+
+  struct InnerRun {
+    double mean_loss = 0;
+    int64_t correct = 0, predictions = 0;
+  };
+  // Loads `state`, then takes `iterations` optimizer steps on minibatches of
+  // `batch_size` support examples drawn without replacement, reshuffling when
+  // the support set is used up. Leaves the adapted parameters in the model;
+  // `before_last` (if non-null) receives the parameters before the last step.
+  InnerRun Adapt(const MetaState& state, const TaskExamples& task, uint64_t order_seed, int iterations,
+                 int batch_size, torch::Tensor* before_last);
+  void AdamStep();
+  torch::Tensor Loss(const torch::Tensor& output, const torch::Tensor& target) const;
+
+  TaskResult Train(const MetaState& state, const TaskSpec& spec, const TaskExamples& task);
+  TaskResult Evaluate(const MetaState& state, const TaskSpec& spec, const TaskExamples& task);
+
+  ExperimentConfig config_;
+  std::shared_ptr<const TaskSource> tasks_;
+  std::shared_ptr<MetaModel> model_;
+  std::unique_ptr<FlatParameters> flat_;
+  torch::Tensor adam_m_, adam_v_;
+  int64_t adam_step_ = 0;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_WORKER_LEARNER_H_

@@ -1,0 +1,114 @@
+// Inner-loop and round throughput on an Omniglot config, beside this
+// machine's single-core fp32 matrix-product peak measured in the same run.
+//
+//   build/bench/inner_loop_bench [config] [rounds]   (default: configs/omniglot_5w1s.textproto, 300)
+//
+// Prints: peak GFLOP/s (2048^3 sgemm, one thread), dataset load time, inner
+// steps/s and achieved GFLOP/s of one learner, rounds/s of the real round
+// engine with 1 and 2 worker threads, and the process's peak RSS.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "coordinator/round_engine.h"
+#include "core/config.h"
+#include "core/process_setup.h"
+#include "transport/local/local_transport.h"
+
+namespace reptile {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
+
+double PeakGflops() {
+  torch::Tensor a = torch::rand({2048, 2048}), b = torch::rand({2048, 2048});
+  torch::mm(a, b);
+  double best = 0;
+  for (int i = 0; i < 5; ++i) {
+    const auto start = Clock::now();
+    torch::mm(a, b);
+    best = std::max(best, 2.0 * 2048 * 2048 * 2048 / Seconds(start) / 1e9);
+  }
+  return best;
+}
+
+// Multiply-adds x2 of one forward pass of the classifier on one example;
+// a training step costs about 3x that (forward, input and weight gradients).
+double ForwardFlopsPerExample(const ExperimentConfig& config) {
+  const bool pool = config.model().arch() == CONV_MINIIMAGENET;
+  const int filters = pool ? 32 : 64;
+  int size = config.task().image_size(), in = InputChannels(config.task());
+  double flops = 0;
+  for (int layer = 0; layer < 4; ++layer) {
+    const int out_size = pool ? size : (size + 1) / 2;
+    flops += 2.0 * in * 9 * filters * out_size * out_size;
+    size = pool ? out_size / 2 : out_size;
+    in = filters;
+  }
+  return flops + 2.0 * filters * size * size * config.task().ways();
+}
+
+double PeakRssMb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss / 1024.0;
+}
+
+int Main(int argc, char** argv) {
+  ConfigureProcessForTraining();
+  const std::string path = argc > 1 ? argv[1] : std::string(REPTILE_SOURCE_DIR) + "/configs/omniglot_5w1s.textproto";
+  const int rounds = argc > 2 ? std::atoi(argv[2]) : 300;
+  auto config = LoadConfig(path, {absl::StrCat("outer.rounds=", rounds), "eval.every_rounds=0",
+                                  "eval.final_episodes=0"});
+  if (!config.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
+    return 1;
+  }
+  if (config->task().family() == OMNIGLOT && config->task().data_dir().rfind("../", 0) == 0)
+    config->mutable_task()->set_data_dir(std::string(REPTILE_SOURCE_DIR) + "/" + config->task().data_dir());
+
+  std::printf("config                      %s\n", ConfigSummary(*config).c_str());
+  std::printf("peak sgemm, 1 thread        %.1f GFLOP/s\n", PeakGflops());
+
+  auto start = Clock::now();
+  auto tasks = TaskSource::Create(config->task());
+  if (!tasks.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(tasks.status().message()).c_str());
+    return 1;
+  }
+  std::printf("dataset load                %.2f s, %.1f MB held\n", Seconds(start), (*tasks)->memory_bytes() / 1e6);
+
+  for (int workers : {1, 2}) {
+    auto transport = LocalTransport::Create(*config, *tasks, workers);
+    auto engine = RoundEngine::Create(*config, **tasks, transport->get(), {});
+    (*engine)->Run(5).IgnoreError();  // warm-up
+    start = Clock::now();
+    absl::Status status = (*engine)->Run();
+    const double seconds = Seconds(start);
+    if (!status.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(status.message()).c_str());
+      return 1;
+    }
+    const double rate = (rounds - 5) / seconds;
+    std::printf("round engine, %d worker%s    %.2f rounds/s (%.1f ms/round)\n", workers, workers > 1 ? "s" : " ", rate,
+                1e3 / rate);
+    if (workers == 1) {
+      const InnerLoopConfig& in = config->inner();
+      const double steps = rate * config->outer().meta_batch_size() * in.iterations();
+      const double flops = steps * in.batch_size() * 3 * ForwardFlopsPerExample(*config);
+      std::printf("inner steps, 1 worker       %.1f steps/s (batch %d), %.1f GFLOP/s achieved\n", steps,
+                  in.batch_size(), flops / 1e9);
+    }
+  }
+  std::printf("peak RSS                    %.0f MB\n", PeakRssMb());
+  return 0;
+}
+
+}  // namespace
+}  // namespace reptile
+
+int main(int argc, char** argv) { return reptile::Main(argc, argv); }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Prints measured few-shot accuracy of runs/paper/* next to the Reptile paper's
+# Table (Nichol et al. 2018, Omniglot, transductive and not). A finished run
+# reports its final evaluation (eval.final_episodes); an unfinished one is
+# evaluated now from its latest checkpoint with EPISODES episodes (default
+# 1000) and labelled partial, with the rounds it has done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+episodes=${EPISODES:-1000}
+declare -A paper=(
+  [omniglot_5w1s]="95.39 ± 0.09 | 97.68 ± 0.04"
+  [omniglot_5w5s]="98.90 ± 0.10 | 99.48 ± 0.06"
+  [omniglot_20w1s]="88.14 ± 0.15 | 89.43 ± 0.14"
+  [omniglot_20w5s]="96.65 ± 0.33 | 97.12 ± 0.32"
+)
+printf '| config | rounds | measured non-transductive | measured transductive | paper non-transductive | paper transductive |\n'
+printf '|---|---|---|---|---|---|\n'
+for c in omniglot_5w1s omniglot_5w5s omniglot_20w1s omniglot_20w5s; do
+  dir=runs/paper/$c
+  [ -f "$dir/checkpoint.bin" ] || { printf '| %s | not started | | | %s |\n' "$c" "${paper[$c]}"; continue; }
+  final=$(grep '"kind":"final_eval"' "$dir/metrics.jsonl" | tail -1 || true)
+  if [ -n "$final" ]; then
+    line=$(python3 - "$final" <<'PY'
+import json, sys
+m = json.loads(sys.argv[1])
+print(f"{m['round']} | {100*m['accuracy_inductive']:.2f} ± {100*m['accuracy_inductive_ci95']:.2f} | "
+      f"{100*m['accuracy']:.2f} ± {100*m['accuracy_ci95']:.2f}")
+PY
+)
+  else
+    out=$(./build/reptile eval --run_dir "$dir" --episodes "$episodes")
+    line=$(echo "$out" | sed -E 's/^round ([0-9]+): accuracy ([0-9.]+)% ± ([0-9.]+) \(transductive\), ([0-9.]+)% ± ([0-9.]+) .*/\1 (partial) | \4 ± \5 | \2 ± \3/')
+  fi
+  printf '| %s | %s | %s |\n' "$c" "$line" "${paper[$c]}"
+done

@@ -1,0 +1,95 @@
+#include <algorithm>
+#include <random>
+
+#include "coordinator/aggregator.h"
+#include "gtest/gtest.h"
+
+namespace reptile {
+namespace {
+
+std::vector<TaskResult> RandomResults(int slots, int64_t numel, bool carry) {
+  torch::manual_seed(1);
+  std::vector<TaskResult> results(slots);
+  for (TaskResult& r : results) {
+    // Values of very different magnitudes make float sums order-sensitive.
+    r.delta = torch::randn({numel}) * torch::pow(10.0, torch::randint(-6, 6, {numel}));
+    if (carry) {
+      r.adam_m = torch::randn({numel});
+      r.adam_v = torch::rand({numel});
+    }
+  }
+  return results;
+}
+
+MetaState Apply(const std::vector<TaskResult>& results, const std::vector<int>& arrival, bool carry) {
+  const int64_t numel = results[0].delta.numel();
+  Aggregator aggregator(numel, static_cast<int>(results.size()), carry);
+  for (int slot : arrival) EXPECT_TRUE(aggregator.Add(slot, results[slot]).ok());
+  MetaState state;
+  state.parameters = torch::linspace(-1, 1, numel);
+  if (carry) {
+    state.adam_m = torch::zeros({numel});
+    state.adam_v = torch::zeros({numel});
+  }
+  EXPECT_TRUE(aggregator.Apply(0.7, 5, &state).ok());
+  return state;
+}
+
+TEST(AggregatorTest, ArrivalOrderDoesNotChangeABit) {
+  const auto results = RandomResults(9, 10000, /*carry=*/true);
+  std::vector<int> order(9);
+  std::iota(order.begin(), order.end(), 0);
+  const MetaState reference = Apply(results, order, true);
+  std::mt19937 shuffle(5);
+  for (int trial = 0; trial < 10; ++trial) {
+    std::shuffle(order.begin(), order.end(), shuffle);
+    const MetaState state = Apply(results, order, true);
+    EXPECT_TRUE(torch::equal(state.parameters, reference.parameters));
+    EXPECT_TRUE(torch::equal(state.adam_v, reference.adam_v));
+    EXPECT_EQ(state.adam_step, 5);
+  }
+}
+
+TEST(AggregatorTest, AppliesTheMeanDeltaScaledByTheStepSize) {
+  Aggregator aggregator(3, 2, false);
+  TaskResult a, b;
+  a.delta = torch::tensor({1.0f, 2.0f, 3.0f});
+  b.delta = torch::tensor({3.0f, 2.0f, 1.0f});
+  ASSERT_TRUE(aggregator.Add(1, b).ok());
+  EXPECT_FALSE(aggregator.complete());
+  ASSERT_TRUE(aggregator.Add(0, a).ok());
+  MetaState state;
+  state.parameters = torch::tensor({0.0f, 1.0f, 2.0f});
+  ASSERT_TRUE(aggregator.Apply(0.5, 5, &state).ok());
+  EXPECT_TRUE(torch::equal(state.parameters, torch::tensor({1.0f, 2.0f, 3.0f})));
+}
+
+TEST(AggregatorTest, MalformedAndDuplicateResultsAreRefused) {
+  Aggregator aggregator(4, 2, false);
+  TaskResult good;
+  good.delta = torch::ones({4});
+  TaskResult wrong_size;
+  wrong_size.delta = torch::ones({5});
+  TaskResult wrong_dtype;
+  wrong_dtype.delta = torch::ones({4}, torch::kFloat64);
+  TaskResult nan;
+  nan.delta = torch::tensor({1.0f, NAN, 0.0f, 0.0f});
+  TaskResult inf;
+  inf.delta = torch::tensor({1.0f, INFINITY, 0.0f, 0.0f});
+  EXPECT_EQ(aggregator.Add(0, wrong_size).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(aggregator.Add(0, wrong_dtype).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(aggregator.Add(0, nan).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(aggregator.Add(0, inf).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(aggregator.Add(2, good).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(aggregator.Add(-1, good).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(aggregator.Add(0, good).ok());
+  EXPECT_EQ(aggregator.Add(0, good).code(), absl::StatusCode::kAlreadyExists);
+  MetaState state;
+  state.parameters = torch::zeros({4});
+  EXPECT_EQ(aggregator.Apply(1.0, 1, &state).code(), absl::StatusCode::kFailedPrecondition);
+  Aggregator carry(4, 1, true);
+  EXPECT_EQ(carry.Add(0, good).code(), absl::StatusCode::kInvalidArgument);  // moments missing
+}
+
+}  // namespace
+}  // namespace reptile

@@ -1,0 +1,155 @@
+#include "gtest/gtest.h"
+#include "test_support.h"
+#include "worker/learner.h"
+
+namespace reptile {
+namespace {
+
+using testing::LoadNamedConfig;
+using testing::SharedTaskSource;
+
+MetaState InitialState(const ExperimentConfig& config, bool carry) {
+  auto model = MakeModel(config, config.seed());
+  EXPECT_TRUE(model.ok());
+  FlatParameters flat(**model);
+  MetaState state;
+  state.parameters = flat.values().clone();
+  if (carry) {
+    state.adam_m = torch::zeros_like(state.parameters);
+    state.adam_v = torch::zeros_like(state.parameters);
+  }
+  return state;
+}
+
+WorkItem TrainItem(const ExperimentConfig& config, uint64_t seed) {
+  WorkItem item;
+  item.spec.set_family(config.task().family());
+  item.spec.set_seed(seed);
+  if (config.task().family() == SINE) {
+    item.spec.set_support_shots(config.task().sine_train_points());
+  } else {
+    item.spec.set_support_shots(config.task().train_shots());
+    for (int c = 0; c < config.task().ways(); ++c) item.spec.add_class_ids(c * 7);
+  }
+  return item;
+}
+
+TEST(FlatParametersTest, ParametersAndGradientsAreViewsOfTheFlatBuffers) {
+  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
+  auto model = MakeModel(config, 3);
+  ASSERT_TRUE(model.ok());
+  int64_t expected = 0;
+  for (const auto& p : (*model)->parameters()) expected += p.numel();
+  FlatParameters flat(**model);
+  EXPECT_EQ(flat.numel(), expected);
+  EXPECT_EQ(flat.layout().size(), (*model)->parameters().size());
+  torch::Tensor x = torch::rand({4, 1, 28, 28});
+  (*model)->forward(x).sum().backward();
+  EXPECT_GT(flat.grads().abs().sum().item<double>(), 0.0);
+  flat.values().zero_();
+  for (const auto& p : (*model)->parameters()) EXPECT_EQ(p.abs().sum().item<double>(), 0.0);
+}
+
+TEST(ModelTest, ShapesOfThePapersNetworks) {
+  ExperimentConfig config = LoadNamedConfig("omniglot_20w1s");
+  auto omniglot = MakeModel(config);
+  ASSERT_TRUE(omniglot.ok());
+  EXPECT_EQ((*omniglot)->forward(torch::rand({3, 1, 28, 28})).sizes(), (std::vector<int64_t>{3, 20}));
+  config.mutable_model()->set_arch(CONV_MINIIMAGENET);
+  config.mutable_task()->set_family(IMAGE_FOLDER);
+  config.mutable_task()->set_image_size(84);
+  config.mutable_task()->set_ways(5);
+  auto mini = MakeModel(config);
+  ASSERT_TRUE(mini.ok());
+  EXPECT_EQ((*mini)->forward(torch::rand({2, 3, 84, 84})).sizes(), (std::vector<int64_t>{2, 5}));
+  auto sine = MakeModel(LoadNamedConfig("sine"));
+  ASSERT_TRUE(sine.ok());
+  EXPECT_EQ((*sine)->forward(torch::rand({7, 1})).sizes(), (std::vector<int64_t>{7, 1}));
+  EXPECT_EQ((*sine)->parameters().size(), 6u);
+}
+
+TEST(LearnerTest, TrainingIsAFunctionOfStateAndSpec) {
+  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
+  auto tasks = SharedTaskSource(config);
+  ASSERT_NE(tasks, nullptr);
+  auto a = Learner::Create(config, tasks);
+  auto b = Learner::Create(config, tasks);
+  ASSERT_TRUE(a.ok() && b.ok());
+  MetaState state = InitialState(config, /*carry=*/true);
+  auto first = (*a)->Run(state, TrainItem(config, 1));
+  (*a)->Run(state, TrainItem(config, 2)).IgnoreError();  // leaves other state behind in `a`
+  auto again = (*a)->Run(state, TrainItem(config, 1));
+  auto other = (*b)->Run(state, TrainItem(config, 1));
+  ASSERT_TRUE(first.ok() && again.ok() && other.ok()) << first.status();
+  EXPECT_TRUE(torch::equal(first->delta, again->delta));
+  EXPECT_TRUE(torch::equal(first->delta, other->delta));
+  EXPECT_TRUE(torch::equal(first->adam_v, other->adam_v));
+  EXPECT_GT(first->delta.abs().max().item<float>(), 0.0f);
+  EXPECT_EQ(first->predictions, 50);  // 5 iterations x batch 10
+  EXPECT_GT(first->loss, 0.0);
+}
+
+TEST(LearnerTest, AdamWithBetaOneZeroTakesSignLikeStepsOfTheLearningRate) {
+  // With beta1 = 0 and fresh moments, Adam's first step is lr * g / (|g| + eps):
+  // every coordinate with a gradient moves by almost exactly lr.
+  ExperimentConfig config = LoadNamedConfig("sine", {"inner.optimizer=ADAM", "inner.learning_rate=0.01",
+                                                     "inner.adam_beta2=0.999", "inner.adam_epsilon=1e-8",
+                                                     "inner.state_mode=RESET", "inner.iterations=1"});
+  auto tasks = TaskSource::Create(config.task());
+  auto learner = Learner::Create(config, *tasks);
+  ASSERT_TRUE(learner.ok());
+  auto result = (*learner)->Run(InitialState(config, false), TrainItem(config, 4));
+  ASSERT_TRUE(result.ok());
+  torch::Tensor moved = result->delta.abs().masked_select(result->delta.abs() > 1e-6);
+  EXPECT_GT(moved.numel(), result->delta.numel() / 2);
+  EXPECT_NEAR(moved.max().item<float>(), 0.01f, 1e-5f);
+}
+
+TEST(LearnerTest, FomamlReturnsOnlyTheLastStep) {
+  ExperimentConfig reptile = LoadNamedConfig("sine");
+  ExperimentConfig fomaml = LoadNamedConfig("sine", {"outer.algorithm=FOMAML"});
+  auto tasks = TaskSource::Create(reptile.task());
+  auto r = Learner::Create(reptile, *tasks);
+  auto f = Learner::Create(fomaml, *tasks);
+  MetaState state = InitialState(reptile, false);
+  auto full = (*r)->Run(state, TrainItem(reptile, 9));
+  auto last = (*f)->Run(state, TrainItem(fomaml, 9));
+  ASSERT_TRUE(full.ok() && last.ok());
+  // SGD: the last step is -lr * grad of the last minibatch; smaller than the whole path.
+  EXPECT_LT(last->delta.norm().item<double>(), full->delta.norm().item<double>());
+  EXPECT_GT(last->delta.norm().item<double>(), 0.0);
+}
+
+TEST(LearnerTest, EvaluationCountsBothModes) {
+  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s", {"eval.inner_iterations=5"});
+  auto tasks = SharedTaskSource(config);
+  auto learner = Learner::Create(config, tasks);
+  WorkItem item;
+  item.kind = WorkKind::kEvaluate;
+  item.spec.set_family(OMNIGLOT);
+  item.spec.set_seed(3);
+  item.spec.set_meta_test(true);
+  item.spec.set_support_shots(1);
+  item.spec.set_query_shots(2);
+  for (int c : {1, 2, 3, 4, 5}) item.spec.add_class_ids(c);
+  auto result = (*learner)->Run(InitialState(config, true), item);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->predictions, 10);
+  EXPECT_LE(result->correct, 10);
+  EXPECT_LE(result->correct_inductive, 10);
+  EXPECT_FALSE(result->delta.defined());
+}
+
+TEST(LearnerTest, MismatchedStateIsRefused) {
+  ExperimentConfig config = LoadNamedConfig("sine");
+  auto tasks = TaskSource::Create(config.task());
+  auto learner = Learner::Create(config, *tasks);
+  MetaState state;
+  state.parameters = torch::zeros({10});
+  EXPECT_EQ((*learner)->Run(state, TrainItem(config, 1)).status().code(), absl::StatusCode::kInvalidArgument);
+  state.parameters = torch::zeros({(*learner)->num_parameters()}, torch::kFloat64);
+  EXPECT_EQ((*learner)->Run(state, TrainItem(config, 1)).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace reptile

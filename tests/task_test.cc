@@ -1,0 +1,136 @@
+#include <set>
+
+#include "coordinator/task_sampler.h"
+#include "core/rng.h"
+#include "core/tasks/task_source.h"
+#include "gtest/gtest.h"
+#include "test_support.h"
+
+namespace reptile {
+namespace {
+
+using testing::LoadNamedConfig;
+using testing::SharedTaskSource;
+
+TEST(RngTest, SameSeedSameStreamAndChooseIsDistinct) {
+  Rng a(7), b(7), c(8);
+  EXPECT_EQ(a.Next(), b.Next());
+  EXPECT_NE(Rng(7).Next(), c.Next());
+  EXPECT_NE(Rng::Derive(1, 2), Rng::Derive(1, 3));
+  Rng r(3);
+  for (int trial = 0; trial < 100; ++trial) {
+    std::vector<int> picks = r.Choose(20, 6);
+    EXPECT_EQ(std::set<int>(picks.begin(), picks.end()).size(), 6u);
+    for (int p : picks) EXPECT_TRUE(p >= 0 && p < 20);
+  }
+  // Below() is unbiased enough to hit every value.
+  std::set<uint64_t> seen;
+  for (int i = 0; i < 1000; ++i) seen.insert(r.Below(5));
+  EXPECT_EQ(seen.size(), 5u);
+}
+
+TEST(TaskSamplerTest, ItemsDependOnlyOnRoundAndSeed) {
+  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
+  TaskSampler sampler(config, 4800, 423), again(config, 4800, 423);
+  auto round3 = sampler.TrainingItems(3);
+  ASSERT_EQ(round3.size(), 5u);
+  for (size_t i = 0; i < round3.size(); ++i)
+    EXPECT_EQ(round3[i].spec.SerializeAsString(), again.TrainingItems(3)[i].spec.SerializeAsString());
+  EXPECT_NE(round3[0].spec.seed(), sampler.TrainingItems(4)[0].spec.seed());
+  EXPECT_NE(round3[0].spec.seed(), round3[1].spec.seed());
+  for (const WorkItem& item : round3) {
+    EXPECT_EQ(item.spec.class_ids_size(), 5);
+    EXPECT_EQ(item.spec.support_shots(), 10);
+    EXPECT_FALSE(item.spec.meta_test());
+  }
+  auto eval = sampler.EvaluationItems(10);
+  for (const WorkItem& item : eval) {
+    EXPECT_TRUE(item.spec.meta_test());
+    EXPECT_EQ(item.spec.support_shots(), 1);
+    EXPECT_EQ(item.spec.query_shots(), 1);
+    for (int id : item.spec.class_ids()) EXPECT_LT(id, 423);
+  }
+  config.set_seed(1);
+  EXPECT_NE(TaskSampler(config, 4800, 423).TrainingItems(3)[0].spec.seed(), round3[0].spec.seed());
+}
+
+TEST(TaskSourceTest, SineTasksFollowTheirSpec) {
+  ExperimentConfig config = LoadNamedConfig("sine");
+  auto source = TaskSource::Create(config.task());
+  ASSERT_TRUE(source.ok());
+  TaskSpec spec;
+  spec.set_family(SINE);
+  spec.set_seed(11);
+  spec.set_support_shots(50);
+  spec.set_query_shots(100);
+  auto a = (*source)->Materialize(spec);
+  auto b = (*source)->Materialize(spec);
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE(torch::equal(a->support_x, b->support_x));
+  EXPECT_TRUE(torch::equal(a->query_y, b->query_y));
+  EXPECT_EQ(a->support_x.sizes(), (std::vector<int64_t>{50, 1}));
+  EXPECT_EQ(a->query_x.size(0), 100);
+  EXPECT_LE(a->support_x.abs().max().item<float>(), 5.0f);
+  EXPECT_LE(a->support_y.abs().max().item<float>(), 5.0f);
+  // y = A sin(x + phi): y / sin-shaped, so its range is at most 2A <= 10 and nonzero.
+  EXPECT_GT(a->support_y.abs().max().item<float>(), 0.0f);
+  spec.set_seed(12);
+  EXPECT_FALSE(torch::equal(a->support_y, (*source)->Materialize(spec)->support_y));
+}
+
+TEST(TaskSourceTest, OmniglotSplitAndEpisodes) {
+  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
+  auto source = SharedTaskSource(config);
+  ASSERT_NE(source, nullptr);
+  EXPECT_EQ(source->num_classes(false), 4800);
+  EXPECT_EQ(source->num_classes(true), 423);
+  TaskSampler sampler(config, 4800, 423);
+  const TaskSpec spec = sampler.EvaluationItems(1)[0].spec;
+  auto a = source->Materialize(spec);
+  auto b = source->Materialize(spec);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->support_x.sizes(), (std::vector<int64_t>{5, 1, 28, 28}));
+  EXPECT_EQ(a->query_x.sizes(), (std::vector<int64_t>{5, 1, 28, 28}));
+  EXPECT_TRUE(torch::equal(a->support_x, b->support_x));
+  EXPECT_TRUE(torch::equal(a->query_x, b->query_x));
+  EXPECT_TRUE(torch::equal(a->support_y, torch::arange(5)));
+  // Support and query of a class are different drawers.
+  for (int c = 0; c < 5; ++c) EXPECT_FALSE(torch::equal(a->support_x[c], a->query_x[c]));
+  EXPECT_GE(a->support_x.min().item<float>(), 0.0f);
+  EXPECT_LE(a->support_x.max().item<float>(), 1.0f);
+
+  // Rotations: training classes 4k..4k+3 are one character turned by 0..3
+  // quarters counter-clockwise; equal seeds pick the same drawer.
+  TaskSpec upright;
+  upright.set_family(OMNIGLOT);
+  upright.set_seed(5);
+  upright.set_support_shots(1);
+  upright.add_class_ids(8);
+  TaskSpec turned = upright;
+  turned.set_class_ids(0, 9);
+  auto u = source->Materialize(upright);
+  auto t = source->Materialize(turned);
+  ASSERT_TRUE(u.ok() && t.ok());
+  EXPECT_TRUE(torch::equal(torch::rot90(u->support_x[0], 1, {1, 2}), t->support_x[0]));
+}
+
+TEST(TaskSourceTest, HostileSpecsAreRefused) {
+  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
+  auto source = SharedTaskSource(config);
+  ASSERT_NE(source, nullptr);
+  TaskSpec spec;
+  spec.set_family(OMNIGLOT);
+  spec.set_support_shots(1);
+  spec.add_class_ids(5000);
+  EXPECT_EQ(source->Materialize(spec).status().code(), absl::StatusCode::kInvalidArgument);
+  spec.set_class_ids(0, 3);
+  spec.set_support_shots(25);
+  EXPECT_EQ(source->Materialize(spec).status().code(), absl::StatusCode::kInvalidArgument);
+  spec.set_support_shots(-1);
+  EXPECT_EQ(source->Materialize(spec).status().code(), absl::StatusCode::kInvalidArgument);
+  spec.set_family(SINE);
+  EXPECT_EQ(source->Materialize(spec).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace reptile

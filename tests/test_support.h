@@ -1,0 +1,58 @@
+// Shared helpers for tests: paths to the source tree and datasets, config
+// loading by name, temporary directories.
+#ifndef REPTILE_TESTS_TEST_SUPPORT_H_
+#define REPTILE_TESTS_TEST_SUPPORT_H_
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "core/config.h"
+#include "core/tasks/task_source.h"
+#include "gtest/gtest.h"
+
+namespace reptile::testing {
+
+inline std::string SourcePath(const std::string& relative) { return std::string(REPTILE_SOURCE_DIR) + "/" + relative; }
+
+inline std::string OmniglotDir() {
+  const char* env = std::getenv("REPTILE_OMNIGLOT_DIR");
+  return env != nullptr ? env : SourcePath("../shared/data/omniglot");
+}
+
+// configs/<name>.textproto with data paths made absolute, then `overrides`.
+inline ExperimentConfig LoadNamedConfig(const std::string& name, const std::vector<std::string>& overrides = {}) {
+  auto config = LoadConfig(SourcePath("configs/" + name + ".textproto"), overrides);
+  EXPECT_TRUE(config.ok()) << config.status();
+  if (config->task().family() == OMNIGLOT) config->mutable_task()->set_data_dir(OmniglotDir());
+  return *config;
+}
+
+// The Omniglot task source, decoded once per test binary.
+inline std::shared_ptr<const TaskSource> SharedTaskSource(const ExperimentConfig& config) {
+  static std::map<std::string, std::shared_ptr<const TaskSource>>* cache = new std::map<std::string, std::shared_ptr<const TaskSource>>();
+  const std::string key = TaskFamily_Name(config.task().family()) + config.task().data_dir();
+  auto& source = (*cache)[key];
+  if (source == nullptr) {
+    auto created = TaskSource::Create(config.task());
+    EXPECT_TRUE(created.ok()) << created.status();
+    if (created.ok()) source = *created;
+  }
+  return source;
+}
+
+// A fresh empty directory under the test's temp dir.
+inline std::string TempDir(const std::string& name) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "reptile_tests" /
+                              (std::string(info->test_suite_name()) + "." + info->name()) / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+}  // namespace reptile::testing
+
+#endif  // REPTILE_TESTS_TEST_SUPPORT_H_

@@ -59,12 +59,18 @@ absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const Experimen
   RunDirectory* dir = engine->options_.run_dir;
   if (dir != nullptr && dir->has_checkpoint()) {
     ASSIGN_OR_RETURN(engine->state_, ReadCheckpoint(dir->checkpoint_path()));
-    const std::string differences = ConfigDifferences(engine->state_.config, config);
+    // Runtime settings (workers, checkpoint and log cadence) may change on
+    // resume; everything that determines the parameters may not.
+    ExperimentConfig saved = engine->state_.config, wanted = config;
+    saved.clear_runtime();
+    wanted.clear_runtime();
+    const std::string differences = ConfigDifferences(saved, wanted);
     if (!differences.empty())
       return absl::FailedPreconditionError(absl::StrCat("run directory ", dir->path(),
                                                         " holds a run with another config; use a new run "
                                                         "directory or the same config. Differences: ",
                                                         differences));
+    engine->state_.config = config;
     return engine;
   }
   ASSIGN_OR_RETURN(std::shared_ptr<MetaModel> model, MakeModel(config, config.seed()));

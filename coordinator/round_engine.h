@@ -41,7 +41,7 @@ class RoundEngine {
   };
 
   // Resumes from the run directory's checkpoint if it has one (its config
-  // must equal `config`), else starts from parameters drawn from config.seed.
+  // must equal `config` but for the runtime section), else starts from parameters drawn from config.seed.
   static absl::StatusOr<std::unique_ptr<RoundEngine>> Create(const ExperimentConfig& config,
                                                              const TaskSource& tasks, Transport* transport,
                                                              Options options);

@@ -5,9 +5,11 @@ namespace reptile {
 FlatParameters::FlatParameters(torch::nn::Module& module) {
   torch::NoGradGuard no_grad;
   auto named = module.named_parameters(/*recurse=*/true);
+  constexpr int64_t kAlignment = 64 / sizeof(float);
+  auto aligned = [](int64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; };
   int64_t total = 0;
-  for (const auto& item : named) total += item.value().numel();
-  values_ = torch::empty({total}, torch::kFloat32);
+  for (const auto& item : named) total += aligned(item.value().numel());
+  values_ = torch::zeros({total}, torch::kFloat32);
   grads_ = torch::zeros({total}, torch::kFloat32);
   int64_t offset = 0;
   for (auto& item : named) {
@@ -19,9 +21,10 @@ FlatParameters::FlatParameters(torch::nn::Module& module) {
     param.mutable_grad() = grads_.narrow(0, offset, n).view(param.sizes());
     ParameterShape shape;
     shape.set_name(item.key());
+    shape.set_offset(offset);
     for (int64_t d : param.sizes()) shape.add_dims(d);
     layout_.push_back(std::move(shape));
-    offset += n;
+    offset += aligned(n);
   }
 }
 

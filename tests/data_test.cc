@@ -1,179 +1,425 @@
+// Tests of the data layer: ImageDataset, PNG decoding and area resizing, and
+// the Omniglot, Fashion-MNIST and image-folder loaders on real and broken data.
 #include <png.h>
 #include <zip.h>
+#include <zlib.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <iterator>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "core/data/image_dataset.h"
 #include "core/data/loaders.h"
 #include "core/data/png_reader.h"
-#include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "test_support.h"
 
 namespace reptile {
 namespace {
 
-using ::testing::HasSubstr;
+namespace fs = std::filesystem;
 
 constexpr char kFashionDir[] = "/usr/share/datasets/fashion-mnist";
 
-std::string EncodePng(const std::vector<uint8_t>& pixels, int width, int height, uint32_t format) {
-  png_image image{};
-  image.version = PNG_IMAGE_VERSION;
-  image.width = width;
-  image.height = height;
-  image.format = format;
-  png_alloc_size_t size = 0;
-  EXPECT_TRUE(png_image_write_to_memory(&image, nullptr, &size, 0, pixels.data(), 0, nullptr));
-  std::string bytes(size, '\0');
-  EXPECT_TRUE(png_image_write_to_memory(&image, bytes.data(), &size, 0, pixels.data(), 0, nullptr));
-  bytes.resize(size);
-  return bytes;
+std::string OmniglotDir() {
+  const char* env = std::getenv("REPTILE_OMNIGLOT_DIR");
+  return env != nullptr ? env : std::string(REPTILE_SOURCE_DIR) + "/../shared/data/omniglot";
+}
+
+// A fresh empty directory for the current test.
+std::string TempDir(const std::string& name) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const fs::path dir = fs::path(::testing::TempDir()) / "reptile_data_test" /
+                       (std::string(info->test_suite_name()) + "." + info->name()) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+bool Mentions(const absl::Status& status, const std::string& text) {
+  return !status.ok() && status.message().find(text) != absl::string_view::npos;
+}
+
+double Seconds(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
 }
 
-TEST(ImageDatasetTest, CopiesAndRotatesCounterClockwise) {
-  ImageDataset dataset(1, 2, 2);
-  // 0 1
-  // 2 3  (values x 85)
-  ASSERT_TRUE(dataset.AddClass("c", 1, {0, 85, 170, 255}).ok());
-  EXPECT_FALSE(dataset.AddClass("bad", 2, {1, 2, 3}).ok());
-  float out[4];
-  dataset.CopyExample(0, 0, 0, out);
-  EXPECT_FLOAT_EQ(out[1], 85 / 255.0f);
-  dataset.CopyExample(0, 0, 1, out);  // counter-clockwise: top row becomes 1 3
-  EXPECT_FLOAT_EQ(out[0], 85 / 255.0f);
-  EXPECT_FLOAT_EQ(out[1], 1.0f);
-  EXPECT_FLOAT_EQ(out[2], 0.0f);
-  dataset.CopyExample(0, 0, 2, out);
-  EXPECT_FLOAT_EQ(out[0], 1.0f);
-  dataset.CopyExample(0, 0, 3, out);  // clockwise: top row 2 0
-  EXPECT_FLOAT_EQ(out[0], 170 / 255.0f);
-  EXPECT_FLOAT_EQ(out[1], 0.0f);
-  EXPECT_EQ(dataset.memory_bytes(), 4);
-}
-
-TEST(PngReaderTest, ResizeAreaAveragesExactly) {
-  DecodedImage in{1, 4, 4, {0, 0, 100, 100, 0, 0, 100, 100, 40, 40, 255, 255, 40, 40, 255, 255}};
-  DecodedImage out = ResizeArea(in, 2, 2);
-  EXPECT_EQ(out.pixels, (std::vector<uint8_t>{0, 100, 40, 255}));
-  DecodedImage constant{1, 105, 105, std::vector<uint8_t>(105 * 105, 77)};
-  for (uint8_t v : ResizeArea(constant, 28, 28).pixels) EXPECT_EQ(v, 77);
-}
-
-TEST(PngReaderTest, DecodesGreyAndColourAndRejectsGarbage) {
-  const std::vector<uint8_t> grey = {0, 50, 100, 150, 200, 250};
-  auto decoded = DecodePng(reinterpret_cast<const uint8_t*>(EncodePng(grey, 3, 2, PNG_FORMAT_GRAY).data()),
-                           EncodePng(grey, 3, 2, PNG_FORMAT_GRAY).size(), 1, "grey.png");
-  ASSERT_TRUE(decoded.ok()) << decoded.status();
-  EXPECT_EQ(decoded->width, 3);
-  EXPECT_EQ(decoded->height, 2);
-  EXPECT_EQ(decoded->pixels, grey);
-  const std::vector<uint8_t> rgb = {255, 0, 0, 0, 255, 0};  // red, green
-  const std::string rgb_png = EncodePng(rgb, 2, 1, PNG_FORMAT_RGB);
-  auto planar = DecodePng(reinterpret_cast<const uint8_t*>(rgb_png.data()), rgb_png.size(), 3, "rgb.png");
-  ASSERT_TRUE(planar.ok());
-  EXPECT_EQ(planar->pixels, (std::vector<uint8_t>{255, 0, 0, 255, 0, 0}));  // R plane, G plane, B plane
-  const std::string garbage = "definitely not a png";
-  auto bad = DecodePng(reinterpret_cast<const uint8_t*>(garbage.data()), garbage.size(), 1, "garbage.png");
-  EXPECT_FALSE(bad.ok());
-  EXPECT_THAT(bad.status().message(), HasSubstr("garbage.png"));
-  const std::string truncated = EncodePng(grey, 3, 2, PNG_FORMAT_GRAY).substr(0, 40);
-  EXPECT_FALSE(DecodePng(reinterpret_cast<const uint8_t*>(truncated.data()), truncated.size(), 1, "t.png").ok());
-}
-
-TEST(ImageFolderTest, LoadsClassFoldersAndNamesBadFiles) {
-  const std::string root = testing::TempDir("folder");
-  for (const char* name : {"b_class", "a_class"}) {
-    std::filesystem::create_directories(root + "/" + name);
-    for (int i = 0; i < 2; ++i)
-      WriteFile(root + "/" + name + "/" + std::to_string(i) + ".png",
-                EncodePng(std::vector<uint8_t>(8 * 8, name[0] == 'a' ? 10 : 200), 8, 8, PNG_FORMAT_GRAY));
+// Writes a PNG with libpng's classic API: `rows` are already packed for
+// `bit_depth` (e.g. 8 pixels a byte at depth 1, big-endian at depth 16).
+void WritePng(const std::string& path, int width, int bit_depth, int color_type,
+              const std::vector<std::vector<uint8_t>>& rows, const std::vector<png_color>& palette = {}) {
+  FILE* file = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(file, nullptr) << path;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png_create_info_struct(png);
+  if (setjmp(png_jmpbuf(png))) {
+    ADD_FAILURE() << "libpng failed to write " << path;
+  } else {
+    png_init_io(png, file);
+    png_set_IHDR(png, info, width, static_cast<png_uint_32>(rows.size()), bit_depth, color_type, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    if (!palette.empty()) png_set_PLTE(png, info, palette.data(), static_cast<int>(palette.size()));
+    png_write_info(png, info);
+    for (const auto& row : rows) png_write_row(png, row.data());
+    png_write_end(png, nullptr);
   }
-  auto dataset = LoadImageFolder(root, 1, 4);
+  png_destroy_write_struct(&png, &info);
+  std::fclose(file);
+}
+
+// Writes the PNG, then decodes it both from the file and from memory.
+DecodedImage WriteAndDecode(const std::string& name, int channels, int width, int bit_depth, int color_type,
+                            const std::vector<std::vector<uint8_t>>& rows, const std::vector<png_color>& palette = {}) {
+  const std::string path = TempDir("png") + "/" + name;
+  WritePng(path, width, bit_depth, color_type, rows, palette);
+  absl::StatusOr<DecodedImage> from_file = ReadPngFile(path, channels);
+  EXPECT_TRUE(from_file.ok()) << from_file.status();
+  const std::string bytes = ReadFile(path);
+  absl::StatusOr<DecodedImage> from_memory =
+      DecodePng(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), channels, name);
+  EXPECT_TRUE(from_memory.ok()) << from_memory.status();
+  if (!from_file.ok() || !from_memory.ok()) return {};
+  EXPECT_EQ(from_file->pixels, from_memory->pixels);
+  EXPECT_EQ(from_file->channels, channels);
+  EXPECT_EQ(from_file->width, width);
+  EXPECT_EQ(from_file->height, static_cast<int>(rows.size()));
+  return *from_file;
+}
+
+std::vector<float> Copy(const ImageDataset& dataset, int cls, int index, int quarter_turns) {
+  std::vector<float> out(dataset.image_bytes());
+  dataset.CopyExample(cls, index, quarter_turns, out.data());
+  return out;
+}
+
+// Pixel values / 255, as CopyExample returns them.
+std::vector<float> Scaled(const std::vector<int>& values) {
+  std::vector<float> out;
+  for (int v : values) out.push_back(v / 255.0f);
+  return out;
+}
+
+::testing::AssertionResult Near(const std::vector<float>& actual, const std::vector<float>& expected) {
+  if (actual.size() != expected.size())
+    return ::testing::AssertionFailure() << actual.size() << " values, expected " << expected.size();
+  for (size_t i = 0; i < actual.size(); ++i)
+    if (std::abs(actual[i] - expected[i]) > 1e-6f)
+      return ::testing::AssertionFailure() << "value " << i << " is " << actual[i] << ", expected " << expected[i];
+  return ::testing::AssertionSuccess();
+}
+
+TEST(ImageDatasetTest, CopiesAndRotatesCounterClockwise) {
+  ImageDataset dataset(1, 3, 3);
+  std::vector<uint8_t> pixels = {0, 1, 2, 3, 4, 5, 6, 7, 8};  // image 0:  0 1 2 / 3 4 5 / 6 7 8
+  pixels.resize(18);
+  pixels[9] = 255;  // image 1: top-left only
+  ASSERT_TRUE(dataset.AddClass("c", 2, std::move(pixels)).ok());
+  EXPECT_EQ(dataset.num_classes(), 1);
+  EXPECT_EQ(dataset.num_examples(0), 2);
+  EXPECT_EQ(dataset.class_name(0), "c");
+  EXPECT_EQ(dataset.memory_bytes(), 18);
+  EXPECT_TRUE(Near(Copy(dataset, 0, 0, 0), Scaled({0, 1, 2, 3, 4, 5, 6, 7, 8})));
+  EXPECT_TRUE(Near(Copy(dataset, 0, 0, 1), Scaled({2, 5, 8, 1, 4, 7, 0, 3, 6})));  // right column becomes the top row
+  EXPECT_TRUE(Near(Copy(dataset, 0, 0, 2), Scaled({8, 7, 6, 5, 4, 3, 2, 1, 0})));
+  EXPECT_TRUE(Near(Copy(dataset, 0, 0, 3), Scaled({6, 3, 0, 7, 4, 1, 8, 5, 2})));  // i.e. one clockwise turn
+  EXPECT_TRUE(Near(Copy(dataset, 0, 0, 4), Copy(dataset, 0, 0, 0)));
+  EXPECT_TRUE(Near(Copy(dataset, 0, 0, -1), Copy(dataset, 0, 0, 3)));
+  EXPECT_TRUE(Near(Copy(dataset, 0, 1, 0), Scaled({255, 0, 0, 0, 0, 0, 0, 0, 0})));
+  EXPECT_TRUE(Near(Copy(dataset, 0, 1, 1), Scaled({0, 0, 0, 0, 0, 0, 255, 0, 0})));  // top-left goes bottom-left
+}
+
+TEST(ImageDatasetTest, RotatesEveryChannelAndRejectsWrongSizes) {
+  ImageDataset dataset(2, 2, 2);
+  ASSERT_TRUE(dataset.AddClass("rg", 1, {1, 2, 3, 4, 10, 20, 30, 40}).ok());
+  EXPECT_TRUE(Near(Copy(dataset, 0, 0, 1), Scaled({2, 4, 1, 3, 20, 40, 10, 30})));
+  const absl::Status bad = dataset.AddClass("bad", 2, {1, 2, 3});
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(bad, "bad")) << bad;
+  EXPECT_EQ(dataset.num_classes(), 1);
+}
+
+TEST(ResizeAreaTest, AveragesExactly) {
+  const DecodedImage blocks{1, 4, 4, {0, 0, 100, 100, 0, 0, 100, 100, 40, 40, 255, 255, 40, 40, 255, 255}};
+  EXPECT_EQ(ResizeArea(blocks, 2, 2).pixels, (std::vector<uint8_t>{0, 100, 40, 255}));
+  const DecodedImage means{1, 2, 2, {0, 1, 2, 3}};
+  EXPECT_EQ(ResizeArea(means, 1, 1).pixels, (std::vector<uint8_t>{2}));  // 1.5 rounds up
+  // 3 -> 2: each output covers one and a half inputs.
+  const DecodedImage row{1, 1, 3, {0, 90, 180}};
+  EXPECT_EQ(ResizeArea(row, 1, 2).pixels, (std::vector<uint8_t>{30, 150}));
+  // Enlarging repeats pixels.
+  const DecodedImage pair{1, 1, 2, {10, 50}};
+  EXPECT_EQ(ResizeArea(pair, 1, 4).pixels, (std::vector<uint8_t>{10, 10, 50, 50}));
+  for (int value : {0, 1, 77, 254, 255}) {
+    const DecodedImage constant{1, 105, 105, std::vector<uint8_t>(105 * 105, value)};
+    const DecodedImage small = ResizeArea(constant, 28, 28);
+    EXPECT_EQ(small.height, 28);
+    EXPECT_EQ(small.width, 28);
+    EXPECT_EQ(small.pixels, std::vector<uint8_t>(28 * 28, value));
+  }
+  const DecodedImage two_planes{2, 2, 2, {0, 0, 0, 0, 200, 200, 200, 200}};
+  EXPECT_EQ(ResizeArea(two_planes, 1, 1).pixels, (std::vector<uint8_t>{0, 200}));
+}
+
+TEST(PngReaderTest, DecodesGrey8Bit) {
+  const DecodedImage grey = WriteAndDecode("grey.png", 1, 3, 8, PNG_COLOR_TYPE_GRAY, {{0, 50, 100}, {150, 200, 250}});
+  EXPECT_EQ(grey.pixels, (std::vector<uint8_t>{0, 50, 100, 150, 200, 250}));
+  const DecodedImage rgb = WriteAndDecode("grey.png", 3, 2, 8, PNG_COLOR_TYPE_GRAY, {{7, 9}});
+  EXPECT_EQ(rgb.pixels, (std::vector<uint8_t>{7, 9, 7, 9, 7, 9}));
+}
+
+TEST(PngReaderTest, Decodes1BitGrey) {
+  // 10 pixels a row: 1011000011 / 0100111100, packed most significant bit first.
+  const DecodedImage image =
+      WriteAndDecode("bits.png", 1, 10, 1, PNG_COLOR_TYPE_GRAY, {{0b10110000, 0b11000000}, {0b01001111, 0b00000000}});
+  EXPECT_EQ(image.pixels, (std::vector<uint8_t>{255, 0,   255, 255, 0,   0,   0,   0,   255, 255,  //
+                                                0,   255, 0,   0,   255, 255, 255, 255, 0,   0}));
+}
+
+TEST(PngReaderTest, Decodes16BitGreyAsSrgb) {
+  const DecodedImage image =
+      WriteAndDecode("deep.png", 1, 3, 16, PNG_COLOR_TYPE_GRAY, {{0, 0, 0x80, 0x80, 0xff, 0xff}});
+  EXPECT_EQ(image.pixels, (std::vector<uint8_t>{0, 128, 255}));
+}
+
+TEST(PngReaderTest, DecodesRgbToPlanesAndLuminance) {
+  const std::vector<std::vector<uint8_t>> rows = {{255, 0, 0, 0, 255, 0, 255, 255, 255, 0, 0, 0}};
+  const DecodedImage rgb = WriteAndDecode("rgb.png", 3, 4, 8, PNG_COLOR_TYPE_RGB, rows);
+  EXPECT_EQ(rgb.pixels, (std::vector<uint8_t>{255, 0, 255, 0, 0, 255, 255, 0, 0, 0, 255, 0}));  // R, G, B planes
+  const DecodedImage grey = WriteAndDecode("rgb.png", 1, 4, 8, PNG_COLOR_TYPE_RGB, rows);
+  ASSERT_EQ(grey.pixels.size(), 4u);
+  EXPECT_GT(grey.pixels[0], 0);               // red
+  EXPECT_GT(grey.pixels[1], grey.pixels[0]);  // green is brighter
+  EXPECT_EQ(grey.pixels[2], 255);             // white
+  EXPECT_EQ(grey.pixels[3], 0);               // black
+}
+
+TEST(PngReaderTest, DecodesPalette) {
+  const std::vector<png_color> palette = {{0, 0, 0}, {255, 0, 0}, {10, 20, 30}, {255, 255, 255}};
+  // 2-bit indices 0 1 2 3 / 3 2 1 0.
+  const std::vector<std::vector<uint8_t>> rows = {{0b00011011}, {0b11100100}};
+  const DecodedImage rgb = WriteAndDecode("palette.png", 3, 4, 2, PNG_COLOR_TYPE_PALETTE, rows, palette);
+  EXPECT_EQ(rgb.pixels, (std::vector<uint8_t>{0, 255, 10, 255, 255, 10, 255, 0,     // R
+                                              0, 0,   20, 255, 255, 20, 0,   0,     // G
+                                              0, 0,   30, 255, 255, 30, 0,   0}));  // B
+  const DecodedImage grey = WriteAndDecode("palette.png", 1, 4, 2, PNG_COLOR_TYPE_PALETTE, rows, palette);
+  ASSERT_EQ(grey.pixels.size(), 8u);
+  EXPECT_EQ(grey.pixels[0], 0);
+  EXPECT_EQ(grey.pixels[3], 255);
+}
+
+TEST(PngReaderTest, DropsAlphaKeepingColour) {
+  const DecodedImage image =
+      WriteAndDecode("alpha.png", 1, 3, 8, PNG_COLOR_TYPE_GRAY_ALPHA, {{100, 0, 200, 128, 30, 255}});
+  EXPECT_EQ(image.pixels, (std::vector<uint8_t>{100, 200, 30}));
+  const DecodedImage rgb = WriteAndDecode("rgba.png", 3, 1, 8, PNG_COLOR_TYPE_RGB_ALPHA, {{10, 20, 30, 0}});
+  EXPECT_EQ(rgb.pixels, (std::vector<uint8_t>{10, 20, 30}));
+}
+
+TEST(PngReaderTest, ErrorsNameTheSource) {
+  const std::string garbage = "definitely not a png";
+  const auto bad = DecodePng(reinterpret_cast<const uint8_t*>(garbage.data()), garbage.size(), 1, "garbage.png");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(bad.status(), "garbage.png")) << bad.status();
+
+  const std::string path = TempDir("png") + "/cut.png";
+  WritePng(path, 3, 8, PNG_COLOR_TYPE_GRAY, {{1, 2, 3}, {4, 5, 6}});
+  WriteFile(path, ReadFile(path).substr(0, 40));
+  const auto cut = ReadPngFile(path, 1);
+  EXPECT_EQ(cut.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(cut.status(), path)) << cut.status();
+
+  const auto missing = ReadPngFile(path + ".missing", 1);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(Mentions(missing.status(), path + ".missing")) << missing.status();
+}
+
+TEST(ImageFolderTest, LoadsClassFoldersInOrder) {
+  const std::string root = TempDir("folder");
+  // Classes in reverse creation order, images of different sizes.
+  for (const std::string name : {"b_class", "a_class"}) {
+    fs::create_directories(root + "/" + name);
+    const uint8_t value = name == "a_class" ? 10 : 200;
+    WritePng(root + "/" + name + "/1.png", 8, 8, PNG_COLOR_TYPE_GRAY,
+             std::vector<std::vector<uint8_t>>(8, std::vector<uint8_t>(8, value)));
+    WritePng(root + "/" + name + "/0.png", 6, 8, PNG_COLOR_TYPE_RGB,
+             std::vector<std::vector<uint8_t>>(6, std::vector<uint8_t>(18, value / 2)));
+  }
+  WriteFile(root + "/a_class/notes.txt", "ignored");
+  const auto dataset = LoadImageFolder(root, 1, 4);
   ASSERT_TRUE(dataset.ok()) << dataset.status();
   EXPECT_EQ(dataset->num_classes(), 2);
   EXPECT_EQ(dataset->class_name(0), "a_class");
-  EXPECT_EQ(dataset->num_examples(1), 2);
-  float out[16];
-  dataset->CopyExample(1, 0, 0, out);
-  EXPECT_FLOAT_EQ(out[5], 200 / 255.0f);
-
-  WriteFile(root + "/a_class/broken.png", "PNG? no");
-  auto broken = LoadImageFolder(root, 1, 4);
-  EXPECT_THAT(broken.status().message(), HasSubstr("broken.png"));
-  EXPECT_EQ(LoadImageFolder(root + "/missing", 1, 4).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(dataset->class_name(1), "b_class");
+  EXPECT_EQ(dataset->num_examples(0), 2);
+  EXPECT_EQ(dataset->height(), 4);
+  EXPECT_TRUE(Near(Copy(*dataset, 1, 0, 0), std::vector<float>(16, 100 / 255.0f)));  // 0.png first
+  EXPECT_TRUE(Near(Copy(*dataset, 1, 1, 0), std::vector<float>(16, 200 / 255.0f)));
+  EXPECT_EQ(dataset->memory_bytes(), 4 * 16);
 }
 
-TEST(FashionMnistTest, LoadsTheDebianPackageAndNamesATruncatedFile) {
+TEST(ImageFolderTest, ErrorsNameTheFileOrFolder) {
+  const std::string root = TempDir("folder");
+  fs::create_directories(root + "/only");
+  WritePng(root + "/only/good.png", 2, 8, PNG_COLOR_TYPE_GRAY, {{1, 2}});
+  WriteFile(root + "/only/broken.png", "PNG? no");
+  const auto broken = LoadImageFolder(root, 1, 4);
+  EXPECT_TRUE(Mentions(broken.status(), root + "/only/broken.png")) << broken.status();
+
+  const auto missing = LoadImageFolder(root + "/missing", 1, 4);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(Mentions(missing.status(), root + "/missing")) << missing.status();
+}
+
+TEST(FashionMnistTest, LoadsTheDebianPackage) {
   const auto start = std::chrono::steady_clock::now();
-  auto dataset = LoadFashionMnist(kFashionDir);
+  const auto dataset = LoadFashionMnist(kFashionDir);
   ASSERT_TRUE(dataset.ok()) << dataset.status();
-  std::cout << "Fashion-MNIST load: "
-            << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s" << std::endl;
+  std::cout << "Fashion-MNIST load: " << Seconds(start) << " s, " << dataset->memory_bytes() << " bytes" << std::endl;
   EXPECT_EQ(dataset->num_classes(), 10);
   for (int c = 0; c < 10; ++c) EXPECT_EQ(dataset->num_examples(c), 7000);
+  EXPECT_EQ(dataset->class_name(0), "T-shirt/top");
   EXPECT_EQ(dataset->class_name(9), "Ankle boot");
+  EXPECT_EQ(dataset->memory_bytes(), 70000 * 28 * 28);
+  const std::vector<float> image = Copy(*dataset, 9, 0, 0);
+  EXPECT_GT(*std::max_element(image.begin(), image.end()), 0.5f);
+}
 
-  const std::string dir = testing::TempDir("fashion");
-  for (const char* f : {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                        "t10k-labels-idx1-ubyte.gz"})
-    std::filesystem::copy_file(std::string(kFashionDir) + "/" + f, dir + "/" + f);
-  std::filesystem::resize_file(dir + "/t10k-images-idx3-ubyte.gz", 100000);
-  auto truncated = LoadFashionMnist(dir);
-  EXPECT_FALSE(truncated.ok());
-  EXPECT_THAT(truncated.status().message(), HasSubstr("t10k-images-idx3-ubyte.gz"));
-  std::filesystem::remove(dir + "/train-labels-idx1-ubyte.gz");
-  EXPECT_THAT(LoadFashionMnist(dir).status().message(), HasSubstr("train-labels-idx1-ubyte"));
+TEST(FashionMnistTest, ReadsPlainFilesAndNamesBrokenOnes) {
+  const std::string dir = TempDir("fashion");
+  for (const char* f : {"train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"})
+    fs::copy_file(std::string(kFashionDir) + "/" + f, dir + "/" + f);
+  for (const std::string f : {"train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"}) {  // stored uncompressed
+    gzFile in = gzopen((std::string(kFashionDir) + "/" + f + ".gz").c_str(), "rb");
+    ASSERT_NE(in, nullptr);
+    std::string plain(100000, '\0');
+    plain.resize(gzread(in, plain.data(), static_cast<unsigned>(plain.size())));
+    gzclose(in);
+    WriteFile(dir + "/" + f, plain);
+  }
+  ASSERT_TRUE(LoadFashionMnist(dir).ok());
+
+  fs::resize_file(dir + "/t10k-images-idx3-ubyte.gz", 100000);
+  const auto truncated = LoadFashionMnist(dir);
+  EXPECT_EQ(truncated.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(Mentions(truncated.status(), dir + "/t10k-images-idx3-ubyte.gz")) << truncated.status();
+
+  std::string labels = ReadFile(dir + "/train-labels-idx1-ubyte");
+  WriteFile(dir + "/train-labels-idx1-ubyte", labels.substr(0, labels.size() - 1));
+  const auto short_labels = LoadFashionMnist(dir);
+  EXPECT_TRUE(Mentions(short_labels.status(), dir + "/train-labels-idx1-ubyte")) << short_labels.status();
+
+  labels[3] = 0x03;  // an image magic number in a label file
+  WriteFile(dir + "/train-labels-idx1-ubyte", labels);
+  const auto wrong_magic = LoadFashionMnist(dir);
+  EXPECT_TRUE(Mentions(wrong_magic.status(), dir + "/train-labels-idx1-ubyte")) << wrong_magic.status();
+
+  fs::remove(dir + "/train-labels-idx1-ubyte");
+  const auto missing = LoadFashionMnist(dir);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(Mentions(missing.status(), "train-labels-idx1-ubyte")) << missing.status();
+}
+
+// "<Alphabet>/characterNN" of every character id, read from the zips' entry names.
+std::map<int, std::string> OmniglotNamesById(const std::string& dir) {
+  std::map<int, std::string> names;
+  for (const char* zip : {"images_background.zip", "images_evaluation.zip"}) {
+    zip_t* archive = zip_open((dir + "/" + zip).c_str(), ZIP_RDONLY, nullptr);
+    EXPECT_NE(archive, nullptr) << zip;
+    if (archive == nullptr) continue;
+    for (zip_int64_t i = 0; i < zip_get_num_entries(archive, 0); ++i) {
+      const fs::path entry = zip_get_name(archive, i, 0);
+      if (entry.extension() != ".png") continue;
+      names[std::stoi(entry.filename().string().substr(0, 4))] =
+          (entry.parent_path().parent_path().filename() / entry.parent_path().filename()).string();
+    }
+    zip_discard(archive);
+  }
+  return names;
 }
 
 TEST(OmniglotTest, LoadsTheOfficialZips) {
+  const std::string dir = OmniglotDir();
   const auto start = std::chrono::steady_clock::now();
-  auto dataset = LoadOmniglot(testing::OmniglotDir(), 28);
+  const auto dataset = LoadOmniglot(dir, 28);
   ASSERT_TRUE(dataset.ok()) << dataset.status();
-  std::cout << "Omniglot load: " << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()
-            << " s, " << dataset->memory_bytes() / 1e6 << " MB" << std::endl;
-  EXPECT_EQ(dataset->num_classes(), 1623);
-  EXPECT_EQ(dataset->num_examples(0), 20);
-  EXPECT_EQ(dataset->num_examples(1622), 20);
-  std::vector<float> image(28 * 28);
-  dataset->CopyExample(100, 3, 0, image.data());
-  double ink = 0;
-  int background = 0;
-  for (float v : image) {
-    EXPECT_GE(v, 0.0f);
-    EXPECT_LE(v, 1.0f);
-    ink += v;
-    background += v == 0.0f;
+  std::cout << "Omniglot load (32,460 PNGs): " << Seconds(start) << " s, " << dataset->memory_bytes() << " bytes"
+            << std::endl;
+  ASSERT_EQ(dataset->num_classes(), 1623);
+  EXPECT_EQ(dataset->height(), 28);
+  EXPECT_EQ(dataset->memory_bytes(), 1623 * 20 * 28 * 28);
+
+  const std::map<int, std::string> names = OmniglotNamesById(dir);
+  ASSERT_EQ(names.size(), 1623u);
+  EXPECT_EQ(names.begin()->first, 1);
+  int cls = 0;
+  for (const auto& [id, name] : names) {
+    EXPECT_EQ(dataset->class_name(cls), name) << "class " << cls << " should be character id " << id;
+    EXPECT_EQ(dataset->num_examples(cls), 20);
+    ++cls;
   }
-  EXPECT_GT(ink, 5.0);                 // there is a stroke
-  EXPECT_GT(background, 28 * 28 / 2);  // on a mostly empty page
+
+  for (int c : {0, 500, 1622}) {
+    for (int i : {0, 19}) {
+      const std::vector<float> image = Copy(*dataset, c, i, 0);
+      double ink = 0;
+      int background = 0;
+      for (float v : image) {
+        ASSERT_GE(v, 0.0f);
+        ASSERT_LE(v, 1.0f);
+        ink += v;
+        background += v == 0.0f;
+      }
+      EXPECT_GT(ink, 5.0) << "class " << c << " image " << i;  // there is a stroke
+      EXPECT_GT(background, 28 * 28 / 2);                      // on a mostly empty page
+    }
+  }
 }
 
-TEST(OmniglotTest, MissingAndForeignZipsAreNamed) {
-  auto missing = LoadOmniglot("/nonexistent/omniglot", 28);
+TEST(OmniglotTest, ErrorsNameTheZipOrEntry) {
+  const auto missing = LoadOmniglot("/nonexistent/omniglot", 28);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(missing.status().message(), HasSubstr("/nonexistent/omniglot/images_background.zip"));
+  EXPECT_TRUE(Mentions(missing.status(), "/nonexistent/omniglot/images_background.zip")) << missing.status();
 
-  const std::string dir = testing::TempDir("omniglot");
-  int error = 0;
-  zip_t* archive = zip_open((dir + "/images_background.zip").c_str(), ZIP_CREATE | ZIP_TRUNCATE, &error);
-  ASSERT_NE(archive, nullptr);
-  static const char kText[] = "hello";
-  zip_source_t* source = zip_source_buffer(archive, kText, sizeof(kText), 0);
-  zip_file_add(archive, "images_background/Alphabet/character01/0001_01.png", source, ZIP_FL_OVERWRITE);
-  ASSERT_EQ(zip_close(archive), 0);
-  auto foreign = LoadOmniglot(dir, 28);
-  EXPECT_EQ(foreign.status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(foreign.status().message(), HasSubstr("0001_01.png"));
+  const std::string dir = TempDir("omniglot");
+  const std::string zip_path = dir + "/images_background.zip";
+  const auto write_zip = [&zip_path](const char* entry, const std::string& contents) {
+    zip_t* archive = zip_open(zip_path.c_str(), ZIP_CREATE | ZIP_TRUNCATE, nullptr);
+    ASSERT_NE(archive, nullptr);
+    zip_source_t* source = zip_source_buffer(archive, contents.data(), contents.size(), 0);
+    ASSERT_NE(source, nullptr);
+    ASSERT_GE(zip_file_add(archive, entry, source, ZIP_FL_OVERWRITE), 0);
+    ASSERT_EQ(zip_close(archive), 0);
+  };
+  write_zip("images_background/Alphabet/character01/0001_01.png", "hello, not a PNG");
+  const auto not_png = LoadOmniglot(dir, 28);
+  EXPECT_EQ(not_png.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(Mentions(not_png.status(), "images_background/Alphabet/character01/0001_01.png")) << not_png.status();
 
-  WriteFile(dir + "/images_background.zip", "not a zip at all");
-  EXPECT_THAT(LoadOmniglot(dir, 28).status().message(), HasSubstr("images_background.zip"));
+  write_zip("images_background/README.txt", "stray file");
+  const auto stray = LoadOmniglot(dir, 28);
+  EXPECT_TRUE(Mentions(stray.status(), "images_background/README.txt")) << stray.status();
+
+  WriteFile(zip_path, "not a zip at all");
+  const auto not_zip = LoadOmniglot(dir, 28);
+  EXPECT_EQ(not_zip.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(Mentions(not_zip.status(), zip_path)) << not_zip.status();
 }
 
 }  // namespace

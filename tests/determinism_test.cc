@@ -89,7 +89,7 @@ TEST(DeterminismTest, StepSizeAnnealsLinearly) {
   auto engine = RoundEngine::Create(config, *tasks, transport->get(), {});
   EXPECT_DOUBLE_EQ((*engine)->StepSize(0), 1.0);
   EXPECT_DOUBLE_EQ((*engine)->StepSize(50), 0.5);
-  EXPECT_DOUBLE_EQ((*engine)->StepSize(99), 0.01);
+  EXPECT_NEAR((*engine)->StepSize(99), 0.01, 1e-12);
 }
 
 }  // namespace

@@ -29,10 +29,10 @@ Outcome TrainAndEvaluate(const ExperimentConfig& config, int episodes) {
 }
 
 TEST(LearningTest, SineMetaTrainingBeatsRandomInitialisation) {
-  ExperimentConfig config = LoadNamedConfig("sine", {"outer.rounds=4000", "eval.every_rounds=0", "eval.final_episodes=0"});
+  ExperimentConfig config = LoadNamedConfig("sine", {"outer.rounds=10000", "eval.every_rounds=0", "eval.final_episodes=0"});
   const Outcome outcome = TrainAndEvaluate(config, 300);
   std::cout << "sine post-adaptation MSE: random init " << outcome.before.loss << " ± " << outcome.before.loss_ci95
-            << ", after 4000 rounds " << outcome.after.loss << " ± " << outcome.after.loss_ci95 << std::endl;
+            << ", after 10000 rounds " << outcome.after.loss << " ± " << outcome.after.loss_ci95 << std::endl;
   EXPECT_LT(outcome.after.loss + outcome.after.loss_ci95, 0.4 * (outcome.before.loss - outcome.before.loss_ci95));
 }
 

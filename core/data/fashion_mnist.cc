@@ -13,41 +13,49 @@ namespace {
 
 constexpr int kClasses = 10;
 constexpr int kSide = 28;
+constexpr size_t kImageBytes = kSide * kSide;
+constexpr uint32_t kImagesMagic = 0x00000803;  // unsigned bytes, 3 dimensions
+constexpr uint32_t kLabelsMagic = 0x00000801;  // unsigned bytes, 1 dimension
 
-// Reads a whole IDX file (gzopen reads plain files too) and checks its header.
-absl::StatusOr<std::vector<uint8_t>> ReadIdx(const std::string& dir, const std::string& stem, uint32_t magic,
-                                             int dims, std::string* path_out) {
-  std::string path = absl::StrCat(dir, "/", stem, ".gz");
-  if (!std::filesystem::exists(path)) path = absl::StrCat(dir, "/", stem);
-  *path_out = path;
-  gzFile file = gzopen(path.c_str(), "rb");
+struct IdxFile {
+  std::string path;
+  std::vector<uint8_t> data;  // the items, header removed
+};
+
+// Reads `dir`/`stem`.gz, or else `dir`/`stem` (gzread reads plain files too),
+// and checks the header: magic number, 28x28 items for images, and a size that
+// matches the item count.
+absl::StatusOr<IdxFile> ReadIdx(const std::string& dir, const std::string& stem, uint32_t magic) {
+  IdxFile idx{absl::StrCat(dir, "/", stem, ".gz"), {}};
+  std::error_code error;
+  if (!std::filesystem::exists(idx.path, error)) idx.path = absl::StrCat(dir, "/", stem);
+  gzFile file = gzopen(idx.path.c_str(), "rb");
   if (file == nullptr)
-    return absl::NotFoundError(absl::StrCat("missing Fashion-MNIST file ", dir, "/", stem,
-                                            "[.gz] (Debian package dataset-fashion-mnist)"));
-  std::vector<uint8_t> bytes;
+    return absl::NotFoundError(
+        absl::StrCat("missing Fashion-MNIST file ", dir, "/", stem, "[.gz] (Debian package dataset-fashion-mnist)"));
+  std::vector<uint8_t>& bytes = idx.data;
   std::array<uint8_t, 1 << 16> chunk;
   int n;
-  while ((n = gzread(file, chunk.data(), chunk.size())) > 0) bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + n);
-  const bool read_error = n < 0;
+  while ((n = gzread(file, chunk.data(), chunk.size())) > 0)
+    bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + n);
   gzclose(file);
-  if (read_error) return absl::DataLossError(absl::StrCat(path, " is corrupt (decompression failed)"));
+  if (n < 0) return absl::DataLossError(absl::StrCat(idx.path, " is corrupt or truncated (decompression failed)"));
+
   auto be32 = [&bytes](size_t at) {
     return uint32_t{bytes[at]} << 24 | uint32_t{bytes[at + 1]} << 16 | uint32_t{bytes[at + 2]} << 8 | bytes[at + 3];
   };
+  const int dims = magic & 0xff;
   const size_t header = 4 + 4 * dims;
   if (bytes.size() < header || be32(0) != magic)
-    return absl::DataLossError(absl::StrCat(path, " is not an IDX file of the expected kind"));
-  size_t expected = header;
-  size_t count = 1;
-  for (int d = 0; d < dims; ++d) count *= be32(4 + 4 * d);
-  expected += count;
-  if (bytes.size() != expected)
-    return absl::DataLossError(absl::StrCat(path, " is truncated or has trailing bytes: ", bytes.size(),
-                                            " bytes, header says ", expected));
+    return absl::DataLossError(absl::StrCat(idx.path, " is not an IDX file with magic number ", magic));
   if (dims == 3 && (be32(8) != kSide || be32(12) != kSide))
-    return absl::DataLossError(absl::StrCat(path, " holds images that are not 28x28"));
+    return absl::DataLossError(absl::StrCat(idx.path, " holds ", be32(8), "x", be32(12), " images, not 28x28"));
+  const size_t expected = header + size_t{be32(4)} * (dims == 3 ? kImageBytes : 1);
+  if (bytes.size() != expected)
+    return absl::DataLossError(absl::StrCat(idx.path, " is truncated or has trailing bytes: ", bytes.size(),
+                                            " bytes, header says ", expected));
   bytes.erase(bytes.begin(), bytes.begin() + header);
-  return bytes;
+  return idx;
 }
 
 }  // namespace
@@ -55,26 +63,22 @@ absl::StatusOr<std::vector<uint8_t>> ReadIdx(const std::string& dir, const std::
 absl::StatusOr<ImageDataset> LoadFashionMnist(const std::string& dir) {
   std::vector<std::vector<uint8_t>> by_class(kClasses);
   for (const char* split : {"train", "t10k"}) {
-    std::string images_path, labels_path;
-    ASSIGN_OR_RETURN(std::vector<uint8_t> images,
-                     ReadIdx(dir, absl::StrCat(split, "-images-idx3-ubyte"), 0x00000803, 3, &images_path));
-    ASSIGN_OR_RETURN(std::vector<uint8_t> labels,
-                     ReadIdx(dir, absl::StrCat(split, "-labels-idx1-ubyte"), 0x00000801, 1, &labels_path));
-    constexpr size_t kImageBytes = kSide * kSide;
-    if (images.size() != labels.size() * kImageBytes)
-      return absl::DataLossError(absl::StrCat(images_path, " and ", labels_path, " disagree on the number of items"));
-    for (size_t i = 0; i < labels.size(); ++i) {
-      if (labels[i] >= kClasses)
-        return absl::DataLossError(absl::StrCat(labels_path, ": label ", int{labels[i]}, " at item ", i));
-      by_class[labels[i]].insert(by_class[labels[i]].end(), images.begin() + i * kImageBytes,
-                                 images.begin() + (i + 1) * kImageBytes);
+    ASSIGN_OR_RETURN(const IdxFile images, ReadIdx(dir, absl::StrCat(split, "-images-idx3-ubyte"), kImagesMagic));
+    ASSIGN_OR_RETURN(const IdxFile labels, ReadIdx(dir, absl::StrCat(split, "-labels-idx1-ubyte"), kLabelsMagic));
+    if (images.data.size() != labels.data.size() * kImageBytes)
+      return absl::DataLossError(absl::StrCat(images.path, " and ", labels.path, " disagree on the number of items"));
+    for (size_t i = 0; i < labels.data.size(); ++i) {
+      const int label = labels.data[i];
+      if (label >= kClasses) return absl::DataLossError(absl::StrCat(labels.path, ": label ", label, " at item ", i));
+      const auto image = images.data.begin() + i * kImageBytes;
+      by_class[label].insert(by_class[label].end(), image, image + kImageBytes);
     }
   }
   static const char* kNames[kClasses] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                          "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
   ImageDataset dataset(1, kSide, kSide);
   for (int c = 0; c < kClasses; ++c) {
-    const int count = static_cast<int>(by_class[c].size() / (kSide * kSide));
+    const int count = static_cast<int>(by_class[c].size() / kImageBytes);
     RETURN_IF_ERROR(dataset.AddClass(kNames[c], count, std::move(by_class[c])));
   }
   return dataset;

@@ -4,8 +4,7 @@
 
 namespace reptile {
 
-ImageDataset::ImageDataset(int channels, int height, int width)
-    : channels_(channels), height_(height), width_(width) {}
+ImageDataset::ImageDataset(int channels, int height, int width) : channels_(channels), height_(height), width_(width) {}
 
 absl::Status ImageDataset::AddClass(std::string name, int count, std::vector<uint8_t> pixels) {
   if (count < 0 || static_cast<int64_t>(pixels.size()) != count * image_bytes())
@@ -24,8 +23,7 @@ void ImageDataset::CopyExample(int cls, int index, int quarter_turns, float* out
     float* target = out + int64_t{c} * h * w;
     for (int y = 0; y < h; ++y) {
       for (int x = 0; x < w; ++x) {
-        // Output (y, x) of a counter-clockwise turn reads the source pixel
-        // that lands there.
+        // The source pixel that a counter-clockwise turn moves to (y, x).
         int sy = y, sx = x;
         switch (quarter_turns) {
           case 1: sy = x; sx = w - 1 - y; break;
@@ -41,7 +39,7 @@ void ImageDataset::CopyExample(int cls, int index, int quarter_turns, float* out
 
 int64_t ImageDataset::memory_bytes() const {
   int64_t total = 0;
-  for (const ClassImages& c : classes_) total += c.pixels.size();
+  for (const ClassImages& c : classes_) total += static_cast<int64_t>(c.pixels.size());
   return total;
 }
 

@@ -20,13 +20,9 @@ for c in omniglot_5w1s omniglot_5w5s omniglot_20w1s omniglot_20w5s; do
   [ -f "$dir/checkpoint.bin" ] || { printf '| %s | not started | | | %s |\n' "$c" "${paper[$c]}"; continue; }
   final=$(grep '"kind":"final_eval"' "$dir/metrics.jsonl" | tail -1 || true)
   if [ -n "$final" ]; then
-    line=$(python3 - "$final" <<'PY'
-import json, sys
-m = json.loads(sys.argv[1])
-print(f"{m['round']} | {100*m['accuracy_inductive']:.2f} ± {100*m['accuracy_inductive_ci95']:.2f} | "
-      f"{100*m['accuracy']:.2f} ± {100*m['accuracy_ci95']:.2f}")
-PY
-)
+    field() { echo "$final" | sed -E "s/.*\"$1\":([-0-9.e+]+).*/\1/"; }
+    pct() { awk -v v="$1" 'BEGIN { printf "%.2f", 100 * v }'; }
+    line="$(field round) | $(pct "$(field accuracy_inductive)") ± $(pct "$(field accuracy_inductive_ci95)") | $(pct "$(field accuracy)") ± $(pct "$(field accuracy_ci95)")"
   else
     out=$(./build/reptile eval --run_dir "$dir" --episodes "$episodes")
     line=$(echo "$out" | sed -E 's/^round ([0-9]+): accuracy ([0-9.]+)% ± ([0-9.]+) \(transductive\), ([0-9.]+)% ± ([0-9.]+) .*/\1 (partial) | \4 ± \5 | \2 ± \3/')

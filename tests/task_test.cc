@@ -114,6 +114,19 @@ TEST(TaskSourceTest, OmniglotSplitAndEpisodes) {
   EXPECT_TRUE(torch::equal(torch::rot90(u->support_x[0], 1, {1, 2}), t->support_x[0]));
 }
 
+TEST(TaskSourceTest, FashionMnistSplitsClassesZeroToFourFromFiveToNine) {
+  ExperimentConfig config = LoadNamedConfig("fashion_mnist_5w1s");
+  auto source = SharedTaskSource(config);
+  ASSERT_NE(source, nullptr);
+  EXPECT_EQ(source->num_classes(false), 5);
+  EXPECT_EQ(source->num_classes(true), 5);
+  TaskSampler sampler(config, 5, 5);
+  auto task = source->Materialize(sampler.TrainingItems(0)[0].spec);
+  ASSERT_TRUE(task.ok()) << task.status();
+  EXPECT_EQ(task->support_x.sizes(), (std::vector<int64_t>{50, 1, 28, 28}));
+  EXPECT_GT(task->support_x.max().item<float>(), 0.5f);
+}
+
 TEST(TaskSourceTest, HostileSpecsAreRefused) {
   ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
   auto source = SharedTaskSource(config);

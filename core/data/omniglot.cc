@@ -66,6 +66,11 @@ absl::Status ReadEntries(zip_t* archive, const std::string& path, int image_size
     if (!ParseEntry(entry, &name, &id, &drawer))
       return absl::DataLossError(
           absl::StrCat(path, ": unexpected entry ", entry, " (want <root>/<Alphabet>/characterNN/IIII_SS.png)"));
+    // An Omniglot PNG is about 300 bytes; a huge declared size is a damaged
+    // or hostile archive, not a reason to allocate gigabytes.
+    constexpr zip_uint64_t kMaxEntryBytes = 1 << 20;
+    if (stat.size > kMaxEntryBytes)
+      return absl::DataLossError(absl::StrCat(path, ": entry ", entry, " claims ", stat.size, " bytes"));
     if (!ReadEntry(archive, i, stat.size, &bytes))
       return absl::DataLossError(absl::StrCat(path, ": cannot read entry ", entry));
     absl::StatusOr<DecodedImage> image = DecodePng(bytes.data(), bytes.size(), 1, absl::StrCat(path, ":", entry));

@@ -1,5 +1,7 @@
 #include "coordinator/aggregator.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
 
@@ -8,10 +10,14 @@ namespace reptile {
 Aggregator::Aggregator(int64_t numel, int slots, bool carry) : numel_(numel), carry_(carry), slots_(slots) {}
 
 absl::Status Aggregator::CheckVector(const torch::Tensor& t, const char* what, int slot) const {
-  if (!t.defined() || t.dim() != 1 || t.numel() != numel_ || t.scalar_type() != torch::kFloat32)
+  if (!t.defined() || t.dim() != 1 || t.numel() != numel_ || t.scalar_type() != torch::kFloat32 ||
+      !t.is_contiguous())
     return absl::InvalidArgumentError(
         absl::StrCat("slot ", slot, ": ", what, " must be a flat fp32 vector of ", numel_, " values"));
-  if (!torch::isfinite(t).all().item<bool>())
+  const float* values = t.data_ptr<float>();
+  bool finite = true;
+  for (int64_t i = 0; i < numel_; ++i) finite &= std::isfinite(values[i]);
+  if (!finite)
     return absl::InvalidArgumentError(absl::StrCat("slot ", slot, ": ", what, " holds NaN or Inf"));
   return absl::OkStatus();
 }
@@ -35,20 +41,35 @@ bool Aggregator::complete() const {
   return true;
 }
 
-torch::Tensor Aggregator::SlotMean(torch::Tensor TaskResult::*field) const {
-  torch::Tensor sum = torch::zeros({numel_}, torch::kFloat64);
-  for (const auto& s : slots_) sum.add_((*s).*field);  // slot order, float64
-  return sum.div_(static_cast<double>(slots_.size()));
+std::vector<double> Aggregator::SlotMean(torch::Tensor TaskResult::*field) const {
+  std::vector<double> sum(numel_, 0.0);
+  for (const auto& slot : slots_) {  // slot order, float64
+    const float* values = ((*slot).*field).data_ptr<float>();
+    for (int64_t i = 0; i < numel_; ++i) sum[i] += values[i];
+  }
+  const double count = static_cast<double>(slots_.size());
+  for (double& v : sum) v /= count;
+  return sum;
 }
 
 absl::Status Aggregator::Apply(double step_size, int inner_iterations, MetaState* state) const {
   if (!complete()) return absl::FailedPreconditionError("aggregator applied before every slot has a result");
-  torch::NoGradGuard no_grad;
-  torch::Tensor mean_delta = SlotMean(&TaskResult::delta);
-  state->parameters = state->parameters.to(torch::kFloat64).add_(mean_delta, step_size).to(torch::kFloat32);
+  if (state->parameters.numel() != numel_ || state->parameters.scalar_type() != torch::kFloat32)
+    return absl::InvalidArgumentError("aggregator applied to parameters of another size or dtype");
+  const std::vector<double> mean_delta = SlotMean(&TaskResult::delta);
+  torch::Tensor parameters = state->parameters.contiguous().clone();
+  float* theta = parameters.data_ptr<float>();
+  for (int64_t i = 0; i < numel_; ++i) theta[i] = static_cast<float>(theta[i] + step_size * mean_delta[i]);
+  state->parameters = parameters;
   if (carry_) {
-    state->adam_m = SlotMean(&TaskResult::adam_m).to(torch::kFloat32);
-    state->adam_v = SlotMean(&TaskResult::adam_v).to(torch::kFloat32);
+    auto to_tensor = [this](const std::vector<double>& values) {
+      torch::Tensor t = torch::empty({numel_}, torch::kFloat32);
+      float* out = t.data_ptr<float>();
+      for (int64_t i = 0; i < numel_; ++i) out[i] = static_cast<float>(values[i]);
+      return t;
+    };
+    state->adam_m = to_tensor(SlotMean(&TaskResult::adam_m));
+    state->adam_v = to_tensor(SlotMean(&TaskResult::adam_v));
     state->adam_step += inner_iterations;
   }
   return absl::OkStatus();

@@ -32,7 +32,8 @@ class Aggregator {
 
  private:
   absl::Status CheckVector(const torch::Tensor& t, const char* what, int slot) const;
-  torch::Tensor SlotMean(torch::Tensor TaskResult::*field) const;
+  // Mean over slots of one result field, summed in slot order in float64.
+  std::vector<double> SlotMean(torch::Tensor TaskResult::*field) const;
 
   int64_t numel_;
   bool carry_;

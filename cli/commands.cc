@@ -1,8 +1,11 @@
 #include "cli/commands.h"
 
-#include <csignal>
+#include <unistd.h>
+
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -14,24 +17,22 @@
 #include "core/data/png_reader.h"
 #include "core/models/models.h"
 #include "core/status_macros.h"
+#include "cli/signals.h"
+#include "cli/worker_processes.h"
+#include "transport/grpc/grpc_transport.h"
+#include "transport/grpc/grpc_worker.h"
 #include "transport/local/local_transport.h"
 
 namespace reptile {
 namespace {
 
-RoundEngine* g_running_engine = nullptr;
-
-void StopOnSignal(int) {
-  if (g_running_engine != nullptr) g_running_engine->RequestStop();
-}
-
 void Log(const std::string& line) { std::cerr << line << std::endl; }
 
-// The config of a `train` run: the run directory's own when resuming without
-// --config, else the --config file with its overrides.
+// The config of a `train` or `coordinator` run: the run directory's own when
+// resuming without --config, else the --config file with its overrides.
 absl::StatusOr<ExperimentConfig> TrainConfig(const CliOptions& options, const RunDirectory& dir) {
   if (options.config_path.empty()) {
-    if (!dir.has_checkpoint()) return absl::InvalidArgumentError("train needs --config (or a run directory to resume)");
+    if (!dir.has_checkpoint()) return absl::InvalidArgumentError("needs --config (or a run directory to resume)");
     ASSIGN_OR_RETURN(TrainingState state, ReadCheckpoint(dir.checkpoint_path()));
     ExperimentConfig config = state.config;
     for (const std::string& o : options.overrides) RETURN_IF_ERROR(ApplyOverride(o, &config));
@@ -48,37 +49,132 @@ absl::StatusOr<TrainingState> CheckpointFromOptions(const CliOptions& options) {
   return ReadCheckpoint(path);
 }
 
+// What a training run is made of before its transport exists.
+struct RunSetup {
+  std::unique_ptr<RunDirectory> dir;
+  ExperimentConfig config;
+  std::shared_ptr<const TaskSource> tasks;
+};
+
+absl::StatusOr<RunSetup> SetUpRun(const CliOptions& options) {
+  if (options.run_dir.empty()) return absl::InvalidArgumentError("needs --run_dir");
+  RunSetup setup;
+  ASSIGN_OR_RETURN(setup.dir, RunDirectory::Open(options.run_dir));
+  ASSIGN_OR_RETURN(setup.config, TrainConfig(options, *setup.dir));
+  if (options.workers > 0) setup.config.mutable_runtime()->set_workers(options.workers);
+  Log(absl::StrCat("config ", ConfigSummary(setup.config)));
+  ASSIGN_OR_RETURN(setup.tasks, TaskSource::Create(setup.config.task()));
+  if (setup.tasks->memory_bytes() > 0)
+    Log(absl::StrFormat("dataset: %d meta-training and %d meta-test classes, %.1f MB in memory",
+                        setup.tasks->num_classes(false), setup.tasks->num_classes(true),
+                        setup.tasks->memory_bytes() / 1e6));
+  return setup;
+}
+
+// Trains (or resumes) the run on `transport` until it is done, stopped by
+// SIGINT/SIGTERM (checkpoint, then OK) or --stop_at_round.
+absl::Status TrainOn(const CliOptions& options, const RunSetup& setup, Transport* transport) {
+  RoundEngine::Options engine_options;
+  engine_options.run_dir = setup.dir.get();
+  engine_options.log = Log;
+  ASSIGN_OR_RETURN(std::unique_ptr<RoundEngine> engine,
+                   RoundEngine::Create(setup.config, *setup.tasks, transport, engine_options));
+  if (engine->round() > 0) Log(absl::StrCat("resuming ", options.run_dir, " at round ", engine->round()));
+  SetStopHandler([&engine] {
+    Log("stopping: checkpointing the last finished round");
+    engine->RequestStop();
+  });
+  absl::Status status = engine->Run(options.stop_at_round);
+  SetStopHandler(nullptr);
+  RETURN_IF_ERROR(status);
+  std::cout << absl::StrFormat("round %d  parameters sha256 %s  checkpoint %s\n", engine->round(),
+                               engine->Fingerprint(), setup.dir->checkpoint_path());
+  return absl::OkStatus();
+}
+
+std::string RandomToken() {
+  std::random_device device;
+  std::string token;
+  for (int i = 0; i < 4; ++i) absl::StrAppendFormat(&token, "%08x", device());
+  return token;
+}
+
+absl::StatusOr<SecurityOptions> SecurityFromOptions(const CliOptions& options) {
+  SecurityOptions security;
+  security.tls = TlsFiles{options.tls_cert, options.tls_key, options.tls_ca};
+  security.server_name = options.tls_server_name;
+  ASSIGN_OR_RETURN(security.token, LoadToken(options.token_file));
+  return security;
+}
+
 }  // namespace
 
 absl::Status TrainCommand(const CliOptions& options) {
-  if (options.run_dir.empty()) return absl::InvalidArgumentError("train needs --run_dir");
-  ASSIGN_OR_RETURN(std::unique_ptr<RunDirectory> dir, RunDirectory::Open(options.run_dir));
-  ASSIGN_OR_RETURN(ExperimentConfig config, TrainConfig(options, *dir));
-  if (options.workers > 0) config.mutable_runtime()->set_workers(options.workers);
-  Log(absl::StrCat("config ", ConfigSummary(config)));
-  ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(config.task()));
-  if (tasks->memory_bytes() > 0)
-    Log(absl::StrFormat("dataset: %d meta-training and %d meta-test classes, %.1f MB in memory",
-                        tasks->num_classes(false), tasks->num_classes(true), tasks->memory_bytes() / 1e6));
-  ASSIGN_OR_RETURN(std::unique_ptr<LocalTransport> transport,
-                   LocalTransport::Create(config, tasks, config.runtime().workers()));
-  RoundEngine::Options engine_options;
-  engine_options.run_dir = dir.get();
-  engine_options.log = Log;
-  ASSIGN_OR_RETURN(std::unique_ptr<RoundEngine> engine,
-                   RoundEngine::Create(config, *tasks, transport.get(), engine_options));
-  if (engine->round() > 0) Log(absl::StrCat("resuming ", options.run_dir, " at round ", engine->round()));
-  g_running_engine = engine.get();
-  std::signal(SIGINT, StopOnSignal);
-  std::signal(SIGTERM, StopOnSignal);
-  absl::Status status = engine->Run(options.stop_at_round);
-  g_running_engine = nullptr;
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
-  RETURN_IF_ERROR(status);
-  std::cout << absl::StrFormat("round %d  parameters sha256 %s  checkpoint %s\n", engine->round(),
-                               engine->Fingerprint(), dir->checkpoint_path());
-  return absl::OkStatus();
+  ASSIGN_OR_RETURN(RunSetup setup, SetUpRun(options));
+  const int workers = setup.config.runtime().workers();
+  if (setup.config.runtime().local_workers() == THREADS) {
+    ASSIGN_OR_RETURN(std::unique_ptr<LocalTransport> transport,
+                     LocalTransport::Create(setup.config, setup.tasks, workers));
+    return TrainOn(options, setup, transport.get());
+  }
+  // Worker processes on loopback, admitted by a token only they are given.
+  GrpcTransport::Options transport_options;
+  transport_options.token = RandomToken();
+  transport_options.log = Log;
+  ASSIGN_OR_RETURN(std::unique_ptr<GrpcTransport> transport,
+                   GrpcTransport::Create(setup.config, transport_options));
+  Log(absl::StrFormat("starting %d worker processes (coordinator on 127.0.0.1:%d)", workers, transport->port()));
+  GrpcTransport* raw_transport = transport.get();
+  ASSIGN_OR_RETURN(std::unique_ptr<WorkerProcesses> processes,
+                   WorkerProcesses::Start(workers, absl::StrCat("127.0.0.1:", transport->port()),
+                                          transport_options.token, Log,
+                                          [raw_transport](const std::string& why) { raw_transport->Interrupt(why); }));
+  absl::Status status = TrainOn(options, setup, transport.get());
+  transport->Finish(absl::Seconds(3));
+  return status;
+}
+
+absl::Status CoordinatorCommand(const CliOptions& options) {
+  ASSIGN_OR_RETURN(RunSetup setup, SetUpRun(options));
+  ASSIGN_OR_RETURN(SecurityOptions security, SecurityFromOptions(options));
+  GrpcTransport::Options transport_options;
+  transport_options.listen_address = options.listen;
+  transport_options.tls = security.tls;
+  transport_options.token = security.token;
+  transport_options.log = Log;
+  ASSIGN_OR_RETURN(std::unique_ptr<GrpcTransport> transport,
+                   GrpcTransport::Create(setup.config, transport_options));
+  Log(absl::StrFormat("coordinator listening on port %d (%s%s)", transport->port(),
+                      security.tls.enabled() ? (security.tls.ca.empty() ? "TLS" : "mutual TLS") : "plain text",
+                      security.token.empty() ? ", no token" : ", bearer token"));
+  if (!options.port_file.empty()) {
+    const std::string tmp = options.port_file + ".tmp";
+    std::ofstream(tmp) << transport->port() << "\n";
+    std::filesystem::rename(tmp, options.port_file);
+  }
+  absl::Status status = TrainOn(options, setup, transport.get());
+  if (status.ok()) transport->Finish(absl::Seconds(3));
+  return status;
+}
+
+absl::Status WorkerCommand(const CliOptions& options) {
+  if (options.coordinator.empty()) return absl::InvalidArgumentError("worker needs --coordinator HOST:PORT");
+  GrpcWorker::Options worker_options;
+  worker_options.coordinator = options.coordinator;
+  ASSIGN_OR_RETURN(worker_options.security, SecurityFromOptions(options));
+  if (!options.config_path.empty()) {
+    ASSIGN_OR_RETURN(worker_options.config, LoadConfig(options.config_path, options.overrides));
+  }
+  worker_options.data_dir = options.data_dir;
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  worker_options.name = absl::StrCat(host, ":", getpid());
+  worker_options.log = [name = worker_options.name](const std::string& line) { Log(absl::StrCat("worker ", name, ": ", line)); };
+  GrpcWorker worker(worker_options);
+  SetStopHandler([&worker] { worker.Stop(); });
+  absl::Status status = worker.Run();
+  SetStopHandler(nullptr);
+  return status;
 }
 
 absl::Status EvalCommand(const CliOptions& options) {

@@ -21,9 +21,18 @@ struct CliOptions {
   int64_t stop_at_round = -1;
   std::string support_dir;
   std::string query_dir;
+  // gRPC runtime.
+  std::string listen = "0.0.0.0:7070";  // coordinator
+  std::string port_file;                // coordinator: write the port here once listening
+  std::string coordinator;              // worker: host:port
+  std::string data_dir;                 // worker: this node's dataset location
+  std::string token_file;
+  std::string tls_cert, tls_key, tls_ca, tls_server_name;
 };
 
 absl::Status TrainCommand(const CliOptions& options);
+absl::Status CoordinatorCommand(const CliOptions& options);
+absl::Status WorkerCommand(const CliOptions& options);
 absl::Status EvalCommand(const CliOptions& options);
 absl::Status AdaptCommand(const CliOptions& options);
 absl::Status InspectCommand(const CliOptions& options);

@@ -4,6 +4,8 @@
 //   reptile eval    --run_dir runs/demo [--episodes 1000]
 //   reptile adapt   --run_dir runs/demo --support_dir my/support --query_dir my/query
 //   reptile inspect --checkpoint runs/demo/checkpoint.bin
+//   reptile coordinator --config configs/omniglot_5w1s.textproto --run_dir runs/o --listen 0.0.0.0:7070
+//   reptile worker  --coordinator HOST:7070
 #include <iostream>
 #include <string>
 #include <vector>
@@ -12,16 +14,29 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "cli/commands.h"
+#include "cli/signals.h"
 #include "core/process_setup.h"
 
 ABSL_FLAG(std::string, config, "", "experiment config (protobuf text format), e.g. configs/demo.textproto");
 ABSL_FLAG(std::string, run_dir, "", "run directory: checkpoints, metrics.jsonl, config; train resumes from it");
 ABSL_FLAG(std::string, checkpoint, "", "checkpoint file (default: <run_dir>/checkpoint.bin)");
-ABSL_FLAG(int, workers, 0, "worker threads (default: runtime.workers from the config)");
+ABSL_FLAG(int, workers, 0, "train: worker processes, or threads with runtime.local_workers=THREADS "
+          "(default: runtime.workers from the config)");
 ABSL_FLAG(int, episodes, 0, "eval: episodes (default: eval.final_episodes)");
 ABSL_FLAG(int64_t, stop_at_round, -1, "train: checkpoint and stop once this round is done");
 ABSL_FLAG(std::string, support_dir, "", "adapt: folder with one subfolder of PNG images per label");
 ABSL_FLAG(std::string, query_dir, "", "adapt: folder of PNG images to label");
+ABSL_FLAG(std::string, listen, "0.0.0.0:7070", "coordinator: address to serve workers on (port 0: any free port)");
+ABSL_FLAG(std::string, port_file, "", "coordinator: write the port it listens on to this file");
+ABSL_FLAG(std::string, coordinator, "", "worker: the coordinator's HOST:PORT");
+ABSL_FLAG(std::string, data_dir, "", "worker: where the dataset is on this node (overrides task.data_dir)");
+ABSL_FLAG(std::string, token_file, "",
+          "coordinator, worker: file holding the bearer token every RPC must carry (default: $REPTILE_TOKEN)");
+ABSL_FLAG(std::string, tls_cert, "", "coordinator: its PEM certificate (enables TLS); worker: client certificate (mTLS)");
+ABSL_FLAG(std::string, tls_key, "", "the PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_ca, "",
+          "coordinator: require client certificates from this PEM authority (mTLS); worker: authority to trust");
+ABSL_FLAG(std::string, tls_server_name, "", "worker: name to check the coordinator's certificate against");
 
 namespace {
 
@@ -32,11 +47,14 @@ constexpr char kUsage[] =
     "  eval     few-shot accuracy of a checkpoint: --run_dir or --checkpoint, --episodes\n"
     "  adapt    label your own images: --run_dir or --checkpoint, --support_dir, --query_dir\n"
     "  inspect  round, config and parameter SHA-256 of a checkpoint: --checkpoint or --run_dir\n"
+    "  coordinator  serve a run to worker processes over gRPC: --config, --run_dir, --listen\n"
+    "  worker   join a coordinator and work for it: --coordinator HOST:PORT\n"
     "Any config field can be overridden as field.path=value, e.g. outer.rounds=200.";
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  reptile::InstallStopSignals();
   absl::SetProgramUsageMessage(kUsage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
@@ -53,6 +71,15 @@ int main(int argc, char** argv) {
   options.stop_at_round = absl::GetFlag(FLAGS_stop_at_round);
   options.support_dir = absl::GetFlag(FLAGS_support_dir);
   options.query_dir = absl::GetFlag(FLAGS_query_dir);
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.port_file = absl::GetFlag(FLAGS_port_file);
+  options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.token_file = absl::GetFlag(FLAGS_token_file);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   options.overrides.assign(args.begin() + 2, args.end());
 
   reptile::ConfigureProcessForTraining();
@@ -65,6 +92,10 @@ int main(int argc, char** argv) {
     status = reptile::AdaptCommand(options);
   } else if (command == "inspect") {
     status = reptile::InspectCommand(options);
+  } else if (command == "coordinator") {
+    status = reptile::CoordinatorCommand(options);
+  } else if (command == "worker") {
+    status = reptile::WorkerCommand(options);
   } else {
     std::cerr << "reptile: unknown command '" << command << "'\n" << kUsage << std::endl;
     return 2;

@@ -111,6 +111,7 @@ absl::Status RoundEngine::SaveCheckpoint() {
 
 absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
   const int64_t round = state_.round;
+  const auto started = Clock::now();
   const std::vector<WorkItem> items = sampler_.TrainingItems(round);
   ASSIGN_OR_RETURN(std::vector<TaskResult> results, transport_->Run(state_.meta, items));
   const bool carry = state_.meta.adam_m.defined();
@@ -127,8 +128,12 @@ absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
   RETURN_IF_ERROR(aggregator.Apply(epsilon, config_.inner().iterations(), &state_.meta));
   state_.round = round + 1;
   RoundStats stats{loss, predictions > 0 ? double(correct) / predictions : -1};
-  std::string json = absl::StrFormat(R"({"kind":"round","round":%d,"loss":%.6g,"step_size":%.6g)", state_.round,
-                                     loss, epsilon);
+  const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  const TransportStats transport = transport_->Stats();
+  std::string json = absl::StrFormat(
+      R"({"kind":"round","round":%d,"loss":%.6g,"step_size":%.6g,"seconds":%.6g,"workers":%d,"tasks_in_flight":%d,"tasks_redone":%d,"bytes_in":%d,"bytes_out":%d)",
+      state_.round, loss, epsilon, seconds, transport.workers_alive, transport.tasks_in_flight,
+      transport.tasks_redone, transport.bytes_in, transport.bytes_out);
   if (stats.accuracy >= 0) absl::StrAppendFormat(&json, R"(,"accuracy":%.6g)", stats.accuracy);
   RETURN_IF_ERROR(Record(json + "}"));
   return stats;
@@ -163,7 +168,14 @@ absl::Status RoundEngine::Run(int64_t until_round) {
   double loss_average = -1, accuracy_average = -1;
   auto smooth = [](double average, double value) { return average < 0 ? value : 0.95 * average + 0.05 * value; };
   while (state_.round < last && !stop_.load()) {
-    ASSIGN_OR_RETURN(RoundStats stats, RunRound());
+    absl::StatusOr<RoundStats> round_stats = RunRound();
+    if (!round_stats.ok()) {
+      // An abandoned round leaves the state as it was after the last one.
+      if (absl::IsCancelled(round_stats.status()) && stop_.load()) break;
+      RETURN_IF_ERROR(SaveCheckpoint());
+      return round_stats.status();
+    }
+    const RoundStats& stats = *round_stats;
     loss_average = smooth(loss_average, stats.loss);
     if (stats.accuracy >= 0) accuracy_average = smooth(accuracy_average, stats.accuracy);
     const int64_t r = state_.round;
@@ -172,7 +184,13 @@ absl::Status RoundEngine::Run(int64_t until_round) {
     const int64_t eval_every = config_.eval().every_rounds();
     std::string eval_text;
     if (eval_every > 0 && r % eval_every == 0 && r < rounds) {
-      ASSIGN_OR_RETURN(EvaluationSummary eval, Evaluate(config_.eval().episodes()));
+      absl::StatusOr<EvaluationSummary> evaluated = Evaluate(config_.eval().episodes());
+      if (!evaluated.ok()) {
+        RETURN_IF_ERROR(SaveCheckpoint());
+        if (absl::IsCancelled(evaluated.status()) && stop_.load()) break;
+        return evaluated.status();
+      }
+      const EvaluationSummary& eval = *evaluated;
       RETURN_IF_ERROR(Record(absl::StrFormat(
           R"({"kind":"eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"loss":%.6g})",
           r, eval.episodes, eval.accuracy, eval.accuracy_ci95, eval.accuracy_inductive, eval.loss)));
@@ -186,14 +204,24 @@ absl::Status RoundEngine::Run(int64_t until_round) {
       const double rate = (r - first) / std::max(elapsed, 1e-9);
       std::string train_text = absl::StrFormat("loss %.4f", loss_average);
       if (accuracy_average >= 0) absl::StrAppendFormat(&train_text, "  train acc %.1f%%", 100 * accuracy_average);
-      options_.log(absl::StrFormat("round %d/%d  %s%s  %.1f rounds/s  ETA %s", r, rounds, train_text, eval_text,
-                                   rate, FormatDuration((rounds - r) / std::max(rate, 1e-9))));
+      const TransportStats transport = transport_->Stats();
+      std::string workers_text = absl::StrFormat("workers %d", transport.workers_alive);
+      if (transport.tasks_redone > 0) absl::StrAppendFormat(&workers_text, "  redone %d", transport.tasks_redone);
+      if (transport.bytes_in + transport.bytes_out > 0)
+        absl::StrAppendFormat(&workers_text, "  in %.1f MB out %.1f MB", transport.bytes_in / 1e6,
+                              transport.bytes_out / 1e6);
+      options_.log(absl::StrFormat("round %d/%d  %s%s  %.1f rounds/s  %s  ETA %s", r, rounds, train_text,
+                                   eval_text, rate, workers_text,
+                                   FormatDuration((rounds - r) / std::max(rate, 1e-9))));
       last_log = now;
     }
   }
   RETURN_IF_ERROR(SaveCheckpoint());
   if (state_.round < rounds || config_.eval().final_episodes() == 0) return absl::OkStatus();
-  ASSIGN_OR_RETURN(EvaluationSummary final_eval, Evaluate(config_.eval().final_episodes()));
+  absl::StatusOr<EvaluationSummary> evaluated = Evaluate(config_.eval().final_episodes());
+  if (absl::IsCancelled(evaluated.status()) && stop_.load()) return absl::OkStatus();
+  RETURN_IF_ERROR(evaluated.status());
+  const EvaluationSummary& final_eval = *evaluated;
   if (options_.log) options_.log(absl::StrCat("final evaluation: ", FormatEvaluation(final_eval, classification)));
   return Record(absl::StrFormat(
       R"({"kind":"final_eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"accuracy_inductive_ci95":%.6g,"loss":%.6g,"loss_ci95":%.6g})",

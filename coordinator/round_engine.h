@@ -55,9 +55,13 @@ class RoundEngine {
   // round it runs the final evaluation (eval.final_episodes).
   absl::Status Run(int64_t until_round = -1);
 
-  // Asks Run() to stop after the current round. Safe from any thread or a
-  // signal handler.
-  void RequestStop() { stop_.store(true); }
+  // Asks Run() to stop soon: the round in progress is abandoned (a resumed
+  // run redoes it) and Run() checkpoints and returns OK. Thread-safe, but not
+  // async-signal-safe.
+  void RequestStop() {
+    stop_.store(true);
+    transport_->Interrupt("stop requested");
+  }
 
   absl::StatusOr<EvaluationSummary> Evaluate(int episodes);
   absl::Status SaveCheckpoint();

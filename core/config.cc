@@ -8,9 +8,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/fingerprint.h"
 #include "core/status_macros.h"
 #include "google/protobuf/descriptor.h"
+#include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/tokenizer.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/message_differencer.h"
 
@@ -80,6 +83,9 @@ absl::Status ValidateModel(const ExperimentConfig& c) {
     return FieldError("model.arch", "must be one of MLP_SINE, CONV_OMNIGLOT, CONV_MINIIMAGENET");
   if ((arch == MLP_SINE) != (c.task().family() == SINE))
     return FieldError("model.arch", "MLP_SINE goes with task.family SINE, and only with it");
+  if (c.model().hidden_units() < 0) return FieldError("model.hidden_units", "must be >= 0 (0: 64)");
+  if (c.model().hidden_units() > 0 && arch != MLP_SINE)
+    return FieldError("model.hidden_units", "applies to MLP_SINE only");
   if (arch == CONV_MINIIMAGENET && c.task().image_size() < 16)
     return FieldError("task.image_size", "CONV_MINIIMAGENET needs images of at least 16x16 (84 in the paper)");
   return absl::OkStatus();
@@ -125,6 +131,14 @@ absl::Status ValidateRuntime(const RuntimeConfig& r) {
   RETURN_IF_ERROR(RequirePositive("runtime.workers", r.workers()));
   if (r.checkpoint_every_rounds() < 0) return FieldError("runtime.checkpoint_every_rounds", "must be >= 0");
   if (r.log_every_seconds() < 0) return FieldError("runtime.log_every_seconds", "must be >= 0");
+  if (r.heartbeat_seconds() < 0) return FieldError("runtime.heartbeat_seconds", "must be >= 0 (0: 1 s)");
+  if (r.worker_timeout_seconds() < 0)
+    return FieldError("runtime.worker_timeout_seconds", "must be >= 0 (0: 6 s)");
+  if (r.heartbeat_seconds() > 0 && r.worker_timeout_seconds() > 0 &&
+      r.worker_timeout_seconds() < 2 * r.heartbeat_seconds())
+    return FieldError("runtime.worker_timeout_seconds", "must be at least twice runtime.heartbeat_seconds");
+  if (r.task_timeout_seconds() < 0) return FieldError("runtime.task_timeout_seconds", "must be >= 0 (0: 600 s)");
+  if (r.max_task_attempts() < 0) return FieldError("runtime.max_task_attempts", "must be >= 0 (0: 4)");
   return absl::OkStatus();
 }
 
@@ -216,6 +230,20 @@ std::string ConfigToText(const ExperimentConfig& config) {
   std::string text;
   google::protobuf::TextFormat::PrintToString(config, &text);
   return text;
+}
+
+std::string ConfigFingerprint(const ExperimentConfig& config) {
+  ExperimentConfig essential = config;
+  essential.clear_name();
+  essential.clear_runtime();
+  essential.mutable_task()->clear_data_dir();
+  std::string bytes;
+  google::protobuf::io::StringOutputStream stream(&bytes);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  essential.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return ToHex(Sha256(bytes.data(), bytes.size()));
 }
 
 std::string ConfigDifferences(const ExperimentConfig& a, const ExperimentConfig& b) {

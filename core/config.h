@@ -36,6 +36,10 @@ std::string ConfigSummary(const ExperimentConfig& config);
 std::string ConfigToText(const ExperimentConfig& config);
 
 // Empty if equal, else a description of the first differences.
+// SHA-256 of everything in `config` that decides the parameters a run
+// reaches: all but its name, runtime section and dataset location.
+std::string ConfigFingerprint(const ExperimentConfig& config);
+
 std::string ConfigDifferences(const ExperimentConfig& a, const ExperimentConfig& b);
 
 }  // namespace reptile

@@ -1,5 +1,9 @@
 #include "core/flat_parameters.h"
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/fingerprint.h"
+
 namespace reptile {
 
 FlatParameters::FlatParameters(torch::nn::Module& module) {
@@ -26,6 +30,13 @@ FlatParameters::FlatParameters(torch::nn::Module& module) {
     layout_.push_back(std::move(shape));
     offset += aligned(n);
   }
+}
+
+std::string LayoutFingerprint(const std::vector<ParameterShape>& layout) {
+  std::string text;
+  for (const ParameterShape& shape : layout)
+    absl::StrAppend(&text, shape.name(), "[", absl::StrJoin(shape.dims(), ","), "]@", shape.offset(), ";");
+  return ToHex(Sha256(text.data(), text.size()));
 }
 
 }  // namespace reptile

@@ -7,6 +7,7 @@
 #ifndef REPTILE_CORE_FLAT_PARAMETERS_H_
 #define REPTILE_CORE_FLAT_PARAMETERS_H_
 
+#include <string>
 #include <vector>
 
 #include <torch/torch.h>
@@ -35,6 +36,10 @@ class FlatParameters {
   torch::Tensor grads_;
   std::vector<ParameterShape> layout_;
 };
+
+// SHA-256 over the layout's names, shapes and offsets: equal for two
+// processes only if their models lay theta out identically.
+std::string LayoutFingerprint(const std::vector<ParameterShape>& layout);
 
 }  // namespace reptile
 

@@ -5,12 +5,22 @@
 #ifndef REPTILE_TRANSPORT_TRANSPORT_H_
 #define REPTILE_TRANSPORT_TRANSPORT_H_
 
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "worker/learner.h"
 
 namespace reptile {
+
+// What a transport reports for the progress line and metrics.
+struct TransportStats {
+  int workers_alive = 0;
+  int tasks_in_flight = 0;
+  int64_t tasks_redone = 0;  // leases lost, refused or failed, and run again
+  int64_t bytes_in = 0;      // received from workers, payload bytes
+  int64_t bytes_out = 0;     // sent to workers
+};
 
 class Transport {
  public:
@@ -26,6 +36,12 @@ class Transport {
 
   // Workers currently serving this transport.
   virtual int num_workers() const = 0;
+
+  virtual TransportStats Stats() const = 0;
+
+  // Makes a Run() in progress, and every later one, return CANCELLED soon
+  // with `why`, abandoning its items. Thread-safe.
+  virtual void Interrupt(const std::string& why) = 0;
 };
 
 }  // namespace reptile

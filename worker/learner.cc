@@ -10,6 +10,17 @@
 namespace reptile {
 namespace {
 
+torch::Tensor RoundToDeltaDtype(torch::Tensor delta, DeltaDtype dtype) {
+  switch (dtype) {
+    case DELTA_BF16:
+      return delta.to(torch::kBFloat16).to(torch::kFloat32);
+    case DELTA_FP16:
+      return delta.to(torch::kHalf).to(torch::kFloat32);
+    default:
+      return delta;
+  }
+}
+
 // Stream label for the order in which a task's support examples are visited.
 constexpr uint64_t kMinibatchOrderStream = 0x6d696e69;
 
@@ -144,7 +155,8 @@ TaskResult Learner::Train(const MetaState& state, const TaskSpec& spec, const Ta
   const bool fomaml = config_.outer().algorithm() == FOMAML;
   InnerRun run = Adapt(state, task, spec.seed(), in.iterations(), in.batch_size(), fomaml ? &before_last : nullptr);
   TaskResult result;
-  result.delta = flat_->values() - (fomaml ? before_last : state.parameters);
+  result.delta = RoundToDeltaDtype(flat_->values() - (fomaml ? before_last : state.parameters),
+                                   config_.outer().delta_dtype());
   if (in.optimizer() == ADAM && in.state_mode() == CARRY) {
     result.adam_m = adam_m_.clone();
     result.adam_v = adam_v_.clone();

@@ -12,10 +12,10 @@ namespace nn = torch::nn;
 
 class SineMlp final : public MetaModel {
  public:
-  SineMlp()
-      : hidden1_(register_module("hidden1", nn::Linear(1, 64))),
-        hidden2_(register_module("hidden2", nn::Linear(64, 64))),
-        out_(register_module("out", nn::Linear(64, 1))) {}
+  explicit SineMlp(int hidden)
+      : hidden1_(register_module("hidden1", nn::Linear(1, hidden))),
+        hidden2_(register_module("hidden2", nn::Linear(hidden, hidden))),
+        out_(register_module("out", nn::Linear(hidden, 1))) {}
 
   torch::Tensor forward(torch::Tensor x) override {
     x = torch::tanh(hidden1_->forward(x));
@@ -75,7 +75,8 @@ absl::StatusOr<std::shared_ptr<MetaModel>> MakeModel(const ExperimentConfig& con
     const TaskConfig& task = config.task();
     switch (config.model().arch()) {
       case MLP_SINE:
-        return std::shared_ptr<MetaModel>(std::make_shared<SineMlp>());
+        return std::shared_ptr<MetaModel>(
+            std::make_shared<SineMlp>(config.model().hidden_units() > 0 ? config.model().hidden_units() : 64));
       case CONV_OMNIGLOT:
         return std::shared_ptr<MetaModel>(std::make_shared<ConvClassifier>(
             InputChannels(task), task.image_size(), 64, /*pool=*/false, task.ways()));

@@ -35,10 +35,13 @@ absl::StatusOr<std::vector<TaskResult>> LocalTransport::Run(const MetaState& sta
   results_.assign(items.size(), absl::UnknownError("not run"));
   next_item_ = 0;
   unfinished_ = items.size();
-  mu_.Await(absl::Condition(
-      +[](size_t* unfinished) { return *unfinished == 0; }, &unfinished_));
+  auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return unfinished_ == 0 || (!interrupted_.empty() && running_ == 0);
+  };
+  mu_.Await(absl::Condition(&done));
   state_ = nullptr;
   items_ = nullptr;
+  if (unfinished_ > 0) return absl::CancelledError(interrupted_);
   std::vector<TaskResult> out;
   out.reserve(items.size());
   for (size_t i = 0; i < results_.size(); ++i) {
@@ -50,12 +53,25 @@ absl::StatusOr<std::vector<TaskResult>> LocalTransport::Run(const MetaState& sta
   return out;
 }
 
+TransportStats LocalTransport::Stats() const {
+  absl::MutexLock lock(&mu_);
+  TransportStats stats;
+  stats.workers_alive = num_workers();
+  stats.tasks_in_flight = running_;
+  return stats;
+}
+
+void LocalTransport::Interrupt(const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  interrupted_ = why.empty() ? "interrupted" : why;
+}
+
 void LocalTransport::WorkerLoop(Learner* learner) {
   // One intra-op thread per worker: a task's arithmetic, and so its result,
   // must not depend on how many threads share the machine.
   at::set_num_threads(1);
   auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stopping_ || (items_ != nullptr && next_item_ < items_->size());
+    return stopping_ || (items_ != nullptr && interrupted_.empty() && next_item_ < items_->size());
   };
   absl::MutexLock lock(&mu_);
   while (true) {
@@ -64,9 +80,11 @@ void LocalTransport::WorkerLoop(Learner* learner) {
     const size_t index = next_item_++;
     const MetaState* state = state_;
     const WorkItem& item = (*items_)[index];
+    ++running_;
     mu_.Unlock();
     absl::StatusOr<TaskResult> result = learner->Run(*state, item);
     mu_.Lock();
+    --running_;
     results_[index] = std::move(result);
     --unfinished_;
   }

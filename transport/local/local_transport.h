@@ -5,6 +5,7 @@
 #define REPTILE_TRANSPORT_LOCAL_LOCAL_TRANSPORT_H_
 
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -26,18 +27,22 @@ class LocalTransport final : public Transport {
   absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state,
                                               const std::vector<WorkItem>& items) override;
   int num_workers() const override { return static_cast<int>(threads_.size()); }
+  TransportStats Stats() const override;
+  void Interrupt(const std::string& why) override;
 
  private:
   LocalTransport() = default;
   void WorkerLoop(Learner* learner);
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   // The batch being run; null between calls to Run().
   const MetaState* state_ ABSL_GUARDED_BY(mu_) = nullptr;
   const std::vector<WorkItem>* items_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::vector<absl::StatusOr<TaskResult>> results_ ABSL_GUARDED_BY(mu_);
   size_t next_item_ ABSL_GUARDED_BY(mu_) = 0;
   size_t unfinished_ ABSL_GUARDED_BY(mu_) = 0;
+  int running_ ABSL_GUARDED_BY(mu_) = 0;             // items being computed
+  std::string interrupted_ ABSL_GUARDED_BY(mu_);     // why, once Interrupt() was called
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   std::vector<std::unique_ptr<Learner>> learners_;

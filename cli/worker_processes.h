@@ -1,0 +1,49 @@
+// The worker processes of a local `reptile train`: each runs `reptile worker`
+// against the coordinator's loopback port. A worker that dies is started
+// again; if they keep dying, the run is given up with the reason. All are
+// stopped (SIGTERM, then SIGKILL) when this object goes away, and they end
+// with the parent if it dies.
+#ifndef REPTILE_CLI_WORKER_PROCESSES_H_
+#define REPTILE_CLI_WORKER_PROCESSES_H_
+
+#include <sys/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace reptile {
+
+class WorkerProcesses {
+ public:
+  // `give_up` is called once, from another thread, if workers keep failing.
+  static absl::StatusOr<std::unique_ptr<WorkerProcesses>> Start(int count, const std::string& coordinator,
+                                                                const std::string& token,
+                                                                std::function<void(const std::string&)> log,
+                                                                std::function<void(const std::string&)> give_up);
+  ~WorkerProcesses();
+  WorkerProcesses(const WorkerProcesses&) = delete;
+  WorkerProcesses& operator=(const WorkerProcesses&) = delete;
+
+ private:
+  WorkerProcesses() = default;
+  absl::StatusOr<pid_t> Spawn();
+  void Watch();
+
+  std::string executable_, coordinator_, token_;
+  std::function<void(const std::string&)> log_, give_up_;
+  absl::Mutex mu_;
+  std::vector<pid_t> pids_ ABSL_GUARDED_BY(mu_);
+  int restarts_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread watcher_;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_CLI_WORKER_PROCESSES_H_

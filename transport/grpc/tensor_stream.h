@@ -1,0 +1,62 @@
+// Tensors on the wire: split into TensorChunks of at most kChunkBytes, and
+// put back together by a TensorAssembler that checks every chunk against the
+// sizes the receiver expects. This is the only decoding path for tensors that
+// arrive from another process, so it trusts nothing in them.
+#ifndef REPTILE_TRANSPORT_GRPC_TENSOR_STREAM_H_
+#define REPTILE_TRANSPORT_GRPC_TENSOR_STREAM_H_
+
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "coordinator.pb.h"
+
+namespace reptile {
+
+inline constexpr size_t kChunkBytes = size_t{1} << 20;
+
+// Bytes per element of `dtype` on the wire; 0 for a value outside the enum.
+size_t DeltaDtypeBytes(DeltaDtype dtype);
+
+// `tensor` (fp32, contiguous) as little-endian bytes in `dtype`.
+std::string EncodeTensor(const torch::Tensor& tensor, DeltaDtype dtype);
+
+// Bytes in `dtype` back to an fp32 tensor of `numel` elements. Fails if the
+// size is wrong or any value is NaN or infinite.
+absl::StatusOr<torch::Tensor> DecodeTensor(const std::string& bytes, DeltaDtype dtype, int64_t numel);
+
+// Calls `write` with every chunk of every tensor in turn (tensor i is chunk
+// field `tensor` = i). Returns false as soon as `write` does.
+bool WriteChunks(absl::Span<const std::string* const> tensors, const std::function<bool(const TensorChunk&)>& write);
+
+// Reassembles the tensors of one stream. Chunks of a tensor must arrive in
+// order without gaps or overlap, and no tensor may grow past its size.
+class TensorAssembler {
+ public:
+  // `sizes[i]`: the exact byte size tensor i must reach.
+  explicit TensorAssembler(std::vector<size_t> sizes);
+
+  // InvalidArgument naming the tensor and offset when the chunk does not fit.
+  absl::Status Add(const TensorChunk& chunk);
+  // InvalidArgument if any tensor is incomplete (a truncated stream).
+  absl::Status Finish() const;
+
+  // Tensor i's bytes; valid after Finish() succeeded.
+  std::string& bytes(size_t i) { return buffers_[i]; }
+  size_t bytes_received() const { return total_received_; }
+
+ private:
+  std::vector<size_t> sizes_;
+  std::vector<size_t> received_;
+  std::vector<std::string> buffers_;
+  size_t total_received_ = 0;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_TRANSPORT_GRPC_TENSOR_STREAM_H_

@@ -131,8 +131,8 @@ absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
   const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
   const TransportStats transport = transport_->Stats();
   std::string json = absl::StrFormat(
-      R"({"kind":"round","round":%d,"loss":%.6g,"step_size":%.6g,"seconds":%.6g,"workers":%d,"tasks_in_flight":%d,"tasks_redone":%d,"bytes_in":%d,"bytes_out":%d)",
-      state_.round, loss, epsilon, seconds, transport.workers_alive, transport.tasks_in_flight,
+      R"({"kind":"round","round":%d,"loss":%.6g,"step_size":%.6g,"seconds":%.6g,"rounds_per_second":%.6g,"workers":%d,"tasks_in_flight":%d,"tasks_redone":%d,"bytes_in":%d,"bytes_out":%d)",
+      state_.round, loss, epsilon, seconds, 1.0 / std::max(seconds, 1e-9), transport.workers_alive, transport.tasks_in_flight,
       transport.tasks_redone, transport.bytes_in, transport.bytes_out);
   if (stats.accuracy >= 0) absl::StrAppendFormat(&json, R"(,"accuracy":%.6g)", stats.accuracy);
   RETURN_IF_ERROR(Record(json + "}"));

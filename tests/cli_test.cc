@@ -10,7 +10,8 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "test_support.h"
+#include "tests/child_process.h"
+#include "tests/test_support.h"
 
 namespace reptile {
 namespace {
@@ -116,11 +117,14 @@ TEST(CliTest, BadInputIsOneClearLineAndNonZeroExit) {
 
 TEST(CliTest, SigtermCheckpointsAndExitsCleanly) {
   const std::string dir = testing::TempDir("run");
-  const std::string command = absl::StrCat(
-      "sh -c '", REPTILE_BINARY, " train --run_dir ", dir,
-      " --config configs/sine.textproto outer.rounds=100000000 & pid=$!; sleep 3; kill -TERM $pid; wait $pid'");
-  Result stopped = Shell(command);
-  EXPECT_EQ(stopped.exit_code, 0) << stopped.output;
+  auto train = testing::ChildProcess::Start({REPTILE_BINARY, "train", "--run_dir", dir, "--config",
+                                             "configs/sine.textproto", "outer.rounds=100000000"},
+                                            dir + "/../train");
+  // Once rounds are being recorded, SIGTERM must checkpoint and exit 0.
+  for (int i = 0; i < 1200 && testing::ReadWholeFile(dir + "/metrics.jsonl").empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  train->Signal(SIGTERM);
+  EXPECT_EQ(train->ExitCode(60), 0) << train->err();
   Result inspect = RunReptile(absl::StrCat("inspect --run_dir ", dir));
   ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
   EXPECT_THAT(inspect.output, Not(HasSubstr("round 0 ")));

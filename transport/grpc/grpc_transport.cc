@@ -79,6 +79,7 @@ struct GrpcTransport::Board {
   size_t remaining ABSL_GUARDED_BY(mu) = 0;
   std::string failed ABSL_GUARDED_BY(mu);       // an item failed max_attempts times
   std::string interrupted ABSL_GUARDED_BY(mu);  // why Interrupt() was called
+  int active_leases ABSL_GUARDED_BY(mu) = 0;
   bool finished ABSL_GUARDED_BY(mu) = false;
   bool shutting_down ABSL_GUARDED_BY(mu) = false;
   TransportStats stats ABSL_GUARDED_BY(mu);
@@ -92,6 +93,7 @@ struct GrpcTransport::Board {
     auto it = leases.find(lease_id);
     if (it == leases.end() || !it->second.active) return;
     it->second.active = false;
+    --active_leases;
     if (results[it->second.item].has_value()) return;
     pending.push_front(it->second.item);
     ++stats.tasks_redone;
@@ -193,6 +195,7 @@ class GrpcTransport::Service final : public Coordinator::Service {
     b.pending.pop_front();
     const uint64_t lease_id = b.next_lease_id++;
     b.leases[lease_id] = Lease{item, request->worker_id(), absl::Now() + b.task_timeout, true};
+    b.stats.tasks_in_flight = std::max(b.stats.tasks_in_flight, ++b.active_leases);
     const WorkItem& work = (*b.items)[item];
     reply->set_kind(work.kind == WorkKind::kTrain ? WorkReply::TRAIN : WorkReply::EVALUATE);
     reply->set_lease_id(lease_id);
@@ -285,7 +288,9 @@ class GrpcTransport::Service final : public Coordinator::Service {
       return grpc::Status::OK;
     }
     b.results[item] = std::move(result).value();
-    b.leases[header.lease_id()].active = false;
+    Lease& lease = b.leases[header.lease_id()];
+    if (lease.active) --b.active_leases;
+    lease.active = false;
     --b.remaining;
     return grpc::Status::OK;
   }
@@ -452,6 +457,8 @@ absl::StatusOr<std::vector<TaskResult>> GrpcTransport::Run(const MetaState& stat
   b.pending.clear();
   for (size_t i = 0; i < items.size(); ++i) b.pending.push_back(i);
   b.leases.clear();
+  b.active_leases = 0;
+  b.stats.tasks_in_flight = 0;
   b.remaining = items.size();
   b.failed.clear();
   auto done = [&b]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.mu) {
@@ -473,6 +480,7 @@ absl::StatusOr<std::vector<TaskResult>> GrpcTransport::Run(const MetaState& stat
   b.results.clear();
   b.pending.clear();
   b.leases.clear();
+  b.active_leases = 0;
   if (!status.ok()) return status;
   return out;
 }
@@ -486,8 +494,6 @@ TransportStats GrpcTransport::Stats() const {
   absl::MutexLock lock(&board_->mu);
   TransportStats stats = board_->stats;
   stats.workers_alive = static_cast<int>(board_->workers.size());
-  stats.tasks_in_flight = 0;
-  for (const auto& [id, lease] : board_->leases) stats.tasks_in_flight += lease.active ? 1 : 0;
   return stats;
 }
 

@@ -57,7 +57,7 @@ TransportStats LocalTransport::Stats() const {
   absl::MutexLock lock(&mu_);
   TransportStats stats;
   stats.workers_alive = num_workers();
-  stats.tasks_in_flight = running_;
+  stats.tasks_in_flight = std::min<int>(num_workers(), static_cast<int>(results_.size()));
   return stats;
 }
 

@@ -1,0 +1,706 @@
+// The gRPC runtime's throughput and overhead on this machine, beside the
+// in-process thread transport and raw loopback TCP measured in the same run.
+//
+//   build/bench/grpc_bench [rounds_per_block] [blocks] [ingest_seconds]   (default: 100 3 4)
+//
+// Prints:
+//  1. rounds/s and worker utilization of the real round engine on
+//     configs/omniglot_5w1s.textproto with 1 and 2 `reptile worker` processes
+//     (GrpcTransport in this process), and with 1 and 2 worker threads
+//     (LocalTransport). All four run the same rounds (the sampler is
+//     counter-based) and their blocks are interleaved, so the machine's
+//     minute-to-minute drift hits them alike.
+//  2. per round: the engine's time outside Transport::Run (sampling,
+//     aggregation, outer update, metrics line), and the transport's own time:
+//     Run's wall time minus the compute time of an ideal pull queue
+//     (the items' compute_seconds list-scheduled in order on W workers).
+//  3. coordinator ingest: synthetic workers (threads using Coordinator::Stub)
+//     Join with the real fingerprints and answer every TRAIN lease with a
+//     precomputed, well-formed result as fast as they can, while Run() is fed
+//     batches of TRAIN items; deltas/s and GB/s received.
+//  4. raw loopback TCP bandwidth (one sender, one receiver, 1 MiB writes).
+// Asserts nothing.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "coordinator.grpc.pb.h"
+#include "coordinator/round_engine.h"
+#include "coordinator/task_sampler.h"
+#include "core/config.h"
+#include "core/flat_parameters.h"
+#include "core/models/models.h"
+#include "core/process_setup.h"
+#include "transport/grpc/grpc_transport.h"
+#include "transport/grpc/security.h"
+#include "transport/grpc/tensor_stream.h"
+#include "transport/local/local_transport.h"
+
+namespace reptile {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "grpc_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+template <typename T>
+T OrDie(absl::StatusOr<T> value, const char* what) {
+  if (!value.ok()) Die(absl::StrCat(what, ": ", value.status().ToString()));
+  return *std::move(value);
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+double Max(const std::vector<double>& v) { return v.empty() ? 0 : *std::max_element(v.begin(), v.end()); }
+
+// ---- 4. loopback TCP ---------------------------------------------------------
+
+// Moves `total` bytes from one thread to another over 127.0.0.1 in writes of
+// `write_size`; GB/s measured at the receiver, from accept to the last byte.
+double LoopbackGbps(size_t total, size_t write_size) {
+  const int listener = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  if (bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 || listen(listener, 1) != 0)
+    Die(absl::StrCat("loopback listen: ", std::strerror(errno)));
+  socklen_t length = sizeof(address);
+  getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length);
+  std::thread sender([&] {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0)
+      Die(absl::StrCat("loopback connect: ", std::strerror(errno)));
+    std::vector<char> buffer(write_size, 'x');
+    size_t sent = 0;
+    while (sent < total) {
+      const ssize_t n = write(fd, buffer.data(), std::min(write_size, total - sent));
+      if (n <= 0) Die(absl::StrCat("loopback write: ", std::strerror(errno)));
+      sent += n;
+    }
+    close(fd);
+  });
+  const int fd = accept(listener, nullptr, nullptr);
+  const auto start = Clock::now();
+  std::vector<char> buffer(write_size);
+  size_t received = 0;
+  while (received < total) {
+    const ssize_t n = read(fd, buffer.data(), buffer.size());
+    if (n <= 0) Die(absl::StrCat("loopback read: ", std::strerror(errno)));
+    received += n;
+  }
+  const double seconds = Seconds(start);
+  sender.join();
+  close(fd);
+  close(listener);
+  return received / seconds / 1e9;
+}
+
+// ---- 1 and 2: the round engine on real workers -------------------------------
+
+// What one round's transport call cost, from its results.
+struct RoundTiming {
+  double run_seconds = 0;       // wall time of Transport::Run
+  double compute_sum = 0;       // sum of the items' compute_seconds
+  double compute_makespan = 0;  // ideal pull queue: items in order on W workers
+  int items = 0;
+};
+
+// Passes everything through to `inner`, timing each Run().
+class TimedTransport final : public Transport {
+ public:
+  TimedTransport(Transport* inner, int workers) : inner_(inner), workers_(workers) {}
+
+  absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state, const std::vector<WorkItem>& items) override {
+    const auto start = Clock::now();
+    absl::StatusOr<std::vector<TaskResult>> results = inner_->Run(state, items);
+    RoundTiming timing;
+    timing.run_seconds = Seconds(start);
+    timing.items = static_cast<int>(items.size());
+    if (results.ok()) {
+      std::vector<double> free_at(workers_, 0.0);
+      for (const TaskResult& r : *results) {
+        timing.compute_sum += r.compute_seconds;
+        auto first = std::min_element(free_at.begin(), free_at.end());
+        *first += r.compute_seconds;
+      }
+      timing.compute_makespan = Max(free_at);
+      timings_.push_back(timing);
+    }
+    return results;
+  }
+  int num_workers() const override { return inner_->num_workers(); }
+  TransportStats Stats() const override { return inner_->Stats(); }
+  void Interrupt(const std::string& why) override { inner_->Interrupt(why); }
+
+  const std::vector<RoundTiming>& timings() const { return timings_; }
+
+ private:
+  Transport* inner_;
+  int workers_;
+  std::vector<RoundTiming> timings_;
+};
+
+// `reptile worker` processes for one GrpcTransport; stderr to `log_path`.
+class WorkerProcessGroup {
+ public:
+  WorkerProcessGroup(int count, int port, const std::string& log_path) {
+    const std::string coordinator = absl::StrCat("127.0.0.1:", port);
+    for (int i = 0; i < count; ++i) {
+      std::vector<std::string> args = {REPTILE_BINARY, "worker", "--coordinator", coordinator};
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      const pid_t parent = getpid();
+      const pid_t pid = fork();
+      if (pid < 0) Die(absl::StrCat("fork: ", std::strerror(errno)));
+      if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) _exit(1);
+        const int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (log >= 0) dup2(log, 2);
+        execv(argv[0], argv.data());
+        _exit(127);
+      }
+      pids_.push_back(pid);
+    }
+  }
+
+  // True while none has exited.
+  bool AllAlive() {
+    for (pid_t pid : pids_) {
+      int status = 0;
+      if (waitpid(pid, &status, WNOHANG) == pid) return false;
+    }
+    return true;
+  }
+
+  // Waits up to 5 s for them to exit (after the transport's Finish), then
+  // terminates the rest.
+  ~WorkerProcessGroup() {
+    const auto deadline = Clock::now() + std::chrono::seconds(5);
+    for (pid_t pid : pids_) {
+      int status = 0;
+      while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (Clock::now() > deadline) {
+          kill(pid, SIGTERM);
+          waitpid(pid, &status, 0);
+          break;
+        }
+        usleep(20000);
+      }
+    }
+  }
+
+ private:
+  std::vector<pid_t> pids_;
+};
+
+// One way of running the rounds: a transport, its timing wrapper, its engine.
+struct Setup {
+  std::string name;
+  int workers = 0;
+  std::unique_ptr<Transport> transport;  // LocalTransport or GrpcTransport
+  std::unique_ptr<WorkerProcessGroup> processes;
+  std::unique_ptr<TimedTransport> timed;
+  std::unique_ptr<RoundEngine> engine;
+
+  struct Block {
+    double rounds_per_s, utilization, outside_ms, transport_ms, compute_ms_per_task, run_ms;
+  };
+  std::vector<Block> blocks;
+
+  void RunBlock(int rounds) {
+    const size_t first = timed->timings().size();
+    const auto start = Clock::now();
+    absl::Status status = engine->Run(engine->round() + rounds);
+    const double wall = Seconds(start);
+    if (!status.ok()) Die(absl::StrCat(name, ": ", status.ToString()));
+    double run = 0, compute = 0, makespan = 0;
+    int tasks = 0;
+    const auto& t = timed->timings();
+    for (size_t i = first; i < t.size(); ++i) {
+      run += t[i].run_seconds;
+      compute += t[i].compute_sum;
+      makespan += t[i].compute_makespan;
+      tasks += t[i].items;
+    }
+    const int n = static_cast<int>(t.size() - first);
+    Block b;
+    b.rounds_per_s = n / wall;
+    b.utilization = compute / (workers * wall);
+    b.outside_ms = 1e3 * (wall - run) / n;
+    b.transport_ms = 1e3 * (run - makespan) / n;
+    b.compute_ms_per_task = 1e3 * compute / tasks;
+    b.run_ms = 1e3 * run / n;
+    blocks.push_back(b);
+  }
+};
+
+std::unique_ptr<Setup> MakeLocalSetup(const ExperimentConfig& config, std::shared_ptr<const TaskSource> tasks,
+                                      int workers) {
+  auto setup = std::make_unique<Setup>();
+  setup->name = absl::StrCat("threads, ", workers);
+  setup->workers = workers;
+  setup->transport = OrDie(LocalTransport::Create(config, tasks, workers), "local transport");
+  return setup;
+}
+
+std::unique_ptr<Setup> MakeGrpcSetup(const ExperimentConfig& config, int workers, const std::string& token,
+                                     const std::string& log_path) {
+  auto setup = std::make_unique<Setup>();
+  setup->name = absl::StrCat("gRPC processes, ", workers);
+  setup->workers = workers;
+  GrpcTransport::Options options;
+  options.token = token;
+  auto transport = OrDie(GrpcTransport::Create(config, options), "gRPC transport");
+  setup->processes = std::make_unique<WorkerProcessGroup>(workers, transport->port(), log_path);
+  setup->transport = std::move(transport);
+  return setup;
+}
+
+void WaitForWorkers(Setup& setup) {
+  const auto start = Clock::now();
+  while (setup.transport->num_workers() < setup.workers) {
+    if (setup.processes != nullptr && !setup.processes->AllAlive())
+      Die(absl::StrCat(setup.name, ": a worker process exited; see its log"));
+    if (Seconds(start) > 120) Die(absl::StrCat(setup.name, ": workers did not join within 120 s"));
+    usleep(20000);
+  }
+}
+
+// ---- 3. ingest ------------------------------------------------------------
+
+struct Precomputed {
+  int64_t numel = 0;
+  bool carry = false;
+  DeltaDtype dtype = DELTA_FP32;
+  std::string config_fingerprint, layout_fingerprint;
+  std::vector<std::string> tensors;  // delta, then adam_m and adam_v if carry
+  size_t bytes() const {
+    size_t n = 0;
+    for (const auto& t : tensors) n += t.size();
+    return n;
+  }
+};
+
+Precomputed Precompute(const ExperimentConfig& config) {
+  Precomputed p;
+  std::shared_ptr<MetaModel> model = OrDie(MakeModel(config, 0), "model");
+  FlatParameters flat(*model);
+  p.numel = flat.numel();
+  p.carry = config.inner().optimizer() == ADAM && config.inner().state_mode() == CARRY;
+  p.dtype = config.outer().delta_dtype();
+  p.config_fingerprint = ConfigFingerprint(config);
+  p.layout_fingerprint = LayoutFingerprint(flat.layout());
+  torch::manual_seed(7);
+  p.tensors.push_back(EncodeTensor(torch::randn({p.numel}) * 1e-3, p.dtype));
+  if (p.carry) {
+    p.tensors.push_back(EncodeTensor(torch::randn({p.numel}) * 1e-3, DELTA_FP32));
+    p.tensors.push_back(EncodeTensor(torch::randn({p.numel}).abs_() * 1e-6, DELTA_FP32));
+  }
+  return p;
+}
+
+std::chrono::system_clock::time_point In(int seconds) {
+  return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
+}
+
+// A worker that computes nothing: Join, then GetWork -> (FetchState once per
+// state version, as real workers do) -> SubmitResult of the precomputed
+// tensors, streamed exactly as grpc_worker.cc's Submit() does.
+void SyntheticWorker(const std::string& address, const std::string& token, const Precomputed& p,
+                     std::atomic<int64_t>* submitted) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own
+  std::unique_ptr<Coordinator::Stub> stub =
+      Coordinator::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  JoinRequest join;
+  join.set_worker_name(absl::StrCat("synthetic-", std::hash<std::thread::id>()(std::this_thread::get_id()) % 1000));
+  join.set_protocol_version(kProtocolVersion);
+  join.set_config_fingerprint(p.config_fingerprint);
+  join.set_layout_fingerprint(p.layout_fingerprint);
+  JoinReply joined;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(In(10));
+    AttachToken(token, &context);
+    grpc::Status status = stub->Join(&context, join, &joined);
+    if (!status.ok()) Die(absl::StrCat("synthetic Join refused: ", status.error_message()));
+  }
+  std::vector<const std::string*> tensors;
+  for (const std::string& t : p.tensors) tensors.push_back(&t);
+  uint64_t fetched_version = 0;
+  while (true) {
+    WorkRequest request;
+    request.set_worker_id(joined.worker_id());
+    WorkReply work;
+    grpc::ClientContext context;
+    context.set_deadline(In(10));
+    AttachToken(token, &context);
+    grpc::Status status = stub->GetWork(&context, request, &work);
+    if (!status.ok()) Die(absl::StrCat("synthetic GetWork: ", status.error_message()));
+    if (work.kind() == WorkReply::FINISHED) break;
+    if (work.kind() != WorkReply::TRAIN) continue;
+    if (work.state_version() != fetched_version) {
+      FetchStateRequest fetch;
+      fetch.set_worker_id(joined.worker_id());
+      fetch.set_state_version(work.state_version());
+      grpc::ClientContext fetch_context;
+      fetch_context.set_deadline(In(300));
+      AttachToken(token, &fetch_context);
+      auto reader = stub->FetchState(&fetch_context, fetch);
+      StateChunk chunk;
+      while (reader->Read(&chunk)) {
+      }
+      if (reader->Finish().ok()) fetched_version = work.state_version();
+    }
+    grpc::ClientContext submit_context;
+    submit_context.set_deadline(In(300));
+    AttachToken(token, &submit_context);
+    SubmitReply reply;
+    auto writer = stub->SubmitResult(&submit_context, &reply);
+    ResultChunk message;
+    ResultHeader* header = message.mutable_header();
+    header->set_worker_id(joined.worker_id());
+    header->set_lease_id(work.lease_id());
+    header->set_state_version(work.state_version());
+    header->set_delta_dtype(p.dtype);
+    header->set_num_parameters(p.numel);
+    header->set_has_delta(true);
+    header->set_has_moments(p.carry);
+    header->set_loss(1.0);
+    if (writer->Write(message))
+      WriteChunks(tensors, [&](const TensorChunk& chunk) {
+        *message.mutable_chunk() = chunk;
+        return writer->Write(message);
+      });
+    writer->WritesDone();
+    status = writer->Finish();
+    if (!status.ok()) Die(absl::StrCat("synthetic SubmitResult: ", status.error_message()));
+    submitted->fetch_add(1);
+  }
+  LeaveRequest leave;
+  leave.set_worker_id(joined.worker_id());
+  LeaveReply left;
+  grpc::ClientContext context;
+  context.set_deadline(In(10));
+  AttachToken(token, &context);
+  stub->Leave(&context, leave, &left);
+}
+
+struct IngestFigures {
+  double deltas_per_s = 0, gb_per_s = 0, mb_per_result = 0, ms_per_result = 0;
+  int64_t results = 0;
+};
+
+IngestFigures Ingest(const ExperimentConfig& config, const Precomputed& p, int clients, int batch, double seconds,
+                     const std::string& token) {
+  GrpcTransport::Options options;
+  options.token = token;
+  auto transport = OrDie(GrpcTransport::Create(config, options), "gRPC transport (ingest)");
+  const std::string address = absl::StrCat("127.0.0.1:", transport->port());
+  std::atomic<int64_t> submitted{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < clients; ++i) threads.emplace_back(SyntheticWorker, address, token, std::cref(p), &submitted);
+  while (transport->num_workers() < clients) usleep(10000);
+
+  MetaState state;
+  state.parameters = torch::zeros({p.numel});
+  if (p.carry) {
+    state.adam_m = torch::zeros({p.numel});
+    state.adam_v = torch::zeros({p.numel});
+  }
+  TaskSampler sampler(config, 1000, 1000);
+  std::vector<WorkItem> items;
+  for (int round = 0; static_cast<int>(items.size()) < batch; ++round)
+    for (WorkItem& item : sampler.TrainingItems(round))
+      if (static_cast<int>(items.size()) < batch) items.push_back(std::move(item));
+
+  OrDie(transport->Run(state, items), "ingest warm-up");
+  const int64_t bytes_before = transport->Stats().bytes_in;
+  int64_t results = 0;
+  const auto start = Clock::now();
+  while (Seconds(start) < seconds) {
+    OrDie(transport->Run(state, items), "ingest");
+    results += static_cast<int64_t>(items.size());
+  }
+  const double wall = Seconds(start);
+  const int64_t bytes = transport->Stats().bytes_in - bytes_before;
+  transport->Finish(absl::Seconds(5));
+  for (std::thread& t : threads) t.join();
+  IngestFigures f;
+  f.results = results;
+  f.deltas_per_s = results / wall;
+  f.gb_per_s = bytes / wall / 1e9;
+  f.mb_per_result = static_cast<double>(bytes) / results / 1e6;
+  f.ms_per_result = 1e3 * wall / results;
+  return f;
+}
+
+// Unary round trip: Heartbeat of a joined synthetic worker, `calls` times.
+double HeartbeatMicros(const ExperimentConfig& config, const Precomputed& p, int calls, const std::string& token) {
+  GrpcTransport::Options options;
+  options.token = token;
+  auto transport = OrDie(GrpcTransport::Create(config, options), "gRPC transport (latency)");
+  auto stub = Coordinator::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", transport->port()),
+                                                       grpc::InsecureChannelCredentials()));
+  JoinRequest join;
+  join.set_worker_name("latency-probe");
+  join.set_protocol_version(kProtocolVersion);
+  join.set_config_fingerprint(p.config_fingerprint);
+  join.set_layout_fingerprint(p.layout_fingerprint);
+  JoinReply joined;
+  {
+    grpc::ClientContext context;
+    AttachToken(token, &context);
+    if (!stub->Join(&context, join, &joined).ok()) Die("latency probe: Join refused");
+  }
+  HeartbeatRequest request;
+  request.set_worker_id(joined.worker_id());
+  std::vector<double> times;
+  for (int i = 0; i < calls + 50; ++i) {
+    HeartbeatReply reply;
+    grpc::ClientContext context;
+    AttachToken(token, &context);
+    const auto start = Clock::now();
+    if (!stub->Heartbeat(&context, request, &reply).ok()) Die("latency probe: Heartbeat failed");
+    if (i >= 50) times.push_back(1e6 * Seconds(start));
+  }
+  LeaveRequest leave;
+  leave.set_worker_id(joined.worker_id());
+  LeaveReply left;
+  grpc::ClientContext context;
+  AttachToken(token, &context);
+  stub->Leave(&context, leave, &left);
+  return Median(times);
+}
+
+// ms per call of `f`, best of 5 runs of `reps` calls.
+template <typename F>
+double BestMs(int reps, F f) {
+  double best = 1e30;
+  for (int run = 0; run < 5; ++run) {
+    const auto start = Clock::now();
+    for (int i = 0; i < reps; ++i) f();
+    best = std::min(best, 1e3 * Seconds(start) / reps);
+  }
+  return best;
+}
+
+std::string Now() {
+  const std::time_t t = std::time(nullptr);
+  char text[64];
+  std::strftime(text, sizeof(text), "%Y-%m-%d %H:%M:%S %Z", std::localtime(&t));
+  return text;
+}
+
+int Main(int argc, char** argv) {
+  ConfigureProcessForTraining();
+  const int rounds_per_block = argc > 1 ? std::atoi(argv[1]) : 100;
+  const int blocks = argc > 2 ? std::atoi(argv[2]) : 3;
+  const double ingest_seconds = argc > 3 ? std::atof(argv[3]) : 4;
+  const std::string token = OrDie(LoadToken(""), "REPTILE_TOKEN");
+  const auto bench_start = Clock::now();
+
+  const std::string source = REPTILE_SOURCE_DIR;
+  ExperimentConfig omniglot = OrDie(LoadConfig(source + "/configs/omniglot_5w1s.textproto",
+                                               {"eval.every_rounds=0", "eval.final_episodes=0",
+                                                "task.data_dir=" + source + "/../shared/data/omniglot"}),
+                                    "omniglot config");
+  ExperimentConfig large = OrDie(LoadConfig(source + "/configs/sine.textproto", {"model.hidden_units=2048"}),
+                                 "sine config");
+  ExperimentConfig large_carry = OrDie(LoadConfig(source + "/configs/sine.textproto",
+                                                  {"model.hidden_units=2048", "inner.optimizer=ADAM", "inner.adam_beta2=0.999", "inner.adam_epsilon=1e-8",
+                                                   "inner.state_mode=CARRY"}),
+                                       "sine config (ADAM, CARRY)");
+
+  std::printf("grpc_bench  %s  (%ld cores online)\n", Now().c_str(), sysconf(_SC_NPROCESSORS_ONLN));
+  std::printf("config      %s\n", ConfigSummary(omniglot).c_str());
+  std::printf("token       %s\n", token.empty() ? "none" : "from $REPTILE_TOKEN");
+
+  // ---- 4 first: it takes a second and anchors the ingest figures.
+  std::vector<double> tcp;
+  for (int i = 0; i < 3; ++i) tcp.push_back(LoopbackGbps(size_t{2} << 30, size_t{1} << 20));
+
+  const Precomputed small = Precompute(omniglot);
+  const Precomputed big = Precompute(large);
+  const Precomputed big_carry = Precompute(large_carry);
+
+  // Microbenchmarks of the pieces a round's bytes go through.
+  MetaState omniglot_state;
+  omniglot_state.parameters = torch::randn({small.numel});
+  omniglot_state.adam_m = torch::randn({small.numel});
+  omniglot_state.adam_v = torch::randn({small.numel}).abs_();
+  const double encode_ms = BestMs(200, [&] {
+    EncodeTensor(omniglot_state.parameters, DELTA_FP32);
+    EncodeTensor(omniglot_state.adam_m, DELTA_FP32);
+    EncodeTensor(omniglot_state.adam_v, DELTA_FP32);
+  });
+  const double decode_small_ms = BestMs(200, [&] {
+    for (const std::string& t : small.tensors) OrDie(DecodeTensor(t, DELTA_FP32, small.numel), "decode");
+  });
+  const double decode_big_ms = BestMs(5, [&] { OrDie(DecodeTensor(big.tensors[0], big.dtype, big.numel), "decode"); });
+  const double heartbeat_us = HeartbeatMicros(omniglot, small, 2000, token);
+
+  // ---- 1 and 2: the round engine, four ways, blocks interleaved.
+  auto start = Clock::now();
+  std::shared_ptr<const TaskSource> tasks = OrDie(TaskSource::Create(omniglot.task()), "dataset");
+  const double load_seconds = Seconds(start);
+  char log_path[64];
+  std::snprintf(log_path, sizeof(log_path), "/tmp/grpc_bench_workers.%d.log", static_cast<int>(getpid()));
+
+  std::vector<std::unique_ptr<Setup>> setups;
+  setups.push_back(MakeLocalSetup(omniglot, tasks, 1));
+  setups.push_back(MakeLocalSetup(omniglot, tasks, 2));
+  setups.push_back(MakeGrpcSetup(omniglot, 1, token, log_path));
+  setups.push_back(MakeGrpcSetup(omniglot, 2, token, log_path));
+  start = Clock::now();
+  for (auto& s : setups) WaitForWorkers(*s);
+  const double join_seconds = Seconds(start);
+  for (auto& s : setups) {
+    s->timed = std::make_unique<TimedTransport>(s->transport.get(), s->workers);
+    s->engine = OrDie(RoundEngine::Create(omniglot, *tasks, s->timed.get(), {}), "round engine");
+    absl::Status warm = s->engine->Run(10);  // first FetchState, allocator and oneDNN warm-up
+    if (!warm.ok()) Die(absl::StrCat(s->name, " warm-up: ", warm.ToString()));
+  }
+  for (int block = 0; block < blocks; ++block)
+    for (auto& s : setups) s->RunBlock(rounds_per_block);
+  int64_t grpc_bytes_in = 0, grpc_bytes_out = 0, grpc_redone = 0;
+  for (auto& s : setups) {
+    if (s->processes == nullptr) continue;
+    const TransportStats stats = s->transport->Stats();
+    grpc_bytes_in += stats.bytes_in;
+    grpc_bytes_out += stats.bytes_out;
+    grpc_redone += stats.tasks_redone;
+  }
+  // Parameters must agree bitwise across the four (same rounds, same seed).
+  bool identical = true;
+  for (auto& s : setups)
+    identical = identical && s->engine->round() == setups[0]->engine->round() &&
+                s->engine->Fingerprint() == setups[0]->engine->Fingerprint();
+  struct SetupRow {
+    std::string name;
+    int workers;
+    std::vector<Setup::Block> blocks;
+  };
+  std::vector<SetupRow> rows;
+  for (auto& s : setups) rows.push_back({s->name, s->workers, s->blocks});
+  for (auto& s : setups)
+    if (auto* grpc = dynamic_cast<GrpcTransport*>(s->transport.get())) grpc->Finish(absl::Seconds(3));
+  setups.clear();  // stops threads, waits for the worker processes
+
+  // ---- 3: ingest.
+  struct IngestRow {
+    std::string what;
+    int clients;
+    IngestFigures f;
+  };
+  std::vector<IngestRow> ingest;
+  for (int clients : {1, 2}) {
+    ingest.push_back({"Omniglot conv, CARRY: delta+m+v", clients,
+                      Ingest(omniglot, small, clients, 64, ingest_seconds, token)});
+    ingest.push_back({"MLP 1-2048-2048-1, SGD: delta", clients,
+                      Ingest(large, big, clients, 16, ingest_seconds, token)});
+    ingest.push_back({"MLP 1-2048-2048-1, CARRY: d+m+v", clients,
+                      Ingest(large_carry, big_carry, clients, 8, ingest_seconds, token)});
+  }
+
+  // ---- print.
+  std::printf("\n== 1+2. round engine on %s: %d blocks of %d rounds per setup, interleaved, after 10 warm-up rounds\n",
+              omniglot.name().c_str(), blocks, rounds_per_block);
+  std::printf("dataset load %.2f s here; gRPC worker processes all joined %.2f s after start (each loads it too)\n",
+              load_seconds, join_seconds);
+  std::printf("%-19s %8s %8s %7s %7s %9s %9s %9s %9s\n", "setup (workers)", "rounds/s", "rounds/s", "util", "util",
+              "compute", "Run()", "outside", "transport");
+  std::printf("%-19s %8s %8s %7s %7s %9s %9s %9s %9s\n", "", "best", "median", "best", "median", "ms/task",
+              "ms/round", "ms/round", "ms/round");
+  for (const SetupRow& row : rows) {
+    std::vector<double> rate, util, compute, run, outside, transport;
+    for (const Setup::Block& b : row.blocks) {
+      rate.push_back(b.rounds_per_s);
+      util.push_back(b.utilization);
+      compute.push_back(b.compute_ms_per_task);
+      run.push_back(b.run_ms);
+      outside.push_back(b.outside_ms);
+      transport.push_back(b.transport_ms);
+    }
+    const size_t best = std::max_element(rate.begin(), rate.end()) - rate.begin();
+    std::printf("%-19s %8.2f %8.2f %6.1f%% %6.1f%% %9.2f %9.2f %9.2f %9.2f\n", row.name.c_str(), rate[best],
+                Median(rate), 100 * util[best], 100 * Median(util), Median(compute), Median(run), Median(outside),
+                Median(transport));
+  }
+  std::printf("per block (rounds/s):");
+  for (const SetupRow& row : rows) {
+    std::printf("  %s:", row.name.c_str());
+    for (const Setup::Block& b : row.blocks) std::printf(" %.1f", b.rounds_per_s);
+  }
+  std::printf("\n");
+  std::printf(
+      "util = sum of the tasks' compute_seconds (Learner::Run, set by the worker: inner loop only, not task\n"
+      "  materialisation) / (workers x block wall time). compute ms/task: median over blocks of the mean.\n"
+      "Run(): wall time of Transport::Run per round. outside: block wall time minus Run() time, per round\n"
+      "  (sampling, Aggregator checks and float64 sums, outer update, metrics line).\n"
+      "transport: Run() minus the compute time an ideal pull queue would take (the round's compute_seconds\n"
+      "  list-scheduled in item order on the workers), per round: for gRPC this is snapshot encoding, RPCs,\n"
+      "  FetchState, task materialisation, result encode/stream/decode/checks and wake-ups.\n");
+  std::printf("parameters after all rounds bitwise identical across the 4 setups: %s\n", identical ? "yes" : "NO");
+  std::printf("gRPC rounds moved %.1f MB in (results), %.1f MB out (state); %lld tasks redone\n", grpc_bytes_in / 1e6,
+              grpc_bytes_out / 1e6, static_cast<long long>(grpc_redone));
+
+  std::printf("\n== pieces of a gRPC round (Omniglot conv, %lld parameters, %.2f MB per fp32 tensor)\n",
+              static_cast<long long>(small.numel), small.numel * 4 / 1e6);
+  std::printf("snapshot encoding (3 x EncodeTensor, in Run)     %8.3f ms per round\n", encode_ms);
+  std::printf("result decode+checks (3 x DecodeTensor)          %8.3f ms per result\n", decode_small_ms);
+  std::printf("DecodeTensor of a 17 MB fp32 delta               %8.3f ms (%.2f GB/s)\n", decode_big_ms,
+              big.numel * 4 / decode_big_ms / 1e6);
+  std::printf("unary RPC round trip (Heartbeat), median         %8.1f us\n", heartbeat_us);
+
+  std::printf("\n== 3. coordinator ingest: synthetic workers (threads, own connections) answer TRAIN leases with\n"
+              "precomputed results (GetWork -> FetchState once per batch -> SubmitResult), %.0f s each\n",
+              ingest_seconds);
+  std::printf("%-33s %7s %11s %10s %9s %10s\n", "result", "clients", "MB/result", "results/s", "GB/s", "ms/result");
+  for (const IngestRow& r : ingest)
+    std::printf("%-33s %7d %11.2f %10.1f %9.3f %10.2f\n", r.what.c_str(), r.clients, r.f.mb_per_result,
+                r.f.deltas_per_s, r.f.gb_per_s, r.f.ms_per_result);
+
+  std::printf("\n== 4. raw loopback TCP, 127.0.0.1, one sender and one receiver thread, 2 GiB in 1 MiB writes\n");
+  std::sort(tcp.begin(), tcp.end());
+  std::printf("best %.2f GB/s, median %.2f GB/s (3 runs)\n", tcp.back(), Median(tcp));
+  std::printf("\ntotal bench time %.0f s; worker process logs in %s\n", Seconds(bench_start), log_path);
+  return 0;
+}
+
+}  // namespace
+}  // namespace reptile
+
+int main(int argc, char** argv) { return reptile::Main(argc, argv); }

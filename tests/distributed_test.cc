@@ -1,0 +1,265 @@
+// The gRPC runtime end to end with real processes on loopback: a coordinator
+// process and `reptile worker` processes, SIGKILLed, SIGTERMed, added and
+// removed while they train. Every run must end with exactly the parameters of
+// the same config trained in one process with threads.
+#include <signal.h>
+
+#include <filesystem>
+#include <map>
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "tests/child_process.h"
+#include "tests/test_support.h"
+
+namespace reptile::testing {
+namespace {
+
+// Omniglot 5-way 1-shot, Adam state carried, 5 tasks a round: the
+// configuration with the most state on the wire. Short heartbeats so that
+// killed workers are noticed within a second or two.
+std::vector<std::string> OmniglotOverrides(int rounds) {
+  return {"task.data_dir=" + OmniglotDir(),
+          absl::StrCat("outer.rounds=", rounds),
+          "eval.every_rounds=0",
+          "eval.final_episodes=10",
+          "runtime.checkpoint_every_rounds=10",
+          "runtime.heartbeat_seconds=0.3",
+          "runtime.worker_timeout_seconds=1.5",
+          "runtime.log_every_seconds=1"};
+}
+
+std::vector<std::string> Concat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+class DistributedTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = TempDir("logs"); }
+
+  std::string Log(const std::string& name) { return dir_ + "/" + name; }
+
+  // The parameters the config reaches in one process with two threads.
+  std::string ThreadsReference(const std::string& config, const std::vector<std::string>& overrides) {
+    static std::map<std::string, std::string> cache;
+    const std::string key = config + absl::StrJoin(overrides, " ");
+    if (cache.count(key)) return cache[key];
+    const std::string run = TempDir("threads_reference");
+    auto child = ChildProcess::Start(Concat({REPTILE_BINARY, "train", "--config", SourcePath(config), "--run_dir",
+                                             run, "--workers", "2", "runtime.local_workers=THREADS"},
+                                            overrides),
+                                     Log("reference"));
+    EXPECT_EQ(child->ExitCode(300), 0) << child->err();
+    const std::string sha = ParameterSha(child->out());
+    EXPECT_EQ(sha.size(), 64u) << child->out();
+    return cache[key] = sha;
+  }
+
+  // Starts a coordinator on `port` (0: any) and returns once it listens.
+  std::unique_ptr<ChildProcess> StartCoordinator(const std::string& config, const std::vector<std::string>& overrides,
+                                                 const std::string& run_dir, int port, const std::string& log) {
+    const std::string port_file = run_dir + ".port";
+    std::filesystem::remove(port_file);
+    auto child = ChildProcess::Start(
+        Concat({REPTILE_BINARY, "coordinator", "--config", SourcePath(config), "--run_dir", run_dir, "--listen",
+                absl::StrCat("127.0.0.1:", port), "--port_file", port_file},
+               overrides),
+        Log(log));
+    for (int i = 0; i < 600 && !std::filesystem::exists(port_file); ++i) {
+      if (!child->running()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_TRUE(std::filesystem::exists(port_file)) << child->err();
+    port_ = std::atoi(ReadWholeFile(port_file).c_str());
+    return child;
+  }
+
+  std::unique_ptr<ChildProcess> StartWorker(const std::string& log) {
+    return ChildProcess::Start({REPTILE_BINARY, "worker", "--coordinator", absl::StrCat("127.0.0.1:", port_)},
+                               Log(log));
+  }
+
+  // Rounds recorded in the run directory's metrics so far.
+  static int RoundsDone(const std::string& run_dir) {
+    int rounds = 0;
+    for (absl::string_view line : absl::StrSplit(ReadWholeFile(run_dir + "/metrics.jsonl"), '\n'))
+      if (absl::StrContains(line, "\"kind\":\"round\"")) ++rounds;
+    return rounds;
+  }
+
+  static bool WaitForRounds(const std::string& run_dir, int rounds, ChildProcess* coordinator) {
+    for (int i = 0; i < 3000; ++i) {
+      if (RoundsDone(run_dir) >= rounds) return true;
+      if (!coordinator->running()) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  std::string dir_;
+  int port_ = 0;
+};
+
+TEST_F(DistributedTest, TrainRunsWorkerProcessesByDefaultAndMatchesThreads) {
+  const std::vector<std::string> overrides = OmniglotOverrides(40);
+  const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
+  const std::string run = TempDir("run");
+  auto train = ChildProcess::Start(
+      Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/demo.textproto"), "--run_dir", run,
+              "--workers", "2"},
+             overrides),
+      Log("train"));
+  ASSERT_EQ(train->ExitCode(300), 0) << train->err();
+  EXPECT_TRUE(absl::StrContains(train->err(), "starting 2 worker processes")) << train->err();
+  EXPECT_TRUE(absl::StrContains(train->err(), "2 alive")) << train->err();
+  EXPECT_EQ(ParameterSha(train->out()), reference);
+  // The workers were told the run was over and left; none is left behind.
+  EXPECT_TRUE(absl::StrContains(train->err(), "0 left")) << train->err();
+}
+
+TEST_F(DistributedTest, OneWorkerOrSixGiveTheSameParameters) {
+  const std::vector<std::string> overrides = {"outer.rounds=300", "outer.meta_batch_size=6", "eval.every_rounds=0",
+                                              "eval.final_episodes=20"};
+  const std::string reference = ThreadsReference("configs/sine.textproto", overrides);
+  for (int workers : {1, 6}) {
+    const std::string run = TempDir(absl::StrCat("run", workers));
+    auto coordinator = StartCoordinator("configs/sine.textproto", overrides, run, 0, absl::StrCat("c", workers));
+    std::vector<std::unique_ptr<ChildProcess>> pool;
+    for (int w = 0; w < workers; ++w) pool.push_back(StartWorker(absl::StrCat("w", workers, "_", w)));
+    ASSERT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+    EXPECT_EQ(ParameterSha(coordinator->out()), reference) << workers << " workers";
+    for (auto& worker : pool) EXPECT_EQ(worker->ExitCode(30), 0) << worker->err();
+  }
+}
+
+TEST_F(DistributedTest, WorkersKilledAtRandomMomentsChangeNothing) {
+  const std::vector<std::string> overrides = OmniglotOverrides(120);
+  const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator("configs/demo.textproto", overrides, run, 0, "coordinator");
+  std::vector<std::unique_ptr<ChildProcess>> pool;
+  int started = 0;
+  for (; started < 3; ++started) pool.push_back(StartWorker(absl::StrCat("worker", started)));
+  std::mt19937 rng(7);
+  int kills = 0;
+  while (coordinator->running()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(300, 1500)(rng)));
+    if (!coordinator->running() || RoundsDone(run) < 5) continue;
+    const size_t victim = std::uniform_int_distribution<size_t>(0, pool.size() - 1)(rng);
+    pool[victim]->Signal(SIGKILL);
+    pool[victim]->Wait(10);
+    ++kills;
+    pool[victim] = StartWorker(absl::StrCat("worker", started++));
+  }
+  ASSERT_EQ(coordinator->ExitCode(10), 0) << coordinator->err();
+  EXPECT_GE(kills, 3);
+  EXPECT_TRUE(absl::StrContains(coordinator->err(), "lost")) << coordinator->err();
+  EXPECT_EQ(ParameterSha(coordinator->out()), reference) << "after " << kills << " kills";
+}
+
+TEST_F(DistributedTest, CoordinatorKilledAndRestartedResumesAndWorkersRejoin) {
+  const std::vector<std::string> overrides = OmniglotOverrides(100);
+  const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator("configs/demo.textproto", overrides, run, 0, "coordinator1");
+  const int port = port_;
+  auto worker_a = StartWorker("worker_a");
+  auto worker_b = StartWorker("worker_b");
+  ASSERT_TRUE(WaitForRounds(run, 35, coordinator.get())) << coordinator->err();
+  coordinator->Signal(SIGKILL);
+  ASSERT_EQ(coordinator->ExitCode(10), 128 + SIGKILL);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // the workers find nobody there
+  auto restarted = StartCoordinator("configs/demo.textproto", overrides, run, port, "coordinator2");
+  ASSERT_EQ(restarted->ExitCode(300), 0) << restarted->err();
+  EXPECT_TRUE(absl::StrContains(restarted->err(), "resuming")) << restarted->err();
+  EXPECT_EQ(ParameterSha(restarted->out()), reference);
+  EXPECT_EQ(worker_a->ExitCode(30), 0) << worker_a->err();
+  EXPECT_EQ(worker_b->ExitCode(30), 0) << worker_b->err();
+  EXPECT_TRUE(absl::StrContains(worker_a->err(), "joined again")) << worker_a->err();
+}
+
+TEST_F(DistributedTest, WorkersJoinAndLeaveWhileTrainingGoesOn) {
+  const std::vector<std::string> overrides = OmniglotOverrides(150);
+  const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator("configs/demo.textproto", overrides, run, 0, "coordinator");
+  std::vector<std::unique_ptr<ChildProcess>> pool;
+  pool.push_back(StartWorker("worker0"));
+  ASSERT_TRUE(WaitForRounds(run, 15, coordinator.get())) << coordinator->err();
+  for (int w = 1; w < 6; ++w) pool.push_back(StartWorker(absl::StrCat("worker", w)));
+  ASSERT_TRUE(WaitForRounds(run, 60, coordinator.get())) << coordinator->err();
+  EXPECT_TRUE(absl::StrContains(coordinator->err(), "6 alive")) << coordinator->err();
+  // Shrink to 2: SIGTERM lets a worker finish its task and leave.
+  for (int w = 0; w < 4; ++w) {
+    pool[w]->Signal(SIGTERM);
+    EXPECT_EQ(pool[w]->ExitCode(30), 0) << pool[w]->err();
+  }
+  ASSERT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+  EXPECT_TRUE(absl::StrContains(coordinator->err(), "left; 2 left")) << coordinator->err();
+  EXPECT_EQ(ParameterSha(coordinator->out()), reference);
+}
+
+TEST_F(DistributedTest, SigtermCheckpointsAndTheRunResumesWhereItStopped) {
+  const std::vector<std::string> overrides = OmniglotOverrides(80);
+  const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator("configs/demo.textproto", overrides, run, 0, "coordinator1");
+  auto worker = StartWorker("worker1");
+  ASSERT_TRUE(WaitForRounds(run, 23, coordinator.get())) << coordinator->err();
+  coordinator->Signal(SIGTERM);
+  ASSERT_EQ(coordinator->ExitCode(30), 0) << coordinator->err();
+  EXPECT_TRUE(absl::StrContains(coordinator->err(), "stopping")) << coordinator->err();
+  const int stopped_at = RoundsDone(run);
+  EXPECT_LT(stopped_at, 80);
+  worker->Signal(SIGTERM);
+  EXPECT_EQ(worker->ExitCode(30), 0) << worker->err();
+
+  auto resumed = StartCoordinator("configs/demo.textproto", overrides, run, 0, "coordinator2");
+  auto worker2 = StartWorker("worker2");
+  ASSERT_EQ(resumed->ExitCode(300), 0) << resumed->err();
+  EXPECT_TRUE(absl::StrContains(resumed->err(), absl::StrCat("at round ", stopped_at))) << resumed->err();
+  EXPECT_EQ(ParameterSha(resumed->out()), reference);
+}
+
+TEST_F(DistributedTest, ModelOfOver50MegabytesStreamsInChunks) {
+  // 1-3700-3700-1: 13.7M parameters, 55 MB, far past gRPC's 4 MB messages.
+  const std::vector<std::string> overrides = {"model.hidden_units=3700", "outer.rounds=3", "outer.meta_batch_size=2",
+                                              "eval.every_rounds=0", "eval.final_episodes=2"};
+  const std::string reference = ThreadsReference("configs/sine.textproto", overrides);
+  const std::string run = TempDir("run");
+  auto train = ChildProcess::Start(Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/sine.textproto"),
+                                           "--run_dir", run, "--workers", "2"},
+                                          overrides),
+                                   Log("train"));
+  ASSERT_EQ(train->ExitCode(300), 0) << train->err();
+  EXPECT_EQ(ParameterSha(train->out()), reference);
+  // Three rounds of two 55 MB deltas came in, in 1 MiB chunks.
+  const std::string metrics = ReadWholeFile(run + "/metrics.jsonl");
+  const size_t at = metrics.rfind("\"bytes_in\":");
+  ASSERT_NE(at, std::string::npos) << metrics;
+  EXPECT_GE(std::atof(metrics.c_str() + at + 11), 6 * 54.8e6) << metrics;
+}
+
+TEST_F(DistributedTest, Bf16DeltasAreTheSameOverTheWireAsInProcess) {
+  const std::vector<std::string> bf16 = {"outer.rounds=200", "outer.meta_batch_size=4", "eval.every_rounds=0",
+                                         "eval.final_episodes=0", "outer.delta_dtype=DELTA_BF16"};
+  const std::vector<std::string> fp32 = {"outer.rounds=200", "outer.meta_batch_size=4", "eval.every_rounds=0",
+                                         "eval.final_episodes=0"};
+  const std::string reference = ThreadsReference("configs/sine.textproto", bf16);
+  EXPECT_NE(reference, ThreadsReference("configs/sine.textproto", fp32));
+  const std::string run = TempDir("run");
+  auto train = ChildProcess::Start(Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/sine.textproto"),
+                                           "--run_dir", run, "--workers", "2"},
+                                          bf16),
+                                   Log("train"));
+  ASSERT_EQ(train->ExitCode(300), 0) << train->err();
+  EXPECT_EQ(ParameterSha(train->out()), reference);
+}
+
+}  // namespace
+}  // namespace reptile::testing

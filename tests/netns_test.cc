@@ -1,0 +1,427 @@
+// The gRPC runtime across "nodes": a coordinator and two workers, each in its
+// own Linux network namespace, joined by veth pairs whose packets nftables
+// drops at random. Mid-run one worker's link goes down for longer than
+// runtime.worker_timeout_seconds, so the coordinator gives up on it and has
+// its tasks redone by the other worker; the link comes back and the worker
+// rejoins by itself. The run must end bitwise-identical to the same config
+// trained in one process with threads.
+//
+// Needs root (network namespaces, veth, nftables); skips without them.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "test_support.h"
+
+namespace reptile {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+void Sleep(double seconds) { std::this_thread::sleep_for(std::chrono::duration<double>(seconds)); }
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// `name` on $PATH or in the usual system directories (ctest may run with a
+// PATH lacking /usr/sbin); "" if absent.
+std::string FindTool(const std::string& name) {
+  std::vector<std::string> dirs;
+  if (const char* path = std::getenv("PATH"); path != nullptr) dirs = absl::StrSplit(path, ':', absl::SkipEmpty());
+  for (const char* dir : {"/usr/sbin", "/sbin", "/usr/bin", "/bin"}) dirs.push_back(dir);
+  for (const std::string& dir : dirs) {
+    const std::string candidate = dir + "/" + name;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+// Starts argv[0] (an absolute path) in the source tree, in its own process
+// group, with stdin from /dev/null and stdout/stderr into the given files
+// (the same file for both if the paths are equal). The child is killed if
+// the test process dies.
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& stdout_path, const std::string& stderr_path) {
+  std::vector<char*> args;
+  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  const bool same = stdout_path == stderr_path;
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid != 0) return pid;
+  // Child: async-signal-safe calls only.
+  setpgid(0, 0);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(125);
+  const int in = open("/dev/null", O_RDONLY);
+  const int out = open(stdout_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  const int err = same ? out : open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (in < 0 || out < 0 || err < 0) _exit(126);
+  dup2(in, 0);
+  dup2(out, 1);
+  dup2(err, 2);
+  if (chdir(REPTILE_SOURCE_DIR) != 0) _exit(126);
+  execv(args[0], args.data());
+  _exit(127);
+}
+
+// The exit code of `pid` once it ends within `seconds` (-signal if killed by
+// one), or nullopt if it is still running.
+std::optional<int> WaitFor(pid_t pid, double seconds) {
+  const auto start = Clock::now();
+  while (true) {
+    int status = 0;
+    const pid_t done = waitpid(pid, &status, WNOHANG);
+    if (done == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    if (done < 0 && errno != EINTR) return -1000;  // not our child any more: treat as a failure
+    if (SecondsSince(start) >= seconds) return std::nullopt;
+    Sleep(0.02);
+  }
+}
+
+struct Running {
+  std::string name;
+  pid_t pid = -1;
+  std::string stdout_path, stderr_path;
+  std::optional<int> exit_code;  // set once reaped
+};
+
+// Counts `needle` in `haystack`.
+int Count(const std::string& haystack, const std::string& needle) {
+  int n = 0;
+  for (size_t at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1)) ++n;
+  return n;
+}
+
+std::string Sha(const std::string& output) {
+  const std::string key = "parameters sha256 ";
+  const size_t at = output.find(key);
+  return at == std::string::npos ? "" : output.substr(at + key.size(), 64);
+}
+
+// Lines of `text` containing `needle`, for failure messages.
+std::string LinesWith(const std::string& text, const std::string& needle) {
+  std::vector<std::string> found;
+  for (absl::string_view line : absl::StrSplit(text, '\n'))
+    if (line.find(needle) != absl::string_view::npos) found.emplace_back(line);
+  return absl::StrJoin(found, "\n");
+}
+
+constexpr int kRounds = 300;          // Omniglot 5-way, meta-batch 5: about 10 rounds/s here
+constexpr int kFaultAtRound = 60;     // the link goes down once this many rounds are done
+constexpr double kMinOutage = 4.0;    // seconds the link stays down, at least (> worker timeout)
+constexpr int kLossPercent = 5;       // packets dropped on each worker's link, each direction
+constexpr double kRunTimeout = 240;   // seconds for the distributed run before giving up
+
+class NetnsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces (euid " << geteuid() << ")";
+    ip_ = FindTool("ip");
+    nft_ = FindTool("nft");
+    if (ip_.empty()) GTEST_SKIP() << "iproute2's `ip` is not installed";
+    if (nft_.empty()) GTEST_SKIP() << "`nft` (nftables) is not installed";
+    dir_ = testing::TempDir("netns");
+    RemoveStaleNamespaces();
+    prefix_ = absl::StrCat("rptl", getpid());
+    const std::string probe = prefix_ + "c";
+    const auto [code, output] = Tool({ip_, "netns", "add", probe});
+    if (code != 0) GTEST_SKIP() << "cannot create a network namespace (`ip netns add` exit " << code << "): " << output;
+    namespaces_.push_back(probe);
+  }
+
+  void TearDown() override {
+    for (Running& child : children_) {
+      if (child.exit_code.has_value()) continue;
+      kill(-child.pid, SIGKILL);
+      kill(child.pid, SIGKILL);
+      int status;
+      waitpid(child.pid, &status, 0);
+      child.exit_code = -SIGKILL;
+    }
+    for (auto it = namespaces_.rbegin(); it != namespaces_.rend(); ++it) {
+      const auto [code, output] = Tool({ip_, "netns", "del", *it});
+      if (code != 0) ADD_FAILURE() << "ip netns del " << *it << ": " << output;
+    }
+  }
+
+  // Runs a tool to completion; exit code and combined output.
+  std::pair<int, std::string> Tool(const std::vector<std::string>& argv, double timeout = 30) {
+    const std::string log = absl::StrCat(dir_, "/tool", ++tool_runs_, ".log");
+    const pid_t pid = Spawn(argv, log, log);
+    if (pid < 0) return {-1, "fork failed"};
+    std::optional<int> code = WaitFor(pid, timeout);
+    if (!code.has_value()) {
+      kill(-pid, SIGKILL);
+      kill(pid, SIGKILL);
+      int status;
+      waitpid(pid, &status, 0);
+      return {-1, absl::StrCat(absl::StrJoin(argv, " "), " timed out; ", ReadFile(log))};
+    }
+    return {*code, ReadFile(log)};
+  }
+
+  void MustRun(const std::vector<std::string>& argv) {
+    const auto [code, output] = Tool(argv);
+    ASSERT_EQ(code, 0) << absl::StrJoin(argv, " ") << ": " << output;
+  }
+
+  // Namespaces of earlier runs of this test whose process is gone (killed
+  // before its TearDown ran).
+  void RemoveStaleNamespaces() {
+    const auto [code, output] = Tool({ip_, "netns", "list"});
+    if (code != 0) return;
+    const std::regex name(R"(^(rptl(\d+)(c|w1|w2))\b)");
+    for (const std::string& line : std::vector<std::string>(absl::StrSplit(output, '\n'))) {
+      std::smatch m;
+      if (!std::regex_search(line, m, name)) continue;
+      const pid_t owner = static_cast<pid_t>(std::stol(m[2]));
+      if (kill(owner, 0) != 0 && errno == ESRCH) Tool({ip_, "netns", "del", m[1]});
+    }
+  }
+
+  Running& Start(const std::string& name, const std::vector<std::string>& argv) {
+    Running child;
+    child.name = name;
+    child.stdout_path = absl::StrCat(dir_, "/", name, ".stdout");
+    child.stderr_path = absl::StrCat(dir_, "/", name, ".stderr");
+    child.pid = Spawn(argv, child.stdout_path, child.stderr_path);
+    children_.push_back(child);
+    return children_.back();
+  }
+
+  // Waits for `child` and records its exit code; nullopt on timeout.
+  std::optional<int> Finish(Running& child, double seconds) {
+    if (!child.exit_code.has_value()) child.exit_code = WaitFor(child.pid, seconds);
+    return child.exit_code;
+  }
+
+  // The child's stderr, trimmed to its last lines, for failure messages.
+  static std::string Tail(const Running& child, size_t max_chars = 6000) {
+    const std::string text = ReadFile(child.stderr_path);
+    return absl::StrCat("--- ", child.name, " stderr (", child.stderr_path, ") ---\n",
+                        text.size() > max_chars ? "..." + text.substr(text.size() - max_chars) : text);
+  }
+
+  std::string ip_, nft_, dir_, prefix_;
+  std::vector<std::string> namespaces_;
+  std::deque<Running> children_;  // a deque: references to its elements stay valid
+  int tool_runs_ = 0;
+};
+
+int RoundsIn(const std::string& metrics_path) { return Count(ReadFile(metrics_path), "\"kind\":\"round\""); }
+
+// The sum of the packet counters of the rules in `ruleset` (nft list output).
+long DroppedPackets(const std::string& ruleset) {
+  long total = 0;
+  const std::regex counter(R"(counter packets (\d+))");
+  for (auto it = std::sregex_iterator(ruleset.begin(), ruleset.end(), counter); it != std::sregex_iterator(); ++it)
+    total += std::stol((*it)[1]);
+  return total;
+}
+
+TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInProcess) {
+  const auto test_start = Clock::now();
+  const std::string coordinator_ns = prefix_ + "c";  // created by SetUp
+  const std::vector<std::string> worker_ns = {prefix_ + "w1", prefix_ + "w2"};
+  for (const std::string& ns : worker_ns) {
+    ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "netns", "add", ns}));
+    namespaces_.push_back(ns);
+  }
+  // Worker k's link: tow<k> (10.77.k.1) in the coordinator's namespace, toc
+  // (10.77.k.2) in the worker's.
+  ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", coordinator_ns, "link", "set", "lo", "up"}));
+  for (int k = 1; k <= 2; ++k) {
+    const std::string ns = worker_ns[k - 1], dev = absl::StrCat("tow", k);
+    ASSERT_NO_FATAL_FAILURE(
+        MustRun({ip_, "-n", coordinator_ns, "link", "add", dev, "type", "veth", "peer", "name", "toc", "netns", ns}));
+    ASSERT_NO_FATAL_FAILURE(
+        MustRun({ip_, "-n", coordinator_ns, "addr", "add", absl::StrCat("10.77.", k, ".1/30"), "dev", dev}));
+    ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", ns, "addr", "add", absl::StrCat("10.77.", k, ".2/30"), "dev", "toc"}));
+    ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", coordinator_ns, "link", "set", dev, "up"}));
+    ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", ns, "link", "set", "toc", "up"}));
+    ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", ns, "link", "set", "lo", "up"}));
+    // Random loss both ways on the worker's end of its link (no netem here).
+    const std::string rules = absl::StrCat(dir_, "/loss_w", k, ".nft");
+    std::ofstream(rules) << "table inet reptile_loss {\n"
+                         << "  chain output { type filter hook output priority 0; policy accept;\n"
+                         << "    oifname \"toc\" numgen random mod 100 < " << kLossPercent << " counter drop\n  }\n"
+                         << "  chain input { type filter hook input priority 0; policy accept;\n"
+                         << "    iifname \"toc\" numgen random mod 100 < " << kLossPercent << " counter drop\n  }\n"
+                         << "}\n";
+    ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "netns", "exec", ns, nft_, "-f", rules}));
+  }
+
+  // The same training, distributed and in process. Runtime settings never
+  // change the parameters; the coordinator's are short so a silent worker is
+  // given up on after 2 s.
+  const std::vector<std::string> training = {
+      "--config", "configs/demo.textproto", absl::StrCat("task.data_dir=", testing::OmniglotDir()),
+      absl::StrCat("outer.rounds=", kRounds), "eval.every_rounds=0", "eval.final_episodes=0",
+      "runtime.checkpoint_every_rounds=100"};
+  const std::string token_file = dir_ + "/token";
+  std::ofstream(token_file) << "netns-test-" << getpid() << "\n";
+  const std::string run_dir = dir_ + "/distributed", port_file = dir_ + "/port";
+  std::vector<std::string> coordinator_argv = {ip_, "netns", "exec", coordinator_ns, REPTILE_BINARY, "coordinator",
+                                               "--run_dir", run_dir, "--listen", "0.0.0.0:0", "--port_file",
+                                               port_file, "--token_file", token_file};
+  coordinator_argv.insert(coordinator_argv.end(), training.begin(), training.end());
+  coordinator_argv.insert(coordinator_argv.end(),
+                          {"runtime.heartbeat_seconds=0.5", "runtime.worker_timeout_seconds=2"});
+  Running& coordinator = Start("coordinator", coordinator_argv);
+  const auto run_start = Clock::now();
+
+  std::string port;
+  while (port.empty()) {
+    if (std::filesystem::exists(port_file)) port = std::string(absl::StripAsciiWhitespace(ReadFile(port_file)));
+    if (!port.empty()) break;
+    ASSERT_FALSE(Finish(coordinator, 0).has_value()) << "the coordinator exited early\n" << Tail(coordinator);
+    ASSERT_LT(SecondsSince(run_start), 60) << "no port file after 60 s\n" << Tail(coordinator);
+    Sleep(0.05);
+  }
+  std::vector<Running*> workers;
+  for (int k = 1; k <= 2; ++k)
+    workers.push_back(&Start(absl::StrCat("worker", k),
+                             {ip_, "netns", "exec", worker_ns[k - 1], REPTILE_BINARY, "worker", "--coordinator",
+                              absl::StrCat("10.77.", k, ".1:", port), "--token_file", token_file}));
+
+  // Fails (and TearDown kills everything) if the coordinator ended or the
+  // run took too long while waiting for something.
+  auto still_running = [&](const std::string& waiting_for) {
+    EXPECT_FALSE(Finish(coordinator, 0).has_value())
+        << "the coordinator exited (" << *coordinator.exit_code << ") while waiting for " << waiting_for << "\n"
+        << Tail(coordinator) << Tail(*workers[0]) << Tail(*workers[1]);
+    EXPECT_LT(SecondsSince(run_start), kRunTimeout) << "timed out waiting for " << waiting_for << "\n"
+                                                    << Tail(coordinator) << Tail(*workers[0]) << Tail(*workers[1]);
+    return !coordinator.exit_code.has_value() && SecondsSince(run_start) < kRunTimeout;
+  };
+
+  // Training is under way: take worker 1's link down.
+  const std::string metrics = run_dir + "/metrics.jsonl";
+  while (RoundsIn(metrics) < kFaultAtRound) {
+    ASSERT_TRUE(still_running(absl::StrCat("round ", kFaultAtRound)));
+    Sleep(0.05);
+  }
+  const double fault_at = SecondsSince(run_start);
+  ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", worker_ns[0], "link", "set", "toc", "down"}));
+  const auto down_at = Clock::now();
+  const int rounds_at_down = RoundsIn(metrics);
+
+  // Worker 1's ids at the coordinator, from its join lines ("worker 3 (host:pid
+  // at ipv4:10.77.1.2:port) joined").
+  const std::regex joined_from_1(R"(worker (\d+) \([^\n]* at ipv4:10\.77\.1\.2:\d+\) joined)");
+  auto worker1_ids = [&](const std::string& log) {
+    std::vector<std::string> ids;
+    for (auto it = std::sregex_iterator(log.begin(), log.end(), joined_from_1); it != std::sregex_iterator(); ++it)
+      ids.push_back((*it)[1]);
+    return ids;
+  };
+  // Down until the coordinator has given worker 1 up, and at least kMinOutage.
+  std::string lost_id;
+  while (lost_id.empty() || SecondsSince(down_at) < kMinOutage) {
+    ASSERT_TRUE(still_running("the coordinator to give up on worker 1"));
+    ASSERT_LT(SecondsSince(down_at), 30) << "worker 1 never reported lost\n" << Tail(coordinator);
+    const std::string log = ReadFile(coordinator.stderr_path);
+    for (const std::string& id : worker1_ids(log))
+      if (std::regex_search(log, std::regex(absl::StrCat("worker ", id, R"( \([^\n]*\) lost)")))) lost_id = id;
+    Sleep(0.05);
+  }
+  ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", worker_ns[0], "link", "set", "toc", "up"}));
+  const double outage = SecondsSince(down_at);
+  const int rounds_at_up = RoundsIn(metrics);
+  EXPECT_LT(rounds_at_up, kRounds) << "training ended during the outage; the test needs more rounds";
+
+  // Worker 1 comes back by itself while training is still going on.
+  while (worker1_ids(ReadFile(coordinator.stderr_path)).size() < 2) {
+    ASSERT_TRUE(still_running("worker 1 to rejoin"));
+    Sleep(0.05);
+  }
+  const double rejoined_after = SecondsSince(down_at) - outage;
+  const int rounds_at_rejoin = RoundsIn(metrics);
+  EXPECT_LT(rounds_at_rejoin, kRounds) << "worker 1 rejoined only after the last round";
+
+  const std::optional<int> coordinator_code = Finish(coordinator, std::max(1.0, kRunTimeout - SecondsSince(run_start)));
+  ASSERT_TRUE(coordinator_code.has_value()) << "the distributed run did not end within " << kRunTimeout << " s\n"
+                                            << Tail(coordinator) << Tail(*workers[0]) << Tail(*workers[1]);
+  const double distributed_seconds = SecondsSince(run_start);
+  ASSERT_EQ(*coordinator_code, 0) << Tail(coordinator) << Tail(*workers[0]) << Tail(*workers[1]);
+  for (Running* worker : workers) {
+    const std::optional<int> code = Finish(*worker, 20);
+    EXPECT_TRUE(code.has_value()) << worker->name << " still running 20 s after the run ended\n" << Tail(*worker);
+    if (code.has_value()) EXPECT_EQ(*code, 0) << Tail(*worker);
+  }
+  const std::string distributed_out = ReadFile(coordinator.stdout_path);
+  const std::string distributed_sha = Sha(distributed_out);
+  ASSERT_EQ(distributed_sha.size(), 64u) << distributed_out << Tail(coordinator);
+  EXPECT_NE(distributed_out.find(absl::StrCat("round ", kRounds, " ")), std::string::npos) << distributed_out;
+  EXPECT_EQ(RoundsIn(metrics), kRounds);
+
+  // The fault happened and was handled as designed.
+  const std::string log = ReadFile(coordinator.stderr_path);
+  EXPECT_TRUE(std::regex_search(log, std::regex(absl::StrCat(R"(is redone: worker )", lost_id, " lost"))))
+      << "no task of worker " << lost_id << " was redone\n"
+      << LinesWith(log, "worker ");
+  const std::string worker1_log = ReadFile(workers[0]->stderr_path);
+  EXPECT_GE(Count(worker1_log, " as worker "), 2) << "worker 1 did not rejoin\n" << worker1_log;
+
+  // Packets were really dropped on both links.
+  std::vector<long> dropped;
+  for (const std::string& ns : worker_ns) {
+    const auto [code, ruleset] = Tool({ip_, "netns", "exec", ns, nft_, "list", "table", "inet", "reptile_loss"});
+    EXPECT_EQ(code, 0) << ruleset;
+    dropped.push_back(DroppedPackets(ruleset));
+    EXPECT_GT(dropped.back(), 0) << "no packet dropped in " << ns << "\n" << ruleset;
+  }
+
+  // The same training in one process with threads.
+  const auto local_start = Clock::now();
+  std::vector<std::string> local_argv = {REPTILE_BINARY, "train", "--run_dir", dir_ + "/in_process", "--workers", "2",
+                                         "runtime.local_workers=THREADS"};
+  local_argv.insert(local_argv.end(), training.begin(), training.end());
+  Running& local = Start("in_process", local_argv);
+  const std::optional<int> local_code = Finish(local, 240);
+  ASSERT_TRUE(local_code.has_value()) << "the in-process run did not end within 240 s\n" << Tail(local);
+  ASSERT_EQ(*local_code, 0) << Tail(local);
+  const double local_seconds = SecondsSince(local_start);
+  const std::string local_out = ReadFile(local.stdout_path);
+  EXPECT_EQ(distributed_sha, Sha(local_out)) << "distributed: " << distributed_out << "in process: " << local_out;
+
+  std::cout << "netns run: round " << rounds_at_down << " at link down (" << fault_at << " s into the run), link down "
+            << outage << " s, round " << rounds_at_up << " at link up, worker 1 rejoined " << rejoined_after
+            << " s later at round " << rounds_at_rejoin << "; distributed " << distributed_seconds << " s, in process "
+            << local_seconds << " s, total " << SecondsSince(test_start) << " s; packets dropped by nft "
+            << dropped[0] << " / " << dropped[1] << "; coordinator log: " << Count(log, "is redone") << " redone, "
+            << Count(log, ") lost") << " lost, " << Count(log, ") joined") << " joins\n"
+            << LinesWith(log, "worker ") << std::endl;
+}
+
+}  // namespace
+}  // namespace reptile

@@ -1,7 +1,9 @@
 // The gRPC runtime's throughput and overhead on this machine, beside the
 // in-process thread transport and raw loopback TCP measured in the same run.
 //
-//   build/bench/grpc_bench [rounds_per_block] [blocks] [ingest_seconds]   (default: 100 3 4)
+//   build/bench/grpc_bench [rounds_per_block] [blocks] [ingest_seconds] [ingest_filter]   (default: 100 3 4)
+// (blocks 0 skips the round benchmark; ingest_filter keeps the ingest rows
+// whose label, e.g. "Omniglot conv, CARRY: delta+m+v x1", contains it: for profiling.)
 //
 // Prints:
 //  1. rounds/s and worker utilization of the real round engine on
@@ -35,6 +37,8 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <fstream>
+#include <sstream>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -63,6 +67,19 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
+
+double ProcessCpuSeconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+std::string LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  std::string one, five, fifteen;
+  in >> one >> five >> fifteen;
+  return absl::StrCat(one, " ", five, " ", fifteen);
+}
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "grpc_bench: %s\n", what.c_str());
@@ -195,6 +212,22 @@ class WorkerProcessGroup {
     }
   }
 
+  // User + system CPU seconds of the processes so far (all their threads).
+  double CpuSeconds() const {
+    double ticks = 0;
+    for (pid_t pid : pids_) {
+      std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      const size_t paren = text.rfind(')');
+      if (paren == std::string::npos) continue;
+      std::istringstream fields(text.substr(paren + 2));
+      std::string field;
+      for (int i = 3; i <= 15 && fields >> field; ++i)
+        if (i == 14 || i == 15) ticks += std::stod(field);
+    }
+    return ticks / sysconf(_SC_CLK_TCK);
+  }
+
   // True while none has exited.
   bool AllAlive() {
     for (pid_t pid : pids_) {
@@ -236,14 +269,19 @@ struct Setup {
 
   struct Block {
     double rounds_per_s, utilization, outside_ms, transport_ms, compute_ms_per_task, run_ms;
+    double compute_ms_per_round, self_cpu_ms, worker_cpu_ms;  // CPU per round: this process, worker processes
   };
   std::vector<Block> blocks;
 
   void RunBlock(int rounds) {
     const size_t first = timed->timings().size();
+    const double self_cpu = ProcessCpuSeconds();
+    const double worker_cpu = processes ? processes->CpuSeconds() : 0;
     const auto start = Clock::now();
     absl::Status status = engine->Run(engine->round() + rounds);
     const double wall = Seconds(start);
+    const double self_cpu_used = ProcessCpuSeconds() - self_cpu;
+    const double worker_cpu_used = processes ? processes->CpuSeconds() - worker_cpu : 0;
     if (!status.ok()) Die(absl::StrCat(name, ": ", status.ToString()));
     double run = 0, compute = 0, makespan = 0;
     int tasks = 0;
@@ -262,6 +300,9 @@ struct Setup {
     b.transport_ms = 1e3 * (run - makespan) / n;
     b.compute_ms_per_task = 1e3 * compute / tasks;
     b.run_ms = 1e3 * run / n;
+    b.compute_ms_per_round = 1e3 * compute / n;
+    b.self_cpu_ms = 1e3 * self_cpu_used / n;
+    b.worker_cpu_ms = 1e3 * worker_cpu_used / n;
     blocks.push_back(b);
   }
 };
@@ -331,6 +372,37 @@ Precomputed Precompute(const ExperimentConfig& config) {
   return p;
 }
 
+// Client-side time in each call of the synthetic workers, summed.
+struct PhaseClock {
+  std::atomic<int64_t> get_work_ns{0}, get_work_calls{0};  // calls that returned a TRAIN lease
+  std::atomic<int64_t> fetch_ns{0}, fetch_calls{0};
+  std::atomic<int64_t> submit_ns{0}, submit_calls{0};  // first Write to Finish
+  std::atomic<int64_t> probe_ns{0}, probe_calls{0};    // $GRPC_BENCH_PROBE: a Heartbeat after each Submit
+  void Add(std::atomic<int64_t>& ns, std::atomic<int64_t>& calls, Clock::time_point since) {
+    ns.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - since).count());
+    calls.fetch_add(1);
+  }
+  struct Snapshot {
+    double get_work_ms = 0, fetch_ms = 0, submit_ms = 0;
+    int64_t get_work = 0, fetch = 0, submit = 0, get_work_ns = 0, fetch_ns = 0, submit_ns = 0;
+  };
+  Snapshot Take() const {
+    Snapshot s;
+    s.get_work = get_work_calls.load(), s.fetch = fetch_calls.load(), s.submit = submit_calls.load();
+    s.get_work_ns = get_work_ns.load(), s.fetch_ns = fetch_ns.load(), s.submit_ns = submit_ns.load();
+    return s;
+  }
+  // Mean ms per call between two snapshots.
+  static Snapshot Between(const Snapshot& a, const Snapshot& b) {
+    Snapshot d;
+    auto mean = [](int64_t ns, int64_t calls) { return calls > 0 ? 1e-6 * ns / calls : 0.0; };
+    d.get_work_ms = mean(b.get_work_ns - a.get_work_ns, b.get_work - a.get_work);
+    d.fetch_ms = mean(b.fetch_ns - a.fetch_ns, b.fetch - a.fetch);
+    d.submit_ms = mean(b.submit_ns - a.submit_ns, b.submit - a.submit);
+    return d;
+  }
+};
+
 std::chrono::system_clock::time_point In(int seconds) {
   return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
 }
@@ -339,7 +411,7 @@ std::chrono::system_clock::time_point In(int seconds) {
 // state version, as real workers do) -> SubmitResult of the precomputed
 // tensors, streamed exactly as grpc_worker.cc's Submit() does.
 void SyntheticWorker(const std::string& address, const std::string& token, const Precomputed& p,
-                     std::atomic<int64_t>* submitted) {
+                     PhaseClock* clock) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own
   std::unique_ptr<Coordinator::Stub> stub =
@@ -367,10 +439,12 @@ void SyntheticWorker(const std::string& address, const std::string& token, const
     grpc::ClientContext context;
     context.set_deadline(In(10));
     AttachToken(token, &context);
+    auto started = Clock::now();
     grpc::Status status = stub->GetWork(&context, request, &work);
     if (!status.ok()) Die(absl::StrCat("synthetic GetWork: ", status.error_message()));
     if (work.kind() == WorkReply::FINISHED) break;
     if (work.kind() != WorkReply::TRAIN) continue;
+    clock->Add(clock->get_work_ns, clock->get_work_calls, started);
     if (work.state_version() != fetched_version) {
       FetchStateRequest fetch;
       fetch.set_worker_id(joined.worker_id());
@@ -378,16 +452,19 @@ void SyntheticWorker(const std::string& address, const std::string& token, const
       grpc::ClientContext fetch_context;
       fetch_context.set_deadline(In(300));
       AttachToken(token, &fetch_context);
+      started = Clock::now();
       auto reader = stub->FetchState(&fetch_context, fetch);
       StateChunk chunk;
       while (reader->Read(&chunk)) {
       }
       if (reader->Finish().ok()) fetched_version = work.state_version();
+      clock->Add(clock->fetch_ns, clock->fetch_calls, started);
     }
     grpc::ClientContext submit_context;
     submit_context.set_deadline(In(300));
     AttachToken(token, &submit_context);
     SubmitReply reply;
+    started = Clock::now();
     auto writer = stub->SubmitResult(&submit_context, &reply);
     ResultChunk message;
     ResultHeader* header = message.mutable_header();
@@ -407,7 +484,17 @@ void SyntheticWorker(const std::string& address, const std::string& token, const
     writer->WritesDone();
     status = writer->Finish();
     if (!status.ok()) Die(absl::StrCat("synthetic SubmitResult: ", status.error_message()));
-    submitted->fetch_add(1);
+    clock->Add(clock->submit_ns, clock->submit_calls, started);
+    if (std::getenv("GRPC_BENCH_PROBE") != nullptr) {
+      HeartbeatRequest beat;
+      beat.set_worker_id(joined.worker_id());
+      HeartbeatReply beat_reply;
+      grpc::ClientContext beat_context;
+      AttachToken(token, &beat_context);
+      started = Clock::now();
+      stub->Heartbeat(&beat_context, beat, &beat_reply);
+      clock->Add(clock->probe_ns, clock->probe_calls, started);
+    }
   }
   LeaveRequest leave;
   leave.set_worker_id(joined.worker_id());
@@ -421,6 +508,8 @@ void SyntheticWorker(const std::string& address, const std::string& token, const
 struct IngestFigures {
   double deltas_per_s = 0, gb_per_s = 0, mb_per_result = 0, ms_per_result = 0;
   int64_t results = 0;
+  PhaseClock::Snapshot phases;  // client-side ms per call
+  double self_cpu_ms_per_result = 0;  // this process (server and clients) CPU per result
 };
 
 IngestFigures Ingest(const ExperimentConfig& config, const Precomputed& p, int clients, int batch, double seconds,
@@ -429,9 +518,9 @@ IngestFigures Ingest(const ExperimentConfig& config, const Precomputed& p, int c
   options.token = token;
   auto transport = OrDie(GrpcTransport::Create(config, options), "gRPC transport (ingest)");
   const std::string address = absl::StrCat("127.0.0.1:", transport->port());
-  std::atomic<int64_t> submitted{0};
+  PhaseClock clock;
   std::vector<std::thread> threads;
-  for (int i = 0; i < clients; ++i) threads.emplace_back(SyntheticWorker, address, token, std::cref(p), &submitted);
+  for (int i = 0; i < clients; ++i) threads.emplace_back(SyntheticWorker, address, token, std::cref(p), &clock);
   while (transport->num_workers() < clients) usleep(10000);
 
   MetaState state;
@@ -449,21 +538,30 @@ IngestFigures Ingest(const ExperimentConfig& config, const Precomputed& p, int c
   OrDie(transport->Run(state, items), "ingest warm-up");
   const int64_t bytes_before = transport->Stats().bytes_in;
   int64_t results = 0;
+  const PhaseClock::Snapshot phases_before = clock.Take();
+  const double cpu_before = ProcessCpuSeconds();
   const auto start = Clock::now();
   while (Seconds(start) < seconds) {
     OrDie(transport->Run(state, items), "ingest");
     results += static_cast<int64_t>(items.size());
   }
   const double wall = Seconds(start);
+  const double cpu = ProcessCpuSeconds() - cpu_before;
+  const PhaseClock::Snapshot phases_after = clock.Take();
   const int64_t bytes = transport->Stats().bytes_in - bytes_before;
   transport->Finish(absl::Seconds(5));
   for (std::thread& t : threads) t.join();
+  if (clock.probe_calls.load() > 0)
+    std::printf("probe: Heartbeat right after SubmitResult %.3f ms mean over %lld calls\n",
+                1e-6 * clock.probe_ns.load() / clock.probe_calls.load(), static_cast<long long>(clock.probe_calls.load()));
   IngestFigures f;
   f.results = results;
   f.deltas_per_s = results / wall;
   f.gb_per_s = bytes / wall / 1e9;
   f.mb_per_result = static_cast<double>(bytes) / results / 1e6;
   f.ms_per_result = 1e3 * wall / results;
+  f.phases = PhaseClock::Between(phases_before, phases_after);
+  f.self_cpu_ms_per_result = 1e3 * cpu / results;
   return f;
 }
 
@@ -547,6 +645,7 @@ int Main(int argc, char** argv) {
   std::printf("grpc_bench  %s  (%ld cores online)\n", Now().c_str(), sysconf(_SC_NPROCESSORS_ONLN));
   std::printf("config      %s\n", ConfigSummary(omniglot).c_str());
   std::printf("token       %s\n", token.empty() ? "none" : "from $REPTILE_TOKEN");
+  std::printf("load avg   %s at start (1, 5, 15 min; other work on this machine shows here)\n", LoadAverage().c_str());
 
   // ---- 4 first: it takes a second and anchors the ingest figures.
   std::vector<double> tcp;
@@ -576,14 +675,41 @@ int Main(int argc, char** argv) {
   auto start = Clock::now();
   std::shared_ptr<const TaskSource> tasks = OrDie(TaskSource::Create(omniglot.task()), "dataset");
   const double load_seconds = Seconds(start);
+  // What Learner::Run spends outside its compute_seconds (state checks and
+  // task materialisation), on this process's own learner.
+  double materialise_ms = 0, learner_compute_ms = 0;
+  {
+    std::unique_ptr<Learner> learner = OrDie(Learner::Create(omniglot, tasks), "learner");
+    std::shared_ptr<MetaModel> model = OrDie(MakeModel(omniglot, omniglot.seed()), "model");
+    FlatParameters flat(*model);
+    MetaState state;
+    state.parameters = flat.values().clone();
+    state.adam_m = torch::zeros_like(state.parameters);
+    state.adam_v = torch::zeros_like(state.parameters);
+    TaskSampler sampler(omniglot, tasks->num_classes(false), tasks->num_classes(true));
+    int n = 0;
+    for (int round = 0; round < 6; ++round)
+      for (const WorkItem& item : sampler.TrainingItems(round)) {
+        const auto t0 = Clock::now();
+        TaskResult r = OrDie(learner->Run(state, item), "learner run");
+        if (round == 0) continue;  // warm-up
+        materialise_ms += 1e3 * (Seconds(t0) - r.compute_seconds);
+        learner_compute_ms += 1e3 * r.compute_seconds;
+        ++n;
+      }
+    materialise_ms /= n;
+    learner_compute_ms /= n;
+  }
   char log_path[64];
   std::snprintf(log_path, sizeof(log_path), "/tmp/grpc_bench_workers.%d.log", static_cast<int>(getpid()));
 
-  std::vector<std::unique_ptr<Setup>> setups;
-  setups.push_back(MakeLocalSetup(omniglot, tasks, 1));
-  setups.push_back(MakeLocalSetup(omniglot, tasks, 2));
-  setups.push_back(MakeGrpcSetup(omniglot, 1, token, log_path));
-  setups.push_back(MakeGrpcSetup(omniglot, 2, token, log_path));
+  std::vector<std::unique_ptr<Setup>> setups;  // none with blocks = 0 (e.g. to profile the ingest part alone)
+  if (blocks > 0) {
+    setups.push_back(MakeLocalSetup(omniglot, tasks, 1));
+    setups.push_back(MakeLocalSetup(omniglot, tasks, 2));
+    setups.push_back(MakeGrpcSetup(omniglot, 1, token, log_path));
+    setups.push_back(MakeGrpcSetup(omniglot, 2, token, log_path));
+  }
   start = Clock::now();
   for (auto& s : setups) WaitForWorkers(*s);
   const double join_seconds = Seconds(start);
@@ -626,13 +752,18 @@ int Main(int argc, char** argv) {
     IngestFigures f;
   };
   std::vector<IngestRow> ingest;
+  // Optional 4th argument: run only the ingest rows whose label contains it.
+  const std::string only = argc > 4 ? argv[4] : "";
+  auto add = [&](const std::string& what, int clients, const ExperimentConfig& config, const Precomputed& p,
+                 int batch) {
+    const std::string label = absl::StrCat(what, " x", clients);
+    if (only.empty() || label.find(only) != std::string::npos)
+      ingest.push_back({what, clients, Ingest(config, p, clients, batch, ingest_seconds, token)});
+  };
   for (int clients : {1, 2}) {
-    ingest.push_back({"Omniglot conv, CARRY: delta+m+v", clients,
-                      Ingest(omniglot, small, clients, 64, ingest_seconds, token)});
-    ingest.push_back({"MLP 1-2048-2048-1, SGD: delta", clients,
-                      Ingest(large, big, clients, 16, ingest_seconds, token)});
-    ingest.push_back({"MLP 1-2048-2048-1, CARRY: d+m+v", clients,
-                      Ingest(large_carry, big_carry, clients, 8, ingest_seconds, token)});
+    add("Omniglot conv, CARRY: delta+m+v", clients, omniglot, small, 64);
+    add("MLP 1-2048-2048-1, SGD: delta", clients, large, big, 16);
+    add("MLP 1-2048-2048-1, CARRY: d+m+v", clients, large_carry, big_carry, 8);
   }
 
   // ---- print.
@@ -673,6 +804,22 @@ int Main(int argc, char** argv) {
       "transport: Run() minus the compute time an ideal pull queue would take (the round's compute_seconds\n"
       "  list-scheduled in item order on the workers), per round: for gRPC this is snapshot encoding, RPCs,\n"
       "  FetchState, task materialisation, result encode/stream/decode/checks and wake-ups.\n");
+  std::printf("\nCPU per round (medians over blocks): compute = sum of compute_seconds; this process = coordinator\n"
+              "(engine + gRPC server) for gRPC, engine + worker threads for threads; worker processes = all their threads\n");
+  std::printf("%-19s %12s %14s %14s %16s\n", "setup (workers)", "compute ms", "this proc ms", "worker proc ms",
+              "workers-compute");
+  for (const SetupRow& row : rows) {
+    std::vector<double> compute, self, worker;
+    for (const Setup::Block& b : row.blocks) {
+      compute.push_back(b.compute_ms_per_round);
+      self.push_back(b.self_cpu_ms);
+      worker.push_back(b.worker_cpu_ms);
+    }
+    const bool grpc = row.name.rfind("gRPC", 0) == 0;
+    std::printf("%-19s %12.2f %14.2f %14s %16s\n", row.name.c_str(), Median(compute), Median(self),
+                grpc ? absl::StrFormat("%.2f", Median(worker)).c_str() : "-",
+                grpc ? absl::StrFormat("%.2f", Median(worker) - Median(compute)).c_str() : "-");
+  }
   std::printf("parameters after all rounds bitwise identical across the 4 setups: %s\n", identical ? "yes" : "NO");
   std::printf("gRPC rounds moved %.1f MB in (results), %.1f MB out (state); %lld tasks redone\n", grpc_bytes_in / 1e6,
               grpc_bytes_out / 1e6, static_cast<long long>(grpc_redone));
@@ -684,19 +831,28 @@ int Main(int argc, char** argv) {
   std::printf("DecodeTensor of a 17 MB fp32 delta               %8.3f ms (%.2f GB/s)\n", decode_big_ms,
               big.numel * 4 / decode_big_ms / 1e6);
   std::printf("unary RPC round trip (Heartbeat), median         %8.1f us\n", heartbeat_us);
+  std::printf("Learner::Run outside compute_seconds (checks +   %8.3f ms per task (compute %.2f ms/task here)\n"
+              "  task materialisation), this process\n", materialise_ms, learner_compute_ms);
 
   std::printf("\n== 3. coordinator ingest: synthetic workers (threads, own connections) answer TRAIN leases with\n"
               "precomputed results (GetWork -> FetchState once per batch -> SubmitResult), %.0f s each\n",
               ingest_seconds);
-  std::printf("%-33s %7s %11s %10s %9s %10s\n", "result", "clients", "MB/result", "results/s", "GB/s", "ms/result");
+  std::printf("%-32s %3s %7s %9s %7s %9s %8s %8s %8s %8s\n", "result", "cli", "MB/res", "results/s", "GB/s",
+              "wall ms", "GetWork", "Fetch", "Submit", "CPU ms");
+  std::printf("%-32s %3s %7s %9s %7s %9s %8s %8s %8s %8s\n", "", "", "", "", "", "/result", "ms/call", "ms/call",
+              "ms/call", "/result");
   for (const IngestRow& r : ingest)
-    std::printf("%-33s %7d %11.2f %10.1f %9.3f %10.2f\n", r.what.c_str(), r.clients, r.f.mb_per_result,
-                r.f.deltas_per_s, r.f.gb_per_s, r.f.ms_per_result);
+    std::printf("%-32s %3d %7.2f %9.1f %7.3f %9.2f %8.3f %8.2f %8.2f %8.2f\n", r.what.c_str(), r.clients,
+                r.f.mb_per_result, r.f.deltas_per_s, r.f.gb_per_s, r.f.ms_per_result, r.f.phases.get_work_ms,
+                r.f.phases.fetch_ms, r.f.phases.submit_ms, r.f.self_cpu_ms_per_result);
+  std::printf("GetWork/Fetch/Submit: client-side wall time per call (Submit: stream open to Finish); CPU ms/result:\n"
+              "  this whole process (server and synthetic clients) per result. Fetch is once per batch per client.\n");
 
   std::printf("\n== 4. raw loopback TCP, 127.0.0.1, one sender and one receiver thread, 2 GiB in 1 MiB writes\n");
   std::sort(tcp.begin(), tcp.end());
   std::printf("best %.2f GB/s, median %.2f GB/s (3 runs)\n", tcp.back(), Median(tcp));
-  std::printf("\ntotal bench time %.0f s; worker process logs in %s\n", Seconds(bench_start), log_path);
+  std::printf("\nload avg %s at end; total bench time %.0f s; worker process logs in %s\n", LoadAverage().c_str(),
+              Seconds(bench_start), log_path);
   return 0;
 }
 

@@ -22,6 +22,7 @@
 #include "transport/grpc/grpc_transport.h"
 #include "transport/grpc/grpc_worker.h"
 #include "transport/local/local_transport.h"
+#include "transport/mpi/mpi_transport.h"
 
 namespace reptile {
 namespace {
@@ -72,8 +73,9 @@ absl::StatusOr<RunSetup> SetUpRun(const CliOptions& options) {
 }
 
 // Trains (or resumes) the run on `transport` until it is done, stopped by
-// SIGINT/SIGTERM (checkpoint, then OK) or --stop_at_round.
-absl::Status TrainOn(const CliOptions& options, const RunSetup& setup, Transport* transport) {
+// SIGINT/SIGTERM (checkpoint, then OK) or --stop_at_round. True if every
+// round is done.
+absl::StatusOr<bool> TrainOn(const CliOptions& options, const RunSetup& setup, Transport* transport) {
   RoundEngine::Options engine_options;
   engine_options.run_dir = setup.dir.get();
   engine_options.log = Log;
@@ -89,7 +91,7 @@ absl::Status TrainOn(const CliOptions& options, const RunSetup& setup, Transport
   RETURN_IF_ERROR(status);
   std::cout << absl::StrFormat("round %d  parameters sha256 %s  checkpoint %s\n", engine->round(),
                                engine->Fingerprint(), setup.dir->checkpoint_path());
-  return absl::OkStatus();
+  return engine->round() >= setup.config.outer().rounds();
 }
 
 std::string RandomToken() {
@@ -115,7 +117,7 @@ absl::Status TrainCommand(const CliOptions& options) {
   if (setup.config.runtime().local_workers() == THREADS) {
     ASSIGN_OR_RETURN(std::unique_ptr<LocalTransport> transport,
                      LocalTransport::Create(setup.config, setup.tasks, workers));
-    return TrainOn(options, setup, transport.get());
+    return TrainOn(options, setup, transport.get()).status();
   }
   // Worker processes on loopback, admitted by a token only they are given.
   GrpcTransport::Options transport_options;
@@ -129,9 +131,9 @@ absl::Status TrainCommand(const CliOptions& options) {
                    WorkerProcesses::Start(workers, absl::StrCat("127.0.0.1:", transport->port()),
                                           transport_options.token, Log,
                                           [raw_transport](const std::string& why) { raw_transport->Interrupt(why); }));
-  absl::Status status = TrainOn(options, setup, transport.get());
-  transport->Finish(absl::Seconds(3));
-  return status;
+  absl::StatusOr<bool> finished = TrainOn(options, setup, transport.get());
+  transport->Finish(absl::Seconds(3));  // the worker processes go either way
+  return finished.status();
 }
 
 absl::Status CoordinatorCommand(const CliOptions& options) {
@@ -152,9 +154,37 @@ absl::Status CoordinatorCommand(const CliOptions& options) {
     std::ofstream(tmp) << transport->port() << "\n";
     std::filesystem::rename(tmp, options.port_file);
   }
-  absl::Status status = TrainOn(options, setup, transport.get());
-  if (status.ok()) transport->Finish(absl::Seconds(3));
-  return status;
+  ASSIGN_OR_RETURN(bool finished, TrainOn(options, setup, transport.get()));
+  // Workers of a run that was only stopped keep waiting for the coordinator
+  // to come back; those of a finished run are told to leave.
+  if (finished) transport->Finish(absl::Seconds(3));
+  return absl::OkStatus();
+}
+
+absl::Status MpiCommand(const CliOptions& options) {
+  MpiJob job;
+  if (job.rank() == 0) {
+    absl::StatusOr<RunSetup> setup = SetUpRun(options);
+    absl::StatusOr<ExperimentConfig> shared =
+        ShareConfigOverMpi(setup.ok() ? std::optional<ExperimentConfig>(setup->config) : std::nullopt);
+    RETURN_IF_ERROR(setup.status());
+    RETURN_IF_ERROR(shared.status());
+    Log(absl::StrFormat("MPI: %d ranks; rank 0 runs the round engine%s", job.size(),
+                        setup->config.runtime().mpi_rank0_works() || job.size() == 1 ? " and works" : ""));
+    ASSIGN_OR_RETURN(std::unique_ptr<MpiTransport> transport, MpiTransport::Create(setup->config, setup->tasks));
+    return TrainOn(options, *setup, transport.get()).status();
+  }
+  absl::StatusOr<ExperimentConfig> config = ShareConfigOverMpi(std::nullopt);
+  if (absl::IsCancelled(config.status())) return absl::OkStatus();  // rank 0 says why
+  absl::StatusOr<std::shared_ptr<const TaskSource>> tasks =
+      config.ok() ? TaskSource::Create(config->task()) : config.status();
+  absl::Status status = tasks.ok() ? RunMpiWorker(*config, *tasks) : tasks.status();
+  if (!status.ok()) {
+    // Rank 0 would wait for this rank's results forever: end the job.
+    std::cerr << "reptile mpi: rank " << job.rank() << ": error: " << status.message() << std::endl;
+    job.Abort(1);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status WorkerCommand(const CliOptions& options) {
@@ -173,7 +203,7 @@ absl::Status WorkerCommand(const CliOptions& options) {
   GrpcWorker worker(worker_options);
   SetStopHandler([&worker] { worker.Stop(); });
   absl::Status status = worker.Run();
-  SetStopHandler(nullptr);
+  SetStopHandler([] {});  // a late SIGTERM while exiting changes nothing
   return status;
 }
 

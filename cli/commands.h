@@ -33,6 +33,8 @@ struct CliOptions {
 absl::Status TrainCommand(const CliOptions& options);
 absl::Status CoordinatorCommand(const CliOptions& options);
 absl::Status WorkerCommand(const CliOptions& options);
+// Under mpirun: rank 0 coordinates, the other ranks work.
+absl::Status MpiCommand(const CliOptions& options);
 absl::Status EvalCommand(const CliOptions& options);
 absl::Status AdaptCommand(const CliOptions& options);
 absl::Status InspectCommand(const CliOptions& options);

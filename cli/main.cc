@@ -6,6 +6,7 @@
 //   reptile inspect --checkpoint runs/demo/checkpoint.bin
 //   reptile coordinator --config configs/omniglot_5w1s.textproto --run_dir runs/o --listen 0.0.0.0:7070
 //   reptile worker  --coordinator HOST:7070
+//   mpirun -np 4 reptile mpi --config configs/omniglot_5w1s.textproto --run_dir runs/o
 #include <iostream>
 #include <string>
 #include <vector>
@@ -49,6 +50,7 @@ constexpr char kUsage[] =
     "  inspect  round, config and parameter SHA-256 of a checkpoint: --checkpoint or --run_dir\n"
     "  coordinator  serve a run to worker processes over gRPC: --config, --run_dir, --listen\n"
     "  worker   join a coordinator and work for it: --coordinator HOST:PORT\n"
+    "  mpi      under mpirun: rank 0 coordinates, the others work: --config, --run_dir\n"
     "Any config field can be overridden as field.path=value, e.g. outer.rounds=200.";
 
 }  // namespace
@@ -96,6 +98,8 @@ int main(int argc, char** argv) {
     status = reptile::CoordinatorCommand(options);
   } else if (command == "worker") {
     status = reptile::WorkerCommand(options);
+  } else if (command == "mpi") {
+    status = reptile::MpiCommand(options);
   } else {
     std::cerr << "reptile: unknown command '" << command << "'\n" << kUsage << std::endl;
     return 2;

@@ -1,0 +1,259 @@
+#include "transport/mpi/mpi_transport.h"
+
+#include <mpi.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+
+namespace reptile {
+namespace {
+
+// What rank 0 broadcasts ahead of every batch.
+enum Command : int64_t { kFinish = 0, kBatch = 1 };
+struct BatchHeader {
+  int64_t command = kFinish;
+  int64_t numel = 0;
+  int64_t has_moments = 0;
+  int64_t adam_step = 0;
+  int64_t batch_bytes = 0;  // serialized WorkBatch
+};
+
+// A result's scalars, sent ahead of its tensors.
+struct ResultHeader {
+  double loss = 0;
+  int64_t correct = 0, correct_inductive = 0, predictions = 0;
+  double compute_seconds = 0;
+  int64_t has_delta = 0, has_moments = 0;
+  int64_t error_bytes = 0;  // > 0: the learner failed; the message follows
+};
+
+// Message tags of a result's parts. A rank sends its items' results in item
+// order and rank 0 receives them in that order; MPI keeps messages between
+// two ranks with the same tag in order, so the tag need not name the item.
+int Tag(size_t /*item*/, int part) { return part; }
+
+int Rank() {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+
+int Size() {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  return size;
+}
+
+// Ranks that compute tasks, in the order items are dealt to them.
+std::vector<int> WorkingRanks(bool rank0_works) {
+  std::vector<int> ranks;
+  for (int r = (rank0_works || Size() == 1) ? 0 : 1; r < Size(); ++r) ranks.push_back(r);
+  return ranks;
+}
+
+void BroadcastTensor(torch::Tensor& tensor, int64_t numel) {
+  if (!tensor.defined()) tensor = torch::empty({numel}, torch::kFloat32);
+  MPI_Bcast(tensor.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, 0, MPI_COMM_WORLD);
+}
+
+void SendResult(const absl::StatusOr<TaskResult>& result, size_t item) {
+  ResultHeader header;
+  std::string error;
+  if (!result.ok()) {
+    error = result.status().ToString();
+    header.error_bytes = static_cast<int64_t>(error.size());
+  } else {
+    header.loss = result->loss;
+    header.correct = result->correct;
+    header.correct_inductive = result->correct_inductive;
+    header.predictions = result->predictions;
+    header.compute_seconds = result->compute_seconds;
+    header.has_delta = result->delta.defined();
+    header.has_moments = result->adam_m.defined();
+  }
+  MPI_Send(&header, sizeof(header), MPI_BYTE, 0, Tag(item, 0), MPI_COMM_WORLD);
+  if (!result.ok()) {
+    MPI_Send(error.data(), static_cast<int>(error.size()), MPI_CHAR, 0, Tag(item, 1), MPI_COMM_WORLD);
+    return;
+  }
+  auto send = [&](const torch::Tensor& t, int part) {
+    MPI_Send(t.data_ptr<float>(), static_cast<int>(t.numel()), MPI_FLOAT, 0, Tag(item, part), MPI_COMM_WORLD);
+  };
+  if (header.has_delta) send(result->delta, 1);
+  if (header.has_moments) {
+    send(result->adam_m, 2);
+    send(result->adam_v, 3);
+  }
+}
+
+absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel, int64_t* bytes) {
+  ResultHeader header;
+  MPI_Recv(&header, sizeof(header), MPI_BYTE, source, Tag(item, 0), MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  if (header.error_bytes > 0) {
+    std::string error(static_cast<size_t>(header.error_bytes), '\0');
+    MPI_Recv(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, Tag(item, 1), MPI_COMM_WORLD,
+             MPI_STATUS_IGNORE);
+    return absl::InternalError(absl::StrCat("work item ", item, " failed on rank ", source, ": ", error));
+  }
+  TaskResult result;
+  result.loss = header.loss;
+  result.correct = header.correct;
+  result.correct_inductive = header.correct_inductive;
+  result.predictions = header.predictions;
+  result.compute_seconds = header.compute_seconds;
+  auto receive = [&](int part) {
+    torch::Tensor t = torch::empty({numel}, torch::kFloat32);
+    MPI_Recv(t.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, Tag(item, part), MPI_COMM_WORLD,
+             MPI_STATUS_IGNORE);
+    *bytes += numel * 4;
+    return t;
+  };
+  if (header.has_delta) result.delta = receive(1);
+  if (header.has_moments) {
+    result.adam_m = receive(2);
+    result.adam_v = receive(3);
+  }
+  return result;
+}
+
+// Receives the broadcast of one batch (every rank but 0). False when rank 0
+// says the run is over.
+bool ReceiveBatch(MetaState* state, std::vector<WorkItem>* items) {
+  BatchHeader header;
+  MPI_Bcast(&header, sizeof(header), MPI_BYTE, 0, MPI_COMM_WORLD);
+  if (header.command == kFinish) return false;
+  BroadcastTensor(state->parameters, header.numel);
+  if (header.has_moments) {
+    BroadcastTensor(state->adam_m, header.numel);
+    BroadcastTensor(state->adam_v, header.numel);
+  }
+  state->adam_step = header.adam_step;
+  std::string bytes(static_cast<size_t>(header.batch_bytes), '\0');
+  MPI_Bcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, MPI_COMM_WORLD);
+  WorkBatch batch;
+  batch.ParseFromString(bytes);
+  items->clear();
+  for (int i = 0; i < batch.specs_size(); ++i)
+    items->push_back(WorkItem{batch.evaluate(i) ? WorkKind::kEvaluate : WorkKind::kTrain, batch.specs(i)});
+  return true;
+}
+
+}  // namespace
+
+MpiJob::MpiJob() {
+  int provided = 0;
+  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+  rank_ = Rank();
+  size_ = Size();
+}
+
+MpiJob::~MpiJob() { MPI_Finalize(); }
+
+void MpiJob::Abort(int code) {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
+absl::StatusOr<ExperimentConfig> ShareConfigOverMpi(const std::optional<ExperimentConfig>& config) {
+  std::string bytes = config.has_value() ? config->SerializeAsString() : std::string();
+  int64_t size = config.has_value() ? static_cast<int64_t>(bytes.size()) : -1;
+  MPI_Bcast(&size, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+  if (size < 0) return absl::CancelledError("rank 0 could not set the run up");
+  bytes.resize(static_cast<size_t>(size));
+  MPI_Bcast(bytes.data(), static_cast<int>(size), MPI_BYTE, 0, MPI_COMM_WORLD);
+  ExperimentConfig shared;
+  if (!shared.ParseFromString(bytes)) return absl::DataLossError("the config broadcast by rank 0 does not parse");
+  return shared;
+}
+
+absl::StatusOr<std::unique_ptr<MpiTransport>> MpiTransport::Create(const ExperimentConfig& config,
+                                                                   std::shared_ptr<const TaskSource> tasks) {
+  if (Rank() != 0) return absl::FailedPreconditionError("the MPI transport runs on rank 0");
+  std::unique_ptr<MpiTransport> transport(new MpiTransport());
+  transport->working_ranks_ = WorkingRanks(config.runtime().mpi_rank0_works());
+  if (transport->working_ranks_.front() == 0) {
+    ASSIGN_OR_RETURN(transport->learner_, Learner::Create(config, tasks));
+  }
+  return transport;
+}
+
+MpiTransport::~MpiTransport() {
+  BatchHeader header;
+  header.command = kFinish;
+  MPI_Bcast(&header, sizeof(header), MPI_BYTE, 0, MPI_COMM_WORLD);
+}
+
+void MpiTransport::Interrupt(const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  interrupted_ = why.empty() ? "interrupted" : why;
+}
+
+absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state,
+                                                          const std::vector<WorkItem>& items) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!interrupted_.empty()) return absl::CancelledError(interrupted_);
+  }
+  BatchHeader header;
+  header.command = kBatch;
+  header.numel = state.parameters.numel();
+  header.has_moments = state.adam_m.defined();
+  header.adam_step = state.adam_step;
+  WorkBatch batch;
+  for (const WorkItem& item : items) {
+    *batch.add_specs() = item.spec;
+    batch.add_evaluate(item.kind == WorkKind::kEvaluate);
+  }
+  std::string bytes = batch.SerializeAsString();
+  header.batch_bytes = static_cast<int64_t>(bytes.size());
+  MPI_Bcast(&header, sizeof(header), MPI_BYTE, 0, MPI_COMM_WORLD);
+  // The state is only read: broadcasting from its buffers does not change it.
+  torch::Tensor parameters = state.parameters.contiguous(), adam_m = state.adam_m, adam_v = state.adam_v;
+  BroadcastTensor(parameters, header.numel);
+  if (header.has_moments) {
+    adam_m = adam_m.contiguous();
+    adam_v = adam_v.contiguous();
+    BroadcastTensor(adam_m, header.numel);
+    BroadcastTensor(adam_v, header.numel);
+  }
+  MPI_Bcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, MPI_COMM_WORLD);
+  stats_.bytes_out += header.numel * 4 * (header.has_moments ? 3 : 1) * (Size() - 1);
+
+  std::vector<absl::StatusOr<TaskResult>> results(items.size(), absl::UnknownError("not run"));
+  if (learner_ != nullptr)
+    for (size_t i = 0; i < items.size(); ++i)
+      if (working_ranks_[i % working_ranks_.size()] == 0) results[i] = learner_->Run(state, items[i]);
+  for (size_t i = 0; i < items.size(); ++i) {
+    const int source = working_ranks_[i % working_ranks_.size()];
+    if (source != 0) results[i] = ReceiveResult(source, i, header.numel, &stats_.bytes_in);
+  }
+  stats_.workers_alive = num_workers();
+  stats_.tasks_in_flight = std::min<int>(num_workers(), static_cast<int>(items.size()));
+  std::vector<TaskResult> out;
+  out.reserve(items.size());
+  for (size_t i = 0; i < results.size(); ++i) {
+    if (!results[i].ok())
+      return absl::Status(results[i].status().code(), absl::StrCat("work item ", i, ": ", results[i].status().message()));
+    out.push_back(std::move(results[i]).value());
+  }
+  return out;
+}
+
+absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const TaskSource> tasks) {
+  const int rank = Rank();
+  const std::vector<int> working = WorkingRanks(config.runtime().mpi_rank0_works());
+  ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, tasks));
+  MetaState state;
+  std::vector<WorkItem> items;
+  while (ReceiveBatch(&state, &items)) {
+    for (size_t i = 0; i < items.size(); ++i)
+      if (working[i % working.size()] == rank) SendResult(learner->Run(state, items[i]), i);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace reptile

@@ -1,0 +1,76 @@
+// The MPI runtime, for jobs launched with mpirun or Slurm. Rank 0 runs the
+// round engine with an MpiTransport; every other rank runs RunMpiWorker().
+// Each batch is one broadcast of the meta-state and the work items; item i
+// is computed by a fixed rank (i modulo the working ranks) and rank 0
+// receives the results in item order, so the parameters do not depend on the
+// number of ranks and equal those of the other transports. MPI jobs are not
+// elastic: a rank that dies ends the job (mpirun reports which), and the
+// relaunched job resumes from the last checkpoint.
+#ifndef REPTILE_TRANSPORT_MPI_MPI_TRANSPORT_H_
+#define REPTILE_TRANSPORT_MPI_MPI_TRANSPORT_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "transport/transport.h"
+
+namespace reptile {
+
+// MPI_Init on construction (MPI_Finalize when destroyed): one per process.
+class MpiJob {
+ public:
+  MpiJob();
+  ~MpiJob();
+  MpiJob(const MpiJob&) = delete;
+  MpiJob& operator=(const MpiJob&) = delete;
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  // Ends every rank of the job at once (a worker rank that cannot go on).
+  [[noreturn]] void Abort(int code);
+
+ private:
+  int rank_ = 0, size_ = 1;
+};
+
+// Rank 0 passes the run's config, the others nullopt; every rank returns it.
+// Rank 0 passes nullopt too when it failed to set the run up: then every
+// rank gets an error and the job ends without training.
+absl::StatusOr<ExperimentConfig> ShareConfigOverMpi(const std::optional<ExperimentConfig>& config);
+
+class MpiTransport final : public Transport {
+ public:
+  // On rank 0 of MPI_COMM_WORLD, after ShareConfigOverMpi(). Rank 0 works
+  // too when runtime.mpi_rank0_works is set (always with a single rank).
+  static absl::StatusOr<std::unique_ptr<MpiTransport>> Create(const ExperimentConfig& config,
+                                                              std::shared_ptr<const TaskSource> tasks);
+  // Tells the worker ranks the run is over.
+  ~MpiTransport() override;
+  MpiTransport(const MpiTransport&) = delete;
+  MpiTransport& operator=(const MpiTransport&) = delete;
+
+  absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state,
+                                              const std::vector<WorkItem>& items) override;
+  int num_workers() const override { return static_cast<int>(working_ranks_.size()); }
+  TransportStats Stats() const override { return stats_; }
+  // Takes effect at the next batch: a batch in progress cannot be abandoned
+  // without a dead rank ending the job anyway.
+  void Interrupt(const std::string& why) override;
+
+ private:
+  MpiTransport() = default;
+  std::vector<int> working_ranks_;
+  std::unique_ptr<Learner> learner_;  // rank 0's own, if it works
+  TransportStats stats_;
+  absl::Mutex mu_;
+  std::string interrupted_ ABSL_GUARDED_BY(mu_);
+};
+
+// The loop of ranks 1..N-1: runs their share of every batch until rank 0
+// says the run is over.
+absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const TaskSource> tasks);
+
+}  // namespace reptile
+
+#endif  // REPTILE_TRANSPORT_MPI_MPI_TRANSPORT_H_

@@ -21,7 +21,12 @@
 //     precomputed, well-formed result as fast as they can, while Run() is fed
 //     batches of TRAIN items; deltas/s and GB/s received.
 //  4. raw loopback TCP bandwidth (one sender, one receiver, 1 MiB writes).
-// Asserts nothing.
+// Also: CPU per round of this process and of the worker processes, the cost
+// of the pieces a result goes through (encode, decode, one unary RPC), and
+// the load average, since other work on the machine skews every figure.
+// With GRPC_BENCH_PROBE set, each synthetic worker also times a Heartbeat
+// right after every SubmitResult (a diagnostic; it slows the ingest).
+// Takes about 4 minutes. Asserts nothing.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -799,6 +804,7 @@ int Main(int argc, char** argv) {
   std::printf(
       "util = sum of the tasks' compute_seconds (Learner::Run, set by the worker: inner loop only, not task\n"
       "  materialisation) / (workers x block wall time). compute ms/task: median over blocks of the mean.\n"
+      "  compute_seconds is wall-clock time, so on a busy machine it includes time the worker was preempted.\n"
       "Run(): wall time of Transport::Run per round. outside: block wall time minus Run() time, per round\n"
       "  (sampling, Aggregator checks and float64 sums, outer update, metrics line).\n"
       "transport: Run() minus the compute time an ideal pull queue would take (the round's compute_seconds\n"
@@ -820,6 +826,8 @@ int Main(int argc, char** argv) {
                 grpc ? absl::StrFormat("%.2f", Median(worker)).c_str() : "-",
                 grpc ? absl::StrFormat("%.2f", Median(worker) - Median(compute)).c_str() : "-");
   }
+  std::printf("(CPU from clock_gettime and /proc/PID/stat, 10 ms ticks; worker CPU below compute means the\n"
+              " workers were preempted during compute_seconds by other load)\n");
   std::printf("parameters after all rounds bitwise identical across the 4 setups: %s\n", identical ? "yes" : "NO");
   std::printf("gRPC rounds moved %.1f MB in (results), %.1f MB out (state); %lld tasks redone\n", grpc_bytes_in / 1e6,
               grpc_bytes_out / 1e6, static_cast<long long>(grpc_redone));
@@ -847,6 +855,25 @@ int Main(int argc, char** argv) {
                 r.f.phases.fetch_ms, r.f.phases.submit_ms, r.f.self_cpu_ms_per_result);
   std::printf("GetWork/Fetch/Submit: client-side wall time per call (Submit: stream open to Finish); CPU ms/result:\n"
               "  this whole process (server and synthetic clients) per result. Fetch is once per batch per client.\n");
+
+  // The round's transport time predicted from the synthetic client's calls:
+  // per task GetWork + SubmitResult, per round and worker one FetchState.
+  for (const IngestRow& r : ingest) {
+    if (r.clients != 1 || r.what.rfind("Omniglot", 0) != 0) continue;
+    const int tasks_per_round = omniglot.outer().meta_batch_size();
+    const double predicted = tasks_per_round * (r.f.phases.get_work_ms + r.f.phases.submit_ms) + r.f.phases.fetch_ms;
+    std::printf("=> one worker, %d tasks per round: %d x (GetWork %.2f + Submit %.2f) + FetchState %.2f = %.1f ms per "
+                "round of gRPC time, predicted from the 1-client row\n",
+                tasks_per_round, tasks_per_round, r.f.phases.get_work_ms, r.f.phases.submit_ms, r.f.phases.fetch_ms,
+                predicted);
+    for (const SetupRow& row : rows) {
+      if (row.name != "gRPC processes, 1") continue;
+      std::vector<double> transport;
+      for (const Setup::Block& b : row.blocks) transport.push_back(b.transport_ms);
+      std::printf("   measured transport time with 1 worker process: %.1f ms per round (table 1+2)\n",
+                  Median(transport));
+    }
+  }
 
   std::printf("\n== 4. raw loopback TCP, 127.0.0.1, one sender and one receiver thread, 2 GiB in 1 MiB writes\n");
   std::sort(tcp.begin(), tcp.end());

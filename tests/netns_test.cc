@@ -136,8 +136,8 @@ std::string LinesWith(const std::string& text, const std::string& needle) {
   return absl::StrJoin(found, "\n");
 }
 
-constexpr int kRounds = 200;          // Omniglot 5-way, meta-batch 5: 3.5-7 rounds/s over gRPC here
-constexpr int kFaultAtRound = 40;     // the link goes down once this many rounds are done
+constexpr int kRounds = 150;          // Omniglot 5-way, meta-batch 5: 2.5-5 rounds/s over gRPC here
+constexpr int kFaultAtRound = 30;     // the link goes down once this many rounds are done
 constexpr double kMinOutage = 4.0;    // seconds the link stays down, at least (> worker timeout)
 constexpr int kLossPercent = 5;       // packets dropped on each worker's link, each direction
 constexpr double kRunTimeout = 240;   // seconds for the distributed run before giving up

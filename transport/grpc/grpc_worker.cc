@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "coordinator.grpc.pb.h"
 #include "core/config.h"
 #include "core/flat_parameters.h"
@@ -212,7 +214,7 @@ struct GrpcWorker::Session {
     return grpc::Status::OK;
   }
 
-  grpc::Status Submit(const WorkReply& work, const absl::StatusOr<TaskResult>& result) {
+  grpc::Status Submit(uint64_t worker, const WorkReply& work, const absl::StatusOr<TaskResult>& result) {
     grpc::ClientContext context;
     context.set_deadline(In(kTensorCall));
     AttachToken(options->security.token, &context);
@@ -220,7 +222,7 @@ struct GrpcWorker::Session {
     std::unique_ptr<grpc::ClientWriter<ResultChunk>> writer = stub->SubmitResult(&context, &reply);
     ResultChunk message;
     ResultHeader* header = message.mutable_header();
-    header->set_worker_id(worker_id);
+    header->set_worker_id(worker);
     header->set_lease_id(work.lease_id());
     header->set_state_version(work.state_version());
     std::vector<std::string> tensors;
@@ -295,12 +297,52 @@ struct GrpcWorker::Session {
       WorkItem item;
       item.kind = work.kind() == WorkReply::TRAIN ? WorkKind::kTrain : WorkKind::kEvaluate;
       item.spec = work.spec();
-      absl::StatusOr<TaskResult> result = learner->Run(state, item);
-      status = Submit(work, result);
-      if (!status.ok() && status.error_code() != grpc::StatusCode::FAILED_PRECONDITION)
-        Log(absl::StrCat("result for lease ", work.lease_id(), " not taken: ", status.error_message()));
+      Upload(Pending{worker_id, work, learner->Run(state, item)});
     }
     return absl::OkStatus();
+  }
+
+  // Results go back on a thread of their own, so that the next task is
+  // fetched and computed while the last result is on the wire. At most one
+  // result waits while another is being sent.
+  struct Pending {
+    uint64_t worker;
+    WorkReply work;
+    absl::StatusOr<TaskResult> result;
+  };
+  absl::Mutex upload_mu;
+  std::deque<Pending> uploads ABSL_GUARDED_BY(upload_mu);
+  bool uploads_closed ABSL_GUARDED_BY(upload_mu) = false;
+
+  void Upload(Pending pending) {
+    absl::MutexLock lock(&upload_mu);
+    upload_mu.Await(absl::Condition(
+        +[](std::deque<Pending>* queue) { return queue->empty(); }, &uploads));
+    uploads.push_back(std::move(pending));
+  }
+
+  void UploadLoop() {
+    while (true) {
+      Pending pending;
+      {
+        absl::MutexLock lock(&upload_mu);
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(upload_mu) { return uploads_closed || !uploads.empty(); };
+        upload_mu.Await(absl::Condition(&ready));
+        if (uploads.empty()) return;
+        pending = std::move(uploads.front());
+      }
+      grpc::Status status = Submit(pending.worker, pending.work, pending.result);
+      if (!status.ok() && status.error_code() != grpc::StatusCode::FAILED_PRECONDITION)
+        Log(absl::StrCat("result for lease ", pending.work.lease_id(), " not taken: ", status.error_message()));
+      absl::MutexLock lock(&upload_mu);
+      uploads.pop_front();  // only now may the next one be queued
+    }
+  }
+
+  // Sends what is queued, then ends UploadLoop().
+  void CloseUploads() {
+    absl::MutexLock lock(&upload_mu);
+    uploads_closed = true;
   }
 };
 
@@ -333,6 +375,7 @@ absl::Status GrpcWorker::Run() {
 
   absl::Notification heartbeat_done;
   std::thread heartbeat([&] { session.HeartbeatLoop(&heartbeat_done); });
+  std::thread uploader([&] { session.UploadLoop(); });
   absl::Status outcome = absl::OkStatus();
   bool finished = false;
   while (!stop_.HasBeenNotified() && !finished) {
@@ -350,6 +393,8 @@ absl::Status GrpcWorker::Run() {
     outcome = worked;
     break;
   }
+  session.CloseUploads();
+  uploader.join();
   heartbeat_done.Notify();
   heartbeat.join();
   if (outcome.ok()) session.Leave();

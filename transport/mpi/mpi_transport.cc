@@ -2,9 +2,12 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
@@ -30,6 +33,30 @@ struct ResultHeader {
   int64_t has_delta = 0, has_moments = 0;
   int64_t error_bytes = 0;  // > 0: the learner failed; the message follows
 };
+
+// Waits for `request` without spinning: Open MPI busy-polls inside blocking
+// calls, which on a machine with as many ranks as cores takes the core a
+// computing rank needs. A 50 us nap between tests costs little latency.
+void Wait(MPI_Request* request) {
+  int done = 0;
+  while (true) {
+    MPI_Test(request, &done, MPI_STATUS_IGNORE);
+    if (done) return;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+void Broadcast(void* data, int count, MPI_Datatype type) {
+  MPI_Request request;
+  MPI_Ibcast(data, count, type, 0, MPI_COMM_WORLD, &request);
+  Wait(&request);
+}
+
+void Receive(void* data, int count, MPI_Datatype type, int source, int tag) {
+  MPI_Request request;
+  MPI_Irecv(data, count, type, source, tag, MPI_COMM_WORLD, &request);
+  Wait(&request);
+}
 
 // Message tags of a result's parts. A rank sends its items' results in item
 // order and rank 0 receives them in that order; MPI keeps messages between
@@ -57,15 +84,24 @@ std::vector<int> WorkingRanks(bool rank0_works) {
 
 void BroadcastTensor(torch::Tensor& tensor, int64_t numel) {
   if (!tensor.defined()) tensor = torch::empty({numel}, torch::kFloat32);
-  MPI_Bcast(tensor.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, 0, MPI_COMM_WORLD);
+  Broadcast(tensor.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT);
 }
 
-void SendResult(const absl::StatusOr<TaskResult>& result, size_t item) {
+// One result on its way to rank 0: the buffers must live until the sends
+// complete, which lets the rank compute its next task meanwhile.
+struct OutgoingResult {
   ResultHeader header;
   std::string error;
+  absl::StatusOr<TaskResult> result;
+  std::vector<MPI_Request> requests;
+};
+
+void StartSend(OutgoingResult* out, size_t item) {
+  ResultHeader& header = out->header;
+  const absl::StatusOr<TaskResult>& result = out->result;
   if (!result.ok()) {
-    error = result.status().ToString();
-    header.error_bytes = static_cast<int64_t>(error.size());
+    out->error = result.status().ToString();
+    header.error_bytes = static_cast<int64_t>(out->error.size());
   } else {
     header.loss = result->loss;
     header.correct = result->correct;
@@ -75,28 +111,32 @@ void SendResult(const absl::StatusOr<TaskResult>& result, size_t item) {
     header.has_delta = result->delta.defined();
     header.has_moments = result->adam_m.defined();
   }
-  MPI_Send(&header, sizeof(header), MPI_BYTE, 0, Tag(item, 0), MPI_COMM_WORLD);
+  auto send = [&](const void* data, int count, MPI_Datatype type, int part) {
+    out->requests.emplace_back();
+    MPI_Isend(data, count, type, 0, Tag(item, part), MPI_COMM_WORLD, &out->requests.back());
+  };
+  out->requests.reserve(4);
+  send(&header, sizeof(header), MPI_BYTE, 0);
   if (!result.ok()) {
-    MPI_Send(error.data(), static_cast<int>(error.size()), MPI_CHAR, 0, Tag(item, 1), MPI_COMM_WORLD);
+    send(out->error.data(), static_cast<int>(out->error.size()), MPI_CHAR, 1);
     return;
   }
-  auto send = [&](const torch::Tensor& t, int part) {
-    MPI_Send(t.data_ptr<float>(), static_cast<int>(t.numel()), MPI_FLOAT, 0, Tag(item, part), MPI_COMM_WORLD);
+  auto send_tensor = [&](const torch::Tensor& t, int part) {
+    send(t.data_ptr<float>(), static_cast<int>(t.numel()), MPI_FLOAT, part);
   };
-  if (header.has_delta) send(result->delta, 1);
+  if (header.has_delta) send_tensor(result->delta, 1);
   if (header.has_moments) {
-    send(result->adam_m, 2);
-    send(result->adam_v, 3);
+    send_tensor(result->adam_m, 2);
+    send_tensor(result->adam_v, 3);
   }
 }
 
 absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel, int64_t* bytes) {
   ResultHeader header;
-  MPI_Recv(&header, sizeof(header), MPI_BYTE, source, Tag(item, 0), MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  Receive(&header, sizeof(header), MPI_BYTE, source, Tag(item, 0));
   if (header.error_bytes > 0) {
     std::string error(static_cast<size_t>(header.error_bytes), '\0');
-    MPI_Recv(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, Tag(item, 1), MPI_COMM_WORLD,
-             MPI_STATUS_IGNORE);
+    Receive(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, Tag(item, 1));
     return absl::InternalError(absl::StrCat("work item ", item, " failed on rank ", source, ": ", error));
   }
   TaskResult result;
@@ -107,8 +147,7 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel,
   result.compute_seconds = header.compute_seconds;
   auto receive = [&](int part) {
     torch::Tensor t = torch::empty({numel}, torch::kFloat32);
-    MPI_Recv(t.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, Tag(item, part), MPI_COMM_WORLD,
-             MPI_STATUS_IGNORE);
+    Receive(t.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, Tag(item, part));
     *bytes += numel * 4;
     return t;
   };
@@ -124,7 +163,7 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel,
 // says the run is over.
 bool ReceiveBatch(MetaState* state, std::vector<WorkItem>* items) {
   BatchHeader header;
-  MPI_Bcast(&header, sizeof(header), MPI_BYTE, 0, MPI_COMM_WORLD);
+  Broadcast(&header, sizeof(header), MPI_BYTE);
   if (header.command == kFinish) return false;
   BroadcastTensor(state->parameters, header.numel);
   if (header.has_moments) {
@@ -133,7 +172,7 @@ bool ReceiveBatch(MetaState* state, std::vector<WorkItem>* items) {
   }
   state->adam_step = header.adam_step;
   std::string bytes(static_cast<size_t>(header.batch_bytes), '\0');
-  MPI_Bcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, MPI_COMM_WORLD);
+  Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE);
   WorkBatch batch;
   batch.ParseFromString(bytes);
   items->clear();
@@ -184,7 +223,7 @@ absl::StatusOr<std::unique_ptr<MpiTransport>> MpiTransport::Create(const Experim
 MpiTransport::~MpiTransport() {
   BatchHeader header;
   header.command = kFinish;
-  MPI_Bcast(&header, sizeof(header), MPI_BYTE, 0, MPI_COMM_WORLD);
+  Broadcast(&header, sizeof(header), MPI_BYTE);
 }
 
 void MpiTransport::Interrupt(const std::string& why) {
@@ -210,7 +249,7 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   }
   std::string bytes = batch.SerializeAsString();
   header.batch_bytes = static_cast<int64_t>(bytes.size());
-  MPI_Bcast(&header, sizeof(header), MPI_BYTE, 0, MPI_COMM_WORLD);
+  Broadcast(&header, sizeof(header), MPI_BYTE);
   // The state is only read: broadcasting from its buffers does not change it.
   torch::Tensor parameters = state.parameters.contiguous(), adam_m = state.adam_m, adam_v = state.adam_v;
   BroadcastTensor(parameters, header.numel);
@@ -220,7 +259,7 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
     BroadcastTensor(adam_m, header.numel);
     BroadcastTensor(adam_v, header.numel);
   }
-  MPI_Bcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, MPI_COMM_WORLD);
+  Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE);
   stats_.bytes_out += header.numel * 4 * (header.has_moments ? 3 : 1) * (Size() - 1);
 
   std::vector<absl::StatusOr<TaskResult>> results(items.size(), absl::UnknownError("not run"));
@@ -250,8 +289,14 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
   MetaState state;
   std::vector<WorkItem> items;
   while (ReceiveBatch(&state, &items)) {
-    for (size_t i = 0; i < items.size(); ++i)
-      if (working[i % working.size()] == rank) SendResult(learner->Run(state, items[i]), i);
+    std::deque<OutgoingResult> outgoing;  // stable addresses for MPI
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (working[i % working.size()] != rank) continue;
+      outgoing.push_back(OutgoingResult{{}, {}, learner->Run(state, items[i]), {}});
+      StartSend(&outgoing.back(), i);
+    }
+    for (OutgoingResult& out : outgoing)
+      for (MPI_Request& request : out.requests) Wait(&request);
   }
   return absl::OkStatus();
 }

@@ -1,0 +1,44 @@
+#!/bin/sh
+# Rounds/s of the same Omniglot 5-way 1-shot training under each runtime, in
+# one run on this machine: threads in one process, worker processes over gRPC
+# (loopback), and MPI ranks under mpirun. Prints the median and best round
+# time over the measured rounds (the first WARMUP rounds, which include the
+# workers loading the dataset, are skipped) and each run's parameter SHA-256:
+# all three must be equal.
+#
+#   bench/runtimes_bench.sh [ROUNDS] [WORKERS]     (defaults: 400 rounds, 2 workers)
+set -eu
+rounds=${1:-400}
+workers=${2:-2}
+warmup=50
+here=$(cd "$(dirname "$0")/.." && pwd)
+reptile=${REPTILE_BINARY:-$here/build/reptile}
+config=$here/configs/omniglot_5w1s.textproto
+data=${REPTILE_OMNIGLOT_DIR:-$here/../shared/data/omniglot}
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+common="task.data_dir=$data outer.rounds=$rounds eval.every_rounds=0 eval.final_episodes=0 runtime.checkpoint_every_rounds=0"
+
+# Median and best of the "seconds" of round records after the warm-up.
+summarize() {
+  grep '"kind":"round"' "$1/metrics.jsonl" | sed 's/.*"seconds":\([0-9.e+-]*\).*/\1/' |
+    tail -n +$((warmup + 1)) | sort -g |
+    awk '{ t[NR] = $1 } END { m = t[int((NR + 1) / 2)]; printf "%7.1f rounds/s median  %7.1f best  (%d rounds, median %.1f ms)", 1 / m, 1 / t[1], NR, 1000 * m }'
+}
+
+run() {
+  name=$1
+  shift
+  "$@" > "$scratch/$name.out" 2> "$scratch/$name.err" || { echo "$name failed:"; tail -5 "$scratch/$name.err"; exit 1; }
+  printf '%-28s %s  sha256 %.16s\n' "$name" "$(summarize "$scratch/$name")" \
+    "$(sed -n 's/.*parameters sha256 \([0-9a-f]*\).*/\1/p' "$scratch/$name.out")"
+}
+
+echo "runtimes bench, $(date -u +%Y-%m-%d), $(nproc) cores, omniglot_5w1s, $rounds rounds, $workers workers"
+run "threads" "$reptile" train --config "$config" --run_dir "$scratch/threads" --workers "$workers" \
+  runtime.local_workers=THREADS $common
+run "grpc_processes" "$reptile" train --config "$config" --run_dir "$scratch/grpc_processes" \
+  --workers "$workers" $common
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+run "mpi_1+${workers}_ranks" mpirun --oversubscribe --bind-to none -np $((workers + 1)) \
+  "$reptile" mpi --config "$config" --run_dir "$scratch/mpi_1+${workers}_ranks" $common

@@ -43,7 +43,7 @@ struct Snapshot {
 struct Lease {
   size_t item = 0;
   uint64_t worker = 0;
-  absl::Time deadline;
+  absl::Time granted, deadline;
   bool active = true;  // false once redone elsewhere; a late result still counts
 };
 
@@ -65,7 +65,7 @@ struct GrpcTransport::Board {
   uint64_t incarnation = 0;
 
   mutable absl::Mutex mu;
-  uint64_t next_worker_id ABSL_GUARDED_BY(mu) = 1;
+  std::mt19937_64 id_generator ABSL_GUARDED_BY(mu){std::random_device{}()};
   uint64_t next_lease_id ABSL_GUARDED_BY(mu) = 1;
   uint64_t last_version ABSL_GUARDED_BY(mu) = 0;
   std::map<uint64_t, WorkerRecord> workers ABSL_GUARDED_BY(mu);
@@ -74,6 +74,8 @@ struct GrpcTransport::Board {
   const std::vector<WorkItem>* items ABSL_GUARDED_BY(mu) = nullptr;
   std::vector<std::optional<TaskResult>> results ABSL_GUARDED_BY(mu);
   std::vector<int> failures ABSL_GUARDED_BY(mu);
+  std::vector<bool> backed_up ABSL_GUARDED_BY(mu);  // a second copy was handed out
+  absl::Duration typical_task ABSL_GUARDED_BY(mu);  // moving average, lease to result
   std::deque<size_t> pending ABSL_GUARDED_BY(mu);
   std::map<uint64_t, Lease> leases ABSL_GUARDED_BY(mu);
   size_t remaining ABSL_GUARDED_BY(mu) = 0;
@@ -119,6 +121,25 @@ struct GrpcTransport::Board {
     return grpc::Status::OK;
   }
 
+  // A task whose worker is taking far longer than tasks usually take (a hung
+  // process, a stalled connection) is handed to an idle worker as well; the
+  // first result counts. Each task gets one such copy.
+  std::optional<size_t> Straggler(uint64_t idle_worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const absl::Time now = absl::Now();
+    const absl::Duration patience = std::max(absl::Seconds(2), 5 * typical_task);
+    for (const auto& [id, lease] : leases) {
+      if (!lease.active || lease.worker == idle_worker || results[lease.item].has_value() ||
+          backed_up[lease.item] || now - lease.granted < patience)
+        continue;
+      backed_up[lease.item] = true;
+      ++stats.tasks_redone;
+      Log(absl::StrFormat("task %d (lease %d) has run %.1f s on worker %d; a second copy goes to worker %d",
+                          lease.item, id, absl::ToDoubleSeconds(now - lease.granted), lease.worker, idle_worker));
+      return lease.item;
+    }
+    return std::nullopt;
+  }
+
   bool HasPending() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     return finished || shutting_down || !pending.empty();
   }
@@ -152,7 +173,10 @@ class GrpcTransport::Service final : public Coordinator::Service {
                                   " differs from the coordinator's ", board_->layout_fingerprint.substr(0, 16),
                                   ": run the same reptile version on both"));
     absl::MutexLock lock(&board_->mu);
-    const uint64_t id = board_->next_worker_id++;
+    // Random ids: a worker of a previous coordinator must never pass for a
+    // worker of this one.
+    uint64_t id = 0;
+    while (id == 0 || board_->workers.count(id)) id = board_->id_generator();
     board_->workers[id] = WorkerRecord{request->worker_name().substr(0, 200), context->peer(), absl::Now()};
     board_->Log(absl::StrCat("worker ", id, " (", request->worker_name().substr(0, 200), " at ", context->peer(),
                              ") joined; ", board_->workers.size(), " alive"));
@@ -187,14 +211,23 @@ class GrpcTransport::Service final : public Coordinator::Service {
     }
     // Items done by a late result may still sit in the queue.
     while (!b.pending.empty() && b.results[b.pending.front()].has_value()) b.pending.pop_front();
-    if (b.pending.empty() || !b.workers.count(request->worker_id())) {
+    std::optional<size_t> next;
+    if (b.workers.count(request->worker_id()) && b.snapshot != nullptr) {
+      if (!b.pending.empty()) {
+        next = b.pending.front();
+        b.pending.pop_front();
+      } else {
+        next = b.Straggler(request->worker_id());
+      }
+    }
+    if (!next.has_value()) {
       reply->set_kind(WorkReply::WAIT);
       return grpc::Status::OK;
     }
-    const size_t item = b.pending.front();
-    b.pending.pop_front();
+    const size_t item = *next;
     const uint64_t lease_id = b.next_lease_id++;
-    b.leases[lease_id] = Lease{item, request->worker_id(), absl::Now() + b.task_timeout, true};
+    const absl::Time now = absl::Now();
+    b.leases[lease_id] = Lease{item, request->worker_id(), now, now + b.task_timeout, true};
     b.stats.tasks_in_flight = std::max(b.stats.tasks_in_flight, ++b.active_leases);
     const WorkItem& work = (*b.items)[item];
     reply->set_kind(work.kind == WorkKind::kTrain ? WorkReply::TRAIN : WorkReply::EVALUATE);
@@ -289,6 +322,8 @@ class GrpcTransport::Service final : public Coordinator::Service {
     }
     b.results[item] = std::move(result).value();
     Lease& lease = b.leases[header.lease_id()];
+    const absl::Duration took = absl::Now() - lease.granted;
+    b.typical_task = b.typical_task == absl::ZeroDuration() ? took : 0.9 * b.typical_task + 0.1 * took;
     if (lease.active) --b.active_leases;
     lease.active = false;
     --b.remaining;
@@ -455,6 +490,7 @@ absl::StatusOr<std::vector<TaskResult>> GrpcTransport::Run(const MetaState& stat
   b.items = &items;
   b.results.assign(items.size(), std::nullopt);
   b.failures.assign(items.size(), 0);
+  b.backed_up.assign(items.size(), false);
   b.pending.clear();
   for (size_t i = 0; i < items.size(); ++i) b.pending.push_back(i);
   b.leases.clear();

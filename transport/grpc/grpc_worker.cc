@@ -20,7 +20,7 @@ namespace reptile {
 namespace {
 
 constexpr auto kShortCall = std::chrono::seconds(10);
-constexpr auto kTensorCall = std::chrono::seconds(300);
+constexpr auto kTensorCall = std::chrono::seconds(120);
 
 // Codes that mean "not now" rather than "never": the coordinator is
 // restarting, unreachable or busy.

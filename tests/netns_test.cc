@@ -150,7 +150,8 @@ class NetnsTest : public ::testing::Test {
     nft_ = FindTool("nft");
     if (ip_.empty()) GTEST_SKIP() << "iproute2's `ip` is not installed";
     if (nft_.empty()) GTEST_SKIP() << "`nft` (nftables) is not installed";
-    dir_ = testing::TempDir("netns");
+    // Per process: another copy of this test may be running (its own build).
+    dir_ = testing::TempDir(absl::StrCat("netns-", getpid()));
     RemoveStaleNamespaces();
     prefix_ = absl::StrCat("rptl", getpid());
     const std::string probe = prefix_ + "c";
@@ -172,6 +173,8 @@ class NetnsTest : public ::testing::Test {
       const auto [code, output] = Tool({ip_, "netns", "del", *it});
       if (code != 0) ADD_FAILURE() << "ip netns del " << *it << ": " << output;
     }
+    // The logs stay for a failed run.
+    if (!dir_.empty() && !HasFailure()) std::filesystem::remove_all(dir_);
   }
 
   // Runs a tool to completion; exit code and combined output.
@@ -287,7 +290,9 @@ TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInPr
 
   // The same training, distributed and in process. Runtime settings never
   // change the parameters; the coordinator's are short so a silent worker is
-  // given up on after 2 s.
+  // given up on after 2 s. A worker whose result upload fails in transit
+  // gives that result up but stays alive, and its lease is only redone after
+  // runtime.task_timeout_seconds (600 s by default), so that is short too.
   const std::vector<std::string> training = {
       "--config", "configs/demo.textproto", absl::StrCat("task.data_dir=", testing::OmniglotDir()),
       absl::StrCat("outer.rounds=", kRounds), "eval.every_rounds=0", "eval.final_episodes=0",
@@ -300,7 +305,8 @@ TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInPr
                                                port_file, "--token_file", token_file};
   coordinator_argv.insert(coordinator_argv.end(), training.begin(), training.end());
   coordinator_argv.insert(coordinator_argv.end(),
-                          {"runtime.heartbeat_seconds=0.5", "runtime.worker_timeout_seconds=2"});
+                          {"runtime.heartbeat_seconds=0.5", "runtime.worker_timeout_seconds=2",
+                           "runtime.task_timeout_seconds=30"});
   Running& coordinator = Start("coordinator", coordinator_argv);
   const auto run_start = Clock::now();
 

@@ -106,5 +106,27 @@ TEST(MpiTest, AKilledRankEndsTheJobAndTheRelaunchResumes) {
   EXPECT_EQ(ParameterSha(relaunched->out()), ThreadsReference(overrides, logs + "/reference"));
 }
 
+TEST(MpiTest, AnMpiCheckpointResumesUnderGrpcAndBack) {
+  const std::string logs = TempDir("logs");
+  const std::string run = TempDir("run");
+  const std::vector<std::string> overrides = Overrides(30);
+  // MPI for the first 10 rounds, gRPC worker processes to round 20, MPI to the end.
+  auto mpi = ChildProcess::Start({"/usr/bin/mpirun", "--oversubscribe", "--bind-to", "none", "-np", "2", REPTILE_BINARY,
+                             "mpi", "--config", SourcePath("configs/demo.textproto"), "--run_dir", run,
+                             "--stop_at_round", "10", overrides[0], overrides[1], overrides[2], overrides[3],
+                             overrides[4]},
+                            logs + "/mpi_first", REPTILE_SOURCE_DIR, kRootEnv);
+  ASSERT_EQ(mpi->ExitCode(300), 0) << mpi->err();
+  std::vector<std::string> grpc_args = {REPTILE_BINARY, "train", "--run_dir", run, "--workers", "2",
+                                        "--stop_at_round", "20"};
+  auto grpc = ChildProcess::Start(grpc_args, logs + "/grpc");
+  ASSERT_EQ(grpc->ExitCode(300), 0) << grpc->err();
+  EXPECT_TRUE(absl::StrContains(grpc->err(), "at round 10")) << grpc->err();
+  auto last = StartMpi(2, run, overrides, logs + "/mpi_last");
+  ASSERT_EQ(last->ExitCode(300), 0) << last->err();
+  EXPECT_TRUE(absl::StrContains(last->err(), "at round 20")) << last->err();
+  EXPECT_EQ(ParameterSha(last->out()), ThreadsReference(overrides, logs + "/reference"));
+}
+
 }  // namespace
 }  // namespace reptile::testing

@@ -2,16 +2,15 @@
 // own Linux network namespace, joined by veth pairs whose packets nftables
 // drops at random. Mid-run one worker's link turns into an MTU black hole
 // until one of its results is stuck in flight, then goes down for longer than
-// runtime.worker_timeout_seconds, so the coordinator gives up on the worker
-// and has its task redone by the other one; the link comes back and the
-// worker rejoins by itself. The run must end bitwise-identical to the same
-// config trained in one process with threads.
+// runtime.worker_timeout_seconds: the coordinator gives up on the worker, the
+// other worker does the stuck task (redone, or a straggler's second copy),
+// the link comes back and the worker rejoins by itself. The run must end
+// bitwise-identical to the same config trained in one process with threads.
 //
 // Needs root (network namespaces, veth, nftables); skips without them.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,7 +23,6 @@
 #include <iostream>
 #include <optional>
 #include <regex>
-#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -136,7 +134,7 @@ std::string LinesWith(const std::string& text, const std::string& needle) {
   return absl::StrJoin(found, "\n");
 }
 
-constexpr int kRounds = 150;          // Omniglot 5-way, meta-batch 5: 2.5-5 rounds/s over gRPC here
+constexpr int kRounds = 150;          // Omniglot 5-way, meta-batch 5: 3-6 rounds/s over gRPC here
 constexpr int kFaultAtRound = 30;     // the link goes down once this many rounds are done
 constexpr double kMinOutage = 4.0;    // seconds the link stays down, at least (> worker timeout)
 constexpr int kLossPercent = 5;       // packets dropped on each worker's link, each direction
@@ -429,12 +427,17 @@ TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInPr
   EXPECT_NE(distributed_out.find(absl::StrCat("round ", kRounds, " ")), std::string::npos) << distributed_out;
   EXPECT_EQ(RoundsIn(metrics), kRounds);
 
-  // The fault happened and was handled as designed.
+  // The fault happened and was handled as designed: the task stuck on worker
+  // 1 was done by worker 2, either redone once worker 1 was given up on or
+  // as a second copy for a straggler, whichever the coordinator did first.
   const std::string log = ReadFile(coordinator.stderr_path);
-  const std::regex redone(absl::StrCat("is redone: worker ", lost_id, " lost"));
-  EXPECT_TRUE(std::regex_search(log.substr(log_at_fault), redone))
-      << "no task of worker " << lost_id << " was redone\n"
-      << LinesWith(log, "worker ");
+  const std::string after_fault = log.substr(log_at_fault);
+  const std::regex redone(absl::StrCat(R"(is redone: worker )", lost_id, " lost"));
+  const std::regex second_copy(absl::StrCat(R"(has run [0-9.]+ s on worker )", lost_id, "; a second copy goes to"));
+  const bool was_redone = std::regex_search(after_fault, redone);
+  const bool was_copied = std::regex_search(after_fault, second_copy);
+  EXPECT_TRUE(was_redone || was_copied) << "the task stuck on worker " << lost_id << " was not done elsewhere\n"
+                                        << LinesWith(log, "worker ");
   const std::string worker1_log = ReadFile(workers[0]->stderr_path);
   EXPECT_GE(Count(worker1_log, " as worker "), 2) << "worker 1 did not rejoin\n" << worker1_log;
 
@@ -466,7 +469,8 @@ TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInPr
             << " s later at round " << rounds_at_rejoin << "; distributed " << distributed_seconds << " s, in process "
             << local_seconds << " s, total " << SecondsSince(test_start) << " s; packets dropped by nft "
             << dropped[0] << " / " << dropped[1] << "; coordinator log: " << Count(log, "is redone") << " redone, "
-            << Count(log, ") lost") << " lost, " << Count(log, ") joined") << " joins\n"
+            << Count(log, ") lost") << " lost, " << Count(log, ") joined") << " joins; the stuck task was "
+            << (was_redone ? "redone" : was_copied ? "copied to the other worker" : "lost") << "\n"
             << LinesWith(log, "worker ") << std::endl;
 }
 

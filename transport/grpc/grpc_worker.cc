@@ -331,7 +331,16 @@ struct GrpcWorker::Session {
         if (uploads.empty()) return;
         pending = std::move(uploads.front());
       }
-      grpc::Status status = Submit(pending.worker, pending.work, pending.result);
+      // A result lost in transit would leave its lease held by a live worker
+      // until runtime.task_timeout_seconds: retry transient failures (a
+      // result that did arrive comes back as a duplicate).
+      grpc::Status status;
+      absl::Duration pause = absl::Milliseconds(200);
+      for (int attempt = 0; attempt < 6; ++attempt, pause *= 2) {
+        status = Submit(pending.worker, pending.work, pending.result);
+        if (status.ok() || !Transient(status.error_code())) break;
+        stop->WaitForNotificationWithTimeout(pause);
+      }
       if (!status.ok() && status.error_code() != grpc::StatusCode::FAILED_PRECONDITION)
         Log(absl::StrCat("result for lease ", pending.work.lease_id(), " not taken: ", status.error_message()));
       absl::MutexLock lock(&upload_mu);

@@ -58,10 +58,10 @@ void Receive(void* data, int count, MPI_Datatype type, int source, int tag) {
   Wait(&request);
 }
 
-// Message tags of a result's parts. A rank sends its items' results in item
-// order and rank 0 receives them in that order; MPI keeps messages between
-// two ranks with the same tag in order, so the tag need not name the item.
-int Tag(size_t /*item*/, int part) { return part; }
+// A result's parts are tagged 0 (header), 1 (delta or error text), 2 and 3
+// (Adam's m and v). A rank sends its items' results in item order and rank 0
+// receives them in that order; MPI keeps messages between two ranks with the
+// same tag in order, so the tag need not name the item.
 
 int Rank() {
   int rank = 0;
@@ -96,7 +96,7 @@ struct OutgoingResult {
   std::vector<MPI_Request> requests;
 };
 
-void StartSend(OutgoingResult* out, size_t item) {
+void StartSend(OutgoingResult* out) {
   ResultHeader& header = out->header;
   const absl::StatusOr<TaskResult>& result = out->result;
   if (!result.ok()) {
@@ -113,7 +113,7 @@ void StartSend(OutgoingResult* out, size_t item) {
   }
   auto send = [&](const void* data, int count, MPI_Datatype type, int part) {
     out->requests.emplace_back();
-    MPI_Isend(data, count, type, 0, Tag(item, part), MPI_COMM_WORLD, &out->requests.back());
+    MPI_Isend(data, count, type, 0, part, MPI_COMM_WORLD, &out->requests.back());
   };
   out->requests.reserve(4);
   send(&header, sizeof(header), MPI_BYTE, 0);
@@ -133,10 +133,10 @@ void StartSend(OutgoingResult* out, size_t item) {
 
 absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel, int64_t* bytes) {
   ResultHeader header;
-  Receive(&header, sizeof(header), MPI_BYTE, source, Tag(item, 0));
+  Receive(&header, sizeof(header), MPI_BYTE, source, 0);
   if (header.error_bytes > 0) {
     std::string error(static_cast<size_t>(header.error_bytes), '\0');
-    Receive(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, Tag(item, 1));
+    Receive(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, 1);
     return absl::InternalError(absl::StrCat("work item ", item, " failed on rank ", source, ": ", error));
   }
   TaskResult result;
@@ -147,7 +147,7 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel,
   result.compute_seconds = header.compute_seconds;
   auto receive = [&](int part) {
     torch::Tensor t = torch::empty({numel}, torch::kFloat32);
-    Receive(t.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, Tag(item, part));
+    Receive(t.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, part);
     *bytes += numel * 4;
     return t;
   };
@@ -293,7 +293,7 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
     for (size_t i = 0; i < items.size(); ++i) {
       if (working[i % working.size()] != rank) continue;
       outgoing.push_back(OutgoingResult{{}, {}, learner->Run(state, items[i]), {}});
-      StartSend(&outgoing.back(), i);
+      StartSend(&outgoing.back());
     }
     for (OutgoingResult& out : outgoing)
       for (MPI_Request& request : out.requests) Wait(&request);

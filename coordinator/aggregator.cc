@@ -26,6 +26,13 @@ absl::Status Aggregator::Add(int slot, TaskResult result) {
   if (slot < 0 || slot >= static_cast<int>(slots_.size()))
     return absl::InvalidArgumentError(absl::StrCat("slot ", slot, " outside the meta-batch of ", slots_.size()));
   if (slots_[slot].has_value()) return absl::AlreadyExistsError(absl::StrCat("slot ", slot, " already has a result"));
+  if (result.tensor_items < 0 || result.tensor_items > static_cast<int>(slots_.size()) - slot)
+    return absl::InvalidArgumentError(absl::StrCat("slot ", slot, ": tensors summed over ", result.tensor_items,
+                                                   " slots reach past the meta-batch of ", slots_.size()));
+  if (result.tensor_items == 0) {
+    slots_[slot] = std::move(result);
+    return absl::OkStatus();
+  }
   RETURN_IF_ERROR(CheckVector(result.delta, "delta", slot));
   if (carry_) {
     RETURN_IF_ERROR(CheckVector(result.adam_m, "adam_m", slot));
@@ -41,9 +48,22 @@ bool Aggregator::complete() const {
   return true;
 }
 
+absl::Status Aggregator::CheckCoverage() const {
+  int still_summed = 0;  // slots left that the last sum covers
+  for (size_t slot = 0; slot < slots_.size(); ++slot) {
+    const int items = slots_[slot]->tensor_items;
+    if ((items == 0) != (still_summed > 0))
+      return absl::InvalidArgumentError(absl::StrCat(
+          "slot ", slot, items == 0 ? ": has no tensors and no sum covers it" : ": has tensors that a sum covers too"));
+    still_summed = items == 0 ? still_summed - 1 : items - 1;
+  }
+  return absl::OkStatus();
+}
+
 std::vector<double> Aggregator::SlotMean(torch::Tensor TaskResult::*field) const {
   std::vector<double> sum(numel_, 0.0);
   for (const auto& slot : slots_) {  // slot order, float64
+    if (slot->tensor_items == 0) continue;
     const float* values = ((*slot).*field).data_ptr<float>();
     for (int64_t i = 0; i < numel_; ++i) sum[i] += values[i];
   }
@@ -54,6 +74,7 @@ std::vector<double> Aggregator::SlotMean(torch::Tensor TaskResult::*field) const
 
 absl::Status Aggregator::Apply(double step_size, int inner_iterations, MetaState* state) const {
   if (!complete()) return absl::FailedPreconditionError("aggregator applied before every slot has a result");
+  RETURN_IF_ERROR(CheckCoverage());
   if (state->parameters.numel() != numel_ || state->parameters.scalar_type() != torch::kFloat32)
     return absl::InvalidArgumentError("aggregator applied to parameters of another size or dtype");
   const std::vector<double> mean_delta = SlotMean(&TaskResult::delta);

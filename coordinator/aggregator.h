@@ -2,7 +2,8 @@
 // in any order from any worker; they are summed in slot order in float64, so
 // the update is bitwise the same for any worker count and arrival order.
 // Each result is checked (shape, dtype, finite values) before it is accepted.
-// Not thread-safe.
+// A result may carry the sums over several consecutive slots (tensor_items);
+// those slots' own results then carry scalars only. Not thread-safe.
 #ifndef REPTILE_COORDINATOR_AGGREGATOR_H_
 #define REPTILE_COORDINATOR_AGGREGATOR_H_
 
@@ -19,8 +20,9 @@ class Aggregator {
   // `carry`: results also hold Adam moments, to be averaged into the state.
   Aggregator(int64_t numel, int slots, bool carry);
 
-  // InvalidArgument for a malformed result or slot, AlreadyExists for a slot
-  // that already holds a result (the first one is kept).
+  // InvalidArgument for a malformed result or slot, or tensor sums that
+  // reach past the last slot; AlreadyExists for a slot that already holds a
+  // result (the first one is kept).
   absl::Status Add(int slot, TaskResult result);
 
   bool complete() const;
@@ -32,6 +34,8 @@ class Aggregator {
 
  private:
   absl::Status CheckVector(const torch::Tensor& t, const char* what, int slot) const;
+  // Every slot's tensors are in exactly one result: its own or a sum's.
+  absl::Status CheckCoverage() const;
   // Mean over slots of one result field, summed in slot order in float64.
   std::vector<double> SlotMean(torch::Tensor TaskResult::*field) const;
 

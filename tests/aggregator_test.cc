@@ -91,5 +91,48 @@ TEST(AggregatorTest, MalformedAndDuplicateResultsAreRefused) {
   EXPECT_EQ(carry.Add(0, good).code(), absl::StatusCode::kInvalidArgument);  // moments missing
 }
 
+// MPI_REDUCE_SUM hands over one result holding the sums over a run of slots,
+// and the other slots' results with scalars only.
+TEST(AggregatorTest, ASumOverSlotsStandsForTheirOwnTensors) {
+  TaskResult a, b, c, sum_ab, scalars_only;
+  a.delta = torch::tensor({1.0f, 2.0f});
+  b.delta = torch::tensor({3.0f, 6.0f});
+  c.delta = torch::tensor({2.0f, 1.0f});
+  sum_ab.delta = a.delta + b.delta;
+  sum_ab.tensor_items = 2;
+  scalars_only.tensor_items = 0;
+  auto apply = [](const std::vector<TaskResult>& results) {
+    Aggregator aggregator(2, 3, false);
+    for (size_t slot = 0; slot < results.size(); ++slot) EXPECT_TRUE(aggregator.Add(slot, results[slot]).ok());
+    MetaState state;
+    state.parameters = torch::zeros({2});
+    EXPECT_TRUE(aggregator.Apply(1.5, 1, &state).ok());
+    return state.parameters;
+  };
+  EXPECT_TRUE(torch::equal(apply({sum_ab, scalars_only, c}), apply({a, b, c})));
+  EXPECT_TRUE(torch::equal(apply({a, b, c}), torch::tensor({3.0f, 4.5f})));
+}
+
+TEST(AggregatorTest, SumsThatLeaveSlotsUncoveredOrOverlapAreRefused) {
+  TaskResult one, sum_of_two, scalars_only, sum_too_long;
+  one.delta = sum_of_two.delta = sum_too_long.delta = torch::ones({2});
+  sum_of_two.tensor_items = 2;
+  sum_too_long.tensor_items = 3;
+  scalars_only.tensor_items = 0;
+  MetaState state;
+  state.parameters = torch::zeros({2});
+  Aggregator too_long(2, 2, false);
+  EXPECT_EQ(too_long.Add(0, sum_too_long).code(), absl::StatusCode::kInvalidArgument);
+  Aggregator uncovered(2, 2, false);
+  ASSERT_TRUE(uncovered.Add(0, scalars_only).ok());
+  ASSERT_TRUE(uncovered.Add(1, one).ok());
+  EXPECT_EQ(uncovered.Apply(1.0, 1, &state).code(), absl::StatusCode::kInvalidArgument);
+  Aggregator overlap(2, 2, false);
+  ASSERT_TRUE(overlap.Add(0, sum_of_two).ok());
+  ASSERT_TRUE(overlap.Add(1, one).ok());
+  EXPECT_EQ(overlap.Apply(1.0, 1, &state).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(torch::equal(state.parameters, torch::zeros({2})));
+}
+
 }  // namespace
 }  // namespace reptile

@@ -49,6 +49,10 @@ struct TaskResult {
   int64_t correct_inductive = 0;
   int64_t predictions = 0;
   double compute_seconds = 0;
+  // Whose tensors these are. 1: this item's own. n > 1: the sums over this
+  // item and the next n - 1, whose results then carry scalars only (0).
+  // Only a transport that sums on the way (MPI_REDUCE_SUM) sets it.
+  int tensor_items = 1;
 };
 
 class Learner {

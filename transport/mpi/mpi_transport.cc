@@ -23,6 +23,7 @@ struct BatchHeader {
   int64_t has_moments = 0;
   int64_t adam_step = 0;
   int64_t batch_bytes = 0;  // serialized WorkBatch
+  int64_t reduce_sum = 0;   // MPI_REDUCE_SUM: results carry scalars, tensors go by MPI_Reduce
 };
 
 // A result's scalars, sent ahead of its tensors.
@@ -33,6 +34,8 @@ struct ResultHeader {
   int64_t has_delta = 0, has_moments = 0;
   int64_t error_bytes = 0;  // > 0: the learner failed; the message follows
 };
+
+int Rank();
 
 // Waits for `request` without spinning: Open MPI busy-polls inside blocking
 // calls, which on a machine with as many ranks as cores takes the core a
@@ -49,6 +52,15 @@ void Wait(MPI_Request* request) {
 void Broadcast(void* data, int count, MPI_Datatype type) {
   MPI_Request request;
   MPI_Ibcast(data, count, type, 0, MPI_COMM_WORLD, &request);
+  Wait(&request);
+}
+
+// Sums `sum` element-wise over all ranks into rank 0's `sum`.
+void ReduceToRank0(torch::Tensor& sum) {
+  MPI_Request request;
+  const bool root = Rank() == 0;
+  MPI_Ireduce(root ? MPI_IN_PLACE : sum.data_ptr<float>(), root ? sum.data_ptr<float>() : nullptr,
+              static_cast<int>(sum.numel()), MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD, &request);
   Wait(&request);
 }
 
@@ -80,6 +92,22 @@ std::vector<int> WorkingRanks(bool rank0_works) {
   std::vector<int> ranks;
   for (int r = (rank0_works || Size() == 1) ? 0 : 1; r < Size(); ++r) ranks.push_back(r);
   return ranks;
+}
+
+// A rank's share of a batch summed in MPI_REDUCE_SUM mode: rows delta, and
+// with moments adam_m and adam_v, each summed over the rank's items in
+// item order. Zero for a rank without items.
+torch::Tensor EmptySum(int64_t numel, bool moments) { return torch::zeros({moments ? 3 : 1, numel}); }
+
+// Moves a result's tensors into `sum`; the result keeps its scalars.
+void AddToSum(TaskResult* result, torch::Tensor& sum) {
+  sum[0].add_(result->delta);
+  if (sum.size(0) == 3) {
+    sum[1].add_(result->adam_m);
+    sum[2].add_(result->adam_v);
+  }
+  result->delta = result->adam_m = result->adam_v = torch::Tensor();
+  result->tensor_items = 0;
 }
 
 void BroadcastTensor(torch::Tensor& tensor, int64_t numel) {
@@ -151,6 +179,7 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel,
     *bytes += numel * 4;
     return t;
   };
+  result.tensor_items = header.has_delta ? 1 : 0;
   if (header.has_delta) result.delta = receive(1);
   if (header.has_moments) {
     result.adam_m = receive(2);
@@ -161,10 +190,11 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel,
 
 // Receives the broadcast of one batch (every rank but 0). False when rank 0
 // says the run is over.
-bool ReceiveBatch(MetaState* state, std::vector<WorkItem>* items) {
+bool ReceiveBatch(MetaState* state, std::vector<WorkItem>* items, bool* reduce_sum) {
   BatchHeader header;
   Broadcast(&header, sizeof(header), MPI_BYTE);
   if (header.command == kFinish) return false;
+  *reduce_sum = header.reduce_sum != 0;
   BroadcastTensor(state->parameters, header.numel);
   if (header.has_moments) {
     BroadcastTensor(state->adam_m, header.numel);
@@ -214,6 +244,7 @@ absl::StatusOr<std::unique_ptr<MpiTransport>> MpiTransport::Create(const Experim
   if (Rank() != 0) return absl::FailedPreconditionError("the MPI transport runs on rank 0");
   std::unique_ptr<MpiTransport> transport(new MpiTransport());
   transport->working_ranks_ = WorkingRanks(config.runtime().mpi_rank0_works());
+  transport->reduce_sum_ = config.runtime().mpi_reduction() == MPI_REDUCE_SUM;
   if (transport->working_ranks_.front() == 0) {
     ASSIGN_OR_RETURN(transport->learner_, Learner::Create(config, tasks));
   }
@@ -243,10 +274,13 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   header.has_moments = state.adam_m.defined();
   header.adam_step = state.adam_step;
   WorkBatch batch;
+  bool training = !items.empty();
   for (const WorkItem& item : items) {
     *batch.add_specs() = item.spec;
     batch.add_evaluate(item.kind == WorkKind::kEvaluate);
+    training &= item.kind == WorkKind::kTrain;
   }
+  header.reduce_sum = reduce_sum_ && training;
   std::string bytes = batch.SerializeAsString();
   header.batch_bytes = static_cast<int64_t>(bytes.size());
   Broadcast(&header, sizeof(header), MPI_BYTE);
@@ -263,12 +297,29 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   stats_.bytes_out += header.numel * 4 * (header.has_moments ? 3 : 1) * (Size() - 1);
 
   std::vector<absl::StatusOr<TaskResult>> results(items.size(), absl::UnknownError("not run"));
+  torch::Tensor sum;
+  if (header.reduce_sum) sum = EmptySum(header.numel, header.has_moments);
   if (learner_ != nullptr)
     for (size_t i = 0; i < items.size(); ++i)
-      if (working_ranks_[i % working_ranks_.size()] == 0) results[i] = learner_->Run(state, items[i]);
+      if (working_ranks_[i % working_ranks_.size()] == 0) {
+        results[i] = learner_->Run(state, items[i]);
+        if (header.reduce_sum && results[i].ok()) AddToSum(&*results[i], sum);
+      }
   for (size_t i = 0; i < items.size(); ++i) {
     const int source = working_ranks_[i % working_ranks_.size()];
     if (source != 0) results[i] = ReceiveResult(source, i, header.numel, &stats_.bytes_in);
+  }
+  if (header.reduce_sum) {
+    ReduceToRank0(sum);  // every rank takes part, even after a failed item
+    stats_.bytes_in += sum.numel() * 4;  // counted once; MPI's reduction tree may bring a few
+    if (results[0].ok()) {
+      results[0]->delta = sum[0];
+      if (header.has_moments) {
+        results[0]->adam_m = sum[1];
+        results[0]->adam_v = sum[2];
+      }
+      results[0]->tensor_items = static_cast<int>(items.size());
+    }
   }
   stats_.workers_alive = num_workers();
   stats_.tasks_in_flight = std::min<int>(num_workers(), static_cast<int>(items.size()));
@@ -288,15 +339,20 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
   ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, tasks));
   MetaState state;
   std::vector<WorkItem> items;
-  while (ReceiveBatch(&state, &items)) {
+  bool reduce_sum = false;
+  while (ReceiveBatch(&state, &items, &reduce_sum)) {
+    torch::Tensor sum;
+    if (reduce_sum) sum = EmptySum(state.parameters.numel(), state.adam_m.defined());
     std::deque<OutgoingResult> outgoing;  // stable addresses for MPI
     for (size_t i = 0; i < items.size(); ++i) {
       if (working[i % working.size()] != rank) continue;
       outgoing.push_back(OutgoingResult{{}, {}, learner->Run(state, items[i]), {}});
+      if (reduce_sum && outgoing.back().result.ok()) AddToSum(&*outgoing.back().result, sum);
       StartSend(&outgoing.back());
     }
     for (OutgoingResult& out : outgoing)
       for (MPI_Request& request : out.requests) Wait(&request);
+    if (reduce_sum) ReduceToRank0(sum);
   }
   return absl::OkStatus();
 }

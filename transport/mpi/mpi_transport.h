@@ -3,7 +3,10 @@
 // Each batch is one broadcast of the meta-state and the work items; item i
 // is computed by a fixed rank (i modulo the working ranks) and rank 0
 // receives the results in item order, so the parameters do not depend on the
-// number of ranks and equal those of the other transports. MPI jobs are not
+// number of ranks and equal those of the other transports. With
+// runtime.mpi_reduction = MPI_REDUCE_SUM a training batch's tensors are
+// instead summed per rank and combined by MPI_Reduce (less traffic into rank
+// 0; not bitwise-equal across job sizes). MPI jobs are not
 // elastic: a rank that dies ends the job (mpirun reports which), and the
 // relaunched job resumes from the last checkpoint.
 #ifndef REPTILE_TRANSPORT_MPI_MPI_TRANSPORT_H_
@@ -61,6 +64,7 @@ class MpiTransport final : public Transport {
  private:
   MpiTransport() = default;
   std::vector<int> working_ranks_;
+  bool reduce_sum_ = false;  // runtime.mpi_reduction == MPI_REDUCE_SUM
   std::unique_ptr<Learner> learner_;  // rank 0's own, if it works
   TransportStats stats_;
   absl::Mutex mu_;

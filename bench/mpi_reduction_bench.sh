@@ -1,6 +1,7 @@
 #!/bin/sh
 # What runtime.mpi_reduction buys on a model large enough for bandwidth to
-# matter: the sine MLP widened to HIDDEN units (1-H-H-1, about H^2 weights),
+# matter: the sine MLP widened to HIDDEN units (1-H-H-1, about H^2 weights;
+# inner learning rate 0.001, as 0.02 diverges at that width),
 # meta-batch of 8 tasks, under mpirun with 1 + RANKS ranks, once with every
 # delta gathered to rank 0 in task order (MPI_GATHER_IN_ORDER) and once with
 # per-rank sums combined by MPI_Reduce (MPI_REDUCE_SUM). Prints rounds/s
@@ -25,7 +26,7 @@ run() {
   mode=$1
   dir=$scratch/$mode
   mpirun --oversubscribe --bind-to none -np $((ranks + 1)) "$reptile" mpi --config "$here/configs/sine.textproto" \
-    --run_dir "$dir" model.hidden_units="$hidden" outer.meta_batch_size=8 outer.rounds="$rounds" \
+    --run_dir "$dir" model.hidden_units="$hidden" inner.learning_rate=0.001 outer.meta_batch_size=8 outer.rounds="$rounds" \
     eval.every_rounds=0 eval.final_episodes=0 runtime.checkpoint_every_rounds=0 runtime.mpi_reduction="$mode" \
     > "$dir.out" 2> "$dir.err" || { echo "$mode failed:"; tail -5 "$dir.err"; exit 1; }
   rounds_file=$scratch/$mode.rounds

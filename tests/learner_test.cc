@@ -1,5 +1,6 @@
 #include "gtest/gtest.h"
 #include "test_support.h"
+#include "core/models/batch_norm_relu.h"
 #include "worker/learner.h"
 
 namespace reptile {
@@ -69,6 +70,29 @@ TEST(ModelTest, ShapesOfThePapersNetworks) {
   ASSERT_TRUE(sine.ok());
   EXPECT_EQ((*sine)->forward(torch::rand({7, 1})).sizes(), (std::vector<int64_t>{7, 1}));
   EXPECT_EQ((*sine)->parameters().size(), 6u);
+}
+
+// The fused batch norm + ReLU against LibTorch's own, values and gradients.
+TEST(ModelTest, BatchNormReluMatchesLibTorch) {
+  torch::manual_seed(7);
+  for (const std::vector<int64_t>& shape : {std::vector<int64_t>{10, 64, 14, 14}, {5, 3, 2, 2}, {4, 6, 1, 1}}) {
+    const torch::Tensor x0 = torch::randn(shape) * 3 + 1;
+    const torch::Tensor w0 = torch::rand({shape[1]}) + 0.5, b0 = torch::randn({shape[1]});
+    const torch::Tensor upstream = torch::randn(shape);
+    auto run = [&](bool fused) {
+      torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+      torch::Tensor y = fused ? BatchNormRelu(x, w, b, 1e-5)
+                              : torch::relu(torch::batch_norm(x, w, b, {}, {}, true, 0.1, 1e-5, false));
+      (y * upstream).sum().backward();
+      return std::vector<torch::Tensor>{y, x.grad(), w.grad(), b.grad()};
+    };
+    const auto fused = run(true), reference = run(false);
+    const char* names[] = {"output", "grad x", "grad weight", "grad bias"};
+    for (int i = 0; i < 4; ++i)
+      EXPECT_TRUE(torch::allclose(fused[i], reference[i], 1e-4, 1e-4))
+          << names[i] << " of " << shape[0] << "x" << shape[1] << ": max difference "
+          << (fused[i] - reference[i]).abs().max().item<float>();
+  }
 }
 
 TEST(LearnerTest, TrainingIsAFunctionOfStateAndSpec) {

@@ -80,23 +80,37 @@ torch::Tensor Learner::Loss(const torch::Tensor& output, const torch::Tensor& ta
                                    : torch::mse_loss(output, target);
 }
 
-void Learner::AdamStep() {
-  torch::NoGradGuard no_grad;
+// One optimizer step over the flat vectors in a single pass, which also
+// clears the gradient for the next backward(): memory traffic, not
+// arithmetic, bounds the update of a small model, and separate tensor
+// operations would each read and write every vector again.
+void Learner::OptimizerStep() {
   const InnerLoopConfig& in = config_.inner();
-  torch::Tensor& theta = flat_->values();
-  const torch::Tensor& grad = flat_->grads();
+  float* theta = flat_->values().data_ptr<float>();
+  float* grad = flat_->grads().data_ptr<float>();
+  const int64_t n = flat_->numel();
   if (in.optimizer() == SGD) {
-    theta.add_(grad, -in.learning_rate());
+    const float rate = in.learning_rate();
+    for (int64_t i = 0; i < n; ++i) {
+      theta[i] -= rate * grad[i];
+      grad[i] = 0;
+    }
     return;
   }
-  const double beta1 = in.adam_beta1(), beta2 = in.adam_beta2();
   ++adam_step_;
-  adam_m_.mul_(beta1).add_(grad, 1.0 - beta1);
-  adam_v_.mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
-  const double bias1 = 1.0 - std::pow(beta1, static_cast<double>(adam_step_));
-  const double bias2 = 1.0 - std::pow(beta2, static_cast<double>(adam_step_));
-  torch::Tensor denom = adam_v_.sqrt().div_(std::sqrt(bias2)).add_(in.adam_epsilon());
-  theta.addcdiv_(adam_m_, denom, -in.learning_rate() / bias1);
+  const float beta1 = in.adam_beta1(), beta2 = in.adam_beta2(), epsilon = in.adam_epsilon();
+  const double step = static_cast<double>(adam_step_);
+  const float bias2_root = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, step)));
+  const float rate = static_cast<float>(in.learning_rate() / (1.0 - std::pow(beta1, step)));
+  float* m = adam_m_.data_ptr<float>();
+  float* v = adam_v_.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = grad[i];
+    m[i] = beta1 * m[i] + (1.0f - beta1) * g;
+    v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
+    theta[i] -= rate * m[i] / (std::sqrt(v[i]) / bias2_root + epsilon);
+    grad[i] = 0;
+  }
 }
 
 Learner::InnerRun Learner::Adapt(const MetaState& state, const TaskExamples& task, uint64_t order_seed,
@@ -104,6 +118,7 @@ Learner::InnerRun Learner::Adapt(const MetaState& state, const TaskExamples& tas
   {
     torch::NoGradGuard no_grad;
     flat_->values().copy_(state.parameters);
+    flat_->grads().zero_();  // OptimizerStep() clears them after every step
     const bool carry = config_.inner().state_mode() == CARRY && state.adam_m.defined();
     if (carry) {
       adam_m_.copy_(state.adam_m);
@@ -136,10 +151,9 @@ Learner::InnerRun Learner::Adapt(const MetaState& state, const TaskExamples& tas
     torch::Tensor y = task.support_y.index_select(0, batch_index);
     torch::Tensor output = model_->forward(x);
     torch::Tensor loss = Loss(output, y);
-    flat_->grads().zero_();
     loss.backward();
     if (before_last != nullptr && it == iterations - 1) *before_last = flat_->values().clone();
-    AdamStep();
+    OptimizerStep();
     run.mean_loss += loss.item<double>() / iterations;
     if (IsClassification(config_)) {
       run.correct += output.argmax(1).eq(y).sum().item<int64_t>();

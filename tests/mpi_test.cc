@@ -1,12 +1,21 @@
 // The MPI runtime under a real `mpirun`: 1+1 and 1+3 ranks give the
 // parameters of the in-process run; a rank SIGKILLed mid-run ends the job
-// promptly with a message naming it, and relaunching resumes to the same end.
+// promptly with a message naming it, and relaunching resumes to the same end;
+// ranks on three "nodes" (network namespaces, as root) do too.
 // MPI_REDUCE_SUM mode is repeatable for a fixed job size, brings less into
 // rank 0, and lands next to the in-order parameters.
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <regex>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -14,6 +23,7 @@
 #include "coordinator/checkpoint.h"
 #include "gtest/gtest.h"
 #include "tests/child_process.h"
+#include "tests/netns_support.h"
 #include "tests/test_support.h"
 
 namespace reptile::testing {
@@ -45,20 +55,37 @@ std::string ThreadsReference(const std::vector<std::string>& overrides, const st
   return ParameterSha(train->out());
 }
 
+// The MPI rank of the process whose /proc directory is `proc`, from its
+// environment; nullopt for a process that is not a rank.
+std::optional<int> WorldRank(const std::string& proc) {
+  std::ifstream in(proc + "/environ", std::ios::binary);
+  std::string variable;
+  const std::string key = "OMPI_COMM_WORLD_RANK=";
+  while (std::getline(in, variable, '\0'))
+    if (absl::StartsWith(variable, key)) return std::atoi(variable.c_str() + key.size());
+  return std::nullopt;
+}
+
+// The /proc/<pid> directories of the processes running now.
+std::vector<std::filesystem::path> Processes() {
+  std::vector<std::filesystem::path> found;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") == std::string::npos) found.push_back(entry.path());
+  }
+  return found;
+}
+
 // The pid of the process of `rank` among mpirun's children.
 pid_t RankPid(pid_t mpirun, int rank) {
-  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const std::string stat = ReadWholeFile(entry.path().string() + "/stat");
+  for (const auto& proc : Processes()) {
+    const std::string stat = ReadWholeFile(proc.string() + "/stat");
     const size_t close = stat.rfind(')');
     if (close == std::string::npos) continue;
     std::vector<std::string> fields = absl::StrSplit(stat.substr(close + 2), ' ');
     if (fields.size() < 2 || std::atoi(fields[1].c_str()) != mpirun) continue;
-    std::ifstream in(entry.path().string() + "/environ", std::ios::binary);
-    std::string variable;
-    while (std::getline(in, variable, '\0'))
-      if (variable == absl::StrCat("OMPI_COMM_WORLD_RANK=", rank)) return std::atoi(name.c_str());
+    if (WorldRank(proc.string()) == rank) return std::atoi(proc.filename().c_str());
   }
   return -1;
 }
@@ -171,6 +198,156 @@ TEST(MpiTest, ReduceSumModeIsRepeatableAndBringsLessIntoRankZero) {
   const double scale = in_order->meta.parameters.abs().max().item<double>();
   const double gap = (summed->meta.parameters - in_order->meta.parameters).abs().max().item<double>();
   EXPECT_LT(gap, 1e-2 * scale) << "reduce-sum parameters drifted from the in-order run";
+}
+
+// Three "nodes" on this machine: network namespaces joined by veth to a bridge
+// in a fourth, the head, where mpirun runs. mpirun starts an orted on each node
+// through tests/mpi_netns_rsh.sh, the rsh agent that enters the namespace its
+// hostfile address belongs to. Rank 0 is alone on node a, rank 1 on node b,
+// ranks 2 and 3 share node c; between nodes the ranks talk over TCP on the
+// veth subnet (shared memory only within node c).
+class MpiNetnsTest : public ::testing::Test {
+ protected:
+  static constexpr char kSubnet[] = "10.78.0.0/24";
+
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces (euid " << geteuid() << ")";
+    dir_ = TempDir("netns");
+    auto namespaces = TestNamespaces::Create(dir_);
+    ASSERT_TRUE(namespaces.ok()) << namespaces.status();
+    namespaces_ = std::move(*namespaces);
+    auto head = namespaces_->Add("h");
+    ASSERT_TRUE(head.ok()) << head.status();
+    head_ = *head;
+    ASSERT_TRUE(namespaces_->Ip({"-n", head_, "link", "add", "br0", "type", "bridge"}).ok());
+    ASSERT_TRUE(namespaces_->Ip({"-n", head_, "addr", "add", "10.78.0.1/24", "dev", "br0"}).ok());
+    ASSERT_TRUE(namespaces_->Ip({"-n", head_, "link", "set", "br0", "up"}).ok());
+    for (const char* node : {"a", "b", "c"}) {
+      auto ns = namespaces_->Add(node);
+      ASSERT_TRUE(ns.ok()) << ns.status();
+      const std::string address = absl::StrCat("10.78.0.", 11 + nodes_.size());
+      const std::string link = absl::StrCat("to", node);
+      for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+               {"-n", head_, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", *ns},
+               {"-n", head_, "link", "set", link, "master", "br0", "up"},
+               {"-n", *ns, "addr", "add", address + "/24", "dev", "eth0"},
+               {"-n", *ns, "link", "set", "eth0", "up"}}) {
+        const absl::Status status = namespaces_->Ip(args);
+        ASSERT_TRUE(status.ok()) << status;
+      }
+      nodes_.push_back({*ns, address});
+    }
+  }
+
+  void TearDown() override {
+    mpirun_.reset();      // SIGKILLs mpirun if it still runs,
+    namespaces_.reset();  // then whatever it left on the nodes, and deletes them
+    // Session directories of orteds killed that way (ompi.<hostname>.<uid>).
+    std::error_code error;
+    for (const Node& node : nodes_)
+      for (const auto& entry : std::filesystem::directory_iterator(std::filesystem::temp_directory_path(), error))
+        if (absl::StartsWith(entry.path().filename().string(), "ompi." + node.ns + "."))
+          std::filesystem::remove_all(entry.path(), error);
+  }
+
+  // A node's eth0 byte counters.
+  std::pair<long, long> ReceivedAndSent(const std::string& ns) {
+    const std::string stats = "/sys/class/net/eth0/statistics/";
+    const auto [code, output] = namespaces_->Run(
+        {namespaces_->ip(), "netns", "exec", ns, FindTool("cat"), stats + "rx_bytes", stats + "tx_bytes"});
+    EXPECT_EQ(code, 0) << output;
+    std::vector<std::string> lines = absl::StrSplit(output, '\n', absl::SkipEmpty());
+    if (lines.size() < 2) return {-1, -1};
+    return {std::atol(lines[0].c_str()), std::atol(lines[1].c_str())};
+  }
+
+  struct Node {
+    std::string ns, address;
+  };
+  std::string dir_, head_;
+  std::vector<Node> nodes_;
+  std::unique_ptr<TestNamespaces> namespaces_;
+  std::unique_ptr<ChildProcess> mpirun_;
+};
+
+TEST_F(MpiNetnsTest, RanksOnThreeNodesLaunchedThroughAnRshAgentMatchTheInProcessRun) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string logs = TempDir("logs"), run = TempDir("run");
+  const std::vector<std::string> overrides = Overrides(30);
+  const std::string hostfile = dir_ + "/hostfile", agent_log = dir_ + "/agent.log";
+  std::ofstream(hostfile) << nodes_[0].address << " slots=1\n"
+                          << nodes_[1].address << " slots=1\n"
+                          << nodes_[2].address << " slots=2\n";
+  std::string hosts;
+  for (const Node& node : nodes_) absl::StrAppend(&hosts, hosts.empty() ? "" : " ", node.address, "=", node.ns);
+  std::vector<std::string> env = kRootEnv;
+  env.push_back("REPTILE_NETNS_HOSTS=" + hosts);
+  env.push_back("REPTILE_NETNS_RSH_LOG=" + agent_log);
+  std::vector<std::string> args = {namespaces_->ip(), "netns", "exec", head_, "/usr/bin/mpirun",
+                                   "--hostfile", hostfile, "-np", "4", "--bind-to", "none",
+                                   "--mca", "plm_rsh_agent", SourcePath("tests/mpi_netns_rsh.sh"),
+                                   "--mca", "oob_tcp_if_include", kSubnet, "--mca", "btl_tcp_if_include", kSubnet,
+                                   "--mca", "btl", "self,vader,tcp",
+                                   REPTILE_BINARY, "mpi", "--config", SourcePath("configs/demo.textproto"),
+                                   "--run_dir", run};
+  args.insert(args.end(), overrides.begin(), overrides.end());
+  mpirun_ = ChildProcess::Start(args, logs + "/mpirun", REPTILE_SOURCE_DIR, env);
+
+  // Where each rank runs: the inode of its network namespace, while it runs.
+  std::map<ino_t, std::string> node_of;
+  for (const Node& node : nodes_) {
+    struct stat st;
+    ASSERT_EQ(stat(("/run/netns/" + node.ns).c_str(), &st), 0) << node.ns;
+    node_of[st.st_ino] = node.ns;
+  }
+  std::map<int, std::string> rank_node;
+  while (rank_node.size() < 4 && mpirun_->running()) {
+    for (const auto& proc : Processes()) {
+      const std::optional<int> rank = WorldRank(proc.string());
+      if (!rank.has_value() || !absl::StrContains(ReadWholeFile(proc.string() + "/cmdline"), run)) continue;
+      struct stat st;
+      if (stat((proc.string() + "/ns/net").c_str(), &st) != 0) continue;
+      rank_node[*rank] = node_of.count(st.st_ino) ? node_of[st.st_ino] : "another namespace";
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const int code = mpirun_->ExitCode(300);
+  const double mpi_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_EQ(code, 0) << mpirun_->err() << mpirun_->out() << "\nagent log:\n" << ReadWholeFile(agent_log);
+  EXPECT_TRUE(absl::StrContains(mpirun_->err(), "MPI: 4 ranks")) << mpirun_->err();
+  EXPECT_EQ(rank_node, (std::map<int, std::string>{
+                           {0, nodes_[0].ns}, {1, nodes_[1].ns}, {2, nodes_[2].ns}, {3, nodes_[2].ns}}));
+  const std::string launches = ReadWholeFile(agent_log);
+  for (const Node& node : nodes_)
+    EXPECT_TRUE(absl::StrContains(launches, node.address + " " + node.ns + " ")) << launches;
+
+  // Rank 0 is alone on node a: everything it sent and received crossed a's
+  // veth link. The workers on b and c each got θ and sent results.
+  const std::string metrics = ReadWholeFile(run + "/metrics.jsonl");
+  long bytes_in = -1, bytes_out = -1;
+  const std::regex bytes(R"re("bytes_in":(\d+),"bytes_out":(\d+))re");
+  for (auto it = std::sregex_iterator(metrics.begin(), metrics.end(), bytes); it != std::sregex_iterator(); ++it) {
+    bytes_in = std::stol((*it)[1]);
+    bytes_out = std::stol((*it)[2]);
+  }
+  ASSERT_GT(bytes_in, 0) << metrics;
+  ASSERT_GT(bytes_out, 0) << metrics;
+  std::vector<std::pair<long, long>> counters;
+  for (const Node& node : nodes_) counters.push_back(ReceivedAndSent(node.ns));
+  EXPECT_GE(counters[0].first, bytes_in);
+  EXPECT_GE(counters[0].second, bytes_out);
+  for (int k = 1; k <= 2; ++k) {
+    EXPECT_GE(counters[k].first, bytes_out / 5) << nodes_[k].ns;
+    EXPECT_GE(counters[k].second, bytes_in / 5) << nodes_[k].ns;
+  }
+
+  EXPECT_EQ(ParameterSha(mpirun_->out()), ThreadsReference(overrides, logs + "/reference")) << mpirun_->out();
+  const double total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::cout << "mpirun across namespaces: " << mpi_seconds << " s, total " << total_seconds
+            << " s; rank 0 in " << bytes_in << " B out " << bytes_out << " B; eth0 received/sent";
+  for (size_t k = 0; k < nodes_.size(); ++k)
+    std::cout << " " << nodes_[k].ns << " " << counters[k].first << "/" << counters[k].second;
+  std::cout << std::endl;
 }
 
 }  // namespace

@@ -33,7 +33,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
-#include "test_support.h"
+#include "tests/netns_support.h"
+#include "tests/test_support.h"
 
 namespace reptile {
 namespace {
@@ -49,19 +50,6 @@ std::string ReadFile(const std::string& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
-}
-
-// `name` on $PATH or in the usual system directories (ctest may run with a
-// PATH lacking /usr/sbin); "" if absent.
-std::string FindTool(const std::string& name) {
-  std::vector<std::string> dirs;
-  if (const char* path = std::getenv("PATH"); path != nullptr) dirs = absl::StrSplit(path, ':', absl::SkipEmpty());
-  for (const char* dir : {"/usr/sbin", "/sbin", "/usr/bin", "/bin"}) dirs.push_back(dir);
-  for (const std::string& dir : dirs) {
-    const std::string candidate = dir + "/" + name;
-    if (access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return "";
 }
 
 // Starts argv[0] (an absolute path) in the source tree, in its own process
@@ -144,18 +132,17 @@ class NetnsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces (euid " << geteuid() << ")";
-    ip_ = FindTool("ip");
-    nft_ = FindTool("nft");
-    if (ip_.empty()) GTEST_SKIP() << "iproute2's `ip` is not installed";
+    nft_ = testing::FindTool("nft");
     if (nft_.empty()) GTEST_SKIP() << "`nft` (nftables) is not installed";
     // Per process: another copy of this test may be running (its own build).
     dir_ = testing::TempDir(absl::StrCat("netns-", getpid()));
-    RemoveStaleNamespaces();
-    prefix_ = absl::StrCat("rptl", getpid());
-    const std::string probe = prefix_ + "c";
-    const auto [code, output] = Tool({ip_, "netns", "add", probe});
-    if (code != 0) GTEST_SKIP() << "cannot create a network namespace (`ip netns add` exit " << code << "): " << output;
-    namespaces_.push_back(probe);
+    auto namespaces = testing::TestNamespaces::Create(dir_);
+    if (!namespaces.ok()) GTEST_SKIP() << namespaces.status().message();
+    namespaces_ = std::move(*namespaces);
+    ip_ = namespaces_->ip();
+    prefix_ = namespaces_->prefix();
+    if (auto probe = namespaces_->Add("c"); !probe.ok())
+      GTEST_SKIP() << "cannot create a network namespace: " << probe.status().message();
   }
 
   void TearDown() override {
@@ -167,47 +154,19 @@ class NetnsTest : public ::testing::Test {
       waitpid(child.pid, &status, 0);
       child.exit_code = -SIGKILL;
     }
-    for (auto it = namespaces_.rbegin(); it != namespaces_.rend(); ++it) {
-      const auto [code, output] = Tool({ip_, "netns", "del", *it});
-      if (code != 0) ADD_FAILURE() << "ip netns del " << *it << ": " << output;
-    }
+    namespaces_.reset();  // deletes them
     // The logs stay for a failed run.
     if (!dir_.empty() && !HasFailure()) std::filesystem::remove_all(dir_);
   }
 
   // Runs a tool to completion; exit code and combined output.
   std::pair<int, std::string> Tool(const std::vector<std::string>& argv, double timeout = 30) {
-    const std::string log = absl::StrCat(dir_, "/tool", ++tool_runs_, ".log");
-    const pid_t pid = Spawn(argv, log, log);
-    if (pid <= 0) return {-1, "fork failed"};
-    std::optional<int> code = WaitFor(pid, timeout);
-    if (!code.has_value()) {
-      kill(-pid, SIGKILL);
-      kill(pid, SIGKILL);
-      int status;
-      waitpid(pid, &status, 0);
-      return {-1, absl::StrCat(absl::StrJoin(argv, " "), " timed out; ", ReadFile(log))};
-    }
-    return {*code, ReadFile(log)};
+    return namespaces_->Run(argv, timeout);
   }
 
   void MustRun(const std::vector<std::string>& argv) {
     const auto [code, output] = Tool(argv);
     ASSERT_EQ(code, 0) << absl::StrJoin(argv, " ") << ": " << output;
-  }
-
-  // Namespaces of earlier runs of this test whose process is gone (killed
-  // before its TearDown ran).
-  void RemoveStaleNamespaces() {
-    const auto [code, output] = Tool({ip_, "netns", "list"});
-    if (code != 0) return;
-    const std::regex name(R"(^(rptl(\d+)(c|w1|w2))\b)");
-    for (const std::string& line : std::vector<std::string>(absl::StrSplit(output, '\n'))) {
-      std::smatch m;
-      if (!std::regex_search(line, m, name)) continue;
-      const pid_t owner = static_cast<pid_t>(std::stol(m[2]));
-      if (kill(owner, 0) != 0 && errno == ESRCH) Tool({ip_, "netns", "del", m[1]});
-    }
   }
 
   Running& Start(const std::string& name, const std::vector<std::string>& argv) {
@@ -238,9 +197,8 @@ class NetnsTest : public ::testing::Test {
   }
 
   std::string ip_, nft_, dir_, prefix_;
-  std::vector<std::string> namespaces_;
+  std::unique_ptr<testing::TestNamespaces> namespaces_;
   std::deque<Running> children_;  // a deque: references to its elements stay valid
-  int tool_runs_ = 0;
 };
 
 int RoundsIn(const std::string& metrics_path) { return Count(ReadFile(metrics_path), "\"kind\":\"round\""); }
@@ -258,13 +216,12 @@ TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInPr
   const auto test_start = Clock::now();
   const std::string coordinator_ns = prefix_ + "c";  // created by SetUp
   const std::vector<std::string> worker_ns = {prefix_ + "w1", prefix_ + "w2"};
-  for (const std::string& ns : worker_ns) {
-    ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "netns", "add", ns}));
-    namespaces_.push_back(ns);
+  for (const std::string& suffix : {"w1", "w2"}) {
+    const auto ns = namespaces_->Add(suffix);
+    ASSERT_TRUE(ns.ok()) << ns.status();
   }
   // Worker k's link: tow<k> (10.77.k.1) in the coordinator's namespace, toc
   // (10.77.k.2) in the worker's.
-  ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", coordinator_ns, "link", "set", "lo", "up"}));
   for (int k = 1; k <= 2; ++k) {
     const std::string ns = worker_ns[k - 1], dev = absl::StrCat("tow", k);
     ASSERT_NO_FATAL_FAILURE(
@@ -274,7 +231,6 @@ TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInPr
     ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", ns, "addr", "add", absl::StrCat("10.77.", k, ".2/30"), "dev", "toc"}));
     ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", coordinator_ns, "link", "set", dev, "up"}));
     ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", ns, "link", "set", "toc", "up"}));
-    ASSERT_NO_FATAL_FAILURE(MustRun({ip_, "-n", ns, "link", "set", "lo", "up"}));
     // Random loss both ways on the worker's end of its link (no netem here).
     const std::string rules = absl::StrCat(dir_, "/loss_w", k, ".nft");
     std::ofstream(rules) << "table inet reptile_loss {\n"

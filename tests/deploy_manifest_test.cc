@@ -1,0 +1,493 @@
+// deploy/ checked offline, with no Docker engine and no cluster:
+// - every kustomization under deploy/k8s renders with `kubectl kustomize`, and
+//   every rendered object validates strictly (unknown fields refused) against
+//   the Kubernetes API schemas, the MPIJob against the MPI Operator's CRD;
+// - the validator refuses misspelled fields, naming them;
+// - the rendered objects fit together (names, ports, labels, images, users,
+//   probes, resources) and with deploy/docker/Dockerfile;
+// - the Dockerfile builds with the project's own scripts, runs as a non-root
+//   user, and its runtime stage installs every package whose shared libraries
+//   build/reptile loads.
+// tests/deploy_pods_test.cc runs the rendered pods' commands as processes.
+#include <set>
+
+#include "absl/strings/str_replace.h"
+#include "tests/deploy_support.h"
+
+namespace reptile::testing {
+namespace {
+
+constexpr char kRegistryImage[] = "registry.example.com/reptile:1.0";
+
+// What each kustomization renders, by kind.
+struct Expected {
+  std::string kustomization;
+  std::string image;
+  std::map<std::string, int> kinds;
+};
+
+const std::vector<Expected>& Kustomizations() {
+  static const auto* all = new std::vector<Expected>{
+      {"base", "reptile", {{"ConfigMap", 1}, {"PersistentVolumeClaim", 2}, {"Deployment", 2}, {"Service", 1}}},
+      {"overlays/cluster", kRegistryImage,
+       {{"ConfigMap", 1}, {"PersistentVolumeClaim", 2}, {"Deployment", 2}, {"Service", 1}}},
+      {"overlays/local", "reptile:local",
+       {{"ConfigMap", 1}, {"PersistentVolumeClaim", 1}, {"Deployment", 2}, {"Service", 1}}},
+      {"overlays/mpi", kRegistryImage, {{"ConfigMap", 1}, {"PersistentVolumeClaim", 2}, {"MPIJob", 1}}},
+  };
+  return *all;
+}
+
+// Every pod template of the rendered objects with where it is: Deployments'
+// and the MPIJob's replicas'.
+std::vector<std::pair<std::string, const Value*>> PodTemplates(const std::vector<Value>& objects) {
+  std::vector<std::pair<std::string, const Value*>> templates;
+  for (const Value& object : objects) {
+    const std::string name = GetString(object, "kind") + "/" + GetString(object, "metadata.name");
+    if (const Value* t = Get(object, "spec.template")) templates.push_back({name, t});
+    if (const Value* replicas = Get(object, "spec.mpiReplicaSpecs"))
+      for (const auto& [role, replica] : replicas->struct_value().fields())
+        if (const Value* t = Get(replica, "template")) templates.push_back({name + " " + role, t});
+  }
+  return templates;
+}
+
+// The numeric uid:gid of the runtime stage's USER instruction, or "".
+std::string ImageUser() {
+  const std::vector<DockerStage> stages = ProjectDockerfile();
+  std::string user;
+  if (stages.empty()) return user;
+  for (const std::string& instruction : stages.back().instructions)
+    if (absl::StartsWith(instruction, "USER ")) user = instruction.substr(5);
+  return user;
+}
+
+class DeployManifestTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = TempDir("work"); }
+
+  // Every kustomization rendered and all of them validated in one run of the
+  // validator (its schemas load once); a test failure if any step fails. The
+  // objects stay in the fixture, so pointers into them stay valid.
+  std::map<std::string, std::vector<Value>>& RenderAll() {
+    if (!rendered_.empty()) return rendered_;
+    std::vector<std::string> files;
+    for (const Expected& expected : Kustomizations()) {
+      files.push_back(dir_ + "/" + absl::StrReplaceAll(expected.kustomization, {{"/", "_"}}) + ".yaml");
+      const absl::Status status = Render(expected.kustomization, files.back());
+      EXPECT_TRUE(status.ok()) << status;
+      if (!status.ok()) return rendered_;
+    }
+    Validation validation = Validate(files, dir_);
+    EXPECT_EQ(validation.exit_code, 0) << validation.output;
+    EXPECT_TRUE(absl::StrContains(validation.output, "objects valid")) << validation.output;
+    for (size_t i = 0; i < files.size(); ++i)
+      rendered_[Kustomizations()[i].kustomization] = std::move(validation.by_file[files[i]]);
+    return rendered_;
+  }
+
+  const std::vector<Value>& Objects(const std::string& kustomization) { return RenderAll()[kustomization]; }
+
+  std::string dir_;
+  std::map<std::string, std::vector<Value>> rendered_;
+};
+
+TEST_F(DeployManifestTest, EveryKustomizationRendersAndValidatesStrictly) {
+  for (const Expected& expected : Kustomizations()) {
+    SCOPED_TRACE(expected.kustomization);
+    const std::vector<Value>& objects = Objects(expected.kustomization);
+    std::map<std::string, int> kinds;
+    for (const Value& object : objects) ++kinds[GetString(object, "kind")];
+    EXPECT_EQ(kinds, expected.kinds);
+    // Every container of every pod runs the overlay's image.
+    for (const auto& [where, pod] : PodTemplates(objects))
+      for (const Value* container : GetList(*pod, "spec.containers"))
+        EXPECT_EQ(GetString(*container, "image"), expected.image) << where;
+  }
+}
+
+TEST_F(DeployManifestTest, ValidatorRefusesMisspelledFieldsNamingThem) {
+  // file -> a line the validator must print for it.
+  std::vector<std::pair<std::string, std::string>> broken = {
+      {SourcePath("tests/k8s/broken/deployment-misspelled.yaml"),
+       "Deployment/misspelled: /spec/template/spec/containers/0/resources: unknown field \"limit\""},
+      {SourcePath("tests/k8s/broken/mpijob-misspelled.yaml"),
+       "MPIJob/misspelled: /spec: unknown field \"slotPerWorker\""},
+      {SourcePath("tests/k8s/broken/mpijob-template-misspelled.yaml"),
+       "MPIJob/misspelled: /spec/mpiReplicaSpecs/Worker/template/spec/containers/0: unknown field \"volumeMount\""},
+  };
+  // The project's own rendered manifests with one field misspelled, in the
+  // coordinator's pod spec and in the MPIJob.
+  for (const auto& [kustomization, field, misspelled, where] :
+       std::vector<std::tuple<std::string, std::string, std::string, std::string>>{
+           {"base", "terminationGracePeriodSeconds:", "terminationGracePeriodSecond:",
+            "Deployment/reptile-coordinator: /spec/template/spec"},
+           {"overlays/mpi", "runLauncherAsWorker:", "runLauncherAsWorkers:", "MPIJob/reptile: /spec"}}) {
+    const std::string file = dir_ + "/mangled_" + absl::StrReplaceAll(kustomization, {{"/", "_"}}) + ".yaml";
+    ASSERT_TRUE(Render(kustomization, file).ok());
+    std::string rendered = ReadWholeFile(file);
+    const size_t at = rendered.find(field);  // the first: the coordinator's
+    ASSERT_NE(at, std::string::npos) << kustomization;
+    std::ofstream(file) << rendered.replace(at, field.size(), misspelled);
+    broken.push_back(
+        {file, absl::StrCat(where, ": unknown field \"", absl::StripSuffix(misspelled, ":"), "\"")});
+  }
+  // A wrong type is refused too.
+  std::ofstream(dir_ + "/typed.yaml") << "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n"
+                                      << "    - port: seventy\n";
+  broken.push_back({dir_ + "/typed.yaml", "Service/s: /spec/ports/0/port: must be integer"});
+
+  std::vector<std::string> files;
+  for (const auto& [file, message] : broken) files.push_back(file);
+  const Validation validation = Validate(files, dir_);
+  EXPECT_EQ(validation.exit_code, 1) << validation.output;
+  for (const auto& [file, message] : broken)
+    EXPECT_TRUE(absl::StrContains(validation.output, file + ": " + message)) << validation.output;
+  // Nothing else is wrong in them.
+  EXPECT_EQ(std::count(validation.output.begin(), validation.output.end(), '\n'), broken.size())
+      << validation.output;
+}
+
+TEST_F(DeployManifestTest, CoordinatorWorkersAndServiceFitTogether) {
+  for (const std::string kustomization : {"base", "overlays/cluster", "overlays/local"}) {
+    SCOPED_TRACE(kustomization);
+    const std::vector<Value>& objects = Objects(kustomization);
+    const Value* coordinator = FindObject(objects, "Deployment", "reptile-coordinator");
+    const Value* workers = FindObject(objects, "Deployment", "reptile-worker");
+    const Value* service = FindObject(objects, "Service", "reptile-coordinator");
+    ASSERT_NE(coordinator, nullptr);
+    ASSERT_NE(workers, nullptr);
+    ASSERT_NE(service, nullptr);
+
+    // One coordinator, never two at once, with time to checkpoint on SIGTERM.
+    EXPECT_EQ(GetNumber(*coordinator, "spec.replicas"), 1);
+    EXPECT_EQ(GetString(*coordinator, "spec.strategy.type"), "Recreate");
+    EXPECT_GE(GetNumber(*coordinator, "spec.template.spec.terminationGracePeriodSeconds"), 60);
+    EXPECT_GE(GetNumber(*workers, "spec.replicas"), 1);
+
+    // The Service selects the coordinator's pods and forwards to its gRPC port.
+    const Value& pod = *Get(*coordinator, "spec.template");
+    for (const auto& [key, value] : Get(*service, "spec.selector")->struct_value().fields())
+      EXPECT_EQ(FieldString(Get(pod, "metadata.labels"), key), value.string_value()) << key;
+    const Value& container = *GetList(pod, "spec.containers").at(0);
+    const Value& container_port = *GetList(container, "ports").at(0);
+    const Value& service_port = *GetList(*service, "spec.ports").at(0);
+    EXPECT_EQ(GetString(service_port, "targetPort"), GetString(container_port, "name"));
+    const int port = static_cast<int>(GetNumber(container_port, "containerPort"));
+    EXPECT_TRUE(absl::c_linear_search(GetStrings(container, "args"), absl::StrCat("--listen=0.0.0.0:", port)));
+
+    // Workers find the coordinator by the Service's DNS name and port, and
+    // check its certificate against that name.
+    const Value& worker = *GetList(*workers, "spec.template.spec.containers").at(0);
+    const std::vector<std::string> worker_args = GetStrings(worker, "args");
+    const std::string service_name = GetString(*service, "metadata.name");
+    EXPECT_TRUE(absl::c_linear_search(
+        worker_args, absl::StrCat("--coordinator=", service_name, ":", GetNumber(service_port, "port"))));
+    EXPECT_TRUE(absl::c_linear_search(worker_args, "--tls_server_name=" + service_name));
+
+    // Health: readiness and liveness ask the gRPC health service on the
+    // coordinator's own port, over TLS, with the server name of the
+    // certificate deploy/k8s/credentials.sh makes.
+    for (const std::string probe : {"readinessProbe", "livenessProbe"}) {
+      const std::vector<std::string> command = GetStrings(container, probe + ".exec.command");
+      ASSERT_FALSE(command.empty()) << probe;
+      EXPECT_EQ(command.front(), "/usr/local/bin/reptile-health");
+      EXPECT_EQ(command.back(), absl::StrCat("127.0.0.1:", port));
+      EXPECT_TRUE(absl::c_linear_search(command, "--tls_server_name=" + service_name));
+    }
+    EXPECT_TRUE(absl::StrContains(ReadWholeFile(SourcePath("deploy/k8s/credentials.sh")),
+                                  "subjectAltName=DNS:" + service_name));
+
+    // Volumes name objects that exist: rendered ConfigMaps and claims, and
+    // the Secret of credentials.sh's four files.
+    for (const auto& [where, template_] : PodTemplates(objects)) {
+      for (const Value* volume : GetList(*template_, "spec.volumes")) {
+        if (const Value* map = Get(*volume, "configMap"))
+          EXPECT_NE(FindObject(objects, "ConfigMap", GetString(*map, "name")), nullptr) << where;
+        if (const Value* claim = Get(*volume, "persistentVolumeClaim"))
+          EXPECT_NE(FindObject(objects, "PersistentVolumeClaim", GetString(*claim, "claimName")), nullptr) << where;
+        if (const Value* secret = Get(*volume, "secret")) {
+          EXPECT_EQ(GetString(*secret, "secretName"), "reptile-credentials") << where;
+          for (const Value* item : GetList(*secret, "items"))
+            EXPECT_TRUE(std::set<std::string>({"ca.crt", "tls.crt", "tls.key", "token"})
+                            .count(GetString(*item, "key"))) << where;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(DeployManifestTest, PodsRunTheImageAsItsUnprivilegedUserWithResources) {
+  const std::string user = ImageUser();
+  ASSERT_FALSE(user.empty()) << "deploy/docker/Dockerfile: no USER in the runtime stage";
+  const std::vector<std::string> ids = absl::StrSplit(user, ':');
+  ASSERT_EQ(ids.size(), 2u) << "USER should be numeric uid:gid, got " << user;
+  EXPECT_NE(ids[0], "0");
+  const std::map<std::string, std::string> image_files = ImageFilesOnThisMachine();
+  for (const Expected& expected : Kustomizations()) {
+    for (const auto& [where, pod] : PodTemplates(Objects(expected.kustomization))) {
+      SCOPED_TRACE(expected.kustomization + " " + where);
+      EXPECT_TRUE(GetBool(*pod, "spec.securityContext.runAsNonRoot"));
+      EXPECT_EQ(absl::StrCat(GetNumber(*pod, "spec.securityContext.runAsUser")), ids[0]);
+      EXPECT_EQ(absl::StrCat(GetNumber(*pod, "spec.securityContext.runAsGroup")), ids[1]);
+      // fsGroup makes mounted claims and Secret files readable and writable.
+      EXPECT_EQ(absl::StrCat(GetNumber(*pod, "spec.securityContext.fsGroup")), ids[1]);
+      for (const Value* container : GetList(*pod, "spec.containers")) {
+        for (const std::string bound : {"requests", "limits"})
+          for (const std::string resource : {"cpu", "memory"})
+            EXPECT_NE(Get(*container, "resources." + bound + "." + resource), nullptr) << bound << " " << resource;
+        // The program a container runs is in the image: installed by a COPY
+        // or by a package of the runtime stage (checked in
+        // DockerfileRuntimeStageHoldsWhatTheBinaryLoads).
+        const std::string program = GetStrings(*container, "command").at(0);
+        EXPECT_TRUE(image_files.count(program) || program == "/usr/bin/mpirun" || program == "/usr/sbin/sshd")
+            << program;
+      }
+    }
+  }
+}
+
+TEST_F(DeployManifestTest, MpiJobRunsReptileMpiUnderMpirun) {
+  const std::vector<Value>& objects = Objects("overlays/mpi");
+  const Value* job = FindObject(objects, "MPIJob", "reptile");
+  ASSERT_NE(job, nullptr);
+  EXPECT_EQ(GetString(*job, "apiVersion"), "kubeflow.org/v2beta1");
+  // Rank 0 runs in the launcher, which mounts the run directory.
+  EXPECT_TRUE(GetBool(*job, "spec.runLauncherAsWorker"));
+  EXPECT_EQ(GetString(*job, "spec.mpiImplementation"), "OpenMPI");
+  EXPECT_EQ(GetString(*job, "spec.sshAuthMountPath"), "/home/reptile/.ssh");
+  EXPECT_TRUE(absl::StrContains(ReadWholeFile(SourcePath("deploy/docker/Dockerfile")), "--home-dir /home/reptile"));
+
+  const Value& launcher = *GetList(*job, "spec.mpiReplicaSpecs.Launcher.template.spec.containers").at(0);
+  std::vector<std::string> command = GetStrings(launcher, "command");
+  const std::vector<std::string> args = GetStrings(launcher, "args");
+  command.insert(command.end(), args.begin(), args.end());
+  const std::string line = absl::StrJoin(command, " ");
+  EXPECT_TRUE(absl::StartsWith(line, "/usr/bin/mpirun ")) << line;
+  EXPECT_TRUE(absl::StrContains(line, " /usr/local/bin/reptile mpi --config=/etc/reptile/config/experiment.textproto "
+                                      "--run_dir=/var/lib/reptile/run"))
+      << line;
+  // Workers serve sshd as the image's user, with the image's sshd_config.
+  const Value& worker = *GetList(*job, "spec.mpiReplicaSpecs.Worker.template.spec.containers").at(0);
+  EXPECT_EQ(GetStrings(worker, "command"), std::vector<std::string>{"/usr/sbin/sshd"});
+  const std::vector<std::string> sshd_args = GetStrings(worker, "args");
+  ASSERT_EQ(sshd_args.size(), 3u);
+  EXPECT_EQ(sshd_args[2], "/etc/reptile/sshd_config");
+  EXPECT_EQ(ImageFilesOnThisMachine().count("/etc/reptile/sshd_config"), 1u);
+  const std::string sshd_config = ReadWholeFile(SourcePath("deploy/docker/sshd_config"));
+  EXPECT_TRUE(absl::StrContains(sshd_config, "HostKey /home/reptile/.ssh/")) << sshd_config;
+  EXPECT_TRUE(absl::StrContains(ReadWholeFile(SourcePath("deploy/docker/ssh_config")), "Port 2222"));
+  EXPECT_TRUE(absl::StrContains(sshd_config, "Port 2222"));
+  // The launcher's config volume follows the generated ConfigMap's name.
+  for (const Value* volume : GetList(*job, "spec.mpiReplicaSpecs.Launcher.template.spec.volumes"))
+    if (const Value* map = Get(*volume, "configMap"))
+      EXPECT_EQ(GetString(*map, "name"), GetString(*FindKind(objects, "ConfigMap").at(0), "metadata.name"));
+}
+
+// The experiment configs in the ConfigMaps are the repository's configs with
+// the data folder at the dataset volume's mount point, so they stay in step.
+TEST_F(DeployManifestTest, ConfigMapsHoldTheRepositoryConfigsPointedAtTheDatasetVolume) {
+  for (const auto& [kustomization, config] : std::vector<std::pair<std::string, std::string>>{
+           {"base", "omniglot_5w1s"}, {"overlays/local", "demo"}, {"overlays/mpi", "omniglot_5w1s"}}) {
+    const std::vector<Value>& objects = Objects(kustomization);
+    const std::vector<const Value*> maps = FindKind(objects, "ConfigMap");
+    ASSERT_EQ(maps.size(), 1u);
+    const std::string deployed = FieldString(Get(*maps[0], "data"), "experiment.textproto");
+    const std::string original = ReadWholeFile(SourcePath("configs/" + config + ".textproto"));
+    const std::string expected =
+        absl::StrReplaceAll(original, {{"data_dir: \"../shared/data/omniglot\"  # the official zips; see README \"Data\"",
+                                        "data_dir: \"/data/omniglot\"  # the dataset volume (README \"Run on Kubernetes\")"}});
+    ASSERT_NE(expected, original) << "configs/" << config << ".textproto: its data_dir line changed";
+    EXPECT_EQ(deployed, expected) << kustomization << " vs configs/" << config << ".textproto";
+    // Every pod that reads the config mounts the dataset where it points.
+    for (const auto& [where, pod] : PodTemplates(objects)) {
+      bool mounts_dataset = false;
+      for (const Value* container : GetList(*pod, "spec.containers"))
+        for (const Value* mount : GetList(*container, "volumeMounts"))
+          mounts_dataset |= GetString(*mount, "mountPath") == "/data/omniglot";
+      EXPECT_TRUE(mounts_dataset) << kustomization << " " << where;
+    }
+  }
+}
+
+TEST_F(DeployManifestTest, DockerfileBuildsWithTheProjectScriptsAndRunsUnprivileged) {
+  const std::vector<DockerStage> stages = ProjectDockerfile();
+  ASSERT_EQ(stages.size(), 2u);
+  EXPECT_EQ(stages[0].image, "debian:bookworm");
+  EXPECT_EQ(stages[0].name, "build");
+  EXPECT_EQ(stages[1].image, "debian:bookworm");
+  const std::string build = absl::StrJoin(stages[0].instructions, "\n");
+  EXPECT_TRUE(absl::StrContains(build, "bash scripts/install_deps.sh")) << build;
+  EXPECT_TRUE(absl::StrContains(build, "bash scripts/build.sh")) << build;
+  // scripts/build.sh builds into build/, where the runtime stage takes the
+  // binary from.
+  EXPECT_TRUE(absl::StrContains(ReadWholeFile(SourcePath("scripts/build.sh")), "-B build"));
+  EXPECT_TRUE(absl::StrContains(build, "WORKDIR /src")) << build;
+  // The build stage skips the tools only the tests use.
+  EXPECT_TRUE(absl::StrContains(build, "REPTILE_DEPS=build"));
+  EXPECT_TRUE(absl::StrContains(ReadWholeFile(SourcePath("scripts/install_deps.sh")), "REPTILE_DEPS"));
+
+  // Every file copied from the build context exists; from the build stage,
+  // only the binary.
+  for (const DockerStage& stage : stages) {
+    for (const DockerCopy& copy : DockerCopies(stage)) {
+      for (const std::string& source : copy.sources) {
+        if (copy.from.empty()) {
+          EXPECT_TRUE(source == "." || std::filesystem::exists(SourcePath(source))) << source;
+        } else {
+          EXPECT_EQ(copy.from, "build");
+          EXPECT_EQ(source, "/src/build/reptile");
+        }
+      }
+    }
+  }
+  const std::map<std::string, std::string> files = ImageFilesOnThisMachine();
+  for (const std::string installed : {"/usr/local/bin/reptile", "/usr/local/bin/reptile-health",
+                                      "/etc/reptile/sshd_config", "/etc/ssh/ssh_config.d/reptile.conf"}) {
+    ASSERT_EQ(files.count(installed), 1u) << installed;
+    EXPECT_TRUE(std::filesystem::exists(files.at(installed))) << files.at(installed);
+  }
+  EXPECT_TRUE(access(SourcePath("deploy/docker/reptile-health").c_str(), X_OK) == 0);
+
+  // No dataset, run or build tree goes into the image: the build context
+  // leaves them out, and nothing copies them.
+  const std::string ignore = ReadWholeFile(SourcePath("deploy/docker/Dockerfile.dockerignore"));
+  for (const std::string excluded : {"build", "runs", ".git"})
+    EXPECT_TRUE(absl::StrContains(ignore, "\n" + excluded + "\n")) << excluded;
+  const std::string dockerfile = ReadWholeFile(SourcePath("deploy/docker/Dockerfile"));
+  EXPECT_FALSE(absl::StrContains(dockerfile, "shared/data"));
+  EXPECT_FALSE(absl::StrContains(dockerfile, ".zip"));
+  EXPECT_FALSE(absl::StrContains(dockerfile, "VOLUME"));
+  EXPECT_TRUE(absl::StrContains(dockerfile, "mount them")) << "the Dockerfile should say datasets are mounted";
+}
+
+// Debian packages installed on this machine: name -> its dependencies
+// (every alternative) and what it provides, for the closure below.
+struct InstalledPackages {
+  std::map<std::string, std::vector<std::string>> depends;
+  std::map<std::string, std::vector<std::string>> providers;  // virtual name -> packages
+  std::set<std::string> base;  // Essential or Priority required: in debian:bookworm
+};
+
+std::string PackageName(absl::string_view dependency) {
+  dependency = absl::StripAsciiWhitespace(dependency);
+  dependency = dependency.substr(0, dependency.find_first_of(" (:"));
+  return std::string(dependency);
+}
+
+InstalledPackages ReadInstalledPackages(const std::string& log_prefix) {
+  InstalledPackages installed;
+  const CommandResult query = RunCommand(
+      {"/usr/bin/dpkg-query", "-W",
+       "-f=${db:Status-Abbrev}\t${Package}\t${Pre-Depends}, ${Depends}\t${Provides}\t${Essential}\t${Priority}\n"},
+      log_prefix);
+  EXPECT_EQ(query.exit_code, 0) << query.err;
+  for (absl::string_view line : absl::StrSplit(query.out, '\n', absl::SkipEmpty())) {
+    const std::vector<std::string> fields = absl::StrSplit(line, '\t');
+    if (fields.size() != 6 || !absl::StartsWith(fields[0], "ii")) continue;
+    std::vector<std::string>& depends = installed.depends[fields[1]];
+    for (absl::string_view alternative : absl::StrSplit(fields[2], absl::ByAnyChar(",|"), absl::SkipWhitespace()))
+      depends.push_back(PackageName(alternative));
+    for (absl::string_view provided : absl::StrSplit(fields[3], ',', absl::SkipWhitespace()))
+      installed.providers[PackageName(provided)].push_back(fields[1]);
+    if (fields[4] == "yes" || fields[5] == "required") installed.base.insert(fields[1]);
+  }
+  return installed;
+}
+
+// `roots` and everything installed that they depend on, through every
+// alternative and every provider of a virtual package.
+std::set<std::string> Closure(const InstalledPackages& installed, const std::vector<std::string>& roots) {
+  std::set<std::string> seen;
+  std::vector<std::string> todo = roots;
+  while (!todo.empty()) {
+    const std::string name = todo.back();
+    todo.pop_back();
+    if (!seen.insert(name).second) continue;
+    if (const auto it = installed.depends.find(name); it != installed.depends.end())
+      todo.insert(todo.end(), it->second.begin(), it->second.end());
+    if (const auto it = installed.providers.find(name); it != installed.providers.end())
+      todo.insert(todo.end(), it->second.begin(), it->second.end());
+  }
+  return seen;
+}
+
+// The packages of scripts/install_deps.sh's PACKAGES=( ... ) list.
+std::vector<std::string> SetupScriptPackages() {
+  const std::string script = ReadWholeFile(SourcePath("scripts/install_deps.sh"));
+  const size_t begin = script.find("PACKAGES=(");
+  const size_t end = script.find(')', begin);
+  std::vector<std::string> packages;
+  if (begin == std::string::npos || end == std::string::npos) return packages;
+  for (absl::string_view line : absl::StrSplit(script.substr(begin + 10, end - begin - 10), '\n'))
+    for (absl::string_view word : absl::StrSplit(line.substr(0, line.find('#')), ' ', absl::SkipWhitespace()))
+      packages.emplace_back(word);
+  return packages;
+}
+
+TEST_F(DeployManifestTest, DockerfileRuntimeStageHoldsWhatTheBinaryLoads) {
+  const std::vector<DockerStage> stages = ProjectDockerfile();
+  ASSERT_EQ(stages.size(), 2u);
+  const std::vector<std::string> runtime = AptPackages(stages[1]);
+  ASSERT_FALSE(runtime.empty());
+  // Every package named exists in Debian bookworm.
+  std::vector<std::string> show = {"/usr/bin/apt-cache", "show", "--no-all-versions"};
+  show.insert(show.end(), runtime.begin(), runtime.end());
+  const CommandResult shown = RunCommand(show, dir_ + "/apt_cache_show");
+  for (const std::string& package : runtime)
+    EXPECT_TRUE(absl::StrContains(shown.out, "Package: " + package + "\n"))
+        << package << " is not a Debian package here (apt-cache show): " << shown.err;
+  // The image's commands come from its packages.
+  const std::vector<std::string> tools = {"openmpi-bin", "openssh-server", "openssh-client", "curl",
+                                          "ca-certificates"};
+  for (const std::string& package : tools) EXPECT_TRUE(absl::c_linear_search(runtime, package)) << package;
+
+  // Each shared library build/reptile loads belongs to a package that the
+  // runtime stage installs, directly or as a dependency, or that every
+  // debian:bookworm image has (Essential or Priority required).
+  const InstalledPackages installed = ReadInstalledPackages(dir_ + "/dpkg_query");
+  std::vector<std::string> roots = runtime;
+  roots.insert(roots.end(), installed.base.begin(), installed.base.end());
+  const std::set<std::string> image = Closure(installed, roots);
+  // Every other package is a library the setup script's packages bring, so
+  // the image runs the versions the binary was built against.
+  const std::set<std::string> built_with = Closure(installed, SetupScriptPackages());
+  for (const std::string& package : runtime)
+    if (!absl::c_linear_search(tools, package))
+      EXPECT_TRUE(built_with.count(package)) << package << " is not among scripts/install_deps.sh's packages or theirs";
+
+  const CommandResult ldd = RunCommand({"/usr/bin/ldd", REPTILE_BINARY}, dir_ + "/ldd");
+  ASSERT_EQ(ldd.exit_code, 0) << ldd.err;
+  EXPECT_FALSE(absl::StrContains(ldd.out, "not found")) << ldd.out;
+  std::vector<std::string> libraries;
+  for (absl::string_view line : absl::StrSplit(ldd.out, '\n', absl::SkipEmpty())) {
+    const size_t arrow = line.find("=> /");
+    if (arrow == std::string::npos) continue;
+    const std::string library(line.substr(arrow + 3, line.find(" (", arrow) - arrow - 3));
+    libraries.push_back(std::filesystem::canonical(library).string());
+  }
+  // dpkg -S answers "package[:arch]: path" per file it knows. With /lib a
+  // link to /usr/lib (merged /usr), dpkg may know a file by either name.
+  std::vector<std::string> search = {"/usr/bin/dpkg", "-S"};
+  for (const std::string& library : libraries) {
+    search.push_back(library);
+    if (absl::StartsWith(library, "/usr/lib/")) search.push_back(library.substr(4));
+  }
+  const CommandResult owners = RunCommand(search, dir_ + "/dpkg_s");
+  std::map<std::string, std::string> owner;
+  for (absl::string_view line : absl::StrSplit(owners.out, '\n', absl::SkipEmpty())) {
+    const size_t colon = line.find(": ");
+    if (colon == std::string::npos) continue;
+    std::string path(line.substr(colon + 2));
+    if (absl::StartsWith(path, "/lib/")) path = "/usr" + path;
+    owner[path] = PackageName(line.substr(0, colon));
+  }
+  for (const std::string& library : libraries) {
+    ASSERT_EQ(owner.count(library), 1u) << library << " belongs to no package: " << owners.err;
+    EXPECT_TRUE(image.count(owner[library])) << library << " (" << owner[library] << ") is not in the runtime image";
+  }
+  EXPECT_GT(libraries.size(), 20u);
+}
+
+}  // namespace
+}  // namespace reptile::testing

@@ -174,6 +174,9 @@ absl::Status MpiCommand(const CliOptions& options) {
     ASSIGN_OR_RETURN(std::unique_ptr<MpiTransport> transport, MpiTransport::Create(setup->config, setup->tasks));
     return TrainOn(options, *setup, transport.get()).status();
   }
+  // mpirun passes SIGTERM to every rank. A worker rank finishes its share of
+  // the batch, so that rank 0 can complete the round, checkpoint and end the job.
+  SetStopHandler([] {});
   absl::StatusOr<ExperimentConfig> config = ShareConfigOverMpi(std::nullopt);
   if (absl::IsCancelled(config.status())) return absl::OkStatus();  // rank 0 says why
   absl::StatusOr<std::shared_ptr<const TaskSource>> tasks =

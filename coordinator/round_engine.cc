@@ -217,6 +217,11 @@ absl::Status RoundEngine::Run(int64_t until_round) {
     }
   }
   RETURN_IF_ERROR(SaveCheckpoint());
+  if (first >= rounds) {  // finished before, final evaluation included
+    if (options_.log)
+      options_.log(absl::StrFormat("the run finished at round %d; nothing to do (`reptile eval` evaluates it)", first));
+    return absl::OkStatus();
+  }
   if (state_.round < rounds || config_.eval().final_episodes() == 0) return absl::OkStatus();
   absl::StatusOr<EvaluationSummary> evaluated = Evaluate(config_.eval().final_episodes());
   if (absl::IsCancelled(evaluated.status()) && stop_.load()) return absl::OkStatus();

@@ -52,7 +52,8 @@ class RoundEngine {
 
   // Trains until outer.rounds are done, `until_round` is reached (if >= 0) or
   // RequestStop() is called, checkpointing when it stops. After the last
-  // round it runs the final evaluation (eval.final_episodes).
+  // round it runs the final evaluation (eval.final_episodes); a run already
+  // finished when Run() is called returns at once.
   absl::Status Run(int64_t until_round = -1);
 
   // Asks Run() to stop soon: the round in progress is abandoned (a resumed

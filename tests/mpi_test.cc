@@ -136,6 +136,31 @@ TEST(MpiTest, AKilledRankEndsTheJobAndTheRelaunchResumes) {
   EXPECT_EQ(ParameterSha(relaunched->out()), ThreadsReference(overrides, logs + "/reference"));
 }
 
+// mpirun passes SIGTERM to every rank: the workers finish their share of the
+// batch, rank 0 completes the round, checkpoints and ends the job, and the
+// relaunch goes on from there to the in-process result.
+TEST(MpiTest, SigtermToMpirunCheckpointsAndTheRelaunchResumes) {
+  const std::string logs = TempDir("logs");
+  const std::string run = TempDir("run");
+  std::vector<std::string> overrides = Overrides(60);
+  overrides.push_back("runtime.checkpoint_every_rounds=1000");  // only the stop checkpoints
+  auto mpi = StartMpi(3, run, overrides, logs + "/first");
+  for (int i = 0; i < 3000 && absl::StrContains(ReadWholeFile(run + "/metrics.jsonl"), "\"round\":5,") == false; ++i) {
+    ASSERT_TRUE(mpi->running()) << mpi->err();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(mpi->pid(), SIGTERM);
+  EXPECT_NE(mpi->ExitCode(60), -1) << "the job did not end after SIGTERM";
+  auto stopped = ReadCheckpoint(run + "/checkpoint.bin");
+  ASSERT_TRUE(stopped.ok()) << stopped.status() << mpi->err();
+  EXPECT_GE(stopped->round, 5);
+  EXPECT_LT(stopped->round, 60);
+  auto relaunched = StartMpi(3, run, overrides, logs + "/second");
+  ASSERT_EQ(relaunched->ExitCode(300), 0) << relaunched->err();
+  EXPECT_TRUE(absl::StrContains(relaunched->err(), absl::StrCat("at round ", stopped->round))) << relaunched->err();
+  EXPECT_EQ(ParameterSha(relaunched->out()), ThreadsReference(overrides, logs + "/reference"));
+}
+
 TEST(MpiTest, AnMpiCheckpointResumesUnderGrpcAndBack) {
   const std::string logs = TempDir("logs");
   const std::string run = TempDir("run");

@@ -88,6 +88,13 @@ TEST(CliTest, TrainInspectEvalAndResume) {
   ASSERT_EQ(second.exit_code, 0) << second.output;
   EXPECT_THAT(second.output, HasSubstr("resuming"));
   EXPECT_EQ(Sha(second.output), sha);
+
+  // A finished run has nothing left to do: no second final evaluation.
+  Result again = RunReptile(absl::StrCat("train --run_dir ", dir));
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("the run finished at round 60; nothing to do"));
+  EXPECT_THAT(again.output, Not(HasSubstr("final evaluation")));
+  EXPECT_EQ(Sha(again.output), sha);
 }
 
 TEST(CliTest, BadInputIsOneClearLineAndNonZeroExit) {

@@ -4,10 +4,10 @@
 
 #include <chrono>
 #include <cmath>
-#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
@@ -35,7 +35,17 @@ struct ResultHeader {
   int64_t error_bytes = 0;  // > 0: the learner failed; the message follows
 };
 
-int Rank();
+int Rank() {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+
+int Size() {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  return size;
+}
 
 // Waits for `request` without spinning: Open MPI busy-polls inside blocking
 // calls, which on a machine with as many ranks as cores takes the core a
@@ -74,18 +84,6 @@ void Receive(void* data, int count, MPI_Datatype type, int source, int tag) {
 // (Adam's m and v). A rank sends its items' results in item order and rank 0
 // receives them in that order; MPI keeps messages between two ranks with the
 // same tag in order, so the tag need not name the item.
-
-int Rank() {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  return rank;
-}
-
-int Size() {
-  int size = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return size;
-}
 
 // Ranks that compute tasks, in the order items are dealt to them.
 std::vector<int> WorkingRanks(bool rank0_works) {

@@ -73,8 +73,8 @@ absl::StatusOr<RunSetup> SetUpRun(const CliOptions& options) {
 }
 
 // Trains (or resumes) the run on `transport` until it is done, stopped by
-// SIGINT/SIGTERM (checkpoint, then OK) or --stop_at_round. True if every
-// round is done.
+// SIGINT/SIGTERM (checkpoint, then OK) or --stop_at_round. True if the run
+// is complete, final evaluation included.
 absl::StatusOr<bool> TrainOn(const CliOptions& options, const RunSetup& setup, Transport* transport) {
   RoundEngine::Options engine_options;
   engine_options.run_dir = setup.dir.get();
@@ -91,7 +91,7 @@ absl::StatusOr<bool> TrainOn(const CliOptions& options, const RunSetup& setup, T
   RETURN_IF_ERROR(status);
   std::cout << absl::StrFormat("round %d  parameters sha256 %s  checkpoint %s\n", engine->round(),
                                engine->Fingerprint(), setup.dir->checkpoint_path());
-  return engine->round() >= setup.config.outer().rounds();
+  return engine->training_state().finished;
 }
 
 std::string RandomToken() {
@@ -243,17 +243,13 @@ absl::Status AdaptCommand(const CliOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat(options.support_dir, " has ", support.num_classes(),
                                                    " label folders; this model tells apart up to ",
                                                    task_config.ways()));
-  // Omniglot was trained on ink = 1 over a 0 background; user drawings, like
-  // the Omniglot files, are dark on light, so they are inverted the same way.
-  const bool invert = task_config.family() == OMNIGLOT;
-  auto fix = [invert](torch::Tensor x) { return invert ? 1.0 - x : x; };
   TaskExamples task;
   std::vector<torch::Tensor> xs, ys;
   for (int c = 0; c < support.num_classes(); ++c) {
     for (int i = 0; i < support.num_examples(c); ++i) {
       torch::Tensor x = torch::empty({channels, size, size});
       support.CopyExample(c, i, 0, x.data_ptr<float>());
-      xs.push_back(fix(x));
+      xs.push_back(x);
       ys.push_back(torch::tensor(int64_t{c}));
     }
   }
@@ -271,7 +267,7 @@ absl::Status AdaptCommand(const CliOptions& options) {
     torch::Tensor x = torch::from_blob(resized.pixels.data(), {channels, size, size}, torch::kUInt8)
                           .to(torch::kFloat32)
                           .div_(255.0);
-    queries.push_back(fix(x));
+    queries.push_back(x);
   }
   task.query_x = torch::stack(queries);
   ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, /*tasks=*/nullptr));

@@ -91,7 +91,7 @@ absl::Status Aggregator::Apply(double step_size, int inner_iterations, MetaState
     };
     state->adam_m = to_tensor(SlotMean(&TaskResult::adam_m));
     state->adam_v = to_tensor(SlotMean(&TaskResult::adam_v));
-    state->adam_step += inner_iterations;
+    state->adam_step += static_cast<int64_t>(inner_iterations) * static_cast<int64_t>(slots_.size());
   }
   return absl::OkStatus();
 }

@@ -29,7 +29,9 @@ class Aggregator {
 
   // theta += step_size * mean(delta); in CARRY mode the moments become the
   // mean of the workers' final moments and the step count advances by
-  // `inner_iterations`. FailedPrecondition unless complete().
+  // `inner_iterations` per task, as the reference code's one Adam does when
+  // it runs a meta-batch's tasks one after another. FailedPrecondition
+  // unless complete().
   absl::Status Apply(double step_size, int inner_iterations, MetaState* state) const;
 
  private:

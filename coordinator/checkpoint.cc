@@ -51,6 +51,7 @@ absl::Status WriteCheckpoint(const std::string& path, const TrainingState& state
   message.set_format_version(kFormatVersion);
   *message.mutable_config() = state.config;
   message.set_round(state.round);
+  message.set_finished(state.finished);
   for (const ParameterShape& shape : state.layout) *message.add_layout() = shape;
   ToFlat(state.meta.parameters, message.mutable_parameters());
   if (state.meta.adam_m.defined()) {
@@ -107,6 +108,7 @@ absl::StatusOr<TrainingState> ReadCheckpoint(const std::string& path) {
   TrainingState state;
   state.config = message.config();
   state.round = message.round();
+  state.finished = message.finished();
   state.layout.assign(message.layout().begin(), message.layout().end());
   ASSIGN_OR_RETURN(state.meta.parameters, FromFlat(message.parameters(), "parameters", path));
   if (message.has_adam_m()) {

@@ -16,7 +16,8 @@ namespace reptile {
 
 struct TrainingState {
   ExperimentConfig config;
-  int64_t round = 0;  // rounds completed
+  int64_t round = 0;      // rounds completed
+  bool finished = false;  // the final evaluation is done and recorded
   std::vector<ParameterShape> layout;
   MetaState meta;
 };

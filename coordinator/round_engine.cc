@@ -71,6 +71,7 @@ absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const Experimen
                                                         "directory or the same config. Differences: ",
                                                         differences));
     engine->state_.config = config;
+    RETURN_IF_ERROR(dir->TrimMetrics(engine->state_.round, engine->state_.finished));
     return engine;
   }
   ASSIGN_OR_RETURN(std::shared_ptr<MetaModel> model, MakeModel(config, config.seed()));
@@ -127,16 +128,24 @@ absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
   const double epsilon = StepSize(round);
   RETURN_IF_ERROR(aggregator.Apply(epsilon, config_.inner().iterations(), &state_.meta));
   state_.round = round + 1;
-  RoundStats stats{loss, predictions > 0 ? double(correct) / predictions : -1};
-  const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  RoundStats stats;
+  stats.loss = loss;
+  stats.accuracy = predictions > 0 ? double(correct) / predictions : -1;
+  stats.step_size = epsilon;
+  stats.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  return stats;
+}
+
+absl::Status RoundEngine::RecordRounds(const MetricsWindow& window) {
+  const double n = static_cast<double>(window.rounds);
   const TransportStats transport = transport_->Stats();
   std::string json = absl::StrFormat(
-      R"({"kind":"round","round":%d,"loss":%.6g,"step_size":%.6g,"seconds":%.6g,"rounds_per_second":%.6g,"workers":%d,"tasks_in_flight":%d,"tasks_redone":%d,"bytes_in":%d,"bytes_out":%d)",
-      state_.round, loss, epsilon, seconds, 1.0 / std::max(seconds, 1e-9), transport.workers_alive, transport.tasks_in_flight,
-      transport.tasks_redone, transport.bytes_in, transport.bytes_out);
-  if (stats.accuracy >= 0) absl::StrAppendFormat(&json, R"(,"accuracy":%.6g)", stats.accuracy);
-  RETURN_IF_ERROR(Record(json + "}"));
-  return stats;
+      R"({"kind":"round","round":%d,"rounds":%d,"loss":%.6g,"step_size":%.6g,"seconds":%.6g,"rounds_per_second":%.6g,"workers":%d,"tasks_in_flight":%d,"tasks_redone":%d,"bytes_in":%d,"bytes_out":%d)",
+      state_.round, window.rounds, window.loss / n, window.step_size, window.seconds / n,
+      n / std::max(window.seconds, 1e-9), transport.workers_alive, transport.tasks_in_flight, transport.tasks_redone,
+      transport.bytes_in, transport.bytes_out);
+  if (window.accuracy_rounds > 0) absl::StrAppendFormat(&json, R"(,"accuracy":%.6g)", window.accuracy / window.accuracy_rounds);
+  return Record(json + "}");
 }
 
 absl::StatusOr<EvaluationSummary> RoundEngine::Evaluate(int episodes) {
@@ -167,6 +176,7 @@ absl::Status RoundEngine::Run(int64_t until_round) {
   // Exponential moving averages of the training loss and accuracy, for the progress line.
   double loss_average = -1, accuracy_average = -1;
   auto smooth = [](double average, double value) { return average < 0 ? value : 0.95 * average + 0.05 * value; };
+  MetricsWindow window;
   while (state_.round < last && !stop_.load()) {
     absl::StatusOr<RoundStats> round_stats = RunRound();
     if (!round_stats.ok()) {
@@ -176,6 +186,12 @@ absl::Status RoundEngine::Run(int64_t until_round) {
       return round_stats.status();
     }
     const RoundStats& stats = *round_stats;
+    window.Add(stats);
+    const int64_t metrics_every = std::max(1, config_.runtime().metrics_every_rounds());
+    if (state_.round % metrics_every == 0 || state_.round == last) {
+      RETURN_IF_ERROR(RecordRounds(window));
+      window = MetricsWindow();
+    }
     loss_average = smooth(loss_average, stats.loss);
     if (stats.accuracy >= 0) accuracy_average = smooth(accuracy_average, stats.accuracy);
     const int64_t r = state_.round;
@@ -216,22 +232,29 @@ absl::Status RoundEngine::Run(int64_t until_round) {
       last_log = now;
     }
   }
+  if (window.rounds > 0) RETURN_IF_ERROR(RecordRounds(window));
   RETURN_IF_ERROR(SaveCheckpoint());
-  if (first >= rounds) {  // finished before, final evaluation included
+  if (state_.finished) {  // finished before, final evaluation included
     if (options_.log)
       options_.log(absl::StrFormat("the run finished at round %d; nothing to do (`reptile eval` evaluates it)", first));
     return absl::OkStatus();
   }
-  if (state_.round < rounds || config_.eval().final_episodes() == 0) return absl::OkStatus();
-  absl::StatusOr<EvaluationSummary> evaluated = Evaluate(config_.eval().final_episodes());
-  if (absl::IsCancelled(evaluated.status()) && stop_.load()) return absl::OkStatus();
-  RETURN_IF_ERROR(evaluated.status());
-  const EvaluationSummary& final_eval = *evaluated;
-  if (options_.log) options_.log(absl::StrCat("final evaluation: ", FormatEvaluation(final_eval, classification)));
-  return Record(absl::StrFormat(
-      R"({"kind":"final_eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"accuracy_inductive_ci95":%.6g,"loss":%.6g,"loss_ci95":%.6g})",
-      state_.round, final_eval.episodes, final_eval.accuracy, final_eval.accuracy_ci95, final_eval.accuracy_inductive,
-      final_eval.accuracy_inductive_ci95, final_eval.loss, final_eval.loss_ci95));
+  if (state_.round < rounds || stop_.load()) return absl::OkStatus();
+  // The checkpoint says "finished" only once the final evaluation is
+  // recorded: a run stopped during it evaluates again when resumed.
+  if (config_.eval().final_episodes() > 0) {
+    absl::StatusOr<EvaluationSummary> evaluated = Evaluate(config_.eval().final_episodes());
+    if (absl::IsCancelled(evaluated.status()) && stop_.load()) return absl::OkStatus();
+    RETURN_IF_ERROR(evaluated.status());
+    const EvaluationSummary& final_eval = *evaluated;
+    if (options_.log) options_.log(absl::StrCat("final evaluation: ", FormatEvaluation(final_eval, classification)));
+    RETURN_IF_ERROR(Record(absl::StrFormat(
+        R"({"kind":"final_eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"accuracy_inductive_ci95":%.6g,"loss":%.6g,"loss_ci95":%.6g})",
+        state_.round, final_eval.episodes, final_eval.accuracy, final_eval.accuracy_ci95,
+        final_eval.accuracy_inductive, final_eval.accuracy_inductive_ci95, final_eval.loss, final_eval.loss_ci95)));
+  }
+  state_.finished = true;
+  return SaveCheckpoint();
 }
 
 }  // namespace reptile

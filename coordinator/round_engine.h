@@ -78,10 +78,29 @@ class RoundEngine {
  private:
   RoundEngine(const ExperimentConfig& config, const TaskSource& tasks, Transport* transport, Options options);
   struct RoundStats {
-    double loss;      // mean inner-loop loss over the meta-batch
-    double accuracy;  // inner minibatch accuracy; -1 for regression
+    double loss = 0;       // mean inner-loop loss over the meta-batch
+    double accuracy = -1;  // inner minibatch accuracy; -1 for regression
+    double step_size = 0;  // the outer step applied
+    double seconds = 0;    // wall time of the round
+  };
+  // Sums over the rounds that one metrics line reports.
+  struct MetricsWindow {
+    int64_t rounds = 0, accuracy_rounds = 0;
+    double loss = 0, accuracy = 0, seconds = 0, step_size = 0;
+    void Add(const RoundStats& s) {
+      ++rounds;
+      loss += s.loss;
+      seconds += s.seconds;
+      step_size = s.step_size;
+      if (s.accuracy >= 0) {
+        accuracy += s.accuracy;
+        ++accuracy_rounds;
+      }
+    }
   };
   absl::StatusOr<RoundStats> RunRound();
+  // One "round" line: the window's means, at the current round.
+  absl::Status RecordRounds(const MetricsWindow& window);
   absl::Status Record(const std::string& json);
 
   ExperimentConfig config_;

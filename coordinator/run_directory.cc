@@ -1,6 +1,8 @@
 #include "coordinator/run_directory.h"
 
+#include <cstdlib>
 #include <filesystem>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
@@ -23,6 +25,46 @@ absl::Status RunDirectory::WriteConfig(const ExperimentConfig& config) {
   std::ofstream out(path_ + "/config.textproto", std::ios::trunc);
   out << ConfigToText(config);
   if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path_, "/config.textproto"));
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The "round" field of one metrics line, or -1 if it has none.
+int64_t RoundOf(const std::string& line) {
+  constexpr char kField[] = "\"round\":";
+  const size_t at = line.find(kField);
+  if (at == std::string::npos) return -1;
+  return std::strtoll(line.c_str() + at + sizeof(kField) - 1, nullptr, 10);
+}
+
+}  // namespace
+
+absl::Status RunDirectory::TrimMetrics(int64_t round, bool finished) {
+  const std::string path = path_ + "/metrics.jsonl";
+  metrics_.close();
+  std::ifstream in(path);
+  std::stringstream kept;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (in.eof()) break;  // no newline: torn by a crash
+    const int64_t line_round = RoundOf(line);
+    const bool final_eval = line.find("\"kind\":\"final_eval\"") != std::string::npos;
+    if (line_round < 0 || line_round > round || (final_eval && !finished)) continue;
+    kept << line << '\n';
+  }
+  in.close();
+  const std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp, std::ios::trunc);
+    out << kept.str();
+    if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", temp));
+  }
+  std::error_code error;
+  std::filesystem::rename(temp, path, error);
+  if (error) return absl::PermissionDeniedError(absl::StrCat("cannot replace ", path, ": ", error.message()));
+  metrics_.open(path, std::ios::app);
+  if (!metrics_) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
   return absl::OkStatus();
 }
 

@@ -24,6 +24,10 @@ class RunDirectory {
 
   absl::Status WriteConfig(const ExperimentConfig& config);
   absl::Status AppendMetrics(const std::string& json_object);
+  // Drops what metrics.jsonl recorded after the checkpoint it resumes from:
+  // lines of rounds past `round`, a torn last line, and a final evaluation
+  // unless `finished`. A resumed run then writes each round's line once.
+  absl::Status TrimMetrics(int64_t round, bool finished);
 
  private:
   explicit RunDirectory(std::string path) : path_(std::move(path)) {}

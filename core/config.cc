@@ -131,6 +131,7 @@ absl::Status ValidateRuntime(const RuntimeConfig& r) {
   RETURN_IF_ERROR(RequirePositive("runtime.workers", r.workers()));
   if (r.checkpoint_every_rounds() < 0) return FieldError("runtime.checkpoint_every_rounds", "must be >= 0");
   if (r.log_every_seconds() < 0) return FieldError("runtime.log_every_seconds", "must be >= 0");
+  if (r.metrics_every_rounds() < 0) return FieldError("runtime.metrics_every_rounds", "must be >= 0");
   if (r.heartbeat_seconds() < 0) return FieldError("runtime.heartbeat_seconds", "must be >= 0 (0: 1 s)");
   if (r.worker_timeout_seconds() < 0)
     return FieldError("runtime.worker_timeout_seconds", "must be >= 0 (0: 6 s)");

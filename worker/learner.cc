@@ -130,8 +130,9 @@ Learner::InnerRun Learner::Adapt(const MetaState& state, const TaskExamples& tas
       adam_step_ = 0;
     }
   }
+  // A batch larger than the support set wraps into the next shuffled pass
+  // and so repeats examples, as the reference code's minibatches do.
   const int64_t n = task.support_x.size(0);
-  batch_size = static_cast<int>(std::min<int64_t>(batch_size, n));
   Rng rng(Rng::Derive(order_seed, kMinibatchOrderStream));
   std::vector<int64_t> order(n);
   for (int64_t i = 0; i < n; ++i) order[i] = i;

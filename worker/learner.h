@@ -83,7 +83,7 @@ class Learner {
   };
   // Loads `state`, then takes `iterations` optimizer steps on minibatches of
   // `batch_size` support examples drawn without replacement, reshuffling when
-  // the support set is used up. Leaves the adapted parameters in the model;
+  // the support set is used up (also within a batch). Leaves the adapted parameters in the model;
   // `before_last` (if non-null) receives the parameters before the last step.
   InnerRun Adapt(const MetaState& state, const TaskExamples& task, uint64_t order_seed, int iterations,
                  int batch_size, torch::Tensor* before_last);

@@ -13,7 +13,8 @@ namespace reptile {
 // Omniglot from the official zips `dir`/images_background.zip and
 // `dir`/images_evaluation.zip: 1623 classes ordered by the global character id
 // (IIII in IIII_SS.png), 20 drawers each ordered by SS, resized to
-// image_size x image_size by area averaging, ink = 1.0, background = 0.0.
+// image_size x image_size by area averaging, ink = 0.0, background = 1.0
+// (as in the files and the reference code).
 // Class names are "<Alphabet>/characterNN".
 absl::StatusOr<ImageDataset> LoadOmniglot(const std::string& dir, int image_size);
 

@@ -1,5 +1,6 @@
 // Omniglot from the official zips (Lake et al. 2015). Each zip is read in one
-// pass; every PNG is decoded, area-resized and inverted so that ink is bright.
+// pass; every PNG is decoded and area-resized, dark ink on a light page as in
+// the files and in the reference implementation.
 #include <zip.h>
 
 #include <map>
@@ -76,7 +77,6 @@ absl::Status ReadEntries(zip_t* archive, const std::string& path, int image_size
     absl::StatusOr<DecodedImage> image = DecodePng(bytes.data(), bytes.size(), 1, absl::StrCat(path, ":", entry));
     if (!image.ok()) return absl::DataLossError(image.status().message());
     DecodedImage small = ResizeArea(*image, image_size, image_size);
-    for (uint8_t& p : small.pixels) p = 255 - p;  // ink bright, background 0
     Character& character = (*characters)[id];
     character.name = name;
     character.drawers.resize(kDrawers);

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Trains the paper's Omniglot configs, one after another, into models/<name>/,
+# the way a run of many hours has to go on a shared 2-core machine: niced, on
+# worker threads, resumed bitwise from the run directory's checkpoint when
+# started again, and committed to git every COMMIT_MINUTES so that the run
+# survives the machine. SIGTERM stops it after checkpointing (and commits).
+#
+#   scripts/paper_runs.sh omniglot_5w1s omniglot_5w5s
+#
+# REPTILE names the binary (default build/reptile); point it at a copy so that
+# rebuilding the tree does not change the binary under a running job.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+reptile=${REPTILE:-build/reptile}
+commit_minutes=${COMMIT_MINUTES:-15}
+
+# Commits models/<name> alone (other staged work is left as it is); retries
+# while another git command holds the index.
+commit_run() {
+  local name=$1 dir=models/$1 round
+  round=$(grep -o '"round":[0-9]*' "$dir/metrics.jsonl" 2> /dev/null | tail -1 | cut -d: -f2)
+  for _ in 1 2 3 4 5 6; do
+    git add "$dir" 2> /dev/null &&
+      { git diff --cached --quiet -- "$dir" || git commit -q -m "models/$name: round ${round:-0}" -- "$dir"; } &&
+      return 0
+    sleep 5
+  done
+  echo "paper_runs: could not commit $dir" >&2
+}
+
+trainer=
+trap 'if [ -n "$trainer" ]; then kill -TERM "$trainer"; fi' TERM INT
+for name in "$@"; do
+  dir=models/$name
+  mkdir -p "$dir"
+  nice -n 19 "$reptile" train --config "configs/$name.textproto" --run_dir "$dir" \
+    runtime.local_workers=THREADS >> "$dir/train.log" 2>&1 &
+  trainer=$!
+  while kill -0 "$trainer" 2> /dev/null; do
+    for _ in $(seq $((commit_minutes * 6))); do
+      kill -0 "$trainer" 2> /dev/null || break
+      sleep 10
+    done
+    commit_run "$name"
+  done
+  wait "$trainer"
+  status=$?
+  trainer=
+  commit_run "$name"
+  grep -q '"kind":"final_eval"' "$dir/metrics.jsonl" 2> /dev/null || exit "$status"
+done

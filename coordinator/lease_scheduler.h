@@ -1,0 +1,180 @@
+// Who runs which work item of a batch, and what happens to workers that fail,
+// stall or hoard: the remote runtimes' lease, straggler and eviction policy,
+// apart from any network code. It has no clock and no threads of its own:
+// every call that depends on time takes `now`, so tests drive it with a fake
+// clock. Not thread-safe; the transport serializes calls under its lock.
+//
+// The policy (README "Security and limits" says it to users):
+//  - A worker holds at most one lease until it has returned an accepted
+//    result, then at most `max_leases` (prefetch), with one upload per lease.
+//  - A refused result (bad sizes, NaN/Inf, truncated stream, a learner error
+//    the worker reports) is a failed attempt. A task refused by
+//    `max_task_attempts` different workers is at fault and fails the batch,
+//    naming the task, the workers and their reasons. A worker refused
+//    `evict_after_refusals` times in a row is at fault and is evicted, and
+//    its refusals no longer count against the tasks.
+//  - A lease running longer than `copy_patience` (relative to the typical
+//    time of its kind of work) is also handed to an idle worker, preferring
+//    workers that have returned results; the first result counts.
+//  - A worker that has owed a result for longer than `hoard_patience` (from
+//    the lease it took while owing none until it returns an accepted one,
+//    across batches) is evicted: a hoarder, or hung; so is one whose last
+//    `evict_after_refusals` results all came after their task was done
+//    elsewhere (too slow to help, or gaming the copies). One silent for
+//    `worker_timeout` is dropped and may join again. Evicted workers' later
+//    calls are refused.
+#ifndef REPTILE_COORDINATOR_LEASE_SCHEDULER_H_
+#define REPTILE_COORDINATOR_LEASE_SCHEDULER_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace reptile {
+
+struct LeasePolicy {
+  absl::Duration worker_timeout = absl::Seconds(6);  // silent this long: dropped
+  absl::Duration task_timeout = absl::Seconds(600);  // no lease lives longer
+  int max_task_attempts = 2;     // distinct workers refused on one task before it fails the batch
+  int evict_after_refusals = 3;  // refusals in a row that evict a worker
+  int max_leases = 2;            // per worker that has returned a result
+  // Straggler copy after max(min_copy_patience, copy_factor * typical time).
+  absl::Duration min_copy_patience = absl::Seconds(1);
+  double copy_factor = 4;
+  // Eviction after max(min_hoard_patience, hoard_factor * typical time),
+  // once the typical time of that kind of work is known.
+  absl::Duration min_hoard_patience = absl::Seconds(3);
+  double hoard_factor = 10;
+};
+
+// Counters for the progress line and metrics; they only grow.
+struct SchedulerCounters {
+  int64_t tasks_redone = 0;     // leases lost, refused, timed out or copied
+  int64_t results_refused = 0;  // refused results, all reasons
+  int64_t workers_evicted = 0;
+};
+
+class LeaseScheduler {
+ public:
+  explicit LeaseScheduler(LeasePolicy policy) : policy_(policy) {}
+
+  // Worker membership. `id` is chosen by the caller and must be new.
+  void AddWorker(uint64_t id, const std::string& name, absl::Time now);
+  // Marks the worker alive. NotFound if unknown (never joined, dropped, or
+  // of another coordinator: join again); PermissionDenied if evicted.
+  absl::Status Touch(uint64_t id, absl::Time now);
+  // The worker left (or its connection is gone); its leases are redone.
+  void RemoveWorker(uint64_t id, const std::string& why);
+  int num_workers() const { return static_cast<int>(workers_.size()); }
+  bool has_worker(uint64_t id) const { return workers_.count(id) > 0; }
+
+  // A batch of `items` work items; kind_of(i) tells evaluation from training
+  // work, whose typical times differ. Ends any batch in progress.
+  void StartBatch(std::vector<int> kinds);
+  void EndBatch();
+  bool in_batch() const { return in_batch_; }
+  bool batch_done() const { return in_batch_ && remaining_ == 0; }
+  // Why the batch cannot complete (a task at fault), or empty.
+  const std::string& failure() const { return failure_; }
+
+  struct Grant {
+    uint64_t lease = 0;
+    size_t item = 0;
+  };
+  // The next item for `worker`: a pending one, or a straggler's copy; none
+  // if it holds its share of leases or there is nothing to do.
+  std::optional<Grant> Lease(uint64_t worker, absl::Time now);
+  // True while the batch has items nobody holds (workers asking should wait
+  // only when false).
+  bool has_pending() const { return in_batch_ && !pending_.empty(); }
+
+  // The item of `lease` if `worker` may upload its result now; marks the
+  // upload open. NotFound: unknown lease; PermissionDenied: another
+  // worker's; AlreadyExists: the item is done (a duplicate);
+  // ResourceExhausted: an upload for this lease is already open.
+  absl::StatusOr<size_t> BeginUpload(uint64_t worker, uint64_t lease);
+  // Closes the upload of `lease`. `refusal` empty: the result was accepted
+  // (true if it was the first for its item). Otherwise why it was refused;
+  // the attempt counts against the task and the worker. `lost` closes an
+  // upload cut off in transit, which counts against neither.
+  bool Accept(uint64_t lease, absl::Time now);
+  void Refuse(uint64_t lease, const std::string& refusal);
+  // `worker` delivered a result for `lease` after its task was done.
+  void Duplicate(uint64_t worker, uint64_t lease);
+  void Lost(uint64_t lease);
+
+  // Timeouts: drops silent workers, redoes expired leases, copies
+  // stragglers' work on demand (in Lease), evicts hoarders.
+  void Tick(absl::Time now);
+
+  const SchedulerCounters& counters() const { return counters_; }
+  int active_leases() const { return active_leases_; }
+  // Log lines of what happened since the last call (joins, losses,
+  // refusals, evictions), for the caller to write outside its lock.
+  std::vector<std::string> TakeEvents();
+
+ private:
+  struct WorkerRecord {
+    std::string name;
+    absl::Time last_seen;
+    int64_t accepted = 0;            // results accepted, ever
+    int refusals_in_a_row = 0;
+    int late_in_a_row = 0;           // results that came after their task was done
+    std::vector<std::string> recent_refusals;  // reasons, for the eviction line
+    int leases = 0;                  // active leases held
+    // Since when it has owed a result: set by a lease taken while owing
+    // none, moved on by each accepted result, cleared when it holds none.
+    std::optional<absl::Time> owes_since;
+  };
+  struct LeaseRecord {
+    size_t item = 0;
+    uint64_t worker = 0;
+    absl::Time granted;
+    bool active = true;     // false once redone elsewhere or closed
+    bool uploading = false;
+  };
+  struct ItemRecord {
+    int kind = 0;
+    bool done = false;
+    bool copied = false;                 // a straggler copy was handed out
+    std::map<uint64_t, std::string> refused_by;  // worker -> reason
+  };
+
+  void Event(std::string line) { events_.push_back(std::move(line)); }
+  void Deactivate(LeaseRecord& lease);
+  // Ends an active lease early and queues its item again unless done.
+  void Redo(uint64_t lease_id, const std::string& why);
+  void Evict(uint64_t worker, const std::string& why);
+  absl::Duration Typical(int kind) const;
+  bool TypicalKnown(int kind) const;
+  // How long `worker` may owe a result before it is evicted; none while the
+  // typical time of the work it holds is unknown.
+  std::optional<absl::Duration> HoardPatience(uint64_t worker) const;
+  std::optional<size_t> StragglerFor(uint64_t worker, absl::Time now);
+
+  LeasePolicy policy_;
+  std::map<uint64_t, WorkerRecord> workers_;
+  std::set<uint64_t> evicted_;
+  std::map<uint64_t, LeaseRecord> leases_;
+  uint64_t next_lease_ = 1;
+  int active_leases_ = 0;
+  bool in_batch_ = false;
+  std::vector<ItemRecord> items_;
+  std::deque<size_t> pending_;
+  size_t remaining_ = 0;
+  std::string failure_;
+  std::map<int, absl::Duration> typical_;  // moving average per kind, lease to result
+  SchedulerCounters counters_;
+  std::vector<std::string> events_;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_COORDINATOR_LEASE_SCHEDULER_H_

@@ -143,6 +143,7 @@ absl::Status CoordinatorCommand(const CliOptions& options) {
   transport_options.listen_address = options.listen;
   transport_options.tls = security.tls;
   transport_options.token = security.token;
+  transport_options.insecure = options.insecure_listen;
   transport_options.log = Log;
   ASSIGN_OR_RETURN(std::unique_ptr<GrpcTransport> transport,
                    GrpcTransport::Create(setup.config, transport_options));

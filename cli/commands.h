@@ -22,7 +22,8 @@ struct CliOptions {
   std::string support_dir;
   std::string query_dir;
   // gRPC runtime.
-  std::string listen = "0.0.0.0:7070";  // coordinator
+  std::string listen = "127.0.0.1:7070";  // coordinator
+  bool insecure_listen = false;           // coordinator: no TLS or token off loopback
   std::string port_file;                // coordinator: write the port here once listening
   std::string coordinator;              // worker: host:port
   std::string data_dir;                 // worker: this node's dataset location

@@ -27,7 +27,11 @@ ABSL_FLAG(int, episodes, 0, "eval: episodes (default: eval.final_episodes)");
 ABSL_FLAG(int64_t, stop_at_round, -1, "train: checkpoint and stop once this round is done");
 ABSL_FLAG(std::string, support_dir, "", "adapt: folder with one subfolder of PNG images per label");
 ABSL_FLAG(std::string, query_dir, "", "adapt: folder of PNG images to label");
-ABSL_FLAG(std::string, listen, "0.0.0.0:7070", "coordinator: address to serve workers on (port 0: any free port)");
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
+          "coordinator: address to serve workers on (port 0: any free port); any address but loopback needs "
+          "--tls_cert, --tls_key and --token_file, or --insecure_listen");
+ABSL_FLAG(bool, insecure_listen, false,
+          "coordinator: serve a non-loopback --listen address without TLS and a token (warned at every start)");
 ABSL_FLAG(std::string, port_file, "", "coordinator: write the port it listens on to this file");
 ABSL_FLAG(std::string, coordinator, "", "worker: the coordinator's HOST:PORT");
 ABSL_FLAG(std::string, data_dir, "", "worker: where the dataset is on this node (overrides task.data_dir)");
@@ -74,6 +78,7 @@ int main(int argc, char** argv) {
   options.support_dir = absl::GetFlag(FLAGS_support_dir);
   options.query_dir = absl::GetFlag(FLAGS_query_dir);
   options.listen = absl::GetFlag(FLAGS_listen);
+  options.insecure_listen = absl::GetFlag(FLAGS_insecure_listen);
   options.port_file = absl::GetFlag(FLAGS_port_file);
   options.coordinator = absl::GetFlag(FLAGS_coordinator);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);

@@ -181,16 +181,16 @@ absl::StatusOr<size_t> LeaseScheduler::BeginUpload(uint64_t worker, uint64_t lea
   return lease.item;
 }
 
-bool LeaseScheduler::Accept(uint64_t lease_id, absl::Time now) {
+std::optional<size_t> LeaseScheduler::Accept(uint64_t lease_id, absl::Time now) {
   auto it = leases_.find(lease_id);
-  if (it == leases_.end()) return false;
+  if (it == leases_.end()) return std::nullopt;
   LeaseRecord& lease = it->second;
   lease.uploading = false;
   const bool current = in_batch_ && lease.item < items_.size();
   auto worker = workers_.find(lease.worker);
   if (!current || items_[lease.item].done) {
     Deactivate(lease);
-    return false;
+    return std::nullopt;
   }
   if (worker != workers_.end()) {
     WorkerRecord& record = worker->second;
@@ -216,7 +216,7 @@ bool LeaseScheduler::Accept(uint64_t lease_id, absl::Time now) {
     WorkerRecord& record = worker->second;
     record.owes_since = record.leases > 0 ? std::optional<absl::Time>(now) : std::nullopt;
   }
-  return true;
+  return lease.item;
 }
 
 void LeaseScheduler::Refuse(uint64_t lease_id, const std::string& refusal) {

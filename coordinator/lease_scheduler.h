@@ -100,14 +100,15 @@ class LeaseScheduler {
   // worker's; AlreadyExists: the item is done (a duplicate);
   // ResourceExhausted: an upload for this lease is already open.
   absl::StatusOr<size_t> BeginUpload(uint64_t worker, uint64_t lease);
-  // Closes the upload of `lease`. `refusal` empty: the result was accepted
-  // (true if it was the first for its item). Otherwise why it was refused;
-  // the attempt counts against the task and the worker. `lost` closes an
-  // upload cut off in transit, which counts against neither.
-  bool Accept(uint64_t lease, absl::Time now);
+  // Closes the upload of `lease` with its result accepted. Returns the item
+  // if this is the first result for it (use it), none for a duplicate.
+  std::optional<size_t> Accept(uint64_t lease, absl::Time now);
+  // Closes the upload of `lease` with its result refused for `refusal`; the
+  // attempt counts against the task and the worker.
   void Refuse(uint64_t lease, const std::string& refusal);
   // `worker` delivered a result for `lease` after its task was done.
   void Duplicate(uint64_t worker, uint64_t lease);
+  // Closes an upload cut off in transit; it counts against nobody.
   void Lost(uint64_t lease);
 
   // Timeouts: drops silent workers, redoes expired leases, copies

@@ -132,6 +132,7 @@ absl::Status ValidateRuntime(const RuntimeConfig& r) {
   if (r.checkpoint_every_rounds() < 0) return FieldError("runtime.checkpoint_every_rounds", "must be >= 0");
   if (r.log_every_seconds() < 0) return FieldError("runtime.log_every_seconds", "must be >= 0");
   if (r.metrics_every_rounds() < 0) return FieldError("runtime.metrics_every_rounds", "must be >= 0");
+  if (r.max_workers() < 0) return FieldError("runtime.max_workers", "must be >= 0");
   if (r.heartbeat_seconds() < 0) return FieldError("runtime.heartbeat_seconds", "must be >= 0 (0: 1 s)");
   if (r.worker_timeout_seconds() < 0)
     return FieldError("runtime.worker_timeout_seconds", "must be >= 0 (0: 6 s)");
@@ -139,7 +140,7 @@ absl::Status ValidateRuntime(const RuntimeConfig& r) {
       r.worker_timeout_seconds() < 2 * r.heartbeat_seconds())
     return FieldError("runtime.worker_timeout_seconds", "must be at least twice runtime.heartbeat_seconds");
   if (r.task_timeout_seconds() < 0) return FieldError("runtime.task_timeout_seconds", "must be >= 0 (0: 600 s)");
-  if (r.max_task_attempts() < 0) return FieldError("runtime.max_task_attempts", "must be >= 0 (0: 4)");
+  if (r.max_task_attempts() < 0) return FieldError("runtime.max_task_attempts", "must be >= 0 (0: 2)");
   return absl::OkStatus();
 }
 

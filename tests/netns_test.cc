@@ -255,7 +255,7 @@ TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInPr
   std::ofstream(token_file) << "netns-test-" << getpid() << "\n";
   const std::string run_dir = dir_ + "/distributed", port_file = dir_ + "/port";
   std::vector<std::string> coordinator_argv = {ip_, "netns", "exec", coordinator_ns, REPTILE_BINARY, "coordinator",
-                                               "--run_dir", run_dir, "--listen", "0.0.0.0:0", "--port_file",
+                                               "--run_dir", run_dir, "--listen", "0.0.0.0:0", "--insecure_listen", "--port_file",
                                                port_file, "--token_file", token_file};
   coordinator_argv.insert(coordinator_argv.end(), training.begin(), training.end());
   coordinator_argv.insert(coordinator_argv.end(),

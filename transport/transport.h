@@ -18,6 +18,8 @@ struct TransportStats {
   int workers_alive = 0;
   int tasks_in_flight = 0;   // most tasks running at once in the last batch
   int64_t tasks_redone = 0;  // leases lost, refused or failed, and run again
+  int64_t results_refused = 0;
+  int64_t workers_evicted = 0;
   int64_t bytes_in = 0;      // received from workers, payload bytes
   int64_t bytes_out = 0;     // sent to workers
 };

@@ -1,6 +1,7 @@
 #include "transport/grpc/grpc_transport.h"
 
 #include <cmath>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <optional>
@@ -9,6 +10,7 @@
 
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -17,6 +19,7 @@
 #include "core/flat_parameters.h"
 #include "core/models/models.h"
 #include "core/status_macros.h"
+#include "coordinator/lease_scheduler.h"
 #include "transport/grpc/tensor_stream.h"
 
 namespace reptile {
@@ -24,6 +27,44 @@ namespace {
 
 constexpr absl::Duration kLongPoll = absl::Seconds(1);
 constexpr absl::Duration kReapEvery = absl::Milliseconds(100);
+// A chunk and its framing; nothing a worker sends needs more.
+constexpr size_t kMaxMessageBytes = kChunkBytes + (64 << 10);
+constexpr int kMaxStreamsPerConnection = 16;
+
+bool IsLoopbackHost(const std::string& host) {
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.") || host == "ip6-localhost";
+}
+
+// The host part of "host:port", "[v6]:port" or "ipv4:/ipv6:" URIs.
+std::string HostOf(std::string address) {
+  for (const char* scheme : {"ipv4:", "ipv6:", "dns:"})
+    if (absl::StartsWith(address, scheme)) address = address.substr(strlen(scheme));
+  if (!address.empty() && address[0] == '[') return address.substr(1, address.find(']') - 1);
+  const size_t colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+// Secure by default: only loopback may be served without TLS and a token,
+// unless the operator opts out by name (and is warned at every start).
+absl::Status CheckListenAddress(const GrpcTransport::Options& options) {
+  const std::string host = HostOf(options.listen_address);
+  if (IsLoopbackHost(host)) return absl::OkStatus();
+  const bool secured = options.tls.enabled() && !options.token.empty();
+  if (secured) return absl::OkStatus();
+  if (!options.insecure) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing to serve ", options.listen_address, " without ",
+        options.tls.enabled() ? "a token" : (options.token.empty() ? "TLS and a token" : "TLS"),
+        ": anyone who reaches it could read the run's config and feed it results. Give --tls_cert/--tls_key and "
+        "--token_file, listen on 127.0.0.1, or pass --insecure_listen on a network you trust"));
+  }
+  if (options.log)
+    options.log(absl::StrCat("WARNING: serving ", options.listen_address, " without ",
+                             options.tls.enabled() ? "" : "TLS", !options.tls.enabled() && options.token.empty() ? " and " : "",
+                             options.token.empty() ? "a token" : "",
+                             " (--insecure_listen): anyone who reaches this port can join the run"));
+  return absl::OkStatus();
+}
 
 grpc::Status Refusal(grpc::StatusCode code, const std::string& message) { return grpc::Status(code, message); }
 
@@ -40,108 +81,92 @@ struct Snapshot {
   std::string parameters, adam_m, adam_v;  // fp32
 };
 
-struct Lease {
-  size_t item = 0;
-  uint64_t worker = 0;
-  absl::Time granted, deadline;
-  bool active = true;  // false once redone elsewhere; a late result still counts
+// A stream the reaper cuts off when it falls behind: an upload or a state
+// fetch must move at least kMinStreamRate after kStreamGrace, and never
+// stall for kStreamIdle.
+struct OpenStream {
+  grpc::ServerContext* context = nullptr;
+  absl::Time deadline, last_progress;
+  bool cut_off = false;  // the reaper cancelled it
 };
 
-struct WorkerRecord {
-  std::string name, peer;
-  absl::Time last_seen;
-};
+constexpr absl::Duration kStreamGrace = absl::Seconds(10);
+constexpr absl::Duration kStreamIdle = absl::Seconds(5);
+constexpr double kMinStreamRate = 1 << 20;  // bytes per second
+
+absl::Time StreamDeadline(absl::Time now, size_t bytes) {
+  return now + kStreamGrace + absl::Seconds(static_cast<double>(bytes) / kMinStreamRate);
+}
+
+// What a peer may put in our log: printable ASCII, at most `limit` bytes.
+std::string Printable(const std::string& text, size_t limit) {
+  std::string out;
+  for (char c : text.substr(0, limit)) out.push_back(c >= 0x20 && c < 0x7f ? c : '?');
+  if (text.size() > limit) out += "...";
+  return out;
+}
 
 }  // namespace
 
 // Everything the RPC handlers, the reaper and Run() share, under one mutex.
+// Log lines are gathered under it and written after it is released.
 struct GrpcTransport::Board {
   std::string config_fingerprint, layout_fingerprint;
   ExperimentConfig config;
   std::string token;
   std::function<void(const std::string&)> log;
-  absl::Duration heartbeat, worker_timeout, task_timeout;
-  int max_attempts = 4;
+  absl::Duration heartbeat;
+  int max_workers = 256;
   uint64_t incarnation = 0;
 
   mutable absl::Mutex mu;
+  LeaseScheduler scheduler ABSL_GUARDED_BY(mu);
   std::mt19937_64 id_generator ABSL_GUARDED_BY(mu){std::random_device{}()};
-  uint64_t next_lease_id ABSL_GUARDED_BY(mu) = 1;
   uint64_t last_version ABSL_GUARDED_BY(mu) = 0;
-  std::map<uint64_t, WorkerRecord> workers ABSL_GUARDED_BY(mu);
   // The batch in progress; snapshot is null between batches.
   std::shared_ptr<const Snapshot> snapshot ABSL_GUARDED_BY(mu);
   const std::vector<WorkItem>* items ABSL_GUARDED_BY(mu) = nullptr;
   std::vector<std::optional<TaskResult>> results ABSL_GUARDED_BY(mu);
-  std::vector<int> failures ABSL_GUARDED_BY(mu);
-  std::vector<bool> backed_up ABSL_GUARDED_BY(mu);  // a second copy was handed out
-  absl::Duration typical_task ABSL_GUARDED_BY(mu);  // moving average, lease to result
-  std::deque<size_t> pending ABSL_GUARDED_BY(mu);
-  std::map<uint64_t, Lease> leases ABSL_GUARDED_BY(mu);
-  size_t remaining ABSL_GUARDED_BY(mu) = 0;
-  std::string failed ABSL_GUARDED_BY(mu);       // an item failed max_attempts times
+  std::map<uint64_t, OpenStream> streams ABSL_GUARDED_BY(mu);
+  uint64_t next_stream ABSL_GUARDED_BY(mu) = 1;
   std::string interrupted ABSL_GUARDED_BY(mu);  // why Interrupt() was called
-  int active_leases ABSL_GUARDED_BY(mu) = 0;
-  bool finished ABSL_GUARDED_BY(mu) = false;
-  bool shutting_down ABSL_GUARDED_BY(mu) = false;
+  bool finished ABSL_GUARDED_BY(mu) = false;       // the run is over: workers leave
+  bool shutting_down ABSL_GUARDED_BY(mu) = false;  // this process stops: workers wait for the next
   TransportStats stats ABSL_GUARDED_BY(mu);
 
-  void Log(const std::string& line) const {
-    if (log) log(line);
-  }
+  explicit Board(LeasePolicy policy) : scheduler(policy) {}
 
-  // Puts the lease's item back at the front of the queue unless it is done.
-  void Redo(uint64_t lease_id, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    auto it = leases.find(lease_id);
-    if (it == leases.end() || !it->second.active) return;
-    it->second.active = false;
-    --active_leases;
-    if (results[it->second.item].has_value()) return;
-    pending.push_front(it->second.item);
-    ++stats.tasks_redone;
-    Log(absl::StrCat("task ", it->second.item, " (lease ", lease_id, ") is redone: ", why));
-  }
-
-  void DropWorker(uint64_t worker_id, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    auto it = workers.find(worker_id);
-    if (it == workers.end()) return;
-    Log(absl::StrCat("worker ", worker_id, " (", it->second.name, ") ", why, "; ", workers.size() - 1, " left"));
-    workers.erase(it);
-    for (auto& [id, lease] : leases)
-      if (lease.worker == worker_id && lease.active) Redo(id, absl::StrCat("worker ", worker_id, " ", why));
-  }
-
-  // NOT_FOUND for an unknown worker (never joined, timed out, or joined a
-  // previous coordinator); otherwise marks it alive.
-  grpc::Status Touch(uint64_t worker_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    auto it = workers.find(worker_id);
-    if (it == workers.end())
-      return Refusal(grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown worker ", worker_id, "; join again"));
-    it->second.last_seen = absl::Now();
-    return grpc::Status::OK;
-  }
-
-  // A task whose worker is taking far longer than tasks usually take (a hung
-  // process, a stalled connection) is handed to an idle worker as well; the
-  // first result counts. Each task gets one such copy.
-  std::optional<size_t> Straggler(uint64_t idle_worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    const absl::Time now = absl::Now();
-    const absl::Duration patience = std::max(absl::Seconds(2), 5 * typical_task);
-    for (const auto& [id, lease] : leases) {
-      if (!lease.active || lease.worker == idle_worker || results[lease.item].has_value() ||
-          backed_up[lease.item] || now - lease.granted < patience)
-        continue;
-      backed_up[lease.item] = true;
-      ++stats.tasks_redone;
-      Log(absl::StrFormat("task %d (lease %d) has run %.1f s on worker %d; a second copy goes to worker %d",
-                          lease.item, id, absl::ToDoubleSeconds(now - lease.granted), lease.worker, idle_worker));
-      return lease.item;
+  // Writes the scheduler's news to the log; call without holding mu.
+  void FlushLog() ABSL_LOCKS_EXCLUDED(mu) {
+    std::vector<std::string> lines;
+    {
+      absl::MutexLock lock(&mu);
+      lines = scheduler.TakeEvents();
     }
-    return std::nullopt;
+    if (log)
+      for (const std::string& line : lines) log(line);
   }
 
-  bool HasPending() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    return finished || shutting_down || !pending.empty();
+  uint64_t OpenStreamFor(grpc::ServerContext* context, size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const absl::Time now = absl::Now();
+    const uint64_t id = next_stream++;
+    streams[id] = OpenStream{context, StreamDeadline(now, bytes), now};
+    return id;
+  }
+  void Progress(uint64_t stream) ABSL_LOCKS_EXCLUDED(mu) {
+    absl::MutexLock lock(&mu);
+    streams[stream].last_progress = absl::Now();
+  }
+  // True if the reaper cut the stream off.
+  bool CloseStream(uint64_t stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto it = streams.find(stream);
+    const bool cut_off = it != streams.end() && it->second.cut_off;
+    if (it != streams.end()) streams.erase(it);
+    return cut_off;
+  }
+
+  bool WorkOrNews() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return finished || shutting_down || scheduler.has_pending();
   }
 };
 
@@ -164,23 +189,33 @@ class GrpcTransport::Service final : public Coordinator::Service {
                                   kProtocolVersion, ": run the same reptile version on both"));
     if (request->config_fingerprint() != board_->config_fingerprint)
       return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
-                     absl::StrCat("worker's config fingerprint ", request->config_fingerprint().substr(0, 16),
+                     absl::StrCat("worker's config fingerprint ", Printable(request->config_fingerprint(), 16),
                                   " differs from the coordinator's ", board_->config_fingerprint.substr(0, 16),
                                   ": start the worker without --config to use the coordinator's"));
     if (request->layout_fingerprint() != board_->layout_fingerprint)
       return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
-                     absl::StrCat("worker's model layout fingerprint ", request->layout_fingerprint().substr(0, 16),
+                     absl::StrCat("worker's model layout fingerprint ", Printable(request->layout_fingerprint(), 16),
                                   " differs from the coordinator's ", board_->layout_fingerprint.substr(0, 16),
                                   ": run the same reptile version on both"));
-    absl::MutexLock lock(&board_->mu);
-    // Random ids: a worker of a previous coordinator must never pass for a
-    // worker of this one.
-    uint64_t id = 0;
-    while (id == 0 || board_->workers.count(id)) id = board_->id_generator();
-    board_->workers[id] = WorkerRecord{request->worker_name().substr(0, 200), context->peer(), absl::Now()};
-    board_->Log(absl::StrCat("worker ", id, " (", request->worker_name().substr(0, 200), " at ", context->peer(),
-                             ") joined; ", board_->workers.size(), " alive"));
-    reply->set_worker_id(id);
+    const std::string name = Printable(request->worker_name(), 64);
+    std::string line;
+    {
+      absl::MutexLock lock(&board_->mu);
+      LeaseScheduler& scheduler = board_->scheduler;
+      if (scheduler.num_workers() >= board_->max_workers)
+        return Refusal(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       absl::StrCat("the coordinator admits ", board_->max_workers,
+                                    " workers at once (runtime.max_workers); try again later"));
+      // Random ids: a worker of a previous coordinator must never pass for a
+      // worker of this one.
+      uint64_t id = 0;
+      while (id == 0 || scheduler.has_worker(id)) id = board_->id_generator();
+      scheduler.AddWorker(id, name, absl::Now());
+      line = absl::StrCat("worker ", id, " (", name, " at ", Printable(context->peer(), 64), ") joined; ",
+                          scheduler.num_workers(), " alive");
+      reply->set_worker_id(id);
+    }
+    if (board_->log) board_->log(line);
     reply->set_incarnation(board_->incarnation);
     reply->set_heartbeat_seconds(absl::ToDoubleSeconds(board_->heartbeat));
     return grpc::Status::OK;
@@ -189,66 +224,41 @@ class GrpcTransport::Service final : public Coordinator::Service {
   grpc::Status Heartbeat(grpc::ServerContext* context, const HeartbeatRequest* request, HeartbeatReply*) override {
     if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
     absl::MutexLock lock(&board_->mu);
-    return board_->Touch(request->worker_id());
+    return ToGrpc(board_->scheduler.Touch(request->worker_id(), absl::Now()));
   }
 
   grpc::Status Leave(grpc::ServerContext* context, const LeaveRequest* request, LeaveReply*) override {
     if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
-    absl::MutexLock lock(&board_->mu);
-    board_->DropWorker(request->worker_id(), "left");
+    {
+      absl::MutexLock lock(&board_->mu);
+      board_->scheduler.RemoveWorker(request->worker_id(), "left");
+    }
+    board_->FlushLog();
     return grpc::Status::OK;
   }
 
   grpc::Status GetWork(grpc::ServerContext* context, const WorkRequest* request, WorkReply* reply) override {
     if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
-    Board& b = *board_;
-    absl::MutexLock lock(&b.mu);
-    if (grpc::Status s = b.Touch(request->worker_id()); !s.ok()) return s;
-    b.mu.AwaitWithTimeout(absl::Condition(&b, &Board::HasPending), kLongPoll);
-    if (b.finished || b.shutting_down) {
-      reply->set_kind(WorkReply::FINISHED);
-      return grpc::Status::OK;
-    }
-    // Items done by a late result may still sit in the queue.
-    while (!b.pending.empty() && b.results[b.pending.front()].has_value()) b.pending.pop_front();
-    std::optional<size_t> next;
-    if (b.workers.count(request->worker_id()) && b.snapshot != nullptr) {
-      if (!b.pending.empty()) {
-        next = b.pending.front();
-        b.pending.pop_front();
-      } else {
-        next = b.Straggler(request->worker_id());
-      }
-    }
-    if (!next.has_value()) {
-      reply->set_kind(WorkReply::WAIT);
-      return grpc::Status::OK;
-    }
-    const size_t item = *next;
-    const uint64_t lease_id = b.next_lease_id++;
-    const absl::Time now = absl::Now();
-    b.leases[lease_id] = Lease{item, request->worker_id(), now, now + b.task_timeout, true};
-    b.stats.tasks_in_flight = std::max(b.stats.tasks_in_flight, ++b.active_leases);
-    const WorkItem& work = (*b.items)[item];
-    reply->set_kind(work.kind == WorkKind::kTrain ? WorkReply::TRAIN : WorkReply::EVALUATE);
-    reply->set_lease_id(lease_id);
-    reply->set_state_version(b.snapshot->version);
-    *reply->mutable_spec() = work.spec;
-    return grpc::Status::OK;
+    grpc::Status status = LeaseWork(request->worker_id(), reply);
+    board_->FlushLog();
+    return status;
   }
 
   grpc::Status FetchState(grpc::ServerContext* context, const FetchStateRequest* request,
                           grpc::ServerWriter<StateChunk>* writer) override {
     if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
     std::shared_ptr<const Snapshot> snapshot;
+    uint64_t stream = 0;
     {
       absl::MutexLock lock(&board_->mu);
-      if (grpc::Status s = board_->Touch(request->worker_id()); !s.ok()) return s;
+      if (absl::Status s = board_->scheduler.Touch(request->worker_id(), absl::Now()); !s.ok()) return ToGrpc(s);
       snapshot = board_->snapshot;
       if (snapshot == nullptr || snapshot->version != request->state_version())
         return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
                        absl::StrCat("state version ", request->state_version(), " is not current (",
                                     snapshot ? snapshot->version : 0, ")"));
+      const size_t bytes = snapshot->parameters.size() + snapshot->adam_m.size() + snapshot->adam_v.size();
+      stream = board_->OpenStreamFor(context, bytes);
     }
     StateChunk message;
     StateHeader* header = message.mutable_header();
@@ -256,23 +266,62 @@ class GrpcTransport::Service final : public Coordinator::Service {
     header->set_num_parameters(snapshot->numel);
     header->set_has_moments(snapshot->has_moments);
     header->set_adam_step(snapshot->adam_step);
-    if (!writer->Write(message)) return Refusal(grpc::StatusCode::CANCELLED, "worker went away");
+    bool complete = writer->Write(message);
     std::vector<const std::string*> tensors = {&snapshot->parameters};
     if (snapshot->has_moments) tensors.insert(tensors.end(), {&snapshot->adam_m, &snapshot->adam_v});
     int64_t sent = 0;
-    const bool complete = WriteChunks(tensors, [&](const TensorChunk& chunk) {
-      *message.mutable_chunk() = chunk;
-      sent += chunk.data().size();
-      return writer->Write(message);
-    });
+    complete = complete && WriteChunks(tensors, [&](const TensorChunk& chunk) {
+                 *message.mutable_chunk() = chunk;
+                 sent += chunk.data().size();
+                 board_->Progress(stream);
+                 return writer->Write(message);
+               });
     absl::MutexLock lock(&board_->mu);
     board_->stats.bytes_out += sent;
+    const bool cut_off = board_->CloseStream(stream);
+    if (cut_off) return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "state fetch too slow; cut off");
     return complete ? grpc::Status::OK : Refusal(grpc::StatusCode::CANCELLED, "worker went away");
   }
 
   grpc::Status SubmitResult(grpc::ServerContext* context, grpc::ServerReader<ResultChunk>* reader,
                             SubmitReply* reply) override {
     if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
+    grpc::Status status = ReceiveResult(context, reader, reply);
+    board_->FlushLog();
+    return status;
+  }
+
+ private:
+  grpc::Status LeaseWork(uint64_t worker, WorkReply* reply) {
+    Board& b = *board_;
+    absl::MutexLock lock(&b.mu);
+    if (absl::Status s = b.scheduler.Touch(worker, absl::Now()); !s.ok()) return ToGrpc(s);
+    b.mu.AwaitWithTimeout(absl::Condition(&b, &Board::WorkOrNews), kLongPoll);
+    if (b.finished) {
+      reply->set_kind(WorkReply::FINISHED);
+      return grpc::Status::OK;
+    }
+    // A stopping coordinator never tells workers the run is over: they
+    // keep retrying and join the next one.
+    if (b.shutting_down) return Refusal(grpc::StatusCode::UNAVAILABLE, "the coordinator is stopping");
+    if (absl::Status s = b.scheduler.Touch(worker, absl::Now()); !s.ok()) return ToGrpc(s);
+    std::optional<LeaseScheduler::Grant> grant =
+        b.snapshot != nullptr ? b.scheduler.Lease(worker, absl::Now()) : std::nullopt;
+    if (!grant.has_value()) {
+      reply->set_kind(WorkReply::WAIT);
+      return grpc::Status::OK;
+    }
+    b.stats.tasks_in_flight = std::max(b.stats.tasks_in_flight, b.scheduler.active_leases());
+    const WorkItem& work = (*b.items)[grant->item];
+    reply->set_kind(work.kind == WorkKind::kTrain ? WorkReply::TRAIN : WorkReply::EVALUATE);
+    reply->set_lease_id(grant->lease);
+    reply->set_state_version(b.snapshot->version);
+    *reply->mutable_spec() = work.spec;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ReceiveResult(grpc::ServerContext* context, grpc::ServerReader<ResultChunk>* reader,
+                             SubmitReply* reply) {
     ResultChunk message;
     if (!reader->Read(&message) || !message.has_header())
       return Refusal(grpc::StatusCode::INVALID_ARGUMENT, "a result stream must start with its ResultHeader");
@@ -280,70 +329,70 @@ class GrpcTransport::Service final : public Coordinator::Service {
     Board& b = *board_;
     std::shared_ptr<const Snapshot> snapshot;
     WorkKind kind;
-    size_t item;
+    uint64_t stream = 0;
     {
       absl::MutexLock lock(&b.mu);
-      b.Touch(header.worker_id()).ok();  // a worker given up on may still deliver
+      LeaseScheduler& scheduler = b.scheduler;
+      // A worker given up on (dropped, not evicted) may still deliver.
+      absl::Status alive = scheduler.Touch(header.worker_id(), absl::Now());
+      if (absl::IsPermissionDenied(alive)) return ToGrpc(alive);
       if (b.snapshot == nullptr || header.state_version() != b.snapshot->version)
         return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
                        absl::StrCat("stale result: lease ", header.lease_id(), " ran on state version ",
                                     header.state_version(), "; the current one is ",
                                     b.snapshot ? b.snapshot->version : 0));
-      auto lease = b.leases.find(header.lease_id());
-      if (lease == b.leases.end())
-        return Refusal(grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown lease ", header.lease_id()));
-      if (lease->second.worker != header.worker_id())
-        return Refusal(grpc::StatusCode::PERMISSION_DENIED,
-                       absl::StrCat("lease ", header.lease_id(), " belongs to worker ", lease->second.worker,
-                                    ", not ", header.worker_id()));
-      item = lease->second.item;
-      if (b.results[item].has_value()) {
+      absl::StatusOr<size_t> item = scheduler.BeginUpload(header.worker_id(), header.lease_id());
+      if (absl::IsAlreadyExists(item.status())) {
+        scheduler.Duplicate(header.worker_id(), header.lease_id());
         reply->set_duplicate(true);
         return grpc::Status::OK;
       }
+      if (!item.ok()) return ToGrpc(item.status());
       if (!header.error().empty()) {
-        RecordFailure(header.lease_id(), item, header.error());
+        scheduler.Refuse(header.lease_id(), absl::StrCat("the worker failed: ", Printable(header.error(), 300)));
         return grpc::Status::OK;
       }
       snapshot = b.snapshot;
-      kind = (*b.items)[item].kind;
+      kind = (*b.items)[*item].kind;
+      stream = b.OpenStreamFor(context, ExpectedBytes(header, kind, *snapshot));
     }
-    absl::StatusOr<TaskResult> result = ReadResult(header, kind, *snapshot, reader);
+    absl::StatusOr<TaskResult> result = ReadResult(header, kind, *snapshot, reader, stream);
     absl::MutexLock lock(&b.mu);
+    const bool cut_off = b.CloseStream(stream);
     if (!result.ok()) {
-      if (b.snapshot == snapshot) b.Redo(header.lease_id(), std::string(result.status().message()));
+      if (cut_off) {
+        b.scheduler.Refuse(header.lease_id(), "upload too slow; cut off");
+        return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "upload too slow; cut off");
+      }
+      if (context->IsCancelled()) {
+        b.scheduler.Lost(header.lease_id());
+        return Refusal(grpc::StatusCode::CANCELLED, "upload cut off in transit");
+      }
+      b.scheduler.Refuse(header.lease_id(), std::string(result.status().message()));
       return ToGrpc(result.status());
     }
     if (b.snapshot != snapshot)
       return Refusal(grpc::StatusCode::FAILED_PRECONDITION, "stale result: the batch ended while it arrived");
-    if (b.results[item].has_value()) {
+    const std::optional<size_t> item = b.scheduler.Accept(header.lease_id(), absl::Now());
+    if (!item.has_value()) {
       reply->set_duplicate(true);
       return grpc::Status::OK;
     }
-    b.results[item] = std::move(result).value();
-    Lease& lease = b.leases[header.lease_id()];
-    const absl::Duration took = absl::Now() - lease.granted;
-    b.typical_task = b.typical_task == absl::ZeroDuration() ? took : 0.9 * b.typical_task + 0.1 * took;
-    if (lease.active) --b.active_leases;
-    lease.active = false;
-    --b.remaining;
+    b.results[*item] = std::move(result).value();
     return grpc::Status::OK;
   }
 
- private:
-  void RecordFailure(uint64_t lease_id, size_t item, const std::string& error)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(board_->mu) {
-    Board& b = *board_;
-    const int failures = ++b.failures[item];
-    if (failures >= b.max_attempts && b.failed.empty())
-      b.failed = absl::StrCat("work item ", item, " failed on ", failures, " attempts; last: ", error.substr(0, 500));
-    b.Redo(lease_id, absl::StrCat("the worker failed: ", error.substr(0, 500)));
+  // Bytes a result of `kind` must carry, decided by the coordinator.
+  static size_t ExpectedBytes(const ResultHeader& header, WorkKind kind, const Snapshot& snapshot) {
+    if (kind != WorkKind::kTrain) return 0;
+    const size_t n = static_cast<size_t>(snapshot.numel);
+    return n * std::max<size_t>(DeltaDtypeBytes(header.delta_dtype()), 4) + (snapshot.has_moments ? 2 * n * 4 : 0);
   }
 
   // Reads the rest of a result stream and checks it against what the task
   // must return. Every failure is InvalidArgument saying what is wrong.
   absl::StatusOr<TaskResult> ReadResult(const ResultHeader& header, WorkKind kind, const Snapshot& snapshot,
-                                        grpc::ServerReader<ResultChunk>* reader) {
+                                        grpc::ServerReader<ResultChunk>* reader, uint64_t stream) {
     const bool train = kind == WorkKind::kTrain;
     auto invalid = [&](const std::string& what) {
       return absl::InvalidArgumentError(absl::StrCat("lease ", header.lease_id(), ": ", what));
@@ -367,15 +416,20 @@ class GrpcTransport::Service final : public Coordinator::Service {
     if (header.has_moments()) sizes.insert(sizes.end(), 2, static_cast<size_t>(snapshot.numel) * 4);
     TensorAssembler assembler(sizes);
     ResultChunk message;
-    while (reader->Read(&message)) {
-      if (!message.has_chunk()) return invalid("a result stream has one header, at its start");
-      absl::Status added = assembler.Add(message.chunk());
-      if (!added.ok()) return invalid(std::string(added.message()));
+    absl::Status problem;
+    while (problem.ok() && reader->Read(&message)) {
+      if (!message.has_chunk()) {
+        problem = invalid("a result stream has one header, at its start");
+      } else if (absl::Status added = assembler.Add(message.chunk()); !added.ok()) {
+        problem = invalid(std::string(added.message()));
+      }
+      board_->Progress(stream);
     }
     {
       absl::MutexLock lock(&board_->mu);
       board_->stats.bytes_in += assembler.bytes_received();
     }
+    RETURN_IF_ERROR(problem);
     if (absl::Status done = assembler.Finish(); !done.ok()) return invalid(std::string(done.message()));
     TaskResult result;
     if (train) {
@@ -403,11 +457,19 @@ class GrpcTransport::Service final : public Coordinator::Service {
   Board* board_;
 };
 
-GrpcTransport::GrpcTransport() : board_(std::make_unique<Board>()) {}
+GrpcTransport::GrpcTransport() = default;
 
 absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const ExperimentConfig& config,
                                                                      Options options) {
+  RETURN_IF_ERROR(CheckListenAddress(options));
   std::unique_ptr<GrpcTransport> transport(new GrpcTransport());
+  const RuntimeConfig& r = config.runtime();
+  auto seconds_or = [](float value, double fallback) { return absl::Seconds(value > 0 ? value : fallback); };
+  LeasePolicy policy;
+  policy.worker_timeout = seconds_or(r.worker_timeout_seconds(), 6);
+  policy.task_timeout = seconds_or(r.task_timeout_seconds(), 600);
+  policy.max_task_attempts = r.max_task_attempts() > 0 ? r.max_task_attempts() : 2;
+  transport->board_ = std::make_unique<Board>(policy);
   Board& b = *transport->board_;
   ASSIGN_OR_RETURN(std::shared_ptr<MetaModel> model, MakeModel(config, std::nullopt));
   b.layout_fingerprint = LayoutFingerprint(FlatParameters(*model).layout());
@@ -415,12 +477,8 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   b.config = config;
   b.token = options.token;
   b.log = options.log;
-  const RuntimeConfig& r = config.runtime();
-  auto seconds_or = [](float value, double fallback) { return absl::Seconds(value > 0 ? value : fallback); };
   b.heartbeat = seconds_or(r.heartbeat_seconds(), 1);
-  b.worker_timeout = seconds_or(r.worker_timeout_seconds(), 6);
-  b.task_timeout = seconds_or(r.task_timeout_seconds(), 600);
-  b.max_attempts = r.max_task_attempts() > 0 ? r.max_task_attempts() : 4;
+  b.max_workers = r.max_workers() > 0 ? r.max_workers() : 256;
   b.incarnation = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
 
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, MakeServerCredentials(options.tls));
@@ -429,12 +487,24 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen_address, credentials, &transport->port_);
   builder.RegisterService(transport->service_.get());
+  // Bounds on what any peer can make the server hold (README "Security and
+  // limits"): one chunk per message, a few streams per connection, and a
+  // thread and memory quota sized by runtime.max_workers.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxMessageBytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(kMaxMessageBytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
+  const ServerBounds bounds = Bounds(b.max_workers);
+  grpc::ResourceQuota quota("reptile-coordinator");
+  quota.SetMaxThreads(bounds.threads);
+  quota.Resize(bounds.grpc_memory_bytes);
+  builder.SetResourceQuota(quota);
   transport->server_ = builder.BuildAndStart();
   if (transport->server_ == nullptr || transport->port_ == 0)
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address,
@@ -455,19 +525,20 @@ GrpcTransport::~GrpcTransport() {
 
 void GrpcTransport::ReapLoop() {
   Board& b = *board_;
-  absl::MutexLock lock(&b.mu);
-  while (!b.shutting_down) {
-    b.mu.AwaitWithTimeout(absl::Condition(&b.shutting_down), kReapEvery);
-    const absl::Time now = absl::Now();
-    std::vector<uint64_t> silent;
-    for (const auto& [id, worker] : b.workers)
-      if (now - worker.last_seen > b.worker_timeout) silent.push_back(id);
-    for (uint64_t id : silent)
-      b.DropWorker(id, absl::StrFormat("lost: no word for %.1f s", absl::ToDoubleSeconds(b.worker_timeout)));
-    for (auto& [id, lease] : b.leases)
-      if (lease.active && now > lease.deadline)
-        b.Redo(id, absl::StrFormat("not done within runtime.task_timeout_seconds (%.0f s)",
-                                   absl::ToDoubleSeconds(b.task_timeout)));
+  while (true) {
+    {
+      absl::MutexLock lock(&b.mu);
+      b.mu.AwaitWithTimeout(absl::Condition(&b.shutting_down), kReapEvery);
+      if (b.shutting_down) return;
+      const absl::Time now = absl::Now();
+      b.scheduler.Tick(now);
+      for (auto& [id, stream] : b.streams) {
+        if (stream.cut_off || (now < stream.deadline && now - stream.last_progress < kStreamIdle)) continue;
+        stream.cut_off = true;
+        stream.context->TryCancel();
+      }
+    }
+    b.FlushLog();
   }
 }
 
@@ -482,6 +553,8 @@ absl::StatusOr<std::vector<TaskResult>> GrpcTransport::Run(const MetaState& stat
     snapshot->adam_v = EncodeTensor(state.adam_v, DELTA_FP32);
   }
   snapshot->adam_step = state.adam_step;
+  std::vector<int> kinds;
+  for (const WorkItem& item : items) kinds.push_back(static_cast<int>(item.kind));
   Board& b = *board_;
   absl::MutexLock lock(&b.mu);
   if (!b.interrupted.empty()) return absl::CancelledError(b.interrupted);
@@ -489,25 +562,18 @@ absl::StatusOr<std::vector<TaskResult>> GrpcTransport::Run(const MetaState& stat
   b.snapshot = snapshot;
   b.items = &items;
   b.results.assign(items.size(), std::nullopt);
-  b.failures.assign(items.size(), 0);
-  b.backed_up.assign(items.size(), false);
-  b.pending.clear();
-  for (size_t i = 0; i < items.size(); ++i) b.pending.push_back(i);
-  b.leases.clear();
-  b.active_leases = 0;
+  b.scheduler.StartBatch(std::move(kinds));
   b.stats.tasks_in_flight = 0;
-  b.remaining = items.size();
-  b.failed.clear();
   auto done = [&b]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.mu) {
-    return b.remaining == 0 || !b.failed.empty() || !b.interrupted.empty();
+    return b.scheduler.batch_done() || !b.scheduler.failure().empty() || !b.interrupted.empty();
   };
   b.mu.Await(absl::Condition(&done));
   std::vector<TaskResult> out;
   absl::Status status;
   if (!b.interrupted.empty()) {
     status = absl::CancelledError(b.interrupted);
-  } else if (!b.failed.empty()) {
-    status = absl::AbortedError(b.failed);
+  } else if (!b.scheduler.failure().empty()) {
+    status = absl::AbortedError(b.scheduler.failure());
   } else {
     out.reserve(items.size());
     for (auto& result : b.results) out.push_back(std::move(*result));
@@ -515,22 +581,24 @@ absl::StatusOr<std::vector<TaskResult>> GrpcTransport::Run(const MetaState& stat
   b.snapshot = nullptr;
   b.items = nullptr;
   b.results.clear();
-  b.pending.clear();
-  b.leases.clear();
-  b.active_leases = 0;
+  b.scheduler.EndBatch();
   if (!status.ok()) return status;
   return out;
 }
 
 int GrpcTransport::num_workers() const {
   absl::MutexLock lock(&board_->mu);
-  return static_cast<int>(board_->workers.size());
+  return board_->scheduler.num_workers();
 }
 
 TransportStats GrpcTransport::Stats() const {
   absl::MutexLock lock(&board_->mu);
   TransportStats stats = board_->stats;
-  stats.workers_alive = static_cast<int>(board_->workers.size());
+  stats.workers_alive = board_->scheduler.num_workers();
+  const SchedulerCounters& counters = board_->scheduler.counters();
+  stats.tasks_redone = counters.tasks_redone;
+  stats.results_refused = counters.results_refused;
+  stats.workers_evicted = counters.workers_evicted;
   return stats;
 }
 
@@ -543,9 +611,8 @@ void GrpcTransport::Finish(absl::Duration grace) {
   Board& b = *board_;
   absl::MutexLock lock(&b.mu);
   b.finished = true;
-  b.mu.AwaitWithTimeout(absl::Condition(
-                            +[](std::map<uint64_t, WorkerRecord>* workers) { return workers->empty(); }, &b.workers),
-                        grace);
+  auto all_left = [&b]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.mu) { return b.scheduler.num_workers() == 0; };
+  b.mu.AwaitWithTimeout(absl::Condition(&all_left), grace);
 }
 
 }  // namespace reptile

@@ -1,9 +1,11 @@
 // The coordinator's end of the gRPC runtime. Serves the Coordinator service
 // (proto/coordinator.proto) and runs each batch of work items on whichever
-// worker processes have joined: every item is leased to one worker with a
-// deadline, and redone by another when its worker leaves, stops sending
-// heartbeats, fails or sends a result that does not check out. Results come
-// back in item order, so the round engine cannot tell it from threads.
+// worker processes have joined, leasing items by the LeaseScheduler's policy:
+// an item is redone when its worker leaves, goes silent, hoards, is evicted
+// or sends a result that does not check out. Results come back in item
+// order, so the round engine cannot tell it from threads. Every peer is
+// bounded: a lease or two each, one upload per lease, streams that must keep
+// moving, gRPC's own message, stream, thread and memory limits.
 #ifndef REPTILE_TRANSPORT_GRPC_GRPC_TRANSPORT_H_
 #define REPTILE_TRANSPORT_GRPC_GRPC_TRANSPORT_H_
 
@@ -25,10 +27,25 @@ class GrpcTransport final : public Transport {
     std::string listen_address = "127.0.0.1:0";  // port 0: any free port, see port()
     TlsFiles tls;
     std::string token;
+    // Serve a non-loopback address without TLS and a token; otherwise
+    // Create() refuses to. Logged as a warning at every start.
+    bool insecure = false;
     std::function<void(const std::string&)> log;  // joins, losses, refusals
   };
 
+  // What the server may hold for `max_workers` workers (runtime.max_workers).
+  struct ServerBounds {
+    int threads = 0;                 // gRPC's thread quota
+    int64_t grpc_memory_bytes = 0;   // gRPC's buffer memory quota
+  };
+  static ServerBounds Bounds(int max_workers) {
+    // Per worker: a long-poll, a heartbeat, a state fetch and two uploads.
+    return ServerBounds{6 * max_workers + 32, int64_t{64 << 20} + int64_t{max_workers} * (4 << 20)};
+  }
+
   // Starts serving. `config` is the run's; workers must match it.
+  // FailedPrecondition for a non-loopback address without TLS and a token
+  // (unless options.insecure), Unavailable if the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<GrpcTransport>> Create(const ExperimentConfig& config, Options options);
   ~GrpcTransport() override;
   GrpcTransport(const GrpcTransport&) = delete;
@@ -44,12 +61,13 @@ class GrpcTransport final : public Transport {
   int port() const { return port_; }
 
   // Tells every worker the run is over (FINISHED on its next request) and
-  // waits up to `grace` for them to leave.
+  // waits up to `grace` for them to leave. Only a finished run calls it:
+  // destroying the transport otherwise leaves workers waiting to rejoin.
   void Finish(absl::Duration grace);
 
  private:
   class Service;
-  struct Board;
+  struct Board;  // shared by the service, the reaper and Run()
   GrpcTransport();
   void ReapLoop();
 

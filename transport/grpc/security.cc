@@ -101,11 +101,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  // A restarted coordinator is found again within a second or two. (Not
-  // GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: in gRPC 1.51 it is also the connect
-  // timeout, and 200 ms makes one lost SYN fail the attempt.)
+  // A restarted coordinator is found again within a second or two.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  // In gRPC 1.51 this is also the connect timeout (default 20 s): a connect
+  // sent while the coordinator's address was gone (a container being
+  // replaced) gives up after 3 s instead. Not lower: one lost SYN is
+  // retransmitted after 1 s and again after 3 s.
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 3000);
   // Tensor streams move megabytes per call: start with a wide flow-control
   // window instead of letting each stream grow one from 64 KB.
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);

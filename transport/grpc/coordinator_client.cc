@@ -1,0 +1,193 @@
+#include "transport/grpc/coordinator_client.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+#include "transport/grpc/tensor_stream.h"
+
+namespace reptile {
+namespace {
+
+constexpr std::chrono::seconds kShortCall(10);
+constexpr std::chrono::seconds kTensorCall(120);
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+}  // namespace
+
+bool IsTransient(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kInternal:
+      return true;
+    default:
+      return false;
+  }
+}
+
+absl::StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(const std::string& address,
+                                                                              const SecurityOptions& security) {
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, MakeChannel(address, security));
+  return std::make_unique<CoordinatorClient>(std::move(channel), security.token);
+}
+
+CoordinatorClient::CoordinatorClient(std::shared_ptr<grpc::Channel> channel, std::string token)
+    : channel_(std::move(channel)), stub_(Coordinator::NewStub(channel_)), token_(std::move(token)) {}
+
+template <typename Call>
+absl::Status CoordinatorClient::Unary(std::chrono::seconds deadline, Call call) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + deadline);
+  AttachToken(token_, &context);
+  return FromGrpc(call(&context));
+}
+
+absl::StatusOr<RunConfigReply> CoordinatorClient::GetRunConfig() {
+  RunConfigReply reply;
+  RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub_->GetRunConfig(c, {}, &reply); }));
+  return reply;
+}
+
+absl::StatusOr<JoinReply> CoordinatorClient::Join(const JoinRequest& request) {
+  JoinReply reply;
+  RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub_->Join(c, request, &reply); }));
+  return reply;
+}
+
+absl::Status CoordinatorClient::Heartbeat(uint64_t worker) {
+  HeartbeatRequest request;
+  request.set_worker_id(worker);
+  HeartbeatReply reply;
+  return Unary(std::chrono::seconds(2), [&](grpc::ClientContext* c) { return stub_->Heartbeat(c, request, &reply); });
+}
+
+absl::StatusOr<WorkReply> CoordinatorClient::GetWork(uint64_t worker) {
+  WorkRequest request;
+  request.set_worker_id(worker);
+  WorkReply reply;
+  RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub_->GetWork(c, request, &reply); }));
+  return reply;
+}
+
+absl::Status CoordinatorClient::Leave(uint64_t worker) {
+  LeaveRequest request;
+  request.set_worker_id(worker);
+  LeaveReply reply;
+  return Unary(kShortCall, [&](grpc::ClientContext* c) { return stub_->Leave(c, request, &reply); });
+}
+
+absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_t version, int64_t numel,
+                                                        bool moments) {
+  FetchStateRequest request;
+  request.set_worker_id(worker);
+  request.set_state_version(version);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kTensorCall);
+  AttachToken(token_, &context);
+  std::unique_ptr<grpc::ClientReader<StateChunk>> reader = stub_->FetchState(&context, request);
+  StateChunk message;
+  absl::Status problem;
+  StateHeader header;
+  if (!reader->Read(&message) || !message.has_header()) {
+    problem = absl::DataLossError("state stream did not start with its header");
+  } else {
+    header = message.header();
+    if (header.state_version() != version || header.num_parameters() != numel || header.has_moments() != moments)
+      problem = absl::DataLossError(absl::StrCat("state header does not fit this model: version ",
+                                                 header.state_version(), ", ", header.num_parameters(),
+                                                 " parameters", header.has_moments() ? " with moments" : ""));
+  }
+  TensorAssembler assembler(std::vector<size_t>(moments ? 3 : 1, static_cast<size_t>(numel) * 4));
+  while (reader->Read(&message)) {
+    if (!problem.ok()) continue;  // drain, so that Finish() reports the call's own status
+    problem = message.has_chunk() ? assembler.Add(message.chunk()) : absl::DataLossError("second state header");
+  }
+  RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  if (problem.ok()) problem = assembler.Finish();
+  MetaState state;
+  if (problem.ok()) {
+    absl::StatusOr<torch::Tensor> parameters = DecodeTensor(assembler.bytes(0), DELTA_FP32, numel);
+    problem = parameters.status();
+    if (problem.ok()) state.parameters = *std::move(parameters);
+  }
+  if (problem.ok() && moments) {
+    absl::StatusOr<torch::Tensor> m = DecodeTensor(assembler.bytes(1), DELTA_FP32, numel);
+    absl::StatusOr<torch::Tensor> v = DecodeTensor(assembler.bytes(2), DELTA_FP32, numel);
+    problem = m.ok() ? v.status() : m.status();
+    if (problem.ok()) {
+      state.adam_m = *std::move(m);
+      state.adam_v = *std::move(v);
+    }
+  }
+  if (!problem.ok()) return absl::DataLossError(absl::StrCat("bad state from the coordinator: ", problem.message()));
+  state.adam_step = header.adam_step();
+  return state;
+}
+
+std::vector<ResultChunk> CoordinatorClient::ResultMessages(uint64_t worker, const WorkReply& work,
+                                                           const absl::StatusOr<TaskResult>& result,
+                                                           DeltaDtype dtype, int64_t numel) {
+  std::vector<ResultChunk> messages(1);
+  ResultHeader* header = messages[0].mutable_header();
+  header->set_worker_id(worker);
+  header->set_lease_id(work.lease_id());
+  header->set_state_version(work.state_version());
+  if (!result.ok()) {
+    header->set_error(result.status().ToString());
+    return messages;
+  }
+  header->set_delta_dtype(dtype);
+  header->set_num_parameters(numel);
+  header->set_loss(result->loss);
+  header->set_correct(result->correct);
+  header->set_correct_inductive(result->correct_inductive);
+  header->set_predictions(result->predictions);
+  header->set_compute_seconds(result->compute_seconds);
+  std::vector<std::string> tensors;
+  if (result->delta.defined()) {
+    header->set_has_delta(true);
+    tensors.push_back(EncodeTensor(result->delta, dtype));
+  }
+  if (result->adam_m.defined()) {
+    header->set_has_moments(true);
+    tensors.push_back(EncodeTensor(result->adam_m, DELTA_FP32));
+    tensors.push_back(EncodeTensor(result->adam_v, DELTA_FP32));
+  }
+  std::vector<const std::string*> pointers;
+  for (const std::string& t : tensors) pointers.push_back(&t);
+  WriteChunks(pointers, [&](const TensorChunk& chunk) {
+    *messages.emplace_back().mutable_chunk() = chunk;
+    return true;
+  });
+  return messages;
+}
+
+std::unique_ptr<CoordinatorClient::Upload> CoordinatorClient::StartUpload(std::chrono::seconds deadline) {
+  auto upload = std::unique_ptr<Upload>(new Upload());
+  upload->context_.set_deadline(std::chrono::system_clock::now() + deadline);
+  AttachToken(token_, &upload->context_);
+  upload->writer_ = stub_->SubmitResult(&upload->context_, &upload->reply_);
+  return upload;
+}
+
+absl::StatusOr<SubmitReply> CoordinatorClient::Upload::Finish() {
+  writer_->WritesDone();
+  RETURN_IF_ERROR(FromGrpc(writer_->Finish()));
+  return reply_;
+}
+
+absl::StatusOr<SubmitReply> CoordinatorClient::Submit(const std::vector<ResultChunk>& messages) {
+  std::unique_ptr<Upload> upload = StartUpload(kTensorCall);
+  for (const ResultChunk& message : messages)
+    if (!upload->Write(message)) break;  // the server ended the call; Finish() says why
+  return upload->Finish();
+}
+
+}  // namespace reptile

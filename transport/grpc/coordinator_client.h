@@ -1,0 +1,81 @@
+// The client side of proto/coordinator.proto, the one place that speaks it:
+// the worker process, the benchmarks' simulated workers and the protocol
+// tests all call the coordinator through this class. Every call carries the
+// token and a deadline; failures come back as absl::Status with gRPC's code
+// and message. Thread-safe: calls may run concurrently.
+#ifndef REPTILE_TRANSPORT_GRPC_COORDINATOR_CLIENT_H_
+#define REPTILE_TRANSPORT_GRPC_COORDINATOR_CLIENT_H_
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coordinator.grpc.pb.h"
+#include "transport/grpc/security.h"
+#include "worker/learner.h"
+
+namespace reptile {
+
+// Codes that mean "not now" rather than "never": the coordinator is
+// restarting, stopping, unreachable or busy.
+bool IsTransient(const absl::Status& status);
+
+class CoordinatorClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<CoordinatorClient>> Connect(const std::string& address,
+                                                                    const SecurityOptions& security);
+  // Over an existing channel (tests that share one connection).
+  CoordinatorClient(std::shared_ptr<grpc::Channel> channel, std::string token);
+
+  absl::StatusOr<RunConfigReply> GetRunConfig();
+  absl::StatusOr<JoinReply> Join(const JoinRequest& request);
+  absl::Status Heartbeat(uint64_t worker);
+  // Long-polls for up to a second on the coordinator's side.
+  absl::StatusOr<WorkReply> GetWork(uint64_t worker);
+  absl::Status Leave(uint64_t worker);
+
+  // The meta-state of `version`, checked against the model the caller
+  // expects: `numel` parameters and, if `moments`, Adam's m and v.
+  // DataLoss if what arrives does not fit.
+  absl::StatusOr<MetaState> FetchState(uint64_t worker, uint64_t version, int64_t numel, bool moments);
+
+  // The messages of one result upload: the header, then the delta in
+  // `dtype` and Adam's moments in fp32, in chunks. A failed `result` is
+  // sent as an error header alone.
+  static std::vector<ResultChunk> ResultMessages(uint64_t worker, const WorkReply& work,
+                                                 const absl::StatusOr<TaskResult>& result, DeltaDtype dtype,
+                                                 int64_t numel);
+  // Sends `messages` as one SubmitResult stream, exactly as given.
+  absl::StatusOr<SubmitReply> Submit(const std::vector<ResultChunk>& messages);
+
+  // One SubmitResult stream driven message by message (what Submit does in
+  // one go); for tests that must pace or stall an upload.
+  class Upload {
+   public:
+    // False once the server has ended the call.
+    bool Write(const ResultChunk& message) { return writer_->Write(message); }
+    // Half-closes and returns the server's answer.
+    absl::StatusOr<SubmitReply> Finish();
+
+   private:
+    friend class CoordinatorClient;
+    grpc::ClientContext context_;
+    SubmitReply reply_;
+    std::unique_ptr<grpc::ClientWriter<ResultChunk>> writer_;
+  };
+  std::unique_ptr<Upload> StartUpload(std::chrono::seconds deadline);
+
+ private:
+  template <typename Call>
+  absl::Status Unary(std::chrono::seconds deadline, Call call);
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<Coordinator::Stub> stub_;
+  std::string token_;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_TRANSPORT_GRPC_COORDINATOR_CLIENT_H_

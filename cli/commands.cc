@@ -19,6 +19,7 @@
 #include "core/status_macros.h"
 #include "cli/signals.h"
 #include "cli/worker_processes.h"
+#include "core/process_setup.h"
 #include "transport/grpc/grpc_transport.h"
 #include "transport/grpc/grpc_worker.h"
 #include "transport/local/local_transport.h"
@@ -120,6 +121,7 @@ absl::Status TrainCommand(const CliOptions& options) {
     return TrainOn(options, setup, transport.get()).status();
   }
   // Worker processes on loopback, admitted by a token only they are given.
+  ConfigureProcessForServing();
   GrpcTransport::Options transport_options;
   transport_options.token = RandomToken();
   transport_options.log = Log;
@@ -137,6 +139,7 @@ absl::Status TrainCommand(const CliOptions& options) {
 }
 
 absl::Status CoordinatorCommand(const CliOptions& options) {
+  ConfigureProcessForServing();
   ASSIGN_OR_RETURN(RunSetup setup, SetUpRun(options));
   ASSIGN_OR_RETURN(SecurityOptions security, SecurityFromOptions(options));
   GrpcTransport::Options transport_options;

@@ -35,7 +35,7 @@ void LeaseScheduler::Evict(uint64_t id, const std::string& why) {
   if (!workers_.count(id)) return;
   evicted_.insert(id);
   ++counters_.workers_evicted;
-  for (ItemRecord& item : items_) item.refused_by.erase(id);
+  for (ItemRecord& item : items_) item.faulted_by.erase(id);
   RemoveWorker(id, absl::StrCat("evicted: ", why));
 }
 
@@ -229,19 +229,21 @@ void LeaseScheduler::Refuse(uint64_t lease_id, const std::string& refusal) {
   const size_t item_index = lease.item;
   Event(absl::StrCat("result of task ", item_index, " from worker ", worker_id, " refused: ", refusal));
   const bool current = in_batch_ && item_index < items_.size() && !items_[item_index].done;
+  auto worker = workers_.find(worker_id);
+  const bool proven = worker != workers_.end() && worker->second.accepted > 0;
   if (current) {
     ItemRecord& item = items_[item_index];
-    item.refused_by[worker_id] = refusal;
-    if (static_cast<int>(item.refused_by.size()) >= policy_.max_task_attempts && failure_.empty()) {
+    item.refused_by.insert(worker_id);
+    if (proven) item.faulted_by[worker_id] = refusal;
+    if (static_cast<int>(item.faulted_by.size()) >= policy_.max_task_attempts && failure_.empty()) {
       std::vector<std::string> parts;
-      for (const auto& [w, why] : item.refused_by) parts.push_back(absl::StrCat("worker ", w, ": ", why));
-      failure_ = absl::StrCat("work item ", item_index, " failed on ", item.refused_by.size(),
+      for (const auto& [w, why] : item.faulted_by) parts.push_back(absl::StrCat("worker ", w, ": ", why));
+      failure_ = absl::StrCat("work item ", item_index, " failed on ", item.faulted_by.size(),
                               " different workers, so the task, not a worker, is at fault (",
                               absl::StrJoin(parts, "; "), ")");
     }
   }
   Redo(lease_id, absl::StrCat("its result was refused: ", refusal));
-  auto worker = workers_.find(worker_id);
   if (worker == workers_.end()) return;
   WorkerRecord& record = worker->second;
   record.recent_refusals.push_back(refusal);
@@ -287,9 +289,8 @@ void LeaseScheduler::Tick(absl::Time now) {
     const std::optional<absl::Duration> patience = HoardPatience(id);
     const absl::Duration owed = now - *worker.owes_since;
     if (patience.has_value() && owed > *patience)
-      hoarders.emplace_back(id, absl::StrFormat("owed a result for %.1f s; tasks take about %.2f s",
-                                                absl::ToDoubleSeconds(owed),
-                                                absl::ToDoubleSeconds(*patience / policy_.hoard_factor)));
+      hoarders.emplace_back(id, absl::StrFormat("owed a result for %.1f s (%.1f s allowed)",
+                                                absl::ToDoubleSeconds(owed), absl::ToDoubleSeconds(*patience)));
   }
   for (uint64_t id : expired)
     Redo(id, absl::StrFormat("not done within runtime.task_timeout_seconds (%.0f s)",

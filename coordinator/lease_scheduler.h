@@ -10,7 +10,9 @@
 //  - A refused result (bad sizes, NaN/Inf, truncated stream, a learner error
 //    the worker reports) is a failed attempt. A task refused by
 //    `max_task_attempts` different workers is at fault and fails the batch,
-//    naming the task, the workers and their reasons. A worker refused
+//    naming the task, the workers and their reasons; only workers that have
+//    had results accepted count here, so workers that fail everything
+//    cannot stop a run however many they are. A worker refused
 //    `evict_after_refusals` times in a row is at fault and is evicted, and
 //    its refusals no longer count against the tasks.
 //  - A lease running longer than `copy_patience` (relative to the typical
@@ -145,7 +147,8 @@ class LeaseScheduler {
     int kind = 0;
     bool done = false;
     bool copied = false;                 // a straggler copy was handed out
-    std::map<uint64_t, std::string> refused_by;  // worker -> reason
+    std::set<uint64_t> refused_by;             // workers it goes to last
+    std::map<uint64_t, std::string> faulted_by;  // proven workers -> reason
   };
 
   void Event(std::string line) { events_.push_back(std::move(line)); }

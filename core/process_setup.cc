@@ -12,4 +12,10 @@ void ConfigureProcessForTraining() {
   at::set_num_threads(1);
 }
 
+void ConfigureProcessForServing() {
+  mallopt(M_MMAP_THRESHOLD, 128 << 10);  // fixed: glibc no longer raises it
+  mallopt(M_TRIM_THRESHOLD, 128 << 10);
+  at::set_num_threads(1);
+}
+
 }  // namespace reptile

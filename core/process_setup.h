@@ -12,6 +12,13 @@ namespace reptile {
 // the calling thread; parallelism comes from workers, not from inside ops.
 void ConfigureProcessForTraining();
 
+// For a process that coordinates remote workers: buffers of 128 KB and more
+// (results, state snapshots) are mmapped and given back when freed, so that
+// what peers send, accepted or refused, on however many server threads,
+// never stays in the heap. Under the training settings above, each
+// thread's arena kept the megabyte-sized buffers of refused results.
+void ConfigureProcessForServing();
+
 }  // namespace reptile
 
 #endif  // REPTILE_CORE_PROCESS_SETUP_H_

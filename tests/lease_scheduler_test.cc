@@ -93,6 +93,13 @@ TEST_F(LeaseSchedulerTest, AcceptedResultResetsTheRefusalCount) {
 TEST_F(LeaseSchedulerTest, TaskRefusedOnTwoWorkersFailsTheBatchNamingBoth) {
   scheduler_.AddWorker(1, "a", At(0));
   scheduler_.AddWorker(2, "b", At(0));
+  // Both have shown they can do other tasks.
+  scheduler_.StartBatch({kTrain, kTrain});
+  for (uint64_t w : {1, 2}) {
+    auto lease = scheduler_.Lease(w, At(0));
+    ASSERT_TRUE(scheduler_.BeginUpload(w, lease->lease).ok());
+    ASSERT_TRUE(scheduler_.Accept(lease->lease, At(0)));
+  }
   scheduler_.StartBatch({kTrain, kTrain});
   auto a = scheduler_.Lease(1, At(0));
   ASSERT_EQ(a->item, 0u);
@@ -111,6 +118,18 @@ TEST_F(LeaseSchedulerTest, TaskRefusedOnTwoWorkersFailsTheBatchNamingBoth) {
       << scheduler_.failure();
   EXPECT_TRUE(absl::StrContains(scheduler_.failure(), "worker 1: learner")) << scheduler_.failure();
   EXPECT_TRUE(absl::StrContains(scheduler_.failure(), "worker 2: learner")) << scheduler_.failure();
+}
+
+TEST_F(LeaseSchedulerTest, WorkersThatFailEverythingNeverFailATaskHoweverMany) {
+  for (uint64_t w = 1; w <= 4; ++w) scheduler_.AddWorker(w, "nan", At(0));
+  scheduler_.StartBatch({kTrain});
+  for (uint64_t w = 1; w <= 4; ++w) {
+    auto lease = scheduler_.Lease(w, At(0));
+    ASSERT_TRUE(lease.has_value()) << w;
+    ASSERT_TRUE(scheduler_.BeginUpload(w, lease->lease).ok());
+    scheduler_.Refuse(lease->lease, "nan");
+  }
+  EXPECT_TRUE(scheduler_.failure().empty()) << scheduler_.failure();
 }
 
 TEST_F(LeaseSchedulerTest, LoneWorkerMayRetryATaskItWasRefusedOn) {

@@ -27,6 +27,7 @@ namespace {
 
 constexpr absl::Duration kLongPoll = absl::Seconds(1);
 constexpr absl::Duration kReapEvery = absl::Milliseconds(100);
+constexpr absl::Duration kRecheck = absl::Milliseconds(50);
 // A chunk and its framing; nothing a worker sends needs more.
 constexpr size_t kMaxMessageBytes = kChunkBytes + (64 << 10);
 constexpr int kMaxStreamsPerConnection = 16;
@@ -168,6 +169,7 @@ struct GrpcTransport::Board {
   bool WorkOrNews() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     return finished || shutting_down || scheduler.has_pending();
   }
+  bool Stopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return finished || shutting_down; }
 };
 
 class GrpcTransport::Service final : public Coordinator::Service {
@@ -296,17 +298,25 @@ class GrpcTransport::Service final : public Coordinator::Service {
     Board& b = *board_;
     absl::MutexLock lock(&b.mu);
     if (absl::Status s = b.scheduler.Touch(worker, absl::Now()); !s.ok()) return ToGrpc(s);
-    b.mu.AwaitWithTimeout(absl::Condition(&b, &Board::WorkOrNews), kLongPoll);
-    if (b.finished) {
-      reply->set_kind(WorkReply::FINISHED);
-      return grpc::Status::OK;
+    // Long-polls until there is work this worker may take. Pending work it
+    // may not take (its share of leases is out, or it was refused on it) is
+    // looked at again every kRecheck, not in a spin.
+    const absl::Time until = absl::Now() + kLongPoll;
+    std::optional<LeaseScheduler::Grant> grant;
+    while (true) {
+      b.mu.AwaitWithDeadline(absl::Condition(&b, &Board::WorkOrNews), until);
+      if (b.finished) {
+        reply->set_kind(WorkReply::FINISHED);
+        return grpc::Status::OK;
+      }
+      // A stopping coordinator never tells workers the run is over: they
+      // keep retrying and join the next one.
+      if (b.shutting_down) return Refusal(grpc::StatusCode::UNAVAILABLE, "the coordinator is stopping");
+      if (absl::Status s = b.scheduler.Touch(worker, absl::Now()); !s.ok()) return ToGrpc(s);
+      if (b.snapshot != nullptr) grant = b.scheduler.Lease(worker, absl::Now());
+      if (grant.has_value() || absl::Now() >= until) break;
+      b.mu.AwaitWithTimeout(absl::Condition(&b, &Board::Stopping), kRecheck);
     }
-    // A stopping coordinator never tells workers the run is over: they
-    // keep retrying and join the next one.
-    if (b.shutting_down) return Refusal(grpc::StatusCode::UNAVAILABLE, "the coordinator is stopping");
-    if (absl::Status s = b.scheduler.Touch(worker, absl::Now()); !s.ok()) return ToGrpc(s);
-    std::optional<LeaseScheduler::Grant> grant =
-        b.snapshot != nullptr ? b.scheduler.Lease(worker, absl::Now()) : std::nullopt;
     if (!grant.has_value()) {
       reply->set_kind(WorkReply::WAIT);
       return grpc::Status::OK;

@@ -218,11 +218,13 @@ struct GrpcWorker::Session {
       const std::vector<ResultChunk> messages = CoordinatorClient::ResultMessages(
           pending.worker, pending.work, pending.result, config.outer().delta_dtype(), learner->num_parameters());
       // A result lost in transit would leave its lease held by a live worker
-      // until the coordinator gives up on it: retry transient failures (a
-      // result that did arrive comes back as a duplicate).
+      // until the coordinator gives up on it: retry transient failures for
+      // a few seconds (a result that did arrive comes back as a duplicate).
+      // Short pauses: the work loop waits for this upload, and a restarted
+      // coordinator must see the worker again within seconds.
       absl::Status status;
-      absl::Duration pause = absl::Milliseconds(200);
-      for (int attempt = 0; attempt < 6; ++attempt, pause *= 2) {
+      absl::Duration pause = absl::Milliseconds(100);
+      for (int attempt = 0; attempt < 8; ++attempt, pause = std::min(2 * pause, absl::Seconds(1))) {
         status = client->Submit(messages).status();
         if (status.ok() || !IsTransient(status)) break;
         stop->WaitForNotificationWithTimeout(pause);

@@ -1,0 +1,411 @@
+// A real coordinator process against peers that lie, flood, stall, hoard or
+// outlive it: each case asserts the coordinator's answer (a refusal that is
+// counted, an eviction, a cut-off stream), its memory and threads read from
+// /proc, and that honest workers still finish the run with the parameters of
+// an undisturbed one.
+#include <filesystem>
+#include <limits>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/config.h"
+#include "core/flat_parameters.h"
+#include "gtest/gtest.h"
+#include "tests/child_process.h"
+#include "tests/test_support.h"
+#include "transport/grpc/coordinator_client.h"
+#include "transport/grpc/grpc_transport.h"
+
+namespace reptile::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Omniglot 5-way 1-shot with Adam's moments carried (each result 1.36 MB),
+// short heartbeats so that lost workers are noticed within seconds.
+std::vector<std::string> OmniglotOverrides(int rounds) {
+  return {"task.data_dir=" + OmniglotDir(),    absl::StrCat("outer.rounds=", rounds),
+          "eval.every_rounds=0",               "eval.final_episodes=10",
+          "runtime.heartbeat_seconds=0.3",     "runtime.worker_timeout_seconds=3",
+          "runtime.checkpoint_every_rounds=5", "runtime.log_every_seconds=1"};
+}
+
+std::vector<std::string> Concat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// A field of /proc/PID/status, in kB for sizes: VmRSS, Threads.
+int64_t ProcStatus(pid_t pid, const std::string& field) {
+  const std::string status = ReadWholeFile(absl::StrCat("/proc/", pid, "/status"));
+  const size_t at = status.find(field + ":");
+  if (at == std::string::npos) return -1;
+  return std::atoll(status.c_str() + at + field.size() + 1);
+}
+
+class HostilePeerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    logs_ = TempDir("logs");
+    SetRounds(20);
+    auto learner = Learner::Create(config_, SharedTaskSource(config_));
+    ASSERT_TRUE(learner.ok()) << learner.status();
+    learner_ = *std::move(learner);
+  }
+
+  // The run's length; the config (and its fingerprint) follow.
+  void SetRounds(int rounds) {
+    rounds_ = rounds;
+    config_ = LoadNamedConfig("demo", OmniglotOverrides(rounds_));
+  }
+
+  std::string Log(const std::string& name) const { return logs_ + "/" + name; }
+
+  // The parameters `rounds_` rounds reach in one process with threads.
+  std::string ThreadsReference() {
+    const std::string run = TempDir("threads_reference");
+    auto child = ChildProcess::Start(Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/demo.textproto"),
+                                             "--run_dir", run, "--workers", "1", "runtime.local_workers=THREADS"},
+                                            OmniglotOverrides(rounds_)),
+                                     Log("reference"));
+    EXPECT_EQ(child->ExitCode(300), 0) << child->err();
+    return ParameterSha(child->out());
+  }
+
+  // Starts a coordinator on 127.0.0.1:`port` (0: any) and waits until it
+  // listens; port_ is then its port.
+  std::unique_ptr<ChildProcess> StartCoordinator(const std::string& run_dir, const std::string& log, int port = 0,
+                                                 const std::vector<std::string>& extra = {}) {
+    const std::string port_file = run_dir + ".port";
+    std::filesystem::remove(port_file);
+    auto child = ChildProcess::Start(
+        Concat(Concat({REPTILE_BINARY, "coordinator", "--config", SourcePath("configs/demo.textproto"), "--run_dir",
+                       run_dir, "--listen", absl::StrCat("127.0.0.1:", port), "--port_file", port_file},
+                      extra),
+               OmniglotOverrides(rounds_)),
+        Log(log));
+    for (int i = 0; i < 1200 && !std::filesystem::exists(port_file) && child->running(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    EXPECT_TRUE(std::filesystem::exists(port_file)) << child->err();
+    port_ = std::atoi(ReadWholeFile(port_file).c_str());
+    return child;
+  }
+
+  std::unique_ptr<ChildProcess> StartWorker(const std::string& log) {
+    return ChildProcess::Start({REPTILE_BINARY, "worker", "--coordinator", absl::StrCat("127.0.0.1:", port_)},
+                               Log(log));
+  }
+
+  std::unique_ptr<CoordinatorClient> Client() {
+    auto client = CoordinatorClient::Connect(absl::StrCat("127.0.0.1:", port_), SecurityOptions());
+    EXPECT_TRUE(client.ok()) << client.status();
+    return *std::move(client);
+  }
+
+  uint64_t Join(CoordinatorClient& client, const std::string& name) {
+    JoinRequest request;
+    request.set_worker_name(name);
+    request.set_protocol_version(kProtocolVersion);
+    request.set_config_fingerprint(ConfigFingerprint(config_));
+    request.set_layout_fingerprint(LayoutFingerprint(learner_->layout()));
+    absl::StatusOr<JoinReply> reply = client.Join(request);
+    EXPECT_TRUE(reply.ok()) << reply.status();
+    return reply.ok() ? reply->worker_id() : 0;
+  }
+
+  // A well-formed result of the right size for `work`, with a NaN in the
+  // last element of Adam's v when `poisoned`.
+  std::vector<ResultChunk> Result(uint64_t worker, const WorkReply& work, bool poisoned) {
+    const int64_t n = learner_->num_parameters();
+    TaskResult result;
+    result.delta = torch::zeros({n});
+    result.adam_m = torch::zeros({n});
+    result.adam_v = torch::zeros({n});
+    if (poisoned) result.adam_v[n - 1] = std::numeric_limits<float>::quiet_NaN();
+    result.loss = 1.0;
+    return CoordinatorClient::ResultMessages(worker, work, result, DELTA_FP32, n);
+  }
+
+  // A lease for `worker`, or a failed status (DeadlineExceeded: none came
+  // within three long-polls).
+  absl::StatusOr<WorkReply> Lease(CoordinatorClient& client, uint64_t worker) {
+    for (int i = 0; i < 3; ++i) {
+      absl::StatusOr<WorkReply> work = client.GetWork(worker);
+      if (!work.ok() || work->kind() == WorkReply::TRAIN || work->kind() == WorkReply::EVALUATE) return work;
+    }
+    return absl::DeadlineExceededError("no work for three long-polls");
+  }
+
+  int rounds_ = 0;
+  int port_ = 0;
+  std::string logs_;
+  ExperimentConfig config_;
+  std::unique_ptr<Learner> learner_;
+};
+
+TEST_F(HostilePeerTest, NanWorkersAreEvictedAndTwoThousandRefusalsDoNotGrowMemory) {
+  const std::string reference = ThreadsReference();
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator(run, "coordinator");
+  // Four attackers at once, each joining again whenever it is evicted.
+  std::atomic<int> refused{0}, identities{0};
+  std::atomic<int64_t> rss_after_warmup{0};
+  auto attack = [&] {
+    auto client = Client();
+    while (refused.load() < 2000) {
+      const uint64_t worker = Join(*client, "nan-worker");
+      ++identities;
+      for (int attempt = 0;; ++attempt) {
+        absl::StatusOr<WorkReply> work = Lease(*client, worker);
+        if (absl::IsDeadlineExceeded(work.status())) break;  // what is left it was refused on: others' work
+        if (!work.ok()) {
+          // Evicted after three refusals in a row, and told so.
+          EXPECT_EQ(work.status().code(), absl::StatusCode::kPermissionDenied) << work.status();
+          EXPECT_EQ(attempt, 3);
+          break;
+        }
+        absl::StatusOr<SubmitReply> reply = client->Submit(Result(worker, *work, /*poisoned=*/true));
+        EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument) << reply.status();
+        EXPECT_TRUE(absl::StrContains(reply.status().message(), "adam_v")) << reply.status();
+        if (++refused == 200) rss_after_warmup = ProcStatus(coordinator->pid(), "VmRSS");
+      }
+    }
+  };
+  std::vector<std::thread> attackers;
+  for (int i = 0; i < 4; ++i) attackers.emplace_back(attack);
+  for (auto& a : attackers) a.join();
+  const int64_t rss_after = ProcStatus(coordinator->pid(), "VmRSS");
+  std::cout << "coordinator RSS after 200 refused results " << rss_after_warmup / 1024 << " MB, after "
+            << refused.load() << ": " << rss_after / 1024 << " MB (" << identities.load() << " identities evicted)"
+            << std::endl;
+  EXPECT_LT(rss_after - rss_after_warmup, 50 * 1024) << "kB";
+  // Refusals never stopped the run: an honest worker finishes it exactly.
+  auto worker = StartWorker("worker");
+  ASSERT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+  EXPECT_EQ(ParameterSha(coordinator->out()), reference);
+  const std::string log = coordinator->err();
+  EXPECT_TRUE(absl::StrContains(log, "evicted: 3 results refused in a row")) << log.substr(0, 3000);
+  EXPECT_TRUE(absl::StrContains(log, "adam_v: tensor element 113231 is nan")) << log.substr(0, 3000);
+}
+
+TEST_F(HostilePeerTest, AThousandStreamsOnOneLeaseStayWithinThreadAndMemoryBounds) {
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator(run, "coordinator");
+  auto client = Client();
+  const uint64_t worker = Join(*client, "flooder");
+  absl::StatusOr<WorkReply> work = Lease(*client, worker);
+  ASSERT_TRUE(work.ok()) << work.status();
+  const std::vector<ResultChunk> messages = Result(worker, *work, false);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const int64_t rss_before = ProcStatus(coordinator->pid(), "VmRSS");
+  const int64_t threads_before = ProcStatus(coordinator->pid(), "Threads");
+  // Each stream holds the header and one chunk and never finishes.
+  std::vector<std::unique_ptr<CoordinatorClient::Upload>> uploads;
+  for (int i = 0; i < 1000; ++i) {
+    uploads.push_back(client->StartUpload(std::chrono::seconds(60)));
+    uploads.back()->Write(messages[0]);
+    uploads.back()->Write(messages[1]);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const int64_t rss_during = ProcStatus(coordinator->pid(), "VmRSS");
+  const int64_t threads_during = ProcStatus(coordinator->pid(), "Threads");
+  std::cout << "1000 open streams: coordinator RSS " << rss_before / 1024 << " -> " << rss_during / 1024
+            << " MB, threads " << threads_before << " -> " << threads_during << std::endl;
+  EXPECT_LT(rss_during - rss_before, 100 * 1024) << "kB";
+  EXPECT_LT(threads_during - threads_before, 64);
+  int refused_at_once = 0;
+  for (auto& upload : uploads) {
+    absl::StatusOr<SubmitReply> reply = upload->Finish();
+    refused_at_once += reply.status().code() == absl::StatusCode::kResourceExhausted;
+  }
+  EXPECT_GE(refused_at_once, 990) << "one upload per lease";
+  uploads.clear();
+  auto honest = StartWorker("worker");
+  EXPECT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+}
+
+TEST_F(HostilePeerTest, AnUploadThatTricklesIsCutOffAndItsTaskRedone) {
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator(run, "coordinator");
+  auto client = Client();
+  const uint64_t worker = Join(*client, "trickler");
+  absl::StatusOr<WorkReply> work = Lease(*client, worker);
+  ASSERT_TRUE(work.ok()) << work.status();
+  std::vector<ResultChunk> messages = Result(worker, *work, false);
+  auto upload = client->StartUpload(std::chrono::seconds(60));
+  ASSERT_TRUE(upload->Write(messages[0]));
+  // 1 KiB a second: the stream moves, far too slowly for its 1.36 MB. It
+  // keeps the heartbeat going, so only the stream's own deadline can end it.
+  const std::string& data = messages[1].chunk().data();
+  const auto start = Clock::now();
+  bool open = true;
+  for (size_t offset = 0; open && Clock::now() - start < std::chrono::seconds(30); offset += 1024) {
+    ResultChunk piece;
+    piece.mutable_chunk()->set_tensor(0);
+    piece.mutable_chunk()->set_offset(offset);
+    piece.mutable_chunk()->set_data(data.substr(offset, 1024));
+    open = upload->Write(piece);
+    client->Heartbeat(worker).IgnoreError();
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const absl::Status finished = upload->Finish().status();
+  EXPECT_EQ(finished.code(), absl::StatusCode::kCancelled) << finished;  // by the server
+  EXPECT_LT(seconds, 16) << "cut off by the coordinator, not by the test";
+  auto honest = StartWorker("worker");
+  ASSERT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+  EXPECT_TRUE(absl::StrContains(coordinator->err(), "upload too slow; cut off")) << coordinator->err();
+}
+
+TEST_F(HostilePeerTest, HoardersAreEvictedAndTheRunEndsWithinThreeTimesTheCleanTime) {
+  SetRounds(150);
+  const std::string reference = ThreadsReference();
+  auto timed_run = [&](int hoarders, const std::string& name) {
+    const std::string run = TempDir(name);
+    auto coordinator = StartCoordinator(run, name);
+    std::atomic<bool> done{false};
+    std::vector<std::thread> threads;
+    for (int h = 0; h < hoarders; ++h) {
+      threads.emplace_back([&, h] {
+        auto client = Client();
+        const uint64_t id = Join(*client, absl::StrCat("hoarder-", h));
+        // Takes work, keeps its heartbeat, never returns a result.
+        while (!done.load()) {
+          if (!client->GetWork(id).ok() || !client->Heartbeat(id).ok()) return;
+        }
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the hoarders hold the first leases
+    const auto start = Clock::now();
+    auto worker = StartWorker(name + "_worker");
+    EXPECT_EQ(coordinator->ExitCode(600), 0) << coordinator->err();
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    done.store(true);
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(ParameterSha(coordinator->out()), reference) << name;
+    if (hoarders > 0) {
+      const std::string log = coordinator->err();
+      int evictions = 0;
+      for (size_t at = 0; (at = log.find(") evicted: owed a result", at)) != std::string::npos; ++at) ++evictions;
+      EXPECT_EQ(evictions, hoarders) << log.substr(0, 4000);
+    }
+    return seconds;
+  };
+  const double clean = timed_run(0, "clean");
+  const double hoarded = timed_run(3, "hoarded");
+  std::cout << "1 honest worker: " << clean << " s alone, " << hoarded << " s beside 3 hoarders" << std::endl;
+  EXPECT_LT(hoarded, 3 * clean);
+}
+
+TEST_F(HostilePeerTest, StoppingTheCoordinatorNeverTellsAParkedWorkerTheRunIsOver) {
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator(run, "coordinator");
+  auto client = Client();
+  // Five identities take the round's five tasks; a sixth then finds nothing
+  // to do and parks in GetWork's long-poll when SIGTERM arrives.
+  for (int i = 0; i < 5; ++i) {
+    const uint64_t holder = Join(*client, "holder");
+    ASSERT_TRUE(Lease(*client, holder).ok());
+  }
+  const uint64_t parked = Join(*client, "parked");
+  absl::StatusOr<WorkReply> answer;
+  std::thread poll([&] { answer = client->GetWork(parked); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  coordinator->Signal(SIGTERM);
+  poll.join();
+  ASSERT_FALSE(answer.ok() && answer->kind() == WorkReply::FINISHED) << "a stop is not the end of the run";
+  EXPECT_TRUE(IsTransient(answer.status())) << answer.status();
+  EXPECT_EQ(coordinator->ExitCode(30), 0) << coordinator->err();
+}
+
+TEST_F(HostilePeerTest, WorkersRejoinARestartedCoordinatorWithinSecondsAfterSigtermOrSigkill) {
+  SetRounds(400);
+  const std::string reference = ThreadsReference();
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator(run, "first");
+  const int port = port_;
+  std::vector<std::unique_ptr<ChildProcess>> workers;
+  for (int w = 0; w < 2; ++w) workers.push_back(StartWorker(absl::StrCat("worker", w)));
+  int restart = 0;
+  for (int signal_number : {SIGTERM, SIGKILL}) {
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    coordinator->Signal(signal_number);
+    coordinator->Wait(30);
+    std::this_thread::sleep_for(std::chrono::seconds(3));  // an outage the workers must ride out
+    for (auto& worker : workers) ASSERT_TRUE(worker->running()) << "a worker left: " << worker->err();
+    const std::string name = absl::StrCat("restart", ++restart);
+    coordinator = StartCoordinator(run, name, port);
+    const auto listening = Clock::now();
+    int joined = 0;
+    while (joined < 2 && Clock::now() - listening < std::chrono::seconds(15)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      const std::string log = coordinator->err();
+      joined = 0;
+      for (size_t at = 0; (at = log.find(") joined;", at)) != std::string::npos; ++at) ++joined;
+    }
+    const double seconds = std::chrono::duration<double>(Clock::now() - listening).count();
+    std::cout << "after " << (signal_number == SIGTERM ? "SIGTERM" : "SIGKILL") << ": " << joined
+              << " workers rejoined within " << seconds << " s of the new coordinator listening" << std::endl;
+    EXPECT_EQ(joined, 2) << coordinator->err();
+    EXPECT_LT(seconds, 6.0);
+  }
+  ASSERT_EQ(coordinator->ExitCode(600), 0) << coordinator->err();
+  EXPECT_EQ(ParameterSha(coordinator->out()), reference);
+  for (auto& worker : workers) EXPECT_EQ(worker->ExitCode(30), 0) << worker->err();
+}
+
+TEST_F(HostilePeerTest, HundredMegabyteMessagesAreRefusedWithoutHoldingTheMemory) {
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator(run, "coordinator");
+  auto client = Client();
+  const uint64_t worker = Join(*client, "big");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const int64_t rss_before = ProcStatus(coordinator->pid(), "VmRSS");
+  for (int i = 0; i < 3; ++i) {
+    JoinRequest huge;
+    huge.set_worker_name(std::string(100 << 20, 'x'));
+    EXPECT_EQ(client->Join(huge).status().code(), absl::StatusCode::kResourceExhausted);
+    ResultChunk header;
+    header.mutable_header()->set_worker_id(worker);
+    ResultChunk chunk;
+    chunk.mutable_chunk()->set_data(std::string(100 << 20, 'y'));
+    EXPECT_FALSE(client->Submit({header, chunk}).ok());
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const int64_t rss_after = ProcStatus(coordinator->pid(), "VmRSS");
+  std::cout << "six 100 MB messages: coordinator RSS " << rss_before / 1024 << " -> " << rss_after / 1024 << " MB"
+            << std::endl;
+  EXPECT_LT(rss_after - rss_before, 50 * 1024) << "kB";
+  coordinator->Signal(SIGTERM);
+  EXPECT_EQ(coordinator->ExitCode(30), 0);
+}
+
+TEST_F(HostilePeerTest, OnlyLoopbackIsServedWithoutTlsAndATokenUnlessOptedOut) {
+  const std::string run = TempDir("run");
+  auto refused = ChildProcess::Start(Concat({REPTILE_BINARY, "coordinator", "--config",
+                                             SourcePath("configs/demo.textproto"), "--run_dir", run, "--listen",
+                                             "0.0.0.0:0"},
+                                            OmniglotOverrides(rounds_)),
+                                     Log("refused"));
+  EXPECT_EQ(refused->ExitCode(60), 1);
+  EXPECT_TRUE(absl::StrContains(refused->err(), "refusing to serve 0.0.0.0:0 without TLS and a token"))
+      << refused->err();
+  const std::string port_file = run + ".port";
+  std::filesystem::remove(port_file);
+  auto opted_out = ChildProcess::Start(Concat({REPTILE_BINARY, "coordinator", "--config",
+                                               SourcePath("configs/demo.textproto"), "--run_dir", run, "--listen",
+                                               "0.0.0.0:0", "--insecure_listen", "--port_file", port_file},
+                                              OmniglotOverrides(rounds_)),
+                                       Log("opted_out"));
+  for (int i = 0; i < 1200 && !std::filesystem::exists(port_file) && opted_out->running(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  EXPECT_TRUE(absl::StrContains(opted_out->err(), "WARNING: serving 0.0.0.0:0 without TLS and a token"))
+      << opted_out->err();
+  opted_out->Signal(SIGTERM);
+  EXPECT_EQ(opted_out->ExitCode(30), 0) << opted_out->err();
+}
+
+}  // namespace
+}  // namespace reptile::testing

@@ -137,8 +137,8 @@ absl::Status TrainCommand(const CliOptions& options) {
 }
 
 absl::Status CoordinatorCommand(const CliOptions& options) {
+  ASSIGN_OR_RETURN(SecurityOptions security, SecurityFromOptions(options));  // before loading a dataset
   ASSIGN_OR_RETURN(RunSetup setup, SetUpRun(options));
-  ASSIGN_OR_RETURN(SecurityOptions security, SecurityFromOptions(options));
   GrpcTransport::Options transport_options;
   transport_options.listen_address = options.listen;
   transport_options.tls = security.tls;

@@ -88,7 +88,7 @@ absl::StatusOr<bool> TrainOn(const CliOptions& options, const RunSetup& setup, T
     engine->RequestStop();
   });
   absl::Status status = engine->Run(options.stop_at_round);
-  SetStopHandler(nullptr);
+  SetStopHandler(nullptr);  // waits for a handler in progress: the engine outlives it
   RETURN_IF_ERROR(status);
   std::cout << absl::StrFormat("round %d  parameters sha256 %s  checkpoint %s\n", engine->round(),
                                engine->Fingerprint(), setup.dir->checkpoint_path());
@@ -140,8 +140,8 @@ absl::Status TrainCommand(const CliOptions& options) {
 
 absl::Status CoordinatorCommand(const CliOptions& options) {
   ConfigureProcessForServing();
+  ASSIGN_OR_RETURN(SecurityOptions security, SecurityFromOptions(options));  // before loading a dataset
   ASSIGN_OR_RETURN(RunSetup setup, SetUpRun(options));
-  ASSIGN_OR_RETURN(SecurityOptions security, SecurityFromOptions(options));
   GrpcTransport::Options transport_options;
   transport_options.listen_address = options.listen;
   transport_options.tls = security.tls;
@@ -210,7 +210,9 @@ absl::Status WorkerCommand(const CliOptions& options) {
   GrpcWorker worker(worker_options);
   SetStopHandler([&worker] { worker.Stop(); });
   absl::Status status = worker.Run();
-  SetStopHandler([] {});  // a late SIGTERM while exiting changes nothing
+  // A late SIGTERM while exiting changes nothing; a Stop() in progress
+  // returns before `worker` goes.
+  SetStopHandler([] {});
   return status;
 }
 

@@ -1,14 +1,15 @@
 #include "coordinator/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
+#include <sys/types.h>
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/atomic_file.h"
 #include "core/fingerprint.h"
 #include "core/status_macros.h"
 
@@ -19,6 +20,8 @@ namespace {
 // serialized Checkpoint message).
 constexpr char kMagic[8] = {'R', 'E', 'P', 'T', 'C', 'K', 'P', '1'};
 constexpr uint32_t kFormatVersion = 1;
+// Owner only: a checkpoint is the whole trained model and its run config.
+constexpr mode_t kCheckpointMode = 0600;
 
 void ToFlat(const torch::Tensor& t, FlatTensor* out) {
   torch::Tensor c = t.contiguous();
@@ -33,10 +36,6 @@ absl::StatusOr<torch::Tensor> FromFlat(const FlatTensor& flat, const std::string
   torch::Tensor t = torch::empty({flat.size()}, torch::kFloat32);
   std::memcpy(t.data_ptr<float>(), flat.data().data(), flat.data().size());
   return t;
-}
-
-absl::Status ErrnoError(const std::string& what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
 }
 
 }  // namespace
@@ -64,32 +63,18 @@ absl::Status WriteCheckpoint(const std::string& path, const TrainingState& state
   if (!message.SerializeToString(&payload)) return absl::InternalError("cannot serialize checkpoint");
   const Sha256Digest digest = Sha256(payload.data(), payload.size());
 
-  const std::string temp = path + ".tmp";
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return ErrnoError("cannot create", temp);
-  bool ok = true;
-  for (const auto& [data, size] : {std::pair<const void*, size_t>{kMagic, sizeof(kMagic)},
-                                   {digest.data(), digest.size()},
-                                   {payload.data(), payload.size()}}) {
-    const char* p = static_cast<const char*>(data);
-    for (size_t left = size; ok && left > 0;) {
-      const ssize_t n = ::write(fd, p, left);
-      if (n < 0 && errno == EINTR) continue;
-      ok = n > 0;
-      p += n;
-      left -= n;
-    }
-  }
-  ok = ok && ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok) return ErrnoError("cannot write", temp);
-  if (::rename(temp.c_str(), path.c_str()) != 0) return ErrnoError("cannot rename checkpoint to", path);
-  return absl::OkStatus();
+  const absl::string_view header(kMagic, sizeof(kMagic));
+  const absl::string_view checksum(reinterpret_cast<const char*>(digest.data()), digest.size());
+  return WriteFileAtomically(path, {header, checksum, payload}, kCheckpointMode);
 }
 
 absl::StatusOr<TrainingState> ReadCheckpoint(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("no checkpoint at ", path));
+  if (!in) {
+    const int error = errno;  // e.g. another user's checkpoint, which is theirs only
+    if (!std::filesystem::exists(path)) return absl::NotFoundError(absl::StrCat("no checkpoint at ", path));
+    return absl::ErrnoToStatus(error, absl::StrCat("cannot read checkpoint ", path));
+  }
   std::stringstream buffer;
   buffer << in.rdbuf();
   const std::string file = buffer.str();

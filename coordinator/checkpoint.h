@@ -1,7 +1,8 @@
 // Checkpoints: the config, the rounds completed and the meta-state, in one
-// file written atomically (temporary file, fsync, rename) and guarded by a
-// SHA-256 of its contents, so that a torn or corrupt file is reported as such
-// and never loaded. The sampler is counter-based, so the round is its state.
+// file written atomically (temporary file, fsync, rename, fsync of the
+// directory) and guarded by a SHA-256 of its contents, so that a torn or
+// corrupt file is reported as such and never loaded. The sampler is
+// counter-based, so the round is its state.
 #ifndef REPTILE_COORDINATOR_CHECKPOINT_H_
 #define REPTILE_COORDINATOR_CHECKPOINT_H_
 
@@ -22,10 +23,13 @@ struct TrainingState {
   MetaState meta;
 };
 
+// Replaces `path`; the file is readable and writable by its owner only
+// (0600), as it holds the whole model. Errors name the file.
 absl::Status WriteCheckpoint(const std::string& path, const TrainingState& state);
 
-// NotFound if there is no file; DataLoss if it is truncated, corrupt or not
-// a checkpoint; each message names the file.
+// NotFound if there is no file; PermissionDenied (or another errno's code) if
+// it cannot be read; DataLoss if it is truncated, corrupt or not a checkpoint;
+// each message names the file.
 absl::StatusOr<TrainingState> ReadCheckpoint(const std::string& path);
 
 // SHA-256 (hex) of the parameters' fp32 bytes, in flat order.

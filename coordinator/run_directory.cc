@@ -5,9 +5,18 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/atomic_file.h"
 #include "core/config.h"
+#include "core/status_macros.h"
 
 namespace reptile {
+namespace {
+
+// config.textproto and metrics.jsonl: readable by all, as an ofstream makes
+// them (the umask applies).
+constexpr mode_t kPlainFileMode = 0666;
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<RunDirectory>> RunDirectory::Open(const std::string& path) {
   std::error_code error;
@@ -22,10 +31,7 @@ absl::StatusOr<std::unique_ptr<RunDirectory>> RunDirectory::Open(const std::stri
 bool RunDirectory::has_checkpoint() const { return std::filesystem::exists(checkpoint_path()); }
 
 absl::Status RunDirectory::WriteConfig(const ExperimentConfig& config) {
-  std::ofstream out(path_ + "/config.textproto", std::ios::trunc);
-  out << ConfigToText(config);
-  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path_, "/config.textproto"));
-  return absl::OkStatus();
+  return WriteFileAtomically(path_ + "/config.textproto", {ConfigToText(config)}, kPlainFileMode);
 }
 
 namespace {
@@ -54,15 +60,7 @@ absl::Status RunDirectory::TrimMetrics(int64_t round, bool finished) {
     kept << line << '\n';
   }
   in.close();
-  const std::string temp = path + ".tmp";
-  {
-    std::ofstream out(temp, std::ios::trunc);
-    out << kept.str();
-    if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", temp));
-  }
-  std::error_code error;
-  std::filesystem::rename(temp, path, error);
-  if (error) return absl::PermissionDeniedError(absl::StrCat("cannot replace ", path, ": ", error.message()));
+  RETURN_IF_ERROR(WriteFileAtomically(path, {kept.str()}, kPlainFileMode));
   metrics_.open(path, std::ios::app);
   if (!metrics_) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
   return absl::OkStatus();

@@ -1,6 +1,8 @@
 // A run's folder: config.textproto (the config as run), checkpoint.bin (the
 // latest checkpoint), metrics.jsonl (one JSON object per line: training
-// rounds, evaluations, the final evaluation). Not thread-safe.
+// rounds, evaluations, the final evaluation). Files that are rewritten are
+// replaced atomically and durably (coordinator/atomic_file.h); metrics lines
+// are appended. Not thread-safe.
 #ifndef REPTILE_COORDINATOR_RUN_DIRECTORY_H_
 #define REPTILE_COORDINATOR_RUN_DIRECTORY_H_
 

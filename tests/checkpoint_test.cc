@@ -1,7 +1,11 @@
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 
 #include "coordinator/checkpoint.h"
+#include "coordinator/run_directory.h"
+#include "core/config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "test_support.h"
@@ -80,6 +84,60 @@ TEST(CheckpointTest, FingerprintSeesASingleBit) {
   torch::Tensor b = a.clone();
   b[3] = 1e-45f;  // the smallest denormal: one bit
   EXPECT_NE(ParameterFingerprint(a), ParameterFingerprint(b));
+}
+
+mode_t ModeOf(const std::string& path) {
+  struct stat info {};
+  EXPECT_EQ(stat(path.c_str(), &info), 0) << path;
+  return info.st_mode & 07777;
+}
+
+// A checkpoint is the whole model: its owner's only, whatever the umask, and
+// whatever mode a temporary file left by a crash had.
+TEST(CheckpointTest, IsWrittenOwnerOnlyWhateverTheUmaskOrALeftoverTemporaryFile) {
+  const std::string path = testing::TempDir("ckpt") + "/checkpoint.bin";
+  const mode_t umask_before = umask(0);
+  WriteFile(path + ".tmp", "torn by a crash");
+  chmod((path + ".tmp").c_str(), 0666);
+  const absl::Status written = WriteCheckpoint(path, SampleState());
+  umask(umask_before);
+  ASSERT_TRUE(written.ok()) << written;
+  EXPECT_EQ(ModeOf(path), 0600u);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  // Replacing it keeps it so.
+  ASSERT_TRUE(WriteCheckpoint(path, SampleState()).ok());
+  EXPECT_EQ(ModeOf(path), 0600u);
+  EXPECT_TRUE(ReadCheckpoint(path).ok());
+}
+
+TEST(CheckpointTest, AFailedWriteNamesTheFileAndLeavesTheOldCheckpoint) {
+  const std::string dir = testing::TempDir("ckpt");
+  const absl::Status missing = WriteCheckpoint(dir + "/no/such/dir/checkpoint.bin", SampleState());
+  EXPECT_FALSE(missing.ok());
+  EXPECT_THAT(missing.message(), HasSubstr(dir + "/no/such/dir/checkpoint.bin.tmp"));
+  EXPECT_THAT(missing.message(), HasSubstr("No such file or directory"));
+
+  const std::string path = dir + "/checkpoint.bin";
+  ASSERT_TRUE(WriteCheckpoint(path, SampleState()).ok());
+  const std::string before = ReadFile(path);
+  std::filesystem::create_directory(path + ".tmp");  // cannot be replaced by a file
+  EXPECT_FALSE(WriteCheckpoint(path, SampleState()).ok());
+  EXPECT_EQ(ReadFile(path), before);
+}
+
+TEST(RunDirectoryTest, ConfigIsReplacedAtomicallyAndReadableByOthers) {
+  const std::string path = testing::TempDir("run");
+  auto dir = RunDirectory::Open(path);
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  const ExperimentConfig config = testing::LoadNamedConfig("sine");
+  WriteFile(path + "/config.textproto.tmp", "torn by a crash");
+  const mode_t umask_before = umask(022);
+  const absl::Status written = (*dir)->WriteConfig(config);
+  umask(umask_before);
+  ASSERT_TRUE(written.ok()) << written;
+  EXPECT_FALSE(std::filesystem::exists(path + "/config.textproto.tmp"));
+  EXPECT_EQ(ReadFile(path + "/config.textproto"), ConfigToText(config));
+  EXPECT_EQ(ModeOf(path + "/config.textproto"), 0644u);
 }
 
 }  // namespace

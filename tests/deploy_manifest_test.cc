@@ -176,6 +176,17 @@ TEST_F(DeployManifestTest, CoordinatorWorkersAndServiceFitTogether) {
     const int port = static_cast<int>(GetNumber(container_port, "containerPort"));
     EXPECT_TRUE(absl::c_linear_search(GetStrings(container, "args"), absl::StrCat("--listen=0.0.0.0:", port)));
 
+    // The bearer token reaches the coordinator through its environment: a
+    // Secret file is group-readable under fsGroup, and a token file that is
+    // gets refused.
+    EXPECT_FALSE(absl::c_any_of(GetStrings(container, "args"),
+                                [](const std::string& arg) { return absl::StartsWith(arg, "--token_file"); }));
+    bool token_from_secret = false;
+    for (const Value* variable : GetList(container, "env"))
+      token_from_secret |= GetString(*variable, "name") == "REPTILE_TOKEN" &&
+                           GetString(*variable, "valueFrom.secretKeyRef.key") == "token";
+    EXPECT_TRUE(token_from_secret);
+
     // Workers find the coordinator by the Service's DNS name and port, and
     // check its certificate against that name.
     const Value& worker = *GetList(*workers, "spec.template.spec.containers").at(0);
@@ -208,6 +219,7 @@ TEST_F(DeployManifestTest, CoordinatorWorkersAndServiceFitTogether) {
           EXPECT_NE(FindObject(objects, "PersistentVolumeClaim", GetString(*claim, "claimName")), nullptr) << where;
         if (const Value* secret = Get(*volume, "secret")) {
           EXPECT_EQ(GetString(*secret, "secretName"), "reptile-credentials") << where;
+          EXPECT_EQ(GetNumber(*secret, "defaultMode"), 0400) << where << ": Secret files for their owner only";
           for (const Value* item : GetList(*secret, "items"))
             EXPECT_TRUE(std::set<std::string>({"ca.crt", "tls.crt", "tls.key", "token"})
                             .count(GetString(*item, "key"))) << where;

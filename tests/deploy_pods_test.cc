@@ -124,7 +124,7 @@ class LocalPods {
     }
     for (const auto& [from, to] : ImageFilesOnThisMachine()) local.paths.push_back({from, to});
     local.paths.insert(local.paths.end(), addresses_.begin(), addresses_.end());
-    for (const auto& [volume, dir] : to_fill) Fill(*volume, dir, local.paths);
+    for (const auto& [volume, dir] : to_fill) Fill(pod, *volume, dir, local.paths);
 
     std::vector<std::string> command = GetStrings(*container, "command");
     const std::vector<std::string> args = GetStrings(*container, "args");
@@ -165,8 +165,12 @@ class LocalPods {
   }
 
   // Writes a ConfigMap's or Secret's files (all keys, or the items named)
-  // into `dir`, ConfigMap contents with container paths made local.
-  void Fill(const Value& volume, const std::string& dir, const std::vector<std::pair<std::string, std::string>>& paths) {
+  // into `dir`, ConfigMap contents with container paths made local, with the
+  // modes the kubelet gives them: the item's mode, else the volume's
+  // defaultMode, else 0644; and with the pod's fsGroup, group read added
+  // whatever the mode (kubernetes/kubernetes#57923).
+  void Fill(const Value& pod, const Value& volume, const std::string& dir,
+            const std::vector<std::pair<std::string, std::string>>& paths) {
     std::map<std::string, std::string> files;  // key -> contents
     const Value* source = nullptr;
     if ((source = Get(volume, "configMap")) != nullptr) {
@@ -182,13 +186,23 @@ class LocalPods {
       ASSERT_NE(Get(volume, "emptyDir"), nullptr) << "unmapped volume " << GetString(volume, "name");
       return;
     }
-    std::vector<std::pair<std::string, std::string>> items;  // key -> file
-    for (const Value* item : GetList(*source, "items")) items.push_back({GetString(*item, "key"), GetString(*item, "path")});
+    const int default_mode = static_cast<int>(GetNumber(*source, "defaultMode", 0644));
+    const int group_read = Get(pod, "spec.securityContext.fsGroup") != nullptr ? 0440 : 0;
+    struct Item {
+      std::string key, path;
+      int mode;
+    };
+    std::vector<Item> items;
+    for (const Value* item : GetList(*source, "items"))
+      items.push_back({GetString(*item, "key"), GetString(*item, "path"),
+                       static_cast<int>(GetNumber(*item, "mode", default_mode))});
     if (items.empty())
-      for (const auto& [key, contents] : files) items.push_back({key, key});
-    for (const auto& [key, path] : items) {
-      ASSERT_EQ(files.count(key), 1u) << "no key " << key;
-      std::ofstream(dir + "/" + path) << files[key];
+      for (const auto& [key, contents] : files) items.push_back({key, key, default_mode});
+    for (const Item& item : items) {
+      ASSERT_EQ(files.count(item.key), 1u) << "no key " << item.key;
+      const std::string file = dir + "/" + item.path;
+      std::ofstream(file) << files[item.key];
+      std::filesystem::permissions(file, static_cast<std::filesystem::perms>(item.mode | group_read));
     }
   }
 

@@ -1,3 +1,5 @@
+#include <limits>
+
 #include "gtest/gtest.h"
 #include "test_support.h"
 #include "core/models/batch_norm_relu.h"
@@ -148,7 +150,7 @@ TEST(LearnerTest, FomamlReturnsOnlyTheLastStep) {
 }
 
 TEST(LearnerTest, EvaluationCountsBothModes) {
-  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s", {"eval.inner_iterations=5"});
+  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s", {"eval.inner_iterations=5", "task.query_shots=2"});
   auto tasks = SharedTaskSource(config);
   auto learner = Learner::Create(config, tasks);
   WorkItem item;
@@ -176,6 +178,50 @@ TEST(LearnerTest, MismatchedStateIsRefused) {
   EXPECT_EQ((*learner)->Run(state, TrainItem(config, 1)).status().code(), absl::StatusCode::kInvalidArgument);
   state.parameters = torch::zeros({(*learner)->num_parameters()}, torch::kFloat64);
   EXPECT_EQ((*learner)->Run(state, TrainItem(config, 1)).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// What a coordinator sends is checked against the learner's own config
+// before anything is allocated; LibTorch failures come back as a Status.
+TEST(LearnerTest, SpecsThatDoNotFitTheConfigAreRefusedAndTheLearnerKeepsWorking) {
+  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
+  auto learner = Learner::Create(config, SharedTaskSource(config));
+  ASSERT_TRUE(learner.ok());
+  const MetaState state = InitialState(config, true);
+  auto refused = [&](const WorkItem& item, const std::string& message) {
+    absl::StatusOr<TaskResult> result;
+    EXPECT_NO_THROW(result = (*learner)->Run(state, item));
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << result.status();
+    EXPECT_NE(result.status().message().find(message), std::string::npos) << result.status();
+  };
+  const WorkItem good = TrainItem(config, 4);
+  WorkItem item = good;
+  item.spec.set_support_shots(std::numeric_limits<int32_t>::max());
+  refused(item, "task spec field support_shots: 2147483647, but a training task has 10 (task.train_shots)");
+  item = good;
+  item.spec.set_support_shots(20);  // a class has that many, the config asks for 10
+  refused(item, "task spec field support_shots: 20");
+  item = good;
+  item.spec.set_query_shots(1);
+  refused(item, "task spec field query_shots: 1, but a training task has 0");
+  item = good;
+  item.spec.add_class_ids(50);  // 6 ways for a 5-way model
+  refused(item, "task spec field class_ids (count): 6, but a training task has 5 (task.ways)");
+  item = good;
+  item.spec.set_meta_test(true);  // training on held-out classes
+  refused(item, "task spec field meta_test: 1");
+  item = good;
+  item.kind = WorkKind::kEvaluate;  // an episode with training shots and no queries
+  refused(item, "task spec field meta_test: 0");
+  item = good;
+  item.spec.set_family(SINE);
+  refused(item, "task spec field family: SINE");
+  item = good;
+  item.spec.set_class_ids(0, 99999);  // the right shape, a class that does not exist
+  refused(item, "task spec field class_ids: class id 99999");
+
+  auto result = (*learner)->Run(state, good);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->delta.numel(), (*learner)->num_parameters());
 }
 
 }  // namespace

@@ -252,7 +252,7 @@ TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInPr
       absl::StrCat("outer.rounds=", kRounds), "eval.every_rounds=0", "eval.final_episodes=0",
       "runtime.checkpoint_every_rounds=100"};
   const std::string token_file = dir_ + "/token";
-  std::ofstream(token_file) << "netns-test-" << getpid() << "\n";
+  testing::WriteTokenFile(token_file, absl::StrCat("netns-test-token-", getpid()));
   const std::string run_dir = dir_ + "/distributed", port_file = dir_ + "/port";
   std::vector<std::string> coordinator_argv = {ip_, "netns", "exec", coordinator_ns, REPTILE_BINARY, "coordinator",
                                                "--run_dir", run_dir, "--listen", "0.0.0.0:0", "--insecure_listen", "--port_file",

@@ -1,10 +1,14 @@
 // TLS, mutual TLS and bearer tokens between real coordinator and worker
 // processes, with throwaway certificates made by `openssl` for the test.
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "coordinator.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/child_process.h"
@@ -13,6 +17,10 @@
 
 namespace reptile::testing {
 namespace {
+
+// Tokens as `reptile` accepts them: 16 characters or more.
+constexpr char kToken[] = "s3cret-token-of-the-security-test";
+constexpr char kWrongToken[] = "not-the-token-of-the-security-test";
 
 const std::vector<std::string> kOverrides = {"outer.rounds=40", "outer.meta_batch_size=2", "eval.every_rounds=0",
                                              "eval.final_episodes=5"};
@@ -32,9 +40,10 @@ class SecurityTest : public ::testing::Test {
         "ca ca; ca rogue_ca\n",
         "leaf server ca IP:127.0.0.1,DNS:localhost\n",
         "leaf client ca DNS:worker\n",
-        "leaf rogue_client rogue_ca DNS:worker\n",
-        "echo s3cret-token > token; echo not-the-token > wrong_token\n");
+        "leaf rogue_client rogue_ca DNS:worker\n");
     ASSERT_EQ(std::system(script.c_str()), 0) << "openssl failed";
+    WriteTokenFile(Pki("token"), kToken);
+    WriteTokenFile(Pki("wrong_token"), kWrongToken);
     run_ = TempDir("run");
   }
 
@@ -97,12 +106,12 @@ TEST_F(SecurityTest, TlsWithATokenTrainsAndRefusesWrongOrMissingTokens) {
   grpc::Status status = Probe(client);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(absl::StrContains(status.error_message(), "missing bearer token")) << status.error_message();
-  client.token = "not-the-token";
+  client.token = kWrongToken;
   status = Probe(client);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(absl::StrContains(status.error_message(), "wrong bearer token")) << status.error_message();
   SecurityOptions plain;  // plain text to a TLS port: no connection at all
-  plain.token = "s3cret-token";
+  plain.token = kToken;
   EXPECT_FALSE(Probe(plain).ok());
 
   // A worker with the wrong token gives up with the reason; the right one trains.
@@ -150,6 +159,87 @@ TEST_F(SecurityTest, MissingOrMalformedCertificateFilesAreClearErrors) {
                                      run_ + "_not_pem");
   EXPECT_EQ(not_pem->ExitCode(60), 1);
   EXPECT_TRUE(absl::StrContains(not_pem->err(), "is not PEM")) << not_pem->err();
+}
+
+// A token file is refused like ssh refuses a private key others may read,
+// and a token that is empty, spans lines or holds spaces or control
+// characters, or is short enough to guess, is refused whichever way it comes.
+TEST(LoadTokenTest, RefusesFilesOthersMayReadAndWeakTokensWithOneLineNamingTheSource) {
+  const std::string dir = TempDir("tokens");
+  const std::string file = dir + "/token";
+  auto load = [&](const std::string& contents, mode_t mode) {
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << contents;
+    EXPECT_EQ(chmod(file.c_str(), mode), 0);
+    return LoadToken(file);
+  };
+  auto expect_refused = [&](const absl::StatusOr<std::string>& token, absl::StatusCode code,
+                            const std::vector<std::string>& parts) {
+    ASSERT_FALSE(token.ok()) << *token;
+    EXPECT_EQ(token.status().code(), code) << token.status();
+    const std::string message(token.status().message());
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    EXPECT_FALSE(absl::StrContains(message, kToken)) << "the error shows the token: " << message;
+    for (const std::string& part : parts) EXPECT_TRUE(absl::StrContains(message, part)) << message;
+  };
+  const std::string line = absl::StrCat(kToken, "\n");
+
+  EXPECT_EQ(load(line, 0600).value_or("refused"), kToken);
+  EXPECT_EQ(load(line, 0400).value_or("refused"), kToken);
+  EXPECT_EQ(load(absl::StrCat(kToken, "\r\n"), 0600).value_or("refused"), kToken);
+  EXPECT_EQ(load(kToken, 0600).value_or("refused"), kToken);
+  for (const mode_t mode : {0644, 0640, 0604, 0620, 0602, 0660}) {
+    SCOPED_TRACE(mode);
+    expect_refused(load(line, mode), absl::StatusCode::kFailedPrecondition,
+                   {"--token_file " + file, absl::StrFormat("mode %04o", mode), "chmod 600 " + file});
+  }
+  // Kubernetes with fsGroup mounts a Secret's files group-readable whatever
+  // their defaultMode: the error says what to do instead.
+  expect_refused(load(line, 0440), absl::StatusCode::kFailedPrecondition, {"mode 0440", "$REPTILE_TOKEN"});
+
+  expect_refused(load("", 0600), absl::StatusCode::kInvalidArgument, {file, "is empty"});
+  expect_refused(load("\n", 0600), absl::StatusCode::kInvalidArgument, {file, "is empty"});
+  expect_refused(load(absl::StrCat(kToken, "\n\n"), 0600), absl::StatusCode::kInvalidArgument,
+                 {file, "byte 0x0a at position 33", "one line"});
+  expect_refused(load(absl::StrCat(" ", kToken), 0600), absl::StatusCode::kInvalidArgument,
+                 {"byte 0x20 at position 0"});
+  expect_refused(load("s3cret token with a space\n", 0600), absl::StatusCode::kInvalidArgument, {"byte 0x20"});
+  expect_refused(load(absl::StrCat(kToken, "\t\n"), 0600), absl::StatusCode::kInvalidArgument, {"byte 0x09"});
+  expect_refused(load("s3cret\x01token-with-a-control\n", 0600), absl::StatusCode::kInvalidArgument, {"byte 0x01"});
+  expect_refused(load("s3cret-t\xc3\xb6ken-non-ascii\n", 0600), absl::StatusCode::kInvalidArgument, {"byte 0xc3"});
+  expect_refused(load("s3cret-token\n", 0600), absl::StatusCode::kInvalidArgument,
+                 {file, "12 characters, fewer than 16", "guess", "openssl rand -hex 32"});
+  EXPECT_EQ(load("0123456789abcdef\n", 0600).value_or("refused"), "0123456789abcdef");
+
+  std::filesystem::remove(file);
+  expect_refused(LoadToken(file), absl::StatusCode::kNotFound, {"cannot read --token_file " + file});
+  expect_refused(LoadToken(dir), absl::StatusCode::kInvalidArgument, {dir, "not a regular file"});
+
+  // The environment's token follows the same rules; no token at all is "".
+  ASSERT_EQ(setenv("REPTILE_TOKEN", "short", 1), 0);
+  expect_refused(LoadToken(""), absl::StatusCode::kInvalidArgument, {"$REPTILE_TOKEN", "5 characters"});
+  ASSERT_EQ(setenv("REPTILE_TOKEN", line.c_str(), 1), 0);
+  EXPECT_EQ(LoadToken("").value_or("refused"), kToken);
+  ASSERT_EQ(unsetenv("REPTILE_TOKEN"), 0);
+  EXPECT_EQ(LoadToken("").value_or("refused"), "");
+}
+
+TEST_F(SecurityTest, ACoordinatorOrWorkerGivenATokenFileOthersMayReadStopsWithTheFix) {
+  ASSERT_EQ(chmod(Pki("token").c_str(), 0644), 0);
+  auto coordinator = ChildProcess::Start({REPTILE_BINARY, "coordinator", "--config", SourcePath("configs/sine.textproto"),
+                                          "--run_dir", run_, "--listen", "127.0.0.1:0", "--token_file", Pki("token")},
+                                         run_ + "_coordinator");
+  EXPECT_EQ(coordinator->ExitCode(60), 1);
+  EXPECT_TRUE(absl::StrContains(
+      coordinator->err(),
+      absl::StrCat("reptile coordinator: error: --token_file ", Pki("token"),
+                   " has mode 0644: a bearer token must not be readable or writable by group or others; "
+                   "run chmod 600 ", Pki("token"), "\n")))
+      << coordinator->err();
+  auto worker = ChildProcess::Start({REPTILE_BINARY, "worker", "--coordinator", "127.0.0.1:1", "--token_file",
+                                     Pki("token")},
+                                    run_ + "_worker");
+  EXPECT_EQ(worker->ExitCode(60), 1);
+  EXPECT_TRUE(absl::StrContains(worker->err(), "chmod 600 " + Pki("token"))) << worker->err();
 }
 
 }  // namespace

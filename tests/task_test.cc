@@ -1,14 +1,17 @@
+#include <limits>
 #include <set>
 
 #include "coordinator/task_sampler.h"
 #include "core/rng.h"
 #include "core/tasks/task_source.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "test_support.h"
 
 namespace reptile {
 namespace {
 
+using ::testing::HasSubstr;
 using testing::LoadNamedConfig;
 using testing::SharedTaskSource;
 
@@ -143,6 +146,82 @@ TEST(TaskSourceTest, HostileSpecsAreRefused) {
   EXPECT_EQ(source->Materialize(spec).status().code(), absl::StatusCode::kInvalidArgument);
   spec.set_family(SINE);
   EXPECT_EQ(source->Materialize(spec).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A spec from the network is checked before anything is allocated: each of
+// these would otherwise throw from LibTorch, allocate without bound or
+// silently build a wrong task. The error names the field and the value.
+TEST(TaskSourceTest, HostileSpecsAreRefusedBeforeAllocatingNamingTheField) {
+  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
+  auto source = SharedTaskSource(config);
+  ASSERT_NE(source, nullptr);
+  TaskSpec good;
+  good.set_family(OMNIGLOT);
+  good.set_seed(1);
+  good.set_support_shots(10);
+  for (int id : {0, 7, 14, 21, 28}) good.add_class_ids(id);
+  ASSERT_TRUE(source->Materialize(good).ok());
+  constexpr int kHuge = std::numeric_limits<int32_t>::max();
+
+  auto refused = [&](const TaskSpec& spec, const std::string& field, const std::string& value) {
+    const absl::Status status = source->Materialize(spec).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("task spec field " + field)) << status;
+    EXPECT_THAT(std::string(status.message()), HasSubstr(value)) << status;
+  };
+  TaskSpec spec = good;
+  spec.set_support_shots(kHuge);  // 5 x 2^31 images: overflows, then a multi-terabyte tensor
+  refused(spec, "support_shots", std::to_string(kHuge));
+  spec = good;
+  spec.set_query_shots(kHuge);  // support + query overflows int
+  refused(spec, "support_shots", std::to_string(kHuge));
+  spec = good;
+  spec.set_query_shots(-3);
+  refused(spec, "query_shots", "-3");
+  spec = good;
+  spec.set_support_shots(0);
+  refused(spec, "support_shots", "got 0");
+  spec = good;
+  spec.set_class_ids(2, -1);
+  refused(spec, "class_ids", "class id -1");
+  spec = good;
+  spec.set_class_ids(4, 4800);
+  refused(spec, "class_ids", "class id 4800 outside the meta-training split of 4800");
+  spec = good;
+  spec.set_meta_test(true);  // 423 held-out classes
+  spec.set_class_ids(4, 423);
+  refused(spec, "class_ids", "class id 423 outside the meta-test split");
+  spec = good;
+  spec.set_class_ids(3, 7);  // one class under two labels
+  refused(spec, "class_ids", "class id 7 named twice");
+  spec = good;
+  spec.clear_class_ids();
+  for (int i = 0; i < 100000; ++i) spec.add_class_ids(i % 10);  // a long list of repeats
+  refused(spec, "class_ids", "named twice");
+  spec = good;
+  spec.clear_class_ids();
+  refused(spec, "class_ids", "names no classes");
+  spec = good;
+  spec.set_family(SINE);
+  refused(spec, "family", "SINE");
+  spec = good;
+  spec.set_family(static_cast<TaskFamily>(77));  // not a family at all
+  refused(spec, "family", "does not match");
+  EXPECT_TRUE(source->Materialize(good).ok()) << "a refused spec leaves the source usable";
+
+  auto sine = TaskSource::Create(LoadNamedConfig("sine").task());
+  ASSERT_TRUE(sine.ok());
+  TaskSpec points;
+  points.set_family(SINE);
+  points.set_support_shots(kHuge);
+  EXPECT_THAT(std::string((*sine)->Materialize(points).status().message()),
+              HasSubstr("task spec field support_shots: 2147483647 sine points"));
+  points.set_support_shots(10);
+  points.set_query_shots(kHuge);
+  EXPECT_THAT(std::string((*sine)->Materialize(points).status().message()), HasSubstr("task spec field query_shots"));
+  points.set_query_shots(0);
+  points.add_class_ids(1);
+  EXPECT_THAT(std::string((*sine)->Materialize(points).status().message()), HasSubstr("task spec field class_ids"));
 }
 
 }  // namespace

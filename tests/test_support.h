@@ -3,6 +3,9 @@
 #ifndef REPTILE_TESTS_TEST_SUPPORT_H_
 #define REPTILE_TESTS_TEST_SUPPORT_H_
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -41,6 +44,17 @@ inline std::shared_ptr<const TaskSource> SharedTaskSource(const ExperimentConfig
     if (created.ok()) source = *created;
   }
   return source;
+}
+
+// A bearer token file as `reptile` accepts one: the owner's only (0600)
+// from the moment it exists.
+inline void WriteTokenFile(const std::string& path, const std::string& token) {
+  std::filesystem::remove(path);
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0) << path;
+  const std::string line = token.empty() ? "" : token + "\n";
+  ASSERT_EQ(write(fd, line.data(), line.size()), static_cast<ssize_t>(line.size())) << path;
+  close(fd);
 }
 
 // A fresh empty directory under the test's temp dir.

@@ -42,6 +42,38 @@ absl::Status CheckState(const MetaState& state, int64_t numel, bool carry) {
   return absl::OkStatus();
 }
 
+// A spec must be what TaskSampler draws from this config for the item's
+// kind: a training task from the meta-training split, or an evaluation
+// episode from the meta-test split, with the config's ways and shots.
+absl::Status CheckSpecFitsConfig(const WorkItem& item, const TaskConfig& task) {
+  const TaskSpec& spec = item.spec;
+  const bool evaluate = item.kind == WorkKind::kEvaluate;
+  const bool sine = task.family() == SINE;
+  const char* what = evaluate ? "an evaluation episode" : "a training task";
+  auto error = [&](const char* field, int64_t value, const std::string& expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task spec field ", field, ": ", value, ", but ", what, " has ", expected));
+  };
+  if (spec.family() != task.family())
+    return absl::InvalidArgumentError(absl::StrCat("task spec field family: ", TaskFamily_Name(spec.family()),
+                                                   ", but task.family is ", TaskFamily_Name(task.family())));
+  if (spec.meta_test() != evaluate)
+    return error("meta_test", spec.meta_test(), evaluate ? "meta_test 1 (the held-out classes)" : "meta_test 0");
+  const int ways = sine ? 0 : task.ways();
+  if (spec.class_ids_size() != ways)
+    return error("class_ids (count)", spec.class_ids_size(), absl::StrCat(ways, " (task.ways)"));
+  const int support = evaluate ? task.eval_shots() : sine ? task.sine_train_points() : task.train_shots();
+  if (spec.support_shots() != support)
+    return error("support_shots", spec.support_shots(),
+                 absl::StrCat(support, evaluate ? " (task.eval_shots)"
+                                                : sine ? " (task.sine_train_points)" : " (task.train_shots)"));
+  const int query = !evaluate ? 0 : sine ? task.sine_query_points() : task.query_shots();
+  if (spec.query_shots() != query)
+    return error("query_shots", spec.query_shots(),
+                 absl::StrCat(query, !evaluate ? "" : sine ? " (task.sine_query_points)" : " (task.query_shots)"));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(const ExperimentConfig& config,
@@ -62,10 +94,11 @@ Learner::Learner(const ExperimentConfig& config, std::shared_ptr<const TaskSourc
 absl::StatusOr<TaskResult> Learner::Run(const MetaState& state, const WorkItem& item) {
   const bool carry = config_.inner().optimizer() == ADAM && config_.inner().state_mode() == CARRY;
   RETURN_IF_ERROR(CheckState(state, flat_->numel(), carry));
+  RETURN_IF_ERROR(CheckSpecFitsConfig(item, config_.task()));
   if (tasks_ == nullptr) return absl::FailedPreconditionError("learner has no task source");
-  ASSIGN_OR_RETURN(TaskExamples task, tasks_->Materialize(item.spec));
-  const auto start = std::chrono::steady_clock::now();
   try {
+    ASSIGN_OR_RETURN(TaskExamples task, tasks_->Materialize(item.spec));
+    const auto start = std::chrono::steady_clock::now();
     TaskResult result = item.kind == WorkKind::kTrain ? Train(state, item.spec, task)
                                                       : Evaluate(state, item.spec, task);
     result.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

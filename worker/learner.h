@@ -61,8 +61,10 @@ class Learner {
   static absl::StatusOr<std::unique_ptr<Learner>> Create(const ExperimentConfig& config,
                                                          std::shared_ptr<const TaskSource> tasks);
 
-  // Fails with InvalidArgument for a spec or state that does not fit, and
-  // Internal for a LibTorch failure; the learner stays usable either way.
+  // Fails with InvalidArgument, before allocating, for a state or spec that
+  // does not fit (a spec must be what TaskSampler draws from this config for
+  // the item's kind: family, split, ways and shots), and with Internal for a
+  // LibTorch failure; the learner stays usable either way.
   absl::StatusOr<TaskResult> Run(const MetaState& state, const WorkItem& item);
 
   // Runs the evaluation adaptation on caller-provided examples and returns

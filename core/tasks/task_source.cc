@@ -22,6 +22,12 @@ constexpr int kFashionTrainClasses = 5;
 // Sine tasks: y = A sin(x + phi), as in the paper's regression demo.
 constexpr double kAmplitudeMin = 0.1, kAmplitudeMax = 5.0;
 constexpr double kXMin = -5.0, kXMax = 5.0;
+// Sine points have no dataset to bound them: at most this many per set.
+constexpr int kMaxSinePoints = 1 << 20;
+
+absl::Status SpecError(const char* field, const std::string& problem) {
+  return absl::InvalidArgumentError(absl::StrCat("task spec field ", field, ": ", problem));
+}
 
 }  // namespace
 
@@ -80,20 +86,49 @@ int64_t TaskSource::memory_bytes() const {
   return total;
 }
 
-absl::StatusOr<TaskExamples> TaskSource::Materialize(const TaskSpec& spec) const {
+absl::Status TaskSource::CheckSpec(const TaskSpec& spec) const {
   if (spec.family() != config_.family())
-    return absl::InvalidArgumentError(absl::StrCat("task spec family ", TaskFamily_Name(spec.family()),
-                                                   " does not match this source's ",
-                                                   TaskFamily_Name(config_.family())));
-  if (spec.support_shots() <= 0 || spec.query_shots() < 0)
-    return absl::InvalidArgumentError("task spec needs support_shots > 0 and query_shots >= 0");
+    return SpecError("family", absl::StrCat(TaskFamily_Name(spec.family()), " does not match this source's ",
+                                            TaskFamily_Name(config_.family())));
+  if (spec.support_shots() <= 0) return SpecError("support_shots", absl::StrCat("must be > 0, got ", spec.support_shots()));
+  if (spec.query_shots() < 0) return SpecError("query_shots", absl::StrCat("must be >= 0, got ", spec.query_shots()));
+  if (spec.family() == SINE) {
+    if (spec.class_ids_size() != 0)
+      return SpecError("class_ids", absl::StrCat("a sine task names no classes, got ", spec.class_ids_size()));
+    if (spec.support_shots() > kMaxSinePoints)
+      return SpecError("support_shots", absl::StrCat(spec.support_shots(), " sine points, more than ", kMaxSinePoints));
+    if (spec.query_shots() > kMaxSinePoints)
+      return SpecError("query_shots", absl::StrCat(spec.query_shots(), " sine points, more than ", kMaxSinePoints));
+    return absl::OkStatus();
+  }
+  const std::vector<ClassRef>& split = spec.meta_test() ? test_classes_ : train_classes_;
+  const char* split_name = spec.meta_test() ? "meta-test" : "meta-training";
+  if (spec.class_ids_size() < 1) return SpecError("class_ids", "names no classes");
+  const int64_t per_class = int64_t{spec.support_shots()} + spec.query_shots();
+  std::vector<bool> named(split.size(), false);
+  for (int id : spec.class_ids()) {
+    if (id < 0 || id >= static_cast<int>(split.size()))
+      return SpecError("class_ids", absl::StrCat("class id ", id, " outside the ", split_name, " split of ",
+                                                 split.size(), " classes"));
+    if (named[id]) return SpecError("class_ids", absl::StrCat("class id ", id, " named twice"));
+    named[id] = true;
+    const ClassRef& ref = split[id];
+    const ImageDataset& images = datasets_[ref.dataset];
+    if (per_class > images.num_examples(ref.cls))
+      return SpecError("support_shots", absl::StrCat("support_shots ", spec.support_shots(), " + query_shots ",
+                                                     spec.query_shots(), " asks for ", per_class,
+                                                     " examples of class ", images.class_name(ref.cls),
+                                                     ", which has ", images.num_examples(ref.cls)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TaskExamples> TaskSource::Materialize(const TaskSpec& spec) const {
+  RETURN_IF_ERROR(CheckSpec(spec));
   return spec.family() == SINE ? MaterializeSine(spec) : MaterializeImages(spec);
 }
 
-absl::StatusOr<TaskExamples> TaskSource::MaterializeSine(const TaskSpec& spec) const {
-  constexpr int64_t kMaxPoints = 1 << 20;
-  if (spec.support_shots() > kMaxPoints || spec.query_shots() > kMaxPoints)
-    return absl::InvalidArgumentError("sine task spec asks for too many points");
+TaskExamples TaskSource::MaterializeSine(const TaskSpec& spec) const {
   Rng rng(spec.seed());
   const double amplitude = rng.Uniform(kAmplitudeMin, kAmplitudeMax);
   const double phase = rng.Uniform(0.0, 2.0 * M_PI);
@@ -114,10 +149,9 @@ absl::StatusOr<TaskExamples> TaskSource::MaterializeSine(const TaskSpec& spec) c
   return task;
 }
 
-absl::StatusOr<TaskExamples> TaskSource::MaterializeImages(const TaskSpec& spec) const {
+TaskExamples TaskSource::MaterializeImages(const TaskSpec& spec) const {
   const std::vector<ClassRef>& split = spec.meta_test() ? test_classes_ : train_classes_;
   const int ways = spec.class_ids_size();
-  if (ways < 1) return absl::InvalidArgumentError("task spec names no classes");
   const int per_class = spec.support_shots() + spec.query_shots();
   const ImageDataset& any = datasets_.front();
   const int64_t pixels = any.image_bytes();
@@ -128,17 +162,8 @@ absl::StatusOr<TaskExamples> TaskSource::MaterializeImages(const TaskSpec& spec)
   task.query_y = torch::empty({ways * spec.query_shots()}, torch::kInt64);
   Rng rng(spec.seed());
   for (int label = 0; label < ways; ++label) {
-    const int id = spec.class_ids(label);
-    if (id < 0 || id >= static_cast<int>(split.size()))
-      return absl::InvalidArgumentError(absl::StrCat("task spec class id ", id, " outside the ",
-                                                     spec.meta_test() ? "meta-test" : "meta-training",
-                                                     " split of ", split.size(), " classes"));
-    const ClassRef& ref = split[id];
+    const ClassRef& ref = split[spec.class_ids(label)];
     const ImageDataset& images = datasets_[ref.dataset];
-    if (per_class > images.num_examples(ref.cls))
-      return absl::InvalidArgumentError(absl::StrCat("task spec asks for ", per_class, " examples of class ",
-                                                     images.class_name(ref.cls), " which has ",
-                                                     images.num_examples(ref.cls)));
     const std::vector<int> picks = rng.Choose(images.num_examples(ref.cls), per_class);
     for (int s = 0; s < per_class; ++s) {
       const bool support = s < spec.support_shots();

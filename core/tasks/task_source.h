@@ -34,8 +34,11 @@ class TaskSource {
   // Classes a spec may name in the meta-training (false) or meta-test split.
   int num_classes(bool meta_test) const;
 
-  // Fails with InvalidArgument if the spec does not fit this source (family,
-  // class ids out of range, more shots than a class has).
+  // Checks the spec before allocating anything, so that a spec from the
+  // network cannot make it allocate more than the dataset holds: InvalidArgument
+  // naming the field and value if the spec does not fit this source (family,
+  // shots not positive, class ids out of range or repeated, more examples than
+  // a class has, more than 2^20 sine points).
   absl::StatusOr<TaskExamples> Materialize(const TaskSpec& spec) const;
 
   // Bytes of decoded images held.
@@ -48,8 +51,10 @@ class TaskSource {
     int quarter_turns;  // rotation applied to every image of the class
   };
   explicit TaskSource(const TaskConfig& config) : config_(config) {}
-  absl::StatusOr<TaskExamples> MaterializeSine(const TaskSpec& spec) const;
-  absl::StatusOr<TaskExamples> MaterializeImages(const TaskSpec& spec) const;
+  // What Materialize() checks; the two below rely on it.
+  absl::Status CheckSpec(const TaskSpec& spec) const;
+  TaskExamples MaterializeSine(const TaskSpec& spec) const;
+  TaskExamples MaterializeImages(const TaskSpec& spec) const;
 
   TaskConfig config_;
   std::vector<ImageDataset> datasets_;

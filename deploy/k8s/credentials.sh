@@ -22,10 +22,11 @@ if [ -e "$dir/tls.key" ]; then
   echo "$0: $dir/tls.key exists; remove DIR first to make new credentials" >&2
   exit 1
 fi
+# Every file (the token and the key above all) and DIR itself: owner only.
+umask 077
 mkdir -p "$dir"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-umask 077
 openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=reptile CA" \
   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
   -keyout "$work/ca.key" -out "$dir/ca.crt" 2>/dev/null

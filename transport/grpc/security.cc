@@ -1,5 +1,10 @@
 #include "transport/grpc/security.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -8,12 +13,16 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
 #include "core/status_macros.h"
 
 namespace reptile {
 namespace {
+
+// Shorter tokens are passwords someone chose, or guessable by brute force
+// against an open port.
+constexpr size_t kMinTokenLength = 16;
 
 absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
@@ -24,6 +33,26 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
   if (!absl::StrContains(text, "-----BEGIN "))
     return absl::InvalidArgumentError(absl::StrCat(what, " file ", path, " is not PEM"));
   return text;
+}
+
+// `text` without one trailing newline, if it makes a token: printable ASCII
+// without spaces, at least kMinTokenLength characters. Errors name `source`
+// and never show the token.
+absl::StatusOr<std::string> CheckedToken(absl::string_view text, const std::string& source) {
+  if (!absl::ConsumeSuffix(&text, "\r\n")) absl::ConsumeSuffix(&text, "\n");
+  if (text.empty()) return absl::InvalidArgumentError(absl::StrCat(source, " is empty: no token"));
+  for (size_t i = 0; i < text.size(); ++i)
+    if (text[i] < 0x21 || text[i] > 0x7e)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: the token has a space, control or non-ASCII character (byte 0x%02x at position %d); it must be "
+          "printable ASCII on one line",
+          source, static_cast<unsigned char>(text[i]), i));
+  if (text.size() < kMinTokenLength)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: the token has %d characters, fewer than %d, short enough to guess by trying; make one with "
+        "openssl rand -hex 32",
+        source, text.size(), kMinTokenLength));
+  return std::string(text);
 }
 
 }  // namespace
@@ -60,20 +89,46 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials
 }
 
 absl::StatusOr<std::string> LoadToken(const std::string& token_file) {
-  std::string token;
-  if (!token_file.empty()) {
-    std::ifstream in(token_file, std::ios::binary);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot read --token_file ", token_file));
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    token = std::string(absl::StripAsciiWhitespace(buffer.str()));
-    if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("--token_file ", token_file, " is empty"));
-  } else if (const char* env = std::getenv("REPTILE_TOKEN"); env != nullptr) {
-    token = std::string(absl::StripAsciiWhitespace(env));
+  if (token_file.empty()) {
+    const char* env = std::getenv("REPTILE_TOKEN");
+    if (env == nullptr) return std::string();
+    return CheckedToken(env, "$REPTILE_TOKEN");
   }
-  for (char c : token)
-    if (c < 0x21 || c > 0x7e) return absl::InvalidArgumentError("the token must be printable ASCII without spaces");
-  return token;
+  const std::string what = absl::StrCat("--token_file ", token_file);
+  const int fd = ::open(token_file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int error = errno;
+    return absl::ErrnoToStatus(error, absl::StrCat("cannot read ", what));
+  }
+  struct stat info {};
+  std::string contents;
+  absl::Status status;
+  if (::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+    status = absl::InvalidArgumentError(absl::StrCat(what, " is not a regular file"));
+  } else if ((info.st_mode & 077) != 0) {
+    // As ssh refuses a private key others could read: the token admits
+    // anyone who has it to the run.
+    status = absl::FailedPreconditionError(absl::StrFormat(
+        "%s has mode %04o: a bearer token must not be readable or writable by group or others; run chmod 600 %s%s",
+        what, info.st_mode & 07777, token_file,
+        (info.st_mode & 077) == 040 ? " (in Kubernetes, where fsGroup makes Secret files group-readable, pass "
+                                      "the token in $REPTILE_TOKEN instead)"
+                                    : ""));
+  } else {
+    char buffer[4096];
+    for (ssize_t n; (n = ::read(fd, buffer, sizeof(buffer))) != 0;) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        const int error = errno;
+        status = absl::ErrnoToStatus(error, absl::StrCat("cannot read ", what));
+        break;
+      }
+      contents.append(buffer, n);
+    }
+  }
+  ::close(fd);
+  RETURN_IF_ERROR(status);
+  return CheckedToken(contents, what);
 }
 
 void AttachToken(const std::string& token, grpc::ClientContext* context) {

@@ -35,7 +35,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(const TlsFiles& tls);
 
 // The token from `token_file` if given, else from $REPTILE_TOKEN, else "".
-// Surrounding whitespace is dropped.
+// One trailing newline is dropped. Refuses, with one line naming the file or
+// variable (never the token): a token file that group or others may read or
+// write (FailedPrecondition, with the chmod that fixes it); an empty token,
+// one with spaces or control characters, or one shorter than 16 characters
+// (InvalidArgument).
 absl::StatusOr<std::string> LoadToken(const std::string& token_file);
 
 // Adds "authorization: Bearer <token>" to `context` (nothing for "").

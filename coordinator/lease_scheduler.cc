@@ -229,25 +229,26 @@ void LeaseScheduler::Refuse(uint64_t lease_id, const std::string& refusal) {
   const size_t item_index = lease.item;
   Event(absl::StrCat("result of task ", item_index, " from worker ", worker_id, " refused: ", refusal));
   const bool current = in_batch_ && item_index < items_.size() && !items_[item_index].done;
-  if (current) {
-    ItemRecord& item = items_[item_index];
-    item.refused_by[worker_id] = refusal;
-    if (static_cast<int>(item.refused_by.size()) >= policy_.max_task_attempts && failure_.empty()) {
-      std::vector<std::string> parts;
-      for (const auto& [w, why] : item.refused_by) parts.push_back(absl::StrCat("worker ", w, ": ", why));
-      failure_ = absl::StrCat("work item ", item_index, " failed on ", item.refused_by.size(),
-                              " different workers, so the task, not a worker, is at fault (",
-                              absl::StrJoin(parts, "; "), ")");
-    }
-  }
+  if (current) items_[item_index].refused_by[worker_id] = refusal;
   Redo(lease_id, absl::StrCat("its result was refused: ", refusal));
   auto worker = workers_.find(worker_id);
-  if (worker == workers_.end()) return;
-  WorkerRecord& record = worker->second;
-  record.recent_refusals.push_back(refusal);
-  if (++record.refusals_in_a_row >= policy_.evict_after_refusals)
-    Evict(worker_id, absl::StrCat(record.refusals_in_a_row, " results refused in a row (",
-                                  absl::StrJoin(record.recent_refusals, "; "), ")"));
+  if (worker != workers_.end()) {
+    WorkerRecord& record = worker->second;
+    record.recent_refusals.push_back(refusal);
+    if (++record.refusals_in_a_row >= policy_.evict_after_refusals)
+      Evict(worker_id, absl::StrCat(record.refusals_in_a_row, " results refused in a row (",
+                                    absl::StrJoin(record.recent_refusals, "; "), ")"));
+  }
+  // Judged after the eviction, which takes back this refusal too.
+  if (!current) return;
+  const ItemRecord& item = items_[item_index];
+  if (static_cast<int>(item.refused_by.size()) >= policy_.max_task_attempts && failure_.empty()) {
+    std::vector<std::string> parts;
+    for (const auto& [w, why] : item.refused_by) parts.push_back(absl::StrCat("worker ", w, ": ", why));
+    failure_ = absl::StrCat("work item ", item_index, " failed on ", item.refused_by.size(),
+                            " different workers, so the task, not a worker, is at fault (",
+                            absl::StrJoin(parts, "; "), ")");
+  }
 }
 
 void LeaseScheduler::Duplicate(uint64_t worker_id, uint64_t lease_id) {

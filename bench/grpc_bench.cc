@@ -16,10 +16,11 @@
 //     aggregation, outer update, metrics line), and the transport's own time:
 //     Run's wall time minus the compute time of an ideal pull queue
 //     (the items' compute_seconds list-scheduled in order on W workers).
-//  3. coordinator ingest: synthetic workers (threads using Coordinator::Stub)
-//     Join with the real fingerprints and answer every TRAIN lease with a
-//     precomputed, well-formed result as fast as they can, while Run() is fed
-//     batches of TRAIN items; deltas/s and GB/s received.
+//  3. coordinator ingest: synthetic workers (threads, each with its own
+//     CoordinatorClient and connection) Join with the real fingerprints and
+//     answer every TRAIN lease with a precomputed, well-formed result as fast
+//     as they can, while Run() is fed batches of TRAIN items; deltas/s and
+//     GB/s received.
 //  4. raw loopback TCP bandwidth (one sender, one receiver, 1 MiB writes).
 // Also: CPU per round of this process and of the worker processes, the cost
 // of the pieces a result goes through (encode, decode, one unary RPC), and
@@ -54,13 +55,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "coordinator.grpc.pb.h"
 #include "coordinator/round_engine.h"
 #include "coordinator/task_sampler.h"
 #include "core/config.h"
 #include "core/flat_parameters.h"
 #include "core/models/models.h"
 #include "core/process_setup.h"
+#include "transport/grpc/coordinator_client.h"
 #include "transport/grpc/grpc_transport.h"
 #include "transport/grpc/security.h"
 #include "transport/grpc/tensor_stream.h"
@@ -351,12 +352,10 @@ struct Precomputed {
   bool carry = false;
   DeltaDtype dtype = DELTA_FP32;
   std::string config_fingerprint, layout_fingerprint;
-  std::vector<std::string> tensors;  // delta, then adam_m and adam_v if carry
-  size_t bytes() const {
-    size_t n = 0;
-    for (const auto& t : tensors) n += t.size();
-    return n;
-  }
+  std::vector<std::string> tensors;  // encoded delta, then adam_m and adam_v if carry
+  // The upload of that result; its header's worker, lease and state version
+  // are set per submission.
+  std::vector<ResultChunk> upload;
 };
 
 Precomputed Precompute(const ExperimentConfig& config) {
@@ -369,11 +368,17 @@ Precomputed Precompute(const ExperimentConfig& config) {
   p.config_fingerprint = ConfigFingerprint(config);
   p.layout_fingerprint = LayoutFingerprint(flat.layout());
   torch::manual_seed(7);
-  p.tensors.push_back(EncodeTensor(torch::randn({p.numel}) * 1e-3, p.dtype));
+  TaskResult result;
+  result.delta = torch::randn({p.numel}) * 1e-3;
+  result.loss = 1.0;
+  p.tensors.push_back(EncodeTensor(result.delta, p.dtype));
   if (p.carry) {
-    p.tensors.push_back(EncodeTensor(torch::randn({p.numel}) * 1e-3, DELTA_FP32));
-    p.tensors.push_back(EncodeTensor(torch::randn({p.numel}).abs_() * 1e-6, DELTA_FP32));
+    result.adam_m = torch::randn({p.numel}) * 1e-3;
+    result.adam_v = torch::randn({p.numel}).abs_() * 1e-6;
+    p.tensors.push_back(EncodeTensor(result.adam_m, DELTA_FP32));
+    p.tensors.push_back(EncodeTensor(result.adam_v, DELTA_FP32));
   }
+  p.upload = CoordinatorClient::ResultMessages(0, WorkReply(), result, p.dtype, p.numel);
   return p;
 }
 
@@ -408,106 +413,49 @@ struct PhaseClock {
   }
 };
 
-std::chrono::system_clock::time_point In(int seconds) {
-  return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
-}
-
 // A worker that computes nothing: Join, then GetWork -> (FetchState once per
 // state version, as real workers do) -> SubmitResult of the precomputed
-// tensors, streamed exactly as grpc_worker.cc's Submit() does.
+// upload, all through CoordinatorClient as the worker process does.
 void SyntheticWorker(const std::string& address, const std::string& token, const Precomputed& p,
                      PhaseClock* clock) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own
-  std::unique_ptr<Coordinator::Stub> stub =
-      Coordinator::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  CoordinatorClient client(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args), token);
   JoinRequest join;
   join.set_worker_name(absl::StrCat("synthetic-", std::hash<std::thread::id>()(std::this_thread::get_id()) % 1000));
   join.set_protocol_version(kProtocolVersion);
   join.set_config_fingerprint(p.config_fingerprint);
   join.set_layout_fingerprint(p.layout_fingerprint);
-  JoinReply joined;
-  {
-    grpc::ClientContext context;
-    context.set_deadline(In(10));
-    AttachToken(token, &context);
-    grpc::Status status = stub->Join(&context, join, &joined);
-    if (!status.ok()) Die(absl::StrCat("synthetic Join refused: ", status.error_message()));
-  }
-  std::vector<const std::string*> tensors;
-  for (const std::string& t : p.tensors) tensors.push_back(&t);
+  const uint64_t worker = OrDie(client.Join(join), "synthetic Join refused").worker_id();
+  std::vector<ResultChunk> upload = p.upload;
+  ResultHeader* header = upload[0].mutable_header();
+  header->set_worker_id(worker);
+  const bool probe = std::getenv("GRPC_BENCH_PROBE") != nullptr;
   uint64_t fetched_version = 0;
   while (true) {
-    WorkRequest request;
-    request.set_worker_id(joined.worker_id());
-    WorkReply work;
-    grpc::ClientContext context;
-    context.set_deadline(In(10));
-    AttachToken(token, &context);
     auto started = Clock::now();
-    grpc::Status status = stub->GetWork(&context, request, &work);
-    if (!status.ok()) Die(absl::StrCat("synthetic GetWork: ", status.error_message()));
+    const WorkReply work = OrDie(client.GetWork(worker), "synthetic GetWork");
     if (work.kind() == WorkReply::FINISHED) break;
     if (work.kind() != WorkReply::TRAIN) continue;
     clock->Add(clock->get_work_ns, clock->get_work_calls, started);
     if (work.state_version() != fetched_version) {
-      FetchStateRequest fetch;
-      fetch.set_worker_id(joined.worker_id());
-      fetch.set_state_version(work.state_version());
-      grpc::ClientContext fetch_context;
-      fetch_context.set_deadline(In(300));
-      AttachToken(token, &fetch_context);
       started = Clock::now();
-      auto reader = stub->FetchState(&fetch_context, fetch);
-      StateChunk chunk;
-      while (reader->Read(&chunk)) {
-      }
-      if (reader->Finish().ok()) fetched_version = work.state_version();
+      if (client.FetchState(worker, work.state_version(), p.numel, p.carry).ok())
+        fetched_version = work.state_version();
       clock->Add(clock->fetch_ns, clock->fetch_calls, started);
     }
-    grpc::ClientContext submit_context;
-    submit_context.set_deadline(In(300));
-    AttachToken(token, &submit_context);
-    SubmitReply reply;
-    started = Clock::now();
-    auto writer = stub->SubmitResult(&submit_context, &reply);
-    ResultChunk message;
-    ResultHeader* header = message.mutable_header();
-    header->set_worker_id(joined.worker_id());
     header->set_lease_id(work.lease_id());
     header->set_state_version(work.state_version());
-    header->set_delta_dtype(p.dtype);
-    header->set_num_parameters(p.numel);
-    header->set_has_delta(true);
-    header->set_has_moments(p.carry);
-    header->set_loss(1.0);
-    if (writer->Write(message))
-      WriteChunks(tensors, [&](const TensorChunk& chunk) {
-        *message.mutable_chunk() = chunk;
-        return writer->Write(message);
-      });
-    writer->WritesDone();
-    status = writer->Finish();
-    if (!status.ok()) Die(absl::StrCat("synthetic SubmitResult: ", status.error_message()));
+    started = Clock::now();
+    OrDie(client.Submit(upload), "synthetic SubmitResult");
     clock->Add(clock->submit_ns, clock->submit_calls, started);
-    if (std::getenv("GRPC_BENCH_PROBE") != nullptr) {
-      HeartbeatRequest beat;
-      beat.set_worker_id(joined.worker_id());
-      HeartbeatReply beat_reply;
-      grpc::ClientContext beat_context;
-      AttachToken(token, &beat_context);
+    if (probe) {
       started = Clock::now();
-      stub->Heartbeat(&beat_context, beat, &beat_reply);
+      client.Heartbeat(worker).IgnoreError();
       clock->Add(clock->probe_ns, clock->probe_calls, started);
     }
   }
-  LeaveRequest leave;
-  leave.set_worker_id(joined.worker_id());
-  LeaveReply left;
-  grpc::ClientContext context;
-  context.set_deadline(In(10));
-  AttachToken(token, &context);
-  stub->Leave(&context, leave, &left);
+  client.Leave(worker).IgnoreError();
 }
 
 struct IngestFigures {
@@ -575,36 +523,24 @@ double HeartbeatMicros(const ExperimentConfig& config, const Precomputed& p, int
   GrpcTransport::Options options;
   options.token = token;
   auto transport = OrDie(GrpcTransport::Create(config, options), "gRPC transport (latency)");
-  auto stub = Coordinator::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", transport->port()),
-                                                       grpc::InsecureChannelCredentials()));
+  SecurityOptions security;
+  security.token = token;
+  std::unique_ptr<CoordinatorClient> client = OrDie(
+      CoordinatorClient::Connect(absl::StrCat("127.0.0.1:", transport->port()), security), "latency probe: channel");
   JoinRequest join;
   join.set_worker_name("latency-probe");
   join.set_protocol_version(kProtocolVersion);
   join.set_config_fingerprint(p.config_fingerprint);
   join.set_layout_fingerprint(p.layout_fingerprint);
-  JoinReply joined;
-  {
-    grpc::ClientContext context;
-    AttachToken(token, &context);
-    if (!stub->Join(&context, join, &joined).ok()) Die("latency probe: Join refused");
-  }
-  HeartbeatRequest request;
-  request.set_worker_id(joined.worker_id());
+  const uint64_t worker = OrDie(client->Join(join), "latency probe: Join refused").worker_id();
   std::vector<double> times;
   for (int i = 0; i < calls + 50; ++i) {
-    HeartbeatReply reply;
-    grpc::ClientContext context;
-    AttachToken(token, &context);
     const auto start = Clock::now();
-    if (!stub->Heartbeat(&context, request, &reply).ok()) Die("latency probe: Heartbeat failed");
+    if (absl::Status beat = client->Heartbeat(worker); !beat.ok())
+      Die(absl::StrCat("latency probe: Heartbeat failed: ", beat.ToString()));
     if (i >= 50) times.push_back(1e6 * Seconds(start));
   }
-  LeaveRequest leave;
-  leave.set_worker_id(joined.worker_id());
-  LeaveReply left;
-  grpc::ClientContext context;
-  AttachToken(token, &context);
-  stub->Leave(&context, leave, &left);
+  client->Leave(worker).IgnoreError();
   return Median(times);
 }
 

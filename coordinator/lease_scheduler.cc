@@ -232,24 +232,28 @@ void LeaseScheduler::Refuse(uint64_t lease_id, const std::string& refusal) {
   auto worker = workers_.find(worker_id);
   const bool proven = worker != workers_.end() && worker->second.accepted > 0;
   if (current) {
-    ItemRecord& item = items_[item_index];
-    item.refused_by.insert(worker_id);
-    if (proven) item.faulted_by[worker_id] = refusal;
-    if (static_cast<int>(item.faulted_by.size()) >= policy_.max_task_attempts && failure_.empty()) {
-      std::vector<std::string> parts;
-      for (const auto& [w, why] : item.faulted_by) parts.push_back(absl::StrCat("worker ", w, ": ", why));
-      failure_ = absl::StrCat("work item ", item_index, " failed on ", item.faulted_by.size(),
-                              " different workers, so the task, not a worker, is at fault (",
-                              absl::StrJoin(parts, "; "), ")");
-    }
+    items_[item_index].refused_by.insert(worker_id);
+    if (proven) items_[item_index].faulted_by[worker_id] = refusal;
   }
   Redo(lease_id, absl::StrCat("its result was refused: ", refusal));
-  if (worker == workers_.end()) return;
-  WorkerRecord& record = worker->second;
-  record.recent_refusals.push_back(refusal);
-  if (++record.refusals_in_a_row >= policy_.evict_after_refusals)
-    Evict(worker_id, absl::StrCat(record.refusals_in_a_row, " results refused in a row (",
-                                  absl::StrJoin(record.recent_refusals, "; "), ")"));
+  if (worker != workers_.end()) {
+    WorkerRecord& record = worker->second;
+    if (record.leases == 0) record.owes_since.reset();  // it answered; refusals are counted apart
+    record.recent_refusals.push_back(refusal);
+    if (++record.refusals_in_a_row >= policy_.evict_after_refusals)
+      Evict(worker_id, absl::StrCat(record.refusals_in_a_row, " results refused in a row (",
+                                    absl::StrJoin(record.recent_refusals, "; "), ")"));
+  }
+  // Judged after the eviction, which takes back this refusal too.
+  if (!current) return;
+  const ItemRecord& item = items_[item_index];
+  if (static_cast<int>(item.faulted_by.size()) >= policy_.max_task_attempts && failure_.empty()) {
+    std::vector<std::string> parts;
+    for (const auto& [w, why] : item.faulted_by) parts.push_back(absl::StrCat("worker ", w, ": ", why));
+    failure_ = absl::StrCat("work item ", item_index, " failed on ", item.faulted_by.size(),
+                            " different workers, so the task, not a worker, is at fault (",
+                            absl::StrJoin(parts, "; "), ")");
+  }
 }
 
 void LeaseScheduler::Duplicate(uint64_t worker_id, uint64_t lease_id) {
@@ -272,6 +276,8 @@ void LeaseScheduler::Lost(uint64_t lease_id) {
   if (it == leases_.end()) return;
   it->second.uploading = false;
   Redo(lease_id, "its upload was cut off");
+  auto worker = workers_.find(it->second.worker);
+  if (worker != workers_.end() && worker->second.leases == 0) worker->second.owes_since.reset();
 }
 
 void LeaseScheduler::Tick(absl::Time now) {

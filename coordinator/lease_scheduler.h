@@ -133,7 +133,8 @@ class LeaseScheduler {
     std::vector<std::string> recent_refusals;  // reasons, for the eviction line
     int leases = 0;                  // active leases held
     // Since when it has owed a result: set by a lease taken while owing
-    // none, moved on by each accepted result, cleared when it holds none.
+    // none, moved on by each accepted result, cleared when an answer
+    // (accepted, refused or cut off) leaves it holding no lease.
     std::optional<absl::Time> owes_since;
   };
   struct LeaseRecord {

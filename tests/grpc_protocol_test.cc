@@ -1,26 +1,29 @@
-// A coordinator process against a hand-driven client that breaks the
-// protocol in every way the issue lists, plus a randomized stream of
-// malformed submissions. Each is refused with a status that says why, the
+// A coordinator process against hand-driven CoordinatorClient calls that
+// break the protocol in every way the issue lists, plus a randomized stream
+// of malformed submissions. Each is refused with a status that says why, the
 // coordinator keeps serving, the task is redone, and the run still ends with
-// the parameters of an undisturbed one.
+// the parameters of an undisturbed one. Refusals have consequences (the
+// LeaseScheduler's policy): a worker refused 3 times in a row is evicted,
+// and a task refused by 2 workers that were not evicted stops the run.
 #include <grpcpp/grpcpp.h>
 
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "coordinator.grpc.pb.h"
+#include "absl/strings/str_split.h"
 #include "core/config.h"
 #include "core/flat_parameters.h"
 #include "gtest/gtest.h"
 #include "health.grpc.pb.h"
 #include "tests/child_process.h"
 #include "tests/test_support.h"
+#include "transport/grpc/coordinator_client.h"
 #include "transport/grpc/grpc_transport.h"
-#include "transport/grpc/tensor_stream.h"
 #include "worker/learner.h"
 
 namespace reptile::testing {
@@ -29,11 +32,10 @@ namespace {
 const std::vector<std::string> kOverrides = {"outer.rounds=6", "outer.meta_batch_size=3", "eval.every_rounds=0",
                                              "eval.final_episodes=0", "runtime.worker_timeout_seconds=120"};
 
-// One result stream: a header and chunks, sent exactly as given.
-struct Submission {
-  ResultHeader header;
-  std::vector<TensorChunk> chunks;
-  bool header_first = true;
+// A lease and the correct result for it.
+struct Leased {
+  WorkReply work;
+  TaskResult result;
 };
 
 class ProtocolTest : public ::testing::Test {
@@ -52,18 +54,11 @@ class ProtocolTest : public ::testing::Test {
     ASSERT_TRUE(std::filesystem::exists(port_file)) << coordinator_->err();
     address_ = "127.0.0.1:" + ReadWholeFile(port_file).substr(0, ReadWholeFile(port_file).find('\n'));
     channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
-    stub_ = Coordinator::NewStub(channel_);
+    client_ = std::make_unique<CoordinatorClient>(channel_, "");
     config_ = LoadNamedConfig("sine", kOverrides);
     auto learner = Learner::Create(config_, SharedTaskSource(config_));
     ASSERT_TRUE(learner.ok()) << learner.status();
     learner_ = std::move(learner).value();
-  }
-
-  template <typename Request, typename Reply, typename Method>
-  grpc::Status Call(Method method, const Request& request, Reply* reply) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    return (stub_.get()->*method)(&context, request, reply);
   }
 
   JoinRequest GoodJoin() {
@@ -75,86 +70,68 @@ class ProtocolTest : public ::testing::Test {
     return request;
   }
 
+  // A new worker identity.
   uint64_t Join() {
-    JoinReply reply;
-    grpc::Status status = Call(&Coordinator::Stub::Join, GoodJoin(), &reply);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return reply.worker_id();
+    absl::StatusOr<JoinReply> reply = client_->Join(GoodJoin());
+    EXPECT_TRUE(reply.ok()) << reply.status();
+    return reply.ok() ? reply->worker_id() : 0;
   }
 
+  void Leave(uint64_t worker) { EXPECT_TRUE(client_->Leave(worker).ok()); }
+
+  // The next lease of `worker`, asking again while the answer is WAIT.
   WorkReply GetWork(uint64_t worker) {
-    WorkRequest request;
-    request.set_worker_id(worker);
     for (int attempt = 0; attempt < 20; ++attempt) {
-      WorkReply reply;
-      grpc::Status status = Call(&Coordinator::Stub::GetWork, request, &reply);
-      EXPECT_TRUE(status.ok()) << status.error_message();
-      if (reply.kind() != WorkReply::WAIT) return reply;
+      absl::StatusOr<WorkReply> reply = client_->GetWork(worker);
+      EXPECT_TRUE(reply.ok()) << reply.status();
+      if (!reply.ok()) return {};
+      if (reply->kind() != WorkReply::WAIT) return *reply;
     }
     ADD_FAILURE() << "no work came";
     return {};
   }
 
-  MetaState Fetch(uint64_t worker, uint64_t version) {
-    FetchStateRequest request;
-    request.set_worker_id(worker);
-    request.set_state_version(version);
-    grpc::ClientContext context;
-    auto reader = stub_->FetchState(&context, request);
-    StateChunk chunk;
-    EXPECT_TRUE(reader->Read(&chunk) && chunk.has_header());
-    const int64_t numel = chunk.header().num_parameters();
-    TensorAssembler assembler({static_cast<size_t>(numel) * 4});
-    while (reader->Read(&chunk)) EXPECT_TRUE(assembler.Add(chunk.chunk()).ok());
-    EXPECT_TRUE(reader->Finish().ok());
-    EXPECT_TRUE(assembler.Finish().ok());
-    MetaState state;
-    state.parameters = *DecodeTensor(assembler.bytes(0), DELTA_FP32, numel);
-    return state;
-  }
-
-  // A well-formed submission of `result` for `work`.
-  Submission Good(uint64_t worker, const WorkReply& work, const TaskResult& result) {
-    Submission s;
-    s.header.set_worker_id(worker);
-    s.header.set_lease_id(work.lease_id());
-    s.header.set_state_version(work.state_version());
-    s.header.set_delta_dtype(DELTA_FP32);
-    s.header.set_num_parameters(result.delta.numel());
-    s.header.set_has_delta(true);
-    s.header.set_loss(result.loss);
-    const std::string bytes = EncodeTensor(result.delta, DELTA_FP32);
-    WriteChunks({&bytes}, [&](const TensorChunk& c) {
-      s.chunks.push_back(c);
-      return true;
-    });
-    return s;
-  }
-
-  grpc::Status Submit(const Submission& s, SubmitReply* reply) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    auto writer = stub_->SubmitResult(&context, reply);
-    ResultChunk message;
-    bool open = true;
-    if (s.header_first) {
-      *message.mutable_header() = s.header;
-      open = writer->Write(message);
+  // The next lease of `worker` and its correct result, computed on the
+  // meta-state the lease names (fetched once per state version).
+  Leased LeaseAndCompute(uint64_t worker) {
+    Leased leased;
+    leased.work = GetWork(worker);
+    if (leased.work.kind() != WorkReply::TRAIN) return leased;
+    if (leased.work.state_version() != state_version_) {
+      absl::StatusOr<MetaState> state =
+          client_->FetchState(worker, leased.work.state_version(), learner_->num_parameters(), false);
+      EXPECT_TRUE(state.ok()) << state.status();
+      if (!state.ok()) return leased;
+      state_ = *std::move(state);
+      state_version_ = leased.work.state_version();
     }
-    for (const TensorChunk& c : s.chunks) {
-      if (!open) break;
-      *message.mutable_chunk() = c;
-      open = writer->Write(message);
-    }
-    writer->WritesDone();
-    return writer->Finish();
+    absl::StatusOr<TaskResult> result = learner_->Run(state_, WorkItem{WorkKind::kTrain, leased.work.spec()});
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (result.ok()) leased.result = *std::move(result);
+    return leased;
   }
 
-  void ExpectRefused(const Submission& s, grpc::StatusCode code, const std::string& words) {
-    SubmitReply reply;
-    grpc::Status status = Submit(s, &reply);
-    EXPECT_EQ(status.error_code(), code) << status.error_message();
-    EXPECT_TRUE(absl::StrContains(status.error_message(), words)) << status.error_message();
+  // The upload of `result` for `work`, exactly as a worker sends it.
+  std::vector<ResultChunk> Messages(uint64_t worker, const WorkReply& work, const absl::StatusOr<TaskResult>& result) {
+    return CoordinatorClient::ResultMessages(worker, work, result, DELTA_FP32, learner_->num_parameters());
+  }
+
+  void ExpectRefused(const std::vector<ResultChunk>& messages, absl::StatusCode code, const std::string& words) {
+    absl::StatusOr<SubmitReply> reply = client_->Submit(messages);
+    EXPECT_EQ(reply.status().code(), code) << reply.status();
+    EXPECT_TRUE(absl::StrContains(reply.status().message(), words)) << reply.status();
+  }
+
+  void ExpectAccepted(const std::vector<ResultChunk>& messages) {
+    absl::StatusOr<SubmitReply> reply = client_->Submit(messages);
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    EXPECT_FALSE(reply->duplicate());
+  }
+
+  // `worker` was evicted: every call it makes is refused.
+  void ExpectEvicted(uint64_t worker) {
+    EXPECT_EQ(client_->GetWork(worker).status().code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_EQ(client_->Heartbeat(worker).code(), absl::StatusCode::kPermissionDenied);
   }
 
   // Parameters after the run, finished by one real worker process.
@@ -178,11 +155,14 @@ class ProtocolTest : public ::testing::Test {
   std::string dir_, address_;
   std::unique_ptr<ChildProcess> coordinator_;
   std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<Coordinator::Stub> stub_;
+  std::unique_ptr<CoordinatorClient> client_;
   ExperimentConfig config_;
   std::unique_ptr<Learner> learner_;
+  uint64_t state_version_ = 0;  // of state_, the meta-state LeaseAndCompute last fetched
+  MetaState state_;
 };
 
+// The health service is not the Coordinator's, so not the client's: a stub of its own.
 TEST_F(ProtocolTest, HealthServiceReportsServing) {
   auto health = grpc::health::v1::Health::NewStub(channel_);
   for (const char* service : {"", "reptile.Coordinator"}) {
@@ -198,135 +178,227 @@ TEST_F(ProtocolTest, HealthServiceReportsServing) {
 }
 
 TEST_F(ProtocolTest, JoinRefusesAnotherConfigModelOrProtocol) {
-  JoinReply reply;
   JoinRequest request = GoodJoin();
   request.set_config_fingerprint(ConfigFingerprint(LoadNamedConfig("sine", {"inner.learning_rate=0.5"})));
-  grpc::Status status = Call(&Coordinator::Stub::Join, request, &reply);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_TRUE(absl::StrContains(status.error_message(), "config fingerprint")) << status.error_message();
+  absl::Status status = client_->Join(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(status.message(), "config fingerprint")) << status;
 
   request = GoodJoin();
   request.set_layout_fingerprint("0123");
-  status = Call(&Coordinator::Stub::Join, request, &reply);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_TRUE(absl::StrContains(status.error_message(), "layout")) << status.error_message();
+  status = client_->Join(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(status.message(), "layout")) << status;
 
   request = GoodJoin();
   request.set_protocol_version(kProtocolVersion + 1);
-  status = Call(&Coordinator::Stub::Join, request, &reply);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_TRUE(absl::StrContains(status.error_message(), "protocol")) << status.error_message();
+  status = client_->Join(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(status.message(), "protocol")) << status;
 
   // A worker that was never admitted gets no work.
-  WorkRequest work;
-  work.set_worker_id(4242);
-  WorkReply work_reply;
-  status = Call(&Coordinator::Stub::GetWork, work, &work_reply);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(client_->GetWork(4242).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(FinishWithRealWorker(), ThreadsReference());
 }
 
-TEST_F(ProtocolTest, BadResultsAreRefusedAndTheTaskIsRedone) {
-  const uint64_t worker = Join();
-  WorkReply work = GetWork(worker);
-  ASSERT_EQ(work.kind(), WorkReply::TRAIN);
-  const MetaState state = Fetch(worker, work.state_version());
-  WorkItem item{WorkKind::kTrain, work.spec()};
-  auto computed = learner_->Run(state, item);
-  ASSERT_TRUE(computed.ok()) << computed.status();
-  const TaskResult& result = *computed;
-  const int64_t numel = result.delta.numel();
+// A result broken in one way: the upload, and how the coordinator refuses it.
+struct BadResult {
+  std::string what;
+  std::function<std::vector<ResultChunk>(uint64_t worker, const Leased& leased)> upload;
+  std::string words;  // in the refusal, which is InvalidArgument
+};
 
-  // Each refusal puts the task back; the next GetWork hands the same task out
-  // again under a new lease.
-  auto next_lease = [&](const char* after) {
-    WorkReply again = GetWork(worker);
-    EXPECT_EQ(again.spec().SerializeAsString(), work.spec().SerializeAsString()) << "not redone after " << after;
-    EXPECT_NE(again.lease_id(), work.lease_id());
-    work = again;
+TEST_F(ProtocolTest, BadResultsAreRefusedAndTheTaskIsRedone) {
+  const int64_t numel = learner_->num_parameters();
+  auto with_delta = [&](uint64_t worker, const Leased& leased, const std::function<void(torch::Tensor&)>& poison) {
+    TaskResult result = leased.result;
+    result.delta = leased.result.delta.clone();
+    poison(result.delta);
+    return Messages(worker, leased.work, result);
+  };
+  auto mangled = [&](uint64_t worker, const Leased& leased, const std::function<void(std::vector<ResultChunk>&)>& f) {
+    std::vector<ResultChunk> messages = Messages(worker, leased.work, leased.result);
+    f(messages);
+    return messages;
+  };
+  const std::vector<BadResult> bad_results = {
+      {"wrong size",
+       [&](uint64_t w, const Leased& l) {
+         return mangled(w, l, [&](auto& m) { m[0].mutable_header()->set_num_parameters(numel + 1); });
+       },
+       "parameters"},
+      {"NaN",
+       [&](uint64_t w, const Leased& l) {
+         return with_delta(w, l, [&](torch::Tensor& d) { d[numel / 2] = std::numeric_limits<float>::quiet_NaN(); });
+       },
+       "nan"},
+      {"Inf",
+       [&](uint64_t w, const Leased& l) {
+         return with_delta(w, l, [](torch::Tensor& d) { d[0] = std::numeric_limits<float>::infinity(); });
+       },
+       "inf"},
+      {"unknown dtype",
+       [&](uint64_t w, const Leased& l) {
+         return mangled(w, l, [](auto& m) { m[0].mutable_header()->set_delta_dtype(static_cast<DeltaDtype>(7)); });
+       },
+       "dtype"},
+      {"fp32 bytes labelled fp16",  // twice too long
+       [&](uint64_t w, const Leased& l) {
+         return mangled(w, l, [](auto& m) { m[0].mutable_header()->set_delta_dtype(DELTA_FP16); });
+       },
+       "oversized"},
+      {"a chunk past the end",
+       [&](uint64_t w, const Leased& l) {
+         return mangled(w, l, [](auto& m) {
+           ResultChunk extra = m.back();
+           extra.mutable_chunk()->set_offset(extra.chunk().offset() + extra.chunk().data().size());
+           m.push_back(extra);
+         });
+       },
+       "oversized"},
+      {"truncated",
+       [&](uint64_t w, const Leased& l) {
+         return mangled(w, l, [](auto& m) {
+           std::string* data = m.back().mutable_chunk()->mutable_data();
+           data->resize(data->size() / 2);
+         });
+       },
+       "truncated"},
+      {"out of order",
+       [&](uint64_t w, const Leased& l) {
+         return mangled(w, l, [](auto& m) { m.back().mutable_chunk()->set_offset(8); });
+       },
+       "out of order"},
   };
 
-  Submission wrong_size = Good(worker, work, result);
-  wrong_size.header.set_num_parameters(numel + 1);
-  ExpectRefused(wrong_size, grpc::StatusCode::INVALID_ARGUMENT, "parameters");
-  next_lease("wrong size");
+  // A careless worker sends each bad result in turn on a task of its own,
+  // two in a row at most, then a good one (3 in a row would evict it). Each
+  // refused task is redone, by the other worker first, which delivers it.
+  const uint64_t careless = Join();
+  const uint64_t honest = Join();
+  int refused_in_a_row = 0, accepted = 0;
+  for (const BadResult& bad : bad_results) {
+    SCOPED_TRACE(bad.what);
+    const Leased leased = LeaseAndCompute(careless);
+    ASSERT_EQ(leased.work.kind(), WorkReply::TRAIN);
+    ExpectRefused(bad.upload(careless, leased), absl::StatusCode::kInvalidArgument, bad.words);
+    const WorkReply redone = GetWork(honest);
+    EXPECT_EQ(redone.spec().SerializeAsString(), leased.work.spec().SerializeAsString()) << "not redone";
+    EXPECT_NE(redone.lease_id(), leased.work.lease_id());
+    ExpectAccepted(Messages(honest, redone, leased.result));
+    ++accepted;
+    if (++refused_in_a_row < 2 || &bad == &bad_results.back()) continue;
+    const Leased good = LeaseAndCompute(careless);
+    ASSERT_EQ(good.work.kind(), WorkReply::TRAIN);
+    ExpectAccepted(Messages(careless, good.work, good.result));
+    ++accepted;
+    refused_in_a_row = 0;
+  }
+  // The duplicate below must arrive while its batch runs (after it, a result
+  // is stale), so its task must not be the last of its batch.
+  const int batch = config_.outer().meta_batch_size();
+  for (; accepted % batch == batch - 1; ++accepted) {
+    const Leased extra = LeaseAndCompute(honest);
+    ASSERT_EQ(extra.work.kind(), WorkReply::TRAIN);
+    ExpectAccepted(Messages(honest, extra.work, extra.result));
+  }
 
-  torch::Tensor poisoned = result.delta.clone();
-  poisoned[numel / 2] = std::numeric_limits<float>::quiet_NaN();
-  TaskResult nan_result = result;
-  nan_result.delta = poisoned;
-  ExpectRefused(Good(worker, work, nan_result), grpc::StatusCode::INVALID_ARGUMENT, "nan");
-  next_lease("NaN");
+  // Refusals that are not the result's fault do not count towards eviction:
+  // after these the careless worker (refused twice in a row) still delivers.
+  const Leased leased = LeaseAndCompute(careless);
+  ASSERT_EQ(leased.work.kind(), WorkReply::TRAIN);
+  std::vector<ResultChunk> headless = Messages(careless, leased.work, leased.result);
+  headless.erase(headless.begin());
+  ExpectRefused(headless, absl::StatusCode::kInvalidArgument, "ResultHeader");
+  std::vector<ResultChunk> unknown_lease = Messages(careless, leased.work, leased.result);
+  unknown_lease[0].mutable_header()->set_lease_id(987654321);
+  ExpectRefused(unknown_lease, absl::StatusCode::kNotFound, "unknown lease");
+  std::vector<ResultChunk> stale = Messages(careless, leased.work, leased.result);
+  stale[0].mutable_header()->set_state_version(leased.work.state_version() - 1);
+  ExpectRefused(stale, absl::StatusCode::kFailedPrecondition, "stale");
+  ExpectRefused(Messages(honest, leased.work, leased.result), absl::StatusCode::kPermissionDenied,
+                "belongs to worker");
 
-  TaskResult inf_result = result;
-  inf_result.delta = result.delta.clone();
-  inf_result.delta[0] = std::numeric_limits<float>::infinity();
-  ExpectRefused(Good(worker, work, inf_result), grpc::StatusCode::INVALID_ARGUMENT, "inf");
-  next_lease("Inf");
+  // The good result counts once; the same upload again is a duplicate.
+  ExpectAccepted(Messages(careless, leased.work, leased.result));
+  absl::StatusOr<SubmitReply> again = client_->Submit(Messages(careless, leased.work, leased.result));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate());
+  Leave(careless);
+  Leave(honest);
 
-  Submission bad_dtype = Good(worker, work, result);
-  bad_dtype.header.set_delta_dtype(static_cast<DeltaDtype>(7));
-  ExpectRefused(bad_dtype, grpc::StatusCode::INVALID_ARGUMENT, "dtype");
-  next_lease("bad dtype");
+  // A worker refused 3 times in a row (a learner error it reports counts
+  // too) is evicted, and every later call of it is refused. Alone, it gets
+  // the tasks it was not refused on first.
+  const uint64_t evictee = Join();
+  Leased last;
+  for (int refusal = 0; refusal < 3; ++refusal) {
+    last = LeaseAndCompute(evictee);
+    ASSERT_EQ(last.work.kind(), WorkReply::TRAIN);
+    if (refusal < 2) {
+      ExpectRefused(bad_results[refusal].upload(evictee, last), absl::StatusCode::kInvalidArgument,
+                    bad_results[refusal].words);
+    } else {
+      absl::StatusOr<SubmitReply> reported =
+          client_->Submit(Messages(evictee, last.work, absl::InternalError("the learner blew up")));
+      EXPECT_TRUE(reported.ok()) << reported.status();
+    }
+  }
+  ExpectEvicted(evictee);
+  ExpectRefused(Messages(evictee, last.work, last.result), absl::StatusCode::kPermissionDenied, "evicted");
+  const std::string log = coordinator_->err();
+  EXPECT_TRUE(absl::StrContains(
+      log, absl::StrCat("worker ", evictee, " (protocol-test) evicted: 3 results refused in a row")))
+      << log;
+  EXPECT_TRUE(absl::StrContains(log, "the worker failed: INTERNAL: the learner blew up")) << log;
 
-  Submission half_dtype = Good(worker, work, result);  // fp32 bytes declared as fp16: twice too long
-  half_dtype.header.set_delta_dtype(DELTA_FP16);
-  ExpectRefused(half_dtype, grpc::StatusCode::INVALID_ARGUMENT, "oversized");
-  next_lease("mislabelled dtype");
-
-  Submission oversized = Good(worker, work, result);
-  TensorChunk extra = oversized.chunks.back();
-  extra.set_offset(extra.offset() + extra.data().size());
-  oversized.chunks.push_back(extra);
-  ExpectRefused(oversized, grpc::StatusCode::INVALID_ARGUMENT, "oversized");
-  next_lease("oversized");
-
-  Submission truncated = Good(worker, work, result);
-  truncated.chunks.back().mutable_data()->resize(truncated.chunks.back().data().size() / 2);
-  ExpectRefused(truncated, grpc::StatusCode::INVALID_ARGUMENT, "truncated");
-  next_lease("truncated");
-
-  Submission out_of_order = Good(worker, work, result);
-  out_of_order.chunks.back().set_offset(8);
-  ExpectRefused(out_of_order, grpc::StatusCode::INVALID_ARGUMENT, "out of order");
-  next_lease("out of order");
-
-  Submission headless = Good(worker, work, result);
-  headless.header_first = false;
-  ExpectRefused(headless, grpc::StatusCode::INVALID_ARGUMENT, "ResultHeader");
-
-  Submission unknown_lease = Good(worker, work, result);
-  unknown_lease.header.set_lease_id(987654321);
-  ExpectRefused(unknown_lease, grpc::StatusCode::NOT_FOUND, "unknown lease");
-
-  Submission stale = Good(worker, work, result);
-  stale.header.set_state_version(work.state_version() - 1);
-  ExpectRefused(stale, grpc::StatusCode::FAILED_PRECONDITION, "stale");
-
-  const uint64_t other = Join();
-  Submission stolen = Good(worker, work, result);
-  stolen.header.set_worker_id(other);
-  ExpectRefused(stolen, grpc::StatusCode::PERMISSION_DENIED, "belongs to worker");
-
-  // The good result counts once; the same submission again is a duplicate.
-  SubmitReply reply;
-  grpc::Status status = Submit(Good(worker, work, result), &reply);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_FALSE(reply.duplicate());
-  status = Submit(Good(worker, work, result), &reply);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_TRUE(reply.duplicate());
+  // The evicted worker's refusals no longer count against its tasks:
+  // another worker may be refused on one of them without failing the run.
+  const uint64_t successor = Join();
+  const WorkReply retry = GetWork(successor);
+  EXPECT_EQ(retry.spec().SerializeAsString(), last.work.spec().SerializeAsString());
+  last.work = retry;
+  ExpectRefused(bad_results[2].upload(successor, last), absl::StatusCode::kInvalidArgument, bad_results[2].words);
+  Leave(successor);
 
   // The coordinator is still serving, logged the refusals, and the run ends
   // exactly as an undisturbed one.
-  for (uint64_t id : {worker, other}) {
-    LeaveRequest leave;
-    leave.set_worker_id(id);
-    LeaveReply left;
-    EXPECT_TRUE(Call(&Coordinator::Stub::Leave, leave, &left).ok());
-  }
   EXPECT_EQ(FinishWithRealWorker(), ThreadsReference());
   EXPECT_TRUE(absl::StrContains(coordinator_->err(), "is redone")) << coordinator_->err();
+}
+
+TEST_F(ProtocolTest, ATaskRefusedOnTwoWorkersStopsTheRun) {
+  const uint64_t first = Join();
+  const uint64_t second = Join();
+  Leased leased = LeaseAndCompute(first);
+  ASSERT_EQ(leased.work.kind(), WorkReply::TRAIN);
+  auto wrong_size = [&](uint64_t worker) {
+    std::vector<ResultChunk> messages = Messages(worker, leased.work, leased.result);
+    messages[0].mutable_header()->set_num_parameters(learner_->num_parameters() + 1);
+    return messages;
+  };
+  ExpectRefused(wrong_size(first), absl::StatusCode::kInvalidArgument, "parameters");
+
+  // The refused task goes to the other worker first.
+  const WorkReply elsewhere = GetWork(first);
+  EXPECT_NE(elsewhere.spec().SerializeAsString(), leased.work.spec().SerializeAsString());
+  const WorkReply retry = GetWork(second);
+  EXPECT_EQ(retry.spec().SerializeAsString(), leased.work.spec().SerializeAsString());
+  leased.work = retry;
+  ExpectRefused(wrong_size(second), absl::StatusCode::kInvalidArgument, "parameters");
+
+  // Neither worker was evicted, so the task is at fault: the run stops with
+  // one line naming it and both workers.
+  EXPECT_EQ(coordinator_->ExitCode(60), 1) << coordinator_->err();
+  const std::string log = coordinator_->err();
+  EXPECT_TRUE(absl::StrContains(log, absl::StrCat("result of task 0 from worker ", first, " refused"))) << log;
+  std::vector<std::string> errors;
+  for (absl::string_view line : absl::StrSplit(log, '\n'))
+    if (absl::StartsWith(line, "reptile coordinator: error: ")) errors.emplace_back(line);
+  ASSERT_EQ(errors.size(), 1u) << log;
+  EXPECT_TRUE(absl::StrContains(errors[0], "work item 0 failed on 2 different workers")) << errors[0];
+  EXPECT_TRUE(absl::StrContains(errors[0], absl::StrCat("worker ", first, ": "))) << errors[0];
+  EXPECT_TRUE(absl::StrContains(errors[0], absl::StrCat("worker ", second, ": "))) << errors[0];
 }
 
 TEST_F(ProtocolTest, RandomlyMangledSubmissionsNeverHurtTheRun) {
@@ -334,35 +406,36 @@ TEST_F(ProtocolTest, RandomlyMangledSubmissionsNeverHurtTheRun) {
   // offset, tensor index or length, NaN bytes, unexpected moments, or broken
   // counts. The server must refuse each mangled one (or accept it only when
   // the mangling happened to change nothing), and the run must end exactly
-  // as an undisturbed one.
-  const uint64_t worker = Join();
+  // as an undisturbed one. A worker refused 3 times in a row is evicted, so
+  // the fuzzer joins under a new identity whenever that happens.
   std::mt19937_64 rng(2026);
-  int refused = 0;
-  uint64_t version = 0;
-  MetaState state;
+  int refused = 0, identities = 0;
+  uint64_t worker = 0;
+  int refused_in_a_row = 0;
   for (int trial = 0; trial < 120; ++trial) {
-    WorkReply work = GetWork(worker);
-    if (work.kind() != WorkReply::TRAIN) break;
-    if (work.state_version() != version) {
-      state = Fetch(worker, work.state_version());
-      version = work.state_version();
+    if (worker == 0) {
+      worker = Join();
+      ++identities;
+      refused_in_a_row = 0;
     }
-    auto result = learner_->Run(state, WorkItem{WorkKind::kTrain, work.spec()});
-    ASSERT_TRUE(result.ok()) << result.status();
-    Submission s = Good(worker, work, *result);
-    std::string* data = s.chunks.back().mutable_data();
+    const Leased leased = LeaseAndCompute(worker);
+    if (leased.work.kind() != WorkReply::TRAIN) break;
+    std::vector<ResultChunk> messages = Messages(worker, leased.work, leased.result);
+    ResultHeader* header = messages[0].mutable_header();
+    TensorChunk* chunk = messages.back().mutable_chunk();
+    std::string* data = chunk->mutable_data();
     switch (rng() % 8) {
       case 0:
-        s.header.set_num_parameters(s.header.num_parameters() + 1 + static_cast<int64_t>(rng() % 1000));
+        header->set_num_parameters(header->num_parameters() + 1 + static_cast<int64_t>(rng() % 1000));
         break;
       case 1:
-        s.header.set_delta_dtype(static_cast<DeltaDtype>(rng() % 5));
+        header->set_delta_dtype(static_cast<DeltaDtype>(rng() % 5));
         break;
       case 2:
-        s.chunks.back().set_offset(rng() % 100000);
+        chunk->set_offset(rng() % 100000);
         break;
       case 3:
-        s.chunks.back().set_tensor(static_cast<uint32_t>(rng() % 4));
+        chunk->set_tensor(static_cast<uint32_t>(rng() % 4));
         break;
       case 4:
         data->resize(rng() % (data->size() * 2 + 1));
@@ -371,24 +444,30 @@ TEST_F(ProtocolTest, RandomlyMangledSubmissionsNeverHurtTheRun) {
         for (int n = 0; n < 4; ++n) std::memset(data->data() + (rng() % (data->size() / 4)) * 4, 0xff, 4);
         break;
       case 6:
-        s.header.set_has_moments(true);
+        header->set_has_moments(true);
         break;
       default:
-        s.header.set_predictions(-1 - static_cast<int64_t>(rng() % 5));
+        header->set_predictions(-1 - static_cast<int64_t>(rng() % 5));
         break;
     }
-    SubmitReply reply;
-    grpc::Status status = Submit(s, &reply);
-    if (status.ok()) continue;  // the mangling was a no-op, e.g. the same dtype drawn again
+    absl::StatusOr<SubmitReply> reply = client_->Submit(messages);
+    if (reply.ok()) {  // the mangling was a no-op, e.g. the same dtype drawn again
+      EXPECT_FALSE(reply->duplicate());
+      refused_in_a_row = 0;
+      continue;
+    }
     ++refused;
-    EXPECT_NE(status.error_message(), "") << "a refusal must say why";
+    EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument) << reply.status();
+    EXPECT_NE(reply.status().message(), "") << "a refusal must say why";
     ASSERT_TRUE(coordinator_->running()) << coordinator_->err();
+    if (++refused_in_a_row == 3) {
+      ExpectEvicted(worker);
+      worker = 0;
+    }
   }
   EXPECT_GT(refused, 50);
-  LeaveRequest leave;
-  leave.set_worker_id(worker);
-  LeaveReply left;
-  EXPECT_TRUE(Call(&Coordinator::Stub::Leave, leave, &left).ok());
+  EXPECT_GT(identities, 10);
+  if (worker != 0) Leave(worker);
   EXPECT_EQ(FinishWithRealWorker(), ThreadsReference());
 }
 

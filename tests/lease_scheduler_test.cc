@@ -261,6 +261,31 @@ TEST_F(LeaseSchedulerTest, EvictedWorkersRefusalsNoLongerCountAgainstTasks) {
   EXPECT_TRUE(scheduler_.failure().empty()) << scheduler_.failure();
 }
 
+TEST_F(LeaseSchedulerTest, TheRefusalThatEvictsAWorkerDoesNotCountAgainstItsTask) {
+  scheduler_.AddWorker(1, "honest", At(0));
+  scheduler_.AddWorker(2, "broken", At(0));
+  scheduler_.StartBatch(std::vector<int>(3, kTrain));
+  auto honest = scheduler_.Lease(1, At(0));
+  ASSERT_EQ(honest->item, 0u);
+  for (size_t item : {1u, 2u}) {
+    auto lease = scheduler_.Lease(2, At(0));
+    ASSERT_EQ(lease->item, item);
+    ASSERT_TRUE(scheduler_.BeginUpload(2, lease->lease).ok());
+    scheduler_.Refuse(lease->lease, "nan");
+  }
+  // A one-off failure of the honest worker on task 0, then the broken
+  // worker's third refusal in a row, on task 0 too: it is evicted, and the
+  // refusal that evicted it is not a second worker agreeing about the task.
+  ASSERT_TRUE(scheduler_.BeginUpload(1, honest->lease).ok());
+  scheduler_.Refuse(honest->lease, "learner: out of memory");
+  auto lease = scheduler_.Lease(2, At(0));
+  ASSERT_EQ(lease->item, 0u);
+  ASSERT_TRUE(scheduler_.BeginUpload(2, lease->lease).ok());
+  scheduler_.Refuse(lease->lease, "nan");
+  EXPECT_FALSE(scheduler_.has_worker(2));
+  EXPECT_TRUE(scheduler_.failure().empty()) << scheduler_.failure();
+}
+
 TEST_F(LeaseSchedulerTest, WorkerWhoseResultsAlwaysComeLateIsEvicted) {
   scheduler_.AddWorker(1, "late", At(0));
   scheduler_.AddWorker(2, "quick", At(0));

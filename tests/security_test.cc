@@ -9,10 +9,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "coordinator.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/child_process.h"
 #include "tests/test_support.h"
+#include "transport/grpc/coordinator_client.h"
 #include "transport/grpc/security.h"
 
 namespace reptile::testing {
@@ -72,17 +72,13 @@ class SecurityTest : public ::testing::Test {
     return ChildProcess::Start(args, run_ + "_" + name);
   }
 
-  // GetRunConfig through a channel with `security`: the status tells whether
+  // GetRunConfig through a client with `security`: the status tells whether
   // the coordinator let this client in.
-  grpc::Status Probe(const SecurityOptions& security) {
-    auto channel = MakeChannel(address_, security);
-    EXPECT_TRUE(channel.ok()) << channel.status();
-    auto stub = Coordinator::NewStub(*channel);
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    AttachToken(security.token, &context);
-    RunConfigReply reply;
-    return stub->GetRunConfig(&context, RunConfigRequest(), &reply);
+  absl::Status Probe(const SecurityOptions& security) {
+    absl::StatusOr<std::unique_ptr<CoordinatorClient>> client = CoordinatorClient::Connect(address_, security);
+    EXPECT_TRUE(client.ok()) << client.status();
+    if (!client.ok()) return client.status();
+    return (*client)->GetRunConfig().status();
   }
 
   std::string ThreadsReference() {
@@ -103,13 +99,13 @@ TEST_F(SecurityTest, TlsWithATokenTrainsAndRefusesWrongOrMissingTokens) {
   EXPECT_TRUE(absl::StrContains(coordinator->err(), "TLS, bearer token")) << coordinator->err();
   SecurityOptions client;
   client.tls.ca = Pki("ca.pem");
-  grpc::Status status = Probe(client);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_TRUE(absl::StrContains(status.error_message(), "missing bearer token")) << status.error_message();
+  absl::Status status = Probe(client);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE(absl::StrContains(status.message(), "missing bearer token")) << status;
   client.token = kWrongToken;
   status = Probe(client);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_TRUE(absl::StrContains(status.error_message(), "wrong bearer token")) << status.error_message();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE(absl::StrContains(status.message(), "wrong bearer token")) << status;
   SecurityOptions plain;  // plain text to a TLS port: no connection at all
   plain.token = kToken;
   EXPECT_FALSE(Probe(plain).ok());
@@ -136,8 +132,8 @@ TEST_F(SecurityTest, MutualTlsAdmitsOnlyClientsWithATrustedCertificate) {
   EXPECT_FALSE(Probe(client).ok()) << "client certificate from an untrusted authority";
   client.tls.cert = Pki("client.pem");
   client.tls.key = Pki("client.key");
-  grpc::Status status = Probe(client);
-  EXPECT_TRUE(status.ok()) << status.error_message();
+  absl::Status status = Probe(client);
+  EXPECT_TRUE(status.ok()) << status;
 
   auto worker = StartWorker(
       {"--tls_ca", Pki("ca.pem"), "--tls_cert", Pki("client.pem"), "--tls_key", Pki("client.key")}, "worker");

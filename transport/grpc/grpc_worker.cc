@@ -124,11 +124,12 @@ struct GrpcWorker::Session {
   }
 
   // The state of `version`, fetched unless cached. Transient failures are
-  // retried a few times; NotFound means join again.
+  // retried a few times; NotFound means join again, Cancelled that the
+  // worker stopped first. OK only with the state in hand.
   absl::Status EnsureState(uint64_t version, Backoff& backoff) {
     if (have_state && cached_incarnation == incarnation && cached_version == version) return absl::OkStatus();
     have_state = false;
-    absl::Status status;
+    absl::Status status = absl::CancelledError("stopped before the state was fetched");
     for (int attempt = 0; attempt < 3 && !stop->HasBeenNotified(); ++attempt) {
       absl::StatusOr<MetaState> fetched =
           client->FetchState(worker_id, version, learner->num_parameters(), carry());
@@ -169,6 +170,7 @@ struct GrpcWorker::Session {
       }
       if (work->kind() == WorkReply::WAIT) continue;
       absl::Status fetched = EnsureState(work->state_version(), backoff);
+      if (stop->HasBeenNotified()) break;  // the lease goes back when the worker leaves
       if (absl::IsNotFound(fetched)) return absl::NotFoundError("join again");
       if (absl::IsFailedPrecondition(fetched)) continue;  // the batch ended: the lease went with it
       if (!fetched.ok()) {

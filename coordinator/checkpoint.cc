@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -129,6 +130,9 @@ absl::StatusOr<TrainingState> ParseCheckpoint(const std::string& file, const std
   const Sha256Digest digest = Sha256(file.data() + kHeader, file.size() - kHeader);
   if (std::memcmp(digest.data(), file.data() + sizeof(kMagic), 32) != 0)
     return absl::DataLossError(absl::StrCat("checkpoint ", path, " is corrupt or truncated (checksum mismatch)"));
+  // Protobuf parses at most 2 GiB; a larger size would not fit the int below.
+  if (file.size() - kHeader > static_cast<size_t>(std::numeric_limits<int>::max()))
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, " is over 2 GiB, more than a checkpoint can hold"));
   Checkpoint message;
   if (!message.ParseFromArray(file.data() + kHeader, static_cast<int>(file.size() - kHeader)))
     return absl::DataLossError(absl::StrCat("checkpoint ", path, " does not parse"));

@@ -6,9 +6,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "coordinator/atomic_file.h"
 #include "core/fingerprint.h"
 #include "core/status_macros.h"
@@ -30,12 +32,38 @@ void ToFlat(const torch::Tensor& t, FlatTensor* out) {
 }
 
 absl::StatusOr<torch::Tensor> FromFlat(const FlatTensor& flat, const std::string& what, const std::string& path) {
-  if (flat.size() < 0 || static_cast<size_t>(flat.size()) * sizeof(float) != flat.data().size())
-    return absl::DataLossError(absl::StrCat("checkpoint ", path, ": ", what, " has ", flat.data().size(),
+  const std::string& bytes = flat.data();
+  // Divides rather than multiplies, so a huge size cannot wrap around.
+  if (flat.size() < 0 || bytes.size() % sizeof(float) != 0 ||
+      bytes.size() / sizeof(float) != static_cast<uint64_t>(flat.size()))
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, ": ", what, " has ", bytes.size(),
                                             " bytes, not ", flat.size(), " floats"));
   torch::Tensor t = torch::empty({flat.size()}, torch::kFloat32);
-  std::memcpy(t.data_ptr<float>(), flat.data().data(), flat.data().size());
+  if (!bytes.empty()) std::memcpy(t.data_ptr<float>(), bytes.data(), bytes.size());  // an empty t's data is null
   return t;
+}
+
+// Every tensor of the layout must lie inside the parameters, and Adam's
+// moments must be as long as they are.
+absl::Status CheckConsistent(const TrainingState& state, const std::string& path) {
+  const int64_t numel = state.meta.parameters.numel();
+  for (const ParameterShape& shape : state.layout) {
+    int64_t elements = 1;
+    bool fits = shape.offset() >= 0;
+    for (int64_t d : shape.dims()) {
+      fits = fits && d >= 0 && (d == 0 || elements <= numel / d);  // no product past numel, so no overflow
+      if (fits) elements *= d;
+    }
+    if (!fits || shape.offset() > numel - elements)
+      return absl::DataLossError(absl::StrCat("checkpoint ", path, ": layout tensor '", shape.name(), "' [",
+                                              absl::StrJoin(shape.dims(), ","), "] at offset ", shape.offset(),
+                                              " does not fit in the ", numel, " parameters"));
+  }
+  if (state.meta.adam_m.defined() && (state.meta.adam_m.numel() != numel || state.meta.adam_v.numel() != numel))
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, ": Adam's moments have ", state.meta.adam_m.numel(),
+                                            " and ", state.meta.adam_v.numel(), " values for ", numel,
+                                            " parameters"));
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -77,13 +105,19 @@ absl::StatusOr<TrainingState> ReadCheckpoint(const std::string& path) {
   }
   std::stringstream buffer;
   buffer << in.rdbuf();
-  const std::string file = buffer.str();
+  return ParseCheckpoint(buffer.str(), path);
+}
+
+absl::StatusOr<TrainingState> ParseCheckpoint(const std::string& file, const std::string& path) {
   constexpr size_t kHeader = sizeof(kMagic) + 32;
   if (file.size() < kHeader || std::memcmp(file.data(), kMagic, sizeof(kMagic)) != 0)
     return absl::DataLossError(absl::StrCat(path, " is not a reptile checkpoint (bad header)"));
   const Sha256Digest digest = Sha256(file.data() + kHeader, file.size() - kHeader);
   if (std::memcmp(digest.data(), file.data() + sizeof(kMagic), 32) != 0)
     return absl::DataLossError(absl::StrCat("checkpoint ", path, " is corrupt or truncated (checksum mismatch)"));
+  // Protobuf parses at most 2 GiB; a larger size would not fit the int below.
+  if (file.size() - kHeader > static_cast<size_t>(std::numeric_limits<int>::max()))
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, " is over 2 GiB, more than a checkpoint can hold"));
   Checkpoint message;
   if (!message.ParseFromArray(file.data() + kHeader, static_cast<int>(file.size() - kHeader)))
     return absl::DataLossError(absl::StrCat("checkpoint ", path, " does not parse"));
@@ -101,6 +135,7 @@ absl::StatusOr<TrainingState> ReadCheckpoint(const std::string& path) {
     ASSIGN_OR_RETURN(state.meta.adam_v, FromFlat(message.adam_v(), "adam_v", path));
     state.meta.adam_step = message.adam_step();
   }
+  RETURN_IF_ERROR(CheckConsistent(state, path));
   return state;
 }
 

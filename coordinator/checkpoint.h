@@ -28,9 +28,12 @@ struct TrainingState {
 absl::Status WriteCheckpoint(const std::string& path, const TrainingState& state);
 
 // NotFound if there is no file; PermissionDenied (or another errno's code) if
-// it cannot be read; DataLoss if it is truncated, corrupt or not a checkpoint;
-// each message names the file.
+// it cannot be read; DataLoss if it is truncated, corrupt, not a checkpoint,
+// or its layout and tensors disagree; each message names the file.
 absl::StatusOr<TrainingState> ReadCheckpoint(const std::string& path);
+
+// The same from the file's contents `file`; `path` names it in errors.
+absl::StatusOr<TrainingState> ParseCheckpoint(const std::string& file, const std::string& path);
 
 // SHA-256 (hex) of the parameters' fp32 bytes, in flat order.
 std::string ParameterFingerprint(const torch::Tensor& parameters);

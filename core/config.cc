@@ -63,7 +63,7 @@ absl::Status ValidateTask(const TaskConfig& t) {
       RETURN_IF_ERROR(RequirePositive("task.train_shots", t.train_shots()));
       RETURN_IF_ERROR(RequirePositive("task.eval_shots", t.eval_shots()));
       RETURN_IF_ERROR(RequirePositive("task.query_shots", t.query_shots()));
-      if (t.eval_shots() + t.query_shots() > 20 && t.family() == OMNIGLOT)
+      if (int64_t{t.eval_shots()} + t.query_shots() > 20 && t.family() == OMNIGLOT)
         return FieldError("task.eval_shots", "eval_shots + query_shots exceeds Omniglot's 20 drawers");
       if (t.train_shots() > 20 && t.family() == OMNIGLOT)
         return FieldError("task.train_shots", "exceeds Omniglot's 20 drawers");
@@ -98,9 +98,9 @@ absl::Status ValidateInner(const InnerLoopConfig& in) {
   RETURN_IF_ERROR(RequirePositive("inner.batch_size", in.batch_size()));
   RETURN_IF_ERROR(RequirePositive("inner.iterations", in.iterations()));
   if (in.optimizer() == ADAM) {
-    if (in.adam_beta1() < 0 || in.adam_beta1() >= 1)
+    if (!(in.adam_beta1() >= 0 && in.adam_beta1() < 1))  // written so that NaN fails
       return FieldError("inner.adam_beta1", "must be in [0, 1)");
-    if (in.adam_beta2() <= 0 || in.adam_beta2() >= 1)
+    if (!(in.adam_beta2() > 0 && in.adam_beta2() < 1))
       return FieldError("inner.adam_beta2", "must be in (0, 1)");
     RETURN_IF_ERROR(RequirePositive("inner.adam_epsilon", in.adam_epsilon()));
     if (in.state_mode() != CARRY && in.state_mode() != RESET)
@@ -115,7 +115,7 @@ absl::Status ValidateOuter(const OuterLoopConfig& out) {
   RETURN_IF_ERROR(RequirePositive("outer.rounds", out.rounds()));
   RETURN_IF_ERROR(RequirePositive("outer.meta_batch_size", out.meta_batch_size()));
   RETURN_IF_ERROR(RequirePositive("outer.step_size", out.step_size()));
-  if (out.step_size_final() < 0) return FieldError("outer.step_size_final", "must be >= 0");
+  if (!(out.step_size_final() >= 0)) return FieldError("outer.step_size_final", "must be >= 0");
   return absl::OkStatus();
 }
 
@@ -133,13 +133,13 @@ absl::Status ValidateRuntime(const RuntimeConfig& r) {
   if (r.log_every_seconds() < 0) return FieldError("runtime.log_every_seconds", "must be >= 0");
   if (r.metrics_every_rounds() < 0) return FieldError("runtime.metrics_every_rounds", "must be >= 0");
   if (r.max_workers() < 0) return FieldError("runtime.max_workers", "must be >= 0");
-  if (r.heartbeat_seconds() < 0) return FieldError("runtime.heartbeat_seconds", "must be >= 0 (0: 1 s)");
-  if (r.worker_timeout_seconds() < 0)
+  if (!(r.heartbeat_seconds() >= 0)) return FieldError("runtime.heartbeat_seconds", "must be >= 0 (0: 1 s)");
+  if (!(r.worker_timeout_seconds() >= 0))
     return FieldError("runtime.worker_timeout_seconds", "must be >= 0 (0: 6 s)");
   if (r.heartbeat_seconds() > 0 && r.worker_timeout_seconds() > 0 &&
       r.worker_timeout_seconds() < 2 * r.heartbeat_seconds())
     return FieldError("runtime.worker_timeout_seconds", "must be at least twice runtime.heartbeat_seconds");
-  if (r.task_timeout_seconds() < 0) return FieldError("runtime.task_timeout_seconds", "must be >= 0 (0: 600 s)");
+  if (!(r.task_timeout_seconds() >= 0)) return FieldError("runtime.task_timeout_seconds", "must be >= 0 (0: 600 s)");
   if (r.max_task_attempts() < 0) return FieldError("runtime.max_task_attempts", "must be >= 0 (0: 2)");
   return absl::OkStatus();
 }

@@ -6,6 +6,7 @@
 #include "coordinator/checkpoint.h"
 #include "coordinator/run_directory.h"
 #include "core/config.h"
+#include "core/fingerprint.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "test_support.h"
@@ -77,6 +78,52 @@ TEST(CheckpointTest, CorruptTruncatedAndForeignFilesAreReportedNotLoaded) {
   EXPECT_THAT(ReadCheckpoint(path).status().message(), HasSubstr("not a reptile checkpoint"));
 
   EXPECT_EQ(ReadCheckpoint(dir + "/missing.bin").status().code(), absl::StatusCode::kNotFound);
+}
+
+// A file with a valid checksum around `message`: what a crafted checkpoint
+// looks like (the SHA-256 detects damage, not intent).
+std::string CheckpointFile(const Checkpoint& message) {
+  const std::string payload = message.SerializeAsString();
+  const Sha256Digest digest = Sha256(payload.data(), payload.size());
+  return "REPTCKP1" + std::string(digest.begin(), digest.end()) + payload;
+}
+
+// fuzz/checkpoint_fuzzer found that a checkpoint with no parameter values
+// made the reader memcpy into an empty tensor's null data. Such a file, one
+// whose size field wraps around when multiplied by 4, and ones whose layout or
+// moments disagree with the parameters are refused as corrupt.
+TEST(CheckpointTest, TensorsThatDisagreeWithTheirSizesOrLayoutAreRefused) {
+  const std::string path = testing::TempDir("ckpt") + "/checkpoint.bin";
+  auto refused = [&](const TrainingState& state, const std::string& why) {
+    ASSERT_TRUE(WriteCheckpoint(path, state).ok());
+    const absl::StatusOr<TrainingState> read = ReadCheckpoint(path);
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss) << read.status();
+    EXPECT_THAT(read.status().message(), HasSubstr(path));
+    EXPECT_THAT(read.status().message(), HasSubstr(why));
+  };
+  TrainingState no_values = SampleState();
+  no_values.meta.parameters = torch::empty({0});
+  no_values.meta.adam_m = no_values.meta.adam_v = torch::empty({0});
+  refused(no_values, "layout tensor 'w' [1000] at offset 0 does not fit in the 0 parameters");
+
+  TrainingState past_the_end = SampleState();
+  past_the_end.layout[0].set_offset(1);
+  refused(past_the_end, "does not fit");
+  past_the_end.layout[0].set_offset(0);
+  past_the_end.layout[0].add_dims(int64_t{1} << 62);  // 1000 * 2^62 overflows int64
+  refused(past_the_end, "does not fit");
+
+  TrainingState short_moments = SampleState();
+  short_moments.meta.adam_v = torch::ones({999});
+  refused(short_moments, "Adam's moments have 1000 and 999 values for 1000 parameters");
+
+  Checkpoint wraps;
+  wraps.set_format_version(1);
+  wraps.mutable_parameters()->set_size(int64_t{1} << 62);  // 2^62 floats are 2^64 = 0 bytes, mod 2^64
+  WriteFile(path, CheckpointFile(wraps));
+  const absl::StatusOr<TrainingState> read = ReadCheckpoint(path);
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kDataLoss) << read.status();
+  EXPECT_THAT(read.status().message(), HasSubstr("parameters has 0 bytes, not 4611686018427387904 floats"));
 }
 
 TEST(CheckpointTest, FingerprintSeesASingleBit) {

@@ -84,6 +84,24 @@ TEST(ConfigTest, ValidationNamesTheFieldAndTheProblem) {
   EXPECT_THAT(ValidateConfig(config).message(), HasSubstr("task.eval_shots"));
 }
 
+// eval_shots + query_shots overflowed int when one was huge (undefined
+// behaviour, which fuzz/config_fuzzer's UBSan build reports on such an
+// input), and NaN passed the range checks written as `x < 0`.
+TEST(ConfigTest, HugeCountsAndNaNsAreRefused) {
+  ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
+  ASSERT_TRUE(ApplyOverride("task.eval_shots=2147483647", &config).ok());
+  EXPECT_THAT(ValidateConfig(config).message(), HasSubstr("task.eval_shots"));
+  for (const char* field : {"inner.adam_beta1", "inner.adam_beta2", "outer.step_size_final",
+                            "runtime.heartbeat_seconds", "runtime.worker_timeout_seconds",
+                            "runtime.task_timeout_seconds", "inner.learning_rate"}) {
+    config = LoadNamedConfig("omniglot_5w1s");
+    ASSERT_TRUE(ApplyOverride(std::string(field) + "=nan", &config).ok()) << field;
+    const absl::Status status = ValidateConfig(config);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_THAT(status.message(), HasSubstr(field));
+  }
+}
+
 TEST(ConfigTest, ParseErrorsGiveFileLineAndField) {
   auto config = ParseConfig("name: \"x\"\ninner { iteratons: 5 }\n", "my.textproto");
   ASSERT_FALSE(config.ok());

@@ -250,6 +250,55 @@ TEST(PngReaderTest, ErrorsNameTheSource) {
   EXPECT_TRUE(Mentions(missing.status(), path + ".missing")) << missing.status();
 }
 
+std::string BigEndian(uint32_t value) {
+  return {static_cast<char>(value >> 24), static_cast<char>(value >> 16), static_cast<char>(value >> 8),
+          static_cast<char>(value)};
+}
+
+// A PNG whose header claims `width` x `height` 8-bit grey pixels, followed by
+// a single compressed row: a few dozen bytes that would demand the whole image.
+std::string PngClaiming(uint32_t width, uint32_t height) {
+  auto chunk = [](const std::string& type, const std::string& body) {
+    const std::string typed = type + body;
+    const uLong crc = crc32(0, reinterpret_cast<const Bytef*>(typed.data()), static_cast<uInt>(typed.size()));
+    return BigEndian(static_cast<uint32_t>(body.size())) + typed + BigEndian(static_cast<uint32_t>(crc));
+  };
+  // 8-bit grey, deflate, no filter, no interlace.
+  const std::string ihdr = BigEndian(width) + BigEndian(height) + std::string("\x08\x00\x00\x00\x00", 5);
+  const std::string row(1 + 64, '\0');  // filter byte and 64 pixels
+  std::string idat(compressBound(row.size()), '\0');
+  uLongf idat_size = idat.size();
+  compress(reinterpret_cast<Bytef*>(idat.data()), &idat_size, reinterpret_cast<const Bytef*>(row.data()), row.size());
+  idat.resize(idat_size);
+  return "\x89PNG\r\n\x1a\n" + chunk("IHDR", ihdr) + chunk("IDAT", idat) + chunk("IEND", "");
+}
+
+TEST(PngReaderTest, RefusesImagesPastTheSizeLimitBeforeAllocating) {
+  const std::string dir = TempDir("png");
+  // 16384 x 16384 was accepted before and took 1 GiB (grey) to 1.75 GiB (RGB).
+  for (const auto& [width, height] : {std::pair<uint32_t, uint32_t>{16384, 16384}, {8193, 1}, {1, 100000},
+                                      {6000, 5000}, {8192, 8192}}) {
+    const std::string path = dir + "/claims_" + std::to_string(width) + "x" + std::to_string(height) + ".png";
+    const std::string png = PngClaiming(width, height);
+    ASSERT_LT(png.size(), 200u);
+    WriteFile(path, png);
+    for (int channels : {1, 3}) {
+      const auto refused = ReadPngFile(path, channels);
+      EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_TRUE(Mentions(refused.status(), path)) << refused.status();
+      EXPECT_TRUE(Mentions(refused.status(), "the limit is 8192 pixels a side and 25 megapixels")) << refused.status();
+    }
+  }
+  // Photos up to 24 megapixels (6000 x 4000) pass the limit; this one is
+  // then refused only because its pixels are missing.
+  WriteFile(dir + "/photo.png", PngClaiming(6000, 4000));
+  const auto photo = ReadPngFile(dir + "/photo.png", 3);
+  EXPECT_TRUE(Mentions(photo.status(), "corrupt PNG")) << photo.status();
+  // The longest side accepted decodes.
+  const DecodedImage wide = WriteAndDecode("wide.png", 1, 8192, 8, PNG_COLOR_TYPE_GRAY, {std::vector<uint8_t>(8192, 7)});
+  EXPECT_EQ(wide.width, 8192);
+}
+
 TEST(ImageFolderTest, LoadsClassFoldersInOrder) {
   const std::string root = TempDir("folder");
   // Classes in reverse creation order, images of different sizes.

@@ -1,5 +1,6 @@
 // Tensors on the wire: chunking, reassembly, dtype conversion, and a
 // randomized stream of malformed chunks against the decoding path.
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -57,6 +58,40 @@ TEST(WireTest, DecodingRefusesWrongSizesUnknownDtypesAndNonFiniteValues) {
   absl::StatusOr<torch::Tensor> decoded = DecodeTensor(bytes, DELTA_FP32, 10);
   ASSERT_FALSE(decoded.ok());
   EXPECT_NE(decoded.status().message().find("element 3"), std::string::npos) << decoded.status();
+}
+
+// fuzz/tensor_stream_fuzzer found that a model of no parameters made
+// DecodeTensor memcpy into an empty tensor's null data (undefined behaviour).
+// And a count whose byte size wrapped around 2^64 passed the size check.
+TEST(WireTest, DecodesEmptyTensorsAndRefusesCountsThatOverflow) {
+  TensorAssembler assembler({0, 0});
+  ASSERT_TRUE(assembler.Finish().ok());
+  for (DeltaDtype dtype : {DELTA_FP32, DELTA_BF16, DELTA_FP16}) {
+    absl::StatusOr<torch::Tensor> empty = DecodeTensor(assembler.bytes(0), dtype, 0);
+    ASSERT_TRUE(empty.ok()) << empty.status();
+    EXPECT_EQ(empty->numel(), 0);
+  }
+  EXPECT_FALSE(DecodeTensor("", DELTA_FP32, int64_t{1} << 62).ok());  // 2^62 * 4 bytes wraps to 0
+  EXPECT_FALSE(DecodeTensor(std::string(6, '\0'), DELTA_FP32, 1).ok());  // not a whole number of elements
+}
+
+TEST(WireTest, AssemblerMemoryFollowsTheBytesReceived) {
+  TensorAssembler assembler({12'000'000, 4000});
+  TensorChunk chunk;
+  chunk.set_tensor(0);
+  chunk.set_data(std::string(8, 'x'));
+  ASSERT_TRUE(assembler.Add(chunk).ok());
+  // The first 8 bytes of a 12 MB tensor take memory for 8 bytes, not 12 MB.
+  EXPECT_LT(assembler.bytes(0).capacity(), size_t{4096});
+  EXPECT_EQ(assembler.bytes(1).capacity(), std::string().capacity());
+  for (size_t offset = 8; offset < 12'000'000; offset += kChunkBytes) {
+    chunk.set_offset(offset);
+    chunk.set_data(std::string(std::min(kChunkBytes, 12'000'000 - offset), 'y'));
+    ASSERT_TRUE(assembler.Add(chunk).ok());
+    EXPECT_LE(assembler.bytes(0).capacity(), 2 * (offset + chunk.data().size()));
+  }
+  EXPECT_FALSE(assembler.Finish().ok());  // tensor 1 is missing
+  EXPECT_EQ(assembler.bytes(0).size(), size_t{12'000'000});
 }
 
 TEST(WireTest, AssemblerRefusesGapsOverlapsOversizeAndTruncation) {

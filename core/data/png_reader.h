@@ -20,6 +20,8 @@ struct DecodedImage {
 
 // Decodes any PNG (palette, grey, RGB, alpha, 1..16 bit) to 8-bit `channels`
 // (1: luminance, 3: RGB; alpha is dropped). `what` names the source in errors.
+// Images larger than 8192 pixels a side or 25 megapixels are refused
+// (InvalidArgument) before their pixels are allocated.
 absl::StatusOr<DecodedImage> DecodePng(const uint8_t* data, size_t size,
                                        int channels, const std::string& what);
 absl::StatusOr<DecodedImage> ReadPngFile(const std::string& path, int channels);

@@ -41,10 +41,12 @@ std::string EncodeTensor(const torch::Tensor& tensor, DeltaDtype dtype) {
 absl::StatusOr<torch::Tensor> DecodeTensor(const std::string& bytes, DeltaDtype dtype, int64_t numel) {
   const size_t element = DeltaDtypeBytes(dtype);
   if (element == 0) return absl::InvalidArgumentError(absl::StrCat("unknown tensor dtype ", static_cast<int>(dtype)));
-  if (numel < 0 || bytes.size() != static_cast<size_t>(numel) * element)
+  // Divides rather than multiplies, so a huge `numel` cannot wrap around.
+  if (numel < 0 || bytes.size() % element != 0 || bytes.size() / element != static_cast<uint64_t>(numel))
     return absl::InvalidArgumentError(
-        absl::StrCat("tensor has ", bytes.size(), " bytes; ", numel, " elements need ", numel * element));
+        absl::StrCat("tensor has ", bytes.size(), " bytes, not ", numel, " elements of ", element, " bytes"));
   torch::Tensor out = torch::empty({numel}, torch::kFloat32);
+  if (numel == 0) return out;  // memcpy may not be given an empty tensor's null data
   if (dtype == DELTA_FP32) {
     std::memcpy(out.data_ptr<float>(), bytes.data(), bytes.size());
   } else {
@@ -88,8 +90,7 @@ absl::Status TensorAssembler::Add(const TensorChunk& chunk) {
     return absl::InvalidArgumentError(absl::StrCat("oversized: tensor ", t, " would reach ",
                                                    received_[t] + chunk.data().size(), " bytes; it has ",
                                                    sizes_[t]));
-  if (buffers_[t].empty()) buffers_[t].resize(sizes_[t]);
-  std::memcpy(buffers_[t].data() + received_[t], chunk.data().data(), chunk.data().size());
+  buffers_[t].append(chunk.data());
   received_[t] += chunk.data().size();
   total_received_ += chunk.data().size();
   return absl::OkStatus();

@@ -35,7 +35,10 @@ absl::StatusOr<torch::Tensor> DecodeTensor(const std::string& bytes, DeltaDtype 
 bool WriteChunks(absl::Span<const std::string* const> tensors, const std::function<bool(const TensorChunk&)>& write);
 
 // Reassembles the tensors of one stream. Chunks of a tensor must arrive in
-// order without gaps or overlap, and no tensor may grow past its size.
+// order without gaps or overlap, and no tensor may grow past its size. Memory
+// follows the bytes received (a buffer grows as its chunks arrive, to at most
+// twice what it holds), never a size alone: a peer that stops early or
+// sends one byte does not make the receiver allocate whole tensors.
 class TensorAssembler {
  public:
   // `sizes[i]`: the exact byte size tensor i must reach.

@@ -2,8 +2,9 @@
 # Trains the paper's Omniglot configs, one after another, into models/<name>/,
 # the way a run of many hours has to go on a shared 2-core machine: niced, on
 # worker threads, resumed bitwise from the run directory's checkpoint when
-# started again, and committed to git every COMMIT_MINUTES so that the run
-# survives the machine. SIGTERM stops it after checkpointing (and commits).
+# started again, one metrics line per 100 rounds (so that the directory stays
+# small), and committed to git every COMMIT_MINUTES so that the run survives
+# the machine. SIGTERM stops it after checkpointing (and commits).
 #
 #   scripts/paper_runs.sh omniglot_5w1s omniglot_5w5s
 #
@@ -34,7 +35,7 @@ for name in "$@"; do
   dir=models/$name
   mkdir -p "$dir"
   nice -n 19 "$reptile" train --config "configs/$name.textproto" --run_dir "$dir" \
-    runtime.local_workers=THREADS >> "$dir/train.log" 2>&1 &
+    runtime.local_workers=THREADS runtime.metrics_every_rounds=100 >> "$dir/train.log" 2>&1 &
   trainer=$!
   while kill -0 "$trainer" 2> /dev/null; do
     for _ in $(seq $((commit_minutes * 6))); do

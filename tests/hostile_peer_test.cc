@@ -349,7 +349,7 @@ TEST_F(HostilePeerTest, WorkersRejoinARestartedCoordinatorWithinSecondsAfterSigt
     std::cout << "after " << (signal_number == SIGTERM ? "SIGTERM" : "SIGKILL") << ": " << joined
               << " workers rejoined within " << seconds << " s of the new coordinator listening" << std::endl;
     EXPECT_EQ(joined, 2) << coordinator->err();
-    EXPECT_LT(seconds, 6.0);
+    EXPECT_LT(seconds, 10.0);  // 3.2-3.3 s on a quiet machine; 27 s before reconnects were bounded
   }
   ASSERT_EQ(coordinator->ExitCode(600), 0) << coordinator->err();
   EXPECT_EQ(ParameterSha(coordinator->out()), reference);

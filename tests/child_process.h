@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -112,6 +114,21 @@ class ChildProcess {
   std::optional<int> status_;
   std::string out_path_, err_path_;
 };
+
+// Starts a `reptile coordinator` command line `args`, adding
+// `--port_file <run_dir>.port`, and waits until it listens (up to 30 s, or
+// until it exits). Returns the child and sets *port (0 if it never listened).
+inline std::unique_ptr<ChildProcess> StartListening(std::vector<std::string> args, const std::string& run_dir,
+                                                    const std::string& log_prefix, int* port) {
+  const std::string port_file = run_dir + ".port";
+  std::remove(port_file.c_str());
+  args.insert(args.end(), {"--port_file", port_file});
+  auto child = ChildProcess::Start(args, log_prefix);
+  for (int i = 0; i < 1200 && access(port_file.c_str(), F_OK) != 0 && child->running(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  *port = std::atoi(ReadWholeFile(port_file).c_str());
+  return child;
+}
 
 // The parameter fingerprint from `reptile train`/`coordinator` output, or "".
 inline std::string ParameterSha(const std::string& output) {

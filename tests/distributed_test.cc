@@ -63,19 +63,11 @@ class DistributedTest : public ::testing::Test {
   // Starts a coordinator on `port` (0: any) and returns once it listens.
   std::unique_ptr<ChildProcess> StartCoordinator(const std::string& config, const std::vector<std::string>& overrides,
                                                  const std::string& run_dir, int port, const std::string& log) {
-    const std::string port_file = run_dir + ".port";
-    std::filesystem::remove(port_file);
-    auto child = ChildProcess::Start(
-        Concat({REPTILE_BINARY, "coordinator", "--config", SourcePath(config), "--run_dir", run_dir, "--listen",
-                absl::StrCat("127.0.0.1:", port), "--port_file", port_file},
-               overrides),
-        Log(log));
-    for (int i = 0; i < 600 && !std::filesystem::exists(port_file); ++i) {
-      if (!child->running()) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    EXPECT_TRUE(std::filesystem::exists(port_file)) << child->err();
-    port_ = std::atoi(ReadWholeFile(port_file).c_str());
+    auto child = StartListening(Concat({REPTILE_BINARY, "coordinator", "--config", SourcePath(config), "--run_dir",
+                                        run_dir, "--listen", absl::StrCat("127.0.0.1:", port)},
+                                       overrides),
+                                run_dir, Log(log), &port_);
+    EXPECT_GT(port_, 0) << child->err();
     return child;
   }
 

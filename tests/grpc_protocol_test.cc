@@ -42,17 +42,13 @@ class ProtocolTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = TempDir("run");
-    const std::string port_file = dir_ + "/../port";
-    std::filesystem::remove(port_file);
-    coordinator_ = ChildProcess::Start(
-        {REPTILE_BINARY, "coordinator", "--config", SourcePath("configs/sine.textproto"), "--run_dir", dir_,
-         "--listen", "127.0.0.1:0", "--port_file", port_file, kOverrides[0], kOverrides[1], kOverrides[2],
-         kOverrides[3], kOverrides[4]},
-        dir_ + "/../coordinator");
-    for (int i = 0; i < 600 && !std::filesystem::exists(port_file); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    ASSERT_TRUE(std::filesystem::exists(port_file)) << coordinator_->err();
-    address_ = "127.0.0.1:" + ReadWholeFile(port_file).substr(0, ReadWholeFile(port_file).find('\n'));
+    std::vector<std::string> args = {REPTILE_BINARY, "coordinator", "--config", SourcePath("configs/sine.textproto"),
+                                     "--run_dir", dir_, "--listen", "127.0.0.1:0"};
+    args.insert(args.end(), kOverrides.begin(), kOverrides.end());
+    int port = 0;
+    coordinator_ = StartListening(args, dir_, dir_ + "/../coordinator", &port);
+    ASSERT_GT(port, 0) << coordinator_->err();
+    address_ = absl::StrCat("127.0.0.1:", port);
     channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
     client_ = std::make_unique<CoordinatorClient>(channel_, "");
     config_ = LoadNamedConfig("sine", kOverrides);

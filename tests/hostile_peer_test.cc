@@ -78,18 +78,13 @@ class HostilePeerTest : public ::testing::Test {
   // listens; port_ is then its port.
   std::unique_ptr<ChildProcess> StartCoordinator(const std::string& run_dir, const std::string& log, int port = 0,
                                                  const std::vector<std::string>& extra = {}) {
-    const std::string port_file = run_dir + ".port";
-    std::filesystem::remove(port_file);
-    auto child = ChildProcess::Start(
-        Concat(Concat({REPTILE_BINARY, "coordinator", "--config", SourcePath("configs/demo.textproto"), "--run_dir",
-                       run_dir, "--listen", absl::StrCat("127.0.0.1:", port), "--port_file", port_file},
-                      extra),
-               OmniglotOverrides(rounds_)),
-        Log(log));
-    for (int i = 0; i < 1200 && !std::filesystem::exists(port_file) && child->running(); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(25));
-    EXPECT_TRUE(std::filesystem::exists(port_file)) << child->err();
-    port_ = std::atoi(ReadWholeFile(port_file).c_str());
+    auto child = StartListening(Concat(Concat({REPTILE_BINARY, "coordinator", "--config",
+                                               SourcePath("configs/demo.textproto"), "--run_dir", run_dir,
+                                               "--listen", absl::StrCat("127.0.0.1:", port)},
+                                              extra),
+                                       OmniglotOverrides(rounds_)),
+                                run_dir, Log(log), &port_);
+    EXPECT_GT(port_, 0) << child->err();
     return child;
   }
 
@@ -392,15 +387,13 @@ TEST_F(HostilePeerTest, OnlyLoopbackIsServedWithoutTlsAndATokenUnlessOptedOut) {
   EXPECT_EQ(refused->ExitCode(60), 1);
   EXPECT_TRUE(absl::StrContains(refused->err(), "refusing to serve 0.0.0.0:0 without TLS and a token"))
       << refused->err();
-  const std::string port_file = run + ".port";
-  std::filesystem::remove(port_file);
-  auto opted_out = ChildProcess::Start(Concat({REPTILE_BINARY, "coordinator", "--config",
-                                               SourcePath("configs/demo.textproto"), "--run_dir", run, "--listen",
-                                               "0.0.0.0:0", "--insecure_listen", "--port_file", port_file},
-                                              OmniglotOverrides(rounds_)),
-                                       Log("opted_out"));
-  for (int i = 0; i < 1200 && !std::filesystem::exists(port_file) && opted_out->running(); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  int port = 0;
+  auto opted_out = StartListening(Concat({REPTILE_BINARY, "coordinator", "--config",
+                                          SourcePath("configs/demo.textproto"), "--run_dir", run, "--listen",
+                                          "0.0.0.0:0", "--insecure_listen"},
+                                         OmniglotOverrides(rounds_)),
+                                  run, Log("opted_out"), &port);
+  EXPECT_GT(port, 0) << opted_out->err();
   EXPECT_TRUE(absl::StrContains(opted_out->err(), "WARNING: serving 0.0.0.0:0 without TLS and a token"))
       << opted_out->err();
   opted_out->Signal(SIGTERM);

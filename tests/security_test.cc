@@ -50,19 +50,13 @@ class SecurityTest : public ::testing::Test {
   std::string Pki(const std::string& name) const { return pki_ + "/" + name; }
 
   std::unique_ptr<ChildProcess> StartCoordinator(const std::vector<std::string>& flags) {
-    const std::string port_file = run_ + ".port";
-    std::filesystem::remove(port_file);
     std::vector<std::string> args = {REPTILE_BINARY, "coordinator", "--config", SourcePath("configs/sine.textproto"),
-                                     "--run_dir", run_, "--listen", "127.0.0.1:0", "--port_file", port_file};
+                                     "--run_dir", run_, "--listen", "127.0.0.1:0"};
     args.insert(args.end(), flags.begin(), flags.end());
     args.insert(args.end(), kOverrides.begin(), kOverrides.end());
-    auto child = ChildProcess::Start(args, run_ + "_coordinator");
-    for (int i = 0; i < 600 && !std::filesystem::exists(port_file); ++i) {
-      if (!child->running()) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    EXPECT_TRUE(std::filesystem::exists(port_file)) << child->err();
-    address_ = absl::StrCat("127.0.0.1:", std::atoi(ReadWholeFile(port_file).c_str()));
+    int port = 0;
+    auto child = StartListening(args, run_, run_ + "_coordinator", &port);
+    address_ = absl::StrCat("127.0.0.1:", port);
     return child;
   }
 

@@ -118,6 +118,7 @@ struct GrpcTransport::Board {
   std::function<void(const std::string&)> log;
   absl::Duration heartbeat;
   int max_workers = 256;
+  int meta_batch = 1;
   uint64_t incarnation = 0;
 
   mutable absl::Mutex mu;
@@ -134,6 +135,7 @@ struct GrpcTransport::Board {
   bool finished ABSL_GUARDED_BY(mu) = false;       // the run is over: workers leave
   bool shutting_down ABSL_GUARDED_BY(mu) = false;  // this process stops: workers wait for the next
   TransportStats stats ABSL_GUARDED_BY(mu);
+  bool warned_idle ABSL_GUARDED_BY(mu) = false;  // more workers than a round has tasks
 
   explicit Board(LeasePolicy policy) : scheduler(policy) {}
 
@@ -215,6 +217,10 @@ class GrpcTransport::Service final : public Coordinator::Service {
       scheduler.AddWorker(id, name, absl::Now());
       line = absl::StrCat("worker ", id, " (", name, " at ", Printable(context->peer(), 64), ") joined; ",
                           scheduler.num_workers(), " alive");
+      if (scheduler.num_workers() > board_->meta_batch && !board_->warned_idle) {
+        board_->warned_idle = true;
+        absl::StrAppend(&line, "\nWARNING: ", IdleWorkersWarning(scheduler.num_workers(), board_->meta_batch));
+      }
       reply->set_worker_id(id);
     }
     if (board_->log) board_->log(line);
@@ -467,6 +473,12 @@ class GrpcTransport::Service final : public Coordinator::Service {
   Board* board_;
 };
 
+std::string IdleWorkersWarning(int workers, int tasks) {
+  return absl::StrCat(workers, " workers for a meta-batch of ", tasks, " tasks: ", workers - tasks,
+                      " sit idle in every training round (evaluations use them all). Raise outer.meta_batch_size "
+                      "or run fewer workers; README \"Scaling\" explains the choice");
+}
+
 GrpcTransport::GrpcTransport() = default;
 
 absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const ExperimentConfig& config,
@@ -489,6 +501,7 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   b.log = options.log;
   b.heartbeat = seconds_or(r.heartbeat_seconds(), 1);
   b.max_workers = r.max_workers() > 0 ? r.max_workers() : 256;
+  b.meta_batch = config.outer().meta_batch_size();
   b.incarnation = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
 
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, MakeServerCredentials(options.tls));

@@ -21,6 +21,9 @@ namespace reptile {
 
 inline constexpr uint32_t kProtocolVersion = 1;
 
+// Why `workers` workers for a meta-batch of `tasks` waste cores.
+std::string IdleWorkersWarning(int workers, int tasks);
+
 class GrpcTransport final : public Transport {
  public:
   struct Options {

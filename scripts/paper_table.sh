@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints measured few-shot accuracy of runs/paper/* next to the Reptile paper's
+# Prints measured few-shot accuracy of models/* next to the Reptile paper's
 # Table (Nichol et al. 2018, Omniglot, transductive and not). A finished run
 # reports its final evaluation (eval.final_episodes); an unfinished one is
 # evaluated now from its latest checkpoint with EPISODES episodes (default
@@ -16,7 +16,7 @@ declare -A paper=(
 printf '| config | rounds | measured non-transductive | measured transductive | paper non-transductive | paper transductive |\n'
 printf '|---|---|---|---|---|---|\n'
 for c in omniglot_5w1s omniglot_5w5s omniglot_20w1s omniglot_20w5s; do
-  dir=runs/paper/$c
+  dir=models/$c
   [ -f "$dir/checkpoint.bin" ] || { printf '| %s | not started | | | %s |\n' "$c" "${paper[$c]}"; continue; }
   final=$(grep '"kind":"final_eval"' "$dir/metrics.jsonl" | tail -1 || true)
   if [ -n "$final" ]; then

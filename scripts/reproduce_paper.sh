@@ -1,15 +1,56 @@
 #!/usr/bin/env bash
-# Trains the four Omniglot configs of the Reptile paper in the background, one
-# after another (each uses both cores), in runs/paper/<config>/. Re-running it
-# resumes unfinished runs from their checkpoints. Follow with
-#   tail -f runs/paper/*.log
-# and tabulate (partial runs included, labelled) with scripts/paper_table.sh.
-set -euo pipefail
+# Trains the Reptile paper's Omniglot configs (all four unless named), one
+# after another, into models/<name>/,
+# the way a run of many hours has to go on a shared 2-core machine: niced, on
+# worker threads, resumed bitwise from the run directory's checkpoint when
+# started again, one metrics line per 100 rounds (so that the directory stays
+# small), and committed to git every COMMIT_MINUTES so that the run survives
+# the machine. SIGTERM stops it after checkpointing (and commits).
+#
+#   nohup bash scripts/reproduce_paper.sh [omniglot_5w1s ...] > /tmp/paper.log 2>&1 &
+#
+# scripts/paper_table.sh then prints the measured table beside the paper's.
+# REPTILE names the binary (default build/reptile); point it at a copy so that
+# rebuilding the tree does not change the binary under a running job.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-[ -x build/reptile ] || bash scripts/build.sh
-mkdir -p runs/paper
-nohup bash -c '
-  for c in omniglot_5w1s omniglot_5w5s omniglot_20w1s omniglot_20w5s; do
-    ./build/reptile train --config configs/$c.textproto --run_dir runs/paper/$c "$@" >> runs/paper/$c.log 2>&1
-  done' _ "$@" > /dev/null 2>&1 &
-echo "started in the background (pid $!); logs in runs/paper/*.log"
+reptile=${REPTILE:-build/reptile}
+commit_minutes=${COMMIT_MINUTES:-15}
+
+# Commits models/<name> alone (other staged work is left as it is); retries
+# while another git command holds the index.
+commit_run() {
+  local name=$1 dir=models/$1 round
+  round=$(grep -o '"round":[0-9]*' "$dir/metrics.jsonl" 2> /dev/null | tail -1 | cut -d: -f2)
+  for _ in 1 2 3 4 5 6; do
+    git add "$dir" 2> /dev/null &&
+      { git diff --cached --quiet -- "$dir" || git commit -q -m "models/$name: round ${round:-0}" -- "$dir"; } &&
+      return 0
+    sleep 5
+  done
+  echo "paper_runs: could not commit $dir" >&2
+}
+
+[ $# -gt 0 ] || set -- omniglot_5w1s omniglot_5w5s omniglot_20w1s omniglot_20w5s
+[ -x "$reptile" ] || bash scripts/build.sh
+trainer=
+trap 'if [ -n "$trainer" ]; then kill -TERM "$trainer"; fi' TERM INT
+for name in "$@"; do
+  dir=models/$name
+  mkdir -p "$dir"
+  nice -n 19 "$reptile" train --config "configs/$name.textproto" --run_dir "$dir" \
+    runtime.local_workers=THREADS runtime.metrics_every_rounds=100 >> "$dir/train.log" 2>&1 &
+  trainer=$!
+  while kill -0 "$trainer" 2> /dev/null; do
+    for _ in $(seq $((commit_minutes * 6))); do
+      kill -0 "$trainer" 2> /dev/null || break
+      sleep 10
+    done
+    commit_run "$name"
+  done
+  wait "$trainer"
+  status=$?
+  trainer=
+  commit_run "$name"
+  grep -q '"kind":"final_eval"' "$dir/metrics.jsonl" 2> /dev/null || exit "$status"
+done

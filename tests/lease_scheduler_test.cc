@@ -1,5 +1,5 @@
 // The lease policy on a fake clock: no network, no threads, no sleeping.
-#include "coordinator/lease_scheduler.h"
+#include "transport/lease_scheduler.h"
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"

@@ -19,7 +19,7 @@
 #include "core/flat_parameters.h"
 #include "core/models/models.h"
 #include "core/status_macros.h"
-#include "coordinator/lease_scheduler.h"
+#include "transport/lease_scheduler.h"
 #include "transport/grpc/tensor_stream.h"
 
 namespace reptile {

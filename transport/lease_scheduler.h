@@ -25,8 +25,8 @@
 //    elsewhere (too slow to help, or gaming the copies). One silent for
 //    `worker_timeout` is dropped and may join again. Evicted workers' later
 //    calls are refused.
-#ifndef REPTILE_COORDINATOR_LEASE_SCHEDULER_H_
-#define REPTILE_COORDINATOR_LEASE_SCHEDULER_H_
+#ifndef REPTILE_TRANSPORT_LEASE_SCHEDULER_H_
+#define REPTILE_TRANSPORT_LEASE_SCHEDULER_H_
 
 #include <cstdint>
 #include <deque>
@@ -182,4 +182,4 @@ class LeaseScheduler {
 
 }  // namespace reptile
 
-#endif  // REPTILE_COORDINATOR_LEASE_SCHEDULER_H_
+#endif  // REPTILE_TRANSPORT_LEASE_SCHEDULER_H_

@@ -1,4 +1,4 @@
-#include "coordinator/lease_scheduler.h"
+#include "transport/lease_scheduler.h"
 
 #include <algorithm>
 

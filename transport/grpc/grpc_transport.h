@@ -19,7 +19,8 @@
 
 namespace reptile {
 
-inline constexpr uint32_t kProtocolVersion = 1;
+// 2: a state or result says whether Adam's m is in it (has_first_moment).
+inline constexpr uint32_t kProtocolVersion = 2;
 
 class GrpcTransport final : public Transport {
  public:

@@ -3,7 +3,7 @@
 //
 //   build/bench/grpc_bench [rounds_per_block] [blocks] [ingest_seconds] [ingest_filter]   (default: 100 3 4)
 // (blocks 0 skips the round benchmark; ingest_filter keeps the ingest rows
-// whose label, e.g. "Omniglot conv, CARRY: delta+m+v x1", contains it: for profiling.)
+// whose label, e.g. "Omniglot conv, CARRY: delta+v x1", contains it: for profiling.)
 //
 // Prints:
 //  1. rounds/s and worker utilization of the real round engine on
@@ -349,10 +349,10 @@ void WaitForWorkers(Setup& setup) {
 
 struct Precomputed {
   int64_t numel = 0;
-  bool carry = false;
+  CarriedMoments carry;
   DeltaDtype dtype = DELTA_FP32;
   std::string config_fingerprint, layout_fingerprint;
-  std::vector<std::string> tensors;  // encoded delta, then adam_m and adam_v if carry
+  std::vector<std::string> tensors;  // encoded delta, then the carried adam_m and adam_v
   // The upload of that result; its header's worker, lease and state version
   // are set per submission.
   std::vector<ResultChunk> upload;
@@ -363,7 +363,7 @@ Precomputed Precompute(const ExperimentConfig& config) {
   std::shared_ptr<MetaModel> model = OrDie(MakeModel(config, 0), "model");
   FlatParameters flat(*model);
   p.numel = flat.numel();
-  p.carry = config.inner().optimizer() == ADAM && config.inner().state_mode() == CARRY;
+  p.carry = CarriedMomentsOf(config);
   p.dtype = config.outer().delta_dtype();
   p.config_fingerprint = ConfigFingerprint(config);
   p.layout_fingerprint = LayoutFingerprint(flat.layout());
@@ -372,10 +372,12 @@ Precomputed Precompute(const ExperimentConfig& config) {
   result.delta = torch::randn({p.numel}) * 1e-3;
   result.loss = 1.0;
   p.tensors.push_back(EncodeTensor(result.delta, p.dtype));
-  if (p.carry) {
+  if (p.carry.first) {
     result.adam_m = torch::randn({p.numel}) * 1e-3;
-    result.adam_v = torch::randn({p.numel}).abs_() * 1e-6;
     p.tensors.push_back(EncodeTensor(result.adam_m, DELTA_FP32));
+  }
+  if (p.carry.second) {
+    result.adam_v = torch::randn({p.numel}).abs_() * 1e-6;
     p.tensors.push_back(EncodeTensor(result.adam_v, DELTA_FP32));
   }
   p.upload = CoordinatorClient::ResultMessages(0, WorkReply(), result, p.dtype, p.numel);
@@ -478,10 +480,8 @@ IngestFigures Ingest(const ExperimentConfig& config, const Precomputed& p, int c
 
   MetaState state;
   state.parameters = torch::zeros({p.numel});
-  if (p.carry) {
-    state.adam_m = torch::zeros({p.numel});
-    state.adam_v = torch::zeros({p.numel});
-  }
+  if (p.carry.first) state.adam_m = torch::zeros({p.numel});
+  if (p.carry.second) state.adam_v = torch::zeros({p.numel});
   TaskSampler sampler(config, 1000, 1000);
   std::vector<WorkItem> items;
   for (int round = 0; static_cast<int>(items.size()) < batch; ++round)
@@ -579,9 +579,10 @@ int Main(int argc, char** argv) {
   ExperimentConfig large = OrDie(LoadConfig(source + "/configs/sine.textproto", {"model.hidden_units=2048"}),
                                  "sine config");
   ExperimentConfig large_carry = OrDie(LoadConfig(source + "/configs/sine.textproto",
-                                                  {"model.hidden_units=2048", "inner.optimizer=ADAM", "inner.adam_beta2=0.999", "inner.adam_epsilon=1e-8",
+                                                  {"model.hidden_units=2048", "inner.optimizer=ADAM", "inner.adam_beta1=0.9",
+                                                   "inner.adam_beta2=0.999", "inner.adam_epsilon=1e-8",
                                                    "inner.state_mode=CARRY"}),
-                                       "sine config (ADAM, CARRY)");
+                                       "sine config (ADAM with beta1 0.9, CARRY)");
 
   std::printf("grpc_bench  %s  (%ld cores online)\n", Now().c_str(), sysconf(_SC_NPROCESSORS_ONLN));
   std::printf("config      %s\n", ConfigSummary(omniglot).c_str());
@@ -599,11 +600,9 @@ int Main(int argc, char** argv) {
   // Microbenchmarks of the pieces a round's bytes go through.
   MetaState omniglot_state;
   omniglot_state.parameters = torch::randn({small.numel});
-  omniglot_state.adam_m = torch::randn({small.numel});
-  omniglot_state.adam_v = torch::randn({small.numel}).abs_();
+  omniglot_state.adam_v = torch::randn({small.numel}).abs_();  // adam_beta1 0: no m
   const double encode_ms = BestMs(200, [&] {
     EncodeTensor(omniglot_state.parameters, DELTA_FP32);
-    EncodeTensor(omniglot_state.adam_m, DELTA_FP32);
     EncodeTensor(omniglot_state.adam_v, DELTA_FP32);
   });
   const double decode_small_ms = BestMs(200, [&] {
@@ -625,8 +624,7 @@ int Main(int argc, char** argv) {
     FlatParameters flat(*model);
     MetaState state;
     state.parameters = flat.values().clone();
-    state.adam_m = torch::zeros_like(state.parameters);
-    state.adam_v = torch::zeros_like(state.parameters);
+    state.adam_v = torch::zeros_like(state.parameters);  // adam_beta1 0: no m
     TaskSampler sampler(omniglot, tasks->num_classes(false), tasks->num_classes(true));
     int n = 0;
     for (int round = 0; round < 6; ++round)
@@ -702,7 +700,7 @@ int Main(int argc, char** argv) {
       ingest.push_back({what, clients, Ingest(config, p, clients, batch, ingest_seconds, token)});
   };
   for (int clients : {1, 2}) {
-    add("Omniglot conv, CARRY: delta+m+v", clients, omniglot, small, 64);
+    add("Omniglot conv, CARRY: delta+v", clients, omniglot, small, 64);
     add("MLP 1-2048-2048-1, SGD: delta", clients, large, big, 16);
     add("MLP 1-2048-2048-1, CARRY: d+m+v", clients, large_carry, big_carry, 8);
   }
@@ -770,7 +768,7 @@ int Main(int argc, char** argv) {
 
   std::printf("\n== pieces of a gRPC round (Omniglot conv, %lld parameters, %.2f MB per fp32 tensor)\n",
               static_cast<long long>(small.numel), small.numel * 4 / 1e6);
-  std::printf("snapshot encoding (3 x EncodeTensor, in Run)     %8.3f ms per round\n", encode_ms);
+  std::printf("snapshot encoding (2 x EncodeTensor: theta, v, in Run)     %8.3f ms per round\n", encode_ms);
   std::printf("result decode+checks (3 x DecodeTensor)          %8.3f ms per result\n", decode_small_ms);
   std::printf("DecodeTensor of a 17 MB fp32 delta               %8.3f ms (%.2f GB/s)\n", decode_big_ms,
               big.numel * 4 / decode_big_ms / 1e6);

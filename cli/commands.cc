@@ -292,7 +292,9 @@ absl::Status InspectCommand(const CliOptions& options) {
                                state.config.outer().rounds(), ConfigSummary(state.config),
                                state.meta.parameters.numel(), state.layout.size(),
                                ParameterFingerprint(state.meta.parameters));
-  if (state.meta.adam_m.defined()) std::cout << absl::StrFormat("adam state carried, step %d\n", state.meta.adam_step);
+  if (state.meta.adam_v.defined())
+    std::cout << absl::StrFormat("adam state carried, step %d%s\n", state.meta.adam_step,
+                                 state.meta.adam_m.defined() ? "" : " (v only: adam_beta1 is 0)");
   return absl::OkStatus();
 }
 

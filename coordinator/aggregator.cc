@@ -7,7 +7,8 @@
 
 namespace reptile {
 
-Aggregator::Aggregator(int64_t numel, int slots, bool carry) : numel_(numel), carry_(carry), slots_(slots) {}
+Aggregator::Aggregator(int64_t numel, int slots, CarriedMoments carried)
+    : numel_(numel), carried_(carried), slots_(slots) {}
 
 absl::Status Aggregator::CheckVector(const torch::Tensor& t, const char* what, int slot) const {
   if (!t.defined() || t.dim() != 1 || t.numel() != numel_ || t.scalar_type() != torch::kFloat32 ||
@@ -34,9 +35,15 @@ absl::Status Aggregator::Add(int slot, TaskResult result) {
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(CheckVector(result.delta, "delta", slot));
-  if (carry_) {
+  if (carried_.first) {
     RETURN_IF_ERROR(CheckVector(result.adam_m, "adam_m", slot));
+  } else if (result.adam_m.defined()) {
+    return absl::InvalidArgumentError(absl::StrCat("slot ", slot, ": unexpected adam_m (not carried)"));
+  }
+  if (carried_.second) {
     RETURN_IF_ERROR(CheckVector(result.adam_v, "adam_v", slot));
+  } else if (result.adam_v.defined()) {
+    return absl::InvalidArgumentError(absl::StrCat("slot ", slot, ": unexpected adam_v (not carried)"));
   }
   slots_[slot] = std::move(result);
   return absl::OkStatus();
@@ -82,14 +89,14 @@ absl::Status Aggregator::Apply(double step_size, int inner_iterations, MetaState
   float* theta = parameters.data_ptr<float>();
   for (int64_t i = 0; i < numel_; ++i) theta[i] = static_cast<float>(theta[i] + step_size * mean_delta[i]);
   state->parameters = parameters;
-  if (carry_) {
+  if (carried_.second) {
     auto to_tensor = [this](const std::vector<double>& values) {
       torch::Tensor t = torch::empty({numel_}, torch::kFloat32);
       float* out = t.data_ptr<float>();
       for (int64_t i = 0; i < numel_; ++i) out[i] = static_cast<float>(values[i]);
       return t;
     };
-    state->adam_m = to_tensor(SlotMean(&TaskResult::adam_m));
+    state->adam_m = carried_.first ? to_tensor(SlotMean(&TaskResult::adam_m)) : torch::Tensor();
     state->adam_v = to_tensor(SlotMean(&TaskResult::adam_v));
     state->adam_step += static_cast<int64_t>(inner_iterations) * static_cast<int64_t>(slots_.size());
   }

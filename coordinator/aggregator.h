@@ -17,8 +17,9 @@ namespace reptile {
 
 class Aggregator {
  public:
-  // `carry`: results also hold Adam moments, to be averaged into the state.
-  Aggregator(int64_t numel, int slots, bool carry);
+  // `carried`: which Adam moments the results must hold (and no others), to
+  // be averaged into the state; the caller decides from the config.
+  Aggregator(int64_t numel, int slots, CarriedMoments carried);
 
   // InvalidArgument for a malformed result or slot, or tensor sums that
   // reach past the last slot; AlreadyExists for a slot that already holds a
@@ -27,7 +28,9 @@ class Aggregator {
 
   bool complete() const;
 
-  // theta += step_size * mean(delta); in CARRY mode the moments become the
+  // theta += step_size * mean(delta); in CARRY mode the carried moments
+  // (v, and m unless adam_beta1 is 0; an m not carried is left undefined)
+  // become the
   // mean of the workers' final moments and the step count advances by
   // `inner_iterations` per task, as the reference code's one Adam does when
   // it runs a meta-batch's tasks one after another. FailedPrecondition
@@ -42,7 +45,7 @@ class Aggregator {
   std::vector<double> SlotMean(torch::Tensor TaskResult::*field) const;
 
   int64_t numel_;
-  bool carry_;
+  CarriedMoments carried_;
   std::vector<std::optional<TaskResult>> slots_;
 };
 

@@ -43,8 +43,14 @@ absl::StatusOr<torch::Tensor> FromFlat(const FlatTensor& flat, const std::string
   return t;
 }
 
+// With adam_beta1 = 0 Adam's m is not part of the meta-state (see
+// CarriedMoments): it is not written, and dropped on read from checkpoints
+// written before it was left out.
+bool DropsFirstMoment(const ExperimentConfig& config) { return config.inner().adam_beta1() == 0; }
+
 // Every tensor of the layout must lie inside the parameters, and Adam's
-// moments must be as long as they are.
+// moments must be as long as they are; v comes with m, and m with v unless
+// adam_beta1 is 0.
 absl::Status CheckConsistent(const TrainingState& state, const std::string& path) {
   const int64_t numel = state.meta.parameters.numel();
   for (const ParameterShape& shape : state.layout) {
@@ -59,10 +65,16 @@ absl::Status CheckConsistent(const TrainingState& state, const std::string& path
                                               absl::StrJoin(shape.dims(), ","), "] at offset ", shape.offset(),
                                               " does not fit in the ", numel, " parameters"));
   }
-  if (state.meta.adam_m.defined() && (state.meta.adam_m.numel() != numel || state.meta.adam_v.numel() != numel))
-    return absl::DataLossError(absl::StrCat("checkpoint ", path, ": Adam's moments have ", state.meta.adam_m.numel(),
-                                            " and ", state.meta.adam_v.numel(), " values for ", numel,
-                                            " parameters"));
+  const MetaState& meta = state.meta;
+  for (const auto& [moment, name] : {std::pair{&meta.adam_m, "m"}, std::pair{&meta.adam_v, "v"}})
+    if (moment->defined() && moment->numel() != numel)
+      return absl::DataLossError(absl::StrCat("checkpoint ", path, ": Adam's ", name, " has ", moment->numel(),
+                                              " values for ", numel, " parameters"));
+  if (meta.adam_m.defined() && !meta.adam_v.defined())
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, ": Adam's m without its v"));
+  if (meta.adam_v.defined() && !meta.adam_m.defined() && !DropsFirstMoment(state.config))
+    return absl::DataLossError(absl::StrCat("checkpoint ", path, ": Adam's v without its m, but inner.adam_beta1 is ",
+                                            state.config.inner().adam_beta1()));
   return absl::OkStatus();
 }
 
@@ -81,8 +93,9 @@ absl::Status WriteCheckpoint(const std::string& path, const TrainingState& state
   message.set_finished(state.finished);
   for (const ParameterShape& shape : state.layout) *message.add_layout() = shape;
   ToFlat(state.meta.parameters, message.mutable_parameters());
-  if (state.meta.adam_m.defined()) {
+  if (state.meta.adam_m.defined() && !DropsFirstMoment(state.config))
     ToFlat(state.meta.adam_m, message.mutable_adam_m());
+  if (state.meta.adam_v.defined()) {
     ToFlat(state.meta.adam_v, message.mutable_adam_v());
     message.set_adam_step(state.meta.adam_step);
   }
@@ -130,8 +143,10 @@ absl::StatusOr<TrainingState> ParseCheckpoint(const std::string& file, const std
   state.finished = message.finished();
   state.layout.assign(message.layout().begin(), message.layout().end());
   ASSIGN_OR_RETURN(state.meta.parameters, FromFlat(message.parameters(), "parameters", path));
-  if (message.has_adam_m()) {
+  if (message.has_adam_m() && !DropsFirstMoment(state.config)) {
     ASSIGN_OR_RETURN(state.meta.adam_m, FromFlat(message.adam_m(), "adam_m", path));
+  }
+  if (message.has_adam_v()) {
     ASSIGN_OR_RETURN(state.meta.adam_v, FromFlat(message.adam_v(), "adam_v", path));
     state.meta.adam_step = message.adam_step();
   }

@@ -79,10 +79,9 @@ absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const Experimen
   engine->state_.config = config;
   engine->state_.layout = flat.layout();
   engine->state_.meta.parameters = flat.values().clone();
-  if (config.inner().optimizer() == ADAM && config.inner().state_mode() == CARRY) {
-    engine->state_.meta.adam_m = torch::zeros_like(flat.values());
-    engine->state_.meta.adam_v = torch::zeros_like(flat.values());
-  }
+  const CarriedMoments carried = CarriedMomentsOf(config);
+  if (carried.first) engine->state_.meta.adam_m = torch::zeros_like(flat.values());
+  if (carried.second) engine->state_.meta.adam_v = torch::zeros_like(flat.values());
   if (dir != nullptr) RETURN_IF_ERROR(dir->WriteConfig(config));
   return engine;
 }
@@ -115,8 +114,7 @@ absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
   const auto started = Clock::now();
   const std::vector<WorkItem> items = sampler_.TrainingItems(round);
   ASSIGN_OR_RETURN(std::vector<TaskResult> results, transport_->Run(state_.meta, items));
-  const bool carry = state_.meta.adam_m.defined();
-  Aggregator aggregator(state_.meta.parameters.numel(), static_cast<int>(items.size()), carry);
+  Aggregator aggregator(state_.meta.parameters.numel(), static_cast<int>(items.size()), CarriedMomentsOf(config_));
   double loss = 0;
   int64_t correct = 0, predictions = 0;
   for (size_t slot = 0; slot < results.size(); ++slot) {

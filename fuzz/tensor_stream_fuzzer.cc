@@ -2,7 +2,8 @@
 // messages from a peer, reassembled by a TensorAssembler against the sizes
 // the receiver's model decides, then decoded. Input layout:
 //   byte 0     bit 0: tensor 0 is sent (a delta or the parameters) in the
-//              dtype of byte 1; bit 1: Adam's m and v follow, in fp32
+//              dtype of byte 1; bit 1: Adam's v follows, in fp32; bit 2
+//              (with bit 1): Adam's m comes ahead of v, in fp32
 //   byte 1     the DeltaDtype value the peer's header names
 //   bytes 2-3  the model's parameter count, little-endian
 //   the rest   TensorChunk messages, each preceded by its varint length
@@ -32,6 +33,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   constexpr size_t kPrefix = 4;
   if (size < kPrefix) return 0;
   const bool sends_tensor = (data[0] & 1) != 0, sends_moments = (data[0] & 2) != 0;
+  const bool sends_first_moment = sends_moments && (data[0] & 4) != 0;
   const auto dtype = static_cast<reptile::DeltaDtype>(data[1]);
   const int64_t numel = data[2] | data[3] << 8;
   const size_t element = reptile::DeltaDtypeBytes(dtype);
@@ -46,8 +48,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     dtypes.push_back(dtype);
   }
   if (sends_moments) {
-    sizes.insert(sizes.end(), 2, numel * 4);
-    dtypes.insert(dtypes.end(), 2, reptile::DELTA_FP32);
+    const size_t moments = sends_first_moment ? 2 : 1;
+    sizes.insert(sizes.end(), moments, numel * 4);
+    dtypes.insert(dtypes.end(), moments, reptile::DELTA_FP32);
   }
 
   reptile::TensorAssembler assembler(sizes);

@@ -7,51 +7,68 @@
 namespace reptile {
 namespace {
 
-std::vector<TaskResult> RandomResults(int slots, int64_t numel, bool carry) {
+constexpr CarriedMoments kNone{false, false};
+constexpr CarriedMoments kVOnly{false, true};  // CARRY, adam_beta1 = 0
+constexpr CarriedMoments kMAndV{true, true};   // CARRY, adam_beta1 != 0
+
+std::vector<TaskResult> RandomResults(int slots, int64_t numel, CarriedMoments carried) {
   torch::manual_seed(1);
   std::vector<TaskResult> results(slots);
   for (TaskResult& r : results) {
     // Values of very different magnitudes make float sums order-sensitive.
     r.delta = torch::randn({numel}) * torch::pow(10.0, torch::randint(-6, 6, {numel}));
-    if (carry) {
-      r.adam_m = torch::randn({numel});
-      r.adam_v = torch::rand({numel});
-    }
+    if (carried.first) r.adam_m = torch::randn({numel});
+    if (carried.second) r.adam_v = torch::rand({numel});
   }
   return results;
 }
 
-MetaState Apply(const std::vector<TaskResult>& results, const std::vector<int>& arrival, bool carry) {
+MetaState Apply(const std::vector<TaskResult>& results, const std::vector<int>& arrival, CarriedMoments carried) {
   const int64_t numel = results[0].delta.numel();
-  Aggregator aggregator(numel, static_cast<int>(results.size()), carry);
+  Aggregator aggregator(numel, static_cast<int>(results.size()), carried);
   for (int slot : arrival) EXPECT_TRUE(aggregator.Add(slot, results[slot]).ok());
   MetaState state;
   state.parameters = torch::linspace(-1, 1, numel);
-  if (carry) {
-    state.adam_m = torch::zeros({numel});
-    state.adam_v = torch::zeros({numel});
-  }
+  if (carried.first) state.adam_m = torch::zeros({numel});
+  if (carried.second) state.adam_v = torch::zeros({numel});
   EXPECT_TRUE(aggregator.Apply(0.7, 5, &state).ok());
   return state;
 }
 
 TEST(AggregatorTest, ArrivalOrderDoesNotChangeABit) {
-  const auto results = RandomResults(9, 10000, /*carry=*/true);
+  const auto results = RandomResults(9, 10000, kMAndV);
   std::vector<int> order(9);
   std::iota(order.begin(), order.end(), 0);
-  const MetaState reference = Apply(results, order, true);
+  const MetaState reference = Apply(results, order, kMAndV);
   std::mt19937 shuffle(5);
   for (int trial = 0; trial < 10; ++trial) {
     std::shuffle(order.begin(), order.end(), shuffle);
-    const MetaState state = Apply(results, order, true);
+    const MetaState state = Apply(results, order, kMAndV);
     EXPECT_TRUE(torch::equal(state.parameters, reference.parameters));
+    EXPECT_TRUE(torch::equal(state.adam_m, reference.adam_m));
     EXPECT_TRUE(torch::equal(state.adam_v, reference.adam_v));
     EXPECT_EQ(state.adam_step, 9 * 5);  // 5 inner steps for each of 9 tasks
   }
 }
 
+// With adam_beta1 = 0 only v is carried: the same parameters, v and step
+// count as when m is carried too, and no m in the state.
+TEST(AggregatorTest, WithoutAFirstMomentOnlyVIsAveraged) {
+  std::vector<TaskResult> with_m = RandomResults(5, 1000, kMAndV);
+  std::vector<TaskResult> without_m = with_m;
+  for (TaskResult& r : without_m) r.adam_m = torch::Tensor();
+  const std::vector<int> order = {3, 0, 4, 1, 2};
+  const MetaState both = Apply(with_m, order, kMAndV);
+  const MetaState v_only = Apply(without_m, order, kVOnly);
+  EXPECT_FALSE(v_only.adam_m.defined());
+  EXPECT_TRUE(both.adam_m.defined());
+  EXPECT_TRUE(torch::equal(v_only.parameters, both.parameters));
+  EXPECT_TRUE(torch::equal(v_only.adam_v, both.adam_v));
+  EXPECT_EQ(v_only.adam_step, both.adam_step);
+}
+
 TEST(AggregatorTest, AppliesTheMeanDeltaScaledByTheStepSize) {
-  Aggregator aggregator(3, 2, false);
+  Aggregator aggregator(3, 2, kNone);
   TaskResult a, b;
   a.delta = torch::tensor({1.0f, 2.0f, 3.0f});
   b.delta = torch::tensor({3.0f, 2.0f, 1.0f});
@@ -65,7 +82,7 @@ TEST(AggregatorTest, AppliesTheMeanDeltaScaledByTheStepSize) {
 }
 
 TEST(AggregatorTest, MalformedAndDuplicateResultsAreRefused) {
-  Aggregator aggregator(4, 2, false);
+  Aggregator aggregator(4, 2, kNone);
   TaskResult good;
   good.delta = torch::ones({4});
   TaskResult wrong_size;
@@ -87,8 +104,17 @@ TEST(AggregatorTest, MalformedAndDuplicateResultsAreRefused) {
   MetaState state;
   state.parameters = torch::zeros({4});
   EXPECT_EQ(aggregator.Apply(1.0, 1, &state).code(), absl::StatusCode::kFailedPrecondition);
-  Aggregator carry(4, 1, true);
+  Aggregator carry(4, 1, kMAndV);
   EXPECT_EQ(carry.Add(0, good).code(), absl::StatusCode::kInvalidArgument);  // moments missing
+  TaskResult v_only = good;
+  v_only.adam_v = torch::ones({4});
+  EXPECT_EQ(carry.Add(0, v_only).code(), absl::StatusCode::kInvalidArgument);  // m missing (beta1 != 0)
+  Aggregator no_m(4, 1, kVOnly);
+  TaskResult with_m = v_only;
+  with_m.adam_m = torch::ones({4});
+  EXPECT_EQ(no_m.Add(0, with_m).code(), absl::StatusCode::kInvalidArgument);  // m not carried (beta1 = 0)
+  EXPECT_EQ(no_m.Add(0, good).code(), absl::StatusCode::kInvalidArgument);    // v missing
+  EXPECT_TRUE(no_m.Add(0, v_only).ok());
 }
 
 // MPI_REDUCE_SUM hands over one result holding the sums over a run of slots,
@@ -102,7 +128,7 @@ TEST(AggregatorTest, ASumOverSlotsStandsForTheirOwnTensors) {
   sum_ab.tensor_items = 2;
   scalars_only.tensor_items = 0;
   auto apply = [](const std::vector<TaskResult>& results) {
-    Aggregator aggregator(2, 3, false);
+    Aggregator aggregator(2, 3, kNone);
     for (size_t slot = 0; slot < results.size(); ++slot) EXPECT_TRUE(aggregator.Add(slot, results[slot]).ok());
     MetaState state;
     state.parameters = torch::zeros({2});
@@ -121,13 +147,13 @@ TEST(AggregatorTest, SumsThatLeaveSlotsUncoveredOrOverlapAreRefused) {
   scalars_only.tensor_items = 0;
   MetaState state;
   state.parameters = torch::zeros({2});
-  Aggregator too_long(2, 2, false);
+  Aggregator too_long(2, 2, kNone);
   EXPECT_EQ(too_long.Add(0, sum_too_long).code(), absl::StatusCode::kInvalidArgument);
-  Aggregator uncovered(2, 2, false);
+  Aggregator uncovered(2, 2, kNone);
   ASSERT_TRUE(uncovered.Add(0, scalars_only).ok());
   ASSERT_TRUE(uncovered.Add(1, one).ok());
   EXPECT_EQ(uncovered.Apply(1.0, 1, &state).code(), absl::StatusCode::kInvalidArgument);
-  Aggregator overlap(2, 2, false);
+  Aggregator overlap(2, 2, kNone);
   ASSERT_TRUE(overlap.Add(0, sum_of_two).ok());
   ASSERT_TRUE(overlap.Add(1, one).ok());
   EXPECT_EQ(overlap.Apply(1.0, 1, &state).code(), absl::StatusCode::kInvalidArgument);

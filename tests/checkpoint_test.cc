@@ -115,7 +115,13 @@ TEST(CheckpointTest, TensorsThatDisagreeWithTheirSizesOrLayoutAreRefused) {
 
   TrainingState short_moments = SampleState();
   short_moments.meta.adam_v = torch::ones({999});
-  refused(short_moments, "Adam's moments have 1000 and 999 values for 1000 parameters");
+  refused(short_moments, "Adam's v has 999 values for 1000 parameters");
+  short_moments.config.mutable_inner()->set_adam_beta1(0.9f);  // m is kept
+  short_moments.meta.adam_v = torch::ones({1000});
+  short_moments.meta.adam_m = torch::ones({1001});
+  refused(short_moments, "Adam's m has 1001 values for 1000 parameters");
+  short_moments.meta.adam_m = torch::Tensor();
+  refused(short_moments, "Adam's v without its m, but inner.adam_beta1 is 0.9");
 
   Checkpoint wraps;
   wraps.set_format_version(1);
@@ -170,6 +176,64 @@ TEST(CheckpointTest, AFailedWriteNamesTheFileAndLeavesTheOldCheckpoint) {
   std::filesystem::create_directory(path + ".tmp");  // cannot be replaced by a file
   EXPECT_FALSE(WriteCheckpoint(path, SampleState()).ok());
   EXPECT_EQ(ReadFile(path), before);
+}
+
+// The message a checkpoint file holds, read back without the reader's logic.
+Checkpoint CheckpointMessage(const std::string& path) {
+  const std::string file = ReadFile(path);
+  Checkpoint message;
+  EXPECT_TRUE(message.ParseFromString(file.substr(8 + 32)));
+  return message;
+}
+
+// With adam_beta1 = 0 Adam's m is not part of the meta-state: it is not
+// written, and a checkpoint written before that, which holds one, still
+// loads, without it.
+TEST(CheckpointTest, WithBetaOneZeroTheFirstMomentIsNeitherWrittenNorRead) {
+  const std::string path = testing::TempDir("ckpt") + "/checkpoint.bin";
+  const TrainingState state = SampleState();  // omniglot_5w1s: CARRY, adam_beta1 0
+  ASSERT_EQ(state.config.inner().adam_beta1(), 0.0f);
+  ASSERT_TRUE(state.meta.adam_m.defined());
+  ASSERT_TRUE(WriteCheckpoint(path, state).ok());
+  const Checkpoint written = CheckpointMessage(path);
+  EXPECT_FALSE(written.has_adam_m());
+  EXPECT_TRUE(written.has_adam_v());
+
+  // An old-style checkpoint: the same state with m, as the writer made it
+  // before m was left out.
+  Checkpoint old = written;
+  old.mutable_adam_m()->set_size(1000);
+  old.mutable_adam_m()->set_data(state.meta.adam_m.data_ptr<float>(), 1000 * sizeof(float));
+  WriteFile(path, CheckpointFile(old));
+  const absl::StatusOr<TrainingState> read = ReadCheckpoint(path);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_FALSE(read->meta.adam_m.defined());
+  EXPECT_TRUE(torch::equal(read->meta.parameters, state.meta.parameters));
+  EXPECT_TRUE(torch::equal(read->meta.adam_v, state.meta.adam_v));
+  EXPECT_EQ(read->meta.adam_step, 6170);
+  EXPECT_EQ(read->round, 1234);
+  // Written again, it is a new-style checkpoint that reads the same.
+  ASSERT_TRUE(WriteCheckpoint(path, *read).ok());
+  EXPECT_FALSE(CheckpointMessage(path).has_adam_m());
+  const absl::StatusOr<TrainingState> again = ReadCheckpoint(path);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(torch::equal(again->meta.adam_v, state.meta.adam_v));
+  EXPECT_FALSE(again->meta.adam_m.defined());
+}
+
+// With adam_beta1 != 0 m is carried: written and read back bitwise, as before.
+TEST(CheckpointTest, WithBetaOneNonZeroTheFirstMomentRoundTrips) {
+  const std::string path = testing::TempDir("ckpt") + "/checkpoint.bin";
+  TrainingState state = SampleState();
+  state.config.mutable_inner()->set_adam_beta1(0.9f);
+  ASSERT_TRUE(WriteCheckpoint(path, state).ok());
+  EXPECT_TRUE(CheckpointMessage(path).has_adam_m());
+  const absl::StatusOr<TrainingState> read = ReadCheckpoint(path);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_TRUE(read->meta.adam_m.defined());
+  EXPECT_TRUE(torch::equal(read->meta.adam_m, state.meta.adam_m));
+  EXPECT_TRUE(torch::equal(read->meta.adam_v, state.meta.adam_v));
+  EXPECT_EQ(read->meta.adam_step, 6170);
 }
 
 TEST(RunDirectoryTest, ConfigIsReplacedAtomicallyAndReadableByOthers) {

@@ -95,7 +95,8 @@ class ProtocolTest : public ::testing::Test {
     if (leased.work.kind() != WorkReply::TRAIN) return leased;
     if (leased.work.state_version() != state_version_) {
       absl::StatusOr<MetaState> state =
-          client_->FetchState(worker, leased.work.state_version(), learner_->num_parameters(), false);
+          client_->FetchState(worker, leased.work.state_version(), learner_->num_parameters(),
+                              CarriedMomentsOf(config_));
       EXPECT_TRUE(state.ok()) << state.status();
       if (!state.ok()) return leased;
       state_ = *std::move(state);
@@ -443,7 +444,11 @@ TEST_F(ProtocolTest, RandomlyMangledSubmissionsNeverHurtTheRun) {
         for (int n = 0; n < 4; ++n) std::memset(data->data() + (rng() % (data->size() / 4)) * 4, 0xff, 4);
         break;
       case 6:
-        header->set_has_moments(true);
+        if (rng() % 2 == 0) {
+          header->set_has_moments(true);
+        } else {
+          header->set_has_first_moment(true);
+        }
         break;
       default:
         header->set_predictions(-1 - static_cast<int64_t>(rng() % 5));

@@ -116,7 +116,7 @@ class HostilePeerTest : public ::testing::Test {
     const int64_t n = learner_->num_parameters();
     TaskResult result;
     result.delta = torch::zeros({n});
-    result.adam_m = torch::zeros({n});
+    // The demo config carries Adam's v, and no m (adam_beta1 is 0).
     result.adam_v = torch::zeros({n});
     if (poisoned) result.adam_v[n - 1] = std::numeric_limits<float>::quiet_NaN();
     result.loss = 1.0;
@@ -185,6 +185,42 @@ TEST_F(HostilePeerTest, NanWorkersAreEvictedAndTwoThousandRefusalsDoNotGrowMemor
   EXPECT_TRUE(absl::StrContains(log, "adam_v: tensor element 113231 is nan")) << log.substr(0, 3000);
 }
 
+// The coordinator decides from its config which tensors a result holds: with
+// adam_beta1 = 0 the delta and Adam's v, and no m, whatever the header says.
+TEST_F(HostilePeerTest, AResultWithAFirstMomentIsRefusedWhenBetaOneIsZero) {
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator(run, "coordinator");
+  auto client = Client();
+  const uint64_t worker = Join(*client, "old-worker");
+  absl::StatusOr<WorkReply> work = Lease(*client, worker);
+  ASSERT_TRUE(work.ok()) << work.status();
+  const int64_t n = learner_->num_parameters();
+  TaskResult with_m;
+  with_m.delta = torch::zeros({n});
+  with_m.adam_m = torch::zeros({n});
+  with_m.adam_v = torch::zeros({n});
+  absl::StatusOr<SubmitReply> reply =
+      client->Submit(CoordinatorClient::ResultMessages(worker, *work, with_m, DELTA_FP32, n));
+  EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument) << reply.status();
+  EXPECT_TRUE(absl::StrContains(reply.status().message(), "unexpected Adam m")) << reply.status();
+  // A refused result ends its lease: each try takes a new one.
+  work = Lease(*client, worker);
+  ASSERT_TRUE(work.ok()) << work.status();
+  TaskResult without_v;
+  without_v.delta = torch::zeros({n});
+  reply = client->Submit(CoordinatorClient::ResultMessages(worker, *work, without_v, DELTA_FP32, n));
+  EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument) << reply.status();
+  EXPECT_TRUE(absl::StrContains(reply.status().message(), "moments must come")) << reply.status();
+  // What the config says is accepted.
+  work = Lease(*client, worker);
+  ASSERT_TRUE(work.ok()) << work.status();
+  reply = client->Submit(Result(worker, *work, /*poisoned=*/false));
+  EXPECT_TRUE(reply.ok()) << reply.status();
+  client->Leave(worker).IgnoreError();
+  auto honest = StartWorker("worker");
+  EXPECT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+}
+
 TEST_F(HostilePeerTest, AThousandStreamsOnOneLeaseStayWithinThreadAndMemoryBounds) {
   const std::string run = TempDir("run");
   auto coordinator = StartCoordinator(run, "coordinator");
@@ -231,7 +267,7 @@ TEST_F(HostilePeerTest, AnUploadThatTricklesIsCutOffAndItsTaskRedone) {
   std::vector<ResultChunk> messages = Result(worker, *work, false);
   auto upload = client->StartUpload(std::chrono::seconds(60));
   ASSERT_TRUE(upload->Write(messages[0]));
-  // 1 KiB a second: the stream moves, far too slowly for its 1.36 MB. It
+  // 1 KiB a second: the stream moves, far too slowly for its 0.9 MB (delta and v). It
   // keeps the heartbeat going, so only the stream's own deadline can end it.
   const std::string& data = messages[1].chunk().data();
   const auto start = Clock::now();

@@ -18,8 +18,9 @@ MetaState InitialState(const ExperimentConfig& config, bool carry) {
   MetaState state;
   state.parameters = flat.values().clone();
   if (carry) {
-    state.adam_m = torch::zeros_like(state.parameters);
-    state.adam_v = torch::zeros_like(state.parameters);
+    const CarriedMoments carried = CarriedMomentsOf(config);
+    if (carried.first) state.adam_m = torch::zeros_like(state.parameters);
+    if (carried.second) state.adam_v = torch::zeros_like(state.parameters);
   }
   return state;
 }
@@ -132,6 +133,59 @@ TEST(LearnerTest, AdamWithBetaOneZeroTakesSignLikeStepsOfTheLearningRate) {
   torch::Tensor moved = result->delta.abs().masked_select(result->delta.abs() > 1e-6);
   EXPECT_GT(moved.numel(), result->delta.numel() / 2);
   EXPECT_NEAR(moved.max().item<float>(), 0.01f, 1e-5f);
+}
+
+// With adam_beta1 = 0 (the paper's setting) the first step overwrites m with
+// the gradient: m is not carried, and a state that still holds one (an old
+// coordinator's) gives bitwise the same delta and v as a state without.
+TEST(LearnerTest, CarryWithBetaOneZeroNeitherNeedsNorReturnsTheFirstMoment) {
+  const std::vector<std::string> carry = {"inner.optimizer=ADAM", "inner.adam_beta2=0.999", "inner.adam_epsilon=1e-8",
+                                          "inner.state_mode=CARRY", "inner.iterations=3"};
+  ExperimentConfig config = LoadNamedConfig("sine", carry);
+  ASSERT_EQ(config.inner().adam_beta1(), 0.0f);
+  EXPECT_EQ(CarriedMomentsOf(config), (CarriedMoments{false, true}));
+  auto tasks = TaskSource::Create(config.task());
+  auto learner = Learner::Create(config, *tasks);
+  ASSERT_TRUE(learner.ok());
+  MetaState state = InitialState(config, /*carry=*/true);
+  EXPECT_FALSE(state.adam_m.defined());
+  torch::manual_seed(3);
+  state.adam_v = torch::rand_like(state.parameters) * 1e-4;
+  state.adam_step = 120;
+  auto without_m = (*learner)->Run(state, TrainItem(config, 4));
+  ASSERT_TRUE(without_m.ok()) << without_m.status();
+  EXPECT_FALSE(without_m->adam_m.defined());
+  ASSERT_TRUE(without_m->adam_v.defined());
+  state.adam_m = torch::randn_like(state.parameters);
+  auto with_m = (*learner)->Run(state, TrainItem(config, 4));
+  ASSERT_TRUE(with_m.ok()) << with_m.status();
+  EXPECT_TRUE(torch::equal(without_m->delta, with_m->delta));
+  EXPECT_TRUE(torch::equal(without_m->adam_v, with_m->adam_v));
+}
+
+// With adam_beta1 != 0 m is carried as before: required, returned, and it
+// changes the steps.
+TEST(LearnerTest, CarryWithBetaOneNonZeroCarriesTheFirstMoment) {
+  ExperimentConfig config =
+      LoadNamedConfig("sine", {"inner.optimizer=ADAM", "inner.adam_beta1=0.9", "inner.adam_beta2=0.999",
+                               "inner.adam_epsilon=1e-8", "inner.state_mode=CARRY", "inner.iterations=3"});
+  EXPECT_EQ(CarriedMomentsOf(config), (CarriedMoments{true, true}));
+  auto tasks = TaskSource::Create(config.task());
+  auto learner = Learner::Create(config, *tasks);
+  ASSERT_TRUE(learner.ok());
+  MetaState state = InitialState(config, /*carry=*/true);
+  ASSERT_TRUE(state.adam_m.defined() && state.adam_v.defined());
+  auto zero_m = (*learner)->Run(state, TrainItem(config, 4));
+  ASSERT_TRUE(zero_m.ok()) << zero_m.status();
+  ASSERT_TRUE(zero_m->adam_m.defined() && zero_m->adam_v.defined());
+  torch::manual_seed(3);
+  state.adam_m = torch::randn_like(state.parameters) * 1e-2;
+  auto other_m = (*learner)->Run(state, TrainItem(config, 4));
+  ASSERT_TRUE(other_m.ok()) << other_m.status();
+  EXPECT_FALSE(torch::equal(zero_m->delta, other_m->delta));
+  MetaState no_m = state;
+  no_m.adam_m = torch::Tensor();
+  EXPECT_EQ((*learner)->Run(no_m, TrainItem(config, 4)).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(LearnerTest, FomamlReturnsOnlyTheLastStep) {

@@ -26,7 +26,7 @@ constexpr uint64_t kMinibatchOrderStream = 0x6d696e69;
 
 bool IsClassification(const ExperimentConfig& config) { return config.task().family() != SINE; }
 
-absl::Status CheckState(const MetaState& state, int64_t numel, bool carry) {
+absl::Status CheckState(const MetaState& state, int64_t numel, CarriedMoments carried) {
   auto check = [numel](const torch::Tensor& t, const char* what) -> absl::Status {
     if (!t.defined() || t.scalar_type() != torch::kFloat32 || t.dim() != 1 || t.numel() != numel)
       return absl::InvalidArgumentError(
@@ -34,8 +34,8 @@ absl::Status CheckState(const MetaState& state, int64_t numel, bool carry) {
     return absl::OkStatus();
   };
   RETURN_IF_ERROR(check(state.parameters, "parameters"));
-  if (carry) {
-    RETURN_IF_ERROR(check(state.adam_m, "adam_m"));
+  if (carried.first) RETURN_IF_ERROR(check(state.adam_m, "adam_m"));
+  if (carried.second) {
     RETURN_IF_ERROR(check(state.adam_v, "adam_v"));
     if (state.adam_step < 0) return absl::InvalidArgumentError("meta-state adam_step is negative");
   }
@@ -76,6 +76,20 @@ absl::Status CheckSpecFitsConfig(const WorkItem& item, const TaskConfig& task) {
 
 }  // namespace
 
+CarriedMoments CarriedMomentsOf(const ExperimentConfig& config) {
+  CarriedMoments carried;
+  carried.second = config.inner().optimizer() == ADAM && config.inner().state_mode() == CARRY;
+  carried.first = carried.second && config.inner().adam_beta1() != 0;
+  return carried;
+}
+
+CarriedMoments CarriedMomentsOf(const MetaState& state) {
+  CarriedMoments carried;
+  carried.first = state.adam_m.defined();
+  carried.second = state.adam_v.defined();
+  return carried;
+}
+
 absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(const ExperimentConfig& config,
                                                          std::shared_ptr<const TaskSource> tasks) {
   ASSIGN_OR_RETURN(std::shared_ptr<MetaModel> model, MakeModel(config));
@@ -92,8 +106,7 @@ Learner::Learner(const ExperimentConfig& config, std::shared_ptr<const TaskSourc
 }
 
 absl::StatusOr<TaskResult> Learner::Run(const MetaState& state, const WorkItem& item) {
-  const bool carry = config_.inner().optimizer() == ADAM && config_.inner().state_mode() == CARRY;
-  RETURN_IF_ERROR(CheckState(state, flat_->numel(), carry));
+  RETURN_IF_ERROR(CheckState(state, flat_->numel(), CarriedMomentsOf(config_)));
   RETURN_IF_ERROR(CheckSpecFitsConfig(item, config_.task()));
   if (tasks_ == nullptr) return absl::FailedPreconditionError("learner has no task source");
   try {
@@ -152,9 +165,17 @@ Learner::InnerRun Learner::Adapt(const MetaState& state, const TaskExamples& tas
     torch::NoGradGuard no_grad;
     flat_->values().copy_(state.parameters);
     flat_->grads().zero_();  // OptimizerStep() clears them after every step
-    const bool carry = config_.inner().state_mode() == CARRY && state.adam_m.defined();
+    // Without a carried m (adam_beta1 = 0) m starts at zero, which the first
+    // step overwrites exactly as it would a carried m: m = 0 * m + 1 * g = g
+    // for any finite m (but for the sign of a zero gradient, which cannot
+    // change theta unless theta is -0).
+    const bool carry = config_.inner().state_mode() == CARRY && state.adam_v.defined();
     if (carry) {
-      adam_m_.copy_(state.adam_m);
+      if (state.adam_m.defined()) {
+        adam_m_.copy_(state.adam_m);
+      } else {
+        adam_m_.zero_();
+      }
       adam_v_.copy_(state.adam_v);
       adam_step_ = state.adam_step;
     } else {
@@ -205,10 +226,9 @@ TaskResult Learner::Train(const MetaState& state, const TaskSpec& spec, const Ta
   TaskResult result;
   result.delta = RoundToDeltaDtype(flat_->values() - (fomaml ? before_last : state.parameters),
                                    config_.outer().delta_dtype());
-  if (in.optimizer() == ADAM && in.state_mode() == CARRY) {
-    result.adam_m = adam_m_.clone();
-    result.adam_v = adam_v_.clone();
-  }
+  const CarriedMoments carried = CarriedMomentsOf(config_);
+  if (carried.first) result.adam_m = adam_m_.clone();
+  if (carried.second) result.adam_v = adam_v_.clone();
   result.loss = run.mean_loss;
   result.correct = run.correct;
   result.predictions = run.predictions;
@@ -235,8 +255,7 @@ TaskResult Learner::Evaluate(const MetaState& state, const TaskSpec& spec, const
 }
 
 absl::StatusOr<std::vector<int64_t>> Learner::AdaptAndPredict(const MetaState& state, const TaskExamples& task) {
-  const bool carry = config_.inner().optimizer() == ADAM && config_.inner().state_mode() == CARRY;
-  RETURN_IF_ERROR(CheckState(state, flat_->numel(), carry));
+  RETURN_IF_ERROR(CheckState(state, flat_->numel(), CarriedMomentsOf(config_)));
   try {
     const EvalConfig& ev = config_.eval();
     Adapt(state, task, config_.eval().seed(), ev.inner_iterations(), ev.inner_batch_size(), nullptr);

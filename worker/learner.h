@@ -20,12 +20,32 @@
 namespace reptile {
 
 // What the coordinator holds and sends with every task: flat fp32 parameters
-// and, when inner.state_mode is CARRY, Adam's moments and step count.
+// and, when inner.state_mode is CARRY, Adam's second moment v, its step count
+// and, unless inner.adam_beta1 is 0, its first moment m.
 struct MetaState {
   torch::Tensor parameters;
-  torch::Tensor adam_m, adam_v;  // undefined unless CARRY
+  torch::Tensor adam_m;  // undefined unless CARRY with adam_beta1 != 0
+  torch::Tensor adam_v;  // undefined unless CARRY
   int64_t adam_step = 0;
 };
+
+// Which of Adam's moments are part of the meta-state, and so go with every
+// task, come back with every result and are kept in checkpoints. With
+// adam_beta1 = 0 the first step of a task overwrites m with its gradient, so
+// a carried m could never reach theta: it is not carried.
+struct CarriedMoments {
+  bool first = false;   // m
+  bool second = false;  // v and the step count; "CARRY is on"
+
+  bool operator==(const CarriedMoments& o) const { return first == o.first && second == o.second; }
+  bool operator!=(const CarriedMoments& o) const { return !(*this == o); }
+};
+
+// What `config` carries: nothing unless inner.optimizer is ADAM and
+// inner.state_mode CARRY; then v, and m unless inner.adam_beta1 is 0.
+CarriedMoments CarriedMomentsOf(const ExperimentConfig& config);
+// What `state` holds (which of its moments are defined).
+CarriedMoments CarriedMomentsOf(const MetaState& state);
 
 enum class WorkKind { kTrain, kEvaluate };
 
@@ -36,7 +56,8 @@ struct WorkItem {
 
 struct TaskResult {
   // Training: W - theta (REPTILE) or the last inner step's update (FOMAML),
-  // and in CARRY mode the final Adam moments.
+  // and in CARRY mode the final Adam moments (as CarriedMomentsOf(config):
+  // no m when adam_beta1 is 0).
   torch::Tensor delta;
   torch::Tensor adam_m, adam_v;
   // Training: mean loss over the inner minibatches. Evaluation: loss on the

@@ -84,7 +84,7 @@ absl::Status CoordinatorClient::Leave(uint64_t worker) {
 }
 
 absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_t version, int64_t numel,
-                                                        bool moments) {
+                                                        CarriedMoments moments) {
   FetchStateRequest request;
   request.set_worker_id(worker);
   request.set_state_version(version);
@@ -99,12 +99,16 @@ absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_
     problem = absl::DataLossError("state stream did not start with its header");
   } else {
     header = message.header();
-    if (header.state_version() != version || header.num_parameters() != numel || header.has_moments() != moments)
-      problem = absl::DataLossError(absl::StrCat("state header does not fit this model: version ",
-                                                 header.state_version(), ", ", header.num_parameters(),
-                                                 " parameters", header.has_moments() ? " with moments" : ""));
+    if (header.state_version() != version || header.num_parameters() != numel ||
+        header.has_moments() != moments.second || header.has_first_moment() != moments.first)
+      problem = absl::DataLossError(absl::StrCat(
+          "state header does not fit this model: version ", header.state_version(), ", ", header.num_parameters(),
+          " parameters", header.has_moments() ? " with moments" : "",
+          header.has_first_moment() ? " with a first moment" : ""));
   }
-  TensorAssembler assembler(std::vector<size_t>(moments ? 3 : 1, static_cast<size_t>(numel) * 4));
+  const size_t m_index = 1, v_index = moments.first ? 2 : 1;
+  TensorAssembler assembler(
+      std::vector<size_t>(1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0), static_cast<size_t>(numel) * 4));
   while (reader->Read(&message)) {
     if (!problem.ok()) continue;  // drain, so that Finish() reports the call's own status
     problem = message.has_chunk() ? assembler.Add(message.chunk()) : absl::DataLossError("second state header");
@@ -117,14 +121,15 @@ absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_
     problem = parameters.status();
     if (problem.ok()) state.parameters = *std::move(parameters);
   }
-  if (problem.ok() && moments) {
-    absl::StatusOr<torch::Tensor> m = DecodeTensor(assembler.bytes(1), DELTA_FP32, numel);
-    absl::StatusOr<torch::Tensor> v = DecodeTensor(assembler.bytes(2), DELTA_FP32, numel);
-    problem = m.ok() ? v.status() : m.status();
-    if (problem.ok()) {
-      state.adam_m = *std::move(m);
-      state.adam_v = *std::move(v);
-    }
+  if (problem.ok() && moments.first) {
+    absl::StatusOr<torch::Tensor> m = DecodeTensor(assembler.bytes(m_index), DELTA_FP32, numel);
+    problem = m.status();
+    if (problem.ok()) state.adam_m = *std::move(m);
+  }
+  if (problem.ok() && moments.second) {
+    absl::StatusOr<torch::Tensor> v = DecodeTensor(assembler.bytes(v_index), DELTA_FP32, numel);
+    problem = v.status();
+    if (problem.ok()) state.adam_v = *std::move(v);
   }
   if (!problem.ok()) return absl::DataLossError(absl::StrCat("bad state from the coordinator: ", problem.message()));
   state.adam_step = header.adam_step();
@@ -156,8 +161,11 @@ std::vector<ResultChunk> CoordinatorClient::ResultMessages(uint64_t worker, cons
     tensors.push_back(EncodeTensor(result->delta, dtype));
   }
   if (result->adam_m.defined()) {
-    header->set_has_moments(true);
+    header->set_has_first_moment(true);
     tensors.push_back(EncodeTensor(result->adam_m, DELTA_FP32));
+  }
+  if (result->adam_v.defined()) {
+    header->set_has_moments(true);
     tensors.push_back(EncodeTensor(result->adam_v, DELTA_FP32));
   }
   std::vector<const std::string*> pointers;

@@ -37,12 +37,13 @@ class CoordinatorClient {
   absl::Status Leave(uint64_t worker);
 
   // The meta-state of `version`, checked against the model the caller
-  // expects: `numel` parameters and, if `moments`, Adam's m and v.
+  // expects: `numel` parameters and the Adam moments of `moments` (from the
+  // worker's config: v when CARRY, m too unless adam_beta1 is 0).
   // DataLoss if what arrives does not fit.
-  absl::StatusOr<MetaState> FetchState(uint64_t worker, uint64_t version, int64_t numel, bool moments);
+  absl::StatusOr<MetaState> FetchState(uint64_t worker, uint64_t version, int64_t numel, CarriedMoments moments);
 
   // The messages of one result upload: the header, then the delta in
-  // `dtype` and Adam's moments in fp32, in chunks. A failed `result` is
+  // `dtype` and the Adam moments it holds (m, then v) in fp32, in chunks. A failed `result` is
   // sent as an error header alone.
   static std::vector<ResultChunk> ResultMessages(uint64_t worker, const WorkReply& work,
                                                  const absl::StatusOr<TaskResult>& result, DeltaDtype dtype,

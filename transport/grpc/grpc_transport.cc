@@ -77,9 +77,9 @@ grpc::Status ToGrpc(const absl::Status& status) {
 struct Snapshot {
   uint64_t version = 0;
   int64_t numel = 0;
-  bool has_moments = false;
+  CarriedMoments moments;  // from the run's config
   int64_t adam_step = 0;
-  std::string parameters, adam_m, adam_v;  // fp32
+  std::string parameters, adam_m, adam_v;  // fp32; adam_m empty unless moments.first
 };
 
 // A stream the reaper cuts off when it falls behind: an upload or a state
@@ -272,11 +272,13 @@ class GrpcTransport::Service final : public Coordinator::Service {
     StateHeader* header = message.mutable_header();
     header->set_state_version(snapshot->version);
     header->set_num_parameters(snapshot->numel);
-    header->set_has_moments(snapshot->has_moments);
+    header->set_has_moments(snapshot->moments.second);
+    header->set_has_first_moment(snapshot->moments.first);
     header->set_adam_step(snapshot->adam_step);
     bool complete = writer->Write(message);
     std::vector<const std::string*> tensors = {&snapshot->parameters};
-    if (snapshot->has_moments) tensors.insert(tensors.end(), {&snapshot->adam_m, &snapshot->adam_v});
+    if (snapshot->moments.first) tensors.push_back(&snapshot->adam_m);
+    if (snapshot->moments.second) tensors.push_back(&snapshot->adam_v);
     int64_t sent = 0;
     complete = complete && WriteChunks(tensors, [&](const TensorChunk& chunk) {
                  *message.mutable_chunk() = chunk;
@@ -402,7 +404,8 @@ class GrpcTransport::Service final : public Coordinator::Service {
   static size_t ExpectedBytes(const ResultHeader& header, WorkKind kind, const Snapshot& snapshot) {
     if (kind != WorkKind::kTrain) return 0;
     const size_t n = static_cast<size_t>(snapshot.numel);
-    return n * std::max<size_t>(DeltaDtypeBytes(header.delta_dtype()), 4) + (snapshot.has_moments ? 2 * n * 4 : 0);
+    const size_t moments = (snapshot.moments.first ? 1 : 0) + (snapshot.moments.second ? 1 : 0);
+    return n * std::max<size_t>(DeltaDtypeBytes(header.delta_dtype()), 4) + moments * n * 4;
   }
 
   // Reads the rest of a result stream and checks it against what the task
@@ -420,16 +423,23 @@ class GrpcTransport::Service final : public Coordinator::Service {
                                   snapshot.numel));
     const size_t element = DeltaDtypeBytes(header.delta_dtype());
     if (train && element == 0) return invalid(absl::StrCat("unknown delta dtype ", header.delta_dtype()));
-    if (header.has_moments() != (train && snapshot.has_moments))
-      return invalid(snapshot.has_moments ? "Adam's moments must come with the delta (CARRY)"
-                                          : "unexpected Adam moments");
+    // What must follow is the coordinator's decision, from its config; the
+    // header must only agree with it.
+    const bool second = train && snapshot.moments.second, first = train && snapshot.moments.first;
+    if (header.has_moments() != second)
+      return invalid(second ? "Adam's moments must come with the delta (CARRY)" : "unexpected Adam moments");
+    if (header.has_first_moment() != first)
+      return invalid(first ? "Adam's m must come with the delta (CARRY, adam_beta1 != 0)"
+                           : "unexpected Adam m (adam_beta1 is 0: m is not carried)");
     if (!std::isfinite(header.loss())) return invalid(absl::StrCat("loss is ", header.loss()));
     if (header.predictions() < 0 || header.correct() < 0 || header.correct() > header.predictions() ||
         header.correct_inductive() < 0 || header.correct_inductive() > header.predictions())
       return invalid("prediction counts are inconsistent");
     std::vector<size_t> sizes;
     if (train) sizes.push_back(static_cast<size_t>(snapshot.numel) * element);
-    if (header.has_moments()) sizes.insert(sizes.end(), 2, static_cast<size_t>(snapshot.numel) * 4);
+    const size_t m_index = sizes.size(), v_index = m_index + (first ? 1 : 0);
+    if (first) sizes.push_back(static_cast<size_t>(snapshot.numel) * 4);
+    if (second) sizes.push_back(static_cast<size_t>(snapshot.numel) * 4);
     TensorAssembler assembler(sizes);
     ResultChunk message;
     absl::Status problem;
@@ -453,13 +463,15 @@ class GrpcTransport::Service final : public Coordinator::Service {
       if (!delta.ok()) return invalid(absl::StrCat("delta: ", delta.status().message()));
       result.delta = *std::move(delta);
     }
-    if (header.has_moments()) {
-      absl::StatusOr<torch::Tensor> m = DecodeTensor(assembler.bytes(1), DELTA_FP32, snapshot.numel);
+    if (first) {
+      absl::StatusOr<torch::Tensor> m = DecodeTensor(assembler.bytes(m_index), DELTA_FP32, snapshot.numel);
       if (!m.ok()) return invalid(absl::StrCat("adam_m: ", m.status().message()));
-      absl::StatusOr<torch::Tensor> v = DecodeTensor(assembler.bytes(2), DELTA_FP32, snapshot.numel);
+      result.adam_m = *std::move(m);
+    }
+    if (second) {
+      absl::StatusOr<torch::Tensor> v = DecodeTensor(assembler.bytes(v_index), DELTA_FP32, snapshot.numel);
       if (!v.ok()) return invalid(absl::StrCat("adam_v: ", v.status().message()));
       if (v->lt(0).any().item<bool>()) return invalid("adam_v has negative entries");
-      result.adam_m = *std::move(m);
       result.adam_v = *std::move(v);
     }
     result.loss = header.loss();
@@ -570,11 +582,11 @@ absl::StatusOr<std::vector<TaskResult>> GrpcTransport::Run(const MetaState& stat
   auto snapshot = std::make_shared<Snapshot>();
   snapshot->numel = state.parameters.numel();
   snapshot->parameters = EncodeTensor(state.parameters, DELTA_FP32);
-  snapshot->has_moments = state.adam_m.defined();
-  if (snapshot->has_moments) {
-    snapshot->adam_m = EncodeTensor(state.adam_m, DELTA_FP32);
-    snapshot->adam_v = EncodeTensor(state.adam_v, DELTA_FP32);
-  }
+  snapshot->moments = CarriedMomentsOf(board_->config);
+  if (CarriedMomentsOf(state) != snapshot->moments)
+    return absl::InvalidArgumentError("meta-state's Adam moments are not those the run's config carries");
+  if (snapshot->moments.first) snapshot->adam_m = EncodeTensor(state.adam_m, DELTA_FP32);
+  if (snapshot->moments.second) snapshot->adam_v = EncodeTensor(state.adam_v, DELTA_FP32);
   snapshot->adam_step = state.adam_step;
   std::vector<int> kinds;
   for (const WorkItem& item : items) kinds.push_back(static_cast<int>(item.kind));

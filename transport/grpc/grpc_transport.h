@@ -19,7 +19,8 @@
 
 namespace reptile {
 
-inline constexpr uint32_t kProtocolVersion = 1;
+// 2: a state or result says whether Adam's m is in it (has_first_moment).
+inline constexpr uint32_t kProtocolVersion = 2;
 
 // Why `workers` workers for a meta-batch of `tasks` waste cores.
 std::string IdleWorkersWarning(int workers, int tasks);

@@ -65,7 +65,7 @@ struct GrpcWorker::Session {
     Log(absl::StrCat("coordinator ", options->coordinator, " unreachable (", status.message(), "); retrying"));
   }
 
-  bool carry() const { return config.inner().optimizer() == ADAM && config.inner().state_mode() == CARRY; }
+  CarriedMoments moments() const { return CarriedMomentsOf(config); }
 
   absl::Status FetchConfig(Backoff& backoff) {
     while (!stop->HasBeenNotified()) {
@@ -132,7 +132,7 @@ struct GrpcWorker::Session {
     absl::Status status = absl::CancelledError("stopped before the state was fetched");
     for (int attempt = 0; attempt < 3 && !stop->HasBeenNotified(); ++attempt) {
       absl::StatusOr<MetaState> fetched =
-          client->FetchState(worker_id, version, learner->num_parameters(), carry());
+          client->FetchState(worker_id, version, learner->num_parameters(), moments());
       if (fetched.ok()) {
         state = *std::move(fetched);
         have_state = true;

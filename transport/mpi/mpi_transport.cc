@@ -20,10 +20,11 @@ enum Command : int64_t { kFinish = 0, kBatch = 1 };
 struct BatchHeader {
   int64_t command = kFinish;
   int64_t numel = 0;
-  int64_t has_moments = 0;
+  int64_t has_moments = 0;       // Adam's v follows the parameters (CARRY)
   int64_t adam_step = 0;
   int64_t batch_bytes = 0;  // serialized WorkBatch
   int64_t reduce_sum = 0;   // MPI_REDUCE_SUM: results carry scalars, tensors go by MPI_Reduce
+  int64_t has_first_moment = 0;  // and Adam's m, ahead of v (not when adam_beta1 is 0)
 };
 
 // A result's scalars, sent ahead of its tensors.
@@ -31,7 +32,7 @@ struct ResultHeader {
   double loss = 0;
   int64_t correct = 0, correct_inductive = 0, predictions = 0;
   double compute_seconds = 0;
-  int64_t has_delta = 0, has_moments = 0;
+  int64_t has_delta = 0, has_moments = 0, has_first_moment = 0;
   int64_t error_bytes = 0;  // > 0: the learner failed; the message follows
 };
 
@@ -92,18 +93,19 @@ std::vector<int> WorkingRanks(bool rank0_works) {
   return ranks;
 }
 
-// A rank's share of a batch summed in MPI_REDUCE_SUM mode: rows delta, and
-// with moments adam_m and adam_v, each summed over the rank's items in
-// item order. Zero for a rank without items.
-torch::Tensor EmptySum(int64_t numel, bool moments) { return torch::zeros({moments ? 3 : 1, numel}); }
+// A rank's share of a batch summed in MPI_REDUCE_SUM mode: rows delta, then
+// the carried moments (adam_m if moments.first, adam_v if moments.second),
+// each summed over the rank's items in item order. Zero for a rank without
+// items.
+torch::Tensor EmptySum(int64_t numel, CarriedMoments moments) {
+  return torch::zeros({1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0), numel});
+}
 
 // Moves a result's tensors into `sum`; the result keeps its scalars.
-void AddToSum(TaskResult* result, torch::Tensor& sum) {
+void AddToSum(TaskResult* result, CarriedMoments moments, torch::Tensor& sum) {
   sum[0].add_(result->delta);
-  if (sum.size(0) == 3) {
-    sum[1].add_(result->adam_m);
-    sum[2].add_(result->adam_v);
-  }
+  if (moments.first) sum[1].add_(result->adam_m);
+  if (moments.second) sum[moments.first ? 2 : 1].add_(result->adam_v);
   result->delta = result->adam_m = result->adam_v = torch::Tensor();
   result->tensor_items = 0;
 }
@@ -135,7 +137,8 @@ void StartSend(OutgoingResult* out) {
     header.predictions = result->predictions;
     header.compute_seconds = result->compute_seconds;
     header.has_delta = result->delta.defined();
-    header.has_moments = result->adam_m.defined();
+    header.has_moments = result->adam_v.defined();
+    header.has_first_moment = result->adam_m.defined();
   }
   auto send = [&](const void* data, int count, MPI_Datatype type, int part) {
     out->requests.emplace_back();
@@ -151,10 +154,8 @@ void StartSend(OutgoingResult* out) {
     send(t.data_ptr<float>(), static_cast<int>(t.numel()), MPI_FLOAT, part);
   };
   if (header.has_delta) send_tensor(result->delta, 1);
-  if (header.has_moments) {
-    send_tensor(result->adam_m, 2);
-    send_tensor(result->adam_v, 3);
-  }
+  if (header.has_first_moment) send_tensor(result->adam_m, 2);
+  if (header.has_moments) send_tensor(result->adam_v, 3);
 }
 
 absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel, int64_t* bytes) {
@@ -179,10 +180,8 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel,
   };
   result.tensor_items = header.has_delta ? 1 : 0;
   if (header.has_delta) result.delta = receive(1);
-  if (header.has_moments) {
-    result.adam_m = receive(2);
-    result.adam_v = receive(3);
-  }
+  if (header.has_first_moment) result.adam_m = receive(2);
+  if (header.has_moments) result.adam_v = receive(3);
   return result;
 }
 
@@ -194,9 +193,15 @@ bool ReceiveBatch(MetaState* state, std::vector<WorkItem>* items, bool* reduce_s
   if (header.command == kFinish) return false;
   *reduce_sum = header.reduce_sum != 0;
   BroadcastTensor(state->parameters, header.numel);
-  if (header.has_moments) {
+  if (header.has_first_moment) {
     BroadcastTensor(state->adam_m, header.numel);
+  } else {
+    state->adam_m = torch::Tensor();
+  }
+  if (header.has_moments) {
     BroadcastTensor(state->adam_v, header.numel);
+  } else {
+    state->adam_v = torch::Tensor();
   }
   state->adam_step = header.adam_step;
   std::string bytes(static_cast<size_t>(header.batch_bytes), '\0');
@@ -269,7 +274,9 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   BatchHeader header;
   header.command = kBatch;
   header.numel = state.parameters.numel();
-  header.has_moments = state.adam_m.defined();
+  const CarriedMoments moments = CarriedMomentsOf(state);
+  header.has_moments = moments.second;
+  header.has_first_moment = moments.first;
   header.adam_step = state.adam_step;
   WorkBatch batch;
   bool training = !items.empty();
@@ -285,23 +292,25 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   // The state is only read: broadcasting from its buffers does not change it.
   torch::Tensor parameters = state.parameters.contiguous(), adam_m = state.adam_m, adam_v = state.adam_v;
   BroadcastTensor(parameters, header.numel);
-  if (header.has_moments) {
+  if (moments.first) {
     adam_m = adam_m.contiguous();
-    adam_v = adam_v.contiguous();
     BroadcastTensor(adam_m, header.numel);
+  }
+  if (moments.second) {
+    adam_v = adam_v.contiguous();
     BroadcastTensor(adam_v, header.numel);
   }
   Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE);
-  stats_.bytes_out += header.numel * 4 * (header.has_moments ? 3 : 1) * (Size() - 1);
+  stats_.bytes_out += header.numel * 4 * (1 + header.has_first_moment + header.has_moments) * (Size() - 1);
 
   std::vector<absl::StatusOr<TaskResult>> results(items.size(), absl::UnknownError("not run"));
   torch::Tensor sum;
-  if (header.reduce_sum) sum = EmptySum(header.numel, header.has_moments);
+  if (header.reduce_sum) sum = EmptySum(header.numel, moments);
   if (learner_ != nullptr)
     for (size_t i = 0; i < items.size(); ++i)
       if (working_ranks_[i % working_ranks_.size()] == 0) {
         results[i] = learner_->Run(state, items[i]);
-        if (header.reduce_sum && results[i].ok()) AddToSum(&*results[i], sum);
+        if (header.reduce_sum && results[i].ok()) AddToSum(&*results[i], moments, sum);
       }
   for (size_t i = 0; i < items.size(); ++i) {
     const int source = working_ranks_[i % working_ranks_.size()];
@@ -312,10 +321,8 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
     stats_.bytes_in += sum.numel() * 4;  // counted once; MPI's reduction tree may bring a few
     if (results[0].ok()) {
       results[0]->delta = sum[0];
-      if (header.has_moments) {
-        results[0]->adam_m = sum[1];
-        results[0]->adam_v = sum[2];
-      }
+      if (moments.first) results[0]->adam_m = sum[1];
+      if (moments.second) results[0]->adam_v = sum[moments.first ? 2 : 1];
       results[0]->tensor_items = static_cast<int>(items.size());
     }
   }
@@ -340,12 +347,13 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
   bool reduce_sum = false;
   while (ReceiveBatch(&state, &items, &reduce_sum)) {
     torch::Tensor sum;
-    if (reduce_sum) sum = EmptySum(state.parameters.numel(), state.adam_m.defined());
+    if (reduce_sum) sum = EmptySum(state.parameters.numel(), CarriedMomentsOf(state));
     std::deque<OutgoingResult> outgoing;  // stable addresses for MPI
     for (size_t i = 0; i < items.size(); ++i) {
       if (working[i % working.size()] != rank) continue;
       outgoing.push_back(OutgoingResult{{}, {}, learner->Run(state, items[i]), {}});
-      if (reduce_sum && outgoing.back().result.ok()) AddToSum(&*outgoing.back().result, sum);
+      if (reduce_sum && outgoing.back().result.ok())
+        AddToSum(&*outgoing.back().result, CarriedMomentsOf(state), sum);
       StartSend(&outgoing.back());
     }
     for (OutgoingResult& out : outgoing)

@@ -12,6 +12,8 @@ void ConfigureProcessForTraining() {
   at::set_num_threads(1);
 }
 
+void ReturnFreeMemory() { malloc_trim(0); }
+
 void ConfigureProcessForServing() {
   mallopt(M_MMAP_THRESHOLD, 128 << 10);  // fixed: glibc no longer raises it
   mallopt(M_TRIM_THRESHOLD, 128 << 10);

@@ -19,6 +19,11 @@ void ConfigureProcessForTraining();
 // thread's arena kept the megabyte-sized buffers of refused results.
 void ConfigureProcessForServing();
 
+// Gives the heap's free pages back to the OS, in every thread's arena (what
+// peers' refused messages leave behind in small buffers). A serving process
+// calls it every few seconds; it takes about a millisecond.
+void ReturnFreeMemory();
+
 }  // namespace reptile
 
 #endif  // REPTILE_CORE_PROCESS_SETUP_H_

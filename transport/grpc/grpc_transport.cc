@@ -18,6 +18,7 @@
 #include "core/config.h"
 #include "core/flat_parameters.h"
 #include "core/models/models.h"
+#include "core/process_setup.h"
 #include "core/status_macros.h"
 #include "transport/lease_scheduler.h"
 #include "transport/grpc/tensor_stream.h"
@@ -28,6 +29,7 @@ namespace {
 constexpr absl::Duration kLongPoll = absl::Seconds(1);
 constexpr absl::Duration kReapEvery = absl::Milliseconds(100);
 constexpr absl::Duration kRecheck = absl::Milliseconds(50);
+constexpr int kTrimEveryTicks = 20;  // of kReapEvery: every 2 s
 // A chunk and its framing; nothing a worker sends needs more.
 constexpr size_t kMaxMessageBytes = kChunkBytes + (64 << 10);
 constexpr int kMaxStreamsPerConnection = 16;
@@ -560,7 +562,8 @@ GrpcTransport::~GrpcTransport() {
 
 void GrpcTransport::ReapLoop() {
   Board& b = *board_;
-  while (true) {
+  for (int tick = 1;; ++tick) {
+    if (tick % kTrimEveryTicks == 0) ReturnFreeMemory();
     {
       absl::MutexLock lock(&b.mu);
       b.mu.AwaitWithTimeout(absl::Condition(&b.shutting_down), kReapEvery);

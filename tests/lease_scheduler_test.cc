@@ -204,6 +204,26 @@ TEST_F(LeaseSchedulerTest, HoarderIsEvictedWithinSecondsOnceTaskTimesAreKnown) {
   EXPECT_EQ(redone->item, hoarded->item);
 }
 
+TEST_F(LeaseSchedulerTest, AWorkerCutOffMidTaskIsDroppedAsSilentNotEvicted) {
+  scheduler_.AddWorker(1, "cut off", At(0));
+  scheduler_.AddWorker(2, "honest", At(0));
+  scheduler_.StartBatch({kTrain, kTrain});
+  auto quick = scheduler_.Lease(2, At(0));
+  ASSERT_TRUE(scheduler_.BeginUpload(2, quick->lease).ok());
+  ASSERT_TRUE(scheduler_.Accept(quick->lease, At(0.1)));
+  ASSERT_TRUE(scheduler_.Lease(1, At(0.2)).has_value());
+  // Its link goes down at 0.5 s: no more calls. Past the hoard patience it
+  // is still only silent, and the worker_timeout rule drops it.
+  ASSERT_TRUE(scheduler_.Touch(1, At(0.5)).ok());
+  for (double t = 1; t <= 7; t += 0.5) {
+    ASSERT_TRUE(scheduler_.Touch(2, At(t)).ok());
+    scheduler_.Tick(At(t));
+  }
+  EXPECT_FALSE(scheduler_.has_worker(1));
+  EXPECT_EQ(scheduler_.counters().workers_evicted, 0);
+  EXPECT_EQ(scheduler_.Touch(1, At(7.5)).code(), absl::StatusCode::kNotFound) << "it may join again";
+}
+
 TEST_F(LeaseSchedulerTest, NobodyIsEvictedForTimeBeforeAnyTaskOfThatKindFinished) {
   scheduler_.AddWorker(1, "first", At(0));
   scheduler_.StartBatch({kEvaluate});

@@ -292,6 +292,7 @@ void LeaseScheduler::Tick(absl::Time now) {
   std::vector<std::pair<uint64_t, std::string>> hoarders;
   for (const auto& [id, worker] : workers_) {
     if (!worker.owes_since.has_value()) continue;
+    if (now - worker.last_seen > 2 * policy_.heartbeat) continue;  // silent: the worker_timeout rule
     const std::optional<absl::Duration> patience = HoardPatience(id);
     const absl::Duration owed = now - *worker.owes_since;
     if (patience.has_value() && owed > *patience)

@@ -20,7 +20,9 @@
 //    workers that have returned results; the first result counts.
 //  - A worker that has owed a result for longer than `hoard_patience` (from
 //    the lease it took while owing none until it returns an accepted one,
-//    across batches) is evicted: a hoarder, or hung; so is one whose last
+//    across batches) while it keeps calling is evicted: a hoarder, or hung
+//    (one that stopped calling, behind a broken link, is dropped as silent
+//    instead and may join again); so is one whose last
 //    `evict_after_refusals` results all came after their task was done
 //    elsewhere (too slow to help, or gaming the copies). One silent for
 //    `worker_timeout` is dropped and may join again. Evicted workers' later
@@ -43,6 +45,7 @@ namespace reptile {
 
 struct LeasePolicy {
   absl::Duration worker_timeout = absl::Seconds(6);  // silent this long: dropped
+  absl::Duration heartbeat = absl::Seconds(1);       // how often live workers call
   absl::Duration task_timeout = absl::Seconds(600);  // no lease lives longer
   int max_task_attempts = 2;     // distinct workers refused on one task before it fails the batch
   int evict_after_refusals = 3;  // refusals in a row that evict a worker

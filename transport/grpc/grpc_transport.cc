@@ -504,6 +504,7 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   LeasePolicy policy;
   policy.worker_timeout = seconds_or(r.worker_timeout_seconds(), 6);
   policy.task_timeout = seconds_or(r.task_timeout_seconds(), 600);
+  policy.heartbeat = seconds_or(r.heartbeat_seconds(), 1);
   policy.max_task_attempts = r.max_task_attempts() > 0 ? r.max_task_attempts() : 2;
   transport->board_ = std::make_unique<Board>(policy);
   Board& b = *transport->board_;

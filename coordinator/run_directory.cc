@@ -23,8 +23,7 @@ absl::StatusOr<std::unique_ptr<RunDirectory>> RunDirectory::Open(const std::stri
   std::filesystem::create_directories(path, error);
   if (error) return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", path, ": ", error.message()));
   std::unique_ptr<RunDirectory> dir(new RunDirectory(path));
-  dir->metrics_.open(path + "/metrics.jsonl", std::ios::app);
-  if (!dir->metrics_) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path, "/metrics.jsonl"));
+  if (!std::ofstream(path + "/metrics.jsonl", std::ios::app)) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path, "/metrics.jsonl"));
   return dir;
 }
 
@@ -48,7 +47,6 @@ int64_t RoundOf(const std::string& line) {
 
 absl::Status RunDirectory::TrimMetrics(int64_t round, bool finished) {
   const std::string path = path_ + "/metrics.jsonl";
-  metrics_.close();
   std::ifstream in(path);
   std::stringstream kept;
   std::string line;
@@ -61,15 +59,16 @@ absl::Status RunDirectory::TrimMetrics(int64_t round, bool finished) {
   }
   in.close();
   RETURN_IF_ERROR(WriteFileAtomically(path, {kept.str()}, kPlainFileMode));
-  metrics_.open(path, std::ios::app);
-  if (!metrics_) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
   return absl::OkStatus();
 }
 
 absl::Status RunDirectory::AppendMetrics(const std::string& json_object) {
-  metrics_ << json_object << '\n';
-  metrics_.flush();
-  if (!metrics_) return absl::InternalError(absl::StrCat("cannot append to ", path_, "/metrics.jsonl"));
+  // Opened for each line, so that a file replaced under a long run (a git
+  // checkout of a committed run directory) is written, not an unlinked one.
+  std::ofstream metrics(path_ + "/metrics.jsonl", std::ios::app);
+  metrics << json_object << '\n';
+  metrics.flush();
+  if (!metrics) return absl::InternalError(absl::StrCat("cannot append to ", path_, "/metrics.jsonl"));
   return absl::OkStatus();
 }
 

@@ -34,7 +34,6 @@ class RunDirectory {
  private:
   explicit RunDirectory(std::string path) : path_(std::move(path)) {}
   std::string path_;
-  std::ofstream metrics_;
 };
 
 }  // namespace reptile

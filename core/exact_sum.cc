@@ -4,31 +4,23 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "ExactSum encodes its integers little-endian by memcpy");
 
 namespace reptile {
 namespace {
 
-// Above 2^30 no value is in range for any max_terms, and every value below
-// it fits 2^-96 units in 127 bits.
-constexpr int kMaxShift = 102;
-
-// `value` in units of 2^-96, rounded to nearest with ties to even; false
-// for NaN, infinity, and magnitudes of 2^30 or more.
-bool ToFixed(float value, __int128* fixed) {
+// A finite `value` below 2^30 in magnitude, in units of 2^-96, rounded to
+// nearest with ties to even.
+__int128 ToFixed(float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, sizeof(bits));
   const int exponent = static_cast<int>((bits >> 23) & 0xff);
-  if (exponent == 0xff) return false;
-  if (exponent == 0) {  // subnormal: below 2^-126, so below half a unit
-    *fixed = 0;
-    return true;
-  }
+  if (exponent == 0) return 0;  // zero or subnormal: below half a unit
   const uint32_t mantissa = (bits & 0x7fffff) | 0x800000;  // value = mantissa * 2^(exponent - 150)
   const int shift = exponent - 150 + ExactSum::kFractionBits;
   __int128 magnitude;
-  if (shift > kMaxShift) return false;
   if (shift >= 0) {
     magnitude = static_cast<__int128>(mantissa) << shift;
   } else if (shift < -24) {
@@ -41,8 +33,7 @@ bool ToFixed(float value, __int128* fixed) {
     if (rest > half || (rest == half && (kept & 1))) ++kept;
     magnitude = kept;
   }
-  *fixed = (bits >> 31) ? -magnitude : magnitude;
-  return true;
+  return (bits >> 31) ? -magnitude : magnitude;
 }
 
 __int128 Abs(__int128 v) { return v < 0 ? -v : v; }
@@ -54,23 +45,25 @@ ExactSum::ExactSum(int64_t numel, int max_terms)
 
 __int128 ExactSum::Limit() const { return (static_cast<__int128>(1) << 126) / max_terms_; }
 
+double ExactSum::ValueLimit() const { return std::ldexp(1.0, 30) / max_terms_; }
+
+absl::Status ExactSum::CheckRange(const float* values) const {
+  const double limit = ValueLimit();
+  bool all_in_range = true;
+  for (size_t i = 0; i < values_.size(); ++i) all_in_range &= std::fabs(values[i]) < limit;  // false for NaN
+  if (all_in_range) return absl::OkStatus();
+  size_t i = 0;
+  while (std::fabs(values[i]) < limit) ++i;
+  return absl::InvalidArgumentError(absl::StrCat("element ", i, " is ", values[i], ": exact sums of ", max_terms_,
+                                                 " vectors take finite values below ", limit,
+                                                 " in magnitude (has training diverged?)"));
+}
+
 absl::Status ExactSum::Add(const float* values) {
   if (terms_ >= max_terms_)
     return absl::InvalidArgumentError(absl::StrCat("exact sum already holds its ", max_terms_, " vectors"));
-  const __int128 limit = Limit();
-  for (size_t i = 0; i < values_.size(); ++i) {
-    __int128 fixed;
-    if (!ToFixed(values[i], &fixed) || Abs(fixed) >= limit) {
-      for (size_t j = 0; j < i; ++j) {  // leave the sum as it was
-        ToFixed(values[j], &fixed);
-        values_[j] -= fixed;
-      }
-      return absl::InvalidArgumentError(absl::StrCat(
-          "element ", i, " is ", values[i], ": exact sums of ", max_terms_, " vectors take finite values below ",
-          std::ldexp(1.0, 30) / max_terms_, " in magnitude (has training diverged?)"));
-    }
-    values_[i] += fixed;
-  }
+  RETURN_IF_ERROR(CheckRange(values));
+  for (size_t i = 0; i < values_.size(); ++i) values_[i] += ToFixed(values[i]);
   ++terms_;
   return absl::OkStatus();
 }
@@ -90,6 +83,12 @@ absl::Status ExactSum::Merge(const ExactSum& other) {
 
 double ExactSum::Quotient(int64_t i, double divisor) const {
   return std::ldexp(static_cast<double>(values_[static_cast<size_t>(i)]), -kFractionBits) / divisor;
+}
+
+bool ExactSum::HasNegative() const {
+  for (const __int128& v : values_)
+    if (v < 0) return true;
+  return false;
 }
 
 std::string ExactSum::Encode() const {

@@ -5,7 +5,7 @@
 // by a worker, MPI ranks, a tree of aggregators) merges to the same bits.
 //
 // Range: a sum promises to hold up to `max_terms` vectors, and Add() refuses
-// any value with |x| >= 2^31 / max_terms (a diverged run), so a total never
+// any value with |x| >= 2^30 / max_terms (a diverged run), so a total never
 // leaves the 128-bit range. Values below 2^-73 keep fewer than 24 bits and
 // values below 2^-97 become 0: far below the last bit of any parameter or
 // Adam moment that reaches the update.
@@ -30,9 +30,11 @@ class ExactSum {
   // A zero sum of `numel` elements that will hold at most `max_terms` vectors.
   ExactSum(int64_t numel, int max_terms);
 
-  // Adds one vector of numel() fp32 values. InvalidArgument, naming the
-  // element, for NaN, infinity or a value out of range, and when the sum
-  // already holds max_terms vectors; the sum is unchanged then.
+  // Whether Add() takes these numel() values: InvalidArgument, naming the
+  // element, for NaN, infinity, or |x| >= 2^30 / max_terms.
+  absl::Status CheckRange(const float* values) const;
+  // Adds one vector of numel() fp32 values. Fails as CheckRange(), and when
+  // the sum already holds max_terms vectors; the sum is unchanged then.
   absl::Status Add(const float* values);
   // Adds another sum of the same size and capacity. InvalidArgument if the
   // sizes differ or the terms would exceed max_terms.
@@ -41,6 +43,9 @@ class ExactSum {
   // sum / divisor for element i, rounded to double (a function of the exact
   // sum alone).
   double Quotient(int64_t i, double divisor) const;
+
+  // Whether any element is below zero (a sum of squares cannot be).
+  bool HasNegative() const;
 
   int64_t numel() const { return static_cast<int64_t>(values_.size()); }
   int terms() const { return terms_; }
@@ -59,7 +64,8 @@ class ExactSum {
   void set_terms(int terms) { terms_ = terms; }
 
  private:
-  // The largest |value| Add() accepts, in units of 2^-96.
+  // |value| that Add() refuses, and the same in units of 2^-96.
+  double ValueLimit() const;
   __int128 Limit() const;
 
   std::vector<__int128> values_;

@@ -73,6 +73,7 @@ struct Options {
 // Runs `count` simulated workers against `address` until the coordinator
 // finishes, then prints one line of their client-side timings to stdout.
 int SimulateWorkers(const std::string& address, int count, uint64_t count_from_version) {
+  ConfigureProcessForTraining();  // as `reptile worker` runs
   const char* token_env = std::getenv("REPTILE_TOKEN");
   const std::string token = token_env != nullptr ? token_env : "";
   SecurityOptions security;
@@ -306,6 +307,7 @@ int Main(const Options& options) {
   std::shared_ptr<const TaskSource> tasks = OrDie(TaskSource::Create(omniglot.task()), "dataset");
   const double compute_ms = options.compute_ms >= 0 ? options.compute_ms : MeasureTaskMs(omniglot, tasks);
   const Precomputed result = Precompute(omniglot);
+  ConfigureProcessForServing();  // from here on this process is the coordinator, as `reptile coordinator` runs
   const double rtt_ms = 1e-3 * HeartbeatMicros(omniglot, result, 2000, token);
   const double ideal = 1e3 / (compute_ms + rtt_ms);
   size_t result_bytes = 0;
@@ -352,11 +354,17 @@ int Main(const Options& options) {
               "engine outside: sampling, aggregation (checks, float64 sums) and the outer step, on the engine's thread.\n"
               "FetchState, Submit: the simulated workers' client-side time per call (stream open to last byte).\n");
 
-  std::printf("\n== CPU seconds per round: coordinator threads (by name), and the simulated workers' process\n");
+  std::printf("\n== CPU seconds per round: coordinator threads (by name), and the simulated workers' process\n"
+              "(the coordinator runs with `reptile coordinator`'s malloc settings, ConfigureProcessForServing)\n");
   for (const CaseFigures& f : cases) {
     std::printf("%d workers: coordinator %.4f = engine thread %.4f", f.workers, f.coordinator_cpu, f.engine_cpu);
+    double listed = f.engine_cpu;
     for (const auto& [name, seconds] : f.by_thread)
-      if (seconds >= 0.0005) std::printf(" + %s %.4f", name.c_str(), seconds);
+      if (seconds >= 0.0005) {
+        std::printf(" + %s %.4f", name.c_str(), seconds);
+        listed += seconds;
+      }
+    std::printf(" + threads that ended (gRPC's sync server pool) %.4f", f.coordinator_cpu - listed);
     std::printf("; simulated workers %.4f\n", f.workers_cpu);
     if (f.refused || f.evicted) std::printf("  %lld results refused, %lld workers evicted\n",
                                             static_cast<long long>(f.refused), static_cast<long long>(f.evicted));

@@ -543,6 +543,12 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   quota.SetMaxThreads(bounds.threads);
   quota.Resize(bounds.grpc_memory_bytes);
   builder.SetResourceQuota(quota);
+  // A sync server thread that has served a call polls for the next one
+  // instead of exiting (gRPC's default keeps 2 pollers and ends the rest):
+  // otherwise every call of every worker, every round, costs a thread
+  // created and destroyed, most of the coordinator's CPU at 64 workers
+  // (bench/cluster_bench). The quota above still bounds the threads.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, bounds.threads);
   transport->server_ = builder.BuildAndStart();
   if (transport->server_ == nullptr || transport->port_ == 0)
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address,

@@ -212,8 +212,8 @@ CaseFigures RunCase(const ExperimentConfig& base, const TaskSource& tasks, int w
   std::unique_ptr<RoundEngine> engine = OrDie(RoundEngine::Create(config, tasks, &timed, {}), "round engine");
   auto start = BenchClock::now();
   if (absl::Status s = engine->Run(options.warmup_rounds); !s.ok()) Die(absl::StrCat("warm-up: ", s.ToString()));
-  const double warm_rate = options.warmup_rounds / Seconds(start);
-  const int64_t rounds = std::clamp<int64_t>(static_cast<int64_t>(options.seconds * warm_rate), 10, 100000);
+  // Blocks of about a second (by the warm-up's pace) until options.seconds have passed.
+  const int64_t block = std::max<int64_t>(1, static_cast<int64_t>(options.warmup_rounds / Seconds(start)));
 
   const size_t first_timing = timed.timings().size();
   const TransportStats stats_before = transport->Stats();
@@ -221,9 +221,12 @@ CaseFigures RunCase(const ExperimentConfig& base, const TaskSource& tasks, int w
   const double engine_before = ThreadCpuSeconds();
   const double self_before = ProcessCpuSeconds();
   const double workers_before = ProcessCpuSeconds(cluster.pid());
+  const int64_t first_round = engine->round();
   start = BenchClock::now();
-  if (absl::Status s = engine->Run(engine->round() + rounds); !s.ok()) Die(absl::StrCat("rounds: ", s.ToString()));
+  while (Seconds(start) < options.seconds)
+    if (absl::Status s = engine->Run(engine->round() + block); !s.ok()) Die(absl::StrCat("rounds: ", s.ToString()));
   f.wall = Seconds(start);
+  const int64_t rounds = engine->round() - first_round;
   const double n = static_cast<double>(rounds);
   f.rounds = rounds;
   f.rounds_per_s = n / f.wall;

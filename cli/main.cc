@@ -53,6 +53,10 @@ ABSL_FLAG(std::string, tls_key, "", "the PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_ca, "",
           "coordinator: require client certificates from this PEM authority (mTLS); worker: authority to trust");
 ABSL_FLAG(std::string, tls_server_name, "", "worker: name to check the coordinator's certificate against");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "train, coordinator, mpi: serve Prometheus /metrics on PORT or IP:PORT (a bare port is on 127.0.0.1; "
+          "default: runtime.metrics_listen, empty: off); worker: serve the worker's own Prometheus /metrics on "
+          "PORT or IP:PORT (a bare port is on 127.0.0.1; empty: off)");
 
 namespace {
 
@@ -68,7 +72,7 @@ const std::vector<Command>& Commands() {
   static const std::vector<Command> commands = {
       {"train", "meta-train (or resume) a run, with worker processes on loopback",
        "train --config FILE --run_dir DIR [flags] [field.path=value ...]",
-       {"config", "run_dir", "workers", "stop_at_round"}},
+       {"config", "run_dir", "workers", "stop_at_round", "metrics_listen"}},
       {"eval", "few-shot accuracy of a checkpoint on held-out classes",
        "eval --run_dir DIR | --checkpoint FILE [--episodes N] [field.path=value ...]",
        {"run_dir", "checkpoint", "episodes", "workers"}},
@@ -80,13 +84,13 @@ const std::vector<Command>& Commands() {
       {"coordinator", "serve a run to worker processes over gRPC",
        "coordinator --config FILE --run_dir DIR [--listen HOST:PORT] [flags] [field.path=value ...]",
        {"config", "run_dir", "stop_at_round", "listen", "insecure_listen", "port_file", "token_file", "tls_cert",
-        "tls_key", "tls_ca"}},
+        "tls_key", "tls_ca", "metrics_listen"}},
       {"worker", "join a coordinator and work for it",
        "worker --coordinator HOST:PORT [flags] [field.path=value ...]",
-       {"coordinator", "config", "data_dir", "token_file", "tls_cert", "tls_key", "tls_ca", "tls_server_name"}},
+       {"coordinator", "config", "data_dir", "token_file", "tls_cert", "tls_key", "tls_ca", "tls_server_name", "metrics_listen"}},
       {"mpi", "under mpirun: rank 0 coordinates, the other ranks work",
        "mpi --config FILE --run_dir DIR [flags] [field.path=value ...]   (mpirun -np N reptile mpi ...)",
-       {"config", "run_dir", "stop_at_round"}},
+       {"config", "run_dir", "stop_at_round", "metrics_listen"}},
       {"help", "this text, or a command's flags", "help [COMMAND]", {}},
   };
   return commands;
@@ -228,6 +232,7 @@ int main(int argc, char** argv) {
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
   options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.overrides.assign(args.begin() + 2, args.end());
 
   reptile::ConfigureProcessForTraining();

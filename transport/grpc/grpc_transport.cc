@@ -369,7 +369,8 @@ class GrpcTransport::Service final : public Coordinator::Service {
       }
       if (!item.ok()) return ToGrpc(item.status());
       if (!header.error().empty()) {
-        scheduler.Refuse(header.lease_id(), absl::StrCat("the worker failed: ", Printable(header.error(), 300)));
+        scheduler.Refuse(header.lease_id(), absl::StrCat("the worker failed: ", Printable(header.error(), 300)),
+                         RefusalReason::kWorkerError);
         return grpc::Status::OK;
       }
       snapshot = b.snapshot;
@@ -381,7 +382,7 @@ class GrpcTransport::Service final : public Coordinator::Service {
     const bool cut_off = b.CloseStream(stream);
     if (!result.ok()) {
       if (cut_off) {
-        b.scheduler.Refuse(header.lease_id(), "upload too slow; cut off");
+        b.scheduler.Refuse(header.lease_id(), "upload too slow; cut off", RefusalReason::kUploadTooSlow);
         return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "upload too slow; cut off");
       }
       if (context->IsCancelled()) {
@@ -637,6 +638,7 @@ TransportStats GrpcTransport::Stats() const {
   const SchedulerCounters& counters = board_->scheduler.counters();
   stats.tasks_redone = counters.tasks_redone;
   stats.results_refused = counters.results_refused;
+  stats.results_refused_by_reason = counters.results_refused_by_reason;
   stats.workers_evicted = counters.workers_evicted;
   return stats;
 }

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -172,6 +173,27 @@ TEST(MetricsServerTest, ServesTheRegistryOnLoopbackByDefault) {
   // A port in use is an error, not an exception.
   absl::StatusOr<std::unique_ptr<MetricsServer>> again = MetricsServer::Start(absl::StrCat((*server)->port()));
   EXPECT_TRUE(absl::IsUnavailable(again.status())) << again.status();
+}
+
+// A bad --metrics_listen stops `reptile` before training, in one line.
+TEST(MetricsFlagTest, BadOrBusyAddressIsOneLineAndExitOne) {
+  const std::string dir = TempDir("bad_address");
+  auto listening = MetricsServer::Start("0");
+  ASSERT_TRUE(listening.ok()) << listening.status();
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"localhost:9464", "the host must be an IP address"},
+      {"127.0.0.1:70000", "want PORT or IP:PORT"},
+      {absl::StrCat((*listening)->port()), "cannot serve metrics on 127.0.0.1:"}};
+  for (const auto& [address, message] : cases) {
+    const testing::CommandResult run = testing::RunCommand(
+        {REPTILE_BINARY, "train", "--config", testing::SourcePath("configs/sine.textproto"), "--run_dir",
+         dir + "/run", "--workers", "1", "runtime.local_workers=THREADS", "--metrics_listen", address},
+        dir + "/train");
+    EXPECT_EQ(run.exit_code, 1) << address << ": " << run.err;
+    EXPECT_THAT(run.err, HasSubstr(message)) << address;
+    EXPECT_THAT(run.err, Not(HasSubstr("round 1/"))) << address;
+    EXPECT_EQ(std::count(run.err.begin(), run.err.end(), '\n') - 1, 1) << run.err;  // after the "config ..." line
+  }
 }
 
 // ---- a live run, scraped by Prometheus -----------------------------------------

@@ -79,7 +79,10 @@ absl::StatusOr<RunSetup> SetUpRun(const CliOptions& options) {
 // Trains (or resumes) the run on `transport` until it is done, stopped by
 // SIGINT/SIGTERM (checkpoint, then OK) or --stop_at_round. True if the run
 // is complete, final evaluation included.
-absl::StatusOr<bool> TrainOn(const CliOptions& options, const RunSetup& setup, Transport* transport) {
+// `live_stats`: the transport's Stats() is thread-safe, so /metrics may read
+// it at each scrape.
+absl::StatusOr<bool> TrainOn(const CliOptions& options, const RunSetup& setup, Transport* transport,
+                             bool live_stats = false) {
   RoundEngine::Options engine_options;
   engine_options.run_dir = setup.dir.get();
   engine_options.log = Log;
@@ -90,8 +93,9 @@ absl::StatusOr<bool> TrainOn(const CliOptions& options, const RunSetup& setup, T
   std::unique_ptr<MetricsServer> metrics_server;
   if (!metrics_listen.empty()) {
     metrics = std::make_shared<CoordinatorMetrics>();
+    if (live_stats) metrics->SetLiveTransportStats([transport] { return transport->Stats(); });
     ASSIGN_OR_RETURN(metrics_server, MetricsServer::Start(metrics_listen));
-    metrics_server->Register(metrics->registry());
+    metrics_server->Register(metrics);
     engine_options.observer = metrics.get();
     Log(absl::StrCat("metrics on http://", metrics_server->address(), "/metrics"));
   }
@@ -151,7 +155,7 @@ absl::Status TrainCommand(const CliOptions& options) {
                    WorkerProcesses::Start(workers, absl::StrCat("127.0.0.1:", transport->port()),
                                           transport_options.token, Log,
                                           [raw_transport](const std::string& why) { raw_transport->Interrupt(why); }));
-  absl::StatusOr<bool> finished = TrainOn(options, setup, transport.get());
+  absl::StatusOr<bool> finished = TrainOn(options, setup, transport.get(), /*live_stats=*/true);
   transport->Finish(absl::Seconds(3));  // the worker processes go either way
   return finished.status();
 }
@@ -176,7 +180,7 @@ absl::Status CoordinatorCommand(const CliOptions& options) {
     std::ofstream(tmp) << transport->port() << "\n";
     std::filesystem::rename(tmp, options.port_file);
   }
-  ASSIGN_OR_RETURN(bool finished, TrainOn(options, setup, transport.get()));
+  ASSIGN_OR_RETURN(bool finished, TrainOn(options, setup, transport.get(), /*live_stats=*/true));
   // Workers of a run that was only stopped keep waiting for the coordinator
   // to come back; those of a finished run are told to leave.
   if (finished) transport->Finish(absl::Seconds(3));

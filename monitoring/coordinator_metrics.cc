@@ -120,9 +120,20 @@ void CoordinatorMetrics::OnRound(const RoundReport& report) {
   rounds_per_second_.Set(report.rounds_per_second);
   round_duration_.Set(report.seconds);
   training_loss_.Set(report.loss);
+  {
+    absl::MutexLock lock(&mu_);
+    if (report.accuracy >= 0) training_accuracy_.Add({}).Set(report.accuracy);
+  }
+  ApplyTransport(report.transport);
+}
+
+std::vector<prometheus::MetricFamily> CoordinatorMetrics::Collect() const {
+  if (live_stats_) ApplyTransport(live_stats_());
+  return registry_->Collect();
+}
+
+void CoordinatorMetrics::ApplyTransport(const TransportStats& t) const {
   absl::MutexLock lock(&mu_);
-  if (report.accuracy >= 0) training_accuracy_.Add({}).Set(report.accuracy);
-  const TransportStats& t = report.transport;
   workers_alive_.Set(t.workers_alive);
   tasks_in_flight_.Set(t.tasks_in_flight);
   Advance(tasks_redone_, t.tasks_redone, &tasks_redone_seen_);

@@ -1,17 +1,19 @@
 // The coordinator's Prometheus metrics: a RoundObserver that turns what the
 // round engine reports (its round statistics, evaluations, checkpoints and
 // the transport's counters) into gauges and counters, named by Prometheus
-// conventions (README "Monitoring"). Serve registry() with a MetricsServer.
-// Thread-safe: the engine's thread updates, the server's threads read.
+// conventions (README "Monitoring"). Register it with a MetricsServer.
+// Thread-safe: the engine's thread updates, the server's thread reads.
 #ifndef REPTILE_MONITORING_COORDINATOR_METRICS_H_
 #define REPTILE_MONITORING_COORDINATOR_METRICS_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
 #include "coordinator/round_engine.h"
+#include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -19,9 +21,17 @@
 
 namespace reptile {
 
-class CoordinatorMetrics final : public RoundObserver {
+class CoordinatorMetrics final : public RoundObserver, public prometheus::Collectable {
  public:
   CoordinatorMetrics();
+
+  // Reads the transport's counters at each scrape too, not only after each
+  // round (so that workers_alive falls while a round waits for workers).
+  // `stats` must be thread-safe and outlive every scrape. Call before serving.
+  void SetLiveTransportStats(std::function<TransportStats()> stats) { live_stats_ = std::move(stats); }
+
+  // The series, as of now.
+  std::vector<prometheus::MetricFamily> Collect() const override;
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
@@ -35,6 +45,7 @@ class CoordinatorMetrics final : public RoundObserver {
  private:
   // Moves a counter up to `total`, a transport's running count.
   static void Advance(prometheus::Counter& counter, int64_t total, int64_t* seen);
+  void ApplyTransport(const TransportStats& stats) const;
 
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Gauge& round_;
@@ -56,12 +67,16 @@ class CoordinatorMetrics final : public RoundObserver {
   prometheus::Counter& sent_bytes_;
   prometheus::Family<prometheus::Gauge>& last_checkpoint_;
 
-  absl::Mutex mu_;  // the running counts below, and metrics added on first use
-  int64_t tasks_redone_seen_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t workers_evicted_seen_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t received_seen_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t sent_seen_ ABSL_GUARDED_BY(mu_) = 0;
-  std::map<std::string, int64_t> refused_seen_ ABSL_GUARDED_BY(mu_);
+  std::function<TransportStats()> live_stats_;
+
+  // The running counts below, and metrics added on first use; mutable:
+  // a scrape (const) may apply the transport's counters.
+  mutable absl::Mutex mu_;
+  mutable int64_t tasks_redone_seen_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable int64_t workers_evicted_seen_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable int64_t received_seen_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable int64_t sent_seen_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable std::map<std::string, int64_t> refused_seen_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace reptile

@@ -87,7 +87,7 @@ std::string UrlEncode(const std::string& text) {
 }
 
 std::string Serialize(const CoordinatorMetrics& metrics) {
-  return prometheus::TextSerializer().Serialize(metrics.registry()->Collect());
+  return prometheus::TextSerializer().Serialize(metrics.Collect());
 }
 
 // ---- in process -------------------------------------------------------------
@@ -149,6 +149,20 @@ TEST(CoordinatorMetricsTest, RoundsEvaluationsAndCheckpointsBecomePrometheusSeri
     EXPECT_THAT(text, HasSubstr(expected + "\n")) << text;
 }
 
+TEST(CoordinatorMetricsTest, LiveTransportStatsAreReadAtEachScrape) {
+  CoordinatorMetrics metrics;
+  TransportStats live;
+  live.workers_alive = 4;
+  live.bytes_in = 10;
+  metrics.SetLiveTransportStats([&live] { return live; });
+  EXPECT_THAT(Serialize(metrics), HasSubstr("reptile_workers_alive 4\n"));
+  live.workers_alive = 0;  // all gone while a round waits: seen without a round ending
+  live.bytes_in = 30;
+  const std::string text = Serialize(metrics);
+  EXPECT_THAT(text, HasSubstr("reptile_workers_alive 0\n"));
+  EXPECT_THAT(text, HasSubstr("reptile_received_bytes_total 30\n"));
+}
+
 TEST(MetricsServerTest, ServesTheRegistryOnLoopbackByDefault) {
   EXPECT_EQ(*MetricsListenAddress("9464"), "127.0.0.1:9464");
   EXPECT_EQ(*MetricsListenAddress("0.0.0.0:9464"), "0.0.0.0:9464");
@@ -162,7 +176,7 @@ TEST(MetricsServerTest, ServesTheRegistryOnLoopbackByDefault) {
   ASSERT_TRUE(server.ok()) << server.status();
   ASSERT_GT((*server)->port(), 0);
   EXPECT_EQ((*server)->address(), absl::StrCat("127.0.0.1:", (*server)->port()));
-  (*server)->Register(metrics->registry());
+  (*server)->Register(metrics);
   int status = 0;
   const std::string body = HttpGet((*server)->port(), "/metrics", &status);
   EXPECT_EQ(status, 200);
@@ -336,10 +350,17 @@ TEST_F(PrometheusTest, PrometheusScrapesALiveRunsCoordinatorAndWorker) {
   EXPECT_TRUE(WaitForQuery("reptile_worker_retries_total" + w + "}", [](double v) { return v >= 0; }, 10, &value))
       << value;
 
-  coordinator_->Signal(SIGTERM);
-  EXPECT_EQ(coordinator_->ExitCode(60), 0) << coordinator_->err();
+  // The worker leaves: the coordinator, waiting for workers in a round that
+  // cannot end, still reports it (the transport is read at each scrape).
   worker->Signal(SIGTERM);
   EXPECT_EQ(worker->ExitCode(30), 0) << worker->err();
+  EXPECT_TRUE(WaitForQuery("reptile_workers_alive" + c, [](double v) { return v == 0; }, 20, &value)) << value;
+  const double round = Query("reptile_round" + c);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_EQ(Query("reptile_round" + c), round) << "rounds without workers?";
+
+  coordinator_->Signal(SIGTERM);
+  EXPECT_EQ(coordinator_->ExitCode(60), 0) << coordinator_->err();
   prometheus->Signal(SIGTERM);
   EXPECT_EQ(prometheus->ExitCode(30), 0) << prometheus->err();
 }

@@ -258,6 +258,36 @@ TEST(CliTest, ContainerDefaultCommandPrintsHelpAndExitsZero) {
   ExpectNoAbseilHelp(run.out + run.err);
 }
 
+// scripts/build.sh (the first step of scripts/demo.sh) shows progress: one
+// line per file compiled and target built, from make's output, while the
+// whole output still goes to build.log.
+TEST(BuildScriptTest, ShowsProgressLinesAndKeepsTheFullLog) {
+  const std::string script = testing::ReadWholeFile(std::string(REPTILE_SOURCE_DIR) + "/scripts/build.sh");
+  EXPECT_THAT(script, HasSubstr("| tee -a build.log | condense"));
+  const std::string dir = testing::TempDir("build_script");
+  std::ofstream(dir + "/make.txt")
+      << "[  2%] Building CXX object CMakeFiles/reptile_core.dir/core/config.cc.o\n"
+         "/work/core/config.cc:10:5: warning: unused variable 'x'\n"
+         "[ 40%] Built target reptile_core\n"
+         "[ 41%] Linking CXX executable reptile\n"
+         "[ 42%] Linking CXX static library libreptile_core.a\n"
+         "[ 43%] Building CXX object tests/CMakeFiles/cli_test.dir/cli_test.cc.o\n"
+         "[ 44%] protoc + grpc_cpp_plugin: coordinator.proto\n"
+         "[ 45%] Running cpp protocol buffer compiler on proto/reptile.proto\n"
+         "gmake[2]: Entering directory '/work/build'\n";
+  Result condensed = Shell(absl::StrCat("bash -c 'source <(sed -n \"/^condense()/,/^}/p\" scripts/build.sh) && condense < ",
+                                        dir, "/make.txt'"));
+  ASSERT_EQ(condensed.exit_code, 0) << condensed.output;
+  EXPECT_EQ(condensed.output,
+            "[  2%] compiling core/config.cc (reptile_core)\n"
+            "[ 40%] built reptile_core\n"
+            "[ 41%] linking reptile\n"
+            "[ 42%] linking libreptile_core.a\n"
+            "[ 43%] compiling cli_test.cc (cli_test)\n"
+            "[ 44%] protoc + grpc_cpp_plugin: coordinator.proto\n"
+            "[ 45%] Running cpp protocol buffer compiler on proto/reptile.proto\n");
+}
+
 TEST(CliTest, SigtermCheckpointsAndExitsCleanly) {
   const std::string dir = testing::TempDir("run");
   auto train = testing::ChildProcess::Start({REPTILE_BINARY, "train", "--run_dir", dir, "--config",

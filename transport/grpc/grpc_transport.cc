@@ -417,7 +417,8 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
       }
       if (!item.ok()) return ToGrpc(item.status());
       if (!header.error().empty()) {
-        scheduler.Refuse(header.lease_id(), absl::StrCat("the worker failed: ", Printable(header.error(), 300)));
+        scheduler.Refuse(header.lease_id(), absl::StrCat("the worker failed: ", Printable(header.error(), 300)),
+                         RefusalReason::kWorkerError);
         return grpc::Status::OK;
       }
       snapshot = b.snapshot;
@@ -429,7 +430,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     const bool cut_off = b.CloseStream(stream);
     if (!result.ok()) {
       if (cut_off) {
-        b.scheduler.Refuse(header.lease_id(), "upload too slow; cut off");
+        b.scheduler.Refuse(header.lease_id(), "upload too slow; cut off", RefusalReason::kUploadTooSlow);
         return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "upload too slow; cut off");
       }
       if (context->IsCancelled()) {
@@ -746,6 +747,7 @@ TransportStats GrpcTransport::Stats() const {
   const SchedulerCounters& counters = board_->scheduler.counters();
   stats.tasks_redone = counters.tasks_redone;
   stats.results_refused = counters.results_refused;
+  stats.results_refused_by_reason = counters.results_refused_by_reason;
   stats.workers_evicted = counters.workers_evicted;
   return stats;
 }

@@ -4,6 +4,8 @@
 //   reptile eval    --run_dir runs/demo [--episodes 1000]
 //   reptile adapt   --run_dir runs/demo --support_dir my/support --query_dir my/query
 //   reptile inspect --checkpoint runs/demo/checkpoint.bin
+//   reptile plot    --run_dir runs/carry --run_dir runs/reset --out curves.svg
+//   reptile analyze --run_dir runs/demo [--episodes 200] [--out analysis.svg]
 //   reptile coordinator --config configs/omniglot_5w1s.textproto --run_dir runs/o --listen 0.0.0.0:7070
 //   reptile worker  --coordinator HOST:7070
 //   mpirun -np 4 reptile mpi --config configs/omniglot_5w1s.textproto --run_dir runs/o
@@ -19,11 +21,14 @@
 #include "core/process_setup.h"
 
 ABSL_FLAG(std::string, config, "", "experiment config (protobuf text format), e.g. configs/demo.textproto");
-ABSL_FLAG(std::string, run_dir, "", "run directory: checkpoints, metrics.jsonl, config; train resumes from it");
+ABSL_FLAG(std::string, run_dir, "",
+          "run directory: checkpoints, metrics.jsonl, config; train resumes from it; plot: repeat it to overlay runs");
 ABSL_FLAG(std::string, checkpoint, "", "checkpoint file (default: <run_dir>/checkpoint.bin)");
 ABSL_FLAG(int, workers, 0, "train: worker processes, or threads with runtime.local_workers=THREADS "
           "(default: runtime.workers from the config)");
-ABSL_FLAG(int, episodes, 0, "eval: episodes (default: eval.final_episodes)");
+ABSL_FLAG(int, episodes, 0,
+          "eval: episodes (default: eval.final_episodes); analyze: episodes (default: eval.episodes)");
+ABSL_FLAG(std::string, out, "", "plot, analyze: the SVG file to write (analyze default: analysis_<run>.svg)");
 ABSL_FLAG(int64_t, stop_at_round, -1, "train: checkpoint and stop once this round is done");
 ABSL_FLAG(std::string, support_dir, "", "adapt: folder with one subfolder of PNG images per label");
 ABSL_FLAG(std::string, query_dir, "", "adapt: folder of PNG images to label");
@@ -45,6 +50,23 @@ ABSL_FLAG(std::string, tls_server_name, "", "worker: name to check the coordinat
 
 namespace {
 
+// Every value of a flag given more than once (absl keeps the last), as
+// --name=value or --name value, before "--".
+std::vector<std::string> RepeatedFlag(int argc, char** argv, const std::string& name) {
+  std::vector<std::string> values;
+  const std::string dashed = "--" + name, with_value = dashed + "=";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") break;
+    if (arg.rfind(with_value, 0) == 0) {
+      values.push_back(arg.substr(with_value.size()));
+    } else if (arg == dashed && i + 1 < argc) {
+      values.push_back(argv[++i]);
+    }
+  }
+  return values;
+}
+
 constexpr char kUsage[] =
     "reptile COMMAND [flags] [field.path=value ...]\n"
     "commands:\n"
@@ -52,6 +74,8 @@ constexpr char kUsage[] =
     "  eval     few-shot accuracy of a checkpoint: --run_dir or --checkpoint, --episodes\n"
     "  adapt    label your own images: --run_dir or --checkpoint, --support_dir, --query_dir\n"
     "  inspect  round, config and parameter SHA-256 of a checkpoint: --checkpoint or --run_dir\n"
+    "  plot     training curves as SVG: --run_dir (repeat to overlay runs), --out\n"
+    "  analyze  per-layer change, last layer vs all layers, accuracy per step: --run_dir, --episodes, --out\n"
     "  coordinator  serve a run to worker processes over gRPC: --config, --run_dir, --listen\n"
     "  worker   join a coordinator and work for it: --coordinator HOST:PORT\n"
     "  mpi      under mpirun: rank 0 coordinates, the others work: --config, --run_dir\n"
@@ -62,6 +86,7 @@ constexpr char kUsage[] =
 int main(int argc, char** argv) {
   reptile::InstallStopSignals();
   absl::SetProgramUsageMessage(kUsage);
+  const std::vector<std::string> run_dirs = RepeatedFlag(argc, argv, "run_dir");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
     std::cerr << kUsage << std::endl;
@@ -71,6 +96,8 @@ int main(int argc, char** argv) {
   reptile::CliOptions options;
   options.config_path = absl::GetFlag(FLAGS_config);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
+  options.run_dirs = run_dirs;
+  options.out = absl::GetFlag(FLAGS_out);
   options.checkpoint = absl::GetFlag(FLAGS_checkpoint);
   options.workers = absl::GetFlag(FLAGS_workers);
   options.episodes = absl::GetFlag(FLAGS_episodes);
@@ -99,6 +126,10 @@ int main(int argc, char** argv) {
     status = reptile::AdaptCommand(options);
   } else if (command == "inspect") {
     status = reptile::InspectCommand(options);
+  } else if (command == "plot") {
+    status = reptile::PlotCommand(options);
+  } else if (command == "analyze") {
+    status = reptile::AnalyzeCommand(options);
   } else if (command == "coordinator") {
     status = reptile::CoordinatorCommand(options);
   } else if (command == "worker") {

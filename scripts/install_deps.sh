@@ -17,9 +17,10 @@ PACKAGES=(
 # What only the tests need beyond the build (not in the container image's build
 # stage, which sets REPTILE_DEPS=build): curl for deploy/docker/reptile-health,
 # Node.js and npm for tests/k8s/validate.cjs, unzip for kubectl (below), clang
-# with its libFuzzer and sanitizer runtimes for scripts/fuzz.sh.
+# with its libFuzzer and sanitizer runtimes for scripts/fuzz.sh, headless
+# Chromium and a font to render the SVGs of `reptile plot` and `analyze`.
 if [ "${REPTILE_DEPS:-all}" != build ]; then
-  PACKAGES+=(curl unzip clang-14 libclang-rt-14-dev)
+  PACKAGES+=(curl unzip clang-14 libclang-rt-14-dev chromium fonts-dejavu-core)
   command -v node > /dev/null && command -v npm > /dev/null || PACKAGES+=(nodejs npm)
 fi
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "coordinator/task_sampler.h"
 #include "core/status_macros.h"
 #include "worker/learner.h"
@@ -47,20 +48,22 @@ absl::StatusOr<AdaptationReport> AnalyzeAdaptation(const TrainingState& state,
   const TaskSampler sampler(config, tasks->num_classes(false), tasks->num_classes(true));
   const std::vector<WorkItem> items = sampler.EvaluationItems(episodes);
   threads = std::clamp(threads, 1, episodes);
+  std::vector<std::unique_ptr<Learner>> learners;
+  for (int t = 0; t < threads; ++t) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, tasks));
+    learners.push_back(std::move(learner));
+  }
   std::vector<EpisodeTraces> traces(items.size());
   std::vector<absl::Status> errors(threads);
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
-      absl::StatusOr<std::unique_ptr<Learner>> learner = Learner::Create(config, tasks);
-      if (!learner.ok()) {
-        errors[t] = learner.status();
-        return;
-      }
+      at::set_num_threads(1);  // as the evaluation's workers: results independent of the machine
+      Learner& learner = *learners[t];
       for (size_t e = t; e < items.size(); e += threads) {
-        absl::StatusOr<AdaptationTrace> all = (*learner)->TraceAdaptation(state.meta, items[e], AdaptedLayers::kAll);
+        absl::StatusOr<AdaptationTrace> all = learner.TraceAdaptation(state.meta, items[e], AdaptedLayers::kAll);
         absl::StatusOr<AdaptationTrace> last =
-            all.ok() ? (*learner)->TraceAdaptation(state.meta, items[e], AdaptedLayers::kLastOnly) : all;
+            all.ok() ? learner.TraceAdaptation(state.meta, items[e], AdaptedLayers::kLastOnly) : all;
         if (!last.ok()) {
           errors[t] = last.status();
           return;
@@ -80,7 +83,7 @@ absl::StatusOr<AdaptationReport> AnalyzeAdaptation(const TrainingState& state,
   report.steps = config.eval().inner_iterations();
   report.batch_size = config.eval().inner_batch_size();
   report.classification = config.task().family() != SINE;
-  report.layers = LayersOf(state.layout);
+  report.layers = LayersOf(learners[0]->layout());
   std::vector<std::vector<double>> change, all, last;
   for (const EpisodeTraces& t : traces) {
     change.push_back(t.all.relative_change);
@@ -119,7 +122,8 @@ std::string FormatAdaptationReport(const AdaptationReport& r) {
   if (!r.all_layers.empty() && !r.last_layer.empty()) {
     const MeanCi95 &a = r.all_layers.back(), &l = r.last_layer.back(), &z = r.all_layers.front();
     absl::StrAppendFormat(&out, "\nafter %d steps: all layers %s, last layer only %s (before adapting: %s)\n",
-                          r.steps, score(a), score(l), score(z));
+                          r.steps, absl::StripLeadingAsciiWhitespace(score(a)),
+                          absl::StripLeadingAsciiWhitespace(score(l)), absl::StripLeadingAsciiWhitespace(score(z)));
     if (pct && a.mean > z.mean)
       absl::StrAppendFormat(&out,
                             "adapting only the last layer recovers %.0f%% of the gain of adapting all layers "
@@ -139,7 +143,7 @@ plot::Figure AdaptationFigure(const AdaptationReport& r, const std::string& run_
   figure.panel_width = 900;
   figure.panel_height = 300;
   figure.legend = {{"all layers adapt", 0, false, plot::SeriesStyle::kLine, true},
-                   {"only the last layer adapts (feature reuse)", 1, true, plot::SeriesStyle::kLine, true}};
+                   {"only the last layer adapts (the others stay at θ)", 1, true, plot::SeriesStyle::kLine, true}};
   const double scale = r.classification ? 100 : 1;
   plot::Panel steps;
   steps.title = r.classification ? "Query accuracy after each adaptation step" : "Query MSE after each adaptation step";

@@ -73,7 +73,9 @@ Series RoundSeries(const RunMetrics& run, int color, const std::function<double(
 
 // Evaluation lines as a line with a 95% band, and the final evaluation as a
 // diamond with error bars, in percent (or raw, for losses).
-void AddEvaluation(const RunMetrics& run, int color, double scale, double EvalMetrics::*mean,
+// Final evaluations of several runs at one round would hide each other:
+// each is shifted by `final_shift` rounds.
+void AddEvaluation(const RunMetrics& run, int color, double final_shift, double scale, double EvalMetrics::*mean,
                    double EvalMetrics::*ci95, Panel* panel) {
   Series line;
   line.color = color;
@@ -90,7 +92,7 @@ void AddEvaluation(const RunMetrics& run, int color, double scale, double EvalMe
     Series point;
     point.color = color;
     point.style = SeriesStyle::kPointsWithBars;
-    point.x = {static_cast<double>(f.round)};
+    point.x = {static_cast<double>(f.round) + final_shift};
     point.y = {scale * (f.*mean)};
     point.low = {scale * (f.*mean - f.*ci95)};
     point.high = {scale * (f.*mean + f.*ci95)};
@@ -123,11 +125,14 @@ std::string RunLabel(const RunMetrics& run, bool percent) {
 
 plot::Figure TrainingCurvesFigure(const std::vector<RunMetrics>& runs) {
   bool classification = false;
-  double longest = 0;
+  double longest = 0, last_round = 0;
   std::vector<std::string> names;
   for (const RunMetrics& run : runs) {
     classification = classification || run.classification;
-    if (!run.rounds.empty()) longest = std::max(longest, run.rounds.back().wall_seconds);
+    if (!run.rounds.empty()) {
+      longest = std::max(longest, run.rounds.back().wall_seconds);
+      last_round = std::max(last_round, static_cast<double>(run.rounds.back().round));
+    }
     names.push_back(run.name);
   }
   const TimeUnit unit = UnitFor(longest);
@@ -154,17 +159,21 @@ plot::Figure TrainingCurvesFigure(const std::vector<RunMetrics>& runs) {
   Panel speed_time = MakePanel("Speed over time", wall_label, "rounds/s");
   Panel workers = MakePanel("Workers", "round", "workers alive");
   Panel workers_time = MakePanel("Workers over time", wall_label, "workers alive");
+  for (Panel* p : {&loss, &train_accuracy, &transductive, &inductive, &eval_loss, &speed, &workers}) p->x_include = 0;
+  for (Panel* p : {&speed_time, &workers_time}) p->x_include = 0;
+  speed.y_min = speed_time.y_min = 0;
   workers.y_min = workers_time.y_min = 0;
   workers.y_integer = workers_time.y_integer = true;
   for (size_t r = 0; r < runs.size(); ++r) {
     const RunMetrics& run = runs[r];
     const int color = static_cast<int>(r);
+    const double shift = 0.012 * last_round * (static_cast<double>(r) - (runs.size() - 1) / 2.0);
     loss.series.push_back(RoundSeries(run, color, [](const RoundMetrics& m) { return m.loss; }));
     train_accuracy.series.push_back(RoundSeries(run, color, [](const RoundMetrics& m) { return 100 * m.accuracy; }));
-    AddEvaluation(run, color, 100, &EvalMetrics::accuracy, &EvalMetrics::accuracy_ci95, &transductive);
-    AddEvaluation(run, color, 100, &EvalMetrics::accuracy_inductive, &EvalMetrics::accuracy_inductive_ci95,
+    AddEvaluation(run, color, shift, 100, &EvalMetrics::accuracy, &EvalMetrics::accuracy_ci95, &transductive);
+    AddEvaluation(run, color, shift, 100, &EvalMetrics::accuracy_inductive, &EvalMetrics::accuracy_inductive_ci95,
                   &inductive);
-    AddEvaluation(run, color, 1, &EvalMetrics::loss, &EvalMetrics::loss_ci95, &eval_loss);
+    AddEvaluation(run, color, shift, 1, &EvalMetrics::loss, &EvalMetrics::loss_ci95, &eval_loss);
     auto rate = [](const RoundMetrics& m) { return m.rounds_per_second; };
     auto alive = [](const RoundMetrics& m) { return m.workers; };
     speed.series.push_back(RoundSeries(run, color, rate));

@@ -116,13 +116,29 @@ class PanelWriter {
                   "text-anchor=\"middle\" fill=\"#777\"");
       return out + "</g>\n";
     }
+    if (panel_.x_include) xr.Add(*panel_.x_include);
+    // Markers at the very edge would be cut in half: a little room for them.
+    const bool markers = std::any_of(panel_.series.begin(), panel_.series.end(),
+                                     [](const Series& s) { return s.style != SeriesStyle::kLine; });
+    double pad_lo = 0, pad_hi = 0;
+    if (markers && panel_.x_categories.empty()) {
+      const double pad = 0.03 * std::max(xr.hi - xr.lo, std::abs(xr.hi) * 1e-3 + 1e-9);
+      if (!panel_.x_include || xr.lo < *panel_.x_include) pad_lo = pad;
+      if (!panel_.x_include || xr.hi > *panel_.x_include) pad_hi = pad;
+    }
     if (panel_.y_min) yr.lo = *panel_.y_min;
     if (panel_.y_max) yr.hi = *panel_.y_max;
     y_ticks_ = FittingTicks(yr.lo, yr.hi, plot_h_, false, panel_.y_integer);
     if (panel_.x_categories.empty()) {
       x_ticks_ = FittingTicks(xr.lo, xr.hi, plot_w_, true);
-      x_lo_ = x_ticks_.front();
-      x_hi_ = x_ticks_.back();
+      // Data a little past a round tick (a shifted marker) extends the axis,
+      // not by a whole step.
+      const double slack = 0.05 * (xr.hi - xr.lo);
+      if (x_ticks_.size() > 3 && x_ticks_[x_ticks_.size() - 2] >= xr.hi - slack) x_ticks_.pop_back();
+      if (x_ticks_.size() > 3 && x_ticks_[1] <= xr.lo + slack) x_ticks_.erase(x_ticks_.begin());
+      // The axis ends at the outer ticks, or a little past the data.
+      x_lo_ = std::min(x_ticks_.front(), xr.lo - pad_lo);
+      x_hi_ = std::max(x_ticks_.back(), xr.hi + pad_hi);
     } else {
       for (size_t i = 0; i < panel_.x_categories.size(); ++i) x_ticks_.push_back(static_cast<double>(i));
       x_lo_ = -0.5;
@@ -334,8 +350,9 @@ std::string FormatTick(double value, double step) {
       ++d;
     return d;
   };
-  if (step >= 1e6 && std::abs(value) >= 1e6) return absl::StrFormat("%.*fM", decimals_for(step / 1e6), value / 1e6);
-  if (step >= 1e3 && std::abs(value) >= 1e3) return absl::StrFormat("%.*fk", decimals_for(step / 1e3), value / 1e3);
+  if (value == 0) return "0";
+  if (step >= 5e5) return absl::StrFormat("%.*fM", decimals_for(step / 1e6), value / 1e6);
+  if (step >= 1e3) return absl::StrFormat("%.*fk", decimals_for(step / 1e3), value / 1e3);
   return absl::StrFormat("%.*f", decimals_for(step), value);
 }
 

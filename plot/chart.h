@@ -38,6 +38,9 @@ struct Panel {
   std::vector<std::string> x_categories;
   // Fixed y range, e.g. 0 and 100 for accuracy in %; else from the data.
   std::optional<double> y_min, y_max;
+  // A value the x axis must reach, e.g. round 0, so that panels against
+  // rounds line up.
+  std::optional<double> x_include;
   // Counts: whole-number y ticks, and a tick of headroom above the data.
   bool y_integer = false;
   // Drawn in the middle of a panel with no data.
@@ -71,8 +74,8 @@ std::string PaletteColor(int index);
 // power of ten, at most `max_ticks` of them (at least 2 unless lo == hi).
 std::vector<double> NiceTicks(double lo, double hi, int max_ticks);
 
-// A tick label: as few decimals as `step` needs; "k" and "M" for thousands
-// and millions when the step is a whole number of them ("30k").
+// A tick label: as few decimals as `step` needs; in thousands ("30k") for
+// steps of 1000 or more, in millions ("1.5M") from steps of 500,000; 0 is "0".
 std::string FormatTick(double value, double step);
 
 // `text` with &, <, >, " and ' escaped for SVG text and attributes.

@@ -79,6 +79,9 @@ TEST(ChartTest, TickLabelsUseAsFewDecimalsAsTheStepNeeds) {
   EXPECT_EQ(plot::FormatTick(2.5, 2.5), "2.5");
   EXPECT_EQ(plot::FormatTick(40, 20), "40");
   EXPECT_EQ(plot::FormatTick(1.5e6, 5e5), "1.5M");
+  EXPECT_EQ(plot::FormatTick(1e6, 5e5), "1.0M");
+  EXPECT_EQ(plot::FormatTick(0, 5000), "0");
+  EXPECT_EQ(plot::FormatTick(-0.5, 0.25), "-0.50");
 }
 
 TEST(ChartTest, SvgHasTitlesLabelsLegendAndEscapesText) {

@@ -80,7 +80,18 @@ void AddEvaluation(const RunMetrics& run, int color, double final_shift, double 
   Series line;
   line.color = color;
   line.style = SeriesStyle::kLineAndMarkers;
-  for (const EvalMetrics& e : run.evals) {
+  // Evaluations come every eval.every_rounds: a longer interval means lines
+  // were lost, and the line breaks there.
+  int64_t interval = 0;
+  for (size_t i = 1; i < run.evals.size(); ++i) {
+    const int64_t d = run.evals[i].round - run.evals[i - 1].round;
+    if (d > 0 && (interval == 0 || d < interval)) interval = d;
+  }
+  for (size_t i = 0; i < run.evals.size(); ++i) {
+    const EvalMetrics& e = run.evals[i];
+    if (i > 0 && interval > 0 && e.round - run.evals[i - 1].round > interval + interval / 2) {
+      for (std::vector<double>* v : {&line.x, &line.y, &line.low, &line.high}) v->push_back(kMissing);
+    }
     line.x.push_back(static_cast<double>(e.round));
     line.y.push_back(scale * (e.*mean));
     line.low.push_back(scale * (e.*mean - e.*ci95));

@@ -350,7 +350,7 @@ std::string FormatTick(double value, double step) {
       ++d;
     return d;
   };
-  if (value == 0) return "0";
+  if (step >= 1e3 && value == 0) return "0";
   if (step >= 5e5) return absl::StrFormat("%.*fM", decimals_for(step / 1e6), value / 1e6);
   if (step >= 1e3) return absl::StrFormat("%.*fk", decimals_for(step / 1e3), value / 1e3);
   return absl::StrFormat("%.*f", decimals_for(step), value);

@@ -75,7 +75,7 @@ std::string PaletteColor(int index);
 std::vector<double> NiceTicks(double lo, double hi, int max_ticks);
 
 // A tick label: as few decimals as `step` needs; in thousands ("30k") for
-// steps of 1000 or more, in millions ("1.5M") from steps of 500,000; 0 is "0".
+// steps of 1000 or more (0 as "0"), in millions ("1.5M") from steps of 500,000.
 std::string FormatTick(double value, double step);
 
 // `text` with &, <, >, " and ' escaped for SVG text and attributes.

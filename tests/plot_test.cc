@@ -82,6 +82,7 @@ TEST(ChartTest, TickLabelsUseAsFewDecimalsAsTheStepNeeds) {
   EXPECT_EQ(plot::FormatTick(1e6, 5e5), "1.0M");
   EXPECT_EQ(plot::FormatTick(0, 5000), "0");
   EXPECT_EQ(plot::FormatTick(-0.5, 0.25), "-0.50");
+  EXPECT_EQ(plot::FormatTick(0, 0.01), "0.00");
 }
 
 TEST(ChartTest, SvgHasTitlesLabelsLegendAndEscapesText) {

@@ -277,7 +277,8 @@ double Legend(const std::vector<LegendEntry>& entries, double x, double y, doubl
   if (entries.empty()) return 0;
   double cx = x, cy = y;
   for (const LegendEntry& e : entries) {
-    const double w = kLegendSample + 6 + TextWidth(e.label, kLegendSize) + 22;
+    // Legend labels are mostly lower case: 0.9 of the generous estimate.
+    const double w = kLegendSample + 6 + 0.9 * TextWidth(e.label, kLegendSize) + 16;
     if (cx > x && cx + w > x + width) {
       cx = x;
       cy += kLegendRow;

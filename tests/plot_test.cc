@@ -332,16 +332,24 @@ TEST_F(PlotEndToEndTest, AnalyzePrintsTablesAndDrawsThem) {
   ExpectDrawn(png);
 }
 
-TEST_F(PlotEndToEndTest, BadRunDirectoriesAreOneLineNamingTheFile) {
-  const std::string empty = testing::TempDir("empty");
-  Result missing = RunReptile(absl::StrCat("plot --run_dir ", *root_, "/CARRY --run_dir ", empty, " --out ",
-                                           empty, "/x.svg"));
+TEST(PlotCommandTest, BadRunDirectoriesAreOneLineNamingTheFile) {
+  const std::string good = testing::TempDir("good"), empty = testing::TempDir("empty");
+  WriteFile(good + "/metrics.jsonl",
+            R"({"kind":"round","round":1,"rounds":1,"loss":1,"seconds":1,"rounds_per_second":1,"workers":1})" "\n");
+  Result missing = RunReptile(absl::StrCat("plot --run_dir ", good, " --run_dir ", empty, " --out ", empty, "/x.svg"));
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_THAT(missing.output, HasSubstr(absl::StrCat("reptile plot: error: ", empty, "/metrics.jsonl: cannot open")));
   EXPECT_FALSE(std::filesystem::exists(empty + "/x.svg"));
-  Result no_out = RunReptile(absl::StrCat("plot --run_dir ", *root_, "/CARRY"));
+  WriteFile(empty + "/metrics.jsonl", "{\"kind\":\"round\",\n");
+  Result malformed = RunReptile(absl::StrCat("plot --run_dir ", empty, " --out ", empty, "/x.svg"));
+  EXPECT_EQ(malformed.exit_code, 1);
+  EXPECT_THAT(malformed.output, HasSubstr(absl::StrCat(empty, "/metrics.jsonl:1: column 17: expected a string key, found the end of the line")));
+  Result no_out = RunReptile(absl::StrCat("plot --run_dir ", good));
   EXPECT_EQ(no_out.exit_code, 1);
   EXPECT_THAT(no_out.output, HasSubstr("--out"));
+  Result plotted = RunReptile(absl::StrCat("plot --run_dir ", good, " --out ", good, "/x.svg"));
+  EXPECT_EQ(plotted.exit_code, 0) << plotted.output;
+  EXPECT_THAT(ReadFile(good + "/x.svg"), HasSubstr("no evaluations recorded"));
 }
 
 }  // namespace

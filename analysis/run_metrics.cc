@@ -192,10 +192,15 @@ absl::StatusOr<RunMetrics> ReadRunMetrics(const std::string& run_dir) {
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open (not a run directory?)"));
   std::stringstream buffer;
   buffer << in.rdbuf();
-  const std::string text = buffer.str();
+  const std::filesystem::path dir = std::filesystem::path(run_dir).lexically_normal();
+  std::string name = dir.filename().string();
+  if (name.empty()) name = dir.parent_path().filename().string();  // "runs/x/"
+  return ParseRunMetrics(buffer.str(), path, std::move(name));
+}
+
+absl::StatusOr<RunMetrics> ParseRunMetrics(std::string_view text, const std::string& path, std::string name) {
   RunMetrics run;
-  run.name = std::filesystem::path(run_dir).lexically_normal().filename().string();
-  if (run.name.empty()) run.name = std::filesystem::path(run_dir).lexically_normal().parent_path().filename().string();
+  run.name = std::move(name);
   int64_t lines = 0;
   double wall = 0;
   size_t start = 0;

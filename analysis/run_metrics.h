@@ -60,6 +60,9 @@ struct RunMetrics {
 // so is a torn last line (no newline: the run is writing it, or crashed).
 absl::StatusOr<RunMetrics> ReadRunMetrics(const std::string& run_dir);
 
+// The same, on the file's contents `text`; errors name `path`.
+absl::StatusOr<RunMetrics> ParseRunMetrics(std::string_view text, const std::string& path, std::string name);
+
 // A flat JSON object: string keys to numbers, strings, booleans (as 0/1) or
 // null (as NaN).
 using JsonValue = std::variant<double, std::string>;

@@ -57,7 +57,7 @@ std::vector<double> FittingTicks(double lo, double hi, double pixels, bool horiz
   if (integer) {
     lo = std::floor(lo);
     hi = std::ceil(hi) + 1;
-    max_ticks = std::min(max_ticks, static_cast<int>(hi - lo) + 1);
+    if (hi - lo + 1 < max_ticks) max_ticks = static_cast<int>(hi - lo) + 1;
   }
   for (;; --max_ticks) {
     std::vector<double> ticks = NiceTicks(lo, hi, max_ticks);
@@ -110,7 +110,7 @@ class PanelWriter {
     const std::string frame = absl::StrFormat(
         "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#444\" stroke-width=\"1\"/>\n",
         left_, top_, plot_w_, plot_h_);
-    if (xr.empty()) {
+    if (xr.empty() || yr.empty()) {
       out += frame;
       out += Text(left_ + plot_w_ / 2, top_ + plot_h_ / 2, panel_.empty_note, kAxisLabelSize,
                   "text-anchor=\"middle\" fill=\"#777\"");
@@ -129,8 +129,10 @@ class PanelWriter {
     if (panel_.y_min) yr.lo = *panel_.y_min;
     if (panel_.y_max) yr.hi = *panel_.y_max;
     y_ticks_ = FittingTicks(yr.lo, yr.hi, plot_h_, false, panel_.y_integer);
+    if (y_ticks_.empty()) y_ticks_ = {yr.lo, yr.hi};
     if (panel_.x_categories.empty()) {
       x_ticks_ = FittingTicks(xr.lo, xr.hi, plot_w_, true);
+      if (x_ticks_.empty()) x_ticks_ = {xr.lo, xr.hi};
       // Data a little past a round tick (a shifted marker) extends the axis,
       // not by a whole step.
       const double slack = 0.05 * (xr.hi - xr.lo);
@@ -312,6 +314,7 @@ std::string PaletteColor(int index) {
 std::vector<double> NiceTicks(double lo, double hi, int max_ticks) {
   if (!std::isfinite(lo) || !std::isfinite(hi)) return {};
   if (hi < lo) std::swap(lo, hi);
+  if (!std::isfinite(hi - lo)) return {lo, hi};  // a range no double can step through
   max_ticks = std::max(2, max_ticks);
   if (hi - lo <= std::abs(hi) * 1e-12) {  // one value: a unit around it
     const double pad = lo == 0 ? 1 : std::abs(lo) * 0.1;
@@ -327,8 +330,9 @@ std::vector<double> NiceTicks(double lo, double hi, int max_ticks) {
       if (step < raw * (1 - 1e-9)) continue;
       const double first = std::floor(lo / step + 1e-9) * step;
       const double last = std::ceil(hi / step - 1e-9) * step;
-      const int count = static_cast<int>(std::llround((last - first) / step)) + 1;
-      if (count > max_ticks) continue;
+      const double ticks_needed = std::round((last - first) / step) + 1;
+      if (!(ticks_needed <= max_ticks)) continue;
+      const int count = static_cast<int>(ticks_needed);
       std::vector<double> ticks;
       for (int i = 0; i < count; ++i) {
         double t = first + i * step;

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -106,6 +107,26 @@ TEST(ChartTest, SvgHasTitlesLabelsLegendAndEscapesText) {
   for (const char* text : {">Loss<", ">round<", ">loss (nats)<", ">run one<", ">run two<", ">no data here<",
                            "<polygon", "stroke-dasharray"})
     EXPECT_THAT(svg, HasSubstr(text));
+}
+
+// Found by fuzz/metrics_fuzzer (fuzz/regressions/metrics_fuzzer/workers_beyond_int):
+// a count of workers past int's range made the integer axis overflow.
+TEST(ChartTest, ExtremeAndDegenerateValuesStillRender) {
+  const double kNan = std::numeric_limits<double>::quiet_NaN();
+  for (const std::vector<double>& ys : std::vector<std::vector<double>>{
+           {2.9e80, 2}, {1e308, -1e308}, {5, 5}, {kNan, 1}, {-3, -7}, {0, 1e-300}}) {
+    plot::Panel panel;
+    panel.y_integer = true;
+    panel.y_min = 0;
+    panel.series.push_back({{0, 1e300}, ys});
+    plot::Panel free = panel;
+    free.y_integer = false;
+    free.y_min.reset();
+    plot::Figure figure;
+    figure.panels = {panel, free};
+    EXPECT_THAT(plot::RenderSvg(figure), HasSubstr("</svg>"));
+  }
+  EXPECT_EQ(plot::NiceTicks(-1e308, 1e308, 5).size(), 2u);
 }
 
 // ---- metrics.jsonl ----------------------------------------------------------

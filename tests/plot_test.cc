@@ -339,11 +339,16 @@ TEST_F(PlotEndToEndTest, PlotOverlaysTwoRunsAndChromiumRendersIt) {
 
 TEST_F(PlotEndToEndTest, AnalyzePrintsTablesAndDrawsThem) {
   const std::string svg = *root_ + "/analysis.svg";
-  Result analyze = RunReptile(absl::StrCat("analyze --run_dir ", *root_, "/CARRY --episodes 12 --out ", svg));
+  Result analyze = RunReptile(absl::StrCat("analyze --run_dir ", *root_, "/CARRY --episodes 12 --workers 1 --out ", svg));
   ASSERT_EQ(analyze.exit_code, 0) << analyze.output;
   for (const char* expected : {"round 40: 12 meta-test episodes, 10 adaptation steps", "conv0", "norm3",
                                "classifier", "all layers", "last layer only", "   10  ", "wrote " })
     EXPECT_THAT(analyze.output, HasSubstr(expected));
+  // The episodes' results do not depend on how many threads share them.
+  Result threads = RunReptile(absl::StrCat("analyze --run_dir ", *root_, "/CARRY --episodes 12 --workers 3 --out ",
+                                           *root_, "/analysis3.svg"));
+  ASSERT_EQ(threads.exit_code, 0) << threads.output;
+  EXPECT_EQ(ReadFile(*root_ + "/analysis3.svg"), ReadFile(svg));
   const std::string text = ReadFile(svg);
   EXPECT_THAT(text, HasSubstr("Query accuracy after each adaptation step"));
   EXPECT_THAT(text, HasSubstr(">classifier<"));

@@ -308,10 +308,6 @@ absl::Status InspectCommand(const CliOptions& options) {
   return absl::OkStatus();
 }
 
-}  // namespace reptile
-
-namespace reptile {
-
 absl::Status PlotCommand(const CliOptions& options) {
   if (options.run_dirs.empty()) return absl::InvalidArgumentError("plot needs --run_dir DIR (one or more)");
   if (options.out.empty()) return absl::InvalidArgumentError("plot needs --out FILE.svg");

@@ -311,6 +311,8 @@ absl::Status InspectCommand(const CliOptions& options) {
 absl::Status PlotCommand(const CliOptions& options) {
   if (options.run_dirs.empty()) return absl::InvalidArgumentError("plot needs --run_dir DIR (one or more)");
   if (options.out.empty()) return absl::InvalidArgumentError("plot needs --out FILE.svg");
+  if (!options.overrides.empty())
+    return absl::InvalidArgumentError(absl::StrCat("plot takes no config overrides, got ", options.overrides[0]));
   std::vector<RunMetrics> runs;
   for (const std::string& dir : options.run_dirs) {
     ASSIGN_OR_RETURN(RunMetrics run, ReadRunMetrics(dir));

@@ -125,8 +125,8 @@ absl::Status WriteSvg(const std::string& path, const plot::Figure& figure) {
 absl::Status TrainCommand(const CliOptions& options) {
   ASSIGN_OR_RETURN(RunSetup setup, SetUpRun(options));
   const int workers = setup.config.runtime().workers();
-  const int tasks = setup.config.outer().meta_batch_size();
-  if (workers > tasks) Log(absl::StrCat("WARNING: ", IdleWorkersWarning(workers, tasks)));
+  if (workers > TrainingItemsPerRound(setup.config))
+    Log(absl::StrCat("WARNING: ", IdleWorkersWarning(workers, setup.config)));
   if (setup.config.runtime().local_workers() == THREADS) {
     ASSIGN_OR_RETURN(std::unique_ptr<LocalTransport> transport,
                      LocalTransport::Create(setup.config, setup.tasks, workers));

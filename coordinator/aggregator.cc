@@ -1,104 +1,93 @@
 #include "coordinator/aggregator.h"
 
-#include <cmath>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
 
 namespace reptile {
 
-Aggregator::Aggregator(int64_t numel, int slots, CarriedMoments carried)
-    : numel_(numel), carried_(carried), slots_(slots) {}
+Aggregator::Aggregator(int64_t numel, std::vector<int> item_tasks, CarriedMoments carried)
+    : numel_(numel),
+      item_tasks_(std::move(item_tasks)),
+      meta_batch_(std::accumulate(item_tasks_.begin(), item_tasks_.end(), 0)),
+      tensor_items_(item_tasks_.size()),
+      sums_(numel, meta_batch_, carried) {}
 
-absl::Status Aggregator::CheckVector(const torch::Tensor& t, const char* what, int slot) const {
-  if (!t.defined() || t.dim() != 1 || t.numel() != numel_ || t.scalar_type() != torch::kFloat32 ||
-      !t.is_contiguous())
-    return absl::InvalidArgumentError(
-        absl::StrCat("slot ", slot, ": ", what, " must be a flat fp32 vector of ", numel_, " values"));
-  const float* values = t.data_ptr<float>();
-  bool finite = true;
-  for (int64_t i = 0; i < numel_; ++i) finite &= std::isfinite(values[i]);
-  if (!finite)
-    return absl::InvalidArgumentError(absl::StrCat("slot ", slot, ": ", what, " holds NaN or Inf"));
-  return absl::OkStatus();
-}
-
-absl::Status Aggregator::Add(int slot, TaskResult result) {
-  if (slot < 0 || slot >= static_cast<int>(slots_.size()))
-    return absl::InvalidArgumentError(absl::StrCat("slot ", slot, " outside the meta-batch of ", slots_.size()));
-  if (slots_[slot].has_value()) return absl::AlreadyExistsError(absl::StrCat("slot ", slot, " already has a result"));
-  if (result.tensor_items < 0 || result.tensor_items > static_cast<int>(slots_.size()) - slot)
-    return absl::InvalidArgumentError(absl::StrCat("slot ", slot, ": tensors summed over ", result.tensor_items,
-                                                   " slots reach past the meta-batch of ", slots_.size()));
-  if (result.tensor_items == 0) {
-    slots_[slot] = std::move(result);
-    return absl::OkStatus();
+absl::Status Aggregator::Add(int item, TaskResult result) {
+  const int items = static_cast<int>(item_tasks_.size());
+  if (item < 0 || item >= items)
+    return absl::InvalidArgumentError(absl::StrCat("item ", item, " outside the batch of ", items));
+  if (tensor_items_[item].has_value()) return absl::AlreadyExistsError(absl::StrCat("item ", item, " already has a result"));
+  const int covered = result.tensor_items;
+  if (covered < 0 || covered > items - item)
+    return absl::InvalidArgumentError(absl::StrCat("item ", item, ": tensors summed over ", covered,
+                                                   " items reach past the batch of ", items));
+  auto refuse = [item](const absl::Status& status) {
+    return absl::InvalidArgumentError(absl::StrCat("item ", item, ": ", status.message()));
+  };
+  if (covered > 0) {
+    const int tasks = std::accumulate(item_tasks_.begin() + item, item_tasks_.begin() + item + covered, 0);
+    if (result.sums.has_value()) {
+      if (result.delta.defined() || result.adam_m.defined() || result.adam_v.defined())
+        return refuse(absl::InvalidArgumentError("carries both fp32 tensors and exact sums"));
+      if (result.sums->tasks() != tasks)
+        return refuse(absl::InvalidArgumentError(
+            absl::StrCat("sums of ", result.sums->tasks(), " tasks, but the items cover ", tasks)));
+      absl::Status merged = sums_.Merge(*result.sums);
+      if (!merged.ok()) return refuse(merged);
+    } else {
+      if (tasks != 1)
+        return refuse(absl::InvalidArgumentError(
+            absl::StrCat("fp32 tensors of one task, but the items cover ", tasks, " (exact sums expected)")));
+      absl::Status added = sums_.Add(result.delta, result.adam_m, result.adam_v);
+      if (!added.ok()) return refuse(added);
+    }
   }
-  RETURN_IF_ERROR(CheckVector(result.delta, "delta", slot));
-  if (carried_.first) {
-    RETURN_IF_ERROR(CheckVector(result.adam_m, "adam_m", slot));
-  } else if (result.adam_m.defined()) {
-    return absl::InvalidArgumentError(absl::StrCat("slot ", slot, ": unexpected adam_m (not carried)"));
-  }
-  if (carried_.second) {
-    RETURN_IF_ERROR(CheckVector(result.adam_v, "adam_v", slot));
-  } else if (result.adam_v.defined()) {
-    return absl::InvalidArgumentError(absl::StrCat("slot ", slot, ": unexpected adam_v (not carried)"));
-  }
-  slots_[slot] = std::move(result);
+  tensor_items_[item] = covered;
   return absl::OkStatus();
 }
 
 bool Aggregator::complete() const {
-  for (const auto& s : slots_)
-    if (!s.has_value()) return false;
+  for (const auto& covered : tensor_items_)
+    if (!covered.has_value()) return false;
   return true;
 }
 
 absl::Status Aggregator::CheckCoverage() const {
-  int still_summed = 0;  // slots left that the last sum covers
-  for (size_t slot = 0; slot < slots_.size(); ++slot) {
-    const int items = slots_[slot]->tensor_items;
-    if ((items == 0) != (still_summed > 0))
+  int still_summed = 0;  // items left that the last sum covers
+  for (size_t item = 0; item < tensor_items_.size(); ++item) {
+    const int covered = *tensor_items_[item];
+    if ((covered == 0) != (still_summed > 0))
       return absl::InvalidArgumentError(absl::StrCat(
-          "slot ", slot, items == 0 ? ": has no tensors and no sum covers it" : ": has tensors that a sum covers too"));
-    still_summed = items == 0 ? still_summed - 1 : items - 1;
+          "item ", item, covered == 0 ? ": has no tensors and no sum covers it" : ": has tensors that a sum covers too"));
+    still_summed = covered == 0 ? still_summed - 1 : covered - 1;
   }
   return absl::OkStatus();
 }
 
-std::vector<double> Aggregator::SlotMean(torch::Tensor TaskResult::*field) const {
-  std::vector<double> sum(numel_, 0.0);
-  for (const auto& slot : slots_) {  // slot order, float64
-    if (slot->tensor_items == 0) continue;
-    const float* values = ((*slot).*field).data_ptr<float>();
-    for (int64_t i = 0; i < numel_; ++i) sum[i] += values[i];
-  }
-  const double count = static_cast<double>(slots_.size());
-  for (double& v : sum) v /= count;
-  return sum;
-}
-
 absl::Status Aggregator::Apply(double step_size, int inner_iterations, MetaState* state) const {
-  if (!complete()) return absl::FailedPreconditionError("aggregator applied before every slot has a result");
+  if (!complete()) return absl::FailedPreconditionError("aggregator applied before every item has a result");
   RETURN_IF_ERROR(CheckCoverage());
   if (state->parameters.numel() != numel_ || state->parameters.scalar_type() != torch::kFloat32)
     return absl::InvalidArgumentError("aggregator applied to parameters of another size or dtype");
-  const std::vector<double> mean_delta = SlotMean(&TaskResult::delta);
+  const double tasks = static_cast<double>(meta_batch_);
   torch::Tensor parameters = state->parameters.contiguous().clone();
   float* theta = parameters.data_ptr<float>();
-  for (int64_t i = 0; i < numel_; ++i) theta[i] = static_cast<float>(theta[i] + step_size * mean_delta[i]);
+  for (int64_t i = 0; i < numel_; ++i)
+    theta[i] = static_cast<float>(theta[i] + step_size * sums_.delta.Quotient(i, tasks));
   state->parameters = parameters;
-  if (carried_.second) {
-    auto to_tensor = [this](const std::vector<double>& values) {
-      torch::Tensor t = torch::empty({numel_}, torch::kFloat32);
-      float* out = t.data_ptr<float>();
-      for (int64_t i = 0; i < numel_; ++i) out[i] = static_cast<float>(values[i]);
-      return t;
-    };
-    state->adam_m = carried_.first ? to_tensor(SlotMean(&TaskResult::adam_m)) : torch::Tensor();
-    state->adam_v = to_tensor(SlotMean(&TaskResult::adam_v));
-    state->adam_step += static_cast<int64_t>(inner_iterations) * static_cast<int64_t>(slots_.size());
+  auto mean = [this, tasks](const std::optional<ExactSum>& sum) {
+    if (!sum.has_value()) return torch::Tensor();
+    torch::Tensor t = torch::empty({numel_}, torch::kFloat32);
+    float* out = t.data_ptr<float>();
+    for (int64_t i = 0; i < numel_; ++i) out[i] = static_cast<float>(sum->Quotient(i, tasks));
+    return t;
+  };
+  if (sums_.adam_v.has_value()) {
+    state->adam_m = mean(sums_.adam_m);
+    state->adam_v = mean(sums_.adam_v);
+    state->adam_step += static_cast<int64_t>(inner_iterations) * meta_batch_;
   }
   return absl::OkStatus();
 }

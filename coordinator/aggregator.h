@@ -1,9 +1,10 @@
-// Combines one round's task results into the outer update. Results may arrive
-// in any order from any worker; they are summed in slot order in float64, so
-// the update is bitwise the same for any worker count and arrival order.
-// Each result is checked (shape, dtype, finite values) before it is accepted.
-// A result may carry the sums over several consecutive slots (tensor_items);
-// those slots' own results then carry scalars only. Not thread-safe.
+// Combines one round's work item results into the outer update. Tensors are
+// added into exact sums (core/exact_sum.h) as they come, so the update is
+// bitwise the same for any worker count, grouping of tasks into items or
+// sums, and arrival order. Each result is checked (shapes, dtype, finite and
+// in-range values, the tasks it covers) before any of it is added. A result
+// may carry the sums over several consecutive items (tensor_items); those
+// items' own results then carry scalars only. Not thread-safe.
 #ifndef REPTILE_COORDINATOR_AGGREGATOR_H_
 #define REPTILE_COORDINATOR_AGGREGATOR_H_
 
@@ -17,36 +18,36 @@ namespace reptile {
 
 class Aggregator {
  public:
-  // `carried`: which Adam moments the results must hold (and no others), to
-  // be averaged into the state; the caller decides from the config.
-  Aggregator(int64_t numel, int slots, CarriedMoments carried);
+  // `item_tasks[i]`: the training tasks of item i; the meta-batch is their
+  // sum. `carried`: which Adam moments the results must hold (and no
+  // others), to be averaged into the state; the caller decides from the config.
+  Aggregator(int64_t numel, std::vector<int> item_tasks, CarriedMoments carried);
 
-  // InvalidArgument for a malformed result or slot, or tensor sums that
-  // reach past the last slot; AlreadyExists for a slot that already holds a
-  // result (the first one is kept).
-  absl::Status Add(int slot, TaskResult result);
+  // InvalidArgument for a malformed result or item index, tensors that reach
+  // past the last item or whose task count does not match the items they
+  // cover; AlreadyExists for an item that already has a result (the first
+  // one is kept). A refused result adds nothing.
+  absl::Status Add(int item, TaskResult result);
 
   bool complete() const;
 
-  // theta += step_size * mean(delta); in CARRY mode the carried moments
-  // (v, and m unless adam_beta1 is 0; an m not carried is left undefined)
-  // become the
-  // mean of the workers' final moments and the step count advances by
-  // `inner_iterations` per task, as the reference code's one Adam does when
-  // it runs a meta-batch's tasks one after another. FailedPrecondition
-  // unless complete().
+  // theta += step_size * mean(delta) over the meta-batch's tasks; in CARRY
+  // mode the carried moments (v, and m unless adam_beta1 is 0; an m not
+  // carried is left undefined) become the mean of the tasks' final moments
+  // and the step count advances by `inner_iterations` per task, as the
+  // reference code's one Adam does when it runs a meta-batch's tasks one
+  // after another. FailedPrecondition unless complete().
   absl::Status Apply(double step_size, int inner_iterations, MetaState* state) const;
 
  private:
-  absl::Status CheckVector(const torch::Tensor& t, const char* what, int slot) const;
-  // Every slot's tensors are in exactly one result: its own or a sum's.
+  // Every item's tensors are in exactly one result: its own or a sum's.
   absl::Status CheckCoverage() const;
-  // Mean over slots of one result field, summed in slot order in float64.
-  std::vector<double> SlotMean(torch::Tensor TaskResult::*field) const;
 
   int64_t numel_;
-  CarriedMoments carried_;
-  std::vector<std::optional<TaskResult>> slots_;
+  std::vector<int> item_tasks_;
+  int meta_batch_ = 0;
+  std::vector<std::optional<int>> tensor_items_;  // per item, once its result is in
+  TensorSums sums_;
 };
 
 }  // namespace reptile

@@ -113,17 +113,21 @@ absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
   const int64_t round = state_.round;
   const auto started = Clock::now();
   const std::vector<WorkItem> items = sampler_.TrainingItems(round);
+  const double epsilon = StepSize(round);
+  transport_->AnnounceUpdate(epsilon, config_.inner().iterations());
   ASSIGN_OR_RETURN(std::vector<TaskResult> results, transport_->Run(state_.meta, items));
-  Aggregator aggregator(state_.meta.parameters.numel(), static_cast<int>(items.size()), CarriedMomentsOf(config_));
+  std::vector<int> item_tasks;
+  for (const WorkItem& item : items) item_tasks.push_back(static_cast<int>(item.tasks.size()));
+  Aggregator aggregator(state_.meta.parameters.numel(), item_tasks, CarriedMomentsOf(config_));
+  const double meta_batch = config_.outer().meta_batch_size();
   double loss = 0;
   int64_t correct = 0, predictions = 0;
-  for (size_t slot = 0; slot < results.size(); ++slot) {
-    loss += results[slot].loss / results.size();
-    correct += results[slot].correct;
-    predictions += results[slot].predictions;
-    RETURN_IF_ERROR(aggregator.Add(static_cast<int>(slot), std::move(results[slot])));
+  for (size_t i = 0; i < results.size(); ++i) {
+    loss += results[i].loss * item_tasks[i] / meta_batch;
+    correct += results[i].correct;
+    predictions += results[i].predictions;
+    RETURN_IF_ERROR(aggregator.Add(static_cast<int>(i), std::move(results[i])));
   }
-  const double epsilon = StepSize(round);
   RETURN_IF_ERROR(aggregator.Apply(epsilon, config_.inner().iterations(), &state_.meta));
   state_.round = round + 1;
   RoundStats stats;

@@ -1,5 +1,7 @@
 #include "coordinator/task_sampler.h"
 
+#include <algorithm>
+
 #include "core/rng.h"
 
 namespace reptile {
@@ -32,10 +34,12 @@ std::vector<WorkItem> TaskSampler::TrainingItems(int64_t round) const {
   const TaskConfig& task = config_.task();
   const uint64_t round_seed = Rng::Derive(Rng::Derive(config_.seed(), kTrainingStream), round);
   const int support = task.family() == SINE ? task.sine_train_points() : task.train_shots();
-  std::vector<WorkItem> items(config_.outer().meta_batch_size());
-  for (size_t slot = 0; slot < items.size(); ++slot) {
-    items[slot].kind = WorkKind::kTrain;
-    items[slot].spec = Draw(Rng::Derive(round_seed, slot), /*meta_test=*/false, support, 0);
+  const int meta_batch = config_.outer().meta_batch_size();
+  const int per_item = std::max(1, config_.runtime().tasks_per_item());
+  std::vector<WorkItem> items;
+  for (int slot = 0; slot < meta_batch; ++slot) {
+    if (slot % per_item == 0) items.push_back(WorkItem{WorkKind::kTrain, {}});
+    items.back().tasks.push_back(Draw(Rng::Derive(round_seed, slot), /*meta_test=*/false, support, 0));
   }
   return items;
 }
@@ -47,7 +51,7 @@ std::vector<WorkItem> TaskSampler::EvaluationItems(int episodes) const {
   std::vector<WorkItem> items(episodes);
   for (int e = 0; e < episodes; ++e) {
     items[e].kind = WorkKind::kEvaluate;
-    items[e].spec = Draw(Rng::Derive(eval_seed, e), /*meta_test=*/true, task.eval_shots(), query);
+    items[e].tasks = {Draw(Rng::Derive(eval_seed, e), /*meta_test=*/true, task.eval_shots(), query)};
   }
   return items;
 }

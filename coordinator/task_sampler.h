@@ -18,7 +18,9 @@ class TaskSampler {
   // `train_classes` and `test_classes`: the sizes of the task source's splits.
   TaskSampler(const ExperimentConfig& config, int train_classes, int test_classes);
 
-  // outer.meta_batch_size training items; item i fills slot i of the round.
+  // The round's outer.meta_batch_size tasks (task i fills slot i, and is
+  // the same whatever the grouping) in items of runtime.tasks_per_item
+  // consecutive tasks, the last one possibly smaller.
   std::vector<WorkItem> TrainingItems(int64_t round) const;
 
   // `episodes` evaluation episodes on the meta-test split.

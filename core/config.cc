@@ -133,6 +133,7 @@ absl::Status ValidateRuntime(const RuntimeConfig& r) {
   if (r.log_every_seconds() < 0) return FieldError("runtime.log_every_seconds", "must be >= 0");
   if (r.metrics_every_rounds() < 0) return FieldError("runtime.metrics_every_rounds", "must be >= 0");
   if (r.max_workers() < 0) return FieldError("runtime.max_workers", "must be >= 0");
+  if (r.tasks_per_item() < 0) return FieldError("runtime.tasks_per_item", "must be >= 0 (0: 1)");
   if (!(r.heartbeat_seconds() >= 0)) return FieldError("runtime.heartbeat_seconds", "must be >= 0 (0: 1 s)");
   if (!(r.worker_timeout_seconds() >= 0))
     return FieldError("runtime.worker_timeout_seconds", "must be >= 0 (0: 6 s)");
@@ -213,7 +214,17 @@ absl::Status ValidateConfig(const ExperimentConfig& config) {
   RETURN_IF_ERROR(ValidateInner(config.inner()));
   RETURN_IF_ERROR(ValidateOuter(config.outer()));
   RETURN_IF_ERROR(ValidateEval(config.eval()));
-  return ValidateRuntime(config.runtime());
+  RETURN_IF_ERROR(ValidateRuntime(config.runtime()));
+  if (config.runtime().tasks_per_item() > config.outer().meta_batch_size())
+    return FieldError("runtime.tasks_per_item", absl::StrCat(config.runtime().tasks_per_item(),
+                                                             " is more than outer.meta_batch_size, ",
+                                                             config.outer().meta_batch_size()));
+  return absl::OkStatus();
+}
+
+int TrainingItemsPerRound(const ExperimentConfig& config) {
+  const int per_item = std::max(1, config.runtime().tasks_per_item());
+  return (config.outer().meta_batch_size() + per_item - 1) / per_item;
 }
 
 std::string ConfigSummary(const ExperimentConfig& c) {

@@ -32,6 +32,10 @@ absl::Status ValidateConfig(const ExperimentConfig& config);
 // One line: family, ways/shots, model, inner and outer loop settings.
 std::string ConfigSummary(const ExperimentConfig& config);
 
+// Work items in a training round: outer.meta_batch_size tasks in items of
+// runtime.tasks_per_item.
+int TrainingItemsPerRound(const ExperimentConfig& config);
+
 // Text-format rendering, as written to a run directory.
 std::string ConfigToText(const ExperimentConfig& config);
 

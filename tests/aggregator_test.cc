@@ -11,6 +11,17 @@ constexpr CarriedMoments kNone{false, false};
 constexpr CarriedMoments kVOnly{false, true};  // CARRY, adam_beta1 = 0
 constexpr CarriedMoments kMAndV{true, true};   // CARRY, adam_beta1 != 0
 
+std::vector<int> OneTaskEach(int items) { return std::vector<int>(items, 1); }
+
+// The exact sums of `results`' tensors, standing for `items` items.
+TaskResult SumOf(const std::vector<TaskResult>& results, int meta_batch, CarriedMoments carried, int items) {
+  TaskResult sum;
+  sum.sums.emplace(results[0].delta.numel(), meta_batch, carried);
+  for (const TaskResult& r : results) EXPECT_TRUE(sum.sums->Add(r.delta, r.adam_m, r.adam_v).ok());
+  sum.tensor_items = items;
+  return sum;
+}
+
 std::vector<TaskResult> RandomResults(int slots, int64_t numel, CarriedMoments carried) {
   torch::manual_seed(1);
   std::vector<TaskResult> results(slots);
@@ -25,7 +36,7 @@ std::vector<TaskResult> RandomResults(int slots, int64_t numel, CarriedMoments c
 
 MetaState Apply(const std::vector<TaskResult>& results, const std::vector<int>& arrival, CarriedMoments carried) {
   const int64_t numel = results[0].delta.numel();
-  Aggregator aggregator(numel, static_cast<int>(results.size()), carried);
+  Aggregator aggregator(numel, OneTaskEach(static_cast<int>(results.size())), carried);
   for (int slot : arrival) EXPECT_TRUE(aggregator.Add(slot, results[slot]).ok());
   MetaState state;
   state.parameters = torch::linspace(-1, 1, numel);
@@ -68,7 +79,7 @@ TEST(AggregatorTest, WithoutAFirstMomentOnlyVIsAveraged) {
 }
 
 TEST(AggregatorTest, AppliesTheMeanDeltaScaledByTheStepSize) {
-  Aggregator aggregator(3, 2, kNone);
+  Aggregator aggregator(3, OneTaskEach(2), kNone);
   TaskResult a, b;
   a.delta = torch::tensor({1.0f, 2.0f, 3.0f});
   b.delta = torch::tensor({3.0f, 2.0f, 1.0f});
@@ -82,7 +93,7 @@ TEST(AggregatorTest, AppliesTheMeanDeltaScaledByTheStepSize) {
 }
 
 TEST(AggregatorTest, MalformedAndDuplicateResultsAreRefused) {
-  Aggregator aggregator(4, 2, kNone);
+  Aggregator aggregator(4, OneTaskEach(2), kNone);
   TaskResult good;
   good.delta = torch::ones({4});
   TaskResult wrong_size;
@@ -104,12 +115,12 @@ TEST(AggregatorTest, MalformedAndDuplicateResultsAreRefused) {
   MetaState state;
   state.parameters = torch::zeros({4});
   EXPECT_EQ(aggregator.Apply(1.0, 1, &state).code(), absl::StatusCode::kFailedPrecondition);
-  Aggregator carry(4, 1, kMAndV);
+  Aggregator carry(4, OneTaskEach(1), kMAndV);
   EXPECT_EQ(carry.Add(0, good).code(), absl::StatusCode::kInvalidArgument);  // moments missing
   TaskResult v_only = good;
   v_only.adam_v = torch::ones({4});
   EXPECT_EQ(carry.Add(0, v_only).code(), absl::StatusCode::kInvalidArgument);  // m missing (beta1 != 0)
-  Aggregator no_m(4, 1, kVOnly);
+  Aggregator no_m(4, OneTaskEach(1), kVOnly);
   TaskResult with_m = v_only;
   with_m.adam_m = torch::ones({4});
   EXPECT_EQ(no_m.Add(0, with_m).code(), absl::StatusCode::kInvalidArgument);  // m not carried (beta1 = 0)
@@ -117,19 +128,18 @@ TEST(AggregatorTest, MalformedAndDuplicateResultsAreRefused) {
   EXPECT_TRUE(no_m.Add(0, v_only).ok());
 }
 
-// MPI_REDUCE_SUM hands over one result holding the sums over a run of slots,
-// and the other slots' results with scalars only.
-TEST(AggregatorTest, ASumOverSlotsStandsForTheirOwnTensors) {
-  TaskResult a, b, c, sum_ab, scalars_only;
+// MPI reductions hand over one result holding the sums over a run of
+// items, and the other items' results with scalars only.
+TEST(AggregatorTest, ASumOverItemsStandsForTheirOwnTensors) {
+  TaskResult a, b, c, scalars_only;
   a.delta = torch::tensor({1.0f, 2.0f});
   b.delta = torch::tensor({3.0f, 6.0f});
   c.delta = torch::tensor({2.0f, 1.0f});
-  sum_ab.delta = a.delta + b.delta;
-  sum_ab.tensor_items = 2;
+  const TaskResult sum_ab = SumOf({a, b}, 3, kNone, 2);
   scalars_only.tensor_items = 0;
   auto apply = [](const std::vector<TaskResult>& results) {
-    Aggregator aggregator(2, 3, kNone);
-    for (size_t slot = 0; slot < results.size(); ++slot) EXPECT_TRUE(aggregator.Add(slot, results[slot]).ok());
+    Aggregator aggregator(2, OneTaskEach(3), kNone);
+    for (size_t item = 0; item < results.size(); ++item) EXPECT_TRUE(aggregator.Add(item, results[item]).ok());
     MetaState state;
     state.parameters = torch::zeros({2});
     EXPECT_TRUE(aggregator.Apply(1.5, 1, &state).ok());
@@ -139,24 +149,76 @@ TEST(AggregatorTest, ASumOverSlotsStandsForTheirOwnTensors) {
   EXPECT_TRUE(torch::equal(apply({a, b, c}), torch::tensor({3.0f, 4.5f})));
 }
 
+// Items of several tasks (a worker's exact sum), one sum over all items
+// (MPI), and one task per item give the same bits.
+TEST(AggregatorTest, AnyGroupingOfTheTasksGivesTheSameBits) {
+  const int tasks = 7;
+  const auto results = RandomResults(tasks, 5000, kVOnly);
+  auto apply = [](Aggregator& aggregator, std::vector<TaskResult> item_results) {
+    for (size_t item = 0; item < item_results.size(); ++item)
+      EXPECT_TRUE(aggregator.Add(item, std::move(item_results[item])).ok()) << item;
+    MetaState state;
+    state.parameters = torch::linspace(-1, 1, 5000);
+    state.adam_v = torch::zeros({5000});
+    EXPECT_TRUE(aggregator.Apply(0.9, 5, &state).ok());
+    return state;
+  };
+  Aggregator per_task(5000, OneTaskEach(tasks), kVOnly);
+  const MetaState reference = apply(per_task, results);
+  // Items of 3, 3 and 1 tasks.
+  Aggregator grouped(5000, {3, 3, 1}, kVOnly);
+  const MetaState by_items = apply(grouped, {SumOf({results[0], results[1], results[2]}, tasks, kVOnly, 1),
+                                             SumOf({results[3], results[4], results[5]}, tasks, kVOnly, 1), results[6]});
+  // One sum over all, added in another order.
+  std::vector<TaskResult> reversed(results.rbegin(), results.rend());
+  std::vector<TaskResult> one_sum(3);
+  one_sum[0] = SumOf(reversed, tasks, kVOnly, 3);
+  one_sum[1].tensor_items = one_sum[2].tensor_items = 0;
+  Aggregator summed(5000, {3, 3, 1}, kVOnly);
+  const MetaState by_sum = apply(summed, one_sum);
+  for (const MetaState* state : {&by_items, &by_sum}) {
+    EXPECT_TRUE(torch::equal(state->parameters, reference.parameters));
+    EXPECT_TRUE(torch::equal(state->adam_v, reference.adam_v));
+    EXPECT_EQ(state->adam_step, reference.adam_step);
+  }
+}
+
+TEST(AggregatorTest, ResultsMustCoverTheTasksOfTheirItems) {
+  const auto results = RandomResults(3, 10, kNone);
+  Aggregator aggregator(10, {2, 1}, kNone);
+  EXPECT_EQ(aggregator.Add(0, results[0]).code(), absl::StatusCode::kInvalidArgument)
+      << "fp32 tensors of one task for an item of two";
+  EXPECT_EQ(aggregator.Add(0, SumOf({results[0]}, 3, kNone, 1)).code(), absl::StatusCode::kInvalidArgument)
+      << "a sum of one task for an item of two";
+  EXPECT_EQ(aggregator.Add(0, SumOf({results[0], results[1]}, 4, kNone, 1)).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "a sum made for another meta-batch";
+  EXPECT_TRUE(aggregator.Add(0, SumOf({results[0], results[1]}, 3, kNone, 1)).ok());
+  EXPECT_TRUE(aggregator.Add(1, results[2]).ok());
+  EXPECT_TRUE(aggregator.complete());
+}
+
 TEST(AggregatorTest, SumsThatLeaveSlotsUncoveredOrOverlapAreRefused) {
-  TaskResult one, sum_of_two, scalars_only, sum_too_long;
-  one.delta = sum_of_two.delta = sum_too_long.delta = torch::ones({2});
-  sum_of_two.tensor_items = 2;
-  sum_too_long.tensor_items = 3;
+  TaskResult one, scalars_only;
+  one.delta = torch::ones({2});
+  const TaskResult sum_of_two = SumOf({one, one}, 2, kNone, 2);
+  const TaskResult sum_too_long = SumOf({one, one}, 2, kNone, 3);
   scalars_only.tensor_items = 0;
   MetaState state;
   state.parameters = torch::zeros({2});
-  Aggregator too_long(2, 2, kNone);
+  Aggregator too_long(2, OneTaskEach(2), kNone);
   EXPECT_EQ(too_long.Add(0, sum_too_long).code(), absl::StatusCode::kInvalidArgument);
-  Aggregator uncovered(2, 2, kNone);
+  Aggregator uncovered(2, OneTaskEach(2), kNone);
   ASSERT_TRUE(uncovered.Add(0, scalars_only).ok());
   ASSERT_TRUE(uncovered.Add(1, one).ok());
   EXPECT_EQ(uncovered.Apply(1.0, 1, &state).code(), absl::StatusCode::kInvalidArgument);
-  Aggregator overlap(2, 2, kNone);
+  Aggregator overlap(2, OneTaskEach(2), kNone);
   ASSERT_TRUE(overlap.Add(0, sum_of_two).ok());
-  ASSERT_TRUE(overlap.Add(1, one).ok());
-  EXPECT_EQ(overlap.Apply(1.0, 1, &state).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(overlap.Add(1, one).code(), absl::StatusCode::kInvalidArgument) << "a third task in a batch of two";
+  ASSERT_TRUE(overlap.Add(1, scalars_only).ok());
+  EXPECT_TRUE(overlap.Apply(1.0, 1, &state).ok());
+  EXPECT_TRUE(torch::equal(state.parameters, torch::ones({2})));
+  state.parameters = torch::zeros({2});
   EXPECT_TRUE(torch::equal(state.parameters, torch::zeros({2})));
 }
 

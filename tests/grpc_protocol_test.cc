@@ -102,7 +102,7 @@ class ProtocolTest : public ::testing::Test {
       state_ = *std::move(state);
       state_version_ = leased.work.state_version();
     }
-    absl::StatusOr<TaskResult> result = learner_->Run(state_, WorkItem{WorkKind::kTrain, leased.work.spec()});
+    absl::StatusOr<TaskResult> result = learner_->Run(state_, WorkItem{WorkKind::kTrain, {leased.work.tasks(0)}});
     EXPECT_TRUE(result.ok()) << result.status();
     if (result.ok()) leased.result = *std::move(result);
     return leased;
@@ -280,7 +280,7 @@ TEST_F(ProtocolTest, BadResultsAreRefusedAndTheTaskIsRedone) {
     ASSERT_EQ(leased.work.kind(), WorkReply::TRAIN);
     ExpectRefused(bad.upload(careless, leased), absl::StatusCode::kInvalidArgument, bad.words);
     const WorkReply redone = GetWork(honest);
-    EXPECT_EQ(redone.spec().SerializeAsString(), leased.work.spec().SerializeAsString()) << "not redone";
+    EXPECT_EQ(redone.tasks(0).SerializeAsString(), leased.work.tasks(0).SerializeAsString()) << "not redone";
     EXPECT_NE(redone.lease_id(), leased.work.lease_id());
     ExpectAccepted(Messages(honest, redone, leased.result));
     ++accepted;
@@ -353,7 +353,7 @@ TEST_F(ProtocolTest, BadResultsAreRefusedAndTheTaskIsRedone) {
   // another worker may be refused on one of them without failing the run.
   const uint64_t successor = Join();
   const WorkReply retry = GetWork(successor);
-  EXPECT_EQ(retry.spec().SerializeAsString(), last.work.spec().SerializeAsString());
+  EXPECT_EQ(retry.tasks(0).SerializeAsString(), last.work.tasks(0).SerializeAsString());
   last.work = retry;
   ExpectRefused(bad_results[2].upload(successor, last), absl::StatusCode::kInvalidArgument, bad_results[2].words);
   Leave(successor);
@@ -383,7 +383,7 @@ TEST_F(ProtocolTest, ATaskRefusedOnTwoWorkersStopsTheRun) {
 
   // The refused task goes to the other worker.
   const WorkReply retry = GetWork(second);
-  EXPECT_EQ(retry.spec().SerializeAsString(), leased.work.spec().SerializeAsString());
+  EXPECT_EQ(retry.tasks(0).SerializeAsString(), leased.work.tasks(0).SerializeAsString());
   leased.work = retry;
   ExpectRefused(wrong_size(second), absl::StatusCode::kInvalidArgument, "parameters");
 

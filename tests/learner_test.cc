@@ -26,14 +26,14 @@ MetaState InitialState(const ExperimentConfig& config, bool carry) {
 }
 
 WorkItem TrainItem(const ExperimentConfig& config, uint64_t seed) {
-  WorkItem item;
-  item.spec.set_family(config.task().family());
-  item.spec.set_seed(seed);
+  WorkItem item{WorkKind::kTrain, {TaskSpec()}};
+  item.tasks[0].set_family(config.task().family());
+  item.tasks[0].set_seed(seed);
   if (config.task().family() == SINE) {
-    item.spec.set_support_shots(config.task().sine_train_points());
+    item.tasks[0].set_support_shots(config.task().sine_train_points());
   } else {
-    item.spec.set_support_shots(config.task().train_shots());
-    for (int c = 0; c < config.task().ways(); ++c) item.spec.add_class_ids(c * 7);
+    item.tasks[0].set_support_shots(config.task().train_shots());
+    for (int c = 0; c < config.task().ways(); ++c) item.tasks[0].add_class_ids(c * 7);
   }
   return item;
 }
@@ -207,14 +207,14 @@ TEST(LearnerTest, EvaluationCountsBothModes) {
   ExperimentConfig config = LoadNamedConfig("omniglot_5w1s", {"eval.inner_iterations=5", "task.query_shots=2"});
   auto tasks = SharedTaskSource(config);
   auto learner = Learner::Create(config, tasks);
-  WorkItem item;
+  WorkItem item{WorkKind::kTrain, {TaskSpec()}};
   item.kind = WorkKind::kEvaluate;
-  item.spec.set_family(OMNIGLOT);
-  item.spec.set_seed(3);
-  item.spec.set_meta_test(true);
-  item.spec.set_support_shots(1);
-  item.spec.set_query_shots(2);
-  for (int c : {1, 2, 3, 4, 5}) item.spec.add_class_ids(c);
+  item.tasks[0].set_family(OMNIGLOT);
+  item.tasks[0].set_seed(3);
+  item.tasks[0].set_meta_test(true);
+  item.tasks[0].set_support_shots(1);
+  item.tasks[0].set_query_shots(2);
+  for (int c : {1, 2, 3, 4, 5}) item.tasks[0].add_class_ids(c);
   auto result = (*learner)->Run(InitialState(config, true), item);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->predictions, 10);
@@ -249,28 +249,28 @@ TEST(LearnerTest, SpecsThatDoNotFitTheConfigAreRefusedAndTheLearnerKeepsWorking)
   };
   const WorkItem good = TrainItem(config, 4);
   WorkItem item = good;
-  item.spec.set_support_shots(std::numeric_limits<int32_t>::max());
+  item.tasks[0].set_support_shots(std::numeric_limits<int32_t>::max());
   refused(item, "task spec field support_shots: 2147483647, but a training task has 10 (task.train_shots)");
   item = good;
-  item.spec.set_support_shots(20);  // a class has that many, the config asks for 10
+  item.tasks[0].set_support_shots(20);  // a class has that many, the config asks for 10
   refused(item, "task spec field support_shots: 20");
   item = good;
-  item.spec.set_query_shots(1);
+  item.tasks[0].set_query_shots(1);
   refused(item, "task spec field query_shots: 1, but a training task has 0");
   item = good;
-  item.spec.add_class_ids(50);  // 6 ways for a 5-way model
+  item.tasks[0].add_class_ids(50);  // 6 ways for a 5-way model
   refused(item, "task spec field class_ids (count): 6, but a training task has 5 (task.ways)");
   item = good;
-  item.spec.set_meta_test(true);  // training on held-out classes
+  item.tasks[0].set_meta_test(true);  // training on held-out classes
   refused(item, "task spec field meta_test: 1");
   item = good;
   item.kind = WorkKind::kEvaluate;  // an episode with training shots and no queries
   refused(item, "task spec field meta_test: 0");
   item = good;
-  item.spec.set_family(SINE);
+  item.tasks[0].set_family(SINE);
   refused(item, "task spec field family: SINE");
   item = good;
-  item.spec.set_class_ids(0, 99999);  // the right shape, a class that does not exist
+  item.tasks[0].set_class_ids(0, 99999);  // the right shape, a class that does not exist
   refused(item, "task spec field class_ids: class id 99999");
 
   auto result = (*learner)->Run(state, good);

@@ -38,23 +38,23 @@ TEST(TaskSamplerTest, ItemsDependOnlyOnRoundAndSeed) {
   auto round3 = sampler.TrainingItems(3);
   ASSERT_EQ(round3.size(), 5u);
   for (size_t i = 0; i < round3.size(); ++i)
-    EXPECT_EQ(round3[i].spec.SerializeAsString(), again.TrainingItems(3)[i].spec.SerializeAsString());
-  EXPECT_NE(round3[0].spec.seed(), sampler.TrainingItems(4)[0].spec.seed());
-  EXPECT_NE(round3[0].spec.seed(), round3[1].spec.seed());
+    EXPECT_EQ(round3[i].tasks[0].SerializeAsString(), again.TrainingItems(3)[i].tasks[0].SerializeAsString());
+  EXPECT_NE(round3[0].tasks[0].seed(), sampler.TrainingItems(4)[0].tasks[0].seed());
+  EXPECT_NE(round3[0].tasks[0].seed(), round3[1].tasks[0].seed());
   for (const WorkItem& item : round3) {
-    EXPECT_EQ(item.spec.class_ids_size(), 5);
-    EXPECT_EQ(item.spec.support_shots(), 10);
-    EXPECT_FALSE(item.spec.meta_test());
+    EXPECT_EQ(item.tasks[0].class_ids_size(), 5);
+    EXPECT_EQ(item.tasks[0].support_shots(), 10);
+    EXPECT_FALSE(item.tasks[0].meta_test());
   }
   auto eval = sampler.EvaluationItems(10);
   for (const WorkItem& item : eval) {
-    EXPECT_TRUE(item.spec.meta_test());
-    EXPECT_EQ(item.spec.support_shots(), 1);
-    EXPECT_EQ(item.spec.query_shots(), 1);
-    for (int id : item.spec.class_ids()) EXPECT_LT(id, 423);
+    EXPECT_TRUE(item.tasks[0].meta_test());
+    EXPECT_EQ(item.tasks[0].support_shots(), 1);
+    EXPECT_EQ(item.tasks[0].query_shots(), 1);
+    for (int id : item.tasks[0].class_ids()) EXPECT_LT(id, 423);
   }
   config.set_seed(1);
-  EXPECT_NE(TaskSampler(config, 4800, 423).TrainingItems(3)[0].spec.seed(), round3[0].spec.seed());
+  EXPECT_NE(TaskSampler(config, 4800, 423).TrainingItems(3)[0].tasks[0].seed(), round3[0].tasks[0].seed());
 }
 
 TEST(TaskSourceTest, SineTasksFollowTheirSpec) {
@@ -88,7 +88,7 @@ TEST(TaskSourceTest, OmniglotSplitAndEpisodes) {
   EXPECT_EQ(source->num_classes(false), 4800);
   EXPECT_EQ(source->num_classes(true), 423);
   TaskSampler sampler(config, 4800, 423);
-  const TaskSpec spec = sampler.EvaluationItems(1)[0].spec;
+  const TaskSpec spec = sampler.EvaluationItems(1)[0].tasks[0];
   auto a = source->Materialize(spec);
   auto b = source->Materialize(spec);
   ASSERT_TRUE(a.ok()) << a.status();
@@ -124,7 +124,7 @@ TEST(TaskSourceTest, FashionMnistSplitsClassesZeroToFourFromFiveToNine) {
   EXPECT_EQ(source->num_classes(false), 5);
   EXPECT_EQ(source->num_classes(true), 5);
   TaskSampler sampler(config, 5, 5);
-  auto task = source->Materialize(sampler.TrainingItems(0)[0].spec);
+  auto task = source->Materialize(sampler.TrainingItems(0)[0].tasks[0]);
   ASSERT_TRUE(task.ok()) << task.status();
   EXPECT_EQ(task->support_x.sizes(), (std::vector<int64_t>{50, 1, 28, 28}));
   EXPECT_GT(task->support_x.max().item<float>(), 0.5f);

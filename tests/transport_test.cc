@@ -12,11 +12,11 @@ MetaState InitialState(const ExperimentConfig& config) {
 }
 
 std::vector<WorkItem> SineItems(int n) {
-  std::vector<WorkItem> items(n);
+  std::vector<WorkItem> items(n, WorkItem{WorkKind::kTrain, {TaskSpec()}});
   for (int i = 0; i < n; ++i) {
-    items[i].spec.set_family(SINE);
-    items[i].spec.set_seed(100 + i);
-    items[i].spec.set_support_shots(50);
+    items[i].tasks[0].set_family(SINE);
+    items[i].tasks[0].set_seed(100 + i);
+    items[i].tasks[0].set_support_shots(50);
   }
   return items;
 }
@@ -43,7 +43,7 @@ TEST(LocalTransportTest, AFailedItemIsNamedAndTheTransportKeepsWorking) {
   auto transport = LocalTransport::Create(config, *tasks, 2);
   const MetaState state = InitialState(config);
   std::vector<WorkItem> items = SineItems(4);
-  items[2].spec.set_family(OMNIGLOT);  // does not fit a sine source
+  items[2].tasks[0].set_family(OMNIGLOT);  // does not fit a sine source
   auto failed = (*transport)->Run(state, items);
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(failed.status().message().find("work item 2"), std::string::npos) << failed.status();

@@ -36,6 +36,12 @@ class Transport {
   virtual absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state,
                                                       const std::vector<WorkItem>& items) = 0;
 
+  // Announces how the round engine will update the state with the results
+  // of the next training batch (Aggregator::Apply's arguments), for a
+  // transport whose workers keep their own copy of the state and apply the
+  // same update to it (MPI_ALLREDUCE_SUM). Others ignore it.
+  virtual void AnnounceUpdate(double step_size, int inner_iterations) {}
+
   // Workers currently serving this transport.
   virtual int num_workers() const = 0;
 

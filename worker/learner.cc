@@ -46,9 +46,8 @@ absl::Status CheckState(const MetaState& state, int64_t numel, CarriedMoments ca
 // A spec must be what TaskSampler draws from this config for the item's
 // kind: a training task from the meta-training split, or an evaluation
 // episode from the meta-test split, with the config's ways and shots.
-absl::Status CheckSpecFitsConfig(const WorkItem& item, const TaskConfig& task) {
-  const TaskSpec& spec = item.spec;
-  const bool evaluate = item.kind == WorkKind::kEvaluate;
+absl::Status CheckSpecFitsConfig(WorkKind kind, const TaskSpec& spec, const TaskConfig& task) {
+  const bool evaluate = kind == WorkKind::kEvaluate;
   const bool sine = task.family() == SINE;
   const char* what = evaluate ? "an evaluation episode" : "a training task";
   auto error = [&](const char* field, int64_t value, const std::string& expected) {
@@ -106,15 +105,83 @@ Learner::Learner(const ExperimentConfig& config, std::shared_ptr<const TaskSourc
   adam_v_ = torch::zeros_like(flat_->values());
 }
 
+TensorSums::TensorSums(int64_t numel, int meta_batch, CarriedMoments carried) : delta(numel, meta_batch) {
+  if (carried.first) adam_m.emplace(numel, meta_batch);
+  if (carried.second) adam_v.emplace(numel, meta_batch);
+}
+
+absl::Status TensorSums::Add(const torch::Tensor& task_delta, const torch::Tensor& task_m,
+                             const torch::Tensor& task_v) {
+  const int64_t numel = delta.numel();
+  auto check = [numel](const torch::Tensor& t, bool wanted, const char* what) -> absl::Status {
+    if (!wanted) {
+      if (t.defined()) return absl::InvalidArgumentError(absl::StrCat("unexpected ", what, " (not carried)"));
+      return absl::OkStatus();
+    }
+    if (!t.defined() || t.dim() != 1 || t.numel() != numel || t.scalar_type() != torch::kFloat32 ||
+        !t.is_contiguous())
+      return absl::InvalidArgumentError(absl::StrCat(what, " must be a flat fp32 vector of ", numel, " values"));
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(check(task_delta, true, "delta"));
+  RETURN_IF_ERROR(check(task_m, adam_m.has_value(), "adam_m"));
+  RETURN_IF_ERROR(check(task_v, adam_v.has_value(), "adam_v"));
+  // Checked before any is added, so that a refusal leaves every sum as it was.
+  auto in_range = [](const ExactSum& sum, const torch::Tensor& t, const char* what) -> absl::Status {
+    absl::Status status = sum.CheckRange(t.data_ptr<float>());
+    if (!status.ok()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", status.message()));
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(in_range(delta, task_delta, "delta"));
+  if (adam_m) RETURN_IF_ERROR(in_range(*adam_m, task_m, "adam_m"));
+  if (adam_v) RETURN_IF_ERROR(in_range(*adam_v, task_v, "adam_v"));
+  RETURN_IF_ERROR(delta.Add(task_delta.data_ptr<float>()));
+  if (adam_m) RETURN_IF_ERROR(adam_m->Add(task_m.data_ptr<float>()));
+  if (adam_v) RETURN_IF_ERROR(adam_v->Add(task_v.data_ptr<float>()));
+  return absl::OkStatus();
+}
+
+absl::Status TensorSums::Merge(const TensorSums& other) {
+  if (other.carried() != carried())
+    return absl::InvalidArgumentError("tensor sums carry different Adam moments");
+  if (other.delta.numel() != delta.numel() || other.delta.max_terms() != delta.max_terms() ||
+      other.tasks() + tasks() > delta.max_terms())
+    return absl::InvalidArgumentError(absl::StrCat("tensor sums of ", other.tasks(), " tasks and ",
+                                                   other.delta.numel(), " elements do not fit a sum of ",
+                                                   tasks(), " tasks and ", delta.numel()));
+  RETURN_IF_ERROR(delta.Merge(other.delta));
+  if (adam_m) RETURN_IF_ERROR(adam_m->Merge(*other.adam_m));
+  if (adam_v) RETURN_IF_ERROR(adam_v->Merge(*other.adam_v));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TaskResult> Learner::Run(const MetaState& state, const WorkItem& item) {
   RETURN_IF_ERROR(CheckState(state, flat_->numel(), CarriedMomentsOf(config_)));
-  RETURN_IF_ERROR(CheckSpecFitsConfig(item, config_.task()));
+  const int meta_batch = config_.outer().meta_batch_size();
+  const int max_tasks = item.kind == WorkKind::kTrain ? meta_batch : 1;
+  if (item.tasks.empty() || static_cast<int>(item.tasks.size()) > max_tasks)
+    return absl::InvalidArgumentError(absl::StrCat("work item of ", item.tasks.size(), " tasks; ",
+                                                   item.kind == WorkKind::kTrain ? "training" : "evaluation",
+                                                   " items hold 1 to ", max_tasks));
+  for (const TaskSpec& spec : item.tasks) RETURN_IF_ERROR(CheckSpecFitsConfig(item.kind, spec, config_.task()));
   if (tasks_ == nullptr) return absl::FailedPreconditionError("learner has no task source");
   try {
-    ASSIGN_OR_RETURN(TaskExamples task, tasks_->Materialize(item.spec));
     const auto start = std::chrono::steady_clock::now();
-    TaskResult result = item.kind == WorkKind::kTrain ? Train(state, item.spec, task)
-                                                      : Evaluate(state, item.spec, task);
+    TaskResult result;
+    if (item.tasks.size() > 1) result.sums.emplace(flat_->numel(), meta_batch, CarriedMomentsOf(config_));
+    for (const TaskSpec& spec : item.tasks) {
+      ASSIGN_OR_RETURN(TaskExamples task, tasks_->Materialize(spec));
+      TaskResult one = item.kind == WorkKind::kTrain ? Train(state, spec, task) : Evaluate(state, spec, task);
+      if (!result.sums) {
+        result = std::move(one);
+        continue;
+      }
+      RETURN_IF_ERROR(result.sums->Add(one.delta, one.adam_m, one.adam_v));
+      result.loss += one.loss / static_cast<double>(item.tasks.size());
+      result.correct += one.correct;
+      result.correct_inductive += one.correct_inductive;
+      result.predictions += one.predictions;
+    }
     result.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return result;
   } catch (const c10::Error& e) {

@@ -155,8 +155,20 @@ std::vector<ResultChunk> CoordinatorClient::ResultMessages(uint64_t worker, cons
   header->set_correct_inductive(result->correct_inductive);
   header->set_predictions(result->predictions);
   header->set_compute_seconds(result->compute_seconds);
+  header->set_tasks(result->sums ? result->sums->tasks() : 1);
   std::vector<std::string> tensors;
-  if (result->delta.defined()) {
+  if (result->sums) {
+    header->set_has_delta(true);
+    tensors.push_back(result->sums->delta.Encode());
+    if (result->sums->adam_m) {
+      header->set_has_first_moment(true);
+      tensors.push_back(result->sums->adam_m->Encode());
+    }
+    if (result->sums->adam_v) {
+      header->set_has_moments(true);
+      tensors.push_back(result->sums->adam_v->Encode());
+    }
+  } else if (result->delta.defined()) {
     header->set_has_delta(true);
     tensors.push_back(EncodeTensor(result->delta, dtype));
   }

@@ -43,7 +43,8 @@ class CoordinatorClient {
   absl::StatusOr<MetaState> FetchState(uint64_t worker, uint64_t version, int64_t numel, CarriedMoments moments);
 
   // The messages of one result upload: the header, then the delta in
-  // `dtype` and the Adam moments it holds (m, then v) in fp32, in chunks. A failed `result` is
+  // `dtype` and the Adam moments it holds (m, then v) in fp32, or for an
+  // item of several tasks their exact sums, in chunks. A failed `result` is
   // sent as an error header alone.
   static std::vector<ResultChunk> ResultMessages(uint64_t worker, const WorkReply& work,
                                                  const absl::StatusOr<TaskResult>& result, DeltaDtype dtype,

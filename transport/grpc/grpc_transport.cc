@@ -219,9 +219,9 @@ class GrpcTransport::Service final : public Coordinator::Service {
       scheduler.AddWorker(id, name, absl::Now());
       line = absl::StrCat("worker ", id, " (", name, " at ", Printable(context->peer(), 64), ") joined; ",
                           scheduler.num_workers(), " alive");
-      if (scheduler.num_workers() > board_->meta_batch && !board_->warned_idle) {
+      if (scheduler.num_workers() > TrainingItemsPerRound(board_->config) && !board_->warned_idle) {
         board_->warned_idle = true;
-        absl::StrAppend(&line, "\nWARNING: ", IdleWorkersWarning(scheduler.num_workers(), board_->meta_batch));
+        absl::StrAppend(&line, "\nWARNING: ", IdleWorkersWarning(scheduler.num_workers(), board_->config));
       }
       reply->set_worker_id(id);
     }
@@ -336,7 +336,7 @@ class GrpcTransport::Service final : public Coordinator::Service {
     reply->set_kind(work.kind == WorkKind::kTrain ? WorkReply::TRAIN : WorkReply::EVALUATE);
     reply->set_lease_id(grant->lease);
     reply->set_state_version(b.snapshot->version);
-    *reply->mutable_spec() = work.spec;
+    for (const TaskSpec& task : work.tasks) *reply->add_tasks() = task;
     return grpc::Status::OK;
   }
 
@@ -348,7 +348,7 @@ class GrpcTransport::Service final : public Coordinator::Service {
     const ResultHeader header = message.header();
     Board& b = *board_;
     std::shared_ptr<const Snapshot> snapshot;
-    WorkKind kind;
+    const WorkItem* work = nullptr;  // b.items outlives the batch's uploads
     uint64_t stream = 0;
     {
       absl::MutexLock lock(&b.mu);
@@ -373,10 +373,10 @@ class GrpcTransport::Service final : public Coordinator::Service {
         return grpc::Status::OK;
       }
       snapshot = b.snapshot;
-      kind = (*b.items)[*item].kind;
-      stream = b.OpenStreamFor(context, ExpectedBytes(header, kind, *snapshot));
+      work = &(*b.items)[*item];
+      stream = b.OpenStreamFor(context, ExpectedBytes(header, *work, *snapshot));
     }
-    absl::StatusOr<TaskResult> result = ReadResult(header, kind, *snapshot, reader, stream);
+    absl::StatusOr<TaskResult> result = ReadResult(header, *work, *snapshot, reader, stream);
     absl::MutexLock lock(&b.mu);
     const bool cut_off = b.CloseStream(stream);
     if (!result.ok()) {
@@ -402,19 +402,22 @@ class GrpcTransport::Service final : public Coordinator::Service {
     return grpc::Status::OK;
   }
 
-  // Bytes a result of `kind` must carry, decided by the coordinator.
-  static size_t ExpectedBytes(const ResultHeader& header, WorkKind kind, const Snapshot& snapshot) {
-    if (kind != WorkKind::kTrain) return 0;
+  // Bytes a result for `work` must carry, decided by the coordinator.
+  static size_t ExpectedBytes(const ResultHeader& header, const WorkItem& work, const Snapshot& snapshot) {
+    if (work.kind != WorkKind::kTrain) return 0;
     const size_t n = static_cast<size_t>(snapshot.numel);
     const size_t moments = (snapshot.moments.first ? 1 : 0) + (snapshot.moments.second ? 1 : 0);
+    if (work.tasks.size() > 1) return (1 + moments) * n * ExactSum::kElementBytes;
     return n * std::max<size_t>(DeltaDtypeBytes(header.delta_dtype()), 4) + moments * n * 4;
   }
 
   // Reads the rest of a result stream and checks it against what the task
   // must return. Every failure is InvalidArgument saying what is wrong.
-  absl::StatusOr<TaskResult> ReadResult(const ResultHeader& header, WorkKind kind, const Snapshot& snapshot,
+  absl::StatusOr<TaskResult> ReadResult(const ResultHeader& header, const WorkItem& work, const Snapshot& snapshot,
                                         grpc::ServerReader<ResultChunk>* reader, uint64_t stream) {
-    const bool train = kind == WorkKind::kTrain;
+    const bool train = work.kind == WorkKind::kTrain;
+    const int tasks = static_cast<int>(work.tasks.size());
+    const bool exact = tasks > 1;  // the tensors are exact sums
     auto invalid = [&](const std::string& what) {
       return absl::InvalidArgumentError(absl::StrCat("lease ", header.lease_id(), ": ", what));
     };
@@ -423,7 +426,10 @@ class GrpcTransport::Service final : public Coordinator::Service {
     if (train && header.num_parameters() != snapshot.numel)
       return invalid(absl::StrCat("delta has ", header.num_parameters(), " parameters; the model has ",
                                   snapshot.numel));
-    const size_t element = DeltaDtypeBytes(header.delta_dtype());
+    if (header.tasks() != static_cast<uint32_t>(tasks))
+      return invalid(absl::StrCat("result covers ", header.tasks(), " tasks; the lease has ", tasks));
+    const size_t element = exact ? ExactSum::kElementBytes : DeltaDtypeBytes(header.delta_dtype());
+    const size_t moment_element = exact ? ExactSum::kElementBytes : 4;
     if (train && element == 0) return invalid(absl::StrCat("unknown delta dtype ", header.delta_dtype()));
     // What must follow is the coordinator's decision, from its config; the
     // header must only agree with it.
@@ -440,8 +446,8 @@ class GrpcTransport::Service final : public Coordinator::Service {
     std::vector<size_t> sizes;
     if (train) sizes.push_back(static_cast<size_t>(snapshot.numel) * element);
     const size_t m_index = sizes.size(), v_index = m_index + (first ? 1 : 0);
-    if (first) sizes.push_back(static_cast<size_t>(snapshot.numel) * 4);
-    if (second) sizes.push_back(static_cast<size_t>(snapshot.numel) * 4);
+    if (first) sizes.push_back(static_cast<size_t>(snapshot.numel) * moment_element);
+    if (second) sizes.push_back(static_cast<size_t>(snapshot.numel) * moment_element);
     TensorAssembler assembler(sizes);
     ResultChunk message;
     absl::Status problem;
@@ -460,17 +466,19 @@ class GrpcTransport::Service final : public Coordinator::Service {
     RETURN_IF_ERROR(problem);
     if (absl::Status done = assembler.Finish(); !done.ok()) return invalid(std::string(done.message()));
     TaskResult result;
-    if (train) {
+    if (exact) {
+      ASSIGN_OR_RETURN(result.sums, DecodeSums(assembler, snapshot, tasks, invalid));
+    } else if (train) {
       absl::StatusOr<torch::Tensor> delta = DecodeTensor(assembler.bytes(0), header.delta_dtype(), snapshot.numel);
       if (!delta.ok()) return invalid(absl::StrCat("delta: ", delta.status().message()));
       result.delta = *std::move(delta);
     }
-    if (first) {
+    if (first && !exact) {
       absl::StatusOr<torch::Tensor> m = DecodeTensor(assembler.bytes(m_index), DELTA_FP32, snapshot.numel);
       if (!m.ok()) return invalid(absl::StrCat("adam_m: ", m.status().message()));
       result.adam_m = *std::move(m);
     }
-    if (second) {
+    if (second && !exact) {
       absl::StatusOr<torch::Tensor> v = DecodeTensor(assembler.bytes(v_index), DELTA_FP32, snapshot.numel);
       if (!v.ok()) return invalid(absl::StrCat("adam_v: ", v.status().message()));
       if (v->lt(0).any().item<bool>()) return invalid("adam_v has negative entries");
@@ -484,13 +492,39 @@ class GrpcTransport::Service final : public Coordinator::Service {
     return result;
   }
 
+  // A training result's tensors as the exact sums of `tasks` tasks, in the
+  // order delta, m, v (each carried one present).
+  template <typename Invalid>
+  absl::StatusOr<TensorSums> DecodeSums(TensorAssembler& assembler, const Snapshot& snapshot, int tasks,
+                                        const Invalid& invalid) {
+    const int meta_batch = board_->meta_batch;
+    TensorSums sums(snapshot.numel, meta_batch, snapshot.moments);
+    size_t index = 0;
+    auto decode = [&](ExactSum* sum, const char* what) -> absl::Status {
+      absl::StatusOr<ExactSum> decoded = ExactSum::Decode(assembler.bytes(index++), snapshot.numel, tasks, meta_batch);
+      if (!decoded.ok()) return invalid(absl::StrCat(what, ": ", decoded.status().message()));
+      *sum = *std::move(decoded);
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(decode(&sums.delta, "delta"));
+    if (sums.adam_m) RETURN_IF_ERROR(decode(&*sums.adam_m, "adam_m"));
+    if (sums.adam_v) {
+      RETURN_IF_ERROR(decode(&*sums.adam_v, "adam_v"));
+      if (sums.adam_v->HasNegative()) return invalid("adam_v has negative entries");
+    }
+    return sums;
+  }
+
   Board* board_;
 };
 
-std::string IdleWorkersWarning(int workers, int tasks) {
-  return absl::StrCat(workers, " workers for a meta-batch of ", tasks, " tasks: ", workers - tasks,
-                      " sit idle in every training round (evaluations use them all). Raise outer.meta_batch_size "
-                      "or run fewer workers; README \"Scaling\" explains the choice");
+std::string IdleWorkersWarning(int workers, const ExperimentConfig& config) {
+  const int items = TrainingItemsPerRound(config);
+  return absl::StrCat(workers, " workers for a training round of ", items, " work items (outer.meta_batch_size ",
+                      config.outer().meta_batch_size(), ", runtime.tasks_per_item ",
+                      std::max(1, config.runtime().tasks_per_item()), "): ", workers - items,
+                      " sit idle in every training round (evaluations use them all). Raise outer.meta_batch_size, "
+                      "lower runtime.tasks_per_item or run fewer workers; README \"Scaling\" explains the choice");
 }
 
 GrpcTransport::GrpcTransport() = default;

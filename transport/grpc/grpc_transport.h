@@ -20,10 +20,11 @@
 namespace reptile {
 
 // 2: a state or result says whether Adam's m is in it (has_first_moment).
-inline constexpr uint32_t kProtocolVersion = 2;
+// 3: work items of several tasks, whose results are exact sums.
+inline constexpr uint32_t kProtocolVersion = 3;
 
-// Why `workers` workers for a meta-batch of `tasks` waste cores.
-std::string IdleWorkersWarning(int workers, int tasks);
+// Why `workers` workers for the training items of `config`'s rounds waste cores.
+std::string IdleWorkersWarning(int workers, const ExperimentConfig& config);
 
 class GrpcTransport final : public Transport {
  public:

@@ -182,7 +182,7 @@ struct GrpcWorker::Session {
       }
       WorkItem item;
       item.kind = work->kind() == WorkReply::TRAIN ? WorkKind::kTrain : WorkKind::kEvaluate;
-      item.spec = work->spec();
+      item.tasks.assign(work->tasks().begin(), work->tasks().end());
       Upload(Pending{worker_id, *work, learner->Run(state, item)});
     }
     return absl::OkStatus();

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/aggregator.h"
 #include "core/status_macros.h"
 
 namespace reptile {
@@ -20,11 +21,21 @@ enum Command : int64_t { kFinish = 0, kBatch = 1 };
 struct BatchHeader {
   int64_t command = kFinish;
   int64_t numel = 0;
-  int64_t has_moments = 0;       // Adam's v follows the parameters (CARRY)
+  int64_t has_moments = 0;       // Adam's v is part of the state (CARRY)
+  int64_t has_first_moment = 0;  // and Adam's m (not when adam_beta1 is 0)
   int64_t adam_step = 0;
-  int64_t batch_bytes = 0;  // serialized WorkBatch
-  int64_t reduce_sum = 0;   // MPI_REDUCE_SUM: results carry scalars, tensors go by MPI_Reduce
-  int64_t has_first_moment = 0;  // and Adam's m, ahead of v (not when adam_beta1 is 0)
+  int64_t batch_bytes = 0;       // serialized WorkBatch
+  // How this batch's training tensors come together: MPI_GATHER_IN_ORDER
+  // (with each result), MPI_REDUCE_SUM or MPI_ALLREDUCE_SUM.
+  int64_t reduction = MPI_GATHER_IN_ORDER;
+  // MPI_ALLREDUCE_SUM runs: the ranks keep their own state, and the state is
+  // broadcast only when a rank's does not hash to this.
+  int64_t ranks_keep_state = 0;
+  uint64_t state_hash = 0;
+  // MPI_ALLREDUCE_SUM training batches: the update every rank then applies.
+  double step_size = 0;
+  int64_t inner_iterations = 0;
+  int64_t meta_batch = 0;
 };
 
 // A result's scalars, sent ahead of its tensors.
@@ -32,8 +43,9 @@ struct ResultHeader {
   double loss = 0;
   int64_t correct = 0, correct_inductive = 0, predictions = 0;
   double compute_seconds = 0;
+  int64_t tasks = 1;           // above 1: the tensors are exact sums
   int64_t has_delta = 0, has_moments = 0, has_first_moment = 0;
-  int64_t error_bytes = 0;  // > 0: the learner failed; the message follows
+  int64_t error_bytes = 0;     // > 0: the learner failed; the message follows
 };
 
 int Rank() {
@@ -66,19 +78,143 @@ void Broadcast(void* data, int count, MPI_Datatype type) {
   Wait(&request);
 }
 
-// Sums `sum` element-wise over all ranks into rank 0's `sum`.
-void ReduceToRank0(torch::Tensor& sum) {
-  MPI_Request request;
-  const bool root = Rank() == 0;
-  MPI_Ireduce(root ? MPI_IN_PLACE : sum.data_ptr<float>(), root ? sum.data_ptr<float>() : nullptr,
-              static_cast<int>(sum.numel()), MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD, &request);
-  Wait(&request);
-}
-
 void Receive(void* data, int count, MPI_Datatype type, int source, int tag) {
   MPI_Request request;
   MPI_Irecv(data, count, type, source, tag, MPI_COMM_WORLD, &request);
   Wait(&request);
+}
+
+// 128-bit integers added element-wise: the reduction of ExactSum
+// accumulators. Integer addition is associative and commutative, so MPI may
+// combine the ranks in any order and tree.
+void AddInt128(void* in, void* inout, int* count, MPI_Datatype*) {
+  const char* from = static_cast<const char*>(in);
+  char* to = static_cast<char*>(inout);
+  for (int i = 0; i < *count; ++i) {
+    __int128 a, b;  // MPI buffers need not be 16-byte aligned
+    std::memcpy(&a, from + 16 * i, 16);
+    std::memcpy(&b, to + 16 * i, 16);
+    b += a;
+    std::memcpy(to + 16 * i, &b, 16);
+  }
+}
+
+struct Int128Sum {
+  MPI_Datatype type;
+  MPI_Op op;
+};
+
+const Int128Sum& Int128SumOp() {
+  static const Int128Sum sum = [] {
+    Int128Sum s;
+    MPI_Type_contiguous(static_cast<int>(ExactSum::kElementBytes), MPI_BYTE, &s.type);
+    MPI_Type_commit(&s.type);
+    MPI_Op_create(&AddInt128, /*commute=*/1, &s.op);
+    return s;
+  }();
+  return sum;
+}
+
+// Adds `sums` element-wise over all ranks: into rank 0's (MPI_Reduce), or
+// into every rank's (MPI_Allreduce). Every rank takes part, even one
+// without items or after a failed item.
+void ReduceSums(TensorSums& sums, bool to_all) {
+  const Int128Sum& int128 = Int128SumOp();
+  auto reduce = [&](ExactSum& sum) {
+    MPI_Request request;
+    const int count = static_cast<int>(sum.numel());
+    if (to_all) {
+      MPI_Iallreduce(MPI_IN_PLACE, sum.data(), count, int128.type, int128.op, MPI_COMM_WORLD, &request);
+    } else if (Rank() == 0) {
+      MPI_Ireduce(MPI_IN_PLACE, sum.data(), count, int128.type, int128.op, 0, MPI_COMM_WORLD, &request);
+    } else {
+      MPI_Ireduce(sum.data(), nullptr, count, int128.type, int128.op, 0, MPI_COMM_WORLD, &request);
+    }
+    Wait(&request);
+  };
+  reduce(sums.delta);
+  if (sums.adam_m) reduce(*sums.adam_m);
+  if (sums.adam_v) reduce(*sums.adam_v);
+}
+
+// After a reduction: the sums hold all `tasks` of the batch.
+void SetTasks(TensorSums& sums, int tasks) {
+  sums.delta.set_terms(tasks);
+  if (sums.adam_m) sums.adam_m->set_terms(tasks);
+  if (sums.adam_v) sums.adam_v->set_terms(tasks);
+}
+
+// Adds one item's result tensors to a rank's partial sums and leaves the
+// result its scalars.
+absl::Status MoveIntoSum(TaskResult* result, TensorSums& sums) {
+  if (result->sums) {
+    RETURN_IF_ERROR(sums.Merge(*result->sums));
+  } else {
+    RETURN_IF_ERROR(sums.Add(result->delta, result->adam_m, result->adam_v));
+  }
+  result->delta = result->adam_m = result->adam_v = torch::Tensor();
+  result->sums.reset();
+  result->tensor_items = 0;
+  return absl::OkStatus();
+}
+
+// A fingerprint of the meta-state, to tell whether every rank holds rank 0's.
+uint64_t StateHash(const MetaState& state) {
+  uint64_t hash = 0x9e3779b97f4a7c15ULL ^ static_cast<uint64_t>(state.adam_step);
+  auto mix = [&hash](const torch::Tensor& t) {
+    if (!t.defined()) {
+      hash = hash * 0x100000001b3ULL + 1;
+      return;
+    }
+    const torch::Tensor c = t.contiguous();
+    const char* bytes = static_cast<const char*>(c.data_ptr());
+    const size_t size = static_cast<size_t>(c.numel()) * c.element_size();
+    size_t i = 0;
+    for (; i + 8 <= size; i += 8) {
+      uint64_t word;
+      std::memcpy(&word, bytes + i, 8);
+      hash = (hash ^ word) * 0xff51afd7ed558ccdULL;
+      hash ^= hash >> 29;
+    }
+    for (; i < size; ++i) hash = (hash ^ static_cast<uint8_t>(bytes[i])) * 0x100000001b3ULL;
+  };
+  mix(state.parameters);
+  mix(state.adam_m);
+  mix(state.adam_v);
+  return hash;
+}
+
+void BroadcastTensor(torch::Tensor& tensor, int64_t numel) {
+  if (!tensor.defined() || tensor.numel() != numel) tensor = torch::empty({numel}, torch::kFloat32);
+  Broadcast(tensor.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT);
+}
+
+// Broadcasts rank 0's `state` (or receives it into `state`) as `header` says.
+void BroadcastState(const BatchHeader& header, MetaState* state) {
+  BroadcastTensor(state->parameters, header.numel);
+  if (header.has_first_moment) {
+    BroadcastTensor(state->adam_m, header.numel);
+  } else {
+    state->adam_m = torch::Tensor();
+  }
+  if (header.has_moments) {
+    BroadcastTensor(state->adam_v, header.numel);
+  } else {
+    state->adam_v = torch::Tensor();
+  }
+  state->adam_step = header.adam_step;
+}
+
+// Whether some rank must receive the state: always, unless the ranks keep
+// their own and every one of them hashes to rank 0's.
+bool StateNeeded(const BatchHeader& header, const MetaState& own) {
+  if (!header.ranks_keep_state) return true;
+  int stale = Rank() != 0 && (!own.parameters.defined() || StateHash(own) != header.state_hash);
+  int any_stale = 0;
+  MPI_Request request;
+  MPI_Iallreduce(&stale, &any_stale, 1, MPI_INT, MPI_LOR, MPI_COMM_WORLD, &request);
+  Wait(&request);
+  return any_stale != 0;
 }
 
 // A result's parts are tagged 0 (header), 1 (delta or error text), 2 and 3
@@ -93,34 +229,13 @@ std::vector<int> WorkingRanks(bool rank0_works) {
   return ranks;
 }
 
-// A rank's share of a batch summed in MPI_REDUCE_SUM mode: rows delta, then
-// the carried moments (adam_m if moments.first, adam_v if moments.second),
-// each summed over the rank's items in item order. Zero for a rank without
-// items.
-torch::Tensor EmptySum(int64_t numel, CarriedMoments moments) {
-  return torch::zeros({1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0), numel});
-}
-
-// Moves a result's tensors into `sum`; the result keeps its scalars.
-void AddToSum(TaskResult* result, CarriedMoments moments, torch::Tensor& sum) {
-  sum[0].add_(result->delta);
-  if (moments.first) sum[1].add_(result->adam_m);
-  if (moments.second) sum[moments.first ? 2 : 1].add_(result->adam_v);
-  result->delta = result->adam_m = result->adam_v = torch::Tensor();
-  result->tensor_items = 0;
-}
-
-void BroadcastTensor(torch::Tensor& tensor, int64_t numel) {
-  if (!tensor.defined()) tensor = torch::empty({numel}, torch::kFloat32);
-  Broadcast(tensor.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT);
-}
-
 // One result on its way to rank 0: the buffers must live until the sends
 // complete, which lets the rank compute its next task meanwhile.
 struct OutgoingResult {
   ResultHeader header;
   std::string error;
   absl::StatusOr<TaskResult> result;
+  std::vector<std::string> exact;  // encoded exact sums, when the result has them
   std::vector<MPI_Request> requests;
 };
 
@@ -136,9 +251,19 @@ void StartSend(OutgoingResult* out) {
     header.correct_inductive = result->correct_inductive;
     header.predictions = result->predictions;
     header.compute_seconds = result->compute_seconds;
-    header.has_delta = result->delta.defined();
-    header.has_moments = result->adam_v.defined();
-    header.has_first_moment = result->adam_m.defined();
+    if (result->sums) {
+      header.tasks = result->sums->tasks();
+      header.has_delta = 1;
+      header.has_first_moment = result->sums->adam_m.has_value();
+      header.has_moments = result->sums->adam_v.has_value();
+      out->exact.push_back(result->sums->delta.Encode());
+      if (result->sums->adam_m) out->exact.push_back(result->sums->adam_m->Encode());
+      if (result->sums->adam_v) out->exact.push_back(result->sums->adam_v->Encode());
+    } else {
+      header.has_delta = result->delta.defined();
+      header.has_moments = result->adam_v.defined();
+      header.has_first_moment = result->adam_m.defined();
+    }
   }
   auto send = [&](const void* data, int count, MPI_Datatype type, int part) {
     out->requests.emplace_back();
@@ -150,6 +275,14 @@ void StartSend(OutgoingResult* out) {
     send(out->error.data(), static_cast<int>(out->error.size()), MPI_CHAR, 1);
     return;
   }
+  if (!out->exact.empty()) {
+    int part = 1;
+    for (const std::string& bytes : out->exact) {
+      if (part == 2 && !header.has_first_moment) part = 3;
+      send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, part++);
+    }
+    return;
+  }
   auto send_tensor = [&](const torch::Tensor& t, int part) {
     send(t.data_ptr<float>(), static_cast<int>(t.numel()), MPI_FLOAT, part);
   };
@@ -158,7 +291,7 @@ void StartSend(OutgoingResult* out) {
   if (header.has_moments) send_tensor(result->adam_v, 3);
 }
 
-absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel, int64_t* bytes) {
+absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHeader& batch, int64_t* bytes) {
   ResultHeader header;
   Receive(&header, sizeof(header), MPI_BYTE, source, 0);
   if (header.error_bytes > 0) {
@@ -172,46 +305,43 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, int64_t numel,
   result.correct_inductive = header.correct_inductive;
   result.predictions = header.predictions;
   result.compute_seconds = header.compute_seconds;
+  result.tensor_items = header.has_delta ? 1 : 0;
+  const int64_t numel = batch.numel;
+  if (header.has_delta && header.tasks > 1) {
+    const int meta_batch = static_cast<int>(batch.meta_batch);
+    result.sums.emplace(numel, meta_batch, CarriedMoments{header.has_first_moment != 0, header.has_moments != 0});
+    auto receive = [&](ExactSum* sum, int part) -> absl::Status {
+      std::string encoded(static_cast<size_t>(numel) * ExactSum::kElementBytes, '\0');
+      Receive(encoded.data(), static_cast<int>(encoded.size()), MPI_BYTE, source, part);
+      *bytes += static_cast<int64_t>(encoded.size());
+      ASSIGN_OR_RETURN(*sum, ExactSum::Decode(encoded, numel, static_cast<int>(header.tasks), meta_batch));
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(receive(&result.sums->delta, 1));
+    if (result.sums->adam_m) RETURN_IF_ERROR(receive(&*result.sums->adam_m, 2));
+    if (result.sums->adam_v) RETURN_IF_ERROR(receive(&*result.sums->adam_v, 3));
+    return result;
+  }
   auto receive = [&](int part) {
     torch::Tensor t = torch::empty({numel}, torch::kFloat32);
     Receive(t.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, part);
     *bytes += numel * 4;
     return t;
   };
-  result.tensor_items = header.has_delta ? 1 : 0;
   if (header.has_delta) result.delta = receive(1);
   if (header.has_first_moment) result.adam_m = receive(2);
   if (header.has_moments) result.adam_v = receive(3);
   return result;
 }
 
-// Receives the broadcast of one batch (every rank but 0). False when rank 0
-// says the run is over.
-bool ReceiveBatch(MetaState* state, std::vector<WorkItem>* items, bool* reduce_sum) {
-  BatchHeader header;
-  Broadcast(&header, sizeof(header), MPI_BYTE);
-  if (header.command == kFinish) return false;
-  *reduce_sum = header.reduce_sum != 0;
-  BroadcastTensor(state->parameters, header.numel);
-  if (header.has_first_moment) {
-    BroadcastTensor(state->adam_m, header.numel);
-  } else {
-    state->adam_m = torch::Tensor();
-  }
-  if (header.has_moments) {
-    BroadcastTensor(state->adam_v, header.numel);
-  } else {
-    state->adam_v = torch::Tensor();
-  }
-  state->adam_step = header.adam_step;
-  std::string bytes(static_cast<size_t>(header.batch_bytes), '\0');
-  Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE);
+std::vector<WorkItem> ParseItems(const std::string& bytes) {
   WorkBatch batch;
   batch.ParseFromString(bytes);
-  items->clear();
-  for (int i = 0; i < batch.specs_size(); ++i)
-    items->push_back(WorkItem{batch.evaluate(i) ? WorkKind::kEvaluate : WorkKind::kTrain, batch.specs(i)});
-  return true;
+  std::vector<WorkItem> items;
+  for (const WorkUnit& unit : batch.items())
+    items.push_back(WorkItem{unit.evaluate() ? WorkKind::kEvaluate : WorkKind::kTrain,
+                             std::vector<TaskSpec>(unit.tasks().begin(), unit.tasks().end())});
+  return items;
 }
 
 }  // namespace
@@ -247,7 +377,8 @@ absl::StatusOr<std::unique_ptr<MpiTransport>> MpiTransport::Create(const Experim
   if (Rank() != 0) return absl::FailedPreconditionError("the MPI transport runs on rank 0");
   std::unique_ptr<MpiTransport> transport(new MpiTransport());
   transport->working_ranks_ = WorkingRanks(config.runtime().mpi_rank0_works());
-  transport->reduce_sum_ = config.runtime().mpi_reduction() == MPI_REDUCE_SUM;
+  transport->reduction_ = config.runtime().mpi_reduction();
+  transport->meta_batch_ = config.outer().meta_batch_size();
   if (transport->working_ranks_.front() == 0) {
     ASSIGN_OR_RETURN(transport->learner_, Learner::Create(config, tasks));
   }
@@ -265,6 +396,11 @@ void MpiTransport::Interrupt(const std::string& why) {
   interrupted_ = why.empty() ? "interrupted" : why;
 }
 
+void MpiTransport::AnnounceUpdate(double step_size, int inner_iterations) {
+  step_size_ = step_size;
+  inner_iterations_ = inner_iterations;
+}
+
 absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state,
                                                           const std::vector<WorkItem>& items) {
   {
@@ -278,51 +414,55 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   header.has_moments = moments.second;
   header.has_first_moment = moments.first;
   header.adam_step = state.adam_step;
+  header.meta_batch = meta_batch_;
   WorkBatch batch;
   bool training = !items.empty();
+  int tasks = 0;
   for (const WorkItem& item : items) {
-    *batch.add_specs() = item.spec;
-    batch.add_evaluate(item.kind == WorkKind::kEvaluate);
+    WorkUnit* unit = batch.add_items();
+    unit->set_evaluate(item.kind == WorkKind::kEvaluate);
+    for (const TaskSpec& task : item.tasks) *unit->add_tasks() = task;
     training &= item.kind == WorkKind::kTrain;
+    tasks += static_cast<int>(item.tasks.size());
   }
-  header.reduce_sum = reduce_sum_ && training;
+  header.reduction = training ? reduction_ : MPI_GATHER_IN_ORDER;
+  header.ranks_keep_state = reduction_ == MPI_ALLREDUCE_SUM;
+  if (header.ranks_keep_state) header.state_hash = StateHash(state);
+  header.step_size = step_size_;
+  header.inner_iterations = inner_iterations_;
   std::string bytes = batch.SerializeAsString();
   header.batch_bytes = static_cast<int64_t>(bytes.size());
   Broadcast(&header, sizeof(header), MPI_BYTE);
-  // The state is only read: broadcasting from its buffers does not change it.
-  torch::Tensor parameters = state.parameters.contiguous(), adam_m = state.adam_m, adam_v = state.adam_v;
-  BroadcastTensor(parameters, header.numel);
-  if (moments.first) {
-    adam_m = adam_m.contiguous();
-    BroadcastTensor(adam_m, header.numel);
-  }
-  if (moments.second) {
-    adam_v = adam_v.contiguous();
-    BroadcastTensor(adam_v, header.numel);
+  if (StateNeeded(header, state)) {
+    // The state is only read: broadcasting from its buffers does not change it.
+    MetaState shared{state.parameters.contiguous(), moments.first ? state.adam_m.contiguous() : torch::Tensor(),
+                     moments.second ? state.adam_v.contiguous() : torch::Tensor(), state.adam_step};
+    BroadcastState(header, &shared);
+    stats_.bytes_out += header.numel * 4 * (1 + header.has_first_moment + header.has_moments) * (Size() - 1);
   }
   Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE);
-  stats_.bytes_out += header.numel * 4 * (1 + header.has_first_moment + header.has_moments) * (Size() - 1);
 
+  const bool summed = header.reduction != MPI_GATHER_IN_ORDER;
   std::vector<absl::StatusOr<TaskResult>> results(items.size(), absl::UnknownError("not run"));
-  torch::Tensor sum;
-  if (header.reduce_sum) sum = EmptySum(header.numel, moments);
+  std::optional<TensorSums> sums;
+  if (summed) sums.emplace(header.numel, meta_batch_, moments);
   if (learner_ != nullptr)
     for (size_t i = 0; i < items.size(); ++i)
       if (working_ranks_[i % working_ranks_.size()] == 0) {
         results[i] = learner_->Run(state, items[i]);
-        if (header.reduce_sum && results[i].ok()) AddToSum(&*results[i], moments, sum);
+        if (summed && results[i].ok())
+          if (absl::Status moved = MoveIntoSum(&*results[i], *sums); !moved.ok()) results[i] = moved;
       }
   for (size_t i = 0; i < items.size(); ++i) {
     const int source = working_ranks_[i % working_ranks_.size()];
-    if (source != 0) results[i] = ReceiveResult(source, i, header.numel, &stats_.bytes_in);
+    if (source != 0) results[i] = ReceiveResult(source, i, header, &stats_.bytes_in);
   }
-  if (header.reduce_sum) {
-    ReduceToRank0(sum);  // every rank takes part, even after a failed item
-    stats_.bytes_in += sum.numel() * 4;  // counted once; MPI's reduction tree may bring a few
+  if (summed) {
+    ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM);
+    stats_.bytes_in += header.numel * ExactSum::kElementBytes * (1 + header.has_first_moment + header.has_moments);
+    SetTasks(*sums, tasks);
     if (results[0].ok()) {
-      results[0]->delta = sum[0];
-      if (moments.first) results[0]->adam_m = sum[1];
-      if (moments.second) results[0]->adam_v = sum[moments.first ? 2 : 1];
+      results[0]->sums = std::move(sums);
       results[0]->tensor_items = static_cast<int>(items.size());
     }
   }
@@ -343,22 +483,47 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
   const std::vector<int> working = WorkingRanks(config.runtime().mpi_rank0_works());
   ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, tasks));
   MetaState state;
-  std::vector<WorkItem> items;
-  bool reduce_sum = false;
-  while (ReceiveBatch(&state, &items, &reduce_sum)) {
-    torch::Tensor sum;
-    if (reduce_sum) sum = EmptySum(state.parameters.numel(), CarriedMomentsOf(state));
+  while (true) {
+    BatchHeader header;
+    Broadcast(&header, sizeof(header), MPI_BYTE);
+    if (header.command == kFinish) break;
+    if (StateNeeded(header, state)) BroadcastState(header, &state);
+    std::string bytes(static_cast<size_t>(header.batch_bytes), '\0');
+    Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE);
+    const std::vector<WorkItem> items = ParseItems(bytes);
+
+    const bool summed = header.reduction != MPI_GATHER_IN_ORDER;
+    std::optional<TensorSums> sums;
+    if (summed) sums.emplace(header.numel, static_cast<int>(header.meta_batch), CarriedMomentsOf(state));
+    bool all_ok = true;
     std::deque<OutgoingResult> outgoing;  // stable addresses for MPI
     for (size_t i = 0; i < items.size(); ++i) {
       if (working[i % working.size()] != rank) continue;
-      outgoing.push_back(OutgoingResult{{}, {}, learner->Run(state, items[i]), {}});
-      if (reduce_sum && outgoing.back().result.ok())
-        AddToSum(&*outgoing.back().result, CarriedMomentsOf(state), sum);
+      outgoing.push_back(OutgoingResult{{}, {}, learner->Run(state, items[i]), {}, {}});
+      absl::StatusOr<TaskResult>& result = outgoing.back().result;
+      if (summed && result.ok())
+        if (absl::Status moved = MoveIntoSum(&*result, *sums); !moved.ok()) result = moved;
+      all_ok &= result.ok();
       StartSend(&outgoing.back());
     }
     for (OutgoingResult& out : outgoing)
       for (MPI_Request& request : out.requests) Wait(&request);
-    if (reduce_sum) ReduceToRank0(sum);
+    if (!summed) continue;
+    ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM);
+    if (header.reduction != MPI_ALLREDUCE_SUM || !all_ok) continue;
+    // Rank 0 applies the same update with the same code; should any rank
+    // have failed, the next batch's state hash says so and rank 0 sends
+    // its state.
+    int total_tasks = 0;
+    for (const WorkItem& item : items) total_tasks += static_cast<int>(item.tasks.size());
+    SetTasks(*sums, total_tasks);
+    TaskResult total;
+    total.sums = std::move(sums);
+    total.tensor_items = 1;
+    Aggregator aggregator(header.numel, {total_tasks}, CarriedMomentsOf(state));
+    if (!aggregator.Add(0, std::move(total)).ok() ||
+        !aggregator.Apply(header.step_size, static_cast<int>(header.inner_iterations), &state).ok())
+      state = MetaState();  // stale: rank 0 sends its state next time
   }
   return absl::OkStatus();
 }

@@ -1,14 +1,15 @@
 // The MPI runtime, for jobs launched with mpirun or Slurm. Rank 0 runs the
 // round engine with an MpiTransport; every other rank runs RunMpiWorker().
-// Each batch is one broadcast of the meta-state and the work items; item i
-// is computed by a fixed rank (i modulo the working ranks) and rank 0
-// receives the results in item order, so the parameters do not depend on the
-// number of ranks and equal those of the other transports. With
-// runtime.mpi_reduction = MPI_REDUCE_SUM a training batch's tensors are
-// instead summed per rank and combined by MPI_Reduce (less traffic into rank
-// 0; not bitwise-equal across job sizes). MPI jobs are not
-// elastic: a rank that dies ends the job (mpirun reports which), and the
-// relaunched job resumes from the last checkpoint.
+// Each batch begins with one broadcast of the work items (and of the
+// meta-state, unless every rank holds it already); item i is computed by a
+// fixed rank (i modulo the working ranks). runtime.mpi_reduction chooses how
+// training results come together: each item's result to rank 0, or each
+// rank's exact partial sum combined by MPI_Reduce, or by MPI_Allreduce, after
+// which every rank applies the update to its own copy of the state and the
+// next round needs no state broadcast. Sums are exact (core/exact_sum.h), so
+// every mode and job size gives the bits of the other transports. MPI jobs
+// are not elastic: a rank that dies ends the job (mpirun reports which), and
+// the relaunched job resumes from the last checkpoint.
 #ifndef REPTILE_TRANSPORT_MPI_MPI_TRANSPORT_H_
 #define REPTILE_TRANSPORT_MPI_MPI_TRANSPORT_H_
 
@@ -55,6 +56,7 @@ class MpiTransport final : public Transport {
 
   absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state,
                                               const std::vector<WorkItem>& items) override;
+  void AnnounceUpdate(double step_size, int inner_iterations) override;
   int num_workers() const override { return static_cast<int>(working_ranks_.size()); }
   TransportStats Stats() const override { return stats_; }
   // Takes effect at the next batch: a batch in progress cannot be abandoned
@@ -64,7 +66,10 @@ class MpiTransport final : public Transport {
  private:
   MpiTransport() = default;
   std::vector<int> working_ranks_;
-  bool reduce_sum_ = false;  // runtime.mpi_reduction == MPI_REDUCE_SUM
+  MpiReduction reduction_ = MPI_GATHER_IN_ORDER;
+  int meta_batch_ = 1;
+  double step_size_ = 0;  // of the next training batch (AnnounceUpdate)
+  int inner_iterations_ = 0;
   std::unique_ptr<Learner> learner_;  // rank 0's own, if it works
   TransportStats stats_;
   absl::Mutex mu_;

@@ -1,0 +1,78 @@
+// Exact, order-independent sums of fp32 vectors. Every value is rounded once,
+// on its own, to the fixed-point grid of 2^-96 (to nearest, ties to even)
+// and added as a 128-bit integer. Integer addition is associative, so a sum
+// depends only on the multiset of vectors added: any grouping (tasks summed
+// by a worker, MPI ranks, a tree of aggregators) merges to the same bits.
+//
+// Range: a sum promises to hold up to `max_terms` vectors, and Add() refuses
+// any value with |x| >= 2^30 / max_terms (a diverged run), so a total never
+// leaves the 128-bit range. Values below 2^-73 keep fewer than 24 bits and
+// values below 2^-97 become 0: far below the last bit of any parameter or
+// Adam moment that reaches the update.
+#ifndef REPTILE_CORE_EXACT_SUM_H_
+#define REPTILE_CORE_EXACT_SUM_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace reptile {
+
+class ExactSum {
+ public:
+  // Fixed-point bits below the binary point, and the bytes of one element
+  // when encoded (little-endian two's complement).
+  static constexpr int kFractionBits = 96;
+  static constexpr size_t kElementBytes = 16;
+
+  // A zero sum of `numel` elements that will hold at most `max_terms` vectors.
+  ExactSum(int64_t numel, int max_terms);
+
+  // Whether Add() takes these numel() values: InvalidArgument, naming the
+  // element, for NaN, infinity, or |x| >= 2^30 / max_terms.
+  absl::Status CheckRange(const float* values) const;
+  // Adds one vector of numel() fp32 values. Fails as CheckRange(), and when
+  // the sum already holds max_terms vectors; the sum is unchanged then.
+  absl::Status Add(const float* values);
+  // Adds another sum of the same size and capacity. InvalidArgument if the
+  // sizes differ or the terms would exceed max_terms.
+  absl::Status Merge(const ExactSum& other);
+
+  // sum / divisor for element i, rounded to double (a function of the exact
+  // sum alone).
+  double Quotient(int64_t i, double divisor) const;
+
+  // Whether any element is below zero (a sum of squares cannot be).
+  bool HasNegative() const;
+
+  int64_t numel() const { return static_cast<int64_t>(values_.size()); }
+  int terms() const { return terms_; }
+  int max_terms() const { return max_terms_; }
+
+  // numel() * kElementBytes bytes.
+  std::string Encode() const;
+  // A sum that claims to hold `terms` vectors, from bytes of another process:
+  // InvalidArgument unless the size is right, 1 <= terms <= max_terms and
+  // every element lies within what `terms` in-range values can reach.
+  static absl::StatusOr<ExactSum> Decode(const std::string& bytes, int64_t numel, int terms, int max_terms);
+
+  // The raw accumulators, for a reduction that adds them element-wise as
+  // 128-bit integers (MPI); the result is a valid sum of all terms added.
+  void* data() { return values_.data(); }
+  void set_terms(int terms) { terms_ = terms; }
+
+ private:
+  // |value| that Add() refuses, and the same in units of 2^-96.
+  double ValueLimit() const;
+  __int128 Limit() const;
+
+  std::vector<__int128> values_;
+  int max_terms_ = 1;
+  int terms_ = 0;
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_CORE_EXACT_SUM_H_

@@ -46,7 +46,9 @@ absl::StatusOr<AdaptationReport> AnalyzeAdaptation(const TrainingState& state,
   if (episodes <= 0) return absl::InvalidArgumentError("analysis needs at least one episode");
   const ExperimentConfig& config = state.config;
   const TaskSampler sampler(config, tasks->num_classes(false), tasks->num_classes(true));
-  const std::vector<WorkItem> items = sampler.EvaluationItems(episodes);
+  std::vector<TaskSpec> items;
+  for (const WorkItem& item : sampler.EvaluationItems(episodes))
+    items.insert(items.end(), item.tasks.begin(), item.tasks.end());
   threads = std::clamp(threads, 1, episodes);
   std::vector<std::unique_ptr<Learner>> learners;
   for (int t = 0; t < threads; ++t) {

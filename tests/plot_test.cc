@@ -216,15 +216,17 @@ TEST(AdaptationTraceTest, LastLayerOnlyLeavesTheBodyAtThetaAndTheFinalStepIsTheE
   ASSERT_TRUE(learner.ok()) << learner.status();
   MetaState state;
   state.parameters = torch::randn({(*learner)->num_parameters()}) * 0.3;
+  TaskSpec spec;
+  spec.set_family(SINE);
+  spec.set_meta_test(true);
+  spec.set_seed(42);
+  spec.set_support_shots(config.task().eval_shots());
+  spec.set_query_shots(config.task().sine_query_points());
   WorkItem item;
   item.kind = WorkKind::kEvaluate;
-  item.spec.set_family(SINE);
-  item.spec.set_meta_test(true);
-  item.spec.set_seed(42);
-  item.spec.set_support_shots(config.task().eval_shots());
-  item.spec.set_query_shots(config.task().sine_query_points());
+  item.tasks = {spec};
 
-  absl::StatusOr<AdaptationTrace> all = (*learner)->TraceAdaptation(state, item, AdaptedLayers::kAll);
+  absl::StatusOr<AdaptationTrace> all = (*learner)->TraceAdaptation(state, spec, AdaptedLayers::kAll);
   ASSERT_TRUE(all.ok()) << all.status();
   EXPECT_EQ(all->loss.size(), 8u);  // before the first step, then after each
   EXPECT_TRUE(all->accuracy.empty());
@@ -240,7 +242,7 @@ TEST(AdaptationTraceTest, LastLayerOnlyLeavesTheBodyAtThetaAndTheFinalStepIsTheE
   ASSERT_TRUE(evaluated.ok()) << evaluated.status();
   EXPECT_EQ(evaluated->loss, all->loss.back());
 
-  absl::StatusOr<AdaptationTrace> last = (*learner)->TraceAdaptation(state, item, AdaptedLayers::kLastOnly);
+  absl::StatusOr<AdaptationTrace> last = (*learner)->TraceAdaptation(state, spec, AdaptedLayers::kLastOnly);
   ASSERT_TRUE(last.ok()) << last.status();
   EXPECT_EQ(last->relative_change[0], 0);
   EXPECT_EQ(last->relative_change[1], 0);
@@ -248,8 +250,8 @@ TEST(AdaptationTraceTest, LastLayerOnlyLeavesTheBodyAtThetaAndTheFinalStepIsTheE
   EXPECT_EQ(last->loss.front(), all->loss.front());
   EXPECT_NE(last->loss.back(), all->loss.back());
 
-  item.kind = WorkKind::kTrain;
-  EXPECT_TRUE(absl::IsInvalidArgument((*learner)->TraceAdaptation(state, item, AdaptedLayers::kAll).status()));
+  spec.set_meta_test(false);  // a training task
+  EXPECT_TRUE(absl::IsInvalidArgument((*learner)->TraceAdaptation(state, spec, AdaptedLayers::kAll).status()));
 }
 
 // ---- end to end: real runs, rendered by Chromium ------------------------------

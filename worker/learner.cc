@@ -328,15 +328,13 @@ TaskResult Learner::Evaluate(const MetaState& state, const TaskSpec& spec, const
   return result;
 }
 
-absl::StatusOr<AdaptationTrace> Learner::TraceAdaptation(const MetaState& state, const WorkItem& item,
+absl::StatusOr<AdaptationTrace> Learner::TraceAdaptation(const MetaState& state, const TaskSpec& spec,
                                                          AdaptedLayers layers) {
   RETURN_IF_ERROR(CheckState(state, flat_->numel(), CarriedMomentsOf(config_)));
-  if (item.kind != WorkKind::kEvaluate)
-    return absl::InvalidArgumentError("adaptation traces are taken on evaluation episodes");
-  RETURN_IF_ERROR(CheckSpecFitsConfig(item, config_.task()));
+  RETURN_IF_ERROR(CheckSpecFitsConfig(WorkKind::kEvaluate, spec, config_.task()));
   if (tasks_ == nullptr) return absl::FailedPreconditionError("learner has no task source");
   try {
-    ASSIGN_OR_RETURN(TaskExamples task, tasks_->Materialize(item.spec));
+    ASSIGN_OR_RETURN(TaskExamples task, tasks_->Materialize(spec));
     const std::vector<LayerSpan> spans = LayersOf(flat_->layout());
     AdaptHooks hooks;
     if (layers == AdaptedLayers::kLastOnly && !spans.empty()) hooks.trainable_from = spans.back().begin;
@@ -349,7 +347,7 @@ absl::StatusOr<AdaptationTrace> Learner::TraceAdaptation(const MetaState& state,
         trace.accuracy.push_back(output.argmax(1).eq(task.query_y).to(torch::kFloat64).mean().item<double>());
     };
     const EvalConfig& ev = config_.eval();
-    Adapt(state, task, item.spec.seed(), ev.inner_iterations(), ev.inner_batch_size(), nullptr, hooks);
+    Adapt(state, task, spec.seed(), ev.inner_iterations(), ev.inner_batch_size(), nullptr, hooks);
     torch::NoGradGuard no_grad;
     for (const LayerSpan& span : spans) {
       torch::Tensor theta = state.parameters.slice(0, span.begin, span.end);

@@ -135,11 +135,11 @@ class Learner {
   // support set only. Used by `reptile adapt` on a user's own images.
   absl::StatusOr<std::vector<int64_t>> AdaptAndPredict(const MetaState& state, const TaskExamples& task);
 
-  // Adapts to an evaluation episode as Run() does (eval.inner_iterations
-  // steps on minibatches of eval.inner_batch_size), changing only the layers
-  // `layers` says, and scores the query set after every step. Fails as Run()
-  // does, and with InvalidArgument for a training item.
-  absl::StatusOr<AdaptationTrace> TraceAdaptation(const MetaState& state, const WorkItem& item,
+  // Adapts to the evaluation episode `spec` as Run() does
+  // (eval.inner_iterations steps on minibatches of eval.inner_batch_size),
+  // changing only the layers `layers` says, and scores the query set after
+  // every step. Fails as Run() does for an evaluation item of this spec.
+  absl::StatusOr<AdaptationTrace> TraceAdaptation(const MetaState& state, const TaskSpec& spec,
                                                   AdaptedLayers layers);
 
   int64_t num_parameters() const { return flat_->numel(); }

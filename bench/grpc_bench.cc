@@ -28,12 +28,9 @@
 // With GRPC_BENCH_PROBE set, each synthetic worker also times a Heartbeat
 // right after every SubmitResult (a diagnostic; it slows the ingest).
 // Takes about 4 minutes. Asserts nothing.
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,11 +39,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <ctime>
-#include <fstream>
-#include <sstream>
 #include <memory>
-#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,6 +48,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/bench_support.h"
 #include "coordinator/round_engine.h"
 #include "coordinator/task_sampler.h"
 #include "core/config.h"
@@ -70,128 +64,9 @@
 namespace reptile {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
-
-double ProcessCpuSeconds() {
-  timespec t{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-std::string LoadAverage() {
-  std::ifstream in("/proc/loadavg");
-  std::string one, five, fifteen;
-  in >> one >> five >> fifteen;
-  return absl::StrCat(one, " ", five, " ", fifteen);
-}
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "grpc_bench: %s\n", what.c_str());
-  std::exit(1);
-}
-
-template <typename T>
-T OrDie(absl::StatusOr<T> value, const char* what) {
-  if (!value.ok()) Die(absl::StrCat(what, ": ", value.status().ToString()));
-  return *std::move(value);
-}
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-double Max(const std::vector<double>& v) { return v.empty() ? 0 : *std::max_element(v.begin(), v.end()); }
-
-// ---- 4. loopback TCP ---------------------------------------------------------
-
-// Moves `total` bytes from one thread to another over 127.0.0.1 in writes of
-// `write_size`; GB/s measured at the receiver, from accept to the last byte.
-double LoopbackGbps(size_t total, size_t write_size) {
-  const int listener = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  if (bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 || listen(listener, 1) != 0)
-    Die(absl::StrCat("loopback listen: ", std::strerror(errno)));
-  socklen_t length = sizeof(address);
-  getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length);
-  std::thread sender([&] {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0)
-      Die(absl::StrCat("loopback connect: ", std::strerror(errno)));
-    std::vector<char> buffer(write_size, 'x');
-    size_t sent = 0;
-    while (sent < total) {
-      const ssize_t n = write(fd, buffer.data(), std::min(write_size, total - sent));
-      if (n <= 0) Die(absl::StrCat("loopback write: ", std::strerror(errno)));
-      sent += n;
-    }
-    close(fd);
-  });
-  const int fd = accept(listener, nullptr, nullptr);
-  const auto start = Clock::now();
-  std::vector<char> buffer(write_size);
-  size_t received = 0;
-  while (received < total) {
-    const ssize_t n = read(fd, buffer.data(), buffer.size());
-    if (n <= 0) Die(absl::StrCat("loopback read: ", std::strerror(errno)));
-    received += n;
-  }
-  const double seconds = Seconds(start);
-  sender.join();
-  close(fd);
-  close(listener);
-  return received / seconds / 1e9;
-}
+using Clock = BenchClock;
 
 // ---- 1 and 2: the round engine on real workers -------------------------------
-
-// What one round's transport call cost, from its results.
-struct RoundTiming {
-  double run_seconds = 0;       // wall time of Transport::Run
-  double compute_sum = 0;       // sum of the items' compute_seconds
-  double compute_makespan = 0;  // ideal pull queue: items in order on W workers
-  int items = 0;
-};
-
-// Passes everything through to `inner`, timing each Run().
-class TimedTransport final : public Transport {
- public:
-  TimedTransport(Transport* inner, int workers) : inner_(inner), workers_(workers) {}
-
-  absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state, const std::vector<WorkItem>& items) override {
-    const auto start = Clock::now();
-    absl::StatusOr<std::vector<TaskResult>> results = inner_->Run(state, items);
-    RoundTiming timing;
-    timing.run_seconds = Seconds(start);
-    timing.items = static_cast<int>(items.size());
-    if (results.ok()) {
-      std::vector<double> free_at(workers_, 0.0);
-      for (const TaskResult& r : *results) {
-        timing.compute_sum += r.compute_seconds;
-        auto first = std::min_element(free_at.begin(), free_at.end());
-        *first += r.compute_seconds;
-      }
-      timing.compute_makespan = Max(free_at);
-      timings_.push_back(timing);
-    }
-    return results;
-  }
-  int num_workers() const override { return inner_->num_workers(); }
-  TransportStats Stats() const override { return inner_->Stats(); }
-  void Interrupt(const std::string& why) override { inner_->Interrupt(why); }
-
-  const std::vector<RoundTiming>& timings() const { return timings_; }
-
- private:
-  Transport* inner_;
-  int workers_;
-  std::vector<RoundTiming> timings_;
-};
 
 // `reptile worker` processes for one GrpcTransport; stderr to `log_path`.
 class WorkerProcessGroup {
@@ -220,18 +95,9 @@ class WorkerProcessGroup {
 
   // User + system CPU seconds of the processes so far (all their threads).
   double CpuSeconds() const {
-    double ticks = 0;
-    for (pid_t pid : pids_) {
-      std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      const size_t paren = text.rfind(')');
-      if (paren == std::string::npos) continue;
-      std::istringstream fields(text.substr(paren + 2));
-      std::string field;
-      for (int i = 3; i <= 15 && fields >> field; ++i)
-        if (i == 14 || i == 15) ticks += std::stod(field);
-    }
-    return ticks / sysconf(_SC_CLK_TCK);
+    double seconds = 0;
+    for (pid_t pid : pids_) seconds += ProcessCpuSeconds(pid);
+    return seconds;
   }
 
   // True while none has exited.
@@ -347,119 +213,6 @@ void WaitForWorkers(Setup& setup) {
 
 // ---- 3. ingest ------------------------------------------------------------
 
-struct Precomputed {
-  int64_t numel = 0;
-  CarriedMoments carry;
-  DeltaDtype dtype = DELTA_FP32;
-  std::string config_fingerprint, layout_fingerprint;
-  std::vector<std::string> tensors;  // encoded delta, then the carried adam_m and adam_v
-  // The upload of that result; its header's worker, lease and state version
-  // are set per submission.
-  std::vector<ResultChunk> upload;
-};
-
-Precomputed Precompute(const ExperimentConfig& config) {
-  Precomputed p;
-  std::shared_ptr<MetaModel> model = OrDie(MakeModel(config, 0), "model");
-  FlatParameters flat(*model);
-  p.numel = flat.numel();
-  p.carry = CarriedMomentsOf(config);
-  p.dtype = config.outer().delta_dtype();
-  p.config_fingerprint = ConfigFingerprint(config);
-  p.layout_fingerprint = LayoutFingerprint(flat.layout());
-  torch::manual_seed(7);
-  TaskResult result;
-  result.delta = torch::randn({p.numel}) * 1e-3;
-  result.loss = 1.0;
-  p.tensors.push_back(EncodeTensor(result.delta, p.dtype));
-  if (p.carry.first) {
-    result.adam_m = torch::randn({p.numel}) * 1e-3;
-    p.tensors.push_back(EncodeTensor(result.adam_m, DELTA_FP32));
-  }
-  if (p.carry.second) {
-    result.adam_v = torch::randn({p.numel}).abs_() * 1e-6;
-    p.tensors.push_back(EncodeTensor(result.adam_v, DELTA_FP32));
-  }
-  p.upload = CoordinatorClient::ResultMessages(0, WorkReply(), result, p.dtype, p.numel);
-  return p;
-}
-
-// Client-side time in each call of the synthetic workers, summed.
-struct PhaseClock {
-  std::atomic<int64_t> get_work_ns{0}, get_work_calls{0};  // calls that returned a TRAIN lease
-  std::atomic<int64_t> fetch_ns{0}, fetch_calls{0};
-  std::atomic<int64_t> submit_ns{0}, submit_calls{0};  // first Write to Finish
-  std::atomic<int64_t> probe_ns{0}, probe_calls{0};    // $GRPC_BENCH_PROBE: a Heartbeat after each Submit
-  void Add(std::atomic<int64_t>& ns, std::atomic<int64_t>& calls, Clock::time_point since) {
-    ns.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - since).count());
-    calls.fetch_add(1);
-  }
-  struct Snapshot {
-    double get_work_ms = 0, fetch_ms = 0, submit_ms = 0;
-    int64_t get_work = 0, fetch = 0, submit = 0, get_work_ns = 0, fetch_ns = 0, submit_ns = 0;
-  };
-  Snapshot Take() const {
-    Snapshot s;
-    s.get_work = get_work_calls.load(), s.fetch = fetch_calls.load(), s.submit = submit_calls.load();
-    s.get_work_ns = get_work_ns.load(), s.fetch_ns = fetch_ns.load(), s.submit_ns = submit_ns.load();
-    return s;
-  }
-  // Mean ms per call between two snapshots.
-  static Snapshot Between(const Snapshot& a, const Snapshot& b) {
-    Snapshot d;
-    auto mean = [](int64_t ns, int64_t calls) { return calls > 0 ? 1e-6 * ns / calls : 0.0; };
-    d.get_work_ms = mean(b.get_work_ns - a.get_work_ns, b.get_work - a.get_work);
-    d.fetch_ms = mean(b.fetch_ns - a.fetch_ns, b.fetch - a.fetch);
-    d.submit_ms = mean(b.submit_ns - a.submit_ns, b.submit - a.submit);
-    return d;
-  }
-};
-
-// A worker that computes nothing: Join, then GetWork -> (FetchState once per
-// state version, as real workers do) -> SubmitResult of the precomputed
-// upload, all through CoordinatorClient as the worker process does.
-void SyntheticWorker(const std::string& address, const std::string& token, const Precomputed& p,
-                     PhaseClock* clock) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own
-  CoordinatorClient client(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args), token);
-  JoinRequest join;
-  join.set_worker_name(absl::StrCat("synthetic-", std::hash<std::thread::id>()(std::this_thread::get_id()) % 1000));
-  join.set_protocol_version(kProtocolVersion);
-  join.set_config_fingerprint(p.config_fingerprint);
-  join.set_layout_fingerprint(p.layout_fingerprint);
-  const uint64_t worker = OrDie(client.Join(join), "synthetic Join refused").worker_id();
-  std::vector<ResultChunk> upload = p.upload;
-  ResultHeader* header = upload[0].mutable_header();
-  header->set_worker_id(worker);
-  const bool probe = std::getenv("GRPC_BENCH_PROBE") != nullptr;
-  uint64_t fetched_version = 0;
-  while (true) {
-    auto started = Clock::now();
-    const WorkReply work = OrDie(client.GetWork(worker), "synthetic GetWork");
-    if (work.kind() == WorkReply::FINISHED) break;
-    if (work.kind() != WorkReply::TRAIN) continue;
-    clock->Add(clock->get_work_ns, clock->get_work_calls, started);
-    if (work.state_version() != fetched_version) {
-      started = Clock::now();
-      if (client.FetchState(worker, work.state_version(), p.numel, p.carry).ok())
-        fetched_version = work.state_version();
-      clock->Add(clock->fetch_ns, clock->fetch_calls, started);
-    }
-    header->set_lease_id(work.lease_id());
-    header->set_state_version(work.state_version());
-    started = Clock::now();
-    OrDie(client.Submit(upload), "synthetic SubmitResult");
-    clock->Add(clock->submit_ns, clock->submit_calls, started);
-    if (probe) {
-      started = Clock::now();
-      client.Heartbeat(worker).IgnoreError();
-      clock->Add(clock->probe_ns, clock->probe_calls, started);
-    }
-  }
-  client.Leave(worker).IgnoreError();
-}
-
 struct IngestFigures {
   double deltas_per_s = 0, gb_per_s = 0, mb_per_result = 0, ms_per_result = 0;
   int64_t results = 0;
@@ -475,7 +228,11 @@ IngestFigures Ingest(const ExperimentConfig& config, const Precomputed& p, int c
   const std::string address = absl::StrCat("127.0.0.1:", transport->port());
   PhaseClock clock;
   std::vector<std::thread> threads;
-  for (int i = 0; i < clients; ++i) threads.emplace_back(SyntheticWorker, address, token, std::cref(p), &clock);
+  SimulatedWorkerOptions worker;
+  worker.address = address;
+  worker.token = token;
+  worker.probe = std::getenv("GRPC_BENCH_PROBE") != nullptr;
+  for (int i = 0; i < clients; ++i) threads.emplace_back(SimulatedWorker, std::cref(worker), std::cref(p), &clock);
   while (transport->num_workers() < clients) usleep(10000);
 
   MetaState state;
@@ -518,32 +275,6 @@ IngestFigures Ingest(const ExperimentConfig& config, const Precomputed& p, int c
   return f;
 }
 
-// Unary round trip: Heartbeat of a joined synthetic worker, `calls` times.
-double HeartbeatMicros(const ExperimentConfig& config, const Precomputed& p, int calls, const std::string& token) {
-  GrpcTransport::Options options;
-  options.token = token;
-  auto transport = OrDie(GrpcTransport::Create(config, options), "gRPC transport (latency)");
-  SecurityOptions security;
-  security.token = token;
-  std::unique_ptr<CoordinatorClient> client = OrDie(
-      CoordinatorClient::Connect(absl::StrCat("127.0.0.1:", transport->port()), security), "latency probe: channel");
-  JoinRequest join;
-  join.set_worker_name("latency-probe");
-  join.set_protocol_version(kProtocolVersion);
-  join.set_config_fingerprint(p.config_fingerprint);
-  join.set_layout_fingerprint(p.layout_fingerprint);
-  const uint64_t worker = OrDie(client->Join(join), "latency probe: Join refused").worker_id();
-  std::vector<double> times;
-  for (int i = 0; i < calls + 50; ++i) {
-    const auto start = Clock::now();
-    if (absl::Status beat = client->Heartbeat(worker); !beat.ok())
-      Die(absl::StrCat("latency probe: Heartbeat failed: ", beat.ToString()));
-    if (i >= 50) times.push_back(1e6 * Seconds(start));
-  }
-  client->Leave(worker).IgnoreError();
-  return Median(times);
-}
-
 // ms per call of `f`, best of 5 runs of `reps` calls.
 template <typename F>
 double BestMs(int reps, F f) {
@@ -554,13 +285,6 @@ double BestMs(int reps, F f) {
     best = std::min(best, 1e3 * Seconds(start) / reps);
   }
   return best;
-}
-
-std::string Now() {
-  const std::time_t t = std::time(nullptr);
-  char text[64];
-  std::strftime(text, sizeof(text), "%Y-%m-%d %H:%M:%S %Z", std::localtime(&t));
-  return text;
 }
 
 int Main(int argc, char** argv) {

@@ -24,6 +24,9 @@
 #include "cli/signals.h"
 #include "cli/worker_processes.h"
 #include "core/process_setup.h"
+#include "monitoring/coordinator_metrics.h"
+#include "monitoring/metrics_server.h"
+#include "monitoring/worker_metrics.h"
 #include "transport/grpc/grpc_transport.h"
 #include "transport/grpc/grpc_worker.h"
 #include "transport/local/local_transport.h"
@@ -80,13 +83,30 @@ absl::StatusOr<RunSetup> SetUpRun(const CliOptions& options) {
 // Trains (or resumes) the run on `transport` until it is done, stopped by
 // SIGINT/SIGTERM (checkpoint, then OK) or --stop_at_round. True if the run
 // is complete, final evaluation included.
-absl::StatusOr<bool> TrainOn(const CliOptions& options, const RunSetup& setup, Transport* transport) {
+// `live_stats`: the transport's Stats() is thread-safe, so /metrics may read
+// it at each scrape.
+absl::StatusOr<bool> TrainOn(const CliOptions& options, const RunSetup& setup, Transport* transport,
+                             bool live_stats = false) {
   RoundEngine::Options engine_options;
   engine_options.run_dir = setup.dir.get();
   engine_options.log = Log;
+  // Prometheus /metrics, if asked for: the flag, else the config's runtime section.
+  const std::string metrics_listen =
+      !options.metrics_listen.empty() ? options.metrics_listen : setup.config.runtime().metrics_listen();
+  std::shared_ptr<CoordinatorMetrics> metrics;
+  std::unique_ptr<MetricsServer> metrics_server;
+  if (!metrics_listen.empty()) {
+    metrics = std::make_shared<CoordinatorMetrics>();
+    if (live_stats) metrics->SetLiveTransportStats([transport] { return transport->Stats(); });
+    ASSIGN_OR_RETURN(metrics_server, MetricsServer::Start(metrics_listen));
+    metrics_server->Register(metrics);
+    engine_options.observer = metrics.get();
+    Log(absl::StrCat("metrics on http://", metrics_server->address(), "/metrics"));
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<RoundEngine> engine,
                    RoundEngine::Create(setup.config, *setup.tasks, transport, engine_options));
   if (engine->round() > 0) Log(absl::StrCat("resuming ", options.run_dir, " at round ", engine->round()));
+  if (metrics != nullptr) metrics->SetRound(engine->round(), setup.config.outer().rounds());
   SetStopHandler([&engine] {
     Log("stopping: checkpointing the last finished round");
     engine->RequestStop();
@@ -145,7 +165,7 @@ absl::Status TrainCommand(const CliOptions& options) {
                    WorkerProcesses::Start(workers, absl::StrCat("127.0.0.1:", transport->port()),
                                           transport_options.token, Log,
                                           [raw_transport](const std::string& why) { raw_transport->Interrupt(why); }));
-  absl::StatusOr<bool> finished = TrainOn(options, setup, transport.get());
+  absl::StatusOr<bool> finished = TrainOn(options, setup, transport.get(), /*live_stats=*/true);
   transport->Finish(absl::Seconds(3));  // the worker processes go either way
   return finished.status();
 }
@@ -170,7 +190,7 @@ absl::Status CoordinatorCommand(const CliOptions& options) {
     std::ofstream(tmp) << transport->port() << "\n";
     std::filesystem::rename(tmp, options.port_file);
   }
-  ASSIGN_OR_RETURN(bool finished, TrainOn(options, setup, transport.get()));
+  ASSIGN_OR_RETURN(bool finished, TrainOn(options, setup, transport.get(), /*live_stats=*/true));
   // Workers of a run that was only stopped keep waiting for the coordinator
   // to come back; those of a finished run are told to leave.
   if (finished) transport->Finish(absl::Seconds(3));
@@ -220,6 +240,13 @@ absl::Status WorkerCommand(const CliOptions& options) {
   worker_options.name = absl::StrCat(host, ":", getpid());
   worker_options.log = [name = worker_options.name](const std::string& line) { Log(absl::StrCat("worker ", name, ": ", line)); };
   GrpcWorker worker(worker_options);
+  std::unique_ptr<MetricsServer> metrics_server;  // goes before `worker`
+  std::shared_ptr<WorkerMetrics> metrics = std::make_shared<WorkerMetrics>(&worker);
+  if (!options.metrics_listen.empty()) {
+    ASSIGN_OR_RETURN(metrics_server, MetricsServer::Start(options.metrics_listen));
+    metrics_server->Register(metrics);
+    worker_options.log(absl::StrCat("metrics on http://", metrics_server->address(), "/metrics"));
+  }
   SetStopHandler([&worker] { worker.Stop(); });
   absl::Status status = worker.Run();
   // A late SIGTERM while exiting changes nothing; a Stop() in progress

@@ -31,6 +31,9 @@ struct CliOptions {
   std::string data_dir;                 // worker: this node's dataset location
   std::string token_file;
   std::string tls_cert, tls_key, tls_ca, tls_server_name;
+  // /metrics: the coordinator's (train, coordinator, mpi; default
+  // runtime.metrics_listen) or a worker's own. Empty: none.
+  std::string metrics_listen;
 };
 
 absl::Status TrainCommand(const CliOptions& options);

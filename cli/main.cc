@@ -9,27 +9,39 @@
 //   reptile coordinator --config configs/omniglot_5w1s.textproto --run_dir runs/o --listen 0.0.0.0:7070
 //   reptile worker  --coordinator HOST:7070
 //   mpirun -np 4 reptile mpi --config configs/omniglot_5w1s.textproto --run_dir runs/o
+//   reptile help [COMMAND]            (or reptile [COMMAND] --help): usage and flags
+#include <algorithm>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/signals.h"
 #include "core/process_setup.h"
 
-ABSL_FLAG(std::string, config, "", "experiment config (protobuf text format), e.g. configs/demo.textproto");
+ABSL_FLAG(std::string, config, "",
+          "experiment config (protobuf text format), e.g. configs/demo.textproto; worker: its own, checked "
+          "against the coordinator's at join (default: the coordinator's)");
 ABSL_FLAG(std::string, run_dir, "",
-          "run directory: checkpoints, metrics.jsonl, config; train resumes from it; plot: repeat it to overlay runs");
+          "run directory: checkpoints, metrics.jsonl, config (train resumes from it); plot: a run to draw, "
+          "repeated to overlay runs");
 ABSL_FLAG(std::string, checkpoint, "", "checkpoint file (default: <run_dir>/checkpoint.bin)");
 ABSL_FLAG(int, workers, 0, "train: worker processes, or threads with runtime.local_workers=THREADS "
-          "(default: runtime.workers from the config)");
+          "(default: runtime.workers from the config); eval, analyze: threads (default: runtime.workers)");
 ABSL_FLAG(int, episodes, 0,
           "eval: episodes (default: eval.final_episodes); analyze: episodes (default: eval.episodes)");
-ABSL_FLAG(std::string, out, "", "plot, analyze: the SVG file to write (analyze default: analysis_<run>.svg)");
-ABSL_FLAG(int64_t, stop_at_round, -1, "train: checkpoint and stop once this round is done");
+ABSL_FLAG(std::string, out, "", "plot, analyze: the SVG file to write; analyze: default analysis_<run>.svg");
+ABSL_FLAG(int64_t, stop_at_round, -1, "train, coordinator, mpi: checkpoint and stop once this round is done");
 ABSL_FLAG(std::string, support_dir, "", "adapt: folder with one subfolder of PNG images per label");
 ABSL_FLAG(std::string, query_dir, "", "adapt: folder of PNG images to label");
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
@@ -47,6 +59,10 @@ ABSL_FLAG(std::string, tls_key, "", "the PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_ca, "",
           "coordinator: require client certificates from this PEM authority (mTLS); worker: authority to trust");
 ABSL_FLAG(std::string, tls_server_name, "", "worker: name to check the coordinator's certificate against");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "train, coordinator, mpi: serve Prometheus /metrics on PORT or IP:PORT (a bare port is on 127.0.0.1; "
+          "default: runtime.metrics_listen, empty: off); worker: serve the worker's own Prometheus /metrics on "
+          "PORT or IP:PORT (a bare port is on 127.0.0.1; empty: off)");
 
 namespace {
 
@@ -67,32 +83,166 @@ std::vector<std::string> RepeatedFlag(int argc, char** argv, const std::string& 
   return values;
 }
 
-constexpr char kUsage[] =
-    "reptile COMMAND [flags] [field.path=value ...]\n"
-    "commands:\n"
-    "  train    meta-train (or resume) a run: --config, --run_dir\n"
-    "  eval     few-shot accuracy of a checkpoint: --run_dir or --checkpoint, --episodes\n"
-    "  adapt    label your own images: --run_dir or --checkpoint, --support_dir, --query_dir\n"
-    "  inspect  round, config and parameter SHA-256 of a checkpoint: --checkpoint or --run_dir\n"
-    "  plot     training curves as SVG: --run_dir (repeat to overlay runs), --out\n"
-    "  analyze  per-layer change, last layer vs all layers, accuracy per step: --run_dir, --episodes, --out\n"
-    "  coordinator  serve a run to worker processes over gRPC: --config, --run_dir, --listen\n"
-    "  worker   join a coordinator and work for it: --coordinator HOST:PORT\n"
-    "  mpi      under mpirun: rank 0 coordinates, the others work: --config, --run_dir\n"
-    "Any config field can be overridden as field.path=value, e.g. outer.rounds=200.";
+// What `reptile --help` and `reptile COMMAND --help` say.
+struct Command {
+  const char* name;
+  const char* summary;
+  const char* usage;                // after "reptile "
+  std::vector<const char*> flags;   // the flags it reads, in the order shown
+};
+
+const std::vector<Command>& Commands() {
+  static const std::vector<Command> commands = {
+      {"train", "meta-train (or resume) a run, with worker processes on loopback",
+       "train --config FILE --run_dir DIR [flags] [field.path=value ...]",
+       {"config", "run_dir", "workers", "stop_at_round", "metrics_listen"}},
+      {"eval", "few-shot accuracy of a checkpoint on held-out classes",
+       "eval --run_dir DIR | --checkpoint FILE [--episodes N] [field.path=value ...]",
+       {"run_dir", "checkpoint", "episodes", "workers"}},
+      {"adapt", "label your own images with a trained model",
+       "adapt --run_dir DIR | --checkpoint FILE --support_dir DIR --query_dir DIR",
+       {"run_dir", "checkpoint", "support_dir", "query_dir"}},
+      {"inspect", "round, config and parameter SHA-256 of a checkpoint",
+       "inspect --run_dir DIR | --checkpoint FILE", {"run_dir", "checkpoint"}},
+      {"plot", "training curves of one or more runs as an SVG (overlaid, one colour each)",
+       "plot --run_dir DIR [--run_dir DIR ...] --out FILE.svg", {"run_dir", "out"}},
+      {"analyze", "what adaptation changes: each layer, last layer only against all, accuracy per step",
+       "analyze --run_dir DIR | --checkpoint FILE [--episodes N] [--out FILE.svg] [field.path=value ...]",
+       {"run_dir", "checkpoint", "episodes", "workers", "out"}},
+      {"coordinator", "serve a run to worker processes over gRPC",
+       "coordinator --config FILE --run_dir DIR [--listen HOST:PORT] [flags] [field.path=value ...]",
+       {"config", "run_dir", "stop_at_round", "listen", "insecure_listen", "port_file", "token_file", "tls_cert",
+        "tls_key", "tls_ca", "metrics_listen"}},
+      {"worker", "join a coordinator and work for it",
+       "worker --coordinator HOST:PORT [flags] [field.path=value ...]",
+       {"coordinator", "config", "data_dir", "token_file", "tls_cert", "tls_key", "tls_ca", "tls_server_name", "metrics_listen"}},
+      {"mpi", "under mpirun: rank 0 coordinates, the other ranks work",
+       "mpi --config FILE --run_dir DIR [flags] [field.path=value ...]   (mpirun -np N reptile mpi ...)",
+       {"config", "run_dir", "stop_at_round", "metrics_listen"}},
+      {"help", "this text, or a command's flags", "help [COMMAND]", {}},
+  };
+  return commands;
+}
+
+const Command* FindCommand(const std::string& name) {
+  for (const Command& command : Commands())
+    if (name == command.name) return &command;
+  return nullptr;
+}
+
+std::string CommandNames() {
+  std::vector<std::string> names;
+  for (const Command& command : Commands()) names.push_back(command.name);
+  return absl::StrJoin(names, ", ");
+}
+
+std::string GeneralHelp() {
+  std::string text =
+      "reptile: distributed Reptile meta-learning (train, evaluate, adapt, serve)\n"
+      "usage: reptile COMMAND [flags] [field.path=value ...]\n\ncommands:\n";
+  for (const Command& command : Commands()) absl::StrAppendFormat(&text, "  %-12s %s\n", command.name, command.summary);
+  text +=
+      "\n`reptile help COMMAND` or `reptile COMMAND --help` lists a command's flags.\n"
+      "Any config field can be overridden as field.path=value, e.g. outer.rounds=200.\n";
+  return text;
+}
+
+// A flag's help may have parts for several commands, each starting with
+// "cmd[, cmd]: "; parts without such a prefix continue the one before.
+// Returns the parts for `command` without their prefixes, or the whole text
+// if none is for it.
+std::string HelpFor(const std::string& help, const std::string& command) {
+  std::vector<std::string> mine;
+  bool any_prefix = false, in_mine = true;
+  for (absl::string_view part : absl::StrSplit(help, "; ")) {
+    const size_t colon = part.find(": ");
+    bool prefixed = colon != absl::string_view::npos;
+    std::vector<std::string> roles;
+    if (prefixed) {
+      roles = absl::StrSplit(part.substr(0, colon), ", ");
+      for (const std::string& role : roles) prefixed = prefixed && FindCommand(role) != nullptr;
+    }
+    if (prefixed) {
+      any_prefix = true;
+      in_mine = std::find(roles.begin(), roles.end(), command) != roles.end();
+      if (in_mine) mine.emplace_back(part.substr(colon + 2));
+    } else if (in_mine) {
+      mine.emplace_back(part);
+    }
+  }
+  return any_prefix && !mine.empty() ? absl::StrJoin(mine, "; ") : help;
+}
+
+std::string CommandHelp(const Command& command) {
+  std::string text = absl::StrFormat("reptile %s: %s\nusage: reptile %s\n", command.name, command.summary,
+                                     command.usage);
+  if (command.name == std::string("help")) return text + "\n" + GeneralHelp();
+  std::vector<std::pair<std::string, std::string>> rows;
+  size_t width = 0;
+  for (const char* name : command.flags) {
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) continue;
+    const std::string value = flag->DefaultValue();
+    rows.emplace_back(absl::StrCat("--", name, "=", flag->IsOfType<std::string>() ? absl::StrCat("\"", value, "\"") : value),
+                      HelpFor(flag->Help(), command.name));
+    width = std::max(width, rows.back().first.size());
+  }
+  text += "\nflags (--name=default):\n";
+  for (const auto& [flag, help] : rows) absl::StrAppendFormat(&text, "  %-*s  %s\n", width, flag, help);
+  if (command.name != std::string("inspect") && command.name != std::string("adapt") &&
+      command.name != std::string("plot"))
+    text += "\nAny config field can be overridden as field.path=value, e.g. outer.rounds=200.\n";
+  return text;
+}
+
+bool IsHelpFlag(const std::string& arg) {
+  return arg == "--help" || arg == "-help" || arg == "-h" || arg == "--helpshort" || arg == "-helpshort";
+}
+
+// Answers `reptile --help`, `reptile help [COMMAND]` and `reptile COMMAND
+// --help` before abseil parses the flags (its own --help lists flags by
+// source file, which says nothing useful here). Returns the exit code, or
+// none if this is not a request for help.
+std::optional<int> MaybeHelp(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  const auto end = std::find(args.begin(), args.end(), "--");  // flags end there
+  const bool help_flag = std::any_of(args.begin(), end, IsHelpFlag);
+  const bool help_command = !args.empty() && args[0] == "help";
+  if (!help_flag && !help_command) return std::nullopt;
+  // The command asked about: after `help`, else the first known command.
+  const Command* command = nullptr;
+  if (help_command && args.size() > 1 && !IsHelpFlag(args[1])) {
+    command = FindCommand(args[1]);
+    if (command == nullptr) {
+      std::cerr << "reptile help: unknown command '" << args[1] << "' (commands: " << CommandNames() << ")"
+                << std::endl;
+      return 2;
+    }
+  } else if (!help_command) {
+    for (auto it = args.begin(); it != end && command == nullptr; ++it) command = FindCommand(*it);
+  }
+  std::cout << (command != nullptr ? CommandHelp(*command) : GeneralHelp()) << std::flush;
+  return 0;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   reptile::InstallStopSignals();
-  absl::SetProgramUsageMessage(kUsage);
+  if (std::optional<int> code = MaybeHelp(argc, argv)) return *code;
+  absl::SetProgramUsageMessage(GeneralHelp());
   const std::vector<std::string> run_dirs = RepeatedFlag(argc, argv, "run_dir");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
-    std::cerr << kUsage << std::endl;
+    std::cerr << GeneralHelp() << std::flush;
     return 2;
   }
   const std::string command = args[1];
+  if (FindCommand(command) == nullptr) {
+    std::cerr << "reptile: unknown command '" << command << "' (commands: " << CommandNames()
+              << "; reptile --help)" << std::endl;
+    return 2;
+  }
   reptile::CliOptions options;
   options.config_path = absl::GetFlag(FLAGS_config);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
@@ -114,6 +264,7 @@ int main(int argc, char** argv) {
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
   options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.overrides.assign(args.begin() + 2, args.end());
 
   reptile::ConfigureProcessForTraining();
@@ -136,8 +287,7 @@ int main(int argc, char** argv) {
     status = reptile::WorkerCommand(options);
   } else if (command == "mpi") {
     status = reptile::MpiCommand(options);
-  } else {
-    std::cerr << "reptile: unknown command '" << command << "'\n" << kUsage << std::endl;
+  } else {  // "help" is answered before the flags are parsed
     return 2;
   }
   if (!status.ok()) {

@@ -106,7 +106,9 @@ absl::Status RoundEngine::Record(const std::string& json) {
 
 absl::Status RoundEngine::SaveCheckpoint() {
   if (options_.run_dir == nullptr) return absl::OkStatus();
-  return WriteCheckpoint(options_.run_dir->checkpoint_path(), state_);
+  RETURN_IF_ERROR(WriteCheckpoint(options_.run_dir->checkpoint_path(), state_));
+  if (options_.observer != nullptr) options_.observer->OnCheckpoint(state_.round, absl::Now());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
@@ -189,6 +191,19 @@ absl::Status RoundEngine::Run(int64_t until_round) {
     }
     const RoundStats& stats = *round_stats;
     window.Add(stats);
+    if (options_.observer != nullptr) {
+      RoundReport report;
+      report.round = state_.round;
+      report.rounds = rounds;
+      report.loss = stats.loss;
+      report.accuracy = stats.accuracy;
+      report.step_size = stats.step_size;
+      report.seconds = stats.seconds;
+      report.rounds_per_second =
+          (state_.round - first) / std::max(std::chrono::duration<double>(Clock::now() - start).count(), 1e-9);
+      report.transport = transport_->Stats();
+      options_.observer->OnRound(report);
+    }
     const int64_t metrics_every = std::max(1, config_.runtime().metrics_every_rounds());
     if (state_.round % metrics_every == 0 || state_.round == last) {
       RETURN_IF_ERROR(RecordRounds(window));
@@ -209,6 +224,7 @@ absl::Status RoundEngine::Run(int64_t until_round) {
         return evaluated.status();
       }
       const EvaluationSummary& eval = *evaluated;
+      if (options_.observer != nullptr) options_.observer->OnEvaluation(r, eval, /*final=*/false);
       RETURN_IF_ERROR(Record(absl::StrFormat(
           R"({"kind":"eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"accuracy_inductive_ci95":%.6g,"loss":%.6g,"loss_ci95":%.6g})",
           r, eval.episodes, eval.accuracy, eval.accuracy_ci95, eval.accuracy_inductive, eval.accuracy_inductive_ci95,
@@ -250,6 +266,7 @@ absl::Status RoundEngine::Run(int64_t until_round) {
     if (absl::IsCancelled(evaluated.status()) && stop_.load()) return absl::OkStatus();
     RETURN_IF_ERROR(evaluated.status());
     const EvaluationSummary& final_eval = *evaluated;
+    if (options_.observer != nullptr) options_.observer->OnEvaluation(state_.round, final_eval, /*final=*/true);
     if (options_.log) options_.log(absl::StrCat("final evaluation: ", FormatEvaluation(final_eval, classification)));
     RETURN_IF_ERROR(Record(absl::StrFormat(
         R"({"kind":"final_eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"accuracy_inductive_ci95":%.6g,"loss":%.6g,"loss_ci95":%.6g})",

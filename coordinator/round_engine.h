@@ -14,6 +14,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/run_directory.h"
 #include "coordinator/task_sampler.h"
@@ -32,12 +33,40 @@ struct EvaluationSummary {
 
 std::string FormatEvaluation(const EvaluationSummary& summary, bool classification);
 
+// One finished training round, as the engine reports it to observers.
+struct RoundReport {
+  int64_t round = 0;              // rounds done, this one included
+  int64_t rounds = 0;             // outer.rounds
+  double loss = 0;                // mean inner-loop loss over the meta-batch
+  double accuracy = -1;           // inner minibatch accuracy; -1 for regression
+  double step_size = 0;           // the outer step applied
+  double seconds = 0;             // wall time of the round
+  double rounds_per_second = 0;   // since this Run() started
+  TransportStats transport;       // the transport's counters after the round
+};
+
+// Hears what the engine does, e.g. to export metrics (monitoring/). Called
+// on the thread running RoundEngine::Run(), between rounds; must not block
+// for long or call back into the engine. The default methods do nothing.
+class RoundObserver {
+ public:
+  virtual ~RoundObserver() = default;
+  virtual void OnRound(const RoundReport& report) {}
+  // An evaluation at `round`: every eval.every_rounds, or the final one.
+  virtual void OnEvaluation(int64_t round, const EvaluationSummary& summary, bool final) {}
+  // A checkpoint of `round` was written (and synced) at `when`.
+  virtual void OnCheckpoint(int64_t round, absl::Time when) {}
+};
+
 class RoundEngine {
  public:
   struct Options {
     RunDirectory* run_dir = nullptr;  // no checkpoints or metrics if null
     // Progress lines (round, loss, accuracy, rounds/s, ETA); none if empty.
     std::function<void(const std::string&)> log;
+    // Told of every round, evaluation and checkpoint; none if null. Must
+    // outlive the engine.
+    RoundObserver* observer = nullptr;
   };
 
   // Resumes from the run directory's checkpoint if it has one (its config

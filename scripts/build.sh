@@ -1,7 +1,30 @@
 #!/usr/bin/env bash
-# Configures and builds the project (Release) into build/.
+# Configures and builds the project (Release) into build/. Shows one line per
+# file compiled and per target built, with make's percentage; the full output
+# (warnings, commands) goes to build.log, whose last 50 lines are shown if the
+# build fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+jobs=$(nproc)
+echo "build: configuring (cmake -S . -B build; full log in build.log)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release > build.log 2>&1 || { cat build.log; exit 1; }
-cmake --build build -j "$(nproc)" >> build.log 2>&1 || { tail -50 build.log; exit 1; }
+echo "build: compiling with $jobs jobs (a first build takes 5-10 minutes on 2 cores)"
+# "[ 22%] Building CXX object CMakeFiles/reptile_core.dir/core/config.cc.o"
+#   -> "[ 22%] compiling core/config.cc (reptile_core)"
+# "[ 40%] Built target reptile_core" -> "[ 40%] built reptile_core"
+# "[ 41%] Linking CXX executable reptile" -> "[ 41%] linking reptile"
+condense() {
+  sed -u -n -E \
+    -e 's#^(\[ *[0-9]+%\]) Building [A-Z]+ object (.*/)?([^/]+)\.dir/(.*)\.o$#\1 compiling \4 (\3)#p' \
+    -e 's#^(\[ *[0-9]+%\]) Built target (.*)$#\1 built \2#p' \
+    -e 's#^(\[ *[0-9]+%\]) Linking [A-Z]+ [a-z ]+ (.*/)?([^/]+)$#\1 linking \3#p' \
+    -e 's#^(\[ *[0-9]+%\]) ((Running|protoc) .*)$#\1 \2#p'
+}
+status=0
+cmake --build build -j "$jobs" 2>&1 | tee -a build.log | condense || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "build: FAILED; the end of build.log:"
+  tail -50 build.log
+  exit 1
+fi
 echo "build: ok (log in build.log)"

@@ -2,12 +2,15 @@
 #include <png.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/ascii.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/child_process.h"
@@ -120,6 +123,171 @@ TEST(CliTest, BadInputIsOneClearLineAndNonZeroExit) {
 
   Result no_command = RunReptile("frobnicate");
   EXPECT_EQ(no_command.exit_code, 2);
+}
+
+// stdout and stderr apart, for the help and usage-error cases.
+struct SplitResult {
+  int exit_code;
+  std::string out, err;
+};
+
+SplitResult RunReptileSplit(const std::string& args) {
+  const std::string err_file = testing::TempDir("stderr") + "/err.txt";
+  const std::string command = absl::StrCat("cd ", REPTILE_SOURCE_DIR, " && ", REPTILE_BINARY, " ", args, " 2>", err_file);
+  FILE* pipe = popen(command.c_str(), "r");
+  SplitResult result{-1, "", ""};
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.out.append(buffer, n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.err = testing::ReadWholeFile(err_file);
+  return result;
+}
+
+int Lines(const std::string& text) { return static_cast<int>(std::count(text.begin(), text.end(), '\n')); }
+
+// What abseil's own --help prints when no flag is defined in a file named
+// like the program: useless here, and never shown.
+void ExpectNoAbseilHelp(const std::string& text) {
+  EXPECT_THAT(text, Not(HasSubstr("No flags matched")));
+  EXPECT_THAT(text, Not(HasSubstr("Try --helpfull")));
+}
+
+TEST(CliTest, HelpListsTheCommandsAndExitsZero) {
+  for (const std::string args : {"--help", "help", "-h", "--helpshort"}) {
+    SplitResult help = RunReptileSplit(args);
+    EXPECT_EQ(help.exit_code, 0) << args << ": " << help.err;
+    EXPECT_EQ(help.err, "") << args;
+    ExpectNoAbseilHelp(help.out);
+    EXPECT_THAT(help.out, HasSubstr("usage: reptile COMMAND"));
+    for (const char* command : {"train", "eval", "adapt", "inspect", "plot", "analyze", "coordinator", "worker", "mpi"})
+      EXPECT_THAT(help.out, HasSubstr(absl::StrCat("\n  ", command, " "))) << args;
+    EXPECT_THAT(help.out, HasSubstr("reptile help COMMAND"));
+  }
+}
+
+TEST(CliTest, CommandHelpListsItsFlagsWithDefaultsAndExitsZero) {
+  struct Case {
+    std::string command;
+    std::vector<std::string> flags;  // "--name=default" as printed
+    std::vector<std::string> not_flags;
+  };
+  const std::vector<Case> cases = {
+      {"train", {"--config=\"\"", "--run_dir=\"\"", "--workers=0", "--stop_at_round=-1"}, {"--listen", "--coordinator"}},
+      {"eval", {"--run_dir=\"\"", "--checkpoint=\"\"", "--episodes=0"}, {"--listen"}},
+      {"adapt", {"--support_dir=\"\"", "--query_dir=\"\""}, {"--episodes"}},
+      {"inspect", {"--run_dir=\"\"", "--checkpoint=\"\""}, {"--config"}},
+      {"plot", {"--run_dir=\"\"", "--out=\"\""}, {"--episodes", "--config"}},
+      {"analyze", {"--run_dir=\"\"", "--checkpoint=\"\"", "--episodes=0", "--workers=0", "--out=\"\""}, {"--listen"}},
+      {"coordinator",
+       {"--listen=\"127.0.0.1:7070\"", "--insecure_listen=false", "--port_file=\"\"", "--token_file=\"\"",
+        "--tls_cert=\"\"", "--tls_key=\"\"", "--tls_ca=\"\""},
+       {"--coordinator", "--tls_server_name"}},
+      {"worker", {"--coordinator=\"\"", "--data_dir=\"\"", "--tls_server_name=\"\""}, {"--listen", "--run_dir"}},
+      {"mpi", {"--config=\"\"", "--run_dir=\"\""}, {"--listen"}},
+  };
+  for (const Case& c : cases) {
+    for (const std::string& args :
+         {c.command + " --help", "help " + c.command, c.command + " -h", c.command + " --run_dir /x --help"}) {
+      SplitResult help = RunReptileSplit(args);
+      EXPECT_EQ(help.exit_code, 0) << args << ": " << help.err;
+      EXPECT_EQ(help.err, "") << args;
+      ExpectNoAbseilHelp(help.out);
+      EXPECT_THAT(help.out, HasSubstr(absl::StrCat("usage: reptile ", c.command))) << args;
+      for (const std::string& flag : c.flags) EXPECT_THAT(help.out, HasSubstr("  " + flag + " ")) << args;
+      for (const std::string& flag : c.not_flags) EXPECT_THAT(help.out, Not(HasSubstr(flag + "="))) << args;
+      // One line per flag: the name and default, then its description.
+      for (absl::string_view line : absl::StrSplit(help.out, '\n'))
+        if (absl::StartsWith(line, "  --")) EXPECT_NE(line.find("  ", 4), absl::string_view::npos) << line;
+    }
+  }
+  // A flag's description is the part for the command asked about.
+  SplitResult worker = RunReptileSplit("worker --help");
+  EXPECT_THAT(worker.out, HasSubstr("authority to trust"));
+  EXPECT_THAT(worker.out, Not(HasSubstr("require client certificates")));
+  SplitResult coordinator = RunReptileSplit("help coordinator");
+  EXPECT_THAT(coordinator.out, HasSubstr("require client certificates"));
+  EXPECT_THAT(coordinator.out, Not(HasSubstr("authority to trust")));
+  // The help command's own help.
+  SplitResult help_help = RunReptileSplit("help help");
+  EXPECT_EQ(help_help.exit_code, 0);
+  EXPECT_THAT(help_help.out, HasSubstr("usage: reptile help [COMMAND]"));
+}
+
+TEST(CliTest, UnknownCommandOrFlagIsOneLineOnStderrAndNonZeroExit) {
+  SplitResult command = RunReptileSplit("frobnicate");
+  EXPECT_EQ(command.exit_code, 2);
+  EXPECT_EQ(command.out, "");
+  EXPECT_EQ(Lines(command.err), 1) << command.err;
+  EXPECT_THAT(command.err, HasSubstr("unknown command 'frobnicate'"));
+
+  SplitResult help_unknown = RunReptileSplit("help frobnicate");
+  EXPECT_EQ(help_unknown.exit_code, 2);
+  EXPECT_EQ(help_unknown.out, "");
+  EXPECT_EQ(Lines(help_unknown.err), 1) << help_unknown.err;
+  EXPECT_THAT(help_unknown.err, HasSubstr("unknown command 'frobnicate'"));
+
+  for (const std::string args : {"train --frobnicate", "--frobnicate", "inspect --frobnicate=3 --run_dir /x"}) {
+    SplitResult flag = RunReptileSplit(args);
+    EXPECT_NE(flag.exit_code, 0) << args;
+    EXPECT_EQ(flag.out, "") << args;
+    EXPECT_EQ(Lines(flag.err), 1) << args << ": " << flag.err;
+    EXPECT_THAT(flag.err, HasSubstr("frobnicate")) << args;
+  }
+
+  SplitResult nothing = RunReptileSplit("");
+  EXPECT_EQ(nothing.exit_code, 2);
+  EXPECT_THAT(nothing.err, HasSubstr("usage: reptile COMMAND"));
+}
+
+// The container image's default command (deploy/docker/Dockerfile CMD, after
+// its ENTRYPOINT, the binary) prints the help and exits 0.
+TEST(CliTest, ContainerDefaultCommandPrintsHelpAndExitsZero) {
+  const std::string dockerfile = testing::ReadWholeFile(std::string(REPTILE_SOURCE_DIR) + "/deploy/docker/Dockerfile");
+  std::string cmd;
+  for (absl::string_view line : absl::StrSplit(dockerfile, '\n'))
+    if (absl::StartsWith(line, "CMD ")) cmd = std::string(line.substr(4));
+  ASSERT_FALSE(cmd.empty()) << "no CMD in the Dockerfile";
+  // CMD ["a", "b"]: exec form, arguments without shell quoting.
+  ASSERT_TRUE(absl::StartsWith(cmd, "[") && absl::EndsWith(cmd, "]")) << cmd;
+  std::string args;
+  for (absl::string_view arg : absl::StrSplit(cmd.substr(1, cmd.size() - 2), ',', absl::SkipWhitespace()))
+    absl::StrAppend(&args, " ", absl::StripAsciiWhitespace(arg));  // still in double quotes: fine for sh
+  SplitResult run = RunReptileSplit(args);
+  EXPECT_EQ(run.exit_code, 0) << args << ": " << run.err;
+  EXPECT_THAT(run.out, HasSubstr("usage: reptile COMMAND"));
+  ExpectNoAbseilHelp(run.out + run.err);
+}
+
+// scripts/build.sh (the first step of scripts/demo.sh) shows progress: one
+// line per file compiled and target built, from make's output, while the
+// whole output still goes to build.log.
+TEST(BuildScriptTest, ShowsProgressLinesAndKeepsTheFullLog) {
+  const std::string script = testing::ReadWholeFile(std::string(REPTILE_SOURCE_DIR) + "/scripts/build.sh");
+  EXPECT_THAT(script, HasSubstr("| tee -a build.log | condense"));
+  const std::string dir = testing::TempDir("build_script");
+  std::ofstream(dir + "/make.txt")
+      << "[  2%] Building CXX object CMakeFiles/reptile_core.dir/core/config.cc.o\n"
+         "/work/core/config.cc:10:5: warning: unused variable 'x'\n"
+         "[ 40%] Built target reptile_core\n"
+         "[ 41%] Linking CXX executable reptile\n"
+         "[ 42%] Linking CXX static library libreptile_core.a\n"
+         "[ 43%] Building CXX object tests/CMakeFiles/cli_test.dir/cli_test.cc.o\n"
+         "[ 44%] protoc + grpc_cpp_plugin: coordinator.proto\n"
+         "[ 45%] Running cpp protocol buffer compiler on proto/reptile.proto\n"
+         "gmake[2]: Entering directory '/work/build'\n";
+  Result condensed = Shell(absl::StrCat("bash -c 'source <(sed -n \"/^condense()/,/^}/p\" scripts/build.sh) && condense < ",
+                                        dir, "/make.txt'"));
+  ASSERT_EQ(condensed.exit_code, 0) << condensed.output;
+  EXPECT_EQ(condensed.output,
+            "[  2%] compiling core/config.cc (reptile_core)\n"
+            "[ 40%] built reptile_core\n"
+            "[ 41%] linking reptile\n"
+            "[ 42%] linking libreptile_core.a\n"
+            "[ 43%] compiling cli_test.cc (cli_test)\n"
+            "[ 44%] protoc + grpc_cpp_plugin: coordinator.proto\n"
+            "[ 45%] Running cpp protocol buffer compiler on proto/reptile.proto\n");
 }
 
 TEST(CliTest, SigtermCheckpointsAndExitsCleanly) {

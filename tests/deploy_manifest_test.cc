@@ -196,6 +196,25 @@ TEST_F(DeployManifestTest, CoordinatorWorkersAndServiceFitTogether) {
         worker_args, absl::StrCat("--coordinator=", service_name, ":", GetNumber(service_port, "port"))));
     EXPECT_TRUE(absl::c_linear_search(worker_args, "--tls_server_name=" + service_name));
 
+    // Prometheus: the coordinator's and each worker's pods carry the usual
+    // scrape annotations, naming a declared container port that the process
+    // serves /metrics on (README "Monitoring").
+    for (const Value* deployment : {coordinator, workers}) {
+      const Value& template_ = *Get(*deployment, "spec.template");
+      const Value* annotations = Get(template_, "metadata.annotations");
+      ASSERT_NE(annotations, nullptr) << GetString(*deployment, "metadata.name");
+      EXPECT_EQ(FieldString(annotations, "prometheus.io/scrape"), "true");
+      EXPECT_EQ(FieldString(annotations, "prometheus.io/path"), "/metrics");
+      const std::string metrics_port = FieldString(annotations, "prometheus.io/port");
+      const Value& c = *GetList(template_, "spec.containers").at(0);
+      bool declared = false;
+      for (const Value* p : GetList(c, "ports"))
+        declared |= absl::StrCat(GetNumber(*p, "containerPort")) == metrics_port && GetString(*p, "name") == "metrics";
+      EXPECT_TRUE(declared) << GetString(*deployment, "metadata.name") << ": no container port " << metrics_port;
+      EXPECT_TRUE(absl::c_linear_search(GetStrings(c, "args"), "--metrics_listen=0.0.0.0:" + metrics_port))
+          << GetString(*deployment, "metadata.name");
+    }
+
     // Health: readiness and liveness ask the gRPC health service on the
     // coordinator's own port, over TLS, with the server name of the
     // certificate deploy/k8s/credentials.sh makes.

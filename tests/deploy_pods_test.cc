@@ -84,7 +84,16 @@ class LocalPods {
       : objects_(objects), secret_(secret), root_(std::move(root)), node_data_(std::move(node_data)) {}
 
   // Where `address` (HOST:PORT as the pods name it) is reached here.
-  void MapAddress(const std::string& address, const std::string& local) { addresses_.push_back({address, local}); }
+  // Maps `address` to `local` in the containers made from now on (again:
+  // replaces the mapping).
+  void MapAddress(const std::string& address, const std::string& local) {
+    for (auto& [from, to] : addresses_)
+      if (from == address) {
+        to = local;
+        return;
+      }
+    addresses_.push_back({address, local});
+  }
 
   // The container `container_name` of `pod` (a pod template), its volumes
   // made directories under <root>/<pod_name>.
@@ -324,6 +333,15 @@ TEST_P(DeployGrpcPodsTest, CoordinatorAndWorkersTrainScaleAndCheckpointOnSigterm
   pods.MapAddress("0.0.0.0:" + container_port, local);
   pods.MapAddress("127.0.0.1:" + container_port, local);
 
+  // Every pod serves /metrics on the port of its scrape annotation: here one
+  // free loopback port each.
+  auto map_metrics = [&pods](const Value& template_) {
+    const std::string metrics_port = FieldString(Get(template_, "metadata.annotations"), "prometheus.io/port");
+    const std::string metrics_local = absl::StrCat("127.0.0.1:", FreePort());
+    pods.MapAddress("0.0.0.0:" + metrics_port, metrics_local);
+    return metrics_local;
+  };
+  const std::string coordinator_metrics = map_metrics(pod);
   const LocalContainer c = pods.Container("coordinator-0", pod, "coordinator");
   ASSERT_EQ(c.argv.at(0), REPTILE_BINARY);
   auto coordinator_process = Start(c, "coordinator");
@@ -336,6 +354,7 @@ TEST_P(DeployGrpcPodsTest, CoordinatorAndWorkersTrainScaleAndCheckpointOnSigterm
   EXPECT_TRUE(absl::StrContains(coordinator_process->err(), "(TLS, bearer token)")) << coordinator_process->err();
 
   // One worker (its token from the environment, the CA from its volume).
+  map_metrics(worker_pod);
   const LocalContainer w0 = pods.Container("worker-0", worker_pod, "worker");
   EXPECT_TRUE(absl::c_linear_search(w0.argv, "--coordinator=" + local)) << absl::StrJoin(w0.argv, " ");
   auto worker0 = Start(w0, "worker0");
@@ -347,12 +366,18 @@ TEST_P(DeployGrpcPodsTest, CoordinatorAndWorkersTrainScaleAndCheckpointOnSigterm
 
   // `kubectl scale deployment/reptile-worker --replicas=2`: a second pod of
   // the same template joins the run in progress.
+  map_metrics(worker_pod);
   auto worker1 = Start(pods.Container("worker-1", worker_pod, "worker"), "worker1");
   ASSERT_TRUE(WaitFor(
       [&] { return absl::c_linear_search(WorkersPerRound(run_dir + "/metrics.jsonl"), 2); }, 90,
       coordinator_process.get()))
       << coordinator_process->err() << worker1->err();
   EXPECT_EQ(RunProbe(liveness, "liveness"), 0);
+  // The coordinator's /metrics, where the annotations say.
+  const CommandResult scrape = RunCommand({"/usr/bin/curl", "-sS", "--max-time", "5", "http://" + coordinator_metrics + "/metrics"},
+                                          dir_ + "/scrape");
+  EXPECT_EQ(scrape.exit_code, 0) << scrape.err;
+  EXPECT_TRUE(absl::StrContains(scrape.out, "reptile_workers_alive")) << scrape.out;
 
   // SIGTERM, as the kubelet sends it: a checkpoint within the grace period,
   // exit 0; the probes fail once it is gone.

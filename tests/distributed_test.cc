@@ -129,6 +129,24 @@ TEST_F(DistributedTest, OneWorkerOrSixGiveTheSameParameters) {
   }
 }
 
+// Work items of several tasks come back as one exact sum from the worker
+// that ran them: the parameters are those of one task per item, in process.
+TEST_F(DistributedTest, WorkerSummedItemsMatchPerTaskThreadsForOneToFourWorkers) {
+  const std::vector<std::string> overrides = OmniglotOverrides(30);
+  const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
+  for (auto [workers, per_item] : std::vector<std::pair<int, int>>{{1, 2}, {2, 3}, {3, 2}, {4, 5}}) {
+    std::vector<std::string> grouped = overrides;
+    grouped.push_back(absl::StrCat("runtime.tasks_per_item=", per_item));
+    const std::string name = absl::StrCat(workers, "x", per_item);
+    auto coordinator = StartCoordinator("configs/demo.textproto", grouped, TempDir("run" + name), 0, "c" + name);
+    std::vector<std::unique_ptr<ChildProcess>> pool;
+    for (int w = 0; w < workers; ++w) pool.push_back(StartWorker(absl::StrCat("w", name, "_", w)));
+    ASSERT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+    EXPECT_EQ(ParameterSha(coordinator->out()), reference) << workers << " workers, items of " << per_item;
+    for (auto& worker : pool) EXPECT_EQ(worker->ExitCode(30), 0) << worker->err();
+  }
+}
+
 TEST_F(DistributedTest, WorkersKilledAtRandomMomentsChangeNothing) {
   const std::vector<std::string> overrides = OmniglotOverrides(150);
   const std::string reference = ThreadsReference("configs/demo.textproto", overrides);

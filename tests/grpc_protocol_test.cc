@@ -12,12 +12,14 @@
 #include <functional>
 #include <limits>
 #include <random>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/config.h"
 #include "core/flat_parameters.h"
+#include "core/models/models.h"
 #include "gtest/gtest.h"
 #include "health.grpc.pb.h"
 #include "tests/child_process.h"
@@ -473,6 +475,73 @@ TEST_F(ProtocolTest, RandomlyMangledSubmissionsNeverHurtTheRun) {
   EXPECT_GT(identities, 10);
   if (worker != 0) Leave(worker);
   EXPECT_EQ(FinishWithRealWorker(), ThreadsReference());
+}
+
+// A worker that opens a state fetch and stops reading is cut off once the
+// stream has not moved for 5 s (the coordinator holds no thread for it), and
+// the same worker's next fetch is served whole. The coordinator runs in this
+// process; its state is 17 MB, far more than the flow-control windows of a
+// client that does not read.
+TEST(ProtocolStallTest, AStalledStateFetchIsCutOffAndTheNextOneIsServed) {
+  const ExperimentConfig config = LoadNamedConfig("sine", {"model.hidden_units=2048"});
+  auto transport = GrpcTransport::Create(config, {});
+  ASSERT_TRUE(transport.ok()) << transport.status();
+  auto model = MakeModel(config, 0);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int64_t numel = FlatParameters(**model).numel();
+  MetaState state;
+  state.parameters = torch::zeros({numel});
+  const std::vector<WorkItem> items(1);  // a training item; nobody runs it
+  std::thread run([&] { (*transport)->Run(state, items).IgnoreError(); });
+
+  const std::string address = absl::StrCat("127.0.0.1:", (*transport)->port());
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);  // windows stay small: a client that does not read stalls the stream
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  CoordinatorClient client(channel, "");
+  JoinRequest join;
+  join.set_worker_name("staller");
+  join.set_protocol_version(kProtocolVersion);
+  join.set_config_fingerprint(ConfigFingerprint(config));
+  join.set_layout_fingerprint(LayoutFingerprint(FlatParameters(**model).layout()));
+  absl::StatusOr<JoinReply> joined = client.Join(join);
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  WorkReply work;
+  for (int attempt = 0; attempt < 20 && work.kind() != WorkReply::TRAIN; ++attempt) {
+    absl::StatusOr<WorkReply> reply = client.GetWork(joined->worker_id());
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    work = *reply;
+  }
+  ASSERT_EQ(work.kind(), WorkReply::TRAIN);
+
+  std::unique_ptr<Coordinator::Stub> stub = Coordinator::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  FetchStateRequest request;
+  request.set_worker_id(joined->worker_id());
+  request.set_state_version(work.state_version());
+  auto reader = stub->FetchState(&context, request);
+  StateChunk message;
+  ASSERT_TRUE(reader->Read(&message));
+  ASSERT_TRUE(message.has_header());
+  const auto stalled = std::chrono::steady_clock::now();
+  for (int second = 0; second < 8; ++second) {  // 5 s without progress, then the reaper's tick
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    EXPECT_TRUE(client.Heartbeat(joined->worker_id()).ok());  // a live worker, stalled on one stream only
+  }
+  int64_t received = 0;
+  while (reader->Read(&message)) received += message.chunk().data().size();
+  const grpc::Status status = reader->Finish();
+  EXPECT_FALSE(status.ok()) << "the stalled fetch was not cut off";
+  EXPECT_LT(received, numel * 4);
+  EXPECT_LT(std::chrono::steady_clock::now() - stalled, std::chrono::seconds(30));
+
+  absl::StatusOr<MetaState> fetched =
+      client.FetchState(joined->worker_id(), work.state_version(), numel, CarriedMomentsOf(config));
+  EXPECT_TRUE(fetched.ok()) << fetched.status();
+  (*transport)->Interrupt("test over");
+  run.join();
 }
 
 }  // namespace

@@ -34,6 +34,32 @@ TEST_F(LeaseSchedulerTest, OneLeaseUntilAResultThenTwo) {
   EXPECT_FALSE(scheduler_.Lease(1, At(0.1)).has_value()) << "at most max_leases";
 }
 
+TEST_F(LeaseSchedulerTest, RefusalsAreCountedByReason) {
+  scheduler_.AddWorker(1, "a", At(0));
+  scheduler_.AddWorker(2, "b", At(0));
+  scheduler_.StartBatch(std::vector<int>(3, kTrain));
+  const std::vector<std::pair<RefusalReason, std::string>> refusals = {
+      {RefusalReason::kWorkerError, "the worker failed: out of memory"},
+      {RefusalReason::kUploadTooSlow, "upload too slow; cut off"}};
+  uint64_t worker = 1;
+  for (const auto& [reason, text] : refusals) {
+    auto lease = scheduler_.Lease(worker, At(0));
+    ASSERT_TRUE(lease.has_value());
+    ASSERT_TRUE(scheduler_.BeginUpload(worker, lease->lease).ok());
+    scheduler_.Refuse(lease->lease, text, reason);
+    worker = 3 - worker;
+  }
+  auto lease = scheduler_.Lease(worker, At(0));
+  ASSERT_TRUE(lease.has_value());
+  ASSERT_TRUE(scheduler_.BeginUpload(worker, lease->lease).ok());
+  scheduler_.Refuse(lease->lease, "delta has NaN at 7");  // the default reason
+  const SchedulerCounters& counters = scheduler_.counters();
+  EXPECT_EQ(counters.results_refused, 3);
+  EXPECT_EQ(counters.results_refused_by_reason,
+            (std::map<std::string, int64_t>{{"worker_error", 1}, {"upload_too_slow", 1}, {"invalid_result", 1}}));
+  EXPECT_STREQ(RefusalReasonLabel(RefusalReason::kInvalidResult), "invalid_result");
+}
+
 TEST_F(LeaseSchedulerTest, SilentWorkerIsDroppedAndItsLeaseRedone) {
   scheduler_.AddWorker(1, "a", At(0));
   scheduler_.AddWorker(2, "b", At(0));

@@ -2,8 +2,8 @@
 // parameters of the in-process run; a rank SIGKILLed mid-run ends the job
 // promptly with a message naming it, and relaunching resumes to the same end;
 // ranks on three "nodes" (network namespaces, as root) do too.
-// MPI_REDUCE_SUM mode is repeatable for a fixed job size, brings less into
-// rank 0, and lands next to the in-order parameters.
+// MPI_REDUCE_SUM and MPI_ALLREDUCE_SUM on 1 to 4 working ranks, with items of
+// one task or several, give those parameters too, and bring less into rank 0.
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -183,47 +183,60 @@ TEST(MpiTest, AnMpiCheckpointResumesUnderGrpcAndBack) {
   EXPECT_EQ(ParameterSha(last->out()), ThreadsReference(overrides, logs + "/reference"));
 }
 
-// The bytes rank 0 received over a run: "bytes_in" of its last round record
-// (the transport counts from the start of the process).
-int64_t BytesIntoRank0(const std::string& run_dir) {
+// A byte counter of rank 0 over a run ("bytes_in": received, "bytes_out":
+// sent), from its last round record (the transport counts from the start of
+// the process).
+int64_t Rank0Bytes(const std::string& run_dir, const std::string& counter) {
   int64_t total = 0;
+  const std::string key = absl::StrCat("\"", counter, "\":");
   for (absl::string_view line : absl::StrSplit(ReadWholeFile(run_dir + "/metrics.jsonl"), '\n')) {
-    const size_t at = line.find("\"bytes_in\":");
+    const size_t at = line.find(key);
     if (!absl::StrContains(line, "\"kind\":\"round\"") || at == absl::string_view::npos) continue;
-    total = std::atoll(std::string(line.substr(at + 11)).c_str());
+    total = std::atoll(std::string(line.substr(at + key.size())).c_str());
   }
   return total;
 }
 
-TEST(MpiTest, ReduceSumModeIsRepeatableAndBringsLessIntoRankZero) {
+// Exact sums make every reduction mode, job size and grouping of tasks
+// into items land on the in-process run's bits.
+TEST(MpiTest, ReduceAndAllreduceOfExactSumsMatchTheInProcessRunForOneToFourRanks) {
   const std::string logs = TempDir("logs");
-  std::vector<std::string> overrides = Overrides(20);
+  const std::vector<std::string> overrides = Overrides(20);
+  const std::string reference = ThreadsReference(overrides, logs + "/reference");
   const std::string gather_run = TempDir("gather");
   auto gather = StartMpi(4, gather_run, overrides, logs + "/gather");
   ASSERT_EQ(gather->ExitCode(300), 0) << gather->err();
-  overrides.push_back("runtime.mpi_reduction=MPI_REDUCE_SUM");
-  std::vector<std::string> runs, shas;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    runs.push_back(TempDir(absl::StrCat("reduce", attempt)));
-    auto reduce = StartMpi(4, runs.back(), overrides, absl::StrCat(logs, "/reduce", attempt));
-    ASSERT_EQ(reduce->ExitCode(300), 0) << reduce->err();
-    shas.push_back(ParameterSha(reduce->out()));
+  EXPECT_EQ(ParameterSha(gather->out()), reference);
+  std::string reduce_run, allreduce_run;
+  for (const char* mode : {"MPI_REDUCE_SUM", "MPI_ALLREDUCE_SUM"}) {
+    for (int ranks : {2, 3, 4, 5}) {  // 1 to 4 working ranks
+      std::vector<std::string> mode_overrides = overrides;
+      mode_overrides.push_back(absl::StrCat("runtime.mpi_reduction=", mode));
+      // Items of 2 tasks on 3 working ranks: rank-summed items, summed again.
+      if (ranks == 4) mode_overrides.push_back("runtime.tasks_per_item=2");
+      const std::string run = TempDir(absl::StrCat(mode, ranks));
+      auto mpi = StartMpi(ranks, run, mode_overrides, absl::StrCat(logs, "/", mode, ranks));
+      ASSERT_EQ(mpi->ExitCode(300), 0) << mpi->err();
+      EXPECT_EQ(ParameterSha(mpi->out()), reference) << mode << " on " << ranks << " ranks";
+      if (ranks == 5) (std::string(mode) == "MPI_REDUCE_SUM" ? reduce_run : allreduce_run) = run;
+    }
   }
-  EXPECT_EQ(shas[0], shas[1]) << "the same job size gave two different results";
-  // Demo meta-batches of 5 tasks over 3 working ranks: rank 0 receives one
-  // summed model per round instead of five deltas.
-  const int64_t gathered = BytesIntoRank0(gather_run), reduced = BytesIntoRank0(runs[0]);
+  // Demo meta-batches of 5 tasks on 4 working ranks: rank 0 receives one
+  // exact sum (16 bytes per value) per round instead of five fp32 results.
+  const int64_t gathered = Rank0Bytes(gather_run, "bytes_in"), reduced = Rank0Bytes(reduce_run, "bytes_in");
   EXPECT_GT(gathered, 0);
-  EXPECT_LT(reduced * 4, gathered) << reduced << " vs " << gathered;
-  // Only the summation order differs: the parameters stay close.
-  auto in_order = ReadCheckpoint(gather_run + "/checkpoint.bin");
-  auto summed = ReadCheckpoint(runs[0] + "/checkpoint.bin");
-  ASSERT_TRUE(in_order.ok() && summed.ok());
-  EXPECT_EQ(summed->round, 20);
-  const double scale = in_order->meta.parameters.abs().max().item<double>();
-  const double gap = (summed->meta.parameters - in_order->meta.parameters).abs().max().item<double>();
-  // (1.27% after the 20 rounds, since Adam's step count advances per task.)
-  EXPECT_LT(gap, 2e-2 * scale) << "reduce-sum parameters drifted from the in-order run";
+  EXPECT_LT(reduced, gathered) << reduced << " vs " << gathered;
+  // Allreduce: the state goes out once, not in each of the 20 rounds.
+  const int64_t broadcast = Rank0Bytes(reduce_run, "bytes_out");
+  const int64_t kept = Rank0Bytes(allreduce_run, "bytes_out");
+  EXPECT_GT(kept, 0);
+  EXPECT_LE(kept * 20, broadcast) << kept << " vs " << broadcast;
+  // With the items of 2 tasks, gathered results are exact sums too.
+  std::vector<std::string> grouped = overrides;
+  grouped.push_back("runtime.tasks_per_item=2");
+  auto grouped_gather = StartMpi(3, TempDir("grouped_gather"), grouped, logs + "/grouped_gather");
+  ASSERT_EQ(grouped_gather->ExitCode(300), 0) << grouped_gather->err();
+  EXPECT_EQ(ParameterSha(grouped_gather->out()), reference);
 }
 
 // Three "nodes" on this machine: network namespaces joined by veth to a bridge

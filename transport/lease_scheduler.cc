@@ -219,12 +219,25 @@ std::optional<size_t> LeaseScheduler::Accept(uint64_t lease_id, absl::Time now) 
   return lease.item;
 }
 
-void LeaseScheduler::Refuse(uint64_t lease_id, const std::string& refusal) {
+const char* RefusalReasonLabel(RefusalReason reason) {
+  switch (reason) {
+    case RefusalReason::kWorkerError:
+      return "worker_error";
+    case RefusalReason::kUploadTooSlow:
+      return "upload_too_slow";
+    case RefusalReason::kInvalidResult:
+    default:
+      return "invalid_result";
+  }
+}
+
+void LeaseScheduler::Refuse(uint64_t lease_id, const std::string& refusal, RefusalReason reason) {
   auto it = leases_.find(lease_id);
   if (it == leases_.end()) return;
   LeaseRecord& lease = it->second;
   lease.uploading = false;
   ++counters_.results_refused;
+  ++counters_.results_refused_by_reason[RefusalReasonLabel(reason)];
   const uint64_t worker_id = lease.worker;
   const size_t item_index = lease.item;
   Event(absl::StrCat("result of task ", item_index, " from worker ", worker_id, " refused: ", refusal));

@@ -59,10 +59,21 @@ struct LeasePolicy {
   double hoard_factor = 10;
 };
 
+// Why a result was refused, as a metrics label: a few fixed values, never
+// the free text of the refusal.
+enum class RefusalReason {
+  kInvalidResult,   // bad sizes, NaN/Inf, a truncated or malformed stream
+  kWorkerError,     // the worker reported that its learner failed
+  kUploadTooSlow,   // the upload was cut off for being too slow
+};
+// "invalid_result", "worker_error", "upload_too_slow".
+const char* RefusalReasonLabel(RefusalReason reason);
+
 // Counters for the progress line and metrics; they only grow.
 struct SchedulerCounters {
   int64_t tasks_redone = 0;     // leases lost, refused, timed out or copied
   int64_t results_refused = 0;  // refused results, all reasons
+  std::map<std::string, int64_t> results_refused_by_reason;  // by RefusalReasonLabel
   int64_t workers_evicted = 0;
 };
 
@@ -109,8 +120,10 @@ class LeaseScheduler {
   // if this is the first result for it (use it), none for a duplicate.
   std::optional<size_t> Accept(uint64_t lease, absl::Time now);
   // Closes the upload of `lease` with its result refused for `refusal`; the
-  // attempt counts against the task and the worker.
-  void Refuse(uint64_t lease, const std::string& refusal);
+  // attempt counts against the task and the worker. `reason` only labels
+  // the refusal in the counters.
+  void Refuse(uint64_t lease, const std::string& refusal,
+              RefusalReason reason = RefusalReason::kInvalidResult);
   // `worker` delivered a result for `lease` after its task was done.
   void Duplicate(uint64_t worker, uint64_t lease);
   // Closes an upload cut off in transit; it counts against nobody.

@@ -5,6 +5,8 @@
 #ifndef REPTILE_TRANSPORT_TRANSPORT_H_
 #define REPTILE_TRANSPORT_TRANSPORT_H_
 
+#include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -19,6 +21,9 @@ struct TransportStats {
   int tasks_in_flight = 0;   // most tasks running at once in the last batch
   int64_t tasks_redone = 0;  // leases lost, refused or failed, and run again
   int64_t results_refused = 0;
+  // The same by reason ("invalid_result", "worker_error", "upload_too_slow"),
+  // for transports that tell them apart; reasons never seen are absent.
+  std::map<std::string, int64_t> results_refused_by_reason;
   int64_t workers_evicted = 0;
   int64_t bytes_in = 0;      // received from workers, payload bytes
   int64_t bytes_out = 0;     // sent to workers

@@ -75,20 +75,29 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-// The meta-state of one batch, frozen as the bytes workers fetch.
+// The meta-state of one batch, frozen as the messages workers fetch:
+// serialized once, their bytes shared by every FetchState stream.
 struct Snapshot {
   uint64_t version = 0;
   int64_t numel = 0;
   CarriedMoments moments;  // from the run's config
-  int64_t adam_step = 0;
-  std::string parameters, adam_m, adam_v;  // fp32; adam_m empty unless moments.first
+  std::vector<grpc::ByteBuffer> messages;  // the StateHeader, then the chunks of theta, m (if carried), v (if carried)
+  std::vector<size_t> payload;             // tensor bytes in each message
+  size_t bytes = 0;                        // their sum
 };
+
+grpc::ByteBuffer Serialized(const StateChunk& message) {
+  grpc::ByteBuffer buffer;
+  bool own = false;
+  grpc::SerializationTraits<StateChunk>::Serialize(message, &buffer, &own);
+  return buffer;
+}
 
 // A stream the reaper cuts off when it falls behind: an upload or a state
 // fetch must move at least kMinStreamRate after kStreamGrace, and never
 // stall for kStreamIdle.
 struct OpenStream {
-  grpc::ServerContext* context = nullptr;
+  grpc::ServerContextBase* context = nullptr;
   absl::Time deadline, last_progress;
   bool cut_off = false;  // the reaper cancelled it
 };
@@ -152,7 +161,7 @@ struct GrpcTransport::Board {
       for (const std::string& line : lines) log(line);
   }
 
-  uint64_t OpenStreamFor(grpc::ServerContext* context, size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  uint64_t OpenStreamFor(grpc::ServerContextBase* context, size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     const absl::Time now = absl::Now();
     const uint64_t id = next_stream++;
     streams[id] = OpenStream{context, StreamDeadline(now, bytes), now};
@@ -176,7 +185,82 @@ struct GrpcTransport::Board {
   bool Stopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return finished || shutting_down; }
 };
 
-class GrpcTransport::Service final : public Coordinator::Service {
+// One FetchState stream: the current snapshot's serialized messages, written
+// one after another without a thread of its own, under the same cut-offs as
+// an upload (OpenStream). Deletes itself when the call is done.
+class GrpcTransport::StateSender final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  StateSender(Board* board, grpc::CallbackServerContext* context, const grpc::ByteBuffer* request)
+      : board_(board) {
+    if (grpc::Status refused = Open(context, request); !refused.ok()) {
+      Finish(refused);
+      return;
+    }
+    WriteNext();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {  // the worker went away, or the reaper cut the stream off
+      Close(false);
+      return;
+    }
+    sent_ += snapshot_->payload[next_++];
+    board_->Progress(stream_);
+    WriteNext();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  grpc::Status Open(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+    if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
+    FetchStateRequest parsed;
+    grpc::ByteBuffer copy(*request);
+    if (!grpc::SerializationTraits<FetchStateRequest>::Deserialize(&copy, &parsed).ok())
+      return Refusal(grpc::StatusCode::INVALID_ARGUMENT, "malformed FetchStateRequest");
+    absl::MutexLock lock(&board_->mu);
+    if (absl::Status s = board_->scheduler.Touch(parsed.worker_id(), absl::Now()); !s.ok()) return ToGrpc(s);
+    snapshot_ = board_->snapshot;
+    if (snapshot_ == nullptr || snapshot_->version != parsed.state_version())
+      return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
+                     absl::StrCat("state version ", parsed.state_version(), " is not current (",
+                                  snapshot_ ? snapshot_->version : 0, ")"));
+    stream_ = board_->OpenStreamFor(context, snapshot_->bytes);
+    return grpc::Status::OK;
+  }
+
+  void WriteNext() {
+    if (next_ == snapshot_->messages.size()) {
+      Close(true);
+      return;
+    }
+    StartWrite(&snapshot_->messages[next_]);
+  }
+
+  void Close(bool complete) {
+    bool cut_off = false;
+    {
+      absl::MutexLock lock(&board_->mu);
+      board_->stats.bytes_out += sent_;
+      cut_off = board_->CloseStream(stream_);
+    }
+    if (cut_off) {
+      Finish(Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "state fetch too slow; cut off"));
+    } else {
+      Finish(complete ? grpc::Status::OK : Refusal(grpc::StatusCode::CANCELLED, "worker went away"));
+    }
+  }
+
+  Board* board_;
+  std::shared_ptr<const Snapshot> snapshot_;
+  uint64_t stream_ = 0;
+  size_t next_ = 0;  // the message being written
+  int64_t sent_ = 0;
+};
+
+// FetchState is served by callbacks (StateSender), the other calls by
+// gRPC's sync server threads.
+class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_FetchState<Coordinator::Service> {
  public:
   explicit Service(Board* board) : board_(board) {}
 
@@ -254,45 +338,9 @@ class GrpcTransport::Service final : public Coordinator::Service {
     return status;
   }
 
-  grpc::Status FetchState(grpc::ServerContext* context, const FetchStateRequest* request,
-                          grpc::ServerWriter<StateChunk>* writer) override {
-    if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
-    std::shared_ptr<const Snapshot> snapshot;
-    uint64_t stream = 0;
-    {
-      absl::MutexLock lock(&board_->mu);
-      if (absl::Status s = board_->scheduler.Touch(request->worker_id(), absl::Now()); !s.ok()) return ToGrpc(s);
-      snapshot = board_->snapshot;
-      if (snapshot == nullptr || snapshot->version != request->state_version())
-        return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
-                       absl::StrCat("state version ", request->state_version(), " is not current (",
-                                    snapshot ? snapshot->version : 0, ")"));
-      const size_t bytes = snapshot->parameters.size() + snapshot->adam_m.size() + snapshot->adam_v.size();
-      stream = board_->OpenStreamFor(context, bytes);
-    }
-    StateChunk message;
-    StateHeader* header = message.mutable_header();
-    header->set_state_version(snapshot->version);
-    header->set_num_parameters(snapshot->numel);
-    header->set_has_moments(snapshot->moments.second);
-    header->set_has_first_moment(snapshot->moments.first);
-    header->set_adam_step(snapshot->adam_step);
-    bool complete = writer->Write(message);
-    std::vector<const std::string*> tensors = {&snapshot->parameters};
-    if (snapshot->moments.first) tensors.push_back(&snapshot->adam_m);
-    if (snapshot->moments.second) tensors.push_back(&snapshot->adam_v);
-    int64_t sent = 0;
-    complete = complete && WriteChunks(tensors, [&](const TensorChunk& chunk) {
-                 *message.mutable_chunk() = chunk;
-                 sent += chunk.data().size();
-                 board_->Progress(stream);
-                 return writer->Write(message);
-               });
-    absl::MutexLock lock(&board_->mu);
-    board_->stats.bytes_out += sent;
-    const bool cut_off = board_->CloseStream(stream);
-    if (cut_off) return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "state fetch too slow; cut off");
-    return complete ? grpc::Status::OK : Refusal(grpc::StatusCode::CANCELLED, "worker went away");
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* FetchState(grpc::CallbackServerContext* context,
+                                                         const grpc::ByteBuffer* request) override {
+    return new StateSender(board_, context, request);
   }
 
   grpc::Status SubmitResult(grpc::ServerContext* context, grpc::ServerReader<ResultChunk>* reader,
@@ -369,7 +417,8 @@ class GrpcTransport::Service final : public Coordinator::Service {
       }
       if (!item.ok()) return ToGrpc(item.status());
       if (!header.error().empty()) {
-        scheduler.Refuse(header.lease_id(), absl::StrCat("the worker failed: ", Printable(header.error(), 300)));
+        scheduler.Refuse(header.lease_id(), absl::StrCat("the worker failed: ", Printable(header.error(), 300)),
+                         RefusalReason::kWorkerError);
         return grpc::Status::OK;
       }
       snapshot = b.snapshot;
@@ -381,7 +430,7 @@ class GrpcTransport::Service final : public Coordinator::Service {
     const bool cut_off = b.CloseStream(stream);
     if (!result.ok()) {
       if (cut_off) {
-        b.scheduler.Refuse(header.lease_id(), "upload too slow; cut off");
+        b.scheduler.Refuse(header.lease_id(), "upload too slow; cut off", RefusalReason::kUploadTooSlow);
         return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "upload too slow; cut off");
       }
       if (context->IsCancelled()) {
@@ -577,6 +626,12 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   quota.SetMaxThreads(bounds.threads);
   quota.Resize(bounds.grpc_memory_bytes);
   builder.SetResourceQuota(quota);
+  // A sync server thread that has served a call polls for the next one
+  // instead of exiting (gRPC's default keeps 2 pollers and ends the rest):
+  // otherwise every call of every worker, every round, costs a thread
+  // created and destroyed, most of the coordinator's CPU at 64 workers
+  // (bench/cluster_bench). The quota above still bounds the threads.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, bounds.threads);
   transport->server_ = builder.BuildAndStart();
   if (transport->server_ == nullptr || transport->port_ == 0)
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address,
@@ -619,19 +674,40 @@ absl::StatusOr<std::vector<TaskResult>> GrpcTransport::Run(const MetaState& stat
                                                            const std::vector<WorkItem>& items) {
   auto snapshot = std::make_shared<Snapshot>();
   snapshot->numel = state.parameters.numel();
-  snapshot->parameters = EncodeTensor(state.parameters, DELTA_FP32);
   snapshot->moments = CarriedMomentsOf(board_->config);
   if (CarriedMomentsOf(state) != snapshot->moments)
     return absl::InvalidArgumentError("meta-state's Adam moments are not those the run's config carries");
-  if (snapshot->moments.first) snapshot->adam_m = EncodeTensor(state.adam_m, DELTA_FP32);
-  if (snapshot->moments.second) snapshot->adam_v = EncodeTensor(state.adam_v, DELTA_FP32);
-  snapshot->adam_step = state.adam_step;
+  std::vector<std::string> tensors = {EncodeTensor(state.parameters, DELTA_FP32)};
+  if (snapshot->moments.first) tensors.push_back(EncodeTensor(state.adam_m, DELTA_FP32));
+  if (snapshot->moments.second) tensors.push_back(EncodeTensor(state.adam_v, DELTA_FP32));
+  std::vector<const std::string*> pointers;
+  for (const std::string& t : tensors) pointers.push_back(&t);
+  StateChunk message;
+  StateHeader* header = message.mutable_header();
+  header->set_num_parameters(snapshot->numel);
+  header->set_has_moments(snapshot->moments.second);
+  header->set_has_first_moment(snapshot->moments.first);
+  header->set_adam_step(state.adam_step);
   std::vector<int> kinds;
   for (const WorkItem& item : items) kinds.push_back(static_cast<int>(item.kind));
   Board& b = *board_;
+  {
+    absl::MutexLock lock(&b.mu);
+    snapshot->version = b.last_version + 1;  // only Run() changes it
+  }
+  header->set_state_version(snapshot->version);
+  snapshot->messages.push_back(Serialized(message));
+  snapshot->payload.push_back(0);
+  WriteChunks(pointers, [&](const TensorChunk& chunk) {
+    *message.mutable_chunk() = chunk;
+    snapshot->messages.push_back(Serialized(message));
+    snapshot->payload.push_back(chunk.data().size());
+    snapshot->bytes += chunk.data().size();
+    return true;
+  });
   absl::MutexLock lock(&b.mu);
   if (!b.interrupted.empty()) return absl::CancelledError(b.interrupted);
-  snapshot->version = ++b.last_version;
+  b.last_version = snapshot->version;
   b.snapshot = snapshot;
   b.items = &items;
   b.results.assign(items.size(), std::nullopt);
@@ -671,6 +747,7 @@ TransportStats GrpcTransport::Stats() const {
   const SchedulerCounters& counters = board_->scheduler.counters();
   stats.tasks_redone = counters.tasks_redone;
   stats.results_refused = counters.results_refused;
+  stats.results_refused_by_reason = counters.results_refused_by_reason;
   stats.workers_evicted = counters.workers_evicted;
   return stats;
 }

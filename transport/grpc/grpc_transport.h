@@ -72,6 +72,7 @@ class GrpcTransport final : public Transport {
 
  private:
   class Service;
+  class StateSender;  // one FetchState stream
   struct Board;  // shared by the service, the reaper and Run()
   GrpcTransport();
   void ReapLoop();

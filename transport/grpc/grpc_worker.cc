@@ -22,8 +22,10 @@ namespace {
 // a restarted coordinator is found within a few seconds of listening.
 class Backoff {
  public:
-  explicit Backoff(absl::Notification* stop) : stop_(stop), rng_(std::random_device{}()) {}
+  Backoff(absl::Notification* stop, std::atomic<int64_t>* retries)
+      : stop_(stop), retries_(retries), rng_(std::random_device{}()) {}
   void Wait() {
+    retries_->fetch_add(1, std::memory_order_relaxed);
     std::uniform_real_distribution<double> jitter(0.5, 1.0);
     stop_->WaitForNotificationWithTimeout(next_ * jitter(rng_));
     next_ = std::min(next_ * 2, absl::Seconds(2));
@@ -32,6 +34,7 @@ class Backoff {
 
  private:
   absl::Notification* stop_;
+  std::atomic<int64_t>* retries_;  // every Wait() precedes a retry
   std::mt19937_64 rng_;
   absl::Duration next_ = absl::Milliseconds(100);
 };
@@ -42,6 +45,7 @@ class Backoff {
 struct GrpcWorker::Session {
   Options* options;
   absl::Notification* stop;
+  Counters* counters;
   std::unique_ptr<CoordinatorClient> client;
   ExperimentConfig config;
   std::unique_ptr<Learner> learner;
@@ -183,7 +187,13 @@ struct GrpcWorker::Session {
       WorkItem item;
       item.kind = work->kind() == WorkReply::TRAIN ? WorkKind::kTrain : WorkKind::kEvaluate;
       item.tasks.assign(work->tasks().begin(), work->tasks().end());
-      Upload(Pending{worker_id, *work, learner->Run(state, item)});
+      const auto started = std::chrono::steady_clock::now();
+      absl::StatusOr<TaskResult> result = learner->Run(state, item);
+      counters->compute_microseconds.fetch_add(
+          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count(),
+          std::memory_order_relaxed);
+      (result.ok() ? counters->tasks_done : counters->tasks_failed).fetch_add(1, std::memory_order_relaxed);
+      Upload(Pending{worker_id, *work, std::move(result)});
     }
     return absl::OkStatus();
   }
@@ -230,6 +240,7 @@ struct GrpcWorker::Session {
         status = client->Submit(messages).status();
         if (status.ok() || !IsTransient(status)) break;
         stop->WaitForNotificationWithTimeout(pause);
+        counters->retries.fetch_add(1, std::memory_order_relaxed);
       }
       if (!status.ok() && !absl::IsFailedPrecondition(status))
         Log(absl::StrCat("result for lease ", pending.work.lease_id(), " not taken: ", status.message()));
@@ -249,6 +260,15 @@ GrpcWorker::GrpcWorker(Options options) : options_(std::move(options)) {}
 
 GrpcWorker::~GrpcWorker() = default;
 
+GrpcWorker::Stats GrpcWorker::stats() const {
+  Stats stats;
+  stats.tasks_done = counters_.tasks_done.load(std::memory_order_relaxed);
+  stats.tasks_failed = counters_.tasks_failed.load(std::memory_order_relaxed);
+  stats.compute_seconds = counters_.compute_microseconds.load(std::memory_order_relaxed) / 1e6;
+  stats.retries = counters_.retries.load(std::memory_order_relaxed);
+  return stats;
+}
+
 void GrpcWorker::Stop() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
 }
@@ -257,8 +277,9 @@ absl::Status GrpcWorker::Run() {
   Session session;
   session.options = &options_;
   session.stop = &stop_;
+  session.counters = &counters_;
   ASSIGN_OR_RETURN(session.client, CoordinatorClient::Connect(options_.coordinator, options_.security));
-  Backoff backoff(&stop_);
+  Backoff backoff(&stop_, &counters_.retries);
   if (options_.config.has_value()) {
     session.config = *options_.config;
   } else {

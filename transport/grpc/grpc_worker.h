@@ -44,10 +44,24 @@ class GrpcWorker {
   // Thread-safe.
   void Stop();
 
+  // What the worker has done since it was made, e.g. for its /metrics
+  // (monitoring/worker_metrics.h). Thread-safe; the counters only grow.
+  struct Stats {
+    int64_t tasks_done = 0;      // tasks its learner ran to a result
+    int64_t tasks_failed = 0;    // tasks its learner failed on
+    double compute_seconds = 0;  // wall time in the learner, both kinds
+    int64_t retries = 0;         // calls to the coordinator tried again (unreachable, transient errors)
+  };
+  Stats stats() const;
+
  private:
   struct Session;
+  struct Counters {
+    std::atomic<int64_t> tasks_done{0}, tasks_failed{0}, compute_microseconds{0}, retries{0};
+  };
   Options options_;
   absl::Notification stop_;
+  Counters counters_;
 };
 
 }  // namespace reptile

@@ -135,7 +135,7 @@ void AttachToken(const std::string& token, grpc::ClientContext* context) {
   if (!token.empty()) context->AddMetadata("authorization", absl::StrCat("Bearer ", token));
 }
 
-grpc::Status CheckToken(const std::string& token, const grpc::ServerContext& context) {
+grpc::Status CheckToken(const std::string& token, const grpc::ServerContextBase& context) {
   if (token.empty()) return grpc::Status::OK;
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");

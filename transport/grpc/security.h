@@ -47,7 +47,7 @@ void AttachToken(const std::string& token, grpc::ClientContext* context);
 
 // OK if `token` is empty or the call carries it; UNAUTHENTICATED otherwise.
 // Compares in constant time.
-grpc::Status CheckToken(const std::string& token, const grpc::ServerContext& context);
+grpc::Status CheckToken(const std::string& token, const grpc::ServerContextBase& context);
 
 // A channel to `address` with keepalive and quick reconnects.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,

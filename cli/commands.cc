@@ -9,6 +9,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "analysis/adaptation_analysis.h"
+#include "analysis/run_metrics.h"
+#include "analysis/training_curves.h"
+#include "coordinator/atomic_file.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/round_engine.h"
 #include "coordinator/run_directory.h"
@@ -128,6 +132,12 @@ absl::StatusOr<SecurityOptions> SecurityFromOptions(const CliOptions& options) {
   security.server_name = options.tls_server_name;
   ASSIGN_OR_RETURN(security.token, LoadToken(options.token_file));
   return security;
+}
+
+// A figure as an SVG file, readable by all.
+absl::Status WriteSvg(const std::string& path, const plot::Figure& figure) {
+  const std::string svg = plot::RenderSvg(figure);
+  return WriteFileAtomically(path, {svg}, 0666);
 }
 
 }  // namespace
@@ -322,6 +332,46 @@ absl::Status InspectCommand(const CliOptions& options) {
   if (state.meta.adam_v.defined())
     std::cout << absl::StrFormat("adam state carried, step %d%s\n", state.meta.adam_step,
                                  state.meta.adam_m.defined() ? "" : " (v only: adam_beta1 is 0)");
+  return absl::OkStatus();
+}
+
+absl::Status PlotCommand(const CliOptions& options) {
+  if (options.run_dirs.empty()) return absl::InvalidArgumentError("plot needs --run_dir DIR (one or more)");
+  if (options.out.empty()) return absl::InvalidArgumentError("plot needs --out FILE.svg");
+  if (!options.overrides.empty())
+    return absl::InvalidArgumentError(absl::StrCat("plot takes no config overrides, got ", options.overrides[0]));
+  std::vector<RunMetrics> runs;
+  for (const std::string& dir : options.run_dirs) {
+    ASSIGN_OR_RETURN(RunMetrics run, ReadRunMetrics(dir));
+    runs.push_back(std::move(run));
+  }
+  RETURN_IF_ERROR(WriteSvg(options.out, TrainingCurvesFigure(runs)));
+  for (const RunMetrics& run : runs)
+    Log(absl::StrFormat("%s: %d round lines, %d evaluations%s", run.name, run.rounds.size(), run.evals.size(),
+                        run.final_eval ? " and the final one" : ""));
+  std::cout << "wrote " << options.out << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status AnalyzeCommand(const CliOptions& options) {
+  if (options.run_dir.empty() && options.checkpoint.empty())
+    return absl::InvalidArgumentError("analyze needs --run_dir DIR (or --checkpoint FILE)");
+  ASSIGN_OR_RETURN(TrainingState state, CheckpointFromOptions(options));
+  for (const std::string& o : options.overrides) RETURN_IF_ERROR(ApplyOverride(o, &state.config));
+  RETURN_IF_ERROR(ValidateConfig(state.config));
+  const ExperimentConfig& config = state.config;
+  const int episodes = options.episodes > 0 ? options.episodes : config.eval().episodes();
+  if (episodes <= 0) return absl::InvalidArgumentError("give --episodes N (eval.episodes is 0)");
+  ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(config.task()));
+  const int threads = options.workers > 0 ? options.workers : config.runtime().workers();
+  ASSIGN_OR_RETURN(AdaptationReport report, AnalyzeAdaptation(state, tasks, episodes, threads));
+  std::cout << FormatAdaptationReport(report);
+  const std::string source = options.run_dir.empty() ? options.checkpoint : options.run_dir;
+  const std::string name = std::filesystem::path(source).lexically_normal().filename().string();
+  const std::string out = options.out.empty() ? absl::StrCat("analysis_", name.empty() ? "run" : name, ".svg")
+                                              : options.out;
+  RETURN_IF_ERROR(WriteSvg(out, AdaptationFigure(report, name)));
+  std::cout << "wrote " << out << "\n";
   return absl::OkStatus();
 }
 

@@ -15,6 +15,8 @@ struct CliOptions {
   std::string config_path;
   std::vector<std::string> overrides;  // "field.path=value"
   std::string run_dir;
+  std::vector<std::string> run_dirs;  // plot: every --run_dir given, in order
+  std::string out;                    // plot, analyze: the SVG to write
   std::string checkpoint;
   int workers = 0;  // 0: runtime.workers from the config
   int episodes = 0; // 0: eval.final_episodes
@@ -42,6 +44,11 @@ absl::Status MpiCommand(const CliOptions& options);
 absl::Status EvalCommand(const CliOptions& options);
 absl::Status AdaptCommand(const CliOptions& options);
 absl::Status InspectCommand(const CliOptions& options);
+// Training curves of one or more run directories as an SVG.
+absl::Status PlotCommand(const CliOptions& options);
+// Per-layer change, last-layer-only against all-layer adaptation and
+// accuracy per adaptation step on meta-test episodes: a table and an SVG.
+absl::Status AnalyzeCommand(const CliOptions& options);
 
 }  // namespace reptile
 

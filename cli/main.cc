@@ -4,6 +4,8 @@
 //   reptile eval    --run_dir runs/demo [--episodes 1000]
 //   reptile adapt   --run_dir runs/demo --support_dir my/support --query_dir my/query
 //   reptile inspect --checkpoint runs/demo/checkpoint.bin
+//   reptile plot    --run_dir runs/carry --run_dir runs/reset --out curves.svg
+//   reptile analyze --run_dir runs/demo [--episodes 200] [--out analysis.svg]
 //   reptile coordinator --config configs/omniglot_5w1s.textproto --run_dir runs/o --listen 0.0.0.0:7070
 //   reptile worker  --coordinator HOST:7070
 //   mpirun -np 4 reptile mpi --config configs/omniglot_5w1s.textproto --run_dir runs/o
@@ -30,11 +32,15 @@
 ABSL_FLAG(std::string, config, "",
           "experiment config (protobuf text format), e.g. configs/demo.textproto; worker: its own, checked "
           "against the coordinator's at join (default: the coordinator's)");
-ABSL_FLAG(std::string, run_dir, "", "run directory: checkpoints, metrics.jsonl, config; train resumes from it");
+ABSL_FLAG(std::string, run_dir, "",
+          "run directory: checkpoints, metrics.jsonl, config (train resumes from it); plot: a run to draw, "
+          "repeated to overlay runs");
 ABSL_FLAG(std::string, checkpoint, "", "checkpoint file (default: <run_dir>/checkpoint.bin)");
 ABSL_FLAG(int, workers, 0, "train: worker processes, or threads with runtime.local_workers=THREADS "
-          "(default: runtime.workers from the config); eval: threads (default: runtime.workers)");
-ABSL_FLAG(int, episodes, 0, "eval: episodes (default: eval.final_episodes)");
+          "(default: runtime.workers from the config); eval, analyze: threads (default: runtime.workers)");
+ABSL_FLAG(int, episodes, 0,
+          "eval: episodes (default: eval.final_episodes); analyze: episodes (default: eval.episodes)");
+ABSL_FLAG(std::string, out, "", "plot, analyze: the SVG file to write; analyze: default analysis_<run>.svg");
 ABSL_FLAG(int64_t, stop_at_round, -1, "train, coordinator, mpi: checkpoint and stop once this round is done");
 ABSL_FLAG(std::string, support_dir, "", "adapt: folder with one subfolder of PNG images per label");
 ABSL_FLAG(std::string, query_dir, "", "adapt: folder of PNG images to label");
@@ -60,6 +66,23 @@ ABSL_FLAG(std::string, metrics_listen, "",
 
 namespace {
 
+// Every value of a flag given more than once (absl keeps the last), as
+// --name=value or --name value, before "--".
+std::vector<std::string> RepeatedFlag(int argc, char** argv, const std::string& name) {
+  std::vector<std::string> values;
+  const std::string dashed = "--" + name, with_value = dashed + "=";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") break;
+    if (arg.rfind(with_value, 0) == 0) {
+      values.push_back(arg.substr(with_value.size()));
+    } else if (arg == dashed && i + 1 < argc) {
+      values.push_back(argv[++i]);
+    }
+  }
+  return values;
+}
+
 // What `reptile --help` and `reptile COMMAND --help` say.
 struct Command {
   const char* name;
@@ -81,6 +104,11 @@ const std::vector<Command>& Commands() {
        {"run_dir", "checkpoint", "support_dir", "query_dir"}},
       {"inspect", "round, config and parameter SHA-256 of a checkpoint",
        "inspect --run_dir DIR | --checkpoint FILE", {"run_dir", "checkpoint"}},
+      {"plot", "training curves of one or more runs as an SVG (overlaid, one colour each)",
+       "plot --run_dir DIR [--run_dir DIR ...] --out FILE.svg", {"run_dir", "out"}},
+      {"analyze", "what adaptation changes: each layer, last layer only against all, accuracy per step",
+       "analyze --run_dir DIR | --checkpoint FILE [--episodes N] [--out FILE.svg] [field.path=value ...]",
+       {"run_dir", "checkpoint", "episodes", "workers", "out"}},
       {"coordinator", "serve a run to worker processes over gRPC",
        "coordinator --config FILE --run_dir DIR [--listen HOST:PORT] [flags] [field.path=value ...]",
        {"config", "run_dir", "stop_at_round", "listen", "insecure_listen", "port_file", "token_file", "tls_cert",
@@ -161,7 +189,8 @@ std::string CommandHelp(const Command& command) {
   }
   text += "\nflags (--name=default):\n";
   for (const auto& [flag, help] : rows) absl::StrAppendFormat(&text, "  %-*s  %s\n", width, flag, help);
-  if (command.name != std::string("inspect") && command.name != std::string("adapt"))
+  if (command.name != std::string("inspect") && command.name != std::string("adapt") &&
+      command.name != std::string("plot"))
     text += "\nAny config field can be overridden as field.path=value, e.g. outer.rounds=200.\n";
   return text;
 }
@@ -202,6 +231,7 @@ int main(int argc, char** argv) {
   reptile::InstallStopSignals();
   if (std::optional<int> code = MaybeHelp(argc, argv)) return *code;
   absl::SetProgramUsageMessage(GeneralHelp());
+  const std::vector<std::string> run_dirs = RepeatedFlag(argc, argv, "run_dir");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
     std::cerr << GeneralHelp() << std::flush;
@@ -216,6 +246,8 @@ int main(int argc, char** argv) {
   reptile::CliOptions options;
   options.config_path = absl::GetFlag(FLAGS_config);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
+  options.run_dirs = run_dirs;
+  options.out = absl::GetFlag(FLAGS_out);
   options.checkpoint = absl::GetFlag(FLAGS_checkpoint);
   options.workers = absl::GetFlag(FLAGS_workers);
   options.episodes = absl::GetFlag(FLAGS_episodes);
@@ -245,6 +277,10 @@ int main(int argc, char** argv) {
     status = reptile::AdaptCommand(options);
   } else if (command == "inspect") {
     status = reptile::InspectCommand(options);
+  } else if (command == "plot") {
+    status = reptile::PlotCommand(options);
+  } else if (command == "analyze") {
+    status = reptile::AnalyzeCommand(options);
   } else if (command == "coordinator") {
     status = reptile::CoordinatorCommand(options);
   } else if (command == "worker") {

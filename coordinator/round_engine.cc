@@ -226,8 +226,9 @@ absl::Status RoundEngine::Run(int64_t until_round) {
       const EvaluationSummary& eval = *evaluated;
       if (options_.observer != nullptr) options_.observer->OnEvaluation(r, eval, /*final=*/false);
       RETURN_IF_ERROR(Record(absl::StrFormat(
-          R"({"kind":"eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"loss":%.6g})",
-          r, eval.episodes, eval.accuracy, eval.accuracy_ci95, eval.accuracy_inductive, eval.loss)));
+          R"({"kind":"eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"accuracy_inductive_ci95":%.6g,"loss":%.6g,"loss_ci95":%.6g})",
+          r, eval.episodes, eval.accuracy, eval.accuracy_ci95, eval.accuracy_inductive, eval.accuracy_inductive_ci95,
+          eval.loss, eval.loss_ci95)));
       eval_text = classification ? absl::StrFormat("  eval acc %.1f%%", 100 * eval.accuracy)
                                  : absl::StrFormat("  eval MSE %.4f", eval.loss);
     }

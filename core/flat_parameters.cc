@@ -32,6 +32,22 @@ FlatParameters::FlatParameters(torch::nn::Module& module) {
   }
 }
 
+std::vector<LayerSpan> LayersOf(const std::vector<ParameterShape>& layout) {
+  std::vector<LayerSpan> layers;
+  for (const ParameterShape& shape : layout) {
+    const size_t dot = shape.name().rfind('.');
+    const std::string name = dot == std::string::npos ? shape.name() : shape.name().substr(0, dot);
+    int64_t numel = 1;
+    for (int64_t d : shape.dims()) numel *= d;
+    if (layers.empty() || layers.back().name != name) {
+      layers.push_back(LayerSpan{name, shape.offset(), shape.offset(), 0});
+    }
+    layers.back().end = shape.offset() + numel;
+    layers.back().parameters += numel;
+  }
+  return layers;
+}
+
 std::string LayoutFingerprint(const std::vector<ParameterShape>& layout) {
   std::string text;
   for (const ParameterShape& shape : layout)

@@ -37,6 +37,19 @@ class FlatParameters {
   std::vector<ParameterShape> layout_;
 };
 
+// A layer: the consecutive parameters of one module, named by what comes
+// before the last '.' of their names ("conv0.weight" and "conv0.bias" are
+// layer "conv0"). Offsets are into the flat vector; `end` is one past the
+// layer's last value (padding between its tensors, always zero, included).
+struct LayerSpan {
+  std::string name;
+  int64_t begin = 0, end = 0;
+  int64_t parameters = 0;  // values, padding excluded
+};
+
+// The layers of `layout`, in flat order.
+std::vector<LayerSpan> LayersOf(const std::vector<ParameterShape>& layout);
+
 // SHA-256 over the layout's names, shapes and offsets: equal for two
 // processes only if their models lay theta out identically.
 std::string LayoutFingerprint(const std::vector<ParameterShape>& layout);

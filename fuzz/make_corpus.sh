@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Rewrites the seed corpus fuzz/corpus/<target>/ (committed; scripts/fuzz.sh
 # only reads it): the configs of configs/, checkpoints written by build/reptile,
-# an Omniglot PNG and small synthetic PNGs of every colour type, and valid chunk
-# streams. Needs build/reptile, python3, unzip and ../shared/data/omniglot.
+# an Omniglot PNG and small synthetic PNGs of every colour type, valid chunk
+# streams, and metrics.jsonl files written by build/reptile. Needs build/reptile, python3, unzip and ../shared/data/omniglot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=fuzz/corpus
 rm -rf "$corpus"
-mkdir -p "$corpus"/{config_fuzzer,checkpoint_fuzzer,png_fuzzer,tensor_stream_fuzzer}
+mkdir -p "$corpus"/{config_fuzzer,checkpoint_fuzzer,png_fuzzer,tensor_stream_fuzzer,metrics_fuzzer}
 
 # Configs, and one followed by NUL-separated overrides as argv gives them.
 cp configs/*.textproto "$corpus/config_fuzzer/"
@@ -25,6 +25,21 @@ build/reptile train --config configs/sine.textproto --run_dir "$scratch/adam" "$
   inner.optimizer=ADAM inner.adam_beta1=0 inner.adam_beta2=0.999 inner.adam_epsilon=1e-8 inner.state_mode=CARRY > /dev/null
 cp "$scratch/sgd/checkpoint.bin" "$corpus/checkpoint_fuzzer/sine_sgd.bin"
 cp "$scratch/adam/checkpoint.bin" "$corpus/checkpoint_fuzzer/sine_adam_carry.bin"
+
+# metrics.jsonl: a small Omniglot run's (rounds with accuracy, evaluations, the
+# final one), a sine run's, and one with rounds missing and a torn last line.
+build/reptile train --config configs/omniglot_5w1s.textproto --run_dir "$scratch/omniglot" outer.rounds=8 \
+  eval.every_rounds=4 eval.episodes=2 eval.final_episodes=2 eval.inner_iterations=2 runtime.local_workers=THREADS \
+  runtime.metrics_every_rounds=2 > /dev/null 2>&1
+cp "$scratch/omniglot/metrics.jsonl" "$corpus/metrics_fuzzer/omniglot_rounds_and_eval"
+build/reptile train --config configs/sine.textproto --run_dir "$scratch/sine_metrics" outer.rounds=4 eval.every_rounds=2 \
+  eval.episodes=2 eval.final_episodes=2 runtime.local_workers=THREADS > /dev/null 2>&1
+cp "$scratch/sine_metrics/metrics.jsonl" "$corpus/metrics_fuzzer/sine_rounds"
+{
+  sed -n 1p "$scratch/omniglot/metrics.jsonl" | sed 's/"round":2,/"round":2000,/'
+  grep -m1 '"kind":"eval"' "$scratch/omniglot/metrics.jsonl"
+  printf '%s' '{"kind":"round","round":30100,"rou'
+} > "$corpus/metrics_fuzzer/gap_and_torn_line"
 
 unzip -p ../shared/data/omniglot/images_background.zip \
   images_background/Alphabet_of_the_Magi/character01/0709_01.png > "$corpus/png_fuzzer/omniglot_0709_01.png"

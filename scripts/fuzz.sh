@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 build=${FUZZ_BUILD_DIR:-build-fuzz}
-targets=(config_fuzzer checkpoint_fuzzer png_fuzzer tensor_stream_fuzzer)
+targets=(config_fuzzer checkpoint_fuzzer png_fuzzer tensor_stream_fuzzer metrics_fuzzer)
 
 if ! command -v clang++-14 > /dev/null; then
   echo "fuzz: clang++-14 is missing (scripts/install_deps.sh installs clang-14 and libclang-rt-14-dev)"

@@ -19,9 +19,10 @@ PACKAGES=(
 # stage, which sets REPTILE_DEPS=build): curl for deploy/docker/reptile-health,
 # Node.js and npm for tests/k8s/validate.cjs, unzip for kubectl (below), clang
 # with its libFuzzer and sanitizer runtimes for scripts/fuzz.sh, the
-# Prometheus server that scrapes a live run in tests/monitoring_test.
+# Prometheus server that scrapes a live run in tests/monitoring_test, headless
+# Chromium and a font to render the SVGs of `reptile plot` and `analyze`.
 if [ "${REPTILE_DEPS:-all}" != build ]; then
-  PACKAGES+=(curl unzip clang-14 libclang-rt-14-dev prometheus)
+  PACKAGES+=(curl unzip clang-14 libclang-rt-14-dev prometheus chromium fonts-dejavu-core)
   command -v node > /dev/null && command -v npm > /dev/null || PACKAGES+=(nodejs npm)
 fi
 

@@ -161,7 +161,7 @@ TEST(CliTest, HelpListsTheCommandsAndExitsZero) {
     EXPECT_EQ(help.err, "") << args;
     ExpectNoAbseilHelp(help.out);
     EXPECT_THAT(help.out, HasSubstr("usage: reptile COMMAND"));
-    for (const char* command : {"train", "eval", "adapt", "inspect", "coordinator", "worker", "mpi"})
+    for (const char* command : {"train", "eval", "adapt", "inspect", "plot", "analyze", "coordinator", "worker", "mpi"})
       EXPECT_THAT(help.out, HasSubstr(absl::StrCat("\n  ", command, " "))) << args;
     EXPECT_THAT(help.out, HasSubstr("reptile help COMMAND"));
   }
@@ -178,6 +178,8 @@ TEST(CliTest, CommandHelpListsItsFlagsWithDefaultsAndExitsZero) {
       {"eval", {"--run_dir=\"\"", "--checkpoint=\"\"", "--episodes=0"}, {"--listen"}},
       {"adapt", {"--support_dir=\"\"", "--query_dir=\"\""}, {"--episodes"}},
       {"inspect", {"--run_dir=\"\"", "--checkpoint=\"\""}, {"--config"}},
+      {"plot", {"--run_dir=\"\"", "--out=\"\""}, {"--episodes", "--config"}},
+      {"analyze", {"--run_dir=\"\"", "--checkpoint=\"\"", "--episodes=0", "--workers=0", "--out=\"\""}, {"--listen"}},
       {"coordinator",
        {"--listen=\"127.0.0.1:7070\"", "--insecure_listen=false", "--port_file=\"\"", "--token_file=\"\"",
         "--tls_cert=\"\"", "--tls_key=\"\"", "--tls_ca=\"\""},

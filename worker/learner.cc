@@ -1,5 +1,6 @@
 #include "worker/learner.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -197,14 +198,16 @@ torch::Tensor Learner::Loss(const torch::Tensor& output, const torch::Tensor& ta
 // clears the gradient for the next backward(): memory traffic, not
 // arithmetic, bounds the update of a small model, and separate tensor
 // operations would each read and write every vector again.
-void Learner::OptimizerStep() {
+void Learner::OptimizerStep(int64_t from) {
   const InnerLoopConfig& in = config_.inner();
-  float* theta = flat_->values().data_ptr<float>();
-  float* grad = flat_->grads().data_ptr<float>();
   const int64_t n = flat_->numel();
+  from = std::clamp<int64_t>(from, 0, n);
+  std::fill_n(flat_->grads().data_ptr<float>(), from, 0.0f);  // frozen values: only cleared
+  float* theta = flat_->values().data_ptr<float>() + from;
+  float* grad = flat_->grads().data_ptr<float>() + from;
   if (in.optimizer() == SGD) {
     const float rate = in.learning_rate();
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = 0; i < n - from; ++i) {
       theta[i] -= rate * grad[i];
       grad[i] = 0;
     }
@@ -215,9 +218,9 @@ void Learner::OptimizerStep() {
   const double step = static_cast<double>(adam_step_);
   const float bias2_root = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, step)));
   const float rate = static_cast<float>(in.learning_rate() / (1.0 - std::pow(beta1, step)));
-  float* m = adam_m_.data_ptr<float>();
-  float* v = adam_v_.data_ptr<float>();
-  for (int64_t i = 0; i < n; ++i) {
+  float* m = adam_m_.data_ptr<float>() + from;
+  float* v = adam_v_.data_ptr<float>() + from;
+  for (int64_t i = 0; i < n - from; ++i) {
     const float g = grad[i];
     m[i] = beta1 * m[i] + (1.0f - beta1) * g;
     v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
@@ -227,7 +230,8 @@ void Learner::OptimizerStep() {
 }
 
 Learner::InnerRun Learner::Adapt(const MetaState& state, const TaskExamples& task, uint64_t order_seed,
-                                 int iterations, int batch_size, torch::Tensor* before_last) {
+                                 int iterations, int batch_size, torch::Tensor* before_last,
+                                 const AdaptHooks& hooks) {
   {
     torch::NoGradGuard no_grad;
     flat_->values().copy_(state.parameters);
@@ -260,6 +264,7 @@ Learner::InnerRun Learner::Adapt(const MetaState& state, const TaskExamples& tas
   int64_t cursor = n;  // forces a shuffle before the first batch
   InnerRun run;
   torch::Tensor batch_index = torch::empty({batch_size}, torch::kInt64);
+  if (hooks.after_step) hooks.after_step(0);
   for (int it = 0; it < iterations; ++it) {
     int64_t* idx = batch_index.data_ptr<int64_t>();
     for (int b = 0; b < batch_size; ++b) {
@@ -275,12 +280,13 @@ Learner::InnerRun Learner::Adapt(const MetaState& state, const TaskExamples& tas
     torch::Tensor loss = Loss(output, y);
     loss.backward();
     if (before_last != nullptr && it == iterations - 1) *before_last = flat_->values().clone();
-    OptimizerStep();
+    OptimizerStep(hooks.trainable_from);
     run.mean_loss += loss.item<double>() / iterations;
     if (IsClassification(config_)) {
       run.correct += output.argmax(1).eq(y).sum().item<int64_t>();
       run.predictions += batch_size;
     }
+    if (hooks.after_step) hooks.after_step(it + 1);
   }
   return run;
 }
@@ -289,7 +295,8 @@ TaskResult Learner::Train(const MetaState& state, const TaskSpec& spec, const Ta
   const InnerLoopConfig& in = config_.inner();
   torch::Tensor before_last;
   const bool fomaml = config_.outer().algorithm() == FOMAML;
-  InnerRun run = Adapt(state, task, spec.seed(), in.iterations(), in.batch_size(), fomaml ? &before_last : nullptr);
+  InnerRun run = Adapt(state, task, spec.seed(), in.iterations(), in.batch_size(), fomaml ? &before_last : nullptr,
+                       AdaptHooks());
   TaskResult result;
   result.delta = RoundToDeltaDtype(flat_->values() - (fomaml ? before_last : state.parameters),
                                    config_.outer().delta_dtype());
@@ -304,7 +311,7 @@ TaskResult Learner::Train(const MetaState& state, const TaskSpec& spec, const Ta
 
 TaskResult Learner::Evaluate(const MetaState& state, const TaskSpec& spec, const TaskExamples& task) {
   const EvalConfig& ev = config_.eval();
-  Adapt(state, task, spec.seed(), ev.inner_iterations(), ev.inner_batch_size(), nullptr);
+  Adapt(state, task, spec.seed(), ev.inner_iterations(), ev.inner_batch_size(), nullptr, AdaptHooks());
   torch::NoGradGuard no_grad;
   TaskResult result;
   torch::Tensor output = model_->forward(task.query_x);
@@ -321,11 +328,45 @@ TaskResult Learner::Evaluate(const MetaState& state, const TaskSpec& spec, const
   return result;
 }
 
+absl::StatusOr<AdaptationTrace> Learner::TraceAdaptation(const MetaState& state, const TaskSpec& spec,
+                                                         AdaptedLayers layers) {
+  RETURN_IF_ERROR(CheckState(state, flat_->numel(), CarriedMomentsOf(config_)));
+  RETURN_IF_ERROR(CheckSpecFitsConfig(WorkKind::kEvaluate, spec, config_.task()));
+  if (tasks_ == nullptr) return absl::FailedPreconditionError("learner has no task source");
+  try {
+    ASSIGN_OR_RETURN(TaskExamples task, tasks_->Materialize(spec));
+    const std::vector<LayerSpan> spans = LayersOf(flat_->layout());
+    AdaptHooks hooks;
+    if (layers == AdaptedLayers::kLastOnly && !spans.empty()) hooks.trainable_from = spans.back().begin;
+    AdaptationTrace trace;
+    hooks.after_step = [&](int) {
+      torch::NoGradGuard no_grad;
+      torch::Tensor output = model_->forward(task.query_x);
+      trace.loss.push_back(Loss(output, task.query_y).item<double>());
+      if (IsClassification(config_))
+        trace.accuracy.push_back(output.argmax(1).eq(task.query_y).to(torch::kFloat64).mean().item<double>());
+    };
+    const EvalConfig& ev = config_.eval();
+    Adapt(state, task, spec.seed(), ev.inner_iterations(), ev.inner_batch_size(), nullptr, hooks);
+    torch::NoGradGuard no_grad;
+    for (const LayerSpan& span : spans) {
+      torch::Tensor theta = state.parameters.slice(0, span.begin, span.end);
+      torch::Tensor adapted = flat_->values().slice(0, span.begin, span.end);
+      const double norm = theta.norm().item<double>();
+      const double change = (adapted - theta).norm().item<double>();
+      trace.relative_change.push_back(norm > 0 ? change / norm : (change > 0 ? INFINITY : 0.0));
+    }
+    return trace;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("adaptation trace failed: ", e.what_without_backtrace()));
+  }
+}
+
 absl::StatusOr<std::vector<int64_t>> Learner::AdaptAndPredict(const MetaState& state, const TaskExamples& task) {
   RETURN_IF_ERROR(CheckState(state, flat_->numel(), CarriedMomentsOf(config_)));
   try {
     const EvalConfig& ev = config_.eval();
-    Adapt(state, task, config_.eval().seed(), ev.inner_iterations(), ev.inner_batch_size(), nullptr);
+    Adapt(state, task, config_.eval().seed(), ev.inner_iterations(), ev.inner_batch_size(), nullptr, AdaptHooks());
     torch::NoGradGuard no_grad;
     std::vector<int64_t> labels;
     for (int64_t q = 0; q < task.query_x.size(0); ++q) {

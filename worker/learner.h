@@ -6,6 +6,7 @@
 #ifndef REPTILE_WORKER_LEARNER_H_
 #define REPTILE_WORKER_LEARNER_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -103,6 +104,20 @@ struct TaskResult {
   int tensor_items = 1;
 };
 
+// Which layers adaptation may change: all of them (the usual inner loop), or
+// only the last one, the others keeping theta ("feature reuse" against "rapid
+// learning": Raghu et al., ICLR 2020).
+enum class AdaptedLayers { kAll, kLastOnly };
+
+// What Learner::TraceAdaptation() sees on one evaluation episode.
+struct AdaptationTrace {
+  // Query loss (cross-entropy, or MSE for sine) and transductive accuracy
+  // after 0, 1, ..., eval.inner_iterations steps; no accuracy for sine.
+  std::vector<double> loss, accuracy;
+  // ||W - theta|| / ||theta|| after the last step, per LayersOf(layout()).
+  std::vector<double> relative_change;
+};
+
 class Learner {
  public:
   // `tasks` may be null for a learner used only through AdaptAndPredict().
@@ -120,6 +135,13 @@ class Learner {
   // support set only. Used by `reptile adapt` on a user's own images.
   absl::StatusOr<std::vector<int64_t>> AdaptAndPredict(const MetaState& state, const TaskExamples& task);
 
+  // Adapts to the evaluation episode `spec` as Run() does
+  // (eval.inner_iterations steps on minibatches of eval.inner_batch_size),
+  // changing only the layers `layers` says, and scores the query set after
+  // every step. Fails as Run() does for an evaluation item of this spec.
+  absl::StatusOr<AdaptationTrace> TraceAdaptation(const MetaState& state, const TaskSpec& spec,
+                                                  AdaptedLayers layers);
+
   int64_t num_parameters() const { return flat_->numel(); }
   const std::vector<ParameterShape>& layout() const { return flat_->layout(); }
 
@@ -131,14 +153,24 @@ class Learner {
     double mean_loss = 0;
     int64_t correct = 0, predictions = 0;
   };
+  // What an analysis changes in, or observes of, Adapt().
+  struct AdaptHooks {
+    // Flat offset of the first value that takes optimizer steps; the values
+    // before it keep theta.
+    int64_t trainable_from = 0;
+    // Called after each step with the number of steps taken, and with 0
+    // before the first.
+    std::function<void(int steps)> after_step;
+  };
   // Loads `state`, then takes `iterations` optimizer steps on minibatches of
   // `batch_size` support examples drawn without replacement, reshuffling when
   // the support set is used up (also within a batch). Leaves the adapted parameters in the model;
   // `before_last` (if non-null) receives the parameters before the last step.
   InnerRun Adapt(const MetaState& state, const TaskExamples& task, uint64_t order_seed, int iterations,
-                 int batch_size, torch::Tensor* before_last);
-  // Applies the gradients with inner.optimizer and clears them.
-  void OptimizerStep();
+                 int batch_size, torch::Tensor* before_last, const AdaptHooks& hooks);
+  // Applies the gradients with inner.optimizer to the values from flat offset
+  // `from` on, and clears them all.
+  void OptimizerStep(int64_t from = 0);
   torch::Tensor Loss(const torch::Tensor& output, const torch::Tensor& target) const;
 
   TaskResult Train(const MetaState& state, const TaskSpec& spec, const TaskExamples& task);

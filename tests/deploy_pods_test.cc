@@ -25,21 +25,6 @@
 namespace reptile::testing {
 namespace {
 
-// A TCP port free on loopback when asked.
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(address);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0)
-    port = ntohs(address.sin_port);
-  close(fd);
-  return port;
-}
-
 bool IsPathBoundary(char c) { return c == '/' || c == '"' || c == '\'' || c == ' ' || c == '\n' || c == ','; }
 
 // Replaces each `from` of `rules` where it stands as a whole path or address:

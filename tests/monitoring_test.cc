@@ -29,25 +29,11 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing::ChildProcess;
+using testing::FreePort;
 using testing::GetList;
 using testing::GetString;
 using testing::ReadWholeFile;
 using testing::TempDir;
-
-// A TCP port free on loopback when asked.
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(address);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0)
-    port = ntohs(address.sin_port);
-  close(fd);
-  return port;
-}
 
 // GET http://127.0.0.1:<port><path> over a plain socket (HTTP/1.0: the
 // server closes when done). Returns the body, or "" if the request failed.

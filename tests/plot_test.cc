@@ -27,24 +27,9 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::Pointwise;
 
-struct Result {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
-
-Result Shell(const std::string& line) {
-  const std::string command = absl::StrCat("cd ", REPTILE_SOURCE_DIR, " && ", line, " 2>&1");
-  FILE* pipe = popen(command.c_str(), "r");
-  Result result{-1, ""};
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
-Result RunReptile(const std::string& args) { return Shell(absl::StrCat(REPTILE_BINARY, " ", args)); }
+using Result = testing::ShellResult;
+using testing::RunReptile;
+using testing::Shell;
 
 void WriteFile(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 

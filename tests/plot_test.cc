@@ -287,7 +287,7 @@ class PlotEndToEndTest : public ::testing::Test {
  protected:
   // Two tiny Omniglot runs, CARRY and RESET, trained once for all tests.
   static void SetUpTestSuite() {
-    root_ = new std::string(std::filesystem::path(::testing::TempDir()) / "reptile_tests" / "PlotEndToEnd");
+    root_ = new std::string(std::filesystem::path(::testing::TempDir()) / testing::TestTreeFolder() / "PlotEndToEnd");
     std::filesystem::remove_all(*root_);
     std::filesystem::create_directories(*root_);
     for (const char* mode : {"CARRY", "RESET"}) {

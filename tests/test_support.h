@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -59,10 +60,16 @@ inline void WriteTokenFile(const std::string& path, const std::string& token) {
   close(fd);
 }
 
+// "reptile_tests_<hash of the source tree>": two checkouts testing at once
+// on one machine never share a test's directories.
+inline std::string TestTreeFolder() {
+  return "reptile_tests_" + std::to_string(std::hash<std::string>{}(REPTILE_SOURCE_DIR) % 1000000);
+}
+
 // A fresh empty directory under the test's temp dir.
 inline std::string TempDir(const std::string& name) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "reptile_tests" /
+  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / TestTreeFolder() /
                               (std::string(info->test_suite_name()) + "." + info->name()) / name;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);

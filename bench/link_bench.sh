@@ -3,21 +3,24 @@
 # speeds: `reptile coordinator` in one network namespace, WORKERS `reptile
 # worker` processes in another, joined by one veth pair shaped on both ends
 # with `tc qdisc ... tbf` (both directions: results up, state down). Each
-# link gets a fresh run of ROUNDS rounds; the first WARMUP rounds (the
-# workers loading the dataset, joining, gRPC warming up) are skipped. For
-# each run it prints the median and best round time, the ratio of the median
-# rate to the unlimited link's (of the same tasks_per_item), the bytes the
-# coordinator received and sent per round (metrics.jsonl bytes_in/bytes_out,
-# over the measured rounds), how long those bytes take at the link's rate,
-# and the parameters' SHA-256: all must be equal.
+# case is a fresh run of ROUNDS rounds; the first WARMUP rounds (the workers
+# loading the dataset, joining, gRPC warming up) are skipped. For each run it
+# prints the median and best round time, the bytes the coordinator received
+# and sent per round (metrics.jsonl bytes_in/bytes_out, over the measured
+# rounds), how long those bytes take at the link's rate, the packets the
+# shaper dropped and the parameters' SHA-256; then, per case, the medians
+# over the repetitions of its rate and of its ratio to the same repetition's
+# unlimited run. All SHA-256s must be equal (exit 1 otherwise).
 #
 #   bench/link_bench.sh [ROUNDS] [WORKERS]      (defaults: 300 rounds, 2 workers)
 #
-# Environment: LINKS (default "unlimited 10gbit 2500mbit 1gbit"), EXTRA, a
-# list of "TASKS_PER_ITEM@LINK" runs after those (default "5@unlimited
-# 5@1gbit": runtime.tasks_per_item=5, one exact sum per worker item),
-# LINK_BENCH_TLS=1 to serve TLS (a fresh self-signed certificate) instead
-# of plain text with --insecure_listen (a token is required either way),
+# Environment: REPEAT (default 3: every case is run that many times,
+# interleaved, since this machine's speed drifts), LINKS (default
+# "unlimited 10gbit 2500mbit 1gbit"), EXTRA, "TASKS_PER_ITEM@LINK" cases run
+# after those (default "5@unlimited 5@1gbit": runtime.tasks_per_item=5, one
+# exact sum per worker item), LINK_BENCH_TLS=1 to serve TLS (a fresh
+# self-signed certificate) instead of plain text with --insecure_listen (a
+# token is required either way),
 # REPTILE_BINARY, REPTILE_OMNIGLOT_DIR.
 #
 # Needs root and iproute2 (`ip netns`, `tc`); skips with a message (exit 0)
@@ -26,6 +29,7 @@ set -eu
 rounds=${1:-300}
 workers=${2:-2}
 warmup=50
+repeat=${REPEAT:-3}
 links=${LINKS:-unlimited 10gbit 2500mbit 1gbit}
 extra=${EXTRA-5@unlimited 5@1gbit}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -100,9 +104,17 @@ shape() {
       bits=$(rate_bits "$1")
       burst=$((bits / 8 / 1000))
       [ $burst -ge 65536 ] || burst=65536
-      tc -n "$2" qdisc replace dev "$3" root tbf rate "$1" burst "$burst" latency 20ms
+      tc -n "$2" qdisc del dev "$3" root 2> /dev/null || true  # fresh counters
+      tc -n "$2" qdisc add dev "$3" root tbf rate "$1" burst "$burst" latency 20ms
     fi
   done
+}
+
+# Packets the tbf queues dropped, both ends together ("-" without them).
+drops() {
+  [ "$1" != unlimited ] || { echo -; return; }
+  { tc -s -n "$cns" qdisc show dev lbc; tc -s -n "$wns" qdisc show dev lbw; } |
+    sed -n 's/.*dropped \([0-9]*\).*/\1/p' | awk '{ n += $1 } END { print n + 0 }'
 }
 
 # A tc rate ("1gbit", "2500mbit", "10gbit") in bits/s.
@@ -120,12 +132,14 @@ round_lines() {
     tail -n +"$warmup"
 }
 
-# One run over link $1 with tasks_per_item $2; prints its row.
+# One run over link $1 with tasks_per_item $2 (repetition $3); prints its
+# row and appends "rep tpi link rate MB_in MB_out sha" to $scratch/results.
 run() {
   link=$1
   tpi=$2
-  name="$link tpi=$tpi"
-  dir=$scratch/run_${link}_$tpi
+  rep=$3
+  name="$tpi@$link"
+  dir=$scratch/run_${rep}_${tpi}_$link
   rm -f "$scratch/port"
   shape "$link"
   ip netns exec "$cns" "$reptile" coordinator --config "$config" --run_dir "$dir" \
@@ -157,9 +171,11 @@ run() {
   pids=""
   bits=unlimited
   [ "$link" = unlimited ] || bits=$(rate_bits "$link")
+  dropped=$(drops "$link")
   sha=$(sed -n 's/.*parameters sha256 \([0-9a-f]*\).*/\1/p' "$dir.out")
   # The first line (the last warm-up round) gives the byte counters' start.
-  round_lines "$dir" | awk -v name="$name" -v bits="$bits" -v base="${base_rate:-0}" -v sha="$sha" '
+  round_lines "$dir" | awk -v name="$name" -v rep="$rep" -v tpi="$tpi" -v link="$link" -v bits="$bits" \
+    -v sha="$sha" -v dropped="$dropped" -v results="$scratch/results" '
     NR == 1 { in0 = $2; out0 = $3; next }
     { t[NR - 1] = $1; in1 = $2; out1 = $3 }
     END {
@@ -169,28 +185,64 @@ run() {
       m = t[int((n + 1) / 2)]
       rin = (in1 - in0) / n; rout = (out1 - out0) / n
       wire = (bits == "unlimited") ? "-" : sprintf("%.1f/%.1f", 1000 * rin * 8 / bits, 1000 * rout * 8 / bits)
-      ratio = (base > 0) ? sprintf("%.2f", (1 / m) / base) : "1.00"
-      printf "%-20s %6.1f %6.1f %6.1f %6s %7.2f %7.2f %12s  %.16s\n", name, 1 / m, 1 / t[1], 1000 * m, ratio,
-        rin / 1e6, rout / 1e6, wire, sha
-      print 1 / m > "/dev/stderr"
-    }' 2> "$scratch/rate"
-  last_rate=$(cat "$scratch/rate")
+      printf "%3d %-16s %6.1f %6.1f %6.1f %7.2f %7.2f %12s %6s  %s\n", rep, name, 1 / m, 1 / t[1], 1000 * m,
+        rin / 1e6, rout / 1e6, wire, dropped, sha
+      printf "%d %d %s %.4f %.4f %.4f %s %s\n", rep, tpi, link, 1 / m, rin / 1e6, rout / 1e6, bits, sha >> results
+    }'
 }
 
+# Cases: "TASKS_PER_ITEM@LINK".
+cases=""
+for link in $links; do cases="$cases 1@$link"; done
+cases="$cases $extra"
+
 echo "link bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)," \
-  "omniglot_5w1s, $rounds rounds ($warmup warm-up), $workers worker processes, $mode"
+  "omniglot_5w1s, $rounds rounds ($warmup warm-up), $workers worker processes, $repeat repetitions, $mode"
 echo "tbf on both ends of one veth pair: burst 1 ms at the rate (>= 64 KiB), latency 20 ms"
-printf "%-20s %6s %6s %6s %6s %7s %7s %12s  %s\n" "link" "r/s" "best" "ms" "ratio" "MB in" "MB out" "wire ms i/o" \
-  "sha256"
-base_rate=""
-for link in $links; do
-  run "$link" 1
-  [ -n "$base_rate" ] || base_rate=$last_rate
+echo "each run: median and best rounds/s, median ms per round, MB in/out per round at the coordinator,"
+echo "those bytes' time at the link's rate (ms in/out), packets the tbf queues dropped, parameters' SHA-256"
+printf "%3s %-16s %6s %6s %6s %7s %7s %12s %6s  %s\n" "rep" "tpi@link" "r/s" "best" "ms" "MB in" "MB out" \
+  "wire ms i/o" "drops" "sha256"
+: > "$scratch/results"
+rep=1
+while [ $rep -le "$repeat" ]; do
+  for case in $cases; do run "${case#*@}" "${case%@*}" $rep; done
+  rep=$((rep + 1))
 done
-base_rate=""
-for case in $extra; do
-  tpi=${case%@*}
-  link=${case#*@}
-  run "$link" "$tpi"
-  [ -n "$base_rate" ] || base_rate=$last_rate
-done
+
+# Per case: the median over repetitions of the rate, and of its ratio to
+# the same repetition's unlimited run with the same tasks_per_item, and to
+# its unlimited run with one task per item.
+echo
+echo "summary (medians over $repeat repetitions; ratios against the same repetition's unlimited runs):"
+awk '
+  function median(list,   a, n, i, j, v) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; ++i) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; --j) a[j + 1] = a[j]; a[j + 1] = v }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  { rep[NR] = $1; tpi[NR] = $2; link[NR] = $3; rate[NR] = $4; rin[NR] = $5; rout[NR] = $6; bits[NR] = $7
+    if ($3 == "unlimited") base[$1 "/" $2] = $4
+    c = $2 "@" $3
+    if (!(c in seen)) { seen[c] = 1; order[++cases] = c }
+    key[NR] = c; shas[$8] = 1 }
+  END {
+    printf "%-16s %6s %13s %8s %8s %7s %7s %12s\n", "tpi@link", "r/s", "(min-max)", "ratio", "vs tpi=1", "MB in", "MB out", "wire ms i/o"
+    for (k = 1; k <= cases; ++k) {
+      c = order[k]; rates = ""; ratios = ""; ratios1 = ""; lo = 1e9; hi = 0
+      for (i = 1; i <= NR; ++i) {
+        if (key[i] != c) continue
+        rates = rates " " rate[i]; lo = (rate[i] < lo) ? rate[i] : lo; hi = (rate[i] > hi) ? rate[i] : hi
+        if ((rep[i] "/" tpi[i]) in base) ratios = ratios " " rate[i] / base[rep[i] "/" tpi[i]]
+        if ((rep[i] "/1") in base) ratios1 = ratios1 " " rate[i] / base[rep[i] "/1"]
+        mi = rin[i]; mo = rout[i]; b = bits[i]
+      }
+      wire = (b == "unlimited") ? "-" : sprintf("%.1f/%.1f", 1000 * mi * 8 / b, 1000 * mo * 8 / b)
+      printf "%-16s %6.1f %13s %8s %8s %7.2f %7.2f %12s\n", c, median(rates), sprintf("(%.1f-%.1f)", lo, hi),
+        ratios == "" ? "-" : sprintf("%.2f", median(ratios)), ratios1 == "" ? "-" : sprintf("%.2f", median(ratios1)),
+        mi, mo, wire
+    }
+    n = 0; for (s in shas) { ++n; one = s }
+    if (n == 1) printf "parameters: the same SHA-256 in all %d runs: %s\n", NR, one
+    else { printf "parameters DIFFER between runs: %d SHA-256s\n", n; exit 1 }
+  }' "$scratch/results"

@@ -185,7 +185,7 @@ run() {
       m = t[int((n + 1) / 2)]
       rin = (in1 - in0) / n; rout = (out1 - out0) / n
       wire = (bits == "unlimited") ? "-" : sprintf("%.1f/%.1f", 1000 * rin * 8 / bits, 1000 * rout * 8 / bits)
-      printf "%3d %-16s %6.1f %6.1f %6.1f %7.2f %7.2f %12s %6s  %s\n", rep, name, 1 / m, 1 / t[1], 1000 * m,
+      printf "%3d %-16s %6.1f %6.1f %6.1f %7.2f %7.2f %12s %6s  %.16s\n", rep, name, 1 / m, 1 / t[1], 1000 * m,
         rin / 1e6, rout / 1e6, wire, dropped, sha
       printf "%d %d %s %.4f %.4f %.4f %s %s\n", rep, tpi, link, 1 / m, rin / 1e6, rout / 1e6, bits, sha >> results
     }'
@@ -237,7 +237,7 @@ awk '
         if ((rep[i] "/1") in base) ratios1 = ratios1 " " rate[i] / base[rep[i] "/1"]
         mi = rin[i]; mo = rout[i]; b = bits[i]
       }
-      wire = (b == "unlimited") ? "-" : sprintf("%.1f/%.1f", 1000 * mi * 8 / b, 1000 * mo * 8 / b)
+      wire = (b == "unlimited") ? "-" : sprintf("%.1f/%.1f", 1000 * mi * 1e6 * 8 / b, 1000 * mo * 1e6 * 8 / b)
       printf "%-16s %6.1f %13s %8s %8s %7.2f %7.2f %12s\n", c, median(rates), sprintf("(%.1f-%.1f)", lo, hi),
         ratios == "" ? "-" : sprintf("%.2f", median(ratios)), ratios1 == "" ? "-" : sprintf("%.2f", median(ratios1)),
         mi, mo, wire

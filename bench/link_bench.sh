@@ -66,6 +66,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
+# Namespaces left by a run that was SIGKILLed (its pid gone) are removed.
+for ns in $(ip netns list | sed -n 's/^\(rlb[0-9]*[cw]\)\b.*/\1/p'); do
+  owner=${ns#rlb}
+  owner=${owner%?}
+  kill -0 "$owner" 2> /dev/null && continue
+  for pid in $(ip netns pids "$ns" 2> /dev/null); do kill -KILL "$pid" 2> /dev/null || true; done
+  ip netns del "$ns" 2> /dev/null || true
+done
 ip netns add "$cns"
 ip netns add "$wns"
 ip -n "$cns" link set lo up

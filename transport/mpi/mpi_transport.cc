@@ -81,12 +81,10 @@ std::atomic<bool> gave_up{false};
 
 // Waits for `request` without spinning: Open MPI busy-polls inside blocking
 // calls, which on a machine with as many ranks as cores takes the core a
-// computing rank needs. The nap between tests starts at 50 us and grows with
-// the time waited (1/64 of it, at most 2 ms), so a long wait, such as a
-// worker's for the next batch, costs next to no CPU and a short one little
-// latency. False if `deadline` passed first; the request is then pending.
+// computing rank needs. A 50 us nap between tests costs little latency (a
+// longer one would slow the collectives, which progress only in MPI_Test).
+// False if `deadline` passed first; the request is then left pending.
 bool Wait(MPI_Request* request, Clock::time_point deadline = kForever) {
-  const Clock::time_point start = Clock::now();
   int done = 0;
   while (true) {
     MPI_Test(request, &done, MPI_STATUS_IGNORE);
@@ -96,9 +94,7 @@ bool Wait(MPI_Request* request, Clock::time_point deadline = kForever) {
       gave_up = true;
       return false;
     }
-    const auto nap = std::clamp<Clock::duration>((now - start) / 64, std::chrono::microseconds(50),
-                                                 std::chrono::milliseconds(2));
-    std::this_thread::sleep_for(std::min<Clock::duration>(nap, deadline - now));
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
 }
 
@@ -338,10 +334,10 @@ std::optional<bool> StateNeeded(const BatchHeader& header, const MetaState& own,
 }
 
 // A result's parts are tagged 0 (header), 1 (delta or error text), 2 and 3
-// (Adam's m and v); a rank's greeting at setup kHelloTag. A rank sends its items' results in item order and rank 0
+// (Adam's m and v). A rank sends its items' results in item order and rank 0
 // receives them in that order; MPI keeps messages between two ranks with the
-// same tag in order, so the tag need not name the item.
-
+// same tag in order, so the tag need not name the item. A rank's greeting at
+// setup is tagged kHelloTag.
 constexpr int kHelloTag = 7;
 
 // Ranks that compute tasks, in the order items are dealt to them.
@@ -522,11 +518,11 @@ absl::StatusOr<ExperimentConfig> ShareConfigOverMpi(const std::optional<Experime
       if (!Wait(&greetings[r], deadline)) silent.push_back(r);
     if (!silent.empty())
       return NoAnswer(absl::StrFormat(
-          "MPI setup: rank 0 heard nothing from %s (of %d ranks) within %.0f s (runtime.mpi_connect_timeout_seconds)",
+          "MPI setup: rank 0 heard nothing from %s (of %d ranks) within %g s (runtime.mpi_connect_timeout_seconds)",
           RankList(silent), ranks, ToSeconds(timeout)));
     auto relay_failed = [&] {
       return NoAnswer(absl::StrFormat(
-          "MPI setup: the config broadcast did not complete within %.0f s (runtime.mpi_connect_timeout_seconds), "
+          "MPI setup: the config broadcast did not complete within %g s (runtime.mpi_connect_timeout_seconds), "
           "though every rank greeted rank 0: ranks relay broadcasts, and some rank cannot reach another",
           ToSeconds(timeout)));
     };
@@ -560,7 +556,7 @@ MpiTransport::~MpiTransport() {
   header.command = kFinish;
   if (!Broadcast(&header, sizeof(header), MPI_BYTE, Clock::now() + connect_timeout_))
     std::cerr << "reptile mpi: error: "
-              << NoAnswer(absl::StrFormat("MPI: the broadcast that ends the run did not complete within %.0f s "
+              << NoAnswer(absl::StrFormat("MPI: the broadcast that ends the run did not complete within %g s "
                                           "(runtime.mpi_connect_timeout_seconds): some rank does not answer",
                                           ToSeconds(connect_timeout_)))
                      .message()
@@ -616,7 +612,7 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   const Clock::duration timeout = connect_timeout_;
   auto broadcast_stalled = [&](const char* step) {
     return NoAnswer(absl::StrFormat(
-        "MPI: the broadcast of %s for a batch of %d work items did not complete within %.0f s "
+        "MPI: the broadcast of %s for a batch of %d work items did not complete within %g s "
         "(runtime.mpi_connect_timeout_seconds): some rank does not answer",
         step, items.size(), ToSeconds(timeout)));
   };
@@ -637,8 +633,8 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   auto due = [&](int k) { return work_start + k * item_timeout_ + timeout; };
   auto work_stalled = [&](const std::string& what, int k) {
     return NoAnswer(absl::StrFormat(
-        "MPI: %s within %.0f s of the batch's broadcasts (%d work item(s) at runtime.task_timeout_seconds %.0f s "
-        "each, plus runtime.mpi_connect_timeout_seconds %.0f s)",
+        "MPI: %s within %g s of the batch's broadcasts (%d work item(s) at runtime.task_timeout_seconds %g s "
+        "each, plus runtime.mpi_connect_timeout_seconds %g s)",
         what, ToSeconds(due(k) - work_start), k, ToSeconds(item_timeout_), ToSeconds(timeout)));
   };
 

@@ -446,7 +446,7 @@ TEST_F(MpiUnreachableTest, AnInterfaceTheRanksCannotUseEndsTheJobWithinTheDeadli
   std::vector<std::string> args = {namespaces_->ip(), "netns", "exec", head_, "/usr/bin/mpirun",
                                    "--hostfile", hostfile, "-np", "3", "--bind-to", "none",
                                    "--mca", "plm_rsh_agent", SourcePath("tests/mpi_netns_rsh.sh"),
-                                   "--mca", "oob_tcp_if_include", "eth0",
+                                   "--mca", "oob_tcp_if_include", "10.76.0.0/24",  // the head has no eth0
                                    "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "eth1",
                                    REPTILE_BINARY, "mpi", "--config", SourcePath("configs/demo.textproto"),
                                    "--run_dir", run, absl::StrCat("runtime.mpi_connect_timeout_seconds=", kDeadline)};

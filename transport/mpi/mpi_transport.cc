@@ -336,9 +336,11 @@ std::optional<bool> StateNeeded(const BatchHeader& header, const MetaState& own,
 // A result's parts are tagged 0 (header), 1 (delta or error text), 2 and 3
 // (Adam's m and v). A rank sends its items' results in item order and rank 0
 // receives them in that order; MPI keeps messages between two ranks with the
-// same tag in order, so the tag need not name the item. A rank's greeting at
-// setup is tagged kHelloTag.
+// same tag in order, so the tag need not name the item. At setup a rank's
+// greeting is tagged kHelloTag, and the word that it has loaded the dataset
+// and built its learner kReadyTag.
 constexpr int kHelloTag = 7;
+constexpr int kReadyTag = 8;
 
 // Ranks that compute tasks, in the order items are dealt to them.
 std::vector<int> WorkingRanks(bool rank0_works) {
@@ -544,9 +546,29 @@ absl::StatusOr<std::unique_ptr<MpiTransport>> MpiTransport::Create(const Experim
   transport->meta_batch_ = config.outer().meta_batch_size();
   transport->connect_timeout_ = ConnectTimeout(config.runtime());
   transport->item_timeout_ = Seconds(config.runtime().task_timeout_seconds(), 600);
+  const Clock::time_point start = Clock::now();
   if (transport->working_ranks_.front() == 0) {
     ASSIGN_OR_RETURN(transport->learner_, Learner::Create(config, tasks));
   }
+  // The other ranks load the dataset once they have the config; until all
+  // have, the first batch's broadcasts would wait for them. Their setup
+  // counts as one work item.
+  const int ranks = Size();
+  std::vector<int64_t> ready(ranks);
+  std::vector<MPI_Request> requests(ranks, MPI_REQUEST_NULL);
+  for (int r = 1; r < ranks; ++r) MPI_Irecv(&ready[r], 1, MPI_INT64_T, r, kReadyTag, MPI_COMM_WORLD, &requests[r]);
+  const Clock::duration allowed = transport->item_timeout_ + transport->connect_timeout_;
+  std::vector<int> late;
+  for (int r = 1; r < ranks; ++r)
+    if (!Wait(&requests[r], start + allowed)) late.push_back(r);
+  if (!late.empty())
+    return absl::DeadlineExceededError(absl::StrFormat(
+        "MPI setup: %s did not load the dataset and build the learner within %g s of the config broadcast "
+        "(one work item: runtime.task_timeout_seconds %g s + runtime.mpi_connect_timeout_seconds %g s); they greeted "
+        "rank 0 at setup, so the network carried that much. A slow or stuck dataset read (a shared filesystem?) is "
+        "the likely cause; raise runtime.task_timeout_seconds if setup takes longer.",
+        RankList(late), ToSeconds(allowed), ToSeconds(transport->item_timeout_),
+        ToSeconds(transport->connect_timeout_)));
   return transport;
 }
 
@@ -684,6 +706,10 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
   const int rank = Rank();
   const std::vector<int> working = WorkingRanks(config.runtime().mpi_rank0_works());
   ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, tasks));
+  int64_t ready = rank;  // rank 0 waits for this before the first batch
+  MPI_Request request;
+  MPI_Isend(&ready, 1, MPI_INT64_T, 0, kReadyTag, MPI_COMM_WORLD, &request);
+  Wait(&request);
   MetaState state;
   while (true) {
     BatchHeader header;

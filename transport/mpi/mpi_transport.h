@@ -63,6 +63,10 @@ class MpiTransport final : public Transport {
  public:
   // On rank 0 of MPI_COMM_WORLD, after ShareConfigOverMpi(). Rank 0 works
   // too when runtime.mpi_rank0_works is set (always with a single rank).
+  // Returns once every rank has loaded the dataset and built its learner;
+  // DeadlineExceeded naming the ranks that have not within one work item's
+  // time (runtime.task_timeout_seconds + runtime.mpi_connect_timeout_seconds),
+  // and MpiJob::stalled() is then true.
   static absl::StatusOr<std::unique_ptr<MpiTransport>> Create(const ExperimentConfig& config,
                                                               std::shared_ptr<const TaskSource> tasks);
   // Tells the worker ranks the run is over (not once stalled: the job is

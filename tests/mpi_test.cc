@@ -511,7 +511,8 @@ TEST(MpiTest, ARankThatStopsAnsweringEndsTheJobOnceItsWorkIsOverdue) {
   // Rank 2 owes at most 3 of the 5 items of a round: 3 x 8 s + 3 s, or 3 s
   // for a broadcast.
   EXPECT_LT(seconds, 27 + 15) << err;
-  // Stopped while computing, rank 2 is named; while waiting for the next
+  // Stopped while computing, rank 2 is named ("no result ..." once overdue,
+  // "no tensor ..." 3 s after a result's header); while waiting for the next
   // batch, the state's broadcast stalls.
   EXPECT_TRUE(absl::StrContains(err, "from rank 2 within") || absl::StrContains(err, "the broadcast of")) << err;
   EXPECT_TRUE(absl::StrContains(err, "btl_tcp_if_include")) << err;

@@ -413,15 +413,21 @@ void StartSend(OutgoingResult* out) {
 
 // Rank 0 receives item `item`'s result from `source`: an error if the item
 // failed there, DeadlineExceeded (the job must end) if its header did not
-// arrive by `due` or one of its tensors took longer than `timeout` after.
+// arrive by `due` (then *overdue is set) or one of its other parts took
+// longer than `timeout` after.
 absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHeader& batch, Clock::time_point due,
-                                         Clock::duration timeout, int64_t* bytes) {
+                                         Clock::duration timeout, int64_t* bytes, bool* overdue) {
   auto late = [&](const char* part) {
-    return absl::DeadlineExceededError(absl::StrCat("no ", part, " of work item ", item, " from rank ", source));
+    return absl::DeadlineExceededError(absl::StrFormat(
+        "MPI: no %s of work item %d from rank %d within %g s of the result's header "
+        "(runtime.mpi_connect_timeout_seconds)",
+        part, item, source, ToSeconds(timeout)));
   };
   ResultHeader header;
-  if (!Receive(&header, sizeof(header), MPI_BYTE, source, 0, std::max(due, Clock::now() + timeout)))
-    return late("result");
+  if (!Receive(&header, sizeof(header), MPI_BYTE, source, 0, std::max(due, Clock::now() + timeout))) {
+    *overdue = true;
+    return absl::DeadlineExceededError(absl::StrCat("no result of work item ", item, " from rank ", source));
+  }
   if (header.error_bytes > 0) {
     std::string error(static_cast<size_t>(header.error_bytes), '\0');
     if (!Receive(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, 1, Clock::now() + timeout))
@@ -675,9 +681,12 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
     const int source = working_ranks_[i % working_ranks_.size()];
     const int k = ++items_of[source];
     if (source == 0) continue;
-    results[i] = ReceiveResult(source, i, header, due(k), timeout, &stats_.bytes_in);
-    if (absl::IsDeadlineExceeded(results[i].status()))
-      return work_stalled(std::string(results[i].status().message()), k);
+    bool overdue = false;
+    results[i] = ReceiveResult(source, i, header, due(k), timeout, &stats_.bytes_in, &overdue);
+    if (absl::IsDeadlineExceeded(results[i].status())) {
+      const std::string what(results[i].status().message());
+      return overdue ? work_stalled(what, k) : NoAnswer(what);
+    }
   }
   if (summed) {
     const int most = *std::max_element(items_of.begin(), items_of.end());

@@ -200,15 +200,24 @@ absl::Status CoordinatorCommand(const CliOptions& options) {
 absl::Status MpiCommand(const CliOptions& options) {
   MpiJob job;
   if (job.rank() == 0) {
-    absl::StatusOr<RunSetup> setup = SetUpRun(options);
-    absl::StatusOr<ExperimentConfig> shared =
-        ShareConfigOverMpi(setup.ok() ? std::optional<ExperimentConfig>(setup->config) : std::nullopt);
-    RETURN_IF_ERROR(setup.status());
-    RETURN_IF_ERROR(shared.status());
-    Log(absl::StrFormat("MPI: %d ranks; rank 0 runs the round engine%s", job.size(),
-                        setup->config.runtime().mpi_rank0_works() || job.size() == 1 ? " and works" : ""));
-    ASSIGN_OR_RETURN(std::unique_ptr<MpiTransport> transport, MpiTransport::Create(setup->config, setup->tasks));
-    return TrainOn(options, *setup, transport.get()).status();
+    const absl::Status status = [&]() -> absl::Status {
+      absl::StatusOr<RunSetup> setup = SetUpRun(options);
+      absl::StatusOr<ExperimentConfig> shared =
+          ShareConfigOverMpi(setup.ok() ? std::optional<ExperimentConfig>(setup->config) : std::nullopt);
+      RETURN_IF_ERROR(setup.status());
+      RETURN_IF_ERROR(shared.status());
+      Log(absl::StrFormat("MPI: %d ranks; rank 0 runs the round engine%s", job.size(),
+                          setup->config.runtime().mpi_rank0_works() || job.size() == 1 ? " and works" : ""));
+      ASSIGN_OR_RETURN(std::unique_ptr<MpiTransport> transport, MpiTransport::Create(setup->config, setup->tasks));
+      return TrainOn(options, *setup, transport.get()).status();
+    }();
+    if (job.stalled()) {
+      // A rank did not answer in time (the message says which and why). The
+      // other ranks may wait for rank 0 forever: mpirun kills them all.
+      if (!status.ok()) std::cerr << "reptile mpi: error: " << status.message() << std::endl;
+      job.Abort(1);
+    }
+    return status;
   }
   // mpirun passes SIGTERM to every rank. A worker rank finishes its share of
   // the batch, so that rank 0 can complete the round, checkpoint and end the job.

@@ -141,6 +141,8 @@ absl::Status ValidateRuntime(const RuntimeConfig& r) {
       r.worker_timeout_seconds() < 2 * r.heartbeat_seconds())
     return FieldError("runtime.worker_timeout_seconds", "must be at least twice runtime.heartbeat_seconds");
   if (!(r.task_timeout_seconds() >= 0)) return FieldError("runtime.task_timeout_seconds", "must be >= 0 (0: 600 s)");
+  if (!(r.mpi_connect_timeout_seconds() >= 0))
+    return FieldError("runtime.mpi_connect_timeout_seconds", "must be >= 0 (0: 60 s)");
   if (r.max_task_attempts() < 0) return FieldError("runtime.max_task_attempts", "must be >= 0 (0: 2)");
   return absl::OkStatus();
 }

@@ -93,7 +93,8 @@ TEST(ConfigTest, HugeCountsAndNaNsAreRefused) {
   EXPECT_THAT(ValidateConfig(config).message(), HasSubstr("task.eval_shots"));
   for (const char* field : {"inner.adam_beta1", "inner.adam_beta2", "outer.step_size_final",
                             "runtime.heartbeat_seconds", "runtime.worker_timeout_seconds",
-                            "runtime.task_timeout_seconds", "inner.learning_rate"}) {
+                            "runtime.task_timeout_seconds", "runtime.mpi_connect_timeout_seconds",
+                            "inner.learning_rate"}) {
     config = LoadNamedConfig("omniglot_5w1s");
     ASSERT_TRUE(ApplyOverride(std::string(field) + "=nan", &config).ok()) << field;
     const absl::Status status = ValidateConfig(config);

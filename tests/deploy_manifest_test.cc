@@ -9,6 +9,7 @@
 //   user, and its runtime stage installs every package whose shared libraries
 //   build/reptile loads.
 // tests/deploy_pods_test.cc runs the rendered pods' commands as processes.
+#include <map>
 #include <set>
 
 #include "absl/strings/str_replace.h"
@@ -298,6 +299,11 @@ TEST_F(DeployManifestTest, MpiJobRunsReptileMpiUnderMpirun) {
   EXPECT_TRUE(absl::StrContains(line, " /usr/local/bin/reptile mpi --config=/etc/reptile/config/experiment.textproto "
                                       "--run_dir=/var/lib/reptile/run"))
       << line;
+  // Open MPI uses the pod network only (README "Run on a cluster with mpirun").
+  std::map<std::string, std::string> env;
+  for (const Value* variable : GetList(launcher, "env")) env[GetString(*variable, "name")] = GetString(*variable, "value");
+  EXPECT_EQ(env["OMPI_MCA_btl_tcp_if_include"], "eth0");
+  EXPECT_EQ(env["OMPI_MCA_oob_tcp_if_include"], "eth0");
   // Workers serve sshd as the image's user, with the image's sshd_config.
   const Value& worker = *GetList(*job, "spec.mpiReplicaSpecs.Worker.template.spec.containers").at(0);
   EXPECT_EQ(GetStrings(worker, "command"), std::vector<std::string>{"/usr/sbin/sshd"});

@@ -1,13 +1,16 @@
 // The MPI runtime under a real `mpirun`: 1+1 and 1+3 ranks give the
 // parameters of the in-process run; a rank SIGKILLed mid-run ends the job
 // promptly with a message naming it, and relaunching resumes to the same end;
-// ranks on three "nodes" (network namespaces, as root) do too.
+// ranks on three "nodes" (network namespaces, as root) do too. A job whose
+// ranks cannot reach each other (an interface that carries nothing, as root)
+// or a rank that stops answering ends within the deadline, rank 0 saying why.
 // MPI_REDUCE_SUM and MPI_ALLREDUCE_SUM on 1 to 4 working ranks, with items of
 // one task or several, give those parameters too, and bring less into rank 0.
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -239,18 +242,15 @@ TEST(MpiTest, ReduceAndAllreduceOfExactSumsMatchTheInProcessRunForOneToFourRanks
   EXPECT_EQ(ParameterSha(grouped_gather->out()), reference);
 }
 
-// Three "nodes" on this machine: network namespaces joined by veth to a bridge
-// in a fourth, the head, where mpirun runs. mpirun starts an orted on each node
-// through tests/mpi_netns_rsh.sh, the rsh agent that enters the namespace its
-// hostfile address belongs to. Rank 0 is alone on node a, rank 1 on node b,
-// ranks 2 and 3 share node c; between nodes the ranks talk over TCP on the
-// veth subnet (shared memory only within node c).
-class MpiNetnsTest : public ::testing::Test {
+// "Nodes" on this machine: network namespaces joined by veth (each node's
+// eth0) to a bridge in another, the head, where mpirun runs. mpirun starts an
+// orted on each node through tests/mpi_netns_rsh.sh, the rsh agent that enters
+// the namespace its hostfile address belongs to.
+class MpiNodesTest : public ::testing::Test {
  protected:
-  static constexpr char kSubnet[] = "10.78.0.0/24";
-
-  void SetUp() override {
-    if (geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces (euid " << geteuid() << ")";
+  // The head's bridge gets <prefix>.1/24, node k <prefix>.(11 + k)/24.
+  void SetUpHead(const std::string& prefix) {
+    prefix_ = prefix;
     dir_ = TempDir("netns");
     auto namespaces = TestNamespaces::Create(dir_);
     ASSERT_TRUE(namespaces.ok()) << namespaces.status();
@@ -259,23 +259,36 @@ class MpiNetnsTest : public ::testing::Test {
     ASSERT_TRUE(head.ok()) << head.status();
     head_ = *head;
     ASSERT_TRUE(namespaces_->Ip({"-n", head_, "link", "add", "br0", "type", "bridge"}).ok());
-    ASSERT_TRUE(namespaces_->Ip({"-n", head_, "addr", "add", "10.78.0.1/24", "dev", "br0"}).ok());
+    ASSERT_TRUE(namespaces_->Ip({"-n", head_, "addr", "add", prefix + ".1/24", "dev", "br0"}).ok());
     ASSERT_TRUE(namespaces_->Ip({"-n", head_, "link", "set", "br0", "up"}).ok());
-    for (const char* node : {"a", "b", "c"}) {
-      auto ns = namespaces_->Add(node);
-      ASSERT_TRUE(ns.ok()) << ns.status();
-      const std::string address = absl::StrCat("10.78.0.", 11 + nodes_.size());
-      const std::string link = absl::StrCat("to", node);
-      for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
-               {"-n", head_, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", *ns},
-               {"-n", head_, "link", "set", link, "master", "br0", "up"},
-               {"-n", *ns, "addr", "add", address + "/24", "dev", "eth0"},
-               {"-n", *ns, "link", "set", "eth0", "up"}}) {
-        const absl::Status status = namespaces_->Ip(args);
-        ASSERT_TRUE(status.ok()) << status;
-      }
-      nodes_.push_back({*ns, address});
+  }
+
+  // A node named `suffix` on the head's bridge.
+  void AddNode(const std::string& suffix) {
+    auto ns = namespaces_->Add(suffix);
+    ASSERT_TRUE(ns.ok()) << ns.status();
+    const std::string address = absl::StrCat(prefix_, ".", 11 + nodes_.size());
+    const std::string link = "to" + suffix;
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+             {"-n", head_, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", *ns},
+             {"-n", head_, "link", "set", link, "master", "br0", "up"},
+             {"-n", *ns, "addr", "add", address + "/24", "dev", "eth0"},
+             {"-n", *ns, "link", "set", "eth0", "up"}}) {
+      const absl::Status status = namespaces_->Ip(args);
+      ASSERT_TRUE(status.ok()) << status;
     }
+    nodes_.push_back({*ns, address});
+  }
+
+  // The environment of mpirun: as root, with the agent's map of addresses to
+  // namespaces.
+  std::vector<std::string> MpirunEnv(const std::string& agent_log) const {
+    std::string hosts;
+    for (const Node& node : nodes_) absl::StrAppend(&hosts, hosts.empty() ? "" : " ", node.address, "=", node.ns);
+    std::vector<std::string> env = kRootEnv;
+    env.push_back("REPTILE_NETNS_HOSTS=" + hosts);
+    env.push_back("REPTILE_NETNS_RSH_LOG=" + agent_log);
+    return env;
   }
 
   void TearDown() override {
@@ -303,10 +316,24 @@ class MpiNetnsTest : public ::testing::Test {
   struct Node {
     std::string ns, address;
   };
-  std::string dir_, head_;
+  std::string dir_, head_, prefix_;
   std::vector<Node> nodes_;
   std::unique_ptr<TestNamespaces> namespaces_;
   std::unique_ptr<ChildProcess> mpirun_;
+};
+
+// Three nodes: rank 0 is alone on node a, rank 1 on node b, ranks 2 and 3
+// share node c; between nodes the ranks talk over TCP on the veth subnet
+// (shared memory only within node c).
+class MpiNetnsTest : public MpiNodesTest {
+ protected:
+  static constexpr char kSubnet[] = "10.78.0.0/24";
+
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces (euid " << geteuid() << ")";
+    ASSERT_NO_FATAL_FAILURE(SetUpHead("10.78.0"));
+    for (const char* node : {"a", "b", "c"}) ASSERT_NO_FATAL_FAILURE(AddNode(node));
+  }
 };
 
 TEST_F(MpiNetnsTest, RanksOnThreeNodesLaunchedThroughAnRshAgentMatchTheInProcessRun) {
@@ -317,11 +344,7 @@ TEST_F(MpiNetnsTest, RanksOnThreeNodesLaunchedThroughAnRshAgentMatchTheInProcess
   std::ofstream(hostfile) << nodes_[0].address << " slots=1\n"
                           << nodes_[1].address << " slots=1\n"
                           << nodes_[2].address << " slots=2\n";
-  std::string hosts;
-  for (const Node& node : nodes_) absl::StrAppend(&hosts, hosts.empty() ? "" : " ", node.address, "=", node.ns);
-  std::vector<std::string> env = kRootEnv;
-  env.push_back("REPTILE_NETNS_HOSTS=" + hosts);
-  env.push_back("REPTILE_NETNS_RSH_LOG=" + agent_log);
+  const std::vector<std::string> env = MpirunEnv(agent_log);
   std::vector<std::string> args = {namespaces_->ip(), "netns", "exec", head_, "/usr/bin/mpirun",
                                    "--hostfile", hostfile, "-np", "4", "--bind-to", "none",
                                    "--mca", "plm_rsh_agent", SourcePath("tests/mpi_netns_rsh.sh"),
@@ -387,6 +410,115 @@ TEST_F(MpiNetnsTest, RanksOnThreeNodesLaunchedThroughAnRshAgentMatchTheInProcess
   for (size_t k = 0; k < nodes_.size(); ++k)
     std::cout << " " << nodes_[k].ns << " " << counters[k].first << "/" << counters[k].second;
   std::cout << std::endl;
+}
+
+// Two nodes whose MPI interface carries nothing, like a docker0 bridge with no
+// container on it: each node's eth1 is up, with an address on a subnet of its
+// own, but its veth peer is down (no carrier). The orteds start over eth0;
+// `--mca btl_tcp_if_include eth1` sends MPI traffic over eth1, where no
+// connection completes. Without a deadline such a job sat at round 0, two
+// ranks spinning, until killed.
+class MpiUnreachableTest : public MpiNodesTest {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces (euid " << geteuid() << ")";
+    ASSERT_NO_FATAL_FAILURE(SetUpHead("10.76.0"));
+    for (const char* node : {"a", "b"}) {
+      ASSERT_NO_FATAL_FAILURE(AddNode(node));
+      const std::string& ns = nodes_.back().ns;
+      const std::string dead = absl::StrCat("dn", node);  // eth1's peer, left down
+      for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+               {"-n", head_, "link", "add", dead, "type", "veth", "peer", "name", "eth1", "netns", ns},
+               {"-n", ns, "addr", "add", absl::StrCat("10.77.0.", 10 + nodes_.size(), "/24"), "dev", "eth1"},
+               {"-n", ns, "link", "set", "eth1", "up"}}) {
+        const absl::Status status = namespaces_->Ip(args);
+        ASSERT_TRUE(status.ok()) << status;
+      }
+    }
+  }
+};
+
+TEST_F(MpiUnreachableTest, AnInterfaceTheRanksCannotUseEndsTheJobWithinTheDeadlineSayingWhy) {
+  constexpr double kDeadline = 5;  // runtime.mpi_connect_timeout_seconds
+  const std::string logs = TempDir("logs"), run = TempDir("run");
+  const std::string hostfile = dir_ + "/hostfile", agent_log = dir_ + "/agent.log";
+  std::ofstream(hostfile) << nodes_[0].address << " slots=1\n" << nodes_[1].address << " slots=2\n";
+  std::vector<std::string> args = {namespaces_->ip(), "netns", "exec", head_, "/usr/bin/mpirun",
+                                   "--hostfile", hostfile, "-np", "3", "--bind-to", "none",
+                                   "--mca", "plm_rsh_agent", SourcePath("tests/mpi_netns_rsh.sh"),
+                                   "--mca", "oob_tcp_if_include", "10.76.0.0/24",  // the head has no eth0
+                                   "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "eth1",
+                                   REPTILE_BINARY, "mpi", "--config", SourcePath("configs/demo.textproto"),
+                                   "--run_dir", run, absl::StrCat("runtime.mpi_connect_timeout_seconds=", kDeadline)};
+  const std::vector<std::string> overrides = Overrides(30);
+  args.insert(args.end(), overrides.begin(), overrides.end());
+  const auto start = std::chrono::steady_clock::now();
+  mpirun_ = ChildProcess::Start(args, logs + "/mpirun", REPTILE_SOURCE_DIR, MpirunEnv(agent_log));
+  // The deadline runs from rank 0's setup, once it has loaded the dataset.
+  while (mpirun_->running() && !absl::StrContains(mpirun_->err(), "dataset:") &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(120))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const auto ready = std::chrono::steady_clock::now();
+  const int code = mpirun_->ExitCode(120);
+  const auto ended = std::chrono::steady_clock::now();
+  const double seconds = std::chrono::duration<double>(ended - ready).count();
+  const std::string err = mpirun_->err(), out = mpirun_->out();
+  ASSERT_NE(code, -1) << "the job hung\n" << err << out;
+  EXPECT_EQ(code, 1) << err << out;  // rank 0's MPI_Abort code, which mpirun returns
+  EXPECT_GT(seconds, kDeadline - 0.5) << err;
+  EXPECT_LT(seconds, kDeadline + 15) << err;
+  // Which ranks, the likely cause, the fix, and what rank 0's host has.
+  for (const char* says : {"rank 0 heard nothing from ranks 1 and 2 (of 3 ranks) within 5 s "
+                           "(runtime.mpi_connect_timeout_seconds)",
+                           "network interface", "docker0", "--mca btl_tcp_if_include", "--mca oob_tcp_if_include",
+                           "OMPI_MCA_btl_tcp_if_include", "eth1 10.77.0.11/24 (no carrier)", "eth0 10.76.0.11/24",
+                           "btl_tcp_if_include=eth1", "MPI_ABORT was invoked on rank 0"})
+    EXPECT_TRUE(absl::StrContains(err, says)) << "missing \"" << says << "\" in\n" << err;
+  EXPECT_FALSE(std::filesystem::exists(run + "/checkpoint.bin"));
+  // mpirun took every rank down with it: none runs on any node.
+  for (const Node& node : nodes_)
+    for (pid_t pid : namespaces_->Pids(node.ns))
+      EXPECT_FALSE(absl::StrContains(ReadWholeFile(absl::StrCat("/proc/", pid, "/cmdline")), run))
+          << "a rank still runs on " << node.ns << ": pid " << pid;
+  std::cout << "unreachable interface: mpirun ended " << seconds << " s after rank 0 had loaded the dataset ("
+            << std::chrono::duration<double>(ended - start).count() << " s in all), deadline " << kDeadline << " s"
+            << std::endl;
+}
+
+// A rank that stops answering mid-run (SIGSTOP: a hung process, a cut link)
+// ends the job once its work is overdue: runtime.task_timeout_seconds per
+// item it owes, plus runtime.mpi_connect_timeout_seconds. No root needed.
+TEST(MpiTest, ARankThatStopsAnsweringEndsTheJobOnceItsWorkIsOverdue) {
+  const std::string logs = TempDir("logs"), run = TempDir("run");
+  std::vector<std::string> overrides = Overrides(2000);
+  overrides.push_back("runtime.task_timeout_seconds=8");  // also the workers' setup: loading the dataset
+  overrides.push_back("runtime.mpi_connect_timeout_seconds=3");
+  auto mpi = StartMpi(3, run, overrides, logs + "/mpi");
+  for (int i = 0; i < 3000 && !absl::StrContains(ReadWholeFile(run + "/metrics.jsonl"), "\"round\":5,"); ++i) {
+    ASSERT_TRUE(mpi->running()) << mpi->err();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const pid_t victim = RankPid(mpi->pid(), 2);
+  ASSERT_GT(victim, 0) << "rank 2 not found among mpirun's children";
+  kill(victim, SIGSTOP);
+  const auto stopped_at = std::chrono::steady_clock::now();
+  const int code = mpi->ExitCode(120);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped_at).count();
+  const std::string err = mpi->err();
+  if (code == -1) kill(victim, SIGKILL);
+  ASSERT_NE(code, -1) << "the job hung after a rank stopped\n" << err;
+  EXPECT_EQ(code, 1) << err;
+  // Rank 2 owes at most 3 of the 5 items of a round: 3 x 8 s + 3 s, or 3 s
+  // for a broadcast.
+  EXPECT_LT(seconds, 27 + 15) << err;
+  // Stopped while computing, rank 2 is named ("no result ..." once overdue,
+  // "no tensor ..." 3 s after a result's header); while waiting for the next
+  // batch, the state's broadcast stalls.
+  EXPECT_TRUE(absl::StrContains(err, "from rank 2 within") || absl::StrContains(err, "the broadcast of")) << err;
+  EXPECT_TRUE(absl::StrContains(err, "btl_tcp_if_include")) << err;
+  EXPECT_TRUE(absl::StrContains(err, "MPI_ABORT was invoked on rank 0")) << err;
+  std::cout << "stopped rank: mpirun ended " << seconds << " s after SIGSTOP; rank 0 said: "
+            << err.substr(std::min(err.size(), err.find("reptile mpi: error:")), 200) << std::endl;
 }
 
 }  // namespace

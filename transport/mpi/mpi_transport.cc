@@ -1,15 +1,26 @@
 #include "transport/mpi/mpi_transport.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
 #include <mpi.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <bitset>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <iostream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "coordinator/aggregator.h"
 #include "core/status_macros.h"
 
@@ -60,28 +71,123 @@ int Size() {
   return size;
 }
 
+using Clock = std::chrono::steady_clock;
+constexpr Clock::time_point kForever = Clock::time_point::max();
+
+// Set once a wait has passed its deadline: requests are left pending that
+// MPI cannot cancel, so the process must not call MPI_Finalize (it would
+// wait for them forever) but end the job with MPI_Abort.
+std::atomic<bool> gave_up{false};
+
 // Waits for `request` without spinning: Open MPI busy-polls inside blocking
 // calls, which on a machine with as many ranks as cores takes the core a
-// computing rank needs. A 50 us nap between tests costs little latency.
-void Wait(MPI_Request* request) {
+// computing rank needs. A 50 us nap between tests costs little latency (a
+// longer one would slow the collectives, which progress only in MPI_Test).
+// False if `deadline` passed first; the request is then left pending.
+bool Wait(MPI_Request* request, Clock::time_point deadline = kForever) {
   int done = 0;
   while (true) {
     MPI_Test(request, &done, MPI_STATUS_IGNORE);
-    if (done) return;
+    if (done) return true;
+    const Clock::time_point now = Clock::now();
+    if (now >= deadline) {
+      gave_up = true;
+      return false;
+    }
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
 }
 
-void Broadcast(void* data, int count, MPI_Datatype type) {
+bool Broadcast(void* data, int count, MPI_Datatype type, Clock::time_point deadline = kForever) {
   MPI_Request request;
   MPI_Ibcast(data, count, type, 0, MPI_COMM_WORLD, &request);
-  Wait(&request);
+  return Wait(&request, deadline);
 }
 
-void Receive(void* data, int count, MPI_Datatype type, int source, int tag) {
+bool Receive(void* data, int count, MPI_Datatype type, int source, int tag, Clock::time_point deadline = kForever) {
   MPI_Request request;
   MPI_Irecv(data, count, type, source, tag, MPI_COMM_WORLD, &request);
-  Wait(&request);
+  return Wait(&request, deadline);
+}
+
+// Seconds from a config field, where 0 means `fallback`; at most a year, so
+// that a deadline never overflows the clock.
+Clock::duration Seconds(float seconds, double fallback) {
+  const double s = std::min<double>(seconds > 0 ? seconds : fallback, 365 * 86400.0);
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+
+Clock::duration ConnectTimeout(const RuntimeConfig& runtime) {
+  return Seconds(runtime.mpi_connect_timeout_seconds(), 60);
+}
+
+double ToSeconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Ranks as "rank 3" or "ranks 1, 2 and 5".
+std::string RankList(const std::vector<int>& ranks) {
+  if (ranks.size() == 1) return absl::StrCat("rank ", ranks[0]);
+  std::vector<int> head(ranks.begin(), ranks.end() - 1);
+  return absl::StrCat("ranks ", absl::StrJoin(head, ", "), " and ", ranks.back());
+}
+
+// This host's IPv4 interfaces, as Open MPI's TCP transports see them:
+// "eth0 10.0.0.5/24, docker0 172.17.0.1/16 (no carrier)".
+std::string LocalInterfaces() {
+  struct ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return "(getifaddrs failed)";
+  std::vector<std::string> found;
+  for (const struct ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
+    char address[INET_ADDRSTRLEN] = {0};
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr, address, sizeof(address));
+    int prefix = 0;
+    if (i->ifa_netmask != nullptr)
+      prefix = static_cast<int>(
+          std::bitset<32>(ntohl(reinterpret_cast<const sockaddr_in*>(i->ifa_netmask)->sin_addr.s_addr)).count());
+    std::string entry = absl::StrCat(i->ifa_name, " ", address, "/", prefix);
+    if (!(i->ifa_flags & IFF_UP)) {
+      absl::StrAppend(&entry, " (down, unused)");
+    } else if (i->ifa_flags & IFF_LOOPBACK) {
+      absl::StrAppend(&entry, " (loopback)");
+    } else if (!(i->ifa_flags & IFF_RUNNING)) {
+      absl::StrAppend(&entry, " (no carrier)");
+    }
+    found.push_back(entry);
+  }
+  freeifaddrs(list);
+  return found.empty() ? "none with IPv4" : absl::StrJoin(found, ", ");
+}
+
+// The Open MPI settings that choose interfaces, as mpirun passed them on
+// (--mca NAME VALUE reaches the ranks as OMPI_MCA_NAME=VALUE).
+std::string InterfaceSettings() {
+  std::vector<std::string> set;
+  for (const char* name : {"btl", "btl_tcp_if_include", "btl_tcp_if_exclude", "oob_tcp_if_include",
+                           "oob_tcp_if_exclude"})
+    if (const char* value = std::getenv(absl::StrCat("OMPI_MCA_", name).c_str()); value != nullptr)
+      set.push_back(absl::StrCat(name, "=", value));
+  if (set.empty()) return "none of btl_tcp_if_include/exclude, oob_tcp_if_include/exclude (every interface that is up "
+                          "but loopback is used)";
+  return absl::StrJoin(set, " ");
+}
+
+// Rank 0's error when ranks do not answer in time: what did not arrive, the
+// likely cause, how to choose interfaces, and what this host has.
+absl::Status NoAnswer(const std::string& what) {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  return absl::DeadlineExceededError(absl::StrCat(
+      what,
+      ".\n  Likely cause: Open MPI's TCP transport uses every network interface that is up unless told which, and "
+      "some rank cannot reach another on one of them (a bridge such as docker0 or virbr0 that is down or has the same "
+      "address on every host, a VPN, a second NIC on a subnet the other hosts lack). A rank that hangs looks the "
+      "same; Open MPI's \"failed to TCP connect\" warning above, if any, names the address.",
+      "\n  Fix: name the interfaces (or subnets) the ranks share, for MPI traffic and for Open MPI's own: "
+      "mpirun --mca btl_tcp_if_include eth0 --mca oob_tcp_if_include eth0 ... (or 10.0.0.0/24, or --mca "
+      "btl_tcp_if_exclude lo,docker0), or export OMPI_MCA_btl_tcp_if_include=eth0 "
+      "OMPI_MCA_oob_tcp_if_include=eth0 where mpirun runs; mpirun --display-map shows the host of each rank. "
+      "README \"Run on a cluster with mpirun\".",
+      "\n  Rank 0 on ", host, ": interfaces ", LocalInterfaces(), "; Open MPI settings: ", InterfaceSettings(), "."));
 }
 
 // 128-bit integers added element-wise: the reduction of ExactSum
@@ -118,7 +224,10 @@ const Int128Sum& Int128SumOp() {
 // Adds `sums` element-wise over all ranks: into rank 0's (MPI_Reduce), or
 // into every rank's (MPI_Allreduce). Every rank takes part, even one
 // without items or after a failed item.
-void ReduceSums(TensorSums& sums, bool to_all) {
+// False if rank 0's `deadline` for a reduction passed (each of up to three
+// gets `at_least` of its own).
+bool ReduceSums(TensorSums& sums, bool to_all, Clock::time_point deadline = kForever,
+                Clock::duration at_least = {}) {
   const Int128Sum& int128 = Int128SumOp();
   auto reduce = [&](ExactSum& sum) {
     MPI_Request request;
@@ -130,11 +239,11 @@ void ReduceSums(TensorSums& sums, bool to_all) {
     } else {
       MPI_Ireduce(sum.data(), nullptr, count, int128.type, int128.op, 0, MPI_COMM_WORLD, &request);
     }
-    Wait(&request);
+    return Wait(&request, deadline == kForever ? kForever : std::max(deadline, Clock::now() + at_least));
   };
-  reduce(sums.delta);
-  if (sums.adam_m) reduce(*sums.adam_m);
-  if (sums.adam_v) reduce(*sums.adam_v);
+  if (!reduce(sums.delta)) return false;
+  if (sums.adam_m && !reduce(*sums.adam_m)) return false;
+  return !sums.adam_v || reduce(*sums.adam_v);
 }
 
 // After a reduction: the sums hold all `tasks` of the batch.
@@ -184,43 +293,54 @@ uint64_t StateHash(const MetaState& state) {
   return hash;
 }
 
-void BroadcastTensor(torch::Tensor& tensor, int64_t numel) {
+// `timeout`: rank 0's bound on each tensor's broadcast (none on the others).
+bool BroadcastTensor(torch::Tensor& tensor, int64_t numel, std::optional<Clock::duration> timeout) {
   if (!tensor.defined() || tensor.numel() != numel) tensor = torch::empty({numel}, torch::kFloat32);
-  Broadcast(tensor.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT);
+  return Broadcast(tensor.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT,
+                   timeout ? Clock::now() + *timeout : kForever);
 }
 
 // Broadcasts rank 0's `state` (or receives it into `state`) as `header` says.
-void BroadcastState(const BatchHeader& header, MetaState* state) {
-  BroadcastTensor(state->parameters, header.numel);
+// False if a tensor's broadcast took longer than `timeout`.
+bool BroadcastState(const BatchHeader& header, MetaState* state,
+                    std::optional<Clock::duration> timeout = std::nullopt) {
+  if (!BroadcastTensor(state->parameters, header.numel, timeout)) return false;
   if (header.has_first_moment) {
-    BroadcastTensor(state->adam_m, header.numel);
+    if (!BroadcastTensor(state->adam_m, header.numel, timeout)) return false;
   } else {
     state->adam_m = torch::Tensor();
   }
   if (header.has_moments) {
-    BroadcastTensor(state->adam_v, header.numel);
+    if (!BroadcastTensor(state->adam_v, header.numel, timeout)) return false;
   } else {
     state->adam_v = torch::Tensor();
   }
   state->adam_step = header.adam_step;
+  return true;
 }
 
 // Whether some rank must receive the state: always, unless the ranks keep
-// their own and every one of them hashes to rank 0's.
-bool StateNeeded(const BatchHeader& header, const MetaState& own) {
+// their own and every one of them hashes to rank 0's. nullopt if the vote
+// took longer than `timeout`.
+std::optional<bool> StateNeeded(const BatchHeader& header, const MetaState& own,
+                                std::optional<Clock::duration> timeout = std::nullopt) {
   if (!header.ranks_keep_state) return true;
   int stale = Rank() != 0 && (!own.parameters.defined() || StateHash(own) != header.state_hash);
   int any_stale = 0;
   MPI_Request request;
   MPI_Iallreduce(&stale, &any_stale, 1, MPI_INT, MPI_LOR, MPI_COMM_WORLD, &request);
-  Wait(&request);
+  if (!Wait(&request, timeout ? Clock::now() + *timeout : kForever)) return std::nullopt;
   return any_stale != 0;
 }
 
 // A result's parts are tagged 0 (header), 1 (delta or error text), 2 and 3
 // (Adam's m and v). A rank sends its items' results in item order and rank 0
 // receives them in that order; MPI keeps messages between two ranks with the
-// same tag in order, so the tag need not name the item.
+// same tag in order, so the tag need not name the item. At setup a rank's
+// greeting is tagged kHelloTag, and the word that it has loaded the dataset
+// and built its learner kReadyTag.
+constexpr int kHelloTag = 7;
+constexpr int kReadyTag = 8;
 
 // Ranks that compute tasks, in the order items are dealt to them.
 std::vector<int> WorkingRanks(bool rank0_works) {
@@ -291,12 +411,27 @@ void StartSend(OutgoingResult* out) {
   if (header.has_moments) send_tensor(result->adam_v, 3);
 }
 
-absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHeader& batch, int64_t* bytes) {
+// Rank 0 receives item `item`'s result from `source`: an error if the item
+// failed there, DeadlineExceeded (the job must end) if its header did not
+// arrive by `due` (then *overdue is set) or one of its other parts took
+// longer than `timeout` after.
+absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHeader& batch, Clock::time_point due,
+                                         Clock::duration timeout, int64_t* bytes, bool* overdue) {
+  auto late = [&](const char* part) {
+    return absl::DeadlineExceededError(absl::StrFormat(
+        "MPI: no %s of work item %d from rank %d within %g s of the result's header "
+        "(runtime.mpi_connect_timeout_seconds)",
+        part, item, source, ToSeconds(timeout)));
+  };
   ResultHeader header;
-  Receive(&header, sizeof(header), MPI_BYTE, source, 0);
+  if (!Receive(&header, sizeof(header), MPI_BYTE, source, 0, std::max(due, Clock::now() + timeout))) {
+    *overdue = true;
+    return absl::DeadlineExceededError(absl::StrCat("no result of work item ", item, " from rank ", source));
+  }
   if (header.error_bytes > 0) {
     std::string error(static_cast<size_t>(header.error_bytes), '\0');
-    Receive(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, 1);
+    if (!Receive(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, 1, Clock::now() + timeout))
+      return late("error text");
     return absl::InternalError(absl::StrCat("work item ", item, " failed on rank ", source, ": ", error));
   }
   TaskResult result;
@@ -312,7 +447,8 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHea
     result.sums.emplace(numel, meta_batch, CarriedMoments{header.has_first_moment != 0, header.has_moments != 0});
     auto receive = [&](ExactSum* sum, int part) -> absl::Status {
       std::string encoded(static_cast<size_t>(numel) * ExactSum::kElementBytes, '\0');
-      Receive(encoded.data(), static_cast<int>(encoded.size()), MPI_BYTE, source, part);
+      if (!Receive(encoded.data(), static_cast<int>(encoded.size()), MPI_BYTE, source, part, Clock::now() + timeout))
+        return late("exact sum");
       *bytes += static_cast<int64_t>(encoded.size());
       ASSIGN_OR_RETURN(*sum, ExactSum::Decode(encoded, numel, static_cast<int>(header.tasks), meta_batch));
       return absl::OkStatus();
@@ -322,15 +458,14 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHea
     if (result.sums->adam_v) RETURN_IF_ERROR(receive(&*result.sums->adam_v, 3));
     return result;
   }
-  auto receive = [&](int part) {
-    torch::Tensor t = torch::empty({numel}, torch::kFloat32);
-    Receive(t.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, part);
+  auto receive = [&](torch::Tensor* t, int part) {
+    *t = torch::empty({numel}, torch::kFloat32);
     *bytes += numel * 4;
-    return t;
+    return Receive(t->data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, part, Clock::now() + timeout);
   };
-  if (header.has_delta) result.delta = receive(1);
-  if (header.has_first_moment) result.adam_m = receive(2);
-  if (header.has_moments) result.adam_v = receive(3);
+  if (header.has_delta && !receive(&result.delta, 1)) return late("tensor");
+  if (header.has_first_moment && !receive(&result.adam_m, 2)) return late("tensor");
+  if (header.has_moments && !receive(&result.adam_v, 3)) return late("tensor");
   return result;
 }
 
@@ -353,7 +488,13 @@ MpiJob::MpiJob() {
   size_ = Size();
 }
 
-MpiJob::~MpiJob() { MPI_Finalize(); }
+MpiJob::~MpiJob() {
+  // MPI_Finalize would wait for the requests left pending.
+  if (gave_up) MPI_Abort(MPI_COMM_WORLD, 1);
+  MPI_Finalize();
+}
+
+bool MpiJob::stalled() const { return gave_up; }
 
 void MpiJob::Abort(int code) {
   MPI_Abort(MPI_COMM_WORLD, code);
@@ -361,12 +502,42 @@ void MpiJob::Abort(int code) {
 }
 
 absl::StatusOr<ExperimentConfig> ShareConfigOverMpi(const std::optional<ExperimentConfig>& config) {
+  const int rank = Rank(), ranks = Size();
   std::string bytes = config.has_value() ? config->SerializeAsString() : std::string();
   int64_t size = config.has_value() ? static_cast<int64_t>(bytes.size()) : -1;
-  MPI_Bcast(&size, 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
-  if (size < 0) return absl::CancelledError("rank 0 could not set the run up");
-  bytes.resize(static_cast<size_t>(size));
-  MPI_Bcast(bytes.data(), static_cast<int>(size), MPI_BYTE, 0, MPI_COMM_WORLD);
+  if (rank != 0) {
+    // The greeting lets rank 0 name the ranks it does not hear from.
+    int64_t hello = rank;
+    MPI_Request greeting;
+    MPI_Isend(&hello, 1, MPI_INT64_T, 0, kHelloTag, MPI_COMM_WORLD, &greeting);
+    Broadcast(&size, 1, MPI_INT64_T);
+    Wait(&greeting);
+    if (size < 0) return absl::CancelledError("rank 0 could not set the run up");
+    bytes.resize(static_cast<size_t>(size));
+    Broadcast(bytes.data(), static_cast<int>(size), MPI_BYTE);
+  } else {
+    const Clock::duration timeout = ConnectTimeout(config.has_value() ? config->runtime() : RuntimeConfig());
+    const Clock::time_point deadline = Clock::now() + timeout;
+    std::vector<int64_t> hellos(ranks);
+    std::vector<MPI_Request> greetings(ranks, MPI_REQUEST_NULL);
+    for (int r = 1; r < ranks; ++r) MPI_Irecv(&hellos[r], 1, MPI_INT64_T, r, kHelloTag, MPI_COMM_WORLD, &greetings[r]);
+    std::vector<int> silent;
+    for (int r = 1; r < ranks; ++r)
+      if (!Wait(&greetings[r], deadline)) silent.push_back(r);
+    if (!silent.empty())
+      return NoAnswer(absl::StrFormat(
+          "MPI setup: rank 0 heard nothing from %s (of %d ranks) within %g s (runtime.mpi_connect_timeout_seconds)",
+          RankList(silent), ranks, ToSeconds(timeout)));
+    auto relay_failed = [&] {
+      return NoAnswer(absl::StrFormat(
+          "MPI setup: the config broadcast did not complete within %g s (runtime.mpi_connect_timeout_seconds), "
+          "though every rank greeted rank 0: ranks relay broadcasts, and some rank cannot reach another",
+          ToSeconds(timeout)));
+    };
+    if (!Broadcast(&size, 1, MPI_INT64_T, Clock::now() + timeout)) return relay_failed();
+    if (size < 0) return absl::CancelledError("rank 0 could not set the run up");
+    if (!Broadcast(bytes.data(), static_cast<int>(size), MPI_BYTE, Clock::now() + timeout)) return relay_failed();
+  }
   ExperimentConfig shared;
   if (!shared.ParseFromString(bytes)) return absl::DataLossError("the config broadcast by rank 0 does not parse");
   return shared;
@@ -379,16 +550,45 @@ absl::StatusOr<std::unique_ptr<MpiTransport>> MpiTransport::Create(const Experim
   transport->working_ranks_ = WorkingRanks(config.runtime().mpi_rank0_works());
   transport->reduction_ = config.runtime().mpi_reduction();
   transport->meta_batch_ = config.outer().meta_batch_size();
+  transport->connect_timeout_ = ConnectTimeout(config.runtime());
+  transport->item_timeout_ = Seconds(config.runtime().task_timeout_seconds(), 600);
+  const Clock::time_point start = Clock::now();
   if (transport->working_ranks_.front() == 0) {
     ASSIGN_OR_RETURN(transport->learner_, Learner::Create(config, tasks));
   }
+  // The other ranks load the dataset once they have the config; until all
+  // have, the first batch's broadcasts would wait for them. Their setup
+  // counts as one work item.
+  const int ranks = Size();
+  std::vector<int64_t> ready(ranks);
+  std::vector<MPI_Request> requests(ranks, MPI_REQUEST_NULL);
+  for (int r = 1; r < ranks; ++r) MPI_Irecv(&ready[r], 1, MPI_INT64_T, r, kReadyTag, MPI_COMM_WORLD, &requests[r]);
+  const Clock::duration allowed = transport->item_timeout_ + transport->connect_timeout_;
+  std::vector<int> late;
+  for (int r = 1; r < ranks; ++r)
+    if (!Wait(&requests[r], start + allowed)) late.push_back(r);
+  if (!late.empty())
+    return absl::DeadlineExceededError(absl::StrFormat(
+        "MPI setup: %s did not load the dataset and build the learner within %g s of the config broadcast "
+        "(one work item: runtime.task_timeout_seconds %g s + runtime.mpi_connect_timeout_seconds %g s); they greeted "
+        "rank 0 at setup, so the network carried that much. A slow or stuck dataset read (a shared filesystem?) is "
+        "the likely cause; raise runtime.task_timeout_seconds if setup takes longer.",
+        RankList(late), ToSeconds(allowed), ToSeconds(transport->item_timeout_),
+        ToSeconds(transport->connect_timeout_)));
   return transport;
 }
 
 MpiTransport::~MpiTransport() {
+  if (gave_up) return;  // some rank does not answer: the job is to be aborted
   BatchHeader header;
   header.command = kFinish;
-  Broadcast(&header, sizeof(header), MPI_BYTE);
+  if (!Broadcast(&header, sizeof(header), MPI_BYTE, Clock::now() + connect_timeout_))
+    std::cerr << "reptile mpi: error: "
+              << NoAnswer(absl::StrFormat("MPI: the broadcast that ends the run did not complete within %g s "
+                                          "(runtime.mpi_connect_timeout_seconds): some rank does not answer",
+                                          ToSeconds(connect_timeout_)))
+                     .message()
+              << std::endl;
 }
 
 void MpiTransport::Interrupt(const std::string& why) {
@@ -432,15 +632,39 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   header.inner_iterations = inner_iterations_;
   std::string bytes = batch.SerializeAsString();
   header.batch_bytes = static_cast<int64_t>(bytes.size());
-  Broadcast(&header, sizeof(header), MPI_BYTE);
-  if (StateNeeded(header, state)) {
+
+  // Deadlines. Every rank waits for the batch, so each step of the
+  // broadcasts has runtime.mpi_connect_timeout_seconds; then a rank's k-th
+  // item of the batch is due k times runtime.task_timeout_seconds after them,
+  // plus that. Past one, the job is to be aborted (stalled).
+  const Clock::duration timeout = connect_timeout_;
+  auto broadcast_stalled = [&](const char* step) {
+    return NoAnswer(absl::StrFormat(
+        "MPI: the broadcast of %s for a batch of %d work items did not complete within %g s "
+        "(runtime.mpi_connect_timeout_seconds): some rank does not answer",
+        step, items.size(), ToSeconds(timeout)));
+  };
+  if (!Broadcast(&header, sizeof(header), MPI_BYTE, Clock::now() + timeout)) return broadcast_stalled("the header");
+  const std::optional<bool> state_needed = StateNeeded(header, state, timeout);
+  if (!state_needed.has_value()) return broadcast_stalled("the state hash vote");
+  if (*state_needed) {
     // The state is only read: broadcasting from its buffers does not change it.
     MetaState shared{state.parameters.contiguous(), moments.first ? state.adam_m.contiguous() : torch::Tensor(),
                      moments.second ? state.adam_v.contiguous() : torch::Tensor(), state.adam_step};
-    BroadcastState(header, &shared);
+    if (!BroadcastState(header, &shared, timeout)) return broadcast_stalled("the meta-state");
     stats_.bytes_out += header.numel * 4 * (1 + header.has_first_moment + header.has_moments) * (Size() - 1);
   }
-  Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE);
+  if (!Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, Clock::now() + timeout))
+    return broadcast_stalled("the work items");
+  const Clock::time_point work_start = Clock::now();
+  std::vector<int> items_of(Size(), 0);  // each rank's items so far
+  auto due = [&](int k) { return work_start + k * item_timeout_ + timeout; };
+  auto work_stalled = [&](const std::string& what, int k) {
+    return NoAnswer(absl::StrFormat(
+        "MPI: %s within %g s of the batch's broadcasts (%d work item(s) at runtime.task_timeout_seconds %g s "
+        "each, plus runtime.mpi_connect_timeout_seconds %g s)",
+        what, ToSeconds(due(k) - work_start), k, ToSeconds(item_timeout_), ToSeconds(timeout)));
+  };
 
   const bool summed = header.reduction != MPI_GATHER_IN_ORDER;
   std::vector<absl::StatusOr<TaskResult>> results(items.size(), absl::UnknownError("not run"));
@@ -455,10 +679,19 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
       }
   for (size_t i = 0; i < items.size(); ++i) {
     const int source = working_ranks_[i % working_ranks_.size()];
-    if (source != 0) results[i] = ReceiveResult(source, i, header, &stats_.bytes_in);
+    const int k = ++items_of[source];
+    if (source == 0) continue;
+    bool overdue = false;
+    results[i] = ReceiveResult(source, i, header, due(k), timeout, &stats_.bytes_in, &overdue);
+    if (absl::IsDeadlineExceeded(results[i].status())) {
+      const std::string what(results[i].status().message());
+      return overdue ? work_stalled(what, k) : NoAnswer(what);
+    }
   }
   if (summed) {
-    ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM);
+    const int most = *std::max_element(items_of.begin(), items_of.end());
+    if (!ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM, due(most), timeout))
+      return work_stalled("the reduction of the results did not complete (some rank does not answer)", most);
     stats_.bytes_in += header.numel * ExactSum::kElementBytes * (1 + header.has_first_moment + header.has_moments);
     SetTasks(*sums, tasks);
     if (results[0].ok()) {
@@ -482,12 +715,16 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
   const int rank = Rank();
   const std::vector<int> working = WorkingRanks(config.runtime().mpi_rank0_works());
   ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, tasks));
+  int64_t ready = rank;  // rank 0 waits for this before the first batch
+  MPI_Request request;
+  MPI_Isend(&ready, 1, MPI_INT64_T, 0, kReadyTag, MPI_COMM_WORLD, &request);
+  Wait(&request);
   MetaState state;
   while (true) {
     BatchHeader header;
     Broadcast(&header, sizeof(header), MPI_BYTE);
     if (header.command == kFinish) break;
-    if (StateNeeded(header, state)) BroadcastState(header, &state);
+    if (StateNeeded(header, state).value()) BroadcastState(header, &state);
     std::string bytes(static_cast<size_t>(header.batch_bytes), '\0');
     Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE);
     const std::vector<WorkItem> items = ParseItems(bytes);

@@ -9,10 +9,14 @@
 // next round needs no state broadcast. Sums are exact (core/exact_sum.h), so
 // every mode and job size gives the bits of the other transports. MPI jobs
 // are not elastic: a rank that dies ends the job (mpirun reports which), and
-// the relaunched job resumes from the last checkpoint.
+// the relaunched job resumes from the last checkpoint. A rank that does not
+// answer (most often a network interface the ranks cannot reach each other
+// on) ends it too: rank 0 gives up after a deadline, says which rank and why,
+// and aborts the job.
 #ifndef REPTILE_TRANSPORT_MPI_MPI_TRANSPORT_H_
 #define REPTILE_TRANSPORT_MPI_MPI_TRANSPORT_H_
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,8 +35,14 @@ class MpiJob {
   MpiJob& operator=(const MpiJob&) = delete;
   int rank() const { return rank_; }
   int size() const { return size_; }
-  // Ends every rank of the job at once (a worker rank that cannot go on).
+  // Ends every rank of the job at once (a worker rank that cannot go on,
+  // rank 0 when another rank does not answer).
   [[noreturn]] void Abort(int code);
+  // True once rank 0 gave up waiting for a rank (a DeadlineExceeded error
+  // from ShareConfigOverMpi or MpiTransport): MPI requests are left pending,
+  // so the job must end with Abort(); the destructor aborts (code 1) rather
+  // than finalize then.
+  bool stalled() const;
 
  private:
   int rank_ = 0, size_ = 1;
@@ -40,20 +50,37 @@ class MpiJob {
 
 // Rank 0 passes the run's config, the others nullopt; every rank returns it.
 // Rank 0 passes nullopt too when it failed to set the run up: then every
-// rank gets an error and the job ends without training.
+// rank gets an error and the job ends without training. Each rank first
+// greets rank 0; rank 0 returns DeadlineExceeded, naming the ranks it did
+// not hear from, the likely cause (a network interface the ranks cannot
+// reach each other on) and how to choose interfaces, when the greetings or
+// the broadcast take longer than runtime.mpi_connect_timeout_seconds (60 s
+// when rank 0 has no config). The other ranks wait for rank 0 however long:
+// mpirun kills them when rank 0 aborts the job.
 absl::StatusOr<ExperimentConfig> ShareConfigOverMpi(const std::optional<ExperimentConfig>& config);
 
 class MpiTransport final : public Transport {
  public:
   // On rank 0 of MPI_COMM_WORLD, after ShareConfigOverMpi(). Rank 0 works
   // too when runtime.mpi_rank0_works is set (always with a single rank).
+  // Returns once every rank has loaded the dataset and built its learner;
+  // DeadlineExceeded naming the ranks that have not within one work item's
+  // time (runtime.task_timeout_seconds + runtime.mpi_connect_timeout_seconds),
+  // and MpiJob::stalled() is then true.
   static absl::StatusOr<std::unique_ptr<MpiTransport>> Create(const ExperimentConfig& config,
                                                               std::shared_ptr<const TaskSource> tasks);
-  // Tells the worker ranks the run is over.
+  // Tells the worker ranks the run is over (not once stalled: the job is
+  // then to be aborted).
   ~MpiTransport() override;
   MpiTransport(const MpiTransport&) = delete;
   MpiTransport& operator=(const MpiTransport&) = delete;
 
+  // Deadlines: each broadcast that opens the batch has
+  // runtime.mpi_connect_timeout_seconds (60); a rank's k-th item of the
+  // batch is due k times runtime.task_timeout_seconds (600) after them, plus
+  // that. Past one, DeadlineExceeded naming the rank where it is known (a
+  // result), the likely cause and the interface settings; MpiJob::stalled()
+  // is then true and the job must be aborted.
   absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state,
                                               const std::vector<WorkItem>& items) override;
   void AnnounceUpdate(double step_size, int inner_iterations) override;
@@ -70,6 +97,7 @@ class MpiTransport final : public Transport {
   int meta_batch_ = 1;
   double step_size_ = 0;  // of the next training batch (AnnounceUpdate)
   int inner_iterations_ = 0;
+  std::chrono::steady_clock::duration connect_timeout_{}, item_timeout_{};
   std::unique_ptr<Learner> learner_;  // rank 0's own, if it works
   TransportStats stats_;
   absl::Mutex mu_;

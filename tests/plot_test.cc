@@ -2,6 +2,7 @@
 // reader and its errors, the learner's adaptation traces, and end to end on
 // small real Omniglot runs, with the SVGs rendered by headless Chromium.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -285,9 +286,12 @@ void ExpectDrawn(const std::string& png) {
 
 class PlotEndToEndTest : public ::testing::Test {
  protected:
-  // Two tiny Omniglot runs, CARRY and RESET, trained once for all tests.
+  // Two tiny Omniglot runs, CARRY and RESET, trained once for all tests of
+  // this process (ctest runs each test in a process of its own, two at a
+  // time: hence the pid in the folder).
   static void SetUpTestSuite() {
-    root_ = new std::string(std::filesystem::path(::testing::TempDir()) / testing::TestTreeFolder() / "PlotEndToEnd");
+    root_ = new std::string(std::filesystem::path(::testing::TempDir()) / testing::TestTreeFolder() /
+                            absl::StrCat("PlotEndToEnd.", getpid()));
     std::filesystem::remove_all(*root_);
     std::filesystem::create_directories(*root_);
     for (const char* mode : {"CARRY", "RESET"}) {
@@ -299,7 +303,10 @@ class PlotEndToEndTest : public ::testing::Test {
       ASSERT_EQ(train.exit_code, 0) << train.output;
     }
   }
-  static void TearDownTestSuite() { delete root_; }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*root_);
+    delete root_;
+  }
   static std::string* root_;
 };
 std::string* PlotEndToEndTest::root_ = nullptr;

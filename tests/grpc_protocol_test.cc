@@ -42,18 +42,21 @@ struct Leased {
 
 class ProtocolTest : public ::testing::Test {
  protected:
+  virtual std::vector<std::string> Overrides() const { return kOverrides; }
+
   void SetUp() override {
     dir_ = TempDir("run");
     std::vector<std::string> args = {REPTILE_BINARY, "coordinator", "--config", SourcePath("configs/sine.textproto"),
                                      "--run_dir", dir_, "--listen", "127.0.0.1:0"};
-    args.insert(args.end(), kOverrides.begin(), kOverrides.end());
+    const std::vector<std::string> overrides = Overrides();
+    args.insert(args.end(), overrides.begin(), overrides.end());
     int port = 0;
     coordinator_ = StartListening(args, dir_, dir_ + "/../coordinator", &port);
     ASSERT_GT(port, 0) << coordinator_->err();
     address_ = absl::StrCat("127.0.0.1:", port);
     channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
     client_ = std::make_unique<CoordinatorClient>(channel_, "");
-    config_ = LoadNamedConfig("sine", kOverrides);
+    config_ = LoadNamedConfig("sine", overrides);
     auto learner = Learner::Create(config_, SharedTaskSource(config_));
     ASSERT_TRUE(learner.ok()) << learner.status();
     learner_ = std::move(learner).value();
@@ -482,6 +485,61 @@ TEST_F(ProtocolTest, RandomlyMangledSubmissionsNeverHurtTheRun) {
 // the same worker's next fetch is served whole. The coordinator runs in this
 // process; its state is 17 MB, far more than the flow-control windows of a
 // client that does not read.
+// Items of 3 tasks, whose results are exact sums (16 bytes per value).
+class ExactSumProtocolTest : public ProtocolTest {
+ protected:
+  std::vector<std::string> Overrides() const override {
+    std::vector<std::string> overrides = kOverrides;
+    overrides.push_back("runtime.tasks_per_item=3");
+    return overrides;
+  }
+};
+
+// A peer that lies about how many tasks its sum holds, sends sums no
+// in-range values can reach, or stops early is refused; an honest sum is
+// then accepted for the same item.
+TEST_F(ExactSumProtocolTest, LyingOrMangledExactSumsAreRefused) {
+  auto lease_and_sum = [&](uint64_t worker) {
+    Leased leased;
+    leased.work = GetWork(worker);
+    EXPECT_EQ(leased.work.tasks_size(), 3);
+    absl::StatusOr<MetaState> state = client_->FetchState(worker, leased.work.state_version(),
+                                                          learner_->num_parameters(), CarriedMomentsOf(config_));
+    EXPECT_TRUE(state.ok()) << state.status();
+    WorkItem item{WorkKind::kTrain, {leased.work.tasks().begin(), leased.work.tasks().end()}};
+    absl::StatusOr<TaskResult> result = learner_->Run(*state, item);
+    EXPECT_TRUE(result.ok() && result->sums.has_value()) << result.status();
+    if (result.ok()) leased.result = *std::move(result);
+    return leased;
+  };
+  {
+    const uint64_t worker = Join();
+    Leased leased = lease_and_sum(worker);
+    std::vector<ResultChunk> messages = Messages(worker, leased.work, leased.result);
+    messages[0].mutable_header()->set_tasks(2);
+    ExpectRefused(messages, absl::StatusCode::kInvalidArgument, "result covers 2 tasks; the lease has 3");
+  }
+  {
+    const uint64_t worker = Join();
+    Leased leased = lease_and_sum(worker);
+    std::vector<ResultChunk> messages = Messages(worker, leased.work, leased.result);
+    ASSERT_GT(messages.size(), 1u);
+    (*messages[1].mutable_chunk()->mutable_data())[15] = 0x7f;  // element 0 near 2^127 units
+    ExpectRefused(messages, absl::StatusCode::kInvalidArgument, "beyond what 3 in-range values can reach");
+  }
+  {
+    const uint64_t worker = Join();
+    Leased leased = lease_and_sum(worker);
+    std::vector<ResultChunk> messages = Messages(worker, leased.work, leased.result);
+    messages.pop_back();  // the stream stops short
+    absl::StatusOr<SubmitReply> reply = client_->Submit(messages);
+    EXPECT_EQ(reply.status().code(), absl::StatusCode::kInvalidArgument) << reply.status();
+  }
+  const uint64_t honest = Join();
+  Leased leased = lease_and_sum(honest);
+  ExpectAccepted(Messages(honest, leased.work, leased.result));
+}
+
 TEST(ProtocolStallTest, AStalledStateFetchIsCutOffAndTheNextOneIsServed) {
   const ExperimentConfig config = LoadNamedConfig("sine", {"model.hidden_units=2048"});
   auto transport = GrpcTransport::Create(config, {});

@@ -15,7 +15,7 @@
 //   files that stage takes from the build stage taken from this machine:
 //   the binary under test and the libraries deploy/docker/runtime_libraries.sh
 //   collects for it. A few minutes, no compiler in a container.
-// - Dockerfile (labels `docker` and `docker_build`, left out of
+// - Dockerfile (label `docker_build`, left out of
 //   scripts/test.sh): deploy/docker/Dockerfile built as it is, build stage
 //   and all (about 20 minutes from nothing on 2 cores).
 //
@@ -218,10 +218,12 @@ void BuildFromThisMachine(const std::string& tag, const std::string& work) {
             << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s\n";
 }
 
-enum class ImageSource { kThisMachine, kDockerfile };
+// Where the image comes from (the test parameter).
+constexpr char kThisMachine[] = "this machine's binary and libraries";
+constexpr char kDockerfile[] = "deploy/docker/Dockerfile";
 
-std::string ParamName(const ::testing::TestParamInfo<ImageSource>& info) {
-  return info.param == ImageSource::kThisMachine ? "HostBinary" : "Dockerfile";
+std::string ParamName(const ::testing::TestParamInfo<std::string>& info) {
+  return info.param == kThisMachine ? "HostBinary" : "Dockerfile";
 }
 
 // ---- the fixture ----------------------------------------------------------------
@@ -277,15 +279,15 @@ std::vector<std::string> ReadinessProbe() {
   return argv;
 }
 
-class DockerTest : public ::testing::TestWithParam<ImageSource> {
+class DockerTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     dir_ = TempDir("docker");
     if (!DockerEngine::Get().unavailable().empty()) GTEST_SKIP() << "Docker cannot run here: " << DockerEngine::Get().unavailable();
     prefix_ = absl::StrCat("reptile-test-", getpid());
-    image_ = GetParam() == ImageSource::kThisMachine ? "reptile:test-host" : "reptile:test";
+    image_ = GetParam() == kThisMachine ? "reptile:test-host" : "reptile:test";
     ASSERT_NO_FATAL_FAILURE(EnsureBaseImage(dir_ + "/base_image"));
-    if (GetParam() == ImageSource::kThisMachine)
+    if (GetParam() == kThisMachine)
       ASSERT_NO_FATAL_FAILURE(BuildFromThisMachine(image_, dir_));
     else
       ASSERT_NO_FATAL_FAILURE(BuildFromDockerfile(image_, dir_ + "/build"));
@@ -503,7 +505,7 @@ TEST_P(DockerTest, CoordinatorAndWorkersTrainUnderPodRestrictionsRestartAndJoin)
   RecordProperty("speed", speed);
 }
 
-INSTANTIATE_TEST_SUITE_P(Images, DockerTest, ::testing::Values(ImageSource::kThisMachine, ImageSource::kDockerfile),
+INSTANTIATE_TEST_SUITE_P(Images, DockerTest, ::testing::Values(kThisMachine, kDockerfile),
                          ParamName);
 
 }  // namespace

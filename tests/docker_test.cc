@@ -446,7 +446,7 @@ TEST_P(DockerTest, CoordinatorAndWorkersTrainUnderPodRestrictionsRestartAndJoin)
   ASSERT_NO_FATAL_FAILURE(RunDetached("coordinator", coordinator_flags, coordinator_args));
   ASSERT_TRUE(WaitFor(probe_answers, 60, "coordinator")) << Logs("coordinator");
   ASSERT_NO_FATAL_FAILURE(RunDetached("worker0", common, worker_args));
-  ASSERT_TRUE(WaitFor([&] { return last_round() >= 30; }, 120, "coordinator")) << Logs("coordinator") << Logs("worker0");
+  ASSERT_TRUE(WaitFor([&] { return last_round() >= 30; }, 300, "coordinator")) << Logs("coordinator") << Logs("worker0");
 
   // `docker stop`: SIGTERM, a checkpoint, exit 0; `docker start`: it resumes
   // and the worker, which kept waiting, comes back by itself.
@@ -457,7 +457,7 @@ TEST_P(DockerTest, CoordinatorAndWorkersTrainUnderPodRestrictionsRestartAndJoin)
   EXPECT_TRUE(Running("worker0")) << Logs("worker0");
   int64_t before = last_round();
   ASSERT_EQ(Docker({"start", prefix_ + "-coordinator"}, dir_ + "/start").exit_code, 0);
-  ASSERT_TRUE(WaitFor([&] { return last_round() >= before + 30; }, 120, "coordinator"))
+  ASSERT_TRUE(WaitFor([&] { return last_round() >= before + 30; }, 300, "coordinator"))
       << Logs("coordinator") << Logs("worker0");
   EXPECT_TRUE(probe_answers()) << "the probe after docker start";
 
@@ -468,7 +468,7 @@ TEST_P(DockerTest, CoordinatorAndWorkersTrainUnderPodRestrictionsRestartAndJoin)
   EXPECT_EQ(State("coordinator", "ExitCode"), "137");
   before = last_round();
   ASSERT_EQ(Docker({"start", prefix_ + "-coordinator"}, dir_ + "/start2").exit_code, 0);
-  ASSERT_TRUE(WaitFor([&] { return last_round() >= before + 30; }, 120, "coordinator"))
+  ASSERT_TRUE(WaitFor([&] { return last_round() >= before + 30; }, 300, "coordinator"))
       << Logs("coordinator") << Logs("worker0");
   EXPECT_TRUE(probe_answers()) << "the probe after docker kill and start";
 
@@ -480,7 +480,7 @@ TEST_P(DockerTest, CoordinatorAndWorkersTrainUnderPodRestrictionsRestartAndJoin)
         const std::vector<Round> rounds = ReadRounds(metrics);
         return absl::c_any_of(rounds, [&](const Round& r) { return r.round > joined_after && r.workers == 2; });
       },
-      120, "coordinator"))
+      300, "coordinator"))
       << Logs("coordinator") << Logs("worker1");
 
   // The end: exit 0 with the in-process parameters; the workers told to leave.

@@ -411,6 +411,12 @@ TEST_P(DockerTest, CoordinatorAndWorkersTrainUnderPodRestrictionsRestartAndJoin)
   const std::string token(absl::StripAsciiWhitespace(ReadWholeFile(credentials + "/token")));
 
   std::vector<std::string> common = Restricted();
+  // OpenBLAS picks its kernels by CPU unless $OPENBLAS_CORETYPE names them,
+  // and kernels differ in the last bits: the containers get this process's
+  // OpenBLAS settings, as the reference run has them (this machine sets
+  // OPENBLAS_CORETYPE=Haswell; without it the run ends elsewhere).
+  for (char** e = environ; *e != nullptr; ++e)
+    if (absl::StartsWith(*e, "OPENBLAS_")) common.insert(common.end(), {"-e", *e});
   common.insert(common.end(), {"-e", "REPTILE_TOKEN=" + token, "-v", credentials + ":/etc/reptile/credentials:ro",
                                "-v", OmniglotDir() + ":/data/omniglot:ro"});
   std::vector<std::string> coordinator_flags = common;

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Configures and builds the project (Release) into build/. Shows one line per
+# Configures and builds the project (Release) into build/: every target, or
+# only those named (`scripts/build.sh reptile`, as the container image's
+# build stage does). Shows one line per
 # file compiled and per target built, with make's percentage; the full output
 # (warnings, commands) goes to build.log, whose last 50 lines are shown if the
 # build fails.
@@ -21,7 +23,9 @@ condense() {
     -e 's#^(\[ *[0-9]+%\]) ((Running|protoc) .*)$#\1 \2#p'
 }
 status=0
-cmake --build build -j "$jobs" 2>&1 | tee -a build.log | condense || status=$?
+targets=()
+for target in "$@"; do targets+=(--target "$target"); done
+cmake --build build -j "$jobs" "${targets[@]}" 2>&1 | tee -a build.log | condense || status=$?
 if [ "$status" -ne 0 ]; then
   echo "build: FAILED; the end of build.log:"
   tail -50 build.log

@@ -12,17 +12,22 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   libzip-dev libpng-dev zlib1g-dev libssl-dev
   prometheus-cpp-dev
-  dataset-fashion-mnist
-  iproute2 nftables procps
 )
-# What only the tests need beyond the build (not in the container image's build
-# stage, which sets REPTILE_DEPS=build): curl for deploy/docker/reptile-health,
-# Node.js and npm for tests/k8s/validate.cjs, unzip for kubectl (below), clang
-# with its libFuzzer and sanitizer runtimes for scripts/fuzz.sh, the
-# Prometheus server that scrapes a live run in tests/monitoring_test, headless
-# Chromium and a font to render the SVGs of `reptile plot` and `analyze`.
+# What only the tests and demos need beyond the build (not in the container
+# image's build stage, which sets REPTILE_DEPS=build): Fashion-MNIST, iproute2
+# and nftables for the network namespaces of the MPI and netns tests, curl for
+# deploy/docker/reptile-health, Node.js and npm for tests/k8s/validate.cjs,
+# unzip for kubectl (below), clang with its libFuzzer and sanitizer runtimes
+# for scripts/fuzz.sh, the Prometheus server that scrapes a live run in
+# tests/monitoring_test, headless Chromium and a font to render the SVGs of
+# `reptile plot` and `analyze`, and Docker (the engine, started by hand when
+# no init system runs it) with debootstrap, which makes the base image where
+# no registry is reachable, for tests/docker_test.
 if [ "${REPTILE_DEPS:-all}" != build ]; then
+  PACKAGES+=(dataset-fashion-mnist iproute2 nftables procps)
   PACKAGES+=(curl unzip clang-14 libclang-rt-14-dev prometheus chromium fonts-dejavu-core)
+  PACKAGES+=(debootstrap)
+  command -v dockerd > /dev/null || PACKAGES+=(docker.io)  # not over a Docker CE install
   command -v node > /dev/null && command -v npm > /dev/null || PACKAGES+=(nodejs npm)
 fi
 

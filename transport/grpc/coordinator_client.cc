@@ -35,11 +35,28 @@ bool IsTransient(const absl::Status& status) {
 absl::StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(const std::string& address,
                                                                               const SecurityOptions& security) {
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, MakeChannel(address, security));
-  return std::make_unique<CoordinatorClient>(std::move(channel), security.token);
+  auto client = std::make_unique<CoordinatorClient>(std::move(channel), security.token);
+  client->address_ = address;
+  client->security_ = security;
+  return client;
 }
 
 CoordinatorClient::CoordinatorClient(std::shared_ptr<grpc::Channel> channel, std::string token)
-    : channel_(std::move(channel)), stub_(Coordinator::NewStub(channel_)), token_(std::move(token)) {}
+    : token_(std::move(token)), stub_(Coordinator::NewStub(channel)) {}
+
+std::shared_ptr<Coordinator::Stub> CoordinatorClient::stub() const {
+  absl::MutexLock lock(&mu_);
+  return stub_;
+}
+
+void CoordinatorClient::Reconnect() {
+  if (address_.empty()) return;
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(address_, security_);
+  if (!channel.ok()) return;  // the same files made the first channel; keep it
+  std::shared_ptr<Coordinator::Stub> stub = Coordinator::NewStub(*channel);
+  absl::MutexLock lock(&mu_);
+  stub_ = std::move(stub);
+}
 
 template <typename Call>
 absl::Status CoordinatorClient::Unary(std::chrono::seconds deadline, Call call) {
@@ -51,13 +68,13 @@ absl::Status CoordinatorClient::Unary(std::chrono::seconds deadline, Call call) 
 
 absl::StatusOr<RunConfigReply> CoordinatorClient::GetRunConfig() {
   RunConfigReply reply;
-  RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub_->GetRunConfig(c, {}, &reply); }));
+  RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub()->GetRunConfig(c, {}, &reply); }));
   return reply;
 }
 
 absl::StatusOr<JoinReply> CoordinatorClient::Join(const JoinRequest& request) {
   JoinReply reply;
-  RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub_->Join(c, request, &reply); }));
+  RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub()->Join(c, request, &reply); }));
   return reply;
 }
 
@@ -65,14 +82,14 @@ absl::Status CoordinatorClient::Heartbeat(uint64_t worker) {
   HeartbeatRequest request;
   request.set_worker_id(worker);
   HeartbeatReply reply;
-  return Unary(std::chrono::seconds(2), [&](grpc::ClientContext* c) { return stub_->Heartbeat(c, request, &reply); });
+  return Unary(std::chrono::seconds(2), [&](grpc::ClientContext* c) { return stub()->Heartbeat(c, request, &reply); });
 }
 
 absl::StatusOr<WorkReply> CoordinatorClient::GetWork(uint64_t worker) {
   WorkRequest request;
   request.set_worker_id(worker);
   WorkReply reply;
-  RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub_->GetWork(c, request, &reply); }));
+  RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub()->GetWork(c, request, &reply); }));
   return reply;
 }
 
@@ -80,7 +97,7 @@ absl::Status CoordinatorClient::Leave(uint64_t worker) {
   LeaveRequest request;
   request.set_worker_id(worker);
   LeaveReply reply;
-  return Unary(kShortCall, [&](grpc::ClientContext* c) { return stub_->Leave(c, request, &reply); });
+  return Unary(kShortCall, [&](grpc::ClientContext* c) { return stub()->Leave(c, request, &reply); });
 }
 
 absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_t version, int64_t numel,
@@ -91,7 +108,8 @@ absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + kTensorCall);
   AttachToken(token_, &context);
-  std::unique_ptr<grpc::ClientReader<StateChunk>> reader = stub_->FetchState(&context, request);
+  const std::shared_ptr<Coordinator::Stub> stub = this->stub();  // outlives the reader
+  std::unique_ptr<grpc::ClientReader<StateChunk>> reader = stub->FetchState(&context, request);
   StateChunk message;
   absl::Status problem;
   StateHeader header;
@@ -193,7 +211,8 @@ std::unique_ptr<CoordinatorClient::Upload> CoordinatorClient::StartUpload(std::c
   auto upload = std::unique_ptr<Upload>(new Upload());
   upload->context_.set_deadline(std::chrono::system_clock::now() + deadline);
   AttachToken(token_, &upload->context_);
-  upload->writer_ = stub_->SubmitResult(&upload->context_, &upload->reply_);
+  upload->stub_ = stub();
+  upload->writer_ = upload->stub_->SubmitResult(&upload->context_, &upload->reply_);
   return upload;
 }
 

@@ -11,7 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "coordinator.grpc.pb.h"
 #include "transport/grpc/security.h"
 #include "worker/learner.h"
@@ -28,6 +30,16 @@ class CoordinatorClient {
                                                                     const SecurityOptions& security);
   // Over an existing channel (tests that share one connection).
   CoordinatorClient(std::shared_ptr<grpc::Channel> channel, std::string token);
+
+  // Replaces the channel with a new one to the address given to Connect():
+  // a new name resolution and a new connection. Calls in progress finish on
+  // the old channel. For a worker whose coordinator has been unreachable for
+  // a while: a channel that saw its address vanish (a container stopped and
+  // started again) can keep failing its connection handshakes after the
+  // coordinator is back, where a new one connects at once. Does nothing on
+  // a client made over an existing channel. Safe to call while other
+  // threads make calls.
+  void Reconnect();
 
   absl::StatusOr<RunConfigReply> GetRunConfig();
   absl::StatusOr<JoinReply> Join(const JoinRequest& request);
@@ -63,6 +75,7 @@ class CoordinatorClient {
 
    private:
     friend class CoordinatorClient;
+    std::shared_ptr<Coordinator::Stub> stub_;  // keeps the call's channel: destroyed last
     grpc::ClientContext context_;
     SubmitReply reply_;
     std::unique_ptr<grpc::ClientWriter<ResultChunk>> writer_;
@@ -73,9 +86,14 @@ class CoordinatorClient {
   template <typename Call>
   absl::Status Unary(std::chrono::seconds deadline, Call call);
 
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<Coordinator::Stub> stub_;
+  // The current stub (and through it its channel); calls take a copy.
+  std::shared_ptr<Coordinator::Stub> stub() const;
+
+  std::string address_;  // "" when made over an existing channel
+  SecurityOptions security_;
   std::string token_;
+  mutable absl::Mutex mu_;
+  std::shared_ptr<Coordinator::Stub> stub_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace reptile

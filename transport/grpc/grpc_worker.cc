@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "core/config.h"
 #include "core/flat_parameters.h"
 #include "core/status_macros.h"
@@ -63,11 +64,24 @@ struct GrpcWorker::Session {
     if (options->log) options->log(line);
   }
 
+  // A failed call that may succeed later: said once per outage; from 5 s
+  // into an outage, every 5 s, the channel is replaced (see
+  // CoordinatorClient::Reconnect: a coordinator container stopped and
+  // started again is otherwise not reached by the old channel).
   void Outage(const absl::Status& status) {
-    if (announced_outage) return;
+    const absl::Time now = absl::Now();
+    if (announced_outage) {
+      if (now < reconnect_at) return;
+      client->Reconnect();
+      reconnect_at = now + kReconnectEvery;
+      return;
+    }
     announced_outage = true;
+    reconnect_at = now + kReconnectEvery;
     Log(absl::StrCat("coordinator ", options->coordinator, " unreachable (", status.message(), "); retrying"));
   }
+  static constexpr absl::Duration kReconnectEvery = absl::Seconds(5);
+  absl::Time reconnect_at;
 
   CarriedMoments moments() const { return CarriedMomentsOf(config); }
 

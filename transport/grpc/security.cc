@@ -167,6 +167,10 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
   // Tensor streams move megabytes per call: start with a wide flow-control
   // window instead of letting each stream grow one from 64 KB.
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
+  // A channel of its own connections: a new channel (CoordinatorClient::
+  // Reconnect) must not share the old one's subchannel from gRPC's global
+  // pool, which it would for the same address and arguments.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   if (!security.server_name.empty()) args.SetSslTargetNameOverride(security.server_name);
   return grpc::CreateCustomChannel(address, credentials, args);
 }

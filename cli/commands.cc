@@ -143,6 +143,7 @@ absl::Status WriteSvg(const std::string& path, const plot::Figure& figure) {
 }  // namespace
 
 absl::Status TrainCommand(const CliOptions& options) {
+  SetStopHandler([] {});  // a stop while starting is held for TrainOn's handler
   ASSIGN_OR_RETURN(RunSetup setup, SetUpRun(options));
   const int workers = setup.config.runtime().workers();
   if (workers > TrainingItemsPerRound(setup.config))
@@ -171,6 +172,7 @@ absl::Status TrainCommand(const CliOptions& options) {
 }
 
 absl::Status CoordinatorCommand(const CliOptions& options) {
+  SetStopHandler([] {});  // a stop while starting is held for TrainOn's handler
   ConfigureProcessForServing();
   ASSIGN_OR_RETURN(SecurityOptions security, SecurityFromOptions(options));  // before loading a dataset
   ASSIGN_OR_RETURN(RunSetup setup, SetUpRun(options));

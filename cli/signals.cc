@@ -66,8 +66,13 @@ void InstallStopSignals() {
 
 void SetStopHandler(std::function<void()> handler) {
   std::unique_lock<std::mutex> lock(handler_mutex);
-  if (std::this_thread::get_id() != signal_thread) handler_returned.wait(lock, [] { return !handler_running; });
+  const bool in_handler = std::this_thread::get_id() == signal_thread;
+  if (!in_handler) handler_returned.wait(lock, [] { return !handler_running; });
   stop_handler = std::move(handler);
+  if (!stop_requested || !stop_handler || in_handler) return;
+  std::function<void()> late = stop_handler;
+  lock.unlock();
+  late();
 }
 
 void UnblockStopSignalsInChild() {

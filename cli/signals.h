@@ -25,6 +25,10 @@ void InstallStopSignals();
 
 // The handler for the next signal; an empty function clears it. Waits for the
 // current handler to return if it is running (unless called from within it).
+// If a stop was already requested (an earlier handler took it, perhaps one
+// that only held it, like [] {}), the new handler is called at once, in the
+// calling thread: a stop that arrives while a command is still starting
+// reaches the handler it sets up later.
 void SetStopHandler(std::function<void()> handler);
 
 // The signals InstallStopSignals() blocked, unblocked again; for a child

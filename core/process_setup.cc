@@ -15,8 +15,8 @@ void ConfigureProcessForTraining() {
 void ReturnFreeMemory() { malloc_trim(0); }
 
 void ConfigureProcessForServing() {
-  mallopt(M_MMAP_THRESHOLD, 128 << 10);  // fixed: glibc no longer raises it
-  mallopt(M_TRIM_THRESHOLD, 128 << 10);
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 32 << 20);
   at::set_num_threads(1);
 }
 

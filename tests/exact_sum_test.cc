@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -56,6 +57,72 @@ TEST(ExactSumTest, AnyOrderAndGroupingGivesTheSameBits) {
     differ += forward != backward;
   }
   EXPECT_GT(differ, 0);
+}
+
+// The specification, computed another way: value * 2^96 rounded to the
+// nearest integer, ties to even, from the float's own mantissa and exponent.
+__int128 ReferenceFixed(float value) {
+  int exponent;
+  const double fraction = std::frexp(static_cast<double>(value), &exponent);  // value = fraction * 2^exponent
+  const int64_t mantissa = static_cast<int64_t>(std::ldexp(fraction, 24));      // exact: 24 bits
+  const int shift = exponent - 24 + 96;                                         // value * 2^96 = mantissa * 2^shift
+  if (shift >= 0) return static_cast<__int128>(mantissa) * (static_cast<__int128>(1) << shift);
+  if (shift < -62) return 0;
+  const int64_t magnitude = mantissa < 0 ? -mantissa : mantissa;
+  int64_t kept = magnitude >> -shift;
+  const int64_t rest = magnitude - (kept << -shift), half = int64_t{1} << (-shift - 1);
+  if (rest > half || (rest == half && (kept & 1))) ++kept;
+  return mantissa < 0 ? -kept : kept;
+}
+
+std::string ReferenceEncoding(const std::vector<std::vector<float>>& vectors, int numel) {
+  std::vector<__int128> sums(numel, 0);
+  for (const auto& v : vectors)
+    for (int i = 0; i < numel; ++i) sums[i] += ReferenceFixed(v[i]);
+  std::string bytes(numel * ExactSum::kElementBytes, '\0');
+  std::memcpy(bytes.data(), sums.data(), bytes.size());
+  return bytes;
+}
+
+TEST(ExactSumTest, EqualsAddingEachValueRoundedToTheGridAsA128BitInteger) {
+  // Magnitudes over the whole range, ties at the unit, values below it, and
+  // enough vectors that the limbs carry many times over.
+  const int numel = 64, count = 3000;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> exponent(-110, 17);
+  std::vector<std::vector<float>> vectors(count, std::vector<float>(numel));
+  for (auto& v : vectors)
+    for (float& x : v) {
+      const float unit = std::ldexp(1.0f + static_cast<float>(rng() % 1024) / 1024, exponent(rng));
+      x = (rng() & 1 ? -1 : 1) * (rng() % 8 == 0 ? std::ldexp(static_cast<float>(1 + 2 * (rng() % 4)), -97) : unit);
+    }
+  ExactSum one_by_one(numel, 4096);
+  for (const auto& v : vectors) ASSERT_TRUE(one_by_one.Add(v.data()).ok());
+  EXPECT_EQ(one_by_one.Encode(), ReferenceEncoding(vectors, numel));
+  // The same merged from parts that each carried on their own.
+  ExactSum merged(numel, 4096), part(numel, 4096);
+  for (int t = 0; t < count; ++t) {
+    ASSERT_TRUE(part.Add(vectors[t].data()).ok());
+    if (t % 1500 == 1499) {
+      ASSERT_TRUE(merged.Merge(part).ok());
+      part = ExactSum(numel, 4096);
+    }
+  }
+  EXPECT_EQ(merged.Encode(), one_by_one.Encode());
+  auto decoded = ExactSum::Decode(one_by_one.Encode(), numel, count, 4096);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  // Quotient: the 128-bit integer's two 64-bit halves converted to double
+  // (the low one unsigned), scaled, added and divided.
+  const std::string encoded = one_by_one.Encode();
+  for (int i = 0; i < numel; ++i) {
+    __int128 value;
+    std::memcpy(&value, encoded.data() + i * ExactSum::kElementBytes, sizeof(value));
+    const double expected = (static_cast<double>(static_cast<int64_t>(value >> 64)) * 0x1p-32 +
+                             static_cast<double>(static_cast<uint64_t>(value)) * 0x1p-96) /
+                            3.0;
+    EXPECT_EQ(one_by_one.Quotient(i, 3.0), expected) << i;
+    EXPECT_EQ(decoded->Quotient(i, 3.0), expected) << i;
+  }
 }
 
 TEST(ExactSumTest, TheMeanIsTheExactMeanRounded) {

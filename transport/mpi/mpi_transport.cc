@@ -221,36 +221,39 @@ const Int128Sum& Int128SumOp() {
   return sum;
 }
 
-// Adds `sums` element-wise over all ranks: into rank 0's (MPI_Reduce), or
-// into every rank's (MPI_Allreduce). Every rank takes part, even one
-// without items or after a failed item.
-// False if rank 0's `deadline` for a reduction passed (each of up to three
-// gets `at_least` of its own).
-bool ReduceSums(TensorSums& sums, bool to_all, Clock::time_point deadline = kForever,
-                Clock::duration at_least = {}) {
+// Adds `sums` element-wise over all ranks, as encoded 128-bit integers:
+// into rank 0's (MPI_Reduce), or into every rank's (MPI_Allreduce); the sums
+// that receive the total then hold `total_tasks` vectors. Every rank takes
+// part, even one without items or after a failed item. DeadlineExceeded if
+// rank 0's `deadline` for a reduction passed (each of up to three gets
+// `at_least` of its own); InvalidArgument if a total is out of range.
+absl::Status ReduceSums(TensorSums& sums, bool to_all, int total_tasks, Clock::time_point deadline = kForever,
+                        Clock::duration at_least = {}) {
   const Int128Sum& int128 = Int128SumOp();
-  auto reduce = [&](ExactSum& sum) {
+  const bool receives = to_all || Rank() == 0;
+  auto reduce = [&](ExactSum& sum, const char* what) -> absl::Status {
+    std::string bytes = sum.Encode();
     MPI_Request request;
     const int count = static_cast<int>(sum.numel());
     if (to_all) {
-      MPI_Iallreduce(MPI_IN_PLACE, sum.data(), count, int128.type, int128.op, MPI_COMM_WORLD, &request);
+      MPI_Iallreduce(MPI_IN_PLACE, bytes.data(), count, int128.type, int128.op, MPI_COMM_WORLD, &request);
     } else if (Rank() == 0) {
-      MPI_Ireduce(MPI_IN_PLACE, sum.data(), count, int128.type, int128.op, 0, MPI_COMM_WORLD, &request);
+      MPI_Ireduce(MPI_IN_PLACE, bytes.data(), count, int128.type, int128.op, 0, MPI_COMM_WORLD, &request);
     } else {
-      MPI_Ireduce(sum.data(), nullptr, count, int128.type, int128.op, 0, MPI_COMM_WORLD, &request);
+      MPI_Ireduce(bytes.data(), nullptr, count, int128.type, int128.op, 0, MPI_COMM_WORLD, &request);
     }
-    return Wait(&request, deadline == kForever ? kForever : std::max(deadline, Clock::now() + at_least));
+    if (!Wait(&request, deadline == kForever ? kForever : std::max(deadline, Clock::now() + at_least)))
+      return absl::DeadlineExceededError(absl::StrCat("the reduction of ", what, " did not complete"));
+    if (!receives) return absl::OkStatus();
+    absl::StatusOr<ExactSum> total = ExactSum::Decode(bytes, sum.numel(), total_tasks, sum.max_terms());
+    if (!total.ok()) return absl::InvalidArgumentError(absl::StrCat("reduced ", what, ": ", total.status().message()));
+    sum = *std::move(total);
+    return absl::OkStatus();
   };
-  if (!reduce(sums.delta)) return false;
-  if (sums.adam_m && !reduce(*sums.adam_m)) return false;
-  return !sums.adam_v || reduce(*sums.adam_v);
-}
-
-// After a reduction: the sums hold all `tasks` of the batch.
-void SetTasks(TensorSums& sums, int tasks) {
-  sums.delta.set_terms(tasks);
-  if (sums.adam_m) sums.adam_m->set_terms(tasks);
-  if (sums.adam_v) sums.adam_v->set_terms(tasks);
+  RETURN_IF_ERROR(reduce(sums.delta, "delta"));
+  if (sums.adam_m) RETURN_IF_ERROR(reduce(*sums.adam_m, "adam_m"));
+  if (sums.adam_v) RETURN_IF_ERROR(reduce(*sums.adam_v, "adam_v"));
+  return absl::OkStatus();
 }
 
 // Adds one item's result tensors to a rank's partial sums and leaves the
@@ -690,10 +693,11 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   }
   if (summed) {
     const int most = *std::max_element(items_of.begin(), items_of.end());
-    if (!ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM, due(most), timeout))
-      return work_stalled("the reduction of the results did not complete (some rank does not answer)", most);
+    const absl::Status reduced = ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM, tasks, due(most), timeout);
+    if (absl::IsDeadlineExceeded(reduced))
+      return work_stalled(absl::StrCat(reduced.message(), " (some rank does not answer)"), most);
+    RETURN_IF_ERROR(reduced);
     stats_.bytes_in += header.numel * ExactSum::kElementBytes * (1 + header.has_first_moment + header.has_moments);
-    SetTasks(*sums, tasks);
     if (results[0].ok()) {
       results[0]->sums = std::move(sums);
       results[0]->tensor_items = static_cast<int>(items.size());
@@ -746,14 +750,13 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
     for (OutgoingResult& out : outgoing)
       for (MPI_Request& request : out.requests) Wait(&request);
     if (!summed) continue;
-    ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM);
-    if (header.reduction != MPI_ALLREDUCE_SUM || !all_ok) continue;
+    int total_tasks = 0;
+    for (const WorkItem& item : items) total_tasks += static_cast<int>(item.tasks.size());
+    const absl::Status reduced = ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM, total_tasks);
     // Rank 0 applies the same update with the same code; should any rank
     // have failed, the next batch's state hash says so and rank 0 sends
     // its state.
-    int total_tasks = 0;
-    for (const WorkItem& item : items) total_tasks += static_cast<int>(item.tasks.size());
-    SetTasks(*sums, total_tasks);
+    if (header.reduction != MPI_ALLREDUCE_SUM || !all_ok || !reduced.ok()) continue;
     TaskResult total;
     total.sums = std::move(sums);
     total.tensor_items = 1;

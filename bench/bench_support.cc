@@ -138,24 +138,30 @@ double LoopbackGbps(size_t total, size_t write_size) {
   return received / seconds / 1e9;
 }
 
-absl::StatusOr<std::vector<TaskResult>> TimedTransport::Run(const MetaState& state,
-                                                            const std::vector<WorkItem>& items) {
+absl::Status TimedTransport::Run(const MetaState& state, const std::vector<WorkItem>& items,
+                                 const ResultSink& take) {
   const auto start = BenchClock::now();
-  absl::StatusOr<std::vector<TaskResult>> results = inner_->Run(state, items);
+  std::vector<double> compute(items.size(), 0.0);
+  absl::Status status = inner_->Run(state, items, [&](size_t item, TaskResult result) {
+    const double seconds = result.compute_seconds;
+    absl::Status taken = take(item, std::move(result));
+    if (taken.ok()) compute[item] = seconds;
+    return taken;
+  });
   RoundTiming timing;
   timing.run_seconds = Seconds(start);
   timing.items = static_cast<int>(items.size());
-  if (results.ok()) {
+  if (status.ok()) {
     std::vector<double> free_at(workers_, 0.0);
-    for (const TaskResult& r : *results) {
-      timing.compute_sum += r.compute_seconds;
+    for (double seconds : compute) {
+      timing.compute_sum += seconds;
       auto first = std::min_element(free_at.begin(), free_at.end());
-      *first += r.compute_seconds;
+      *first += seconds;
     }
     timing.compute_makespan = Max(free_at);
     timings_.push_back(timing);
   }
-  return results;
+  return status;
 }
 
 Precomputed Precompute(const ExperimentConfig& config) {

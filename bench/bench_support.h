@@ -69,7 +69,7 @@ class TimedTransport final : public Transport {
  public:
   TimedTransport(Transport* inner, int workers) : inner_(inner), workers_(workers) {}
 
-  absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state, const std::vector<WorkItem>& items) override;
+  absl::Status Run(const MetaState& state, const std::vector<WorkItem>& items, const ResultSink& take) override;
   int num_workers() const override { return inner_->num_workers(); }
   TransportStats Stats() const override { return inner_->Stats(); }
   void Interrupt(const std::string& why) override { inner_->Interrupt(why); }

@@ -117,18 +117,28 @@ absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
   const std::vector<WorkItem> items = sampler_.TrainingItems(round);
   const double epsilon = StepSize(round);
   transport_->AnnounceUpdate(epsilon, config_.inner().iterations());
-  ASSIGN_OR_RETURN(std::vector<TaskResult> results, transport_->Run(state_.meta, items));
   std::vector<int> item_tasks;
   for (const WorkItem& item : items) item_tasks.push_back(static_cast<int>(item.tasks.size()));
+  // Results are added as they arrive (the sums do not depend on the order);
+  // the scalars are kept by item and totalled in item order.
   Aggregator aggregator(state_.meta.parameters.numel(), item_tasks, CarriedMomentsOf(config_));
+  std::vector<TaskResult> scalars(items.size());
+  RETURN_IF_ERROR(transport_->Run(state_.meta, items, [&](size_t item, TaskResult result) -> absl::Status {
+    TaskResult kept;
+    kept.loss = result.loss;
+    kept.correct = result.correct;
+    kept.predictions = result.predictions;
+    RETURN_IF_ERROR(aggregator.Add(static_cast<int>(item), std::move(result)));
+    scalars[item] = kept;
+    return absl::OkStatus();
+  }));
   const double meta_batch = config_.outer().meta_batch_size();
   double loss = 0;
   int64_t correct = 0, predictions = 0;
-  for (size_t i = 0; i < results.size(); ++i) {
-    loss += results[i].loss * item_tasks[i] / meta_batch;
-    correct += results[i].correct;
-    predictions += results[i].predictions;
-    RETURN_IF_ERROR(aggregator.Add(static_cast<int>(i), std::move(results[i])));
+  for (size_t i = 0; i < scalars.size(); ++i) {
+    loss += scalars[i].loss * item_tasks[i] / meta_batch;
+    correct += scalars[i].correct;
+    predictions += scalars[i].predictions;
   }
   RETURN_IF_ERROR(aggregator.Apply(epsilon, config_.inner().iterations(), &state_.meta));
   state_.round = round + 1;
@@ -153,7 +163,12 @@ absl::Status RoundEngine::RecordRounds(const MetricsWindow& window) {
 }
 
 absl::StatusOr<EvaluationSummary> RoundEngine::Evaluate(int episodes) {
-  ASSIGN_OR_RETURN(std::vector<TaskResult> results, transport_->Run(state_.meta, sampler_.EvaluationItems(episodes)));
+  const std::vector<WorkItem> items = sampler_.EvaluationItems(episodes);
+  std::vector<TaskResult> results(items.size());
+  RETURN_IF_ERROR(transport_->Run(state_.meta, items, [&results](size_t item, TaskResult result) {
+    results[item] = std::move(result);
+    return absl::OkStatus();
+  }));
   std::vector<double> accuracy, inductive, loss;
   for (const TaskResult& r : results) {
     loss.push_back(r.loss);

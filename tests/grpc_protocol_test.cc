@@ -239,6 +239,9 @@ TEST_F(ProtocolTest, BadResultsAreRefusedAndTheTaskIsRedone) {
          return with_delta(w, l, [](torch::Tensor& d) { d[0] = std::numeric_limits<float>::infinity(); });
        },
        "inf"},
+      {"finite, beyond what the exact sums take",  // refused by the round engine, not the decoder
+       [&](uint64_t w, const Leased& l) { return with_delta(w, l, [](torch::Tensor& d) { d[3] = 1e30f; }); },
+       "element 3 is 1e+30"},
       {"unknown dtype",
        [&](uint64_t w, const Leased& l) {
          return mangled(w, l, [](auto& m) { m[0].mutable_header()->set_delta_dtype(static_cast<DeltaDtype>(7)); });
@@ -480,11 +483,6 @@ TEST_F(ProtocolTest, RandomlyMangledSubmissionsNeverHurtTheRun) {
   EXPECT_EQ(FinishWithRealWorker(), ThreadsReference());
 }
 
-// A worker that opens a state fetch and stops reading is cut off once the
-// stream has not moved for 5 s (the coordinator holds no thread for it), and
-// the same worker's next fetch is served whole. The coordinator runs in this
-// process; its state is 17 MB, far more than the flow-control windows of a
-// client that does not read.
 // Items of 3 tasks, whose results are exact sums (16 bytes per value).
 class ExactSumProtocolTest : public ProtocolTest {
  protected:
@@ -540,6 +538,11 @@ TEST_F(ExactSumProtocolTest, LyingOrMangledExactSumsAreRefused) {
   ExpectAccepted(Messages(honest, leased.work, leased.result));
 }
 
+// A worker that opens a state fetch and stops reading is cut off once the
+// stream has not moved for 5 s (the coordinator holds no thread for it), and
+// the same worker's next fetch is served whole. The coordinator runs in this
+// process; its state is 17 MB, far more than the flow-control windows of a
+// client that does not read.
 TEST(ProtocolStallTest, AStalledStateFetchIsCutOffAndTheNextOneIsServed) {
   const ExperimentConfig config = LoadNamedConfig("sine", {"model.hidden_units=2048"});
   auto transport = GrpcTransport::Create(config, {});
@@ -550,7 +553,7 @@ TEST(ProtocolStallTest, AStalledStateFetchIsCutOffAndTheNextOneIsServed) {
   MetaState state;
   state.parameters = torch::zeros({numel});
   const std::vector<WorkItem> items(1);  // a training item; nobody runs it
-  std::thread run([&] { (*transport)->Run(state, items).IgnoreError(); });
+  std::thread run([&] { (*transport)->Run(state, items, [](size_t, TaskResult) { return absl::OkStatus(); }).IgnoreError(); });
 
   const std::string address = absl::StrCat("127.0.0.1:", (*transport)->port());
   grpc::ChannelArguments args;

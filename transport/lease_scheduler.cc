@@ -181,6 +181,13 @@ absl::StatusOr<size_t> LeaseScheduler::BeginUpload(uint64_t worker, uint64_t lea
   return lease.item;
 }
 
+absl::StatusOr<size_t> LeaseScheduler::OpenItem(uint64_t lease_id) const {
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end() || !in_batch_ || it->second.item >= items_.size() || items_[it->second.item].done)
+    return absl::FailedPreconditionError(absl::StrCat("lease ", lease_id, ": its task is not open"));
+  return it->second.item;
+}
+
 std::optional<size_t> LeaseScheduler::Accept(uint64_t lease_id, absl::Time now) {
   auto it = leases_.find(lease_id);
   if (it == leases_.end()) return std::nullopt;

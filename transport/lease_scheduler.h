@@ -116,6 +116,9 @@ class LeaseScheduler {
   // worker's; AlreadyExists: the item is done (a duplicate);
   // ResourceExhausted: an upload for this lease is already open.
   absl::StatusOr<size_t> BeginUpload(uint64_t worker, uint64_t lease);
+  // The item of `lease` while the batch is on and the item not yet done
+  // (its result may still be taken); FailedPrecondition otherwise.
+  absl::StatusOr<size_t> OpenItem(uint64_t lease) const;
   // Closes the upload of `lease` with its result accepted. Returns the item
   // if this is the first result for it (use it), none for a duplicate.
   std::optional<size_t> Accept(uint64_t lease, absl::Time now);

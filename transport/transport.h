@@ -6,6 +6,7 @@
 #define REPTILE_TRANSPORT_TRANSPORT_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,17 +30,22 @@ struct TransportStats {
   int64_t bytes_out = 0;     // sent to workers
 };
 
+// Takes the result of items[item] of the batch being run; an error refuses it.
+using ResultSink = std::function<absl::Status(size_t item, TaskResult result)>;
+
 class Transport {
  public:
   virtual ~Transport() = default;
 
-  // Runs every item against `state` and returns the results in the items'
-  // order (result i belongs to items[i]), whichever worker ran which item and
-  // in whatever order they finished. Blocks until all are done. Fails only
-  // when an item cannot be completed by any worker; the error names the item.
-  // Called by one thread at a time; `state` must stay unchanged during it.
-  virtual absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state,
-                                                      const std::vector<WorkItem>& items) = 0;
+  // Runs every item against `state` and hands each item's result to `take`
+  // as soon as it is in, whichever worker ran it and in whatever order they
+  // finish: `take(i, result)` for items[i], once per item, never two calls
+  // at once, all before Run() returns. A result `take` refuses is treated
+  // as a worker's invalid result: run again elsewhere where the transport
+  // can, else Run() fails with it. Fails only when an item cannot be
+  // completed by any worker; the error names the item. Called by one thread
+  // at a time; `state` must stay unchanged during it.
+  virtual absl::Status Run(const MetaState& state, const std::vector<WorkItem>& items, const ResultSink& take) = 0;
 
   // Announces how the round engine will update the state with the results
   // of the next training batch (Aggregator::Apply's arguments), for a

@@ -132,6 +132,9 @@ struct GrpcTransport::Board {
   int meta_batch = 1;
   uint64_t incarnation = 0;
 
+  // Held while a result is handed to Run()'s sink, one at a time, and by
+  // Run() to end a batch; taken before mu, never while holding it.
+  absl::Mutex take_mu ABSL_ACQUIRED_BEFORE(mu);
   mutable absl::Mutex mu;
   LeaseScheduler scheduler ABSL_GUARDED_BY(mu);
   std::mt19937_64 id_generator ABSL_GUARDED_BY(mu){std::random_device{}()};
@@ -139,7 +142,7 @@ struct GrpcTransport::Board {
   // The batch in progress; snapshot is null between batches.
   std::shared_ptr<const Snapshot> snapshot ABSL_GUARDED_BY(mu);
   const std::vector<WorkItem>* items ABSL_GUARDED_BY(mu) = nullptr;
-  std::vector<std::optional<TaskResult>> results ABSL_GUARDED_BY(mu);
+  const ResultSink* take ABSL_GUARDED_BY(mu) = nullptr;
   std::map<uint64_t, OpenStream> streams ABSL_GUARDED_BY(mu);
   uint64_t next_stream ABSL_GUARDED_BY(mu) = 1;
   std::string interrupted ABSL_GUARDED_BY(mu);  // why Interrupt() was called
@@ -426,28 +429,46 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
       stream = b.OpenStreamFor(context, ExpectedBytes(header, *work, *snapshot));
     }
     absl::StatusOr<TaskResult> result = ReadResult(header, *work, *snapshot, reader, stream);
+    // A result counts as accepted once the round engine has taken it: one at
+    // a time, and only while its batch is on and its item still open.
+    absl::MutexLock take_lock(&b.take_mu);
+    const ResultSink* take = nullptr;
+    size_t item = 0;
+    {
+      absl::MutexLock lock(&b.mu);
+      const bool cut_off = b.CloseStream(stream);
+      if (!result.ok()) {
+        if (cut_off) {
+          b.scheduler.Refuse(header.lease_id(), "upload too slow; cut off", RefusalReason::kUploadTooSlow);
+          return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "upload too slow; cut off");
+        }
+        if (context->IsCancelled()) {
+          b.scheduler.Lost(header.lease_id());
+          return Refusal(grpc::StatusCode::CANCELLED, "upload cut off in transit");
+        }
+        b.scheduler.Refuse(header.lease_id(), std::string(result.status().message()));
+        return ToGrpc(result.status());
+      }
+      if (b.snapshot != snapshot)
+        return Refusal(grpc::StatusCode::FAILED_PRECONDITION, "stale result: the batch ended while it arrived");
+      absl::StatusOr<size_t> open = b.scheduler.OpenItem(header.lease_id());
+      if (!open.ok()) {
+        b.scheduler.Accept(header.lease_id(), absl::Now());  // closes the upload of a duplicate
+        reply->set_duplicate(true);
+        return grpc::Status::OK;
+      }
+      take = b.take;
+      item = *open;
+    }
+    const uint64_t lease = header.lease_id();
+    const absl::Status taken = (*take)(item, *std::move(result));
     absl::MutexLock lock(&b.mu);
-    const bool cut_off = b.CloseStream(stream);
-    if (!result.ok()) {
-      if (cut_off) {
-        b.scheduler.Refuse(header.lease_id(), "upload too slow; cut off", RefusalReason::kUploadTooSlow);
-        return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "upload too slow; cut off");
-      }
-      if (context->IsCancelled()) {
-        b.scheduler.Lost(header.lease_id());
-        return Refusal(grpc::StatusCode::CANCELLED, "upload cut off in transit");
-      }
-      b.scheduler.Refuse(header.lease_id(), std::string(result.status().message()));
-      return ToGrpc(result.status());
+    if (!taken.ok()) {
+      const std::string why = absl::StrCat("lease ", lease, ": ", taken.message());
+      b.scheduler.Refuse(lease, why);
+      return Refusal(grpc::StatusCode::INVALID_ARGUMENT, why);
     }
-    if (b.snapshot != snapshot)
-      return Refusal(grpc::StatusCode::FAILED_PRECONDITION, "stale result: the batch ended while it arrived");
-    const std::optional<size_t> item = b.scheduler.Accept(header.lease_id(), absl::Now());
-    if (!item.has_value()) {
-      reply->set_duplicate(true);
-      return grpc::Status::OK;
-    }
-    b.results[*item] = std::move(result).value();
+    b.scheduler.Accept(lease, absl::Now());
     return grpc::Status::OK;
   }
 
@@ -670,8 +691,8 @@ void GrpcTransport::ReapLoop() {
   }
 }
 
-absl::StatusOr<std::vector<TaskResult>> GrpcTransport::Run(const MetaState& state,
-                                                           const std::vector<WorkItem>& items) {
+absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkItem>& items,
+                                const ResultSink& take) {
   auto snapshot = std::make_shared<Snapshot>();
   snapshot->numel = state.parameters.numel();
   snapshot->moments = CarriedMomentsOf(board_->config);
@@ -710,29 +731,28 @@ absl::StatusOr<std::vector<TaskResult>> GrpcTransport::Run(const MetaState& stat
   b.last_version = snapshot->version;
   b.snapshot = snapshot;
   b.items = &items;
-  b.results.assign(items.size(), std::nullopt);
+  b.take = &take;
   b.scheduler.StartBatch(std::move(kinds));
   b.stats.tasks_in_flight = 0;
   auto done = [&b]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.mu) {
     return b.scheduler.batch_done() || !b.scheduler.failure().empty() || !b.interrupted.empty();
   };
   b.mu.Await(absl::Condition(&done));
-  std::vector<TaskResult> out;
+  // No result may be handed to `take` once Run() returns: wait for one being
+  // handed over (take_mu comes before mu).
+  b.mu.Unlock();
+  b.take_mu.Lock();
+  b.mu.Lock();
   absl::Status status;
-  if (!b.interrupted.empty()) {
-    status = absl::CancelledError(b.interrupted);
-  } else if (!b.scheduler.failure().empty()) {
-    status = absl::AbortedError(b.scheduler.failure());
-  } else {
-    out.reserve(items.size());
-    for (auto& result : b.results) out.push_back(std::move(*result));
+  if (!b.scheduler.batch_done()) {
+    status = !b.interrupted.empty() ? absl::CancelledError(b.interrupted) : absl::AbortedError(b.scheduler.failure());
   }
   b.snapshot = nullptr;
   b.items = nullptr;
-  b.results.clear();
+  b.take = nullptr;
   b.scheduler.EndBatch();
-  if (!status.ok()) return status;
-  return out;
+  b.take_mu.Unlock();
+  return status;
 }
 
 int GrpcTransport::num_workers() const {

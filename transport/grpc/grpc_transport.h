@@ -56,8 +56,7 @@ class GrpcTransport final : public Transport {
   GrpcTransport(const GrpcTransport&) = delete;
   GrpcTransport& operator=(const GrpcTransport&) = delete;
 
-  absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state,
-                                              const std::vector<WorkItem>& items) override;
+  absl::Status Run(const MetaState& state, const std::vector<WorkItem>& items, const ResultSink& take) override;
   int num_workers() const override;
   TransportStats Stats() const override;
   void Interrupt(const std::string& why) override;

@@ -27,37 +27,34 @@ LocalTransport::~LocalTransport() {
   for (std::thread& t : threads_) t.join();
 }
 
-absl::StatusOr<std::vector<TaskResult>> LocalTransport::Run(const MetaState& state,
-                                                            const std::vector<WorkItem>& items) {
+absl::Status LocalTransport::Run(const MetaState& state, const std::vector<WorkItem>& items,
+                                 const ResultSink& take) {
   absl::MutexLock lock(&mu_);
   state_ = &state;
   items_ = &items;
-  results_.assign(items.size(), absl::UnknownError("not run"));
+  take_ = &take;
+  failure_.reset();
   next_item_ = 0;
   unfinished_ = items.size();
   auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return unfinished_ == 0 || (!interrupted_.empty() && running_ == 0);
+    return unfinished_ == 0 || ((!interrupted_.empty() || failure_.has_value()) && running_ == 0);
   };
   mu_.Await(absl::Condition(&done));
   state_ = nullptr;
   items_ = nullptr;
+  take_ = nullptr;
+  if (failure_.has_value())
+    return absl::Status(failure_->second.code(),
+                        absl::StrCat("work item ", failure_->first, ": ", failure_->second.message()));
   if (unfinished_ > 0) return absl::CancelledError(interrupted_);
-  std::vector<TaskResult> out;
-  out.reserve(items.size());
-  for (size_t i = 0; i < results_.size(); ++i) {
-    if (!results_[i].ok())
-      return absl::Status(results_[i].status().code(),
-                          absl::StrCat("work item ", i, ": ", results_[i].status().message()));
-    out.push_back(std::move(results_[i]).value());
-  }
-  return out;
+  return absl::OkStatus();
 }
 
 TransportStats LocalTransport::Stats() const {
   absl::MutexLock lock(&mu_);
   TransportStats stats;
   stats.workers_alive = num_workers();
-  stats.tasks_in_flight = std::min<int>(num_workers(), static_cast<int>(results_.size()));
+  stats.tasks_in_flight = std::min<int>(num_workers(), items_ != nullptr ? static_cast<int>(items_->size()) : 0);
   return stats;
 }
 
@@ -71,7 +68,8 @@ void LocalTransport::WorkerLoop(Learner* learner) {
   // must not depend on how many threads share the machine.
   at::set_num_threads(1);
   auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stopping_ || (items_ != nullptr && interrupted_.empty() && next_item_ < items_->size());
+    return stopping_ ||
+           (items_ != nullptr && interrupted_.empty() && !failure_.has_value() && next_item_ < items_->size());
   };
   absl::MutexLock lock(&mu_);
   while (true) {
@@ -80,13 +78,19 @@ void LocalTransport::WorkerLoop(Learner* learner) {
     const size_t index = next_item_++;
     const MetaState* state = state_;
     const WorkItem& item = (*items_)[index];
+    const ResultSink* take = take_;
     ++running_;
     mu_.Unlock();
     absl::StatusOr<TaskResult> result = learner->Run(*state, item);
+    absl::Status taken = result.status();
+    if (result.ok()) {
+      absl::MutexLock take_lock(&take_mu_);
+      taken = (*take)(index, *std::move(result));
+    }
     mu_.Lock();
     --running_;
-    results_[index] = std::move(result);
     --unfinished_;
+    if (!taken.ok() && (!failure_.has_value() || index < failure_->first)) failure_.emplace(index, taken);
   }
 }
 

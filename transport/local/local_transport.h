@@ -1,10 +1,12 @@
 // Runs work items on W threads of this process, each with its own Learner
 // (model replica) and one intra-op LibTorch thread. Items are taken from a
-// shared queue in any order; results are returned by item position.
+// shared queue in any order; each result is handed over by the thread that
+// computed it, while the others go on computing.
 #ifndef REPTILE_TRANSPORT_LOCAL_LOCAL_TRANSPORT_H_
 #define REPTILE_TRANSPORT_LOCAL_LOCAL_TRANSPORT_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,8 +26,7 @@ class LocalTransport final : public Transport {
   LocalTransport(const LocalTransport&) = delete;
   LocalTransport& operator=(const LocalTransport&) = delete;
 
-  absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state,
-                                              const std::vector<WorkItem>& items) override;
+  absl::Status Run(const MetaState& state, const std::vector<WorkItem>& items, const ResultSink& take) override;
   int num_workers() const override { return static_cast<int>(threads_.size()); }
   TransportStats Stats() const override;
   void Interrupt(const std::string& why) override;
@@ -38,12 +39,15 @@ class LocalTransport final : public Transport {
   // The batch being run; null between calls to Run().
   const MetaState* state_ ABSL_GUARDED_BY(mu_) = nullptr;
   const std::vector<WorkItem>* items_ ABSL_GUARDED_BY(mu_) = nullptr;
-  std::vector<absl::StatusOr<TaskResult>> results_ ABSL_GUARDED_BY(mu_);
+  const ResultSink* take_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // The failed item of lowest index, if any: no more items are started.
+  std::optional<std::pair<size_t, absl::Status>> failure_ ABSL_GUARDED_BY(mu_);
   size_t next_item_ ABSL_GUARDED_BY(mu_) = 0;
   size_t unfinished_ ABSL_GUARDED_BY(mu_) = 0;
-  int running_ ABSL_GUARDED_BY(mu_) = 0;             // items being computed
+  int running_ ABSL_GUARDED_BY(mu_) = 0;             // items being computed or handed over
   std::string interrupted_ ABSL_GUARDED_BY(mu_);     // why, once Interrupt() was called
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Mutex take_mu_;  // one result handed over at a time; taken without mu_
 
   std::vector<std::unique_ptr<Learner>> learners_;
   std::vector<std::thread> threads_;

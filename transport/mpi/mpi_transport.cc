@@ -604,8 +604,8 @@ void MpiTransport::AnnounceUpdate(double step_size, int inner_iterations) {
   inner_iterations_ = inner_iterations;
 }
 
-absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state,
-                                                          const std::vector<WorkItem>& items) {
+absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkItem>& items,
+                               const ResultSink& take) {
   {
     absl::MutexLock lock(&mu_);
     if (!interrupted_.empty()) return absl::CancelledError(interrupted_);
@@ -705,14 +705,11 @@ absl::StatusOr<std::vector<TaskResult>> MpiTransport::Run(const MetaState& state
   }
   stats_.workers_alive = num_workers();
   stats_.tasks_in_flight = std::min<int>(num_workers(), static_cast<int>(items.size()));
-  std::vector<TaskResult> out;
-  out.reserve(items.size());
   for (size_t i = 0; i < results.size(); ++i) {
-    if (!results[i].ok())
-      return absl::Status(results[i].status().code(), absl::StrCat("work item ", i, ": ", results[i].status().message()));
-    out.push_back(std::move(results[i]).value());
+    absl::Status taken = results[i].ok() ? take(i, *std::move(results[i])) : results[i].status();
+    if (!taken.ok()) return absl::Status(taken.code(), absl::StrCat("work item ", i, ": ", taken.message()));
   }
-  return out;
+  return absl::OkStatus();
 }
 
 absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const TaskSource> tasks) {

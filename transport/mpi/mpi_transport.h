@@ -81,8 +81,7 @@ class MpiTransport final : public Transport {
   // that. Past one, DeadlineExceeded naming the rank where it is known (a
   // result), the likely cause and the interface settings; MpiJob::stalled()
   // is then true and the job must be aborted.
-  absl::StatusOr<std::vector<TaskResult>> Run(const MetaState& state,
-                                              const std::vector<WorkItem>& items) override;
+  absl::Status Run(const MetaState& state, const std::vector<WorkItem>& items, const ResultSink& take) override;
   void AnnounceUpdate(double step_size, int inner_iterations) override;
   int num_workers() const override { return static_cast<int>(working_ranks_.size()); }
   TransportStats Stats() const override { return stats_; }

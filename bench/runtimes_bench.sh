@@ -1,7 +1,9 @@
 #!/bin/sh
 # Rounds/s of the same Omniglot 5-way 1-shot training under each runtime, in
 # one run on this machine: threads in one process, worker processes over gRPC
-# (loopback), and MPI ranks under mpirun. Prints the median and best round
+# (loopback), and MPI ranks under mpirun, over shared memory without the
+# single-copy mechanism (as in containers) and over TCP only (as between
+# nodes). Prints the ratio of each median to threads', the median and best round
 # time over the measured rounds (the first WARMUP rounds, which include the
 # workers loading the dataset, are skipped) and each run's parameter SHA-256:
 # all three must be equal.
@@ -26,12 +28,19 @@ summarize() {
     awk '{ t[NR] = $1 } END { m = t[int((NR + 1) / 2)]; printf "%7.1f rounds/s median  %7.1f best  (%d rounds, median %.1f ms)", 1 / m, 1 / t[1], NR, 1000 * m }'
 }
 
+median_seconds() {
+  grep '"kind":"round"' "$1/metrics.jsonl" | sed 's/.*"seconds":\([0-9.e+-]*\).*/\1/' |
+    tail -n +$((warmup + 1)) | sort -g | awk '{ t[NR] = $1 } END { printf "%.9f", t[int((NR + 1) / 2)] }'
+}
+
 run() {
   name=$1
   shift
   "$@" > "$scratch/$name.out" 2> "$scratch/$name.err" || { echo "$name failed:"; tail -5 "$scratch/$name.err"; exit 1; }
-  printf '%-28s %s  sha256 %.16s\n' "$name" "$(summarize "$scratch/$name")" \
-    "$(sed -n 's/.*parameters sha256 \([0-9a-f]*\).*/\1/p' "$scratch/$name.out")"
+  median=$(median_seconds "$scratch/$name")
+  [ -n "${threads_median:-}" ] || threads_median=$median
+  printf '%-28s %sx threads  %s  sha256 %.16s\n' "$name" "$(awk "BEGIN { printf \"%5.2f\", $threads_median / $median }")" \
+    "$(summarize "$scratch/$name")" "$(sed -n 's/.*parameters sha256 \([0-9a-f]*\).*/\1/p' "$scratch/$name.out")"
 }
 
 echo "runtimes bench, $(date -u +%Y-%m-%d), $(nproc) cores, omniglot_5w1s, $rounds rounds, $workers workers"
@@ -42,3 +51,6 @@ run "grpc_processes" "$reptile" train --config "$config" --run_dir "$scratch/grp
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 run "mpi_1+${workers}_ranks" mpirun --oversubscribe --bind-to none -np $((workers + 1)) \
   "$reptile" mpi --config "$config" --run_dir "$scratch/mpi_1+${workers}_ranks" $common
+run "mpi_tcp_1+${workers}_ranks" mpirun --oversubscribe --bind-to none --mca btl tcp,self \
+  --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo -np $((workers + 1)) \
+  "$reptile" mpi --config "$config" --run_dir "$scratch/mpi_tcp_1+${workers}_ranks" $common

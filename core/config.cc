@@ -53,6 +53,14 @@ absl::Status ValidateTask(const TaskConfig& t) {
     case SINE:
       RETURN_IF_ERROR(RequirePositive("task.sine_train_points", t.sine_train_points()));
       RETURN_IF_ERROR(RequirePositive("task.sine_query_points", t.sine_query_points()));
+      if (t.sine_grid_points() < 0) return FieldError("task.sine_grid_points", "must be >= 0 (0: no grid)");
+      if (t.sine_grid_points() == 1) return FieldError("task.sine_grid_points", "a grid needs at least 2 points");
+      if (t.sine_grid_points() > 0 &&
+          (t.sine_train_points() != t.sine_grid_points() || t.sine_query_points() != t.sine_grid_points()))
+        return FieldError("task.sine_grid_points",
+                          absl::StrCat("a grid of ", t.sine_grid_points(), " points is every task's training set "
+                                       "and query set: set sine_train_points and sine_query_points to it too (got ",
+                                       t.sine_train_points(), " and ", t.sine_query_points(), ")"));
       return RequirePositive("task.eval_shots", t.eval_shots());
     case OMNIGLOT:
     case FASHION_MNIST:

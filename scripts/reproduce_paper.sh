@@ -9,6 +9,9 @@
 #
 #   nohup bash scripts/reproduce_paper.sh [omniglot_5w1s ...] > /tmp/paper.log 2>&1 &
 #
+# Each commit also records, in models/<name>/recorded_eval.txt, what a short
+# evaluation (100 episodes) of the committed checkpoint gives; the trainer is
+# paused meanwhile, so that the two match. tests/shipped_models_test checks it.
 # scripts/paper_table.sh then prints the measured table beside the paper's.
 # REPTILE names the binary (default build/reptile); point it at a copy so that
 # rebuilding the tree does not change the binary under a running job.
@@ -17,10 +20,17 @@ cd "$(dirname "$0")/.."
 reptile=${REPTILE:-build/reptile}
 commit_minutes=${COMMIT_MINUTES:-15}
 
-# Commits models/<name> alone (other staged work is left as it is); retries
-# while another git command holds the index.
+# Commits models/<name> alone (other staged work is left as it is), with the
+# recorded evaluation of its checkpoint; retries while another git command
+# holds the index.
 commit_run() {
   local name=$1 dir=models/$1 round
+  if [ -n "$trainer" ]; then kill -STOP "$trainer" 2> /dev/null; fi
+  if "$reptile" eval --run_dir "$dir" --episodes 100 --workers 2 > "$dir/recorded_eval.txt.tmp" 2> /dev/null; then
+    mv "$dir/recorded_eval.txt.tmp" "$dir/recorded_eval.txt"
+  else
+    rm -f "$dir/recorded_eval.txt.tmp"
+  fi
   round=$(grep -o '"round":[0-9]*' "$dir/metrics.jsonl" 2> /dev/null | tail -1 | cut -d: -f2)
   for _ in 1 2 3 4 5 6; do
     git add "$dir" 2> /dev/null &&
@@ -30,11 +40,12 @@ commit_run() {
   done
   echo "paper_runs: could not commit $dir" >&2
 }
+resume_trainer() { if [ -n "$trainer" ]; then kill -CONT "$trainer" 2> /dev/null; fi; }
 
 [ $# -gt 0 ] || set -- omniglot_5w1s omniglot_5w5s omniglot_20w1s omniglot_20w5s
 [ -x "$reptile" ] || bash scripts/build.sh
 trainer=
-trap 'if [ -n "$trainer" ]; then kill -TERM "$trainer"; fi' TERM INT
+trap 'if [ -n "$trainer" ]; then kill -TERM "$trainer"; kill -CONT "$trainer"; fi' TERM INT
 for name in "$@"; do
   dir=models/$name
   mkdir -p "$dir"
@@ -47,6 +58,7 @@ for name in "$@"; do
       sleep 10
     done
     commit_run "$name"
+    resume_trainer
   done
   wait "$trainer"
   status=$?

@@ -62,6 +62,8 @@ TEST(ModelTest, ShapesOfThePapersNetworks) {
   auto omniglot = MakeModel(config);
   ASSERT_TRUE(omniglot.ok());
   EXPECT_EQ((*omniglot)->forward(torch::rand({3, 1, 28, 28})).sizes(), (std::vector<int64_t>{3, 20}));
+  // The reference code's feature counts: 2x2x64 and 6x6x32.
+  EXPECT_EQ((*omniglot)->named_parameters()["classifier.weight"].sizes(), (std::vector<int64_t>{20, 256}));
   config.mutable_model()->set_arch(CONV_MINIIMAGENET);
   config.mutable_task()->set_family(IMAGE_FOLDER);
   config.mutable_task()->set_image_size(84);
@@ -69,6 +71,7 @@ TEST(ModelTest, ShapesOfThePapersNetworks) {
   auto mini = MakeModel(config);
   ASSERT_TRUE(mini.ok());
   EXPECT_EQ((*mini)->forward(torch::rand({2, 3, 84, 84})).sizes(), (std::vector<int64_t>{2, 5}));
+  EXPECT_EQ((*mini)->named_parameters()["classifier.weight"].sizes(), (std::vector<int64_t>{5, 1152}));
   auto sine = MakeModel(LoadNamedConfig("sine"));
   ASSERT_TRUE(sine.ok());
   EXPECT_EQ((*sine)->forward(torch::rand({7, 1})).sizes(), (std::vector<int64_t>{7, 1}));

@@ -81,6 +81,32 @@ TEST(TaskSourceTest, SineTasksFollowTheirSpec) {
   EXPECT_FALSE(torch::equal(a->support_y, (*source)->Materialize(spec)->support_y));
 }
 
+// OpenAI's demo protocol: training tasks are the 50-point grid, evaluation
+// supports are grid points, and the query is the whole grid.
+TEST(TaskSourceTest, SineOnTheDemoGrid) {
+  ExperimentConfig config = LoadNamedConfig("sine_grid");
+  auto source = TaskSource::Create(config.task());
+  ASSERT_TRUE(source.ok()) << source.status();
+  const TaskSampler sampler(config, 0, 0);
+  const TaskSpec training = sampler.TrainingItems(3)[0].tasks[0];
+  auto task = (*source)->Materialize(training);
+  ASSERT_TRUE(task.ok()) << task.status();
+  const torch::Tensor grid = torch::linspace(-5, 5, 50).unsqueeze(1);
+  EXPECT_TRUE(torch::allclose(task->support_x, grid));
+  const TaskSpec evaluation = sampler.EvaluationItems(1)[0].tasks[0];
+  auto episode = (*source)->Materialize(evaluation);
+  ASSERT_TRUE(episode.ok()) << episode.status();
+  EXPECT_EQ(episode->support_x.size(0), 10);
+  EXPECT_TRUE(torch::allclose(episode->query_x, grid));
+  for (int i = 0; i < 10; ++i) {
+    const float x = episode->support_x[i][0].item<float>();
+    EXPECT_LT((grid - x).abs().min().item<float>(), 1e-6) << x << " is not a grid point";
+  }
+  // The grid is every task's training and query set: counts must agree.
+  config.mutable_task()->set_sine_query_points(100);
+  EXPECT_THAT(ValidateConfig(config).message(), HasSubstr("task.sine_grid_points"));
+}
+
 TEST(TaskSourceTest, OmniglotSplitAndEpisodes) {
   ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
   auto source = SharedTaskSource(config);

@@ -29,8 +29,10 @@ class SineMlp final : public MetaModel {
 };
 
 // Four blocks of [3x3 conv, batch norm, (2x2 max-pool), ReLU] and a linear
-// classifier. Omniglot: 64 filters, stride 2, no pooling. Mini-ImageNet: 32
-// filters, stride 1, max-pool.
+// classifier, as in the reference code. Omniglot: 64 filters, stride 2, no
+// pooling (28 -> 14 -> 7 -> 4 -> 2: 256 features). Mini-ImageNet: 32
+// filters, stride 1, max-pool that keeps a last odd row and column, as
+// TensorFlow's 'same' pooling does (84 -> 42 -> 21 -> 11 -> 6: 1152).
 class ConvClassifier final : public MetaModel {
  public:
   ConvClassifier(int in_channels, int image_size, int filters, bool pool, int ways) : pool_(pool) {
@@ -42,7 +44,7 @@ class ConvClassifier final : public MetaModel {
       auto norm = nn::BatchNorm2d(nn::BatchNorm2dOptions(filters).track_running_stats(false));
       convs_.push_back(register_module(absl::StrCat("conv", i), conv));
       norms_.push_back(register_module(absl::StrCat("norm", i), norm));
-      size = pool ? size / 2 : (size + 1) / 2;
+      size = (size + 1) / 2;
     }
     classifier_ = register_module("classifier", nn::Linear(filters * size * size, ways));
   }
@@ -51,7 +53,8 @@ class ConvClassifier final : public MetaModel {
     for (size_t i = 0; i < convs_.size(); ++i) {
       // relu(max_pool(z)) == max_pool(relu(z)): the ReLU goes with the norm.
       x = BatchNormRelu(convs_[i]->forward(x), norms_[i]->weight, norms_[i]->bias, norms_[i]->options.eps());
-      if (pool_) x = torch::max_pool2d(x, 2);
+      if (pool_) x = torch::max_pool2d(x, /*kernel_size=*/2, /*stride=*/2, /*padding=*/0, /*dilation=*/1,
+                                       /*ceil_mode=*/true);
     }
     return classifier_->forward(x.flatten(1));
   }

@@ -132,13 +132,24 @@ TaskExamples TaskSource::MaterializeSine(const TaskSpec& spec) const {
   Rng rng(spec.seed());
   const double amplitude = rng.Uniform(kAmplitudeMin, kAmplitudeMax);
   const double phase = rng.Uniform(0.0, 2.0 * M_PI);
+  const int grid = config_.sine_grid_points();
+  auto grid_point = [grid](int i) { return kXMin + (kXMax - kXMin) * i / (grid - 1); };
+  // x for point i of a set of n: uniform, or on the grid: the grid itself
+  // for a set as large as it, else grid points drawn with replacement.
   auto draw = [&](int n, torch::Tensor& x, torch::Tensor& y) {
     x = torch::empty({n, 1}, torch::kFloat32);
     y = torch::empty({n, 1}, torch::kFloat32);
     float* xs = x.data_ptr<float>();
     float* ys = y.data_ptr<float>();
     for (int i = 0; i < n; ++i) {
-      const double v = rng.Uniform(kXMin, kXMax);
+      double v;
+      if (grid == 0) {
+        v = rng.Uniform(kXMin, kXMax);
+      } else if (n == grid) {
+        v = grid_point(i);
+      } else {
+        v = grid_point(std::min(grid - 1, static_cast<int>(rng.Uniform(0.0, grid))));
+      }
       xs[i] = static_cast<float>(v);
       ys[i] = static_cast<float>(amplitude * std::sin(v + phase));
     }

@@ -117,7 +117,9 @@ inline std::string Kubectl() {
                      "scripts/install_deps.sh installs it";
     return "";
   }
-  const CommandResult version = RunCommand({kubectl, "version", "--client"}, ::testing::TempDir() + "/kubectl_version");
+  // A log prefix of this process's own: test processes run side by side.
+  const CommandResult version = RunCommand({kubectl, "version", "--client"},
+                                           ::testing::TempDir() + "/kubectl_version_" + std::to_string(getpid()));
   const size_t at = version.out.find("Kustomize Version: v");
   const int major = at == std::string::npos ? 0 : std::atoi(version.out.c_str() + at + 20);
   if (major < 5) {

@@ -4,12 +4,26 @@
 
 #include <ATen/Parallel.h>
 
+#include "absl/synchronization/mutex.h"
+
 namespace reptile {
+
+namespace {
+
+// Debian's abseil is built to check every Mutex acquisition for lock-order
+// cycles (a debugging aid that keeps a global graph of locks): in a
+// training run over gRPC, whose library locks absl Mutexes on every call,
+// abseil's synchronization code took 0.8% of all CPU against 0.1% with
+// threads. Builds of abseil with NDEBUG never check.
+void SkipMutexCycleChecks() { absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore); }
+
+}  // namespace
 
 void ConfigureProcessForTraining() {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);   // the largest value glibc accepts
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
   at::set_num_threads(1);
+  SkipMutexCycleChecks();
 }
 
 void ReturnFreeMemory() { malloc_trim(0); }
@@ -18,6 +32,7 @@ void ConfigureProcessForServing() {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 32 << 20);
   at::set_num_threads(1);
+  SkipMutexCycleChecks();
 }
 
 }  // namespace reptile

@@ -12,11 +12,10 @@ namespace reptile {
 namespace {
 
 std::vector<TensorChunk> Chunks(const std::vector<std::string>& tensors) {
-  std::vector<const std::string*> pointers;
-  for (const std::string& t : tensors) pointers.push_back(&t);
+  std::vector<absl::string_view> views(tensors.begin(), tensors.end());
   std::vector<TensorChunk> chunks;
-  WriteChunks(pointers, [&](const TensorChunk& c) {
-    chunks.push_back(c);
+  WriteChunks(views, [&](TensorChunk* c) {
+    chunks.push_back(*c);
     return true;
   });
   return chunks;
@@ -33,6 +32,38 @@ TEST(WireTest, LargeTensorsRoundTripInMegabyteChunks) {
   ASSERT_TRUE(assembler.Finish().ok());
   EXPECT_TRUE(torch::equal(*DecodeTensor(assembler.bytes(0), DELTA_FP32, a.numel()), a));
   EXPECT_TRUE(torch::equal(*DecodeTensor(assembler.bytes(1), DELTA_FP32, b.numel()), b));
+}
+
+// The receiving paths move bytes instead of copying them: a chunk that is a
+// whole tensor becomes the assembler's buffer, and fp32 bytes become the
+// decoded tensor's storage; the checks are those of the copying forms.
+TEST(WireTest, ReceivedBytesAreTakenOverNotCopied) {
+  const torch::Tensor a = torch::randn({1000});
+  std::vector<TensorChunk> chunks = Chunks({EncodeTensor(a, DELTA_FP32)});
+  ASSERT_EQ(chunks.size(), 1u);
+  const char* bytes = chunks[0].data().data();
+  TensorAssembler assembler({4000});
+  ASSERT_TRUE(assembler.Add(std::move(chunks[0])).ok());
+  ASSERT_TRUE(assembler.Finish().ok());
+  EXPECT_EQ(assembler.bytes(0).data(), bytes);
+  EXPECT_EQ(assembler.bytes_received(), 4000u);
+  absl::StatusOr<torch::Tensor> decoded = DecodeTensor(std::move(assembler.bytes(0)), DELTA_FP32, 1000);
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_EQ(static_cast<const char*>(decoded->data_ptr()), bytes);
+  EXPECT_TRUE(torch::equal(*decoded, a));
+  EXPECT_EQ(Fp32Bytes(*decoded).data(), bytes);
+
+  std::string with_nan = EncodeTensor(torch::tensor({1.0f, std::numeric_limits<float>::quiet_NaN()}), DELTA_FP32);
+  EXPECT_NE(DecodeTensor(std::move(with_nan), DELTA_FP32, 2).status().message().find("element 1"), std::string::npos);
+  EXPECT_FALSE(DecodeTensor(std::string(12, '\0'), DELTA_FP32, 2).ok());  // wrong size
+  // A tensor in several chunks: the first is taken over, the rest appended.
+  const torch::Tensor big = torch::randn({600'000});  // 2.4 MB: 3 chunks
+  std::vector<TensorChunk> parts = Chunks({EncodeTensor(big, DELTA_FP32)});
+  ASSERT_EQ(parts.size(), 3u);
+  TensorAssembler several({2'400'000});
+  for (TensorChunk& c : parts) ASSERT_TRUE(several.Add(std::move(c)).ok());
+  ASSERT_TRUE(several.Finish().ok());
+  EXPECT_TRUE(torch::equal(*DecodeTensor(std::move(several.bytes(0)), DELTA_FP32, big.numel()), big));
 }
 
 TEST(WireTest, HalfPrecisionDeltasDecodeToTheRoundedValues) {

@@ -129,23 +129,24 @@ absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_
       std::vector<size_t>(1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0), static_cast<size_t>(numel) * 4));
   while (reader->Read(&message)) {
     if (!problem.ok()) continue;  // drain, so that Finish() reports the call's own status
-    problem = message.has_chunk() ? assembler.Add(message.chunk()) : absl::DataLossError("second state header");
+    problem = message.has_chunk() ? assembler.Add(std::move(*message.mutable_chunk()))
+                                  : absl::DataLossError("second state header");
   }
   RETURN_IF_ERROR(FromGrpc(reader->Finish()));
   if (problem.ok()) problem = assembler.Finish();
   MetaState state;
   if (problem.ok()) {
-    absl::StatusOr<torch::Tensor> parameters = DecodeTensor(assembler.bytes(0), DELTA_FP32, numel);
+    absl::StatusOr<torch::Tensor> parameters = DecodeTensor(std::move(assembler.bytes(0)), DELTA_FP32, numel);
     problem = parameters.status();
     if (problem.ok()) state.parameters = *std::move(parameters);
   }
   if (problem.ok() && moments.first) {
-    absl::StatusOr<torch::Tensor> m = DecodeTensor(assembler.bytes(m_index), DELTA_FP32, numel);
+    absl::StatusOr<torch::Tensor> m = DecodeTensor(std::move(assembler.bytes(m_index)), DELTA_FP32, numel);
     problem = m.status();
     if (problem.ok()) state.adam_m = *std::move(m);
   }
   if (problem.ok() && moments.second) {
-    absl::StatusOr<torch::Tensor> v = DecodeTensor(assembler.bytes(v_index), DELTA_FP32, numel);
+    absl::StatusOr<torch::Tensor> v = DecodeTensor(std::move(assembler.bytes(v_index)), DELTA_FP32, numel);
     problem = v.status();
     if (problem.ok()) state.adam_v = *std::move(v);
   }
@@ -174,34 +175,45 @@ std::vector<ResultChunk> CoordinatorClient::ResultMessages(uint64_t worker, cons
   header->set_predictions(result->predictions);
   header->set_compute_seconds(result->compute_seconds);
   header->set_tasks(result->sums ? result->sums->tasks() : 1);
-  std::vector<std::string> tensors;
+  // Contiguous fp32 tensors go into the messages straight from their
+  // storage; other forms are encoded into `encoded` first (at most 3, so
+  // reserve() keeps the views into it valid).
+  std::vector<std::string> encoded;
+  encoded.reserve(3);
+  std::vector<absl::string_view> tensors;
+  auto add = [&](std::string bytes) { tensors.push_back(encoded.emplace_back(std::move(bytes))); };
+  auto add_tensor = [&](const torch::Tensor& tensor, DeltaDtype as) {
+    if (as == DELTA_FP32 && tensor.scalar_type() == torch::kFloat32 && tensor.is_contiguous()) {
+      tensors.push_back(Fp32Bytes(tensor));
+    } else {
+      add(EncodeTensor(tensor, as));
+    }
+  };
   if (result->sums) {
     header->set_has_delta(true);
-    tensors.push_back(result->sums->delta.Encode());
+    add(result->sums->delta.Encode());
     if (result->sums->adam_m) {
       header->set_has_first_moment(true);
-      tensors.push_back(result->sums->adam_m->Encode());
+      add(result->sums->adam_m->Encode());
     }
     if (result->sums->adam_v) {
       header->set_has_moments(true);
-      tensors.push_back(result->sums->adam_v->Encode());
+      add(result->sums->adam_v->Encode());
     }
   } else if (result->delta.defined()) {
     header->set_has_delta(true);
-    tensors.push_back(EncodeTensor(result->delta, dtype));
+    add_tensor(result->delta, dtype);
   }
   if (result->adam_m.defined()) {
     header->set_has_first_moment(true);
-    tensors.push_back(EncodeTensor(result->adam_m, DELTA_FP32));
+    add_tensor(result->adam_m, DELTA_FP32);
   }
   if (result->adam_v.defined()) {
     header->set_has_moments(true);
-    tensors.push_back(EncodeTensor(result->adam_v, DELTA_FP32));
+    add_tensor(result->adam_v, DELTA_FP32);
   }
-  std::vector<const std::string*> pointers;
-  for (const std::string& t : tensors) pointers.push_back(&t);
-  WriteChunks(pointers, [&](const TensorChunk& chunk) {
-    *messages.emplace_back().mutable_chunk() = chunk;
+  WriteChunks(tensors, [&](TensorChunk* chunk) {
+    messages.emplace_back().mutable_chunk()->Swap(chunk);
     return true;
   });
   return messages;

@@ -524,7 +524,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     while (problem.ok() && reader->Read(&message)) {
       if (!message.has_chunk()) {
         problem = invalid("a result stream has one header, at its start");
-      } else if (absl::Status added = assembler.Add(message.chunk()); !added.ok()) {
+      } else if (absl::Status added = assembler.Add(std::move(*message.mutable_chunk())); !added.ok()) {
         problem = invalid(std::string(added.message()));
       }
       board_->Progress(stream);
@@ -539,17 +539,18 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     if (exact) {
       ASSIGN_OR_RETURN(result.sums, DecodeSums(assembler, snapshot, tasks, invalid));
     } else if (train) {
-      absl::StatusOr<torch::Tensor> delta = DecodeTensor(assembler.bytes(0), header.delta_dtype(), snapshot.numel);
+      absl::StatusOr<torch::Tensor> delta =
+          DecodeTensor(std::move(assembler.bytes(0)), header.delta_dtype(), snapshot.numel);
       if (!delta.ok()) return invalid(absl::StrCat("delta: ", delta.status().message()));
       result.delta = *std::move(delta);
     }
     if (first && !exact) {
-      absl::StatusOr<torch::Tensor> m = DecodeTensor(assembler.bytes(m_index), DELTA_FP32, snapshot.numel);
+      absl::StatusOr<torch::Tensor> m = DecodeTensor(std::move(assembler.bytes(m_index)), DELTA_FP32, snapshot.numel);
       if (!m.ok()) return invalid(absl::StrCat("adam_m: ", m.status().message()));
       result.adam_m = *std::move(m);
     }
     if (second && !exact) {
-      absl::StatusOr<torch::Tensor> v = DecodeTensor(assembler.bytes(v_index), DELTA_FP32, snapshot.numel);
+      absl::StatusOr<torch::Tensor> v = DecodeTensor(std::move(assembler.bytes(v_index)), DELTA_FP32, snapshot.numel);
       if (!v.ok()) return invalid(absl::StrCat("adam_v: ", v.status().message()));
       if (v->lt(0).any().item<bool>()) return invalid("adam_v has negative entries");
       result.adam_v = *std::move(v);
@@ -628,6 +629,8 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen_address, credentials, &transport->port_);
+  if (!options.unix_socket.empty())
+    builder.AddListeningPort(absl::StrCat("unix:", options.unix_socket), grpc::InsecureServerCredentials());
   builder.RegisterService(transport->service_.get());
   // Bounds on what any peer can make the server hold (README "Security and
   // limits"): one chunk per message, a few streams per connection, and a
@@ -698,11 +701,10 @@ absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkIt
   snapshot->moments = CarriedMomentsOf(board_->config);
   if (CarriedMomentsOf(state) != snapshot->moments)
     return absl::InvalidArgumentError("meta-state's Adam moments are not those the run's config carries");
-  std::vector<std::string> tensors = {EncodeTensor(state.parameters, DELTA_FP32)};
-  if (snapshot->moments.first) tensors.push_back(EncodeTensor(state.adam_m, DELTA_FP32));
-  if (snapshot->moments.second) tensors.push_back(EncodeTensor(state.adam_v, DELTA_FP32));
-  std::vector<const std::string*> pointers;
-  for (const std::string& t : tensors) pointers.push_back(&t);
+  // Serialized straight from the tensors, which outlive this call's use of them.
+  std::vector<absl::string_view> tensors = {Fp32Bytes(state.parameters)};
+  if (snapshot->moments.first) tensors.push_back(Fp32Bytes(state.adam_m));
+  if (snapshot->moments.second) tensors.push_back(Fp32Bytes(state.adam_v));
   StateChunk message;
   StateHeader* header = message.mutable_header();
   header->set_num_parameters(snapshot->numel);
@@ -719,11 +721,12 @@ absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkIt
   header->set_state_version(snapshot->version);
   snapshot->messages.push_back(Serialized(message));
   snapshot->payload.push_back(0);
-  WriteChunks(pointers, [&](const TensorChunk& chunk) {
-    *message.mutable_chunk() = chunk;
+  WriteChunks(tensors, [&](TensorChunk* chunk) {
+    const size_t bytes = chunk->data().size();
+    message.mutable_chunk()->Swap(chunk);
     snapshot->messages.push_back(Serialized(message));
-    snapshot->payload.push_back(chunk.data().size());
-    snapshot->bytes += chunk.data().size();
+    snapshot->payload.push_back(bytes);
+    snapshot->bytes += bytes;
     return true;
   });
   absl::MutexLock lock(&b.mu);

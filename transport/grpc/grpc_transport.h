@@ -35,6 +35,11 @@ class GrpcTransport final : public Transport {
     // Serve a non-loopback address without TLS and a token; otherwise
     // Create() refuses to. Logged as a warning at every start.
     bool insecure = false;
+    // Also serve this Unix domain socket (a path), for worker processes on
+    // this machine: no TCP stack between them and the coordinator. Without
+    // TLS; the token still applies, and the socket's folder should admit
+    // only this user.
+    std::string unix_socket;
     std::function<void(const std::string&)> log;  // joins, losses, refusals
   };
 

@@ -38,13 +38,35 @@ std::string EncodeTensor(const torch::Tensor& tensor, DeltaDtype dtype) {
   return std::string(static_cast<const char*>(wire.data_ptr()), wire.numel() * wire.element_size());
 }
 
-absl::StatusOr<torch::Tensor> DecodeTensor(const std::string& bytes, DeltaDtype dtype, int64_t numel) {
+absl::string_view Fp32Bytes(const torch::Tensor& tensor) {
+  TORCH_CHECK(tensor.scalar_type() == torch::kFloat32 && tensor.is_contiguous(), "Fp32Bytes: not contiguous fp32");
+  return absl::string_view(static_cast<const char*>(tensor.data_ptr()), tensor.numel() * sizeof(float));
+}
+
+namespace {
+
+absl::Status CheckSize(size_t bytes, DeltaDtype dtype, int64_t numel) {
   const size_t element = DeltaDtypeBytes(dtype);
   if (element == 0) return absl::InvalidArgumentError(absl::StrCat("unknown tensor dtype ", static_cast<int>(dtype)));
   // Divides rather than multiplies, so a huge `numel` cannot wrap around.
-  if (numel < 0 || bytes.size() % element != 0 || bytes.size() / element != static_cast<uint64_t>(numel))
+  if (numel < 0 || bytes % element != 0 || bytes / element != static_cast<uint64_t>(numel))
     return absl::InvalidArgumentError(
-        absl::StrCat("tensor has ", bytes.size(), " bytes, not ", numel, " elements of ", element, " bytes"));
+        absl::StrCat("tensor has ", bytes, " bytes, not ", numel, " elements of ", element, " bytes"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<torch::Tensor> CheckFinite(torch::Tensor tensor) {
+  const float* values = tensor.data_ptr<float>();
+  for (int64_t i = 0; i < tensor.numel(); ++i)
+    if (!std::isfinite(values[i]))
+      return absl::InvalidArgumentError(absl::StrCat("tensor element ", i, " is ", values[i]));
+  return tensor;
+}
+
+}  // namespace
+
+absl::StatusOr<torch::Tensor> DecodeTensor(const std::string& bytes, DeltaDtype dtype, int64_t numel) {
+  if (absl::Status size = CheckSize(bytes.size(), dtype, numel); !size.ok()) return size;
   torch::Tensor out = torch::empty({numel}, torch::kFloat32);
   if (numel == 0) return out;  // memcpy may not be given an empty tensor's null data
   if (dtype == DELTA_FP32) {
@@ -54,22 +76,28 @@ absl::StatusOr<torch::Tensor> DecodeTensor(const std::string& bytes, DeltaDtype 
     std::memcpy(wire.data_ptr(), bytes.data(), bytes.size());
     out.copy_(wire);
   }
-  const float* values = out.data_ptr<float>();
-  for (int64_t i = 0; i < numel; ++i)
-    if (!std::isfinite(values[i]))
-      return absl::InvalidArgumentError(absl::StrCat("tensor element ", i, " is ", values[i]));
-  return out;
+  return CheckFinite(std::move(out));
 }
 
-bool WriteChunks(absl::Span<const std::string* const> tensors, const std::function<bool(const TensorChunk&)>& write) {
+absl::StatusOr<torch::Tensor> DecodeTensor(std::string&& bytes, DeltaDtype dtype, int64_t numel) {
+  if (dtype != DELTA_FP32 || numel == 0) return DecodeTensor(static_cast<const std::string&>(bytes), dtype, numel);
+  if (absl::Status size = CheckSize(bytes.size(), dtype, numel); !size.ok()) return size;
+  // operator new's alignment (16) suits floats; the tensor owns the string.
+  auto* owner = new std::string(std::move(bytes));
+  torch::Tensor out = torch::from_blob(
+      owner->data(), {numel}, [owner](void*) { delete owner; }, torch::TensorOptions(torch::kFloat32));
+  return CheckFinite(std::move(out));
+}
+
+bool WriteChunks(absl::Span<const absl::string_view> tensors, const std::function<bool(TensorChunk*)>& write) {
   TensorChunk chunk;
   for (size_t t = 0; t < tensors.size(); ++t) {
-    const std::string& bytes = *tensors[t];
+    const absl::string_view bytes = tensors[t];
     for (size_t offset = 0; offset < bytes.size(); offset += kChunkBytes) {
       chunk.set_tensor(static_cast<uint32_t>(t));
       chunk.set_offset(offset);
       chunk.set_data(bytes.data() + offset, std::min(kChunkBytes, bytes.size() - offset));
-      if (!write(chunk)) return false;
+      if (!write(&chunk)) return false;
     }
   }
   return true;
@@ -78,7 +106,7 @@ bool WriteChunks(absl::Span<const std::string* const> tensors, const std::functi
 TensorAssembler::TensorAssembler(std::vector<size_t> sizes)
     : sizes_(std::move(sizes)), received_(sizes_.size(), 0), buffers_(sizes_.size()) {}
 
-absl::Status TensorAssembler::Add(const TensorChunk& chunk) {
+absl::Status TensorAssembler::Check(const TensorChunk& chunk) const {
   const size_t t = chunk.tensor();
   if (t >= sizes_.size())
     return absl::InvalidArgumentError(absl::StrCat("chunk for tensor ", t, "; the stream has ", sizes_.size()));
@@ -90,9 +118,31 @@ absl::Status TensorAssembler::Add(const TensorChunk& chunk) {
     return absl::InvalidArgumentError(absl::StrCat("oversized: tensor ", t, " would reach ",
                                                    received_[t] + chunk.data().size(), " bytes; it has ",
                                                    sizes_[t]));
-  buffers_[t].append(chunk.data());
-  received_[t] += chunk.data().size();
-  total_received_ += chunk.data().size();
+  return absl::OkStatus();
+}
+
+void TensorAssembler::Count(size_t tensor, size_t bytes) {
+  received_[tensor] += bytes;
+  total_received_ += bytes;
+}
+
+absl::Status TensorAssembler::Add(const TensorChunk& chunk) {
+  if (absl::Status fits = Check(chunk); !fits.ok()) return fits;
+  buffers_[chunk.tensor()].append(chunk.data());
+  Count(chunk.tensor(), chunk.data().size());
+  return absl::OkStatus();
+}
+
+absl::Status TensorAssembler::Add(TensorChunk&& chunk) {
+  if (absl::Status fits = Check(chunk); !fits.ok()) return fits;
+  std::string& buffer = buffers_[chunk.tensor()];
+  const size_t bytes = chunk.data().size();
+  if (buffer.empty()) {
+    buffer.swap(*chunk.mutable_data());  // its first chunk: its bytes become the buffer
+  } else {
+    buffer.append(chunk.data());
+  }
+  Count(chunk.tensor(), bytes);
   return absl::OkStatus();
 }
 

@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "coordinator.pb.h"
 
@@ -25,14 +26,20 @@ size_t DeltaDtypeBytes(DeltaDtype dtype);
 
 // `tensor` (fp32, contiguous) as little-endian bytes in `dtype`.
 std::string EncodeTensor(const torch::Tensor& tensor, DeltaDtype dtype);
+// The bytes of `tensor` (fp32, contiguous) where they lie, as EncodeTensor
+// in DELTA_FP32 would copy them; valid while the tensor's storage lives.
+absl::string_view Fp32Bytes(const torch::Tensor& tensor);
 
 // Bytes in `dtype` back to an fp32 tensor of `numel` elements. Fails if the
-// size is wrong or any value is NaN or infinite.
+// size is wrong or any value is NaN or infinite. The rvalue form takes over
+// fp32 bytes as the tensor's storage instead of copying them.
 absl::StatusOr<torch::Tensor> DecodeTensor(const std::string& bytes, DeltaDtype dtype, int64_t numel);
+absl::StatusOr<torch::Tensor> DecodeTensor(std::string&& bytes, DeltaDtype dtype, int64_t numel);
 
 // Calls `write` with every chunk of every tensor in turn (tensor i is chunk
-// field `tensor` = i). Returns false as soon as `write` does.
-bool WriteChunks(absl::Span<const std::string* const> tensors, const std::function<bool(const TensorChunk&)>& write);
+// field `tensor` = i); `write` may take the chunk's contents (Swap it into
+// a message). Returns false as soon as `write` does.
+bool WriteChunks(absl::Span<const absl::string_view> tensors, const std::function<bool(TensorChunk*)>& write);
 
 // Reassembles the tensors of one stream. Chunks of a tensor must arrive in
 // order without gaps or overlap, and no tensor may grow past its size. Memory
@@ -45,7 +52,10 @@ class TensorAssembler {
   explicit TensorAssembler(std::vector<size_t> sizes);
 
   // InvalidArgument naming the tensor and offset when the chunk does not fit.
+  // The rvalue form takes over the bytes of a chunk that is a whole tensor
+  // (the usual case: tensors up to kChunkBytes) instead of copying them.
   absl::Status Add(const TensorChunk& chunk);
+  absl::Status Add(TensorChunk&& chunk);
   // InvalidArgument if any tensor is incomplete (a truncated stream).
   absl::Status Finish() const;
 
@@ -54,6 +64,10 @@ class TensorAssembler {
   size_t bytes_received() const { return total_received_; }
 
  private:
+  // Checks `chunk` against what tensor chunk.tensor() still lacks.
+  absl::Status Check(const TensorChunk& chunk) const;
+  void Count(size_t tensor, size_t bytes);
+
   std::vector<size_t> sizes_;
   std::vector<size_t> received_;
   std::vector<std::string> buffers_;

@@ -7,12 +7,14 @@
 // one task in place of the learner, and submits a result of the real size
 // (the Omniglot model's delta and Adam v, as configs/omniglot_5w1s carries).
 //
-//   build/bench/cluster_bench [--workers=16,64,256] [--seconds=8] [--warmup_rounds=5] [--compute_ms=-1]
+//   build/bench/cluster_bench [--workers=16,64,256] [--meta_batch=0] [--seconds=8] [--warmup_rounds=5]
+//                             [--compute_ms=-1]
 //
 // --compute_ms < 0 measures it: the median wall time of Learner::Run on one
 // Omniglot 5-way 1-shot training task, on this machine, in this run. Each case
-// runs meta-batch = workers and prints rounds/s against the ideal (compute
-// time plus one unary round trip), efficiency, the coordinator's CPU per
+// runs meta-batch = workers (or each --meta_batch on every worker count) and
+// prints rounds/s against the ideal (⌈B/W⌉ compute times plus one unary round
+// trip), efficiency, per-core efficiency beside B / (W·⌈B/W⌉), the coordinator's CPU per
 // round (by thread), ingest and egress in GB/s beside raw loopback TCP
 // measured in the same run, and where the round's time goes: the engine
 // outside Transport::Run, and the simulated workers' client-side time in
@@ -49,7 +51,8 @@
 #include "transport/grpc/grpc_transport.h"
 #include "worker/learner.h"
 
-ABSL_FLAG(std::string, workers, "16,64,256", "simulated worker counts, one case each (meta-batch = workers)");
+ABSL_FLAG(std::string, workers, "16,64,256", "simulated worker counts, one case each");
+ABSL_FLAG(std::string, meta_batch, "0", "meta-batch sizes, a case each per worker count; 0: as many tasks as workers");
 ABSL_FLAG(double, seconds, 8, "measured seconds per case, after the warm-up rounds");
 ABSL_FLAG(int, warmup_rounds, 5, "rounds per case before measuring");
 ABSL_FLAG(double, compute_ms, -1, "simulated compute time per task; < 0: measure one Omniglot task here");
@@ -63,6 +66,7 @@ namespace {
 
 struct Options {
   std::vector<int> workers;
+  std::vector<int> meta_batches;  // 0: the case's worker count
   double seconds = 8;
   int warmup_rounds = 5;
   double compute_ms = -1;
@@ -165,7 +169,7 @@ class SimulatedCluster {
 // ---- the coordinator side ------------------------------------------------------
 
 struct CaseFigures {
-  int workers = 0;
+  int workers = 0, meta_batch = 0;
   int64_t rounds = 0;
   double wall = 0, rounds_per_s = 0;
   double coordinator_cpu = 0;             // s per round, this process
@@ -186,12 +190,13 @@ double ThreadCpuSeconds() {
   return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
-CaseFigures RunCase(const ExperimentConfig& base, const TaskSource& tasks, int workers, const Options& options,
-                    double compute_ms, const std::string& token) {
+CaseFigures RunCase(const ExperimentConfig& base, const TaskSource& tasks, int workers, int meta_batch,
+                    const Options& options, double compute_ms, const std::string& token) {
   CaseFigures f;
   f.workers = workers;
+  f.meta_batch = meta_batch;
   ExperimentConfig config = base;
-  config.mutable_outer()->set_meta_batch_size(workers);
+  config.mutable_outer()->set_meta_batch_size(meta_batch);
   GrpcTransport::Options transport_options;
   transport_options.token = token;
   auto news = std::make_shared<std::vector<std::string>>();
@@ -312,7 +317,10 @@ int Main(const Options& options) {
   const Precomputed result = Precompute(omniglot);
   ConfigureProcessForServing();  // from here on this process is the coordinator, as `reptile coordinator` runs
   const double rtt_ms = 1e-3 * HeartbeatMicros(omniglot, result, 2000, token);
-  const double ideal = 1e3 / (compute_ms + rtt_ms);
+  // A round of B tasks on W workers takes ⌈B/W⌉ task-times at best.
+  auto ideal = [&](const CaseFigures& f) {
+    return 1e3 / ((f.meta_batch + f.workers - 1) / f.workers * compute_ms + rtt_ms);
+  };
   size_t result_bytes = 0;
   for (const std::string& t : result.tensors) result_bytes += t.size();
 
@@ -320,42 +328,55 @@ int Main(const Options& options) {
               omniglot.name().c_str(), static_cast<long long>(result.numel), result_bytes / 1e6,
               DeltaDtype_Name(result.dtype).c_str(),
               result.carry.first ? " + Adam m + v" : (result.carry.second ? " + Adam v" : ""));
-  std::printf("compute  %.2f ms per task (%s); unary round trip %.3f ms; ideal %.1f rounds/s\n", compute_ms,
+  std::printf("compute  %.2f ms per task (%s); unary round trip %.3f ms; ideal %.1f rounds/s at one task per "
+              "worker\n", compute_ms,
               options.compute_ms >= 0 ? "--compute_ms" : "median wall time of Learner::Run here, one thread",
-              rtt_ms, ideal);
+              rtt_ms, 1e3 / (compute_ms + rtt_ms));
   std::printf("loopback TCP (one sender, one receiver thread, 2 GiB in 1 MiB writes, 3 runs): best %.2f, median %.2f "
               "GB/s\n\n", tcp.back(), Median(tcp));
 
   std::vector<CaseFigures> cases;
-  for (int workers : options.workers) {
-    cases.push_back(RunCase(omniglot, *tasks, workers, options, compute_ms, token));
-    const CaseFigures& f = cases.back();
-    std::printf("%d workers: %lld rounds in %.1f s\n", workers, static_cast<long long>(f.rounds), f.wall);
-    std::fflush(stdout);
-  }
+  for (int workers : options.workers)
+    for (int meta_batch : options.meta_batches) {
+      cases.push_back(RunCase(omniglot, *tasks, workers, meta_batch > 0 ? meta_batch : workers, options, compute_ms,
+                              token));
+      const CaseFigures& f = cases.back();
+      std::printf("%d workers, meta-batch %d: %lld rounds in %.1f s\n", workers, f.meta_batch,
+                  static_cast<long long>(f.rounds), f.wall);
+      std::fflush(stdout);
+    }
 
-  std::printf("\n== rounds/s against the ideal (meta-batch = workers; ideal = 1 / (compute + one round trip))\n");
-  std::printf("%8s %9s %8s %7s %9s %12s %9s %9s %9s %10s\n", "workers", "rounds/s", "ideal", "effic.", "wire",
-              "coord CPU", "ingest", "egress", "ingest/", "MB in/out");
-  std::printf("%8s %9s %8s %7s %9s %12s %9s %9s %9s %10s\n", "", "", "", "", "bound", "s/round", "GB/s", "GB/s",
-              "loopback", "per round");
+  std::printf("\n== rounds/s against the ideal (ideal = 1 / (⌈B/W⌉ compute times + one round trip))\n");
+  std::printf("%8s %6s %9s %8s %7s %9s %9s %12s %9s %9s %9s %10s\n", "workers", "meta-", "rounds/s", "ideal",
+              "effic.", "per-core", "wire", "coord CPU", "ingest", "egress", "ingest/", "MB in/out");
+  std::printf("%8s %6s %9s %8s %7s %9s %9s %12s %9s %9s %9s %10s\n", "W", "batch B", "", "", "", "(B/W⌈B/W⌉)",
+              "bound", "s/round", "GB/s", "GB/s", "loopback", "per round");
   for (const CaseFigures& f : cases) {
     // Rounds/s if the round's bytes crossed loopback TCP at its measured
     // rate, with no other cost: a bound no coordinator on this host passes.
     const double wire_bound = Median(tcp) * 1e3 / (f.mb_in_per_round + f.mb_out_per_round);
-    std::printf("%8d %9.2f %8.1f %6.1f%% %9.1f %12.4f %9.3f %9.3f %8.1f%% %5.0f/%.0f\n", f.workers, f.rounds_per_s,
-                ideal, 100 * f.rounds_per_s / ideal, wire_bound, f.coordinator_cpu, f.in_gbps, f.out_gbps,
+    // The share of the workers' time spent computing tasks, and its bound.
+    const double per_core = f.meta_batch * compute_ms * 1e-3 * f.rounds_per_s / f.workers;
+    const int task_times = (f.meta_batch + f.workers - 1) / f.workers;
+    const double per_core_bound = static_cast<double>(f.meta_batch) / (f.workers * task_times);
+    std::printf("%8d %6d %9.2f %8.1f %6.1f%% %4.0f%% (%3.0f%%) %8.1f %12.4f %9.3f %9.3f %8.1f%% %5.0f/%.0f\n",
+                f.workers, f.meta_batch, f.rounds_per_s, ideal(f), 100 * f.rounds_per_s / ideal(f), 100 * per_core,
+                100 * per_core_bound, wire_bound, f.coordinator_cpu, f.in_gbps, f.out_gbps,
                 100 * f.in_gbps / Median(tcp), f.mb_in_per_round, f.mb_out_per_round);
   }
-  std::printf("wire bound: median loopback GB/s / (MB in + out per round), the rounds/s of a coordinator whose only\n"
-              "cost were the bytes at raw loopback TCP speed. ingest/loopback: against the median loopback figure.\n");
+  std::printf("per-core: B · compute · rounds/s / W, the share of the workers' time spent on tasks; in brackets its\n"
+              "bound B / (W·⌈B/W⌉) (a round waits for its busiest worker). wire bound: median loopback GB/s / (MB in\n"
+              "+ out per round), the rounds/s of a coordinator whose only cost were the bytes at raw loopback TCP\n"
+              "speed. ingest/loopback: against the median loopback figure.\n");
 
   std::printf("\n== where a round's time goes, ms per round\n");
-  std::printf("%8s %9s %9s %9s %13s %13s %7s %7s\n", "workers", "round", "Run()", "engine", "FetchState", "Submit",
-              "stale", "redone");
-  std::printf("%8s %9s %9s %9s %13s %13s %7s %7s\n", "", "", "", "outside", "mean / max", "mean / max", "", "");
+  std::printf("%8s %6s %9s %9s %9s %13s %13s %7s %7s\n", "workers", "meta-", "round", "Run()", "engine",
+              "FetchState", "Submit", "stale", "redone");
+  std::printf("%8s %6s %9s %9s %9s %13s %13s %7s %7s\n", "", "batch", "", "", "outside", "mean / max", "mean / max",
+              "", "");
   for (const CaseFigures& f : cases)
-    std::printf("%8d %9.2f %9.2f %9.2f %6.1f /%6.1f %6.1f /%6.1f %7lld %7lld\n", f.workers, 1e3 / f.rounds_per_s,
+    std::printf("%8d %6d %9.2f %9.2f %9.2f %6.1f /%6.1f %6.1f /%6.1f %7lld %7lld\n", f.workers, f.meta_batch,
+                1e3 / f.rounds_per_s,
                 f.run_ms, f.outside_ms, f.fetch_ms, f.fetch_max_ms, f.submit_ms, f.submit_max_ms,
                 static_cast<long long>(f.stale), static_cast<long long>(f.redone));
   std::printf("Run(): Transport::Run per round (snapshot encoding, leases, state fan-out, compute, results in);\n"
@@ -365,7 +386,8 @@ int Main(const Options& options) {
   std::printf("\n== CPU seconds per round: coordinator threads (by name), and the simulated workers' process\n"
               "(the coordinator runs with `reptile coordinator`'s malloc settings, ConfigureProcessForServing)\n");
   for (const CaseFigures& f : cases) {
-    std::printf("%d workers: coordinator %.4f = engine thread %.4f", f.workers, f.coordinator_cpu, f.engine_cpu);
+    std::printf("%d workers, meta-batch %d: coordinator %.4f = engine thread %.4f", f.workers, f.meta_batch,
+                f.coordinator_cpu, f.engine_cpu);
     double listed = f.engine_cpu;
     for (const auto& [name, seconds] : f.by_thread)
       if (seconds >= 0.0005) {
@@ -396,6 +418,12 @@ int main(int argc, char** argv) {
     if (!absl::SimpleAtoi(w, &count) || count <= 0) reptile::Die(absl::StrCat("--workers: not a count: ", w));
     options.workers.push_back(count);
   }
+  for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_meta_batch), ',', absl::SkipEmpty())) {
+    int size = 0;
+    if (!absl::SimpleAtoi(b, &size) || size < 0) reptile::Die(absl::StrCat("--meta_batch: not a size: ", b));
+    options.meta_batches.push_back(size);
+  }
+  if (options.meta_batches.empty()) options.meta_batches.push_back(0);
   options.seconds = absl::GetFlag(FLAGS_seconds);
   options.warmup_rounds = absl::GetFlag(FLAGS_warmup_rounds);
   options.compute_ms = absl::GetFlag(FLAGS_compute_ms);

@@ -13,24 +13,13 @@ set -eu
 rounds=${1:-400}
 workers=${2:-2}
 warmup=50
-here=$(cd "$(dirname "$0")/.." && pwd)
-reptile=${REPTILE_BINARY:-$here/build/reptile}
-config=$here/configs/omniglot_5w1s.textproto
-data=${REPTILE_OMNIGLOT_DIR:-$here/../shared/data/omniglot}
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
+. "$(dirname "$0")/omniglot_runs.sh"
 common="task.data_dir=$data outer.rounds=$rounds eval.every_rounds=0 eval.final_episodes=0 runtime.checkpoint_every_rounds=0"
 
 # Median and best of the "seconds" of round records after the warm-up.
 summarize() {
-  grep '"kind":"round"' "$1/metrics.jsonl" | sed 's/.*"seconds":\([0-9.e+-]*\).*/\1/' |
-    tail -n +$((warmup + 1)) | sort -g |
+  round_seconds "$1" |
     awk '{ t[NR] = $1 } END { m = t[int((NR + 1) / 2)]; printf "%7.1f rounds/s median  %7.1f best  (%d rounds, median %.1f ms)", 1 / m, 1 / t[1], NR, 1000 * m }'
-}
-
-median_seconds() {
-  grep '"kind":"round"' "$1/metrics.jsonl" | sed 's/.*"seconds":\([0-9.e+-]*\).*/\1/' |
-    tail -n +$((warmup + 1)) | sort -g | awk '{ t[NR] = $1 } END { printf "%.9f", t[int((NR + 1) / 2)] }'
 }
 
 run() {

@@ -19,18 +19,7 @@ rounds=${1:-300}
 meta_batches=${2:-1 2 3 4 5 6 8 10}
 workers=${3:-$(seq 1 "$(nproc)")}
 warmup=30
-here=$(cd "$(dirname "$0")/.." && pwd)
-reptile=${REPTILE_BINARY:-$here/build/reptile}
-config=$here/configs/omniglot_5w1s.textproto
-data=${REPTILE_OMNIGLOT_DIR:-$here/../shared/data/omniglot}
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
-
-# Median seconds of the round records after the warm-up.
-median_seconds() {
-  grep '"kind":"round"' "$1/metrics.jsonl" | sed 's/.*"seconds":\([0-9.e+-]*\).*/\1/' |
-    tail -n +$((warmup + 1)) | sort -g | awk '{ t[NR] = $1 } END { printf "%.9f", t[int((NR + 1) / 2)] }'
-}
+. "$(dirname "$0")/omniglot_runs.sh"
 
 echo "scaling bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load avg $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "omniglot_5w1s, $rounds rounds per run (median round time of the last $((rounds - warmup))), worker threads in one process"

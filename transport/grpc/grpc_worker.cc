@@ -85,16 +85,14 @@ struct GrpcWorker::Session {
 
   CarriedMoments moments() const { return CarriedMomentsOf(config); }
 
-  absl::Status FetchConfig(Backoff& backoff) {
+  // Calls `call` until the coordinator answers: transient failures (an
+  // outage, said once) are retried with backoff, a refusal is final.
+  // Cancelled once the worker stops.
+  template <typename Reply, typename Call>
+  absl::StatusOr<Reply> UntilAnswered(const Call& call, Backoff& backoff) {
     while (!stop->HasBeenNotified()) {
-      absl::StatusOr<RunConfigReply> reply = client->GetRunConfig();
-      if (reply.ok()) {
-        if (reply->protocol_version() != kProtocolVersion)
-          return absl::FailedPreconditionError(absl::StrCat("coordinator speaks protocol ", reply->protocol_version(),
-                                                            ", this worker ", kProtocolVersion));
-        config = reply->config();
-        return absl::OkStatus();
-      }
+      absl::StatusOr<Reply> reply = call();
+      if (reply.ok()) return reply;
       if (!IsTransient(reply.status()))
         return absl::Status(reply.status().code(), absl::StrCat("coordinator refused the worker: ",
                                                                 reply.status().message()));
@@ -104,6 +102,16 @@ struct GrpcWorker::Session {
     return absl::CancelledError("stopped");
   }
 
+  absl::Status FetchConfig(Backoff& backoff) {
+    ASSIGN_OR_RETURN(RunConfigReply reply,
+                     UntilAnswered<RunConfigReply>([&] { return client->GetRunConfig(); }, backoff));
+    if (reply.protocol_version() != kProtocolVersion)
+      return absl::FailedPreconditionError(
+          absl::StrCat("coordinator speaks protocol ", reply.protocol_version(), ", this worker ", kProtocolVersion));
+    config = reply.config();
+    return absl::OkStatus();
+  }
+
   // Joins (again); OK with worker_id set, or a refusal that is final.
   absl::Status Join(Backoff& backoff) {
     JoinRequest request;
@@ -111,27 +119,17 @@ struct GrpcWorker::Session {
     request.set_protocol_version(kProtocolVersion);
     request.set_config_fingerprint(ConfigFingerprint(config));
     request.set_layout_fingerprint(LayoutFingerprint(learner->layout()));
-    while (!stop->HasBeenNotified()) {
-      absl::StatusOr<JoinReply> reply = client->Join(request);
-      if (reply.ok()) {
-        worker_id = reply->worker_id();
-        if (reply->incarnation() != incarnation && incarnation != 0) Log("coordinator restarted; joined again");
-        incarnation = reply->incarnation();
-        if (reply->heartbeat_seconds() > 0)
-          heartbeat_ms.store(std::max<int64_t>(50, static_cast<int64_t>(reply->heartbeat_seconds() * 1000)));
-        heartbeat_id.store(worker_id);
-        announced_outage = false;
-        backoff.Reset();
-        Log(absl::StrCat("joined ", options->coordinator, " as worker ", worker_id));
-        return absl::OkStatus();
-      }
-      if (!IsTransient(reply.status()))
-        return absl::Status(reply.status().code(), absl::StrCat("coordinator refused the worker: ",
-                                                                reply.status().message()));
-      Outage(reply.status());
-      backoff.Wait();
-    }
-    return absl::CancelledError("stopped");
+    ASSIGN_OR_RETURN(JoinReply reply, UntilAnswered<JoinReply>([&] { return client->Join(request); }, backoff));
+    worker_id = reply.worker_id();
+    if (reply.incarnation() != incarnation && incarnation != 0) Log("coordinator restarted; joined again");
+    incarnation = reply.incarnation();
+    if (reply.heartbeat_seconds() > 0)
+      heartbeat_ms.store(std::max<int64_t>(50, static_cast<int64_t>(reply.heartbeat_seconds() * 1000)));
+    heartbeat_id.store(worker_id);
+    announced_outage = false;
+    backoff.Reset();
+    Log(absl::StrCat("joined ", options->coordinator, " as worker ", worker_id));
+    return absl::OkStatus();
   }
 
   void HeartbeatLoop(absl::Notification* done) {

@@ -256,7 +256,12 @@ TEST_F(PrometheusTest, PrometheusScrapesALiveRunsCoordinatorAndWorker) {
        "runtime.checkpoint_every_rounds=5", "runtime.heartbeat_seconds=0.3", "runtime.worker_timeout_seconds=1.5"},
       run_dir, dir_ + "/coordinator", &grpc_port);
   ASSERT_GT(grpc_port, 0) << coordinator_->err();
-  EXPECT_THAT(coordinator_->err(), HasSubstr(absl::StrCat("metrics on http://127.0.0.1:", coordinator_metrics, "/metrics")));
+  // The metrics endpoint starts with the training, just after the gRPC
+  // port is announced: its line may come a moment later.
+  const std::string metrics_line = absl::StrCat("metrics on http://127.0.0.1:", coordinator_metrics, "/metrics");
+  for (int i = 0; i < 100 && coordinator_->running() && coordinator_->err().find(metrics_line) == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_THAT(coordinator_->err(), HasSubstr(metrics_line));
   auto worker = ChildProcess::Start({REPTILE_BINARY, "worker", "--coordinator", absl::StrCat("127.0.0.1:", grpc_port),
                                      "--metrics_listen", absl::StrCat("127.0.0.1:", worker_metrics)},
                                     dir_ + "/worker");

@@ -58,13 +58,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   google::protobuf::io::ArrayInputStream raw(data + kPrefix, static_cast<int>(size - kPrefix));
   google::protobuf::io::CodedInputStream coded(&raw);
   reptile::TensorChunk chunk;
-  while (google::protobuf::util::ParseDelimitedFromCodedStream(&chunk, &coded, /*clean_eof=*/nullptr)) {
-    if (!assembler.Add(chunk).ok()) continue;
-    const size_t t = chunk.tensor();
-    if (t >= sizes.size() || chunk.offset() != accepted[t].size() ||
-        accepted[t].size() + chunk.data().size() > sizes[t])
+  // The message is read into again and again, as the receivers do; odd
+  // chunks go through the moving Add (which may take the chunk's string),
+  // even ones through the copying one.
+  for (bool moving = false;
+       google::protobuf::util::ParseDelimitedFromCodedStream(&chunk, &coded, /*clean_eof=*/nullptr);
+       moving = !moving) {
+    const reptile::TensorChunk sent = chunk;
+    if (!(moving ? assembler.Add(std::move(chunk)) : assembler.Add(chunk)).ok()) continue;
+    const size_t t = sent.tensor();
+    if (t >= sizes.size() || sent.offset() != accepted[t].size() ||
+        accepted[t].size() + sent.data().size() > sizes[t])
       __builtin_trap();
-    accepted[t] += chunk.data();
+    accepted[t] += sent.data();
     // Memory follows the bytes received (15: std::string's inline capacity).
     if (assembler.bytes(t).capacity() > 2 * accepted[t].size() + 15) __builtin_trap();
   }

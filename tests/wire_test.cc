@@ -56,6 +56,18 @@ TEST(WireTest, ReceivedBytesAreTakenOverNotCopied) {
   std::string with_nan = EncodeTensor(torch::tensor({1.0f, std::numeric_limits<float>::quiet_NaN()}), DELTA_FP32);
   EXPECT_NE(DecodeTensor(std::move(with_nan), DELTA_FP32, 2).status().message().find("element 1"), std::string::npos);
   EXPECT_FALSE(DecodeTensor(std::string(12, '\0'), DELTA_FP32, 2).ok());  // wrong size
+  // A chunk read into a message that held a larger one keeps that capacity:
+  // copied, so that memory still follows the bytes received.
+  TensorChunk reused;
+  reused.mutable_data()->reserve(1 << 20);
+  reused.set_tensor(0);
+  reused.set_offset(0);
+  reused.mutable_data()->assign(16, 'x');  // keeps the capacity, as a parse into it does
+  ASSERT_GE(reused.data().capacity(), size_t{1} << 20);
+  TensorAssembler small({16});
+  ASSERT_TRUE(small.Add(std::move(reused)).ok());
+  EXPECT_LE(small.bytes(0).capacity(), 2 * 16 + 15u);
+  EXPECT_EQ(small.bytes(0), std::string(16, 'x'));
   // A tensor in several chunks: the first is taken over, the rest appended.
   const torch::Tensor big = torch::randn({600'000});  // 2.4 MB: 3 chunks
   std::vector<TensorChunk> parts = Chunks({EncodeTensor(big, DELTA_FP32)});

@@ -137,7 +137,10 @@ absl::Status TensorAssembler::Add(TensorChunk&& chunk) {
   if (absl::Status fits = Check(chunk); !fits.ok()) return fits;
   std::string& buffer = buffers_[chunk.tensor()];
   const size_t bytes = chunk.data().size();
-  if (buffer.empty()) {
+  // A message read into again keeps its string's capacity from larger
+  // chunks before: taken over only where that stays within the bound on
+  // memory per byte received.
+  if (buffer.empty() && chunk.data().capacity() <= 2 * bytes + 15) {
     buffer.swap(*chunk.mutable_data());  // its first chunk: its bytes become the buffer
   } else {
     buffer.append(chunk.data());

@@ -52,8 +52,9 @@ class TensorAssembler {
   explicit TensorAssembler(std::vector<size_t> sizes);
 
   // InvalidArgument naming the tensor and offset when the chunk does not fit.
-  // The rvalue form takes over the bytes of a chunk that is a whole tensor
-  // (the usual case: tensors up to kChunkBytes) instead of copying them.
+  // The rvalue form takes over the bytes of a tensor's first chunk (for
+  // tensors up to kChunkBytes, all of it) instead of copying them, unless
+  // their string holds more than twice their size.
   absl::Status Add(const TensorChunk& chunk);
   absl::Status Add(TensorChunk&& chunk);
   // InvalidArgument if any tensor is incomplete (a truncated stream).

@@ -51,7 +51,9 @@ TEST(WireTest, ReceivedBytesAreTakenOverNotCopied) {
   ASSERT_TRUE(decoded.ok());
   EXPECT_EQ(static_cast<const char*>(decoded->data_ptr()), bytes);
   EXPECT_TRUE(torch::equal(*decoded, a));
-  EXPECT_EQ(Fp32Bytes(*decoded).data(), bytes);
+  std::string unused;
+  EXPECT_EQ(WireBytes(*decoded, DELTA_FP32, &unused).data(), bytes);  // viewed, not encoded
+  EXPECT_EQ(WireBytes(*decoded, DELTA_BF16, &unused), EncodeTensor(*decoded, DELTA_BF16));
 
   std::string with_nan = EncodeTensor(torch::tensor({1.0f, std::numeric_limits<float>::quiet_NaN()}), DELTA_FP32);
   EXPECT_NE(DecodeTensor(std::move(with_nan), DELTA_FP32, 2).status().message().find("element 1"), std::string::npos);

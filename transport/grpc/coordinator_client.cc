@@ -175,19 +175,15 @@ std::vector<ResultChunk> CoordinatorClient::ResultMessages(uint64_t worker, cons
   header->set_predictions(result->predictions);
   header->set_compute_seconds(result->compute_seconds);
   header->set_tasks(result->sums ? result->sums->tasks() : 1);
-  // Contiguous fp32 tensors go into the messages straight from their
-  // storage; other forms are encoded into `encoded` first (at most 3, so
-  // reserve() keeps the views into it valid).
+  // Tensors go into the messages from where they lie when they can
+  // (WireBytes); what must be encoded first is kept in `encoded` (at most 3
+  // strings, so reserve() keeps the views into it valid).
   std::vector<std::string> encoded;
   encoded.reserve(3);
   std::vector<absl::string_view> tensors;
   auto add = [&](std::string bytes) { tensors.push_back(encoded.emplace_back(std::move(bytes))); };
   auto add_tensor = [&](const torch::Tensor& tensor, DeltaDtype as) {
-    if (as == DELTA_FP32 && tensor.scalar_type() == torch::kFloat32 && tensor.is_contiguous()) {
-      tensors.push_back(Fp32Bytes(tensor));
-    } else {
-      add(EncodeTensor(tensor, as));
-    }
+    tensors.push_back(WireBytes(tensor, as, &encoded.emplace_back()));
   };
   if (result->sums) {
     header->set_has_delta(true);

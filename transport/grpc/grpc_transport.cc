@@ -701,10 +701,11 @@ absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkIt
   snapshot->moments = CarriedMomentsOf(board_->config);
   if (CarriedMomentsOf(state) != snapshot->moments)
     return absl::InvalidArgumentError("meta-state's Adam moments are not those the run's config carries");
-  // Serialized straight from the tensors, which outlive this call's use of them.
-  std::vector<absl::string_view> tensors = {Fp32Bytes(state.parameters)};
-  if (snapshot->moments.first) tensors.push_back(Fp32Bytes(state.adam_m));
-  if (snapshot->moments.second) tensors.push_back(Fp32Bytes(state.adam_v));
+  // Serialized from where the tensors lie (they outlive this use of them).
+  std::string encoded[3];
+  std::vector<absl::string_view> tensors = {WireBytes(state.parameters, DELTA_FP32, &encoded[0])};
+  if (snapshot->moments.first) tensors.push_back(WireBytes(state.adam_m, DELTA_FP32, &encoded[1]));
+  if (snapshot->moments.second) tensors.push_back(WireBytes(state.adam_v, DELTA_FP32, &encoded[2]));
   StateChunk message;
   StateHeader* header = message.mutable_header();
   header->set_num_parameters(snapshot->numel);

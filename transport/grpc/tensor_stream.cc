@@ -38,9 +38,11 @@ std::string EncodeTensor(const torch::Tensor& tensor, DeltaDtype dtype) {
   return std::string(static_cast<const char*>(wire.data_ptr()), wire.numel() * wire.element_size());
 }
 
-absl::string_view Fp32Bytes(const torch::Tensor& tensor) {
-  TORCH_CHECK(tensor.scalar_type() == torch::kFloat32 && tensor.is_contiguous(), "Fp32Bytes: not contiguous fp32");
-  return absl::string_view(static_cast<const char*>(tensor.data_ptr()), tensor.numel() * sizeof(float));
+absl::string_view WireBytes(const torch::Tensor& tensor, DeltaDtype dtype, std::string* storage) {
+  if (dtype == DELTA_FP32 && tensor.scalar_type() == torch::kFloat32 && tensor.is_contiguous())
+    return absl::string_view(static_cast<const char*>(tensor.data_ptr()), tensor.numel() * sizeof(float));
+  *storage = EncodeTensor(tensor, dtype);
+  return *storage;
 }
 
 namespace {

@@ -26,9 +26,10 @@ size_t DeltaDtypeBytes(DeltaDtype dtype);
 
 // `tensor` (fp32, contiguous) as little-endian bytes in `dtype`.
 std::string EncodeTensor(const torch::Tensor& tensor, DeltaDtype dtype);
-// The bytes of `tensor` (fp32, contiguous) where they lie, as EncodeTensor
-// in DELTA_FP32 would copy them; valid while the tensor's storage lives.
-absl::string_view Fp32Bytes(const torch::Tensor& tensor);
+// What EncodeTensor returns, without the copy where none is needed: a
+// contiguous fp32 tensor sent as fp32 is viewed where it lies (valid while
+// its storage lives); any other is encoded into *storage and viewed there.
+absl::string_view WireBytes(const torch::Tensor& tensor, DeltaDtype dtype, std::string* storage);
 
 // Bytes in `dtype` back to an fp32 tensor of `numel` elements. Fails if the
 // size is wrong or any value is NaN or infinite. The rvalue form takes over

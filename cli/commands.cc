@@ -131,13 +131,18 @@ std::string RandomToken() {
   return token;
 }
 
-// A fresh folder under $TMPDIR (or /tmp) that only this user may enter,
-// removed with what it holds when the object goes.
+// A fresh folder that only this user may enter, removed with what it holds
+// when the object goes: in /dev/shm where it can be written (it holds the
+// shared folder's files, which then never touch a disk), else under $TMPDIR
+// (or /tmp).
 class PrivateFolder {
  public:
   static absl::StatusOr<PrivateFolder> Create() {
     const char* tmp = std::getenv("TMPDIR");
-    std::string pattern = absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "/reptile-XXXXXX");
+    const std::string base = access("/dev/shm", W_OK | X_OK) == 0 ? "/dev/shm"
+                             : tmp != nullptr && *tmp != '\0'     ? tmp
+                                                                   : "/tmp";
+    std::string pattern = absl::StrCat(base, "/reptile-XXXXXX");
     if (mkdtemp(pattern.data()) == nullptr)  // mode 0700
       return absl::InternalError(absl::StrCat("cannot make a folder ", pattern, ": ", std::strerror(errno)));
     return PrivateFolder(pattern);
@@ -191,6 +196,7 @@ absl::Status TrainCommand(const CliOptions& options) {
   GrpcTransport::Options transport_options;
   transport_options.token = RandomToken();
   transport_options.unix_socket = folder.path() + "/coordinator.sock";
+  transport_options.shared_folder = folder.path();
   transport_options.log = Log;
   ASSIGN_OR_RETURN(std::unique_ptr<GrpcTransport> transport,
                    GrpcTransport::Create(setup.config, transport_options));

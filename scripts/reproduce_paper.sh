@@ -13,6 +13,10 @@
 # evaluation (100 episodes) of the committed checkpoint gives; the trainer is
 # paused meanwhile, so that the two match. tests/shipped_models_test checks it.
 # scripts/paper_table.sh then prints the measured table beside the paper's.
+# A config that trains exactly as another (evaluated_from below: it differs
+# only in task.eval_shots) is not trained again: once its sibling has
+# finished, the sibling's checkpoint is evaluated with its episodes, 10,000
+# of them, into models/<sibling>/final_eval_<name>.txt.
 # REPTILE names the binary (default build/reptile); point it at a copy so that
 # rebuilding the tree does not change the binary under a running job.
 set -uo pipefail
@@ -42,11 +46,32 @@ commit_run() {
 }
 resume_trainer() { if [ -n "$trainer" ]; then kill -CONT "$trainer" 2> /dev/null; fi; }
 
+declare -A evaluated_from=([omniglot_20w5s]=omniglot_20w1s)
+
+# Evaluates the finished sibling's checkpoint with config $1's eval shots.
+evaluate_from_sibling() {
+  local name=$1 sibling=${evaluated_from[$1]} shots out
+  out=models/$sibling/final_eval_$name.txt
+  [ -f "$out" ] && return 0
+  if ! grep -q '"kind":"final_eval"' "models/$sibling/metrics.jsonl" 2> /dev/null; then
+    echo "paper_runs: $name is $sibling's training evaluated with other episodes; train $sibling to its end first" >&2
+    return 1
+  fi
+  shots=$(sed -n 's/^ *eval_shots: *\([0-9]*\).*/\1/p' "configs/$name.textproto")
+  nice -n 19 "$reptile" eval --run_dir "models/$sibling" --episodes 10000 "task.eval_shots=$shots" > "$out.tmp" &&
+    mv "$out.tmp" "$out" || { rm -f "$out.tmp"; return 1; }
+  git add "$out" && git commit -q -m "models/$sibling: evaluated as $name" -- "$out"
+}
+
 [ $# -gt 0 ] || set -- omniglot_5w1s omniglot_5w5s omniglot_20w1s omniglot_20w5s
 [ -x "$reptile" ] || bash scripts/build.sh
 trainer=
 trap 'if [ -n "$trainer" ]; then kill -TERM "$trainer"; kill -CONT "$trainer"; fi' TERM INT
 for name in "$@"; do
+  if [ -n "${evaluated_from[$name]:-}" ]; then
+    evaluate_from_sibling "$name" || exit 1
+    continue
+  fi
   dir=models/$name
   mkdir -p "$dir"
   nice -n 19 "$reptile" train --config "configs/$name.textproto" --run_dir "$dir" \

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "transport/grpc/shared_folder.h"
 #include "transport/grpc/tensor_stream.h"
 
 namespace reptile {
@@ -101,10 +102,11 @@ absl::Status CoordinatorClient::Leave(uint64_t worker) {
 }
 
 absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_t version, int64_t numel,
-                                                        CarriedMoments moments) {
+                                                        CarriedMoments moments, const std::string& shared_folder) {
   FetchStateRequest request;
   request.set_worker_id(worker);
   request.set_state_version(version);
+  request.set_shared_folder(!shared_folder.empty());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + kTensorCall);
   AttachToken(token_, &context);
@@ -124,29 +126,46 @@ absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_
           " parameters", header.has_moments() ? " with moments" : "",
           header.has_first_moment() ? " with a first moment" : ""));
   }
+  if (problem.ok() && header.in_shared_folder() && shared_folder.empty())
+    problem = absl::DataLossError("state said to be in a shared folder this worker was not offered");
   const size_t m_index = 1, v_index = moments.first ? 2 : 1;
-  TensorAssembler assembler(
-      std::vector<size_t>(1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0), static_cast<size_t>(numel) * 4));
+  const std::vector<size_t> sizes(1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0),
+                                  static_cast<size_t>(numel) * 4);
+  TensorAssembler assembler(sizes);
   while (reader->Read(&message)) {
     if (!problem.ok()) continue;  // drain, so that Finish() reports the call's own status
-    problem = message.has_chunk() ? assembler.Add(std::move(*message.mutable_chunk()))
-                                  : absl::DataLossError("second state header");
+    if (header.in_shared_folder()) {
+      problem = absl::DataLossError("chunks after a header that points to the shared folder");
+    } else {
+      problem = message.has_chunk() ? assembler.Add(std::move(*message.mutable_chunk()))
+                                    : absl::DataLossError("second state header");
+    }
   }
   RETURN_IF_ERROR(FromGrpc(reader->Finish()));
-  if (problem.ok()) problem = assembler.Finish();
+  std::vector<std::string> payload;
+  if (problem.ok() && header.in_shared_folder()) {
+    absl::StatusOr<std::vector<std::string>> read = ReadTensorFile(SharedStatePath(shared_folder, version), sizes);
+    if (absl::IsNotFound(read.status()))
+      return absl::FailedPreconditionError(absl::StrCat("state ", version, " is gone: its batch ended"));
+    if (read.ok()) payload = *std::move(read);
+    problem = read.status();
+  } else if (problem.ok()) {
+    problem = assembler.Finish();
+    for (size_t i = 0; problem.ok() && i < sizes.size(); ++i) payload.push_back(std::move(assembler.bytes(i)));
+  }
   MetaState state;
   if (problem.ok()) {
-    absl::StatusOr<torch::Tensor> parameters = DecodeTensor(std::move(assembler.bytes(0)), DELTA_FP32, numel);
+    absl::StatusOr<torch::Tensor> parameters = DecodeTensor(std::move(payload[0]), DELTA_FP32, numel);
     problem = parameters.status();
     if (problem.ok()) state.parameters = *std::move(parameters);
   }
   if (problem.ok() && moments.first) {
-    absl::StatusOr<torch::Tensor> m = DecodeTensor(std::move(assembler.bytes(m_index)), DELTA_FP32, numel);
+    absl::StatusOr<torch::Tensor> m = DecodeTensor(std::move(payload[m_index]), DELTA_FP32, numel);
     problem = m.status();
     if (problem.ok()) state.adam_m = *std::move(m);
   }
   if (problem.ok() && moments.second) {
-    absl::StatusOr<torch::Tensor> v = DecodeTensor(std::move(assembler.bytes(v_index)), DELTA_FP32, numel);
+    absl::StatusOr<torch::Tensor> v = DecodeTensor(std::move(payload[v_index]), DELTA_FP32, numel);
     problem = v.status();
     if (problem.ok()) state.adam_v = *std::move(v);
   }
@@ -157,7 +176,8 @@ absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_
 
 std::vector<ResultChunk> CoordinatorClient::ResultMessages(uint64_t worker, const WorkReply& work,
                                                            const absl::StatusOr<TaskResult>& result,
-                                                           DeltaDtype dtype, int64_t numel) {
+                                                           DeltaDtype dtype, int64_t numel,
+                                                           const std::string& shared_folder) {
   std::vector<ResultChunk> messages(1);
   ResultHeader* header = messages[0].mutable_header();
   header->set_worker_id(worker);
@@ -207,6 +227,11 @@ std::vector<ResultChunk> CoordinatorClient::ResultMessages(uint64_t worker, cons
   if (result->adam_v.defined()) {
     header->set_has_moments(true);
     add_tensor(result->adam_v, DELTA_FP32);
+  }
+  if (!shared_folder.empty() && !tensors.empty() &&
+      OverwriteTensorFile(SharedResultPath(shared_folder, worker), tensors).ok()) {
+    header->set_in_shared_folder(true);
+    return messages;
   }
   WriteChunks(tensors, [&](TensorChunk* chunk) {
     messages.emplace_back().mutable_chunk()->Swap(chunk);

@@ -51,16 +51,22 @@ class CoordinatorClient {
   // The meta-state of `version`, checked against the model the caller
   // expects: `numel` parameters and the Adam moments of `moments` (from the
   // worker's config: v when CARRY, m too unless adam_beta1 is 0).
-  // DataLoss if what arrives does not fit.
-  absl::StatusOr<MetaState> FetchState(uint64_t worker, uint64_t version, int64_t numel, CarriedMoments moments);
+  // DataLoss if what arrives does not fit. With `shared_folder` (the
+  // folder JoinReply named, for a worker on the Unix socket) the tensors
+  // are read from the folder's state file when the coordinator offers it;
+  // FailedPrecondition if that file is gone (the batch ended).
+  absl::StatusOr<MetaState> FetchState(uint64_t worker, uint64_t version, int64_t numel, CarriedMoments moments,
+                                       const std::string& shared_folder = "");
 
   // The messages of one result upload: the header, then the delta in
   // `dtype` and the Adam moments it holds (m, then v) in fp32, or for an
   // item of several tasks their exact sums, in chunks. A failed `result` is
-  // sent as an error header alone.
+  // sent as an error header alone. With `shared_folder`, the tensors are
+  // written to the folder's result file instead and the header says so (in
+  // chunks after all if the file cannot be written).
   static std::vector<ResultChunk> ResultMessages(uint64_t worker, const WorkReply& work,
                                                  const absl::StatusOr<TaskResult>& result, DeltaDtype dtype,
-                                                 int64_t numel);
+                                                 int64_t numel, const std::string& shared_folder = "");
   // Sends `messages` as one SubmitResult stream, exactly as given.
   absl::StatusOr<SubmitReply> Submit(const std::vector<ResultChunk>& messages);
 

@@ -1,5 +1,8 @@
 #include "transport/grpc/grpc_transport.h"
 
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -10,6 +13,7 @@
 
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -21,6 +25,7 @@
 #include "core/process_setup.h"
 #include "core/status_macros.h"
 #include "transport/lease_scheduler.h"
+#include "transport/grpc/shared_folder.h"
 #include "transport/grpc/tensor_stream.h"
 
 namespace reptile {
@@ -84,7 +89,14 @@ struct Snapshot {
   std::vector<grpc::ByteBuffer> messages;  // the StateHeader, then the chunks of theta, m (if carried), v (if carried)
   std::vector<size_t> payload;             // tensor bytes in each message
   size_t bytes = 0;                        // their sum
+  // For workers on the shared folder: the StateHeader alone, saying the
+  // tensors are in the folder's state file (empty without a folder).
+  std::vector<grpc::ByteBuffer> folder_messages;
 };
+
+// Whether a call came over the coordinator's Unix socket, the one way to
+// the shared folder.
+bool OverUnixSocket(const grpc::ServerContextBase& context) { return absl::StartsWith(context.peer(), "unix:"); }
 
 grpc::ByteBuffer Serialized(const StateChunk& message) {
   grpc::ByteBuffer buffer;
@@ -126,6 +138,7 @@ struct GrpcTransport::Board {
   std::string config_fingerprint, layout_fingerprint;
   ExperimentConfig config;
   std::string token;
+  std::string shared_folder;  // Options::shared_folder
   std::function<void(const std::string&)> log;
   absl::Duration heartbeat;
   int max_workers = 256;
@@ -207,7 +220,8 @@ class GrpcTransport::StateSender final : public grpc::ServerWriteReactor<grpc::B
       Close(false);
       return;
     }
-    sent_ += snapshot_->payload[next_++];
+    if (messages_ == &snapshot_->messages) sent_ += snapshot_->payload[next_];
+    ++next_;
     board_->Progress(stream_);
     WriteNext();
   }
@@ -229,15 +243,20 @@ class GrpcTransport::StateSender final : public grpc::ServerWriteReactor<grpc::B
                      absl::StrCat("state version ", parsed.state_version(), " is not current (",
                                   snapshot_ ? snapshot_->version : 0, ")"));
     stream_ = board_->OpenStreamFor(context, snapshot_->bytes);
+    messages_ = &snapshot_->messages;
+    if (parsed.shared_folder() && !snapshot_->folder_messages.empty() && OverUnixSocket(*context)) {
+      messages_ = &snapshot_->folder_messages;
+      sent_ = static_cast<int64_t>(snapshot_->bytes);  // what the worker reads from the folder
+    }
     return grpc::Status::OK;
   }
 
   void WriteNext() {
-    if (next_ == snapshot_->messages.size()) {
+    if (next_ == messages_->size()) {
       Close(true);
       return;
     }
-    StartWrite(&snapshot_->messages[next_]);
+    StartWrite(&(*messages_)[next_]);
   }
 
   void Close(bool complete) {
@@ -256,6 +275,7 @@ class GrpcTransport::StateSender final : public grpc::ServerWriteReactor<grpc::B
 
   Board* board_;
   std::shared_ptr<const Snapshot> snapshot_;
+  const std::vector<grpc::ByteBuffer>* messages_ = nullptr;  // the snapshot's, for this worker
   uint64_t stream_ = 0;
   size_t next_ = 0;  // the message being written
   int64_t sent_ = 0;
@@ -315,6 +335,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     if (board_->log) board_->log(line);
     reply->set_incarnation(board_->incarnation);
     reply->set_heartbeat_seconds(absl::ToDoubleSeconds(board_->heartbeat));
+    if (OverUnixSocket(*context)) reply->set_shared_folder(board_->shared_folder);
     return grpc::Status::OK;
   }
 
@@ -398,6 +419,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
       return Refusal(grpc::StatusCode::INVALID_ARGUMENT, "a result stream must start with its ResultHeader");
     const ResultHeader header = message.header();
     Board& b = *board_;
+    const bool folder_allowed = !b.shared_folder.empty() && OverUnixSocket(*context);
     std::shared_ptr<const Snapshot> snapshot;
     const WorkItem* work = nullptr;  // b.items outlives the batch's uploads
     uint64_t stream = 0;
@@ -428,7 +450,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
       work = &(*b.items)[*item];
       stream = b.OpenStreamFor(context, ExpectedBytes(header, *work, *snapshot));
     }
-    absl::StatusOr<TaskResult> result = ReadResult(header, *work, *snapshot, reader, stream);
+    absl::StatusOr<TaskResult> result = ReadResult(header, *work, *snapshot, reader, stream, folder_allowed);
     // A result counts as accepted once the round engine has taken it: one at
     // a time, and only while its batch is on and its item still open.
     absl::MutexLock take_lock(&b.take_mu);
@@ -481,10 +503,12 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     return n * std::max<size_t>(DeltaDtypeBytes(header.delta_dtype()), 4) + moments * n * 4;
   }
 
-  // Reads the rest of a result stream and checks it against what the task
-  // must return. Every failure is InvalidArgument saying what is wrong.
+  // Reads the rest of a result stream, or the result file it names, and
+  // checks it against what the task must return. Every failure is
+  // InvalidArgument saying what is wrong.
   absl::StatusOr<TaskResult> ReadResult(const ResultHeader& header, const WorkItem& work, const Snapshot& snapshot,
-                                        grpc::ServerReader<ResultChunk>* reader, uint64_t stream) {
+                                        grpc::ServerReader<ResultChunk>* reader, uint64_t stream,
+                                        bool folder_allowed) {
     const bool train = work.kind == WorkKind::kTrain;
     const int tasks = static_cast<int>(work.tasks.size());
     const bool exact = tasks > 1;  // the tensors are exact sums
@@ -518,6 +542,41 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     const size_t m_index = sizes.size(), v_index = m_index + (first ? 1 : 0);
     if (first) sizes.push_back(static_cast<size_t>(snapshot.numel) * moment_element);
     if (second) sizes.push_back(static_cast<size_t>(snapshot.numel) * moment_element);
+    ASSIGN_OR_RETURN(std::vector<std::string> payload,
+                     header.in_shared_folder() ? ReadFolderPayload(header, sizes, reader, folder_allowed, invalid)
+                                               : ReadStreamPayload(sizes, reader, stream, invalid));
+    TaskResult result;
+    if (exact) {
+      ASSIGN_OR_RETURN(result.sums, DecodeSums(payload, snapshot, tasks, invalid));
+    } else if (train) {
+      absl::StatusOr<torch::Tensor> delta = DecodeTensor(std::move(payload[0]), header.delta_dtype(), snapshot.numel);
+      if (!delta.ok()) return invalid(absl::StrCat("delta: ", delta.status().message()));
+      result.delta = *std::move(delta);
+    }
+    if (first && !exact) {
+      absl::StatusOr<torch::Tensor> m = DecodeTensor(std::move(payload[m_index]), DELTA_FP32, snapshot.numel);
+      if (!m.ok()) return invalid(absl::StrCat("adam_m: ", m.status().message()));
+      result.adam_m = *std::move(m);
+    }
+    if (second && !exact) {
+      absl::StatusOr<torch::Tensor> v = DecodeTensor(std::move(payload[v_index]), DELTA_FP32, snapshot.numel);
+      if (!v.ok()) return invalid(absl::StrCat("adam_v: ", v.status().message()));
+      if (v->lt(0).any().item<bool>()) return invalid("adam_v has negative entries");
+      result.adam_v = *std::move(v);
+    }
+    result.loss = header.loss();
+    result.correct = header.correct();
+    result.correct_inductive = header.correct_inductive();
+    result.predictions = header.predictions();
+    result.compute_seconds = header.compute_seconds();
+    return result;
+  }
+
+  // The tensors of `sizes` from the chunks that follow the header.
+  template <typename Invalid>
+  absl::StatusOr<std::vector<std::string>> ReadStreamPayload(const std::vector<size_t>& sizes,
+                                                             grpc::ServerReader<ResultChunk>* reader, uint64_t stream,
+                                                             const Invalid& invalid) {
     TensorAssembler assembler(sizes);
     ResultChunk message;
     absl::Status problem;
@@ -535,44 +594,41 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     }
     RETURN_IF_ERROR(problem);
     if (absl::Status done = assembler.Finish(); !done.ok()) return invalid(std::string(done.message()));
-    TaskResult result;
-    if (exact) {
-      ASSIGN_OR_RETURN(result.sums, DecodeSums(assembler, snapshot, tasks, invalid));
-    } else if (train) {
-      absl::StatusOr<torch::Tensor> delta =
-          DecodeTensor(std::move(assembler.bytes(0)), header.delta_dtype(), snapshot.numel);
-      if (!delta.ok()) return invalid(absl::StrCat("delta: ", delta.status().message()));
-      result.delta = *std::move(delta);
-    }
-    if (first && !exact) {
-      absl::StatusOr<torch::Tensor> m = DecodeTensor(std::move(assembler.bytes(m_index)), DELTA_FP32, snapshot.numel);
-      if (!m.ok()) return invalid(absl::StrCat("adam_m: ", m.status().message()));
-      result.adam_m = *std::move(m);
-    }
-    if (second && !exact) {
-      absl::StatusOr<torch::Tensor> v = DecodeTensor(std::move(assembler.bytes(v_index)), DELTA_FP32, snapshot.numel);
-      if (!v.ok()) return invalid(absl::StrCat("adam_v: ", v.status().message()));
-      if (v->lt(0).any().item<bool>()) return invalid("adam_v has negative entries");
-      result.adam_v = *std::move(v);
-    }
-    result.loss = header.loss();
-    result.correct = header.correct();
-    result.correct_inductive = header.correct_inductive();
-    result.predictions = header.predictions();
-    result.compute_seconds = header.compute_seconds();
-    return result;
+    std::vector<std::string> payload;
+    for (size_t i = 0; i < sizes.size(); ++i) payload.push_back(std::move(assembler.bytes(i)));
+    return payload;
+  }
+
+  // The tensors of `sizes` from the result file the header names; the
+  // stream must end with the header.
+  template <typename Invalid>
+  absl::StatusOr<std::vector<std::string>> ReadFolderPayload(const ResultHeader& header,
+                                                             const std::vector<size_t>& sizes,
+                                                             grpc::ServerReader<ResultChunk>* reader,
+                                                             bool folder_allowed, const Invalid& invalid) {
+    if (!folder_allowed) return invalid("results come through the shared folder only over the coordinator's Unix socket");
+    ResultChunk message;
+    if (reader->Read(&message)) return invalid("a result in the shared folder has no chunks on the stream");
+    absl::StatusOr<std::vector<std::string>> payload =
+        ReadTensorFile(SharedResultPath(board_->shared_folder, header.worker_id()), sizes);
+    if (!payload.ok()) return invalid(std::string(payload.status().message()));
+    size_t bytes = 0;
+    for (size_t size : sizes) bytes += size;
+    absl::MutexLock lock(&board_->mu);
+    board_->stats.bytes_in += static_cast<int64_t>(bytes);
+    return payload;
   }
 
   // A training result's tensors as the exact sums of `tasks` tasks, in the
   // order delta, m, v (each carried one present).
   template <typename Invalid>
-  absl::StatusOr<TensorSums> DecodeSums(TensorAssembler& assembler, const Snapshot& snapshot, int tasks,
+  absl::StatusOr<TensorSums> DecodeSums(std::vector<std::string>& payload, const Snapshot& snapshot, int tasks,
                                         const Invalid& invalid) {
     const int meta_batch = board_->meta_batch;
     TensorSums sums(snapshot.numel, meta_batch, snapshot.moments);
     size_t index = 0;
     auto decode = [&](ExactSum* sum, const char* what) -> absl::Status {
-      absl::StatusOr<ExactSum> decoded = ExactSum::Decode(assembler.bytes(index++), snapshot.numel, tasks, meta_batch);
+      absl::StatusOr<ExactSum> decoded = ExactSum::Decode(payload[index++], snapshot.numel, tasks, meta_batch);
       if (!decoded.ok()) return invalid(absl::StrCat(what, ": ", decoded.status().message()));
       *sum = *std::move(decoded);
       return absl::OkStatus();
@@ -603,6 +659,9 @@ GrpcTransport::GrpcTransport() = default;
 absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const ExperimentConfig& config,
                                                                      Options options) {
   RETURN_IF_ERROR(CheckListenAddress(options));
+  if (options.unix_socket.size() >= sizeof(sockaddr_un::sun_path))
+    return absl::InvalidArgumentError(absl::StrCat("Unix socket path ", options.unix_socket, " is longer than ",
+                                                   sizeof(sockaddr_un::sun_path) - 1, " characters"));
   std::unique_ptr<GrpcTransport> transport(new GrpcTransport());
   const RuntimeConfig& r = config.runtime();
   auto seconds_or = [](float value, double fallback) { return absl::Seconds(value > 0 ? value : fallback); };
@@ -618,6 +677,7 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   b.config_fingerprint = ConfigFingerprint(config);
   b.config = config;
   b.token = options.token;
+  b.shared_folder = options.shared_folder;
   b.log = options.log;
   b.heartbeat = seconds_or(r.heartbeat_seconds(), 1);
   b.max_workers = r.max_workers() > 0 ? r.max_workers() : 256;
@@ -722,6 +782,21 @@ absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkIt
   header->set_state_version(snapshot->version);
   snapshot->messages.push_back(Serialized(message));
   snapshot->payload.push_back(0);
+  // Workers on the shared folder read the tensors from a file, written
+  // once per state (removed when its batch ends).
+  const std::string state_file =
+      b.shared_folder.empty() ? std::string() : SharedStatePath(b.shared_folder, snapshot->version);
+  absl::Cleanup remove_state_file = [&state_file] {
+    if (!state_file.empty()) unlink(state_file.c_str());
+  };
+  if (!state_file.empty()) {
+    if (absl::Status written = WriteTensorFile(state_file, tensors); written.ok()) {
+      header->set_in_shared_folder(true);
+      snapshot->folder_messages.push_back(Serialized(message));
+    } else if (b.log) {
+      b.log(absl::StrCat("state ", snapshot->version, " goes on the stream to every worker: ", written.message()));
+    }
+  }
   WriteChunks(tensors, [&](TensorChunk* chunk) {
     const size_t bytes = chunk->data().size();
     message.mutable_chunk()->Swap(chunk);

@@ -21,7 +21,8 @@ namespace reptile {
 
 // 2: a state or result says whether Adam's m is in it (has_first_moment).
 // 3: work items of several tasks, whose results are exact sums.
-inline constexpr uint32_t kProtocolVersion = 3;
+// 4: states and results as files in a shared folder, over the Unix socket.
+inline constexpr uint32_t kProtocolVersion = 4;
 
 // Why `workers` workers for the training items of `config`'s rounds waste cores.
 std::string IdleWorkersWarning(int workers, const ExperimentConfig& config);
@@ -40,6 +41,11 @@ class GrpcTransport final : public Transport {
     // TLS; the token still applies, and the socket's folder should admit
     // only this user.
     std::string unix_socket;
+    // A folder on this machine (on tmpfs, admitting only this user) where
+    // workers that came over `unix_socket` find each state as a file and
+    // leave their results as files (transport/grpc/shared_folder.h).
+    // Empty: every tensor goes on the streams.
+    std::string shared_folder;
     std::function<void(const std::string&)> log;  // joins, losses, refusals
   };
 

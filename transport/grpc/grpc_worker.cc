@@ -1,11 +1,14 @@
 #include "transport/grpc/grpc_worker.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <deque>
 #include <random>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -14,6 +17,7 @@
 #include "core/status_macros.h"
 #include "transport/grpc/grpc_transport.h"
 #include "transport/grpc/coordinator_client.h"
+#include "transport/grpc/shared_folder.h"
 #include "worker/learner.h"
 
 namespace reptile {
@@ -54,6 +58,10 @@ struct GrpcWorker::Session {
   uint64_t incarnation = 0;
   std::atomic<uint64_t> heartbeat_id{0};
   std::atomic<int64_t> heartbeat_ms{1000};  // set at join, read by the heartbeat thread
+  // Where states and results go as files, when the coordinator offers its
+  // shared folder and it is the folder of the Unix socket this worker
+  // reached it on; else empty (everything on the streams).
+  std::string shared_folder;
   // The meta-state of (cached_incarnation, cached_version), if have_state.
   bool have_state = false;
   uint64_t cached_incarnation = 0, cached_version = 0;
@@ -120,16 +128,26 @@ struct GrpcWorker::Session {
     request.set_config_fingerprint(ConfigFingerprint(config));
     request.set_layout_fingerprint(LayoutFingerprint(learner->layout()));
     ASSIGN_OR_RETURN(JoinReply reply, UntilAnswered<JoinReply>([&] { return client->Join(request); }, backoff));
+    RemoveResultFile();  // of the membership before, if any
     worker_id = reply.worker_id();
     if (reply.incarnation() != incarnation && incarnation != 0) Log("coordinator restarted; joined again");
     incarnation = reply.incarnation();
     if (reply.heartbeat_seconds() > 0)
       heartbeat_ms.store(std::max<int64_t>(50, static_cast<int64_t>(reply.heartbeat_seconds() * 1000)));
     heartbeat_id.store(worker_id);
+    const bool folder_of_socket = !reply.shared_folder().empty() &&
+                                  absl::StartsWith(options->coordinator, absl::StrCat("unix:", reply.shared_folder(), "/"));
+    shared_folder = folder_of_socket ? reply.shared_folder() : std::string();
     announced_outage = false;
     backoff.Reset();
     Log(absl::StrCat("joined ", options->coordinator, " as worker ", worker_id));
     return absl::OkStatus();
+  }
+
+  // The shared folder's file of this membership's results (see
+  // SharedResultPath), if it has one.
+  void RemoveResultFile() {
+    if (!shared_folder.empty()) unlink(SharedResultPath(shared_folder, worker_id).c_str());
   }
 
   void HeartbeatLoop(absl::Notification* done) {
@@ -148,7 +166,7 @@ struct GrpcWorker::Session {
     absl::Status status = absl::CancelledError("stopped before the state was fetched");
     for (int attempt = 0; attempt < 3 && !stop->HasBeenNotified(); ++attempt) {
       absl::StatusOr<MetaState> fetched =
-          client->FetchState(worker_id, version, learner->num_parameters(), moments());
+          client->FetchState(worker_id, version, learner->num_parameters(), moments(), shared_folder);
       if (fetched.ok()) {
         state = *std::move(fetched);
         have_state = true;
@@ -192,8 +210,9 @@ struct GrpcWorker::Session {
       if (!fetched.ok()) {
         // Give the lease back now rather than at the coordinator's timeout.
         Log(absl::StrCat("cannot fetch state ", work->state_version(), ": ", fetched.message()));
-        Upload(Pending{worker_id, *work, absl::Status(fetched.code(), absl::StrCat("state fetch failed: ",
-                                                                                   fetched.message()))});
+        Upload(Pending{worker_id, *work,
+                       absl::Status(fetched.code(), absl::StrCat("state fetch failed: ", fetched.message())),
+                       shared_folder});
         continue;
       }
       WorkItem item;
@@ -205,7 +224,7 @@ struct GrpcWorker::Session {
           std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count(),
           std::memory_order_relaxed);
       (result.ok() ? counters->tasks_done : counters->tasks_failed).fetch_add(1, std::memory_order_relaxed);
-      Upload(Pending{worker_id, *work, std::move(result)});
+      Upload(Pending{worker_id, *work, std::move(result), shared_folder});
     }
     return absl::OkStatus();
   }
@@ -217,6 +236,7 @@ struct GrpcWorker::Session {
     uint64_t worker;
     WorkReply work;
     absl::StatusOr<TaskResult> result;
+    std::string shared_folder;  // of the membership that ran it
   };
   absl::Mutex upload_mu;
   std::deque<Pending> uploads ABSL_GUARDED_BY(upload_mu);
@@ -239,8 +259,9 @@ struct GrpcWorker::Session {
         if (uploads.empty()) return;
         pending = std::move(uploads.front());
       }
-      const std::vector<ResultChunk> messages = CoordinatorClient::ResultMessages(
-          pending.worker, pending.work, pending.result, config.outer().delta_dtype(), learner->num_parameters());
+      const std::vector<ResultChunk> messages =
+          CoordinatorClient::ResultMessages(pending.worker, pending.work, pending.result, config.outer().delta_dtype(),
+                                            learner->num_parameters(), pending.shared_folder);
       // A result lost in transit would leave its lease held by a live worker
       // until the coordinator gives up on it: retry transient failures for
       // a few seconds (a result that did arrive comes back as a duplicate).
@@ -326,6 +347,7 @@ absl::Status GrpcWorker::Run() {
   }
   session.CloseUploads();
   uploader.join();
+  session.RemoveResultFile();
   heartbeat_done.Notify();
   heartbeat.join();
   if (outcome.ok() && session.worker_id != 0) session.client->Leave(session.worker_id).IgnoreError();

@@ -1,0 +1,115 @@
+#include "transport/grpc/shared_folder.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace reptile {
+namespace {
+
+absl::Status Failure(const std::string& what, const std::string& path) {
+  const int error = errno;
+  const std::string message = absl::StrCat("cannot ", what, " ", path, ": ", std::strerror(error));
+  return error == ENOENT ? absl::NotFoundError(message) : absl::InternalError(message);
+}
+
+// Closes a file descriptor when it goes.
+class Descriptor {
+ public:
+  explicit Descriptor(int fd) : fd_(fd) {}
+  ~Descriptor() {
+    if (fd_ >= 0) close(fd_);
+  }
+  Descriptor(const Descriptor&) = delete;
+  Descriptor& operator=(const Descriptor&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+std::string SharedStatePath(const std::string& folder, uint64_t version) {
+  return absl::StrCat(folder, "/state-", version);
+}
+
+std::string SharedResultPath(const std::string& folder, uint64_t worker) {
+  return absl::StrCat(folder, "/result-", worker);
+}
+
+namespace {
+
+// Writes `tensors` back to back from the start of `path` (opened with
+// `flags` besides O_WRONLY | O_CREAT) and cuts the file to their size.
+absl::Status WriteFrom0(const std::string& path, int flags, absl::Span<const absl::string_view> tensors) {
+  Descriptor file(open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | flags, 0600));
+  if (file.get() < 0) return Failure("create", path);
+  off_t offset = 0;
+  for (absl::string_view bytes : tensors) {
+    while (!bytes.empty()) {
+      const ssize_t written = pwrite(file.get(), bytes.data(), bytes.size(), offset);
+      if (written < 0 && errno == EINTR) continue;
+      if (written <= 0) return Failure("write", path);
+      bytes.remove_prefix(static_cast<size_t>(written));
+      offset += written;
+    }
+  }
+  if (ftruncate(file.get(), offset) != 0) return Failure("cut to size", path);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status OverwriteTensorFile(const std::string& path, absl::Span<const absl::string_view> tensors) {
+  return WriteFrom0(path, 0, tensors);
+}
+
+absl::Status WriteTensorFile(const std::string& path, absl::Span<const absl::string_view> tensors) {
+  const std::string partial = path + ".partial";
+  if (absl::Status written = WriteFrom0(partial, O_TRUNC, tensors); !written.ok()) {
+    unlink(partial.c_str());
+    return written;
+  }
+  if (rename(partial.c_str(), path.c_str()) != 0) {
+    absl::Status failed = Failure("rename into place", path);
+    unlink(partial.c_str());
+    return failed;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> ReadTensorFile(const std::string& path, absl::Span<const size_t> sizes) {
+  Descriptor file(open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (file.get() < 0) return Failure("open", path);
+  struct stat info;
+  if (fstat(file.get(), &info) != 0) return Failure("stat", path);
+  if (!S_ISREG(info.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
+  size_t expected = 0;
+  for (size_t size : sizes) expected += size;
+  if (static_cast<uint64_t>(info.st_size) != expected)
+    return absl::InvalidArgumentError(absl::StrCat(path, " holds ", info.st_size, " bytes, not ", expected));
+  std::vector<std::string> tensors;
+  tensors.reserve(sizes.size());
+  off_t offset = 0;
+  for (size_t size : sizes) {
+    std::string& bytes = tensors.emplace_back();
+    bytes.resize(size);
+    for (size_t done = 0; done < size;) {
+      const ssize_t got = pread(file.get(), bytes.data() + done, size - done, offset + static_cast<off_t>(done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) return Failure("read", path);
+      if (got == 0) return absl::InvalidArgumentError(absl::StrCat(path, " ended early (shrunk while read)"));
+      done += static_cast<size_t>(got);
+    }
+    offset += static_cast<off_t>(size);
+  }
+  return tensors;
+}
+
+}  // namespace reptile

@@ -1,5 +1,7 @@
 #include "cli/commands.h"
 
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,8 +14,10 @@
 #include <random>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "analysis/adaptation_analysis.h"
 #include "analysis/run_metrics.h"
 #include "analysis/training_curves.h"
@@ -134,7 +138,9 @@ std::string RandomToken() {
 // A fresh folder that only this user may enter, removed with what it holds
 // when the object goes: in /dev/shm where it can be written (it holds the
 // shared folder's files, which then never touch a disk), else under $TMPDIR
-// (or /tmp).
+// (or /tmp). Named reptile-<pid>-XXXXXX, so that the folders of processes
+// that were killed before they could remove theirs are found and removed by
+// the next one (this user's only, and only once their process is gone).
 class PrivateFolder {
  public:
   static absl::StatusOr<PrivateFolder> Create() {
@@ -142,7 +148,8 @@ class PrivateFolder {
     const std::string base = access("/dev/shm", W_OK | X_OK) == 0 ? "/dev/shm"
                              : tmp != nullptr && *tmp != '\0'     ? tmp
                                                                    : "/tmp";
-    std::string pattern = absl::StrCat(base, "/reptile-XXXXXX");
+    RemoveOrphans(base);
+    std::string pattern = absl::StrCat(base, "/reptile-", getpid(), "-XXXXXX");
     if (mkdtemp(pattern.data()) == nullptr)  // mode 0700
       return absl::InternalError(absl::StrCat("cannot make a folder ", pattern, ": ", std::strerror(errno)));
     return PrivateFolder(pattern);
@@ -157,6 +164,21 @@ class PrivateFolder {
 
  private:
   explicit PrivateFolder(std::string path) : path_(std::move(path)) {}
+
+  static void RemoveOrphans(const std::string& base) {
+    std::error_code error;
+    for (const auto& entry : std::filesystem::directory_iterator(base, error)) {
+      const std::string name = entry.path().filename().string();
+      std::vector<std::string> parts = absl::StrSplit(name, '-');
+      int pid = 0;
+      struct stat info;
+      if (parts.size() != 3 || parts[0] != "reptile" || parts[2].size() != 6 || !absl::SimpleAtoi(parts[1], &pid) ||
+          pid <= 0 || lstat(entry.path().c_str(), &info) != 0 || !S_ISDIR(info.st_mode) || info.st_uid != geteuid())
+        continue;
+      if (kill(pid, 0) != 0 && errno == ESRCH) std::filesystem::remove_all(entry.path(), error);
+    }
+  }
+
   std::string path_;
 };
 

@@ -1,6 +1,7 @@
 // End-to-end tests of the `reptile` binary: real processes, real files.
 #include <png.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -82,6 +83,33 @@ TEST(CliTest, TrainInspectEvalAndResume) {
   EXPECT_THAT(again.output, HasSubstr("the run finished at round 60; nothing to do"));
   EXPECT_THAT(again.output, Not(HasSubstr("final evaluation")));
   EXPECT_EQ(Sha(again.output), sha);
+}
+
+// `reptile train --workers N` keeps its socket and shared folder in a
+// private folder it removes at the end; one killed with SIGKILL cannot, so
+// the next run removes it, once its process is gone.
+TEST(CliTest, AFolderLeftByAKilledTrainIsRemovedByTheNextOne) {
+  const std::string base = access("/dev/shm", W_OK | X_OK) == 0 ? "/dev/shm" : "/tmp";
+  const std::string dir = testing::TempDir("killed");
+  auto killed = testing::ChildProcess::Start({REPTILE_BINARY, "train", "--run_dir", dir, "--workers", "1", "--config",
+                                     "configs/sine.textproto", "outer.rounds=100000"},
+                                    dir + "/../killed");
+  const std::string prefix = absl::StrCat("reptile-", killed->pid(), "-");
+  std::string folder;
+  for (int i = 0; i < 600 && folder.empty() && killed->running(); ++i) {
+    for (const auto& entry : std::filesystem::directory_iterator(base))
+      if (absl::StartsWith(entry.path().filename().string(), prefix)) folder = entry.path().string();
+    if (folder.empty()) usleep(50000);
+  }
+  ASSERT_FALSE(folder.empty()) << killed->err();
+  killed->Signal(SIGKILL);
+  ASSERT_TRUE(killed->Wait(10).has_value());
+  ASSERT_TRUE(std::filesystem::exists(folder + "/coordinator.sock")) << "a killed process removes nothing";
+
+  Result next = RunReptile(absl::StrCat("train --run_dir ", testing::TempDir("next"),
+                                        " --workers 1 --config configs/sine.textproto outer.rounds=5"));
+  ASSERT_EQ(next.exit_code, 0) << next.output;
+  EXPECT_FALSE(std::filesystem::exists(folder)) << folder;
 }
 
 TEST(CliTest, BadInputIsOneClearLineAndNonZeroExit) {

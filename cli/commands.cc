@@ -309,6 +309,9 @@ absl::Status WorkerCommand(const CliOptions& options) {
     ASSIGN_OR_RETURN(worker_options.config, LoadConfig(options.config_path, options.overrides));
   }
   worker_options.data_dir = options.data_dir;
+  if (options.learners < 1 || options.learners > 1024)
+    return absl::InvalidArgumentError(absl::StrCat("--learners must be 1 to 1024, not ", options.learners));
+  worker_options.learners = options.learners;
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
   worker_options.name = absl::StrCat(host, ":", getpid());

@@ -29,6 +29,7 @@ struct CliOptions {
   std::string port_file;                // coordinator: write the port here once listening
   std::string coordinator;              // worker: host:port
   std::string data_dir;                 // worker: this node's dataset location
+  int learners = 1;                     // worker: learner threads
   std::string token_file;
   std::string tls_cert, tls_key, tls_ca, tls_server_name;
   // /metrics: the coordinator's (train, coordinator, mpi; default

@@ -52,6 +52,9 @@ ABSL_FLAG(bool, insecure_listen, false,
 ABSL_FLAG(std::string, port_file, "", "coordinator: write the port it listens on to this file");
 ABSL_FLAG(std::string, coordinator, "", "worker: the coordinator's HOST:PORT");
 ABSL_FLAG(std::string, data_dir, "", "worker: where the dataset is on this node (overrides task.data_dir)");
+ABSL_FLAG(int, learners, 1,
+          "worker: learner threads, each taking tasks of its own (one per core); they share one connection, the "
+          "dataset and one fetch of each round's state");
 ABSL_FLAG(std::string, token_file, "",
           "coordinator, worker: file holding the bearer token every RPC must carry (default: $REPTILE_TOKEN)");
 ABSL_FLAG(std::string, tls_cert, "", "coordinator: its PEM certificate (enables TLS); worker: client certificate (mTLS)");
@@ -115,7 +118,8 @@ const std::vector<Command>& Commands() {
         "tls_key", "tls_ca", "metrics_listen"}},
       {"worker", "join a coordinator and work for it",
        "worker --coordinator HOST:PORT [flags] [field.path=value ...]",
-       {"coordinator", "config", "data_dir", "token_file", "tls_cert", "tls_key", "tls_ca", "tls_server_name", "metrics_listen"}},
+       {"coordinator", "config", "data_dir", "learners", "token_file", "tls_cert", "tls_key", "tls_ca", "tls_server_name",
+        "metrics_listen"}},
       {"mpi", "under mpirun: rank 0 coordinates, the other ranks work",
        "mpi --config FILE --run_dir DIR [flags] [field.path=value ...]   (mpirun -np N reptile mpi ...)",
        {"config", "run_dir", "stop_at_round", "metrics_listen"}},
@@ -259,6 +263,7 @@ int main(int argc, char** argv) {
   options.port_file = absl::GetFlag(FLAGS_port_file);
   options.coordinator = absl::GetFlag(FLAGS_coordinator);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
+  options.learners = absl::GetFlag(FLAGS_learners);
   options.token_file = absl::GetFlag(FLAGS_token_file);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);

@@ -196,7 +196,7 @@ TEST(CliTest, CommandHelpListsItsFlagsWithDefaultsAndExitsZero) {
        {"--listen=\"127.0.0.1:7070\"", "--insecure_listen=false", "--port_file=\"\"", "--token_file=\"\"",
         "--tls_cert=\"\"", "--tls_key=\"\"", "--tls_ca=\"\""},
        {"--coordinator", "--tls_server_name"}},
-      {"worker", {"--coordinator=\"\"", "--data_dir=\"\"", "--tls_server_name=\"\""}, {"--listen", "--run_dir"}},
+      {"worker", {"--coordinator=\"\"", "--data_dir=\"\"", "--learners=1", "--tls_server_name=\"\""}, {"--listen", "--run_dir"}},
       {"mpi", {"--config=\"\"", "--run_dir=\"\""}, {"--listen"}},
   };
   for (const Case& c : cases) {

@@ -114,6 +114,33 @@ TEST_F(DistributedTest, TrainRunsWorkerProcessesByDefaultAndMatchesThreads) {
   EXPECT_TRUE(absl::StrContains(train->err(), "0 left")) << train->err();
 }
 
+// One worker process with 3 learner threads is 3 workers to the
+// coordinator, with the same parameters, but fetches each round's state
+// once: a round sends one state (θ and Adam's v) and takes in 5 results of
+// the same size.
+TEST_F(DistributedTest, AWorkerWithThreeLearnersFetchesEachStateOnceAndMatchesThreads) {
+  const std::vector<std::string> overrides = OmniglotOverrides(20);
+  const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator("configs/demo.textproto", overrides, run, 0, "coordinator");
+  auto worker = ChildProcess::Start(
+      {REPTILE_BINARY, "worker", "--coordinator", absl::StrCat("127.0.0.1:", port_), "--learners", "3"}, Log("worker"));
+  ASSERT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+  EXPECT_EQ(worker->ExitCode(30), 0) << worker->err();
+  EXPECT_EQ(ParameterSha(coordinator->out()), reference);
+  EXPECT_TRUE(absl::StrContains(coordinator->err(), "#3 at")) << coordinator->err();
+  EXPECT_TRUE(absl::StrContains(coordinator->err(), "3 alive")) << coordinator->err();
+  std::string last_round;
+  for (absl::string_view line : absl::StrSplit(ReadWholeFile(run + "/metrics.jsonl"), '\n'))
+    if (absl::StrContains(line, "\"kind\":\"round\"")) last_round = std::string(line);
+  auto field = [&](const std::string& name) {
+    const size_t at = last_round.find("\"" + name + "\":");
+    return at == std::string::npos ? int64_t{-1} : std::stoll(last_round.substr(at + name.size() + 3));
+  };
+  ASSERT_GT(field("bytes_out"), 0) << last_round;
+  EXPECT_EQ(5 * field("bytes_out"), field("bytes_in")) << last_round;
+}
+
 TEST_F(DistributedTest, OneWorkerOrSixGiveTheSameParameters) {
   const std::vector<std::string> overrides = {"outer.rounds=300", "outer.meta_batch_size=6", "eval.every_rounds=0",
                                               "eval.final_episodes=20"};

@@ -46,12 +46,23 @@ class Backoff {
 
 }  // namespace
 
-// One Run(): the connection, the learner and the cached meta-state.
+// The meta-state the worker's learners last ran on, fetched by whichever
+// needed it first and shared by all of them.
+struct GrpcWorker::StateCache {
+  absl::Mutex mu;  // held while a learner fetches: the others wait for its copy
+  uint64_t incarnation ABSL_GUARDED_BY(mu) = 0, version ABSL_GUARDED_BY(mu) = 0;
+  std::shared_ptr<const MetaState> state ABSL_GUARDED_BY(mu);  // null: none yet
+};
+
+// One learner's membership of the run: its learner, its worker id, its
+// heartbeat and its uploads, over the worker's one connection.
 struct GrpcWorker::Session {
   Options* options;
+  std::string name;  // in the coordinator's log: the worker's, numbered when it has several learners
   absl::Notification* stop;
   Counters* counters;
-  std::unique_ptr<CoordinatorClient> client;
+  CoordinatorClient* client;
+  StateCache* cache;
   ExperimentConfig config;
   std::unique_ptr<Learner> learner;
   uint64_t worker_id = 0;
@@ -62,10 +73,7 @@ struct GrpcWorker::Session {
   // shared folder and it is the folder of the Unix socket this worker
   // reached it on; else empty (everything on the streams).
   std::string shared_folder;
-  // The meta-state of (cached_incarnation, cached_version), if have_state.
-  bool have_state = false;
-  uint64_t cached_incarnation = 0, cached_version = 0;
-  MetaState state;
+  std::shared_ptr<const MetaState> state;  // what the learner runs on
   bool announced_outage = false;
 
   void Log(const std::string& line) const {
@@ -123,7 +131,7 @@ struct GrpcWorker::Session {
   // Joins (again); OK with worker_id set, or a refusal that is final.
   absl::Status Join(Backoff& backoff) {
     JoinRequest request;
-    request.set_worker_name(options->name);
+    request.set_worker_name(name);
     request.set_protocol_version(kProtocolVersion);
     request.set_config_fingerprint(ConfigFingerprint(config));
     request.set_layout_fingerprint(LayoutFingerprint(learner->layout()));
@@ -161,17 +169,20 @@ struct GrpcWorker::Session {
   // retried a few times; NotFound means join again, Cancelled that the
   // worker stopped first. OK only with the state in hand.
   absl::Status EnsureState(uint64_t version, Backoff& backoff) {
-    if (have_state && cached_incarnation == incarnation && cached_version == version) return absl::OkStatus();
-    have_state = false;
+    absl::MutexLock lock(&cache->mu);
+    if (cache->state != nullptr && cache->incarnation == incarnation && cache->version == version) {
+      state = cache->state;
+      return absl::OkStatus();
+    }
     absl::Status status = absl::CancelledError("stopped before the state was fetched");
     for (int attempt = 0; attempt < 3 && !stop->HasBeenNotified(); ++attempt) {
       absl::StatusOr<MetaState> fetched =
           client->FetchState(worker_id, version, learner->num_parameters(), moments(), shared_folder);
       if (fetched.ok()) {
-        state = *std::move(fetched);
-        have_state = true;
-        cached_incarnation = incarnation;
-        cached_version = version;
+        state = std::make_shared<const MetaState>(*std::move(fetched));
+        cache->state = state;
+        cache->incarnation = incarnation;
+        cache->version = version;
         return absl::OkStatus();
       }
       status = fetched.status();
@@ -219,7 +230,7 @@ struct GrpcWorker::Session {
       item.kind = work->kind() == WorkReply::TRAIN ? WorkKind::kTrain : WorkKind::kEvaluate;
       item.tasks.assign(work->tasks().begin(), work->tasks().end());
       const auto started = std::chrono::steady_clock::now();
-      absl::StatusOr<TaskResult> result = learner->Run(state, item);
+      absl::StatusOr<TaskResult> result = learner->Run(*state, item);
       counters->compute_microseconds.fetch_add(
           std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count(),
           std::memory_order_relaxed);
@@ -287,6 +298,40 @@ struct GrpcWorker::Session {
     absl::MutexLock lock(&upload_mu);
     uploads_closed = true;
   }
+
+  // Joins and works until the run is over or the worker stops (OK), or a
+  // refusal that is final; then leaves.
+  absl::Status Serve() {
+    Backoff backoff(stop, &counters->retries);
+    absl::Notification heartbeat_done;
+    std::thread heartbeat([&] { HeartbeatLoop(&heartbeat_done); });
+    std::thread uploader([&] { UploadLoop(); });
+    absl::Status outcome = absl::OkStatus();
+    bool finished = false;
+    while (!stop->HasBeenNotified() && !finished) {
+      absl::Status joined = Join(backoff);
+      if (absl::IsCancelled(joined)) break;
+      if (!joined.ok()) {
+        outcome = joined;
+        break;
+      }
+      absl::Status worked = Work(backoff, &finished);
+      if (absl::IsNotFound(worked)) {
+        heartbeat_id.store(0);
+        continue;
+      }
+      outcome = worked;
+      break;
+    }
+    CloseUploads();
+    uploader.join();
+    RemoveResultFile();
+    heartbeat_done.Notify();
+    heartbeat.join();
+    if (outcome.ok() && worker_id != 0) client->Leave(worker_id).IgnoreError();
+    if (finished) Log("the run is finished; leaving");
+    return outcome;
+  }
 };
 
 GrpcWorker::GrpcWorker(Options options) : options_(std::move(options)) {}
@@ -307,52 +352,49 @@ void GrpcWorker::Stop() {
 }
 
 absl::Status GrpcWorker::Run() {
-  Session session;
-  session.options = &options_;
-  session.stop = &stop_;
-  session.counters = &counters_;
-  ASSIGN_OR_RETURN(session.client, CoordinatorClient::Connect(options_.coordinator, options_.security));
-  Backoff backoff(&stop_, &counters_.retries);
+  ASSIGN_OR_RETURN(std::unique_ptr<CoordinatorClient> client,
+                   CoordinatorClient::Connect(options_.coordinator, options_.security));
+  StateCache cache;
+  const int learners = std::max(1, options_.learners);
+  std::vector<std::unique_ptr<Session>> sessions;
+  for (int i = 0; i < learners; ++i) {
+    Session& session = *sessions.emplace_back(std::make_unique<Session>());
+    session.options = &options_;
+    session.name = learners == 1 ? options_.name : absl::StrCat(options_.name, "#", i + 1);
+    session.stop = &stop_;
+    session.counters = &counters_;
+    session.client = client.get();
+    session.cache = &cache;
+  }
+  ExperimentConfig config;
   if (options_.config.has_value()) {
-    session.config = *options_.config;
+    config = *options_.config;
   } else {
-    absl::Status fetched = session.FetchConfig(backoff);
+    Backoff backoff(&stop_, &counters_.retries);
+    absl::Status fetched = sessions[0]->FetchConfig(backoff);
     if (absl::IsCancelled(fetched)) return absl::OkStatus();
     RETURN_IF_ERROR(fetched);
+    config = sessions[0]->config;
   }
-  if (!options_.data_dir.empty()) session.config.mutable_task()->set_data_dir(options_.data_dir);
-  RETURN_IF_ERROR(ValidateConfig(session.config));
-  ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(session.config.task()));
-  ASSIGN_OR_RETURN(session.learner, Learner::Create(session.config, tasks));
-
-  absl::Notification heartbeat_done;
-  std::thread heartbeat([&] { session.HeartbeatLoop(&heartbeat_done); });
-  std::thread uploader([&] { session.UploadLoop(); });
-  absl::Status outcome = absl::OkStatus();
-  bool finished = false;
-  while (!stop_.HasBeenNotified() && !finished) {
-    absl::Status joined = session.Join(backoff);
-    if (absl::IsCancelled(joined)) break;
-    if (!joined.ok()) {
-      outcome = joined;
-      break;
-    }
-    absl::Status worked = session.Work(backoff, &finished);
-    if (absl::IsNotFound(worked)) {
-      session.heartbeat_id.store(0);
-      continue;
-    }
-    outcome = worked;
-    break;
+  if (!options_.data_dir.empty()) config.mutable_task()->set_data_dir(options_.data_dir);
+  RETURN_IF_ERROR(ValidateConfig(config));
+  ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(config.task()));
+  for (std::unique_ptr<Session>& session : sessions) {
+    session->config = config;
+    ASSIGN_OR_RETURN(session->learner, Learner::Create(config, tasks));
   }
-  session.CloseUploads();
-  uploader.join();
-  session.RemoveResultFile();
-  heartbeat_done.Notify();
-  heartbeat.join();
-  if (outcome.ok() && session.worker_id != 0) session.client->Leave(session.worker_id).IgnoreError();
-  if (finished) session.Log("the run is finished; leaving");
-  return outcome;
+  // A learner that cannot go on (refused, evicted) stops the others: the
+  // worker fails as a whole, as it would with one learner.
+  std::vector<absl::Status> outcomes(learners);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < learners; ++i)
+    threads.emplace_back([this, &sessions, &outcomes, i] {
+      outcomes[i] = sessions[i]->Serve();
+      if (!outcomes[i].ok()) Stop();
+    });
+  for (std::thread& thread : threads) thread.join();
+  for (const absl::Status& outcome : outcomes) RETURN_IF_ERROR(outcome);
+  return absl::OkStatus();
 }
 
 }  // namespace reptile

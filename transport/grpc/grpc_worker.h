@@ -1,7 +1,9 @@
 // The worker's end of the gRPC runtime: joins a coordinator, pulls tasks,
-// runs them on its Learner and streams the results back. Keeps a heartbeat
-// going, fetches each state version once, retries with backoff while the
-// coordinator is unreachable and joins again when it restarts.
+// runs them on its Learners and streams the results back. Each learner
+// thread is a worker of its own to the coordinator; they share one
+// connection, the dataset and one copy of each state version, fetched once.
+// Keeps heartbeats going, retries with backoff while the coordinator is
+// unreachable and joins again when it restarts.
 #ifndef REPTILE_TRANSPORT_GRPC_GRPC_WORKER_H_
 #define REPTILE_TRANSPORT_GRPC_GRPC_WORKER_H_
 
@@ -28,6 +30,9 @@ class GrpcWorker {
     std::optional<ExperimentConfig> config;
     std::string data_dir;  // overrides task.data_dir (the dataset's place on this node)
     std::string name;      // shown in the coordinator's log
+    // Learner threads, each taking tasks of its own (a node's cores): one
+    // state fetch per round serves them all.
+    int learners = 1;
     std::function<void(const std::string&)> log;
   };
 
@@ -56,6 +61,7 @@ class GrpcWorker {
 
  private:
   struct Session;
+  struct StateCache;
   struct Counters {
     std::atomic<int64_t> tasks_done{0}, tasks_failed{0}, compute_microseconds{0}, retries{0};
   };

@@ -20,8 +20,10 @@
 # after those (default "5@unlimited 5@1gbit": runtime.tasks_per_item=5, one
 # exact sum per worker item), LINK_BENCH_TLS=1 to serve TLS (a fresh
 # self-signed certificate) instead of plain text with --insecure_listen (a
-# token is required either way),
-# REPTILE_BINARY, REPTILE_OMNIGLOT_DIR.
+# token is required either way), ONE_PROCESS=1 to run the WORKERS workers as
+# one `reptile worker --learners WORKERS` process (one state fetch per round
+# for all of them) instead of WORKERS processes, REPTILE_BINARY,
+# REPTILE_OMNIGLOT_DIR.
 #
 # Needs root and iproute2 (`ip netns`, `tc`); skips with a message (exit 0)
 # without them. Every namespace, link and process it makes is removed on exit.
@@ -166,10 +168,13 @@ run() {
   done
   port=$(cat "$scratch/port")
   worker_pids=""
+  processes=$workers
+  learners=1
+  if [ "${ONE_PROCESS:-0}" = 1 ]; then processes=1; learners=$workers; fi
   k=1
-  while [ $k -le "$workers" ]; do
+  while [ $k -le "$processes" ]; do
     ip netns exec "$wns" "$reptile" worker --coordinator $caddr:"$port" --token_file "$scratch/token" \
-      $worker_security > "$dir.worker$k.out" 2> "$dir.worker$k.err" &
+      --learners $learners $worker_security > "$dir.worker$k.out" 2> "$dir.worker$k.err" &
     worker_pids="$worker_pids $!"
     k=$((k + 1))
   done
@@ -205,7 +210,8 @@ for link in $links; do cases="$cases 1@$link"; done
 cases="$cases $extra"
 
 echo "link bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)," \
-  "omniglot_5w1s, $rounds rounds ($warmup warm-up), $workers worker processes, $repeat repetitions, $mode"
+  "omniglot_5w1s, $rounds rounds ($warmup warm-up), $workers workers" \
+  "($([ "${ONE_PROCESS:-0}" = 1 ] && echo "one process, --learners $workers" || echo "one process each")), $repeat repetitions, $mode"
 echo "tbf on both ends of one veth pair: burst 1 ms at the rate (>= 64 KiB), latency 20 ms"
 echo "each run: median and best rounds/s, median ms per round, MB in/out per round at the coordinator,"
 echo "those bytes' time at the link's rate (ms in/out), packets the tbf queues dropped, parameters' SHA-256"

@@ -15,18 +15,18 @@ declare -A paper=(
   [omniglot_20w1s]="88.14 ± 0.15 | 89.43 ± 0.14"
   [omniglot_20w5s]="96.65 ± 0.33 | 97.12 ± 0.32"
 )
-declare -A evaluated_from=([omniglot_20w5s]=omniglot_20w1s)
+. scripts/paper_configs.sh
 # "ROUND (LABEL) | non-transductive | transductive" from `reptile eval` output.
 eval_columns() {
   sed -E "s/^round ([0-9]+): accuracy ([0-9.]+)% ± ([0-9.]+) \(transductive\), ([0-9.]+)% ± ([0-9.]+) .*/\1 ($1) | \4 ± \5 | \2 ± \3/"
 }
 printf '| config | rounds | measured non-transductive | measured transductive | paper non-transductive | paper transductive |\n'
 printf '|---|---|---|---|---|---|\n'
-for c in omniglot_5w1s omniglot_5w5s omniglot_20w1s omniglot_20w5s; do
+for c in "${paper_configs[@]}"; do
   sibling=${evaluated_from[$c]:-}
   if [ -n "$sibling" ]; then
     dir=models/$sibling
-    shots=$(sed -n 's/^ *eval_shots: *\([0-9]*\).*/\1/p' "configs/$c.textproto")
+    shots=$(eval_shots_of "$c")
     if [ -f "$dir/final_eval_$c.txt" ]; then
       line=$(eval_columns "$sibling's model" < "$dir/final_eval_$c.txt")
     elif [ -f "$dir/checkpoint.bin" ]; then

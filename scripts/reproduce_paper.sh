@@ -13,7 +13,7 @@
 # evaluation (100 episodes) of the committed checkpoint gives; the trainer is
 # paused meanwhile, so that the two match. tests/shipped_models_test checks it.
 # scripts/paper_table.sh then prints the measured table beside the paper's.
-# A config that trains exactly as another (evaluated_from below: it differs
+# A config that trains exactly as another (evaluated_from in paper_configs.sh: it differs
 # only in task.eval_shots) is not trained again: once its sibling has
 # finished, the sibling's checkpoint is evaluated with its episodes, 10,000
 # of them, into models/<sibling>/final_eval_<name>.txt.
@@ -46,7 +46,7 @@ commit_run() {
 }
 resume_trainer() { if [ -n "$trainer" ]; then kill -CONT "$trainer" 2> /dev/null; fi; }
 
-declare -A evaluated_from=([omniglot_20w5s]=omniglot_20w1s)
+. scripts/paper_configs.sh
 
 # Evaluates the finished sibling's checkpoint with config $1's eval shots.
 evaluate_from_sibling() {
@@ -57,13 +57,13 @@ evaluate_from_sibling() {
     echo "paper_runs: $name is $sibling's training evaluated with other episodes; train $sibling to its end first" >&2
     return 1
   fi
-  shots=$(sed -n 's/^ *eval_shots: *\([0-9]*\).*/\1/p' "configs/$name.textproto")
+  shots=$(eval_shots_of "$name")
   nice -n 19 "$reptile" eval --run_dir "models/$sibling" --episodes 10000 "task.eval_shots=$shots" > "$out.tmp" &&
     mv "$out.tmp" "$out" || { rm -f "$out.tmp"; return 1; }
   git add "$out" && git commit -q -m "models/$sibling: evaluated as $name" -- "$out"
 }
 
-[ $# -gt 0 ] || set -- omniglot_5w1s omniglot_5w5s omniglot_20w1s omniglot_20w5s
+[ $# -gt 0 ] || set -- "${paper_configs[@]}"
 [ -x "$reptile" ] || bash scripts/build.sh
 trainer=
 trap 'if [ -n "$trainer" ]; then kill -TERM "$trainer"; kill -CONT "$trainer"; fi' TERM INT

@@ -30,6 +30,10 @@ std::vector<prometheus::MetricFamily> WorkerMetrics::Collect() const {
                      {"failed", static_cast<double>(stats.tasks_failed)}}),
       CounterFamily("reptile_worker_compute_seconds_total", "Wall time this worker spent running tasks",
                     {{"", stats.compute_seconds}}),
+      CounterFamily("reptile_worker_idle_seconds_total",
+                    "Wall time this worker's learners spent between tasks: no work pending, or waiting for a "
+                    "lease, its state or the last result's upload",
+                    {{"", stats.idle_seconds}}),
       CounterFamily("reptile_worker_retries_total",
                     "Calls to the coordinator tried again (unreachable, or a transient error)",
                     {{"", static_cast<double>(stats.retries)}}),

@@ -338,6 +338,8 @@ TEST_F(PrometheusTest, PrometheusScrapesALiveRunsCoordinatorAndWorker) {
       << value;
   EXPECT_TRUE(WaitForQuery("reptile_worker_compute_seconds_total" + w + "}", [](double v) { return v > 0; }, 10, &value))
       << value;
+  EXPECT_TRUE(WaitForQuery("reptile_worker_idle_seconds_total" + w + "}", [](double v) { return v > 0; }, 10, &value))
+      << value;
   EXPECT_TRUE(WaitForQuery("reptile_worker_retries_total" + w + "}", [](double v) { return v >= 0; }, 10, &value))
       << value;
 

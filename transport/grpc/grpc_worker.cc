@@ -10,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/config.h"
@@ -43,6 +44,10 @@ class Backoff {
   std::mt19937_64 rng_;
   absl::Duration next_ = absl::Milliseconds(100);
 };
+
+int64_t Microseconds(std::chrono::steady_clock::duration duration) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(duration).count();
+}
 
 }  // namespace
 
@@ -196,8 +201,13 @@ struct GrpcWorker::Session {
   // the worker stops, NotFound when it must join again, or a final error
   // (PermissionDenied: evicted).
   absl::Status Work(Backoff& backoff, bool* finished) {
+    // The next lease, asked for while the task before it runs, so that the
+    // learner does not wait for the call between tasks.
+    std::unique_ptr<CoordinatorClient::LeaseRequest> next;
+    auto idle_since = std::chrono::steady_clock::now();
     while (!stop->HasBeenNotified()) {
-      absl::StatusOr<WorkReply> work = client->GetWork(worker_id);
+      absl::StatusOr<WorkReply> work = next != nullptr ? next->Wait() : client->GetWork(worker_id);
+      next.reset();
       if (absl::IsNotFound(work.status())) return absl::NotFoundError("join again");
       if (!work.ok()) {
         if (!IsTransient(work.status()))
@@ -229,11 +239,12 @@ struct GrpcWorker::Session {
       WorkItem item;
       item.kind = work->kind() == WorkReply::TRAIN ? WorkKind::kTrain : WorkKind::kEvaluate;
       item.tasks.assign(work->tasks().begin(), work->tasks().end());
+      next = client->StartGetWork(worker_id);
       const auto started = std::chrono::steady_clock::now();
+      counters->idle_microseconds.fetch_add(Microseconds(started - idle_since), std::memory_order_relaxed);
       absl::StatusOr<TaskResult> result = learner->Run(*state, item);
-      counters->compute_microseconds.fetch_add(
-          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count(),
-          std::memory_order_relaxed);
+      idle_since = std::chrono::steady_clock::now();
+      counters->compute_microseconds.fetch_add(Microseconds(idle_since - started), std::memory_order_relaxed);
       (result.ok() ? counters->tasks_done : counters->tasks_failed).fetch_add(1, std::memory_order_relaxed);
       Upload(Pending{worker_id, *work, std::move(result), shared_folder});
     }
@@ -329,7 +340,11 @@ struct GrpcWorker::Session {
     heartbeat_done.Notify();
     heartbeat.join();
     if (outcome.ok() && worker_id != 0) client->Leave(worker_id).IgnoreError();
-    if (finished) Log("the run is finished; leaving");
+    if (finished) {
+      const Stats done = StatsOf(*counters);
+      Log(absl::StrFormat("the run is finished (this worker: %d tasks, %.1f s computing, %.1f s idle between them); leaving",
+                          done.tasks_done, done.compute_seconds, done.idle_seconds));
+    }
     return outcome;
   }
 };
@@ -338,14 +353,17 @@ GrpcWorker::GrpcWorker(Options options) : options_(std::move(options)) {}
 
 GrpcWorker::~GrpcWorker() = default;
 
-GrpcWorker::Stats GrpcWorker::stats() const {
+GrpcWorker::Stats GrpcWorker::StatsOf(const Counters& counters) {
   Stats stats;
-  stats.tasks_done = counters_.tasks_done.load(std::memory_order_relaxed);
-  stats.tasks_failed = counters_.tasks_failed.load(std::memory_order_relaxed);
-  stats.compute_seconds = counters_.compute_microseconds.load(std::memory_order_relaxed) / 1e6;
-  stats.retries = counters_.retries.load(std::memory_order_relaxed);
+  stats.tasks_done = counters.tasks_done.load(std::memory_order_relaxed);
+  stats.tasks_failed = counters.tasks_failed.load(std::memory_order_relaxed);
+  stats.compute_seconds = counters.compute_microseconds.load(std::memory_order_relaxed) / 1e6;
+  stats.idle_seconds = counters.idle_microseconds.load(std::memory_order_relaxed) / 1e6;
+  stats.retries = counters.retries.load(std::memory_order_relaxed);
   return stats;
 }
+
+GrpcWorker::Stats GrpcWorker::stats() const { return StatsOf(counters_); }
 
 void GrpcWorker::Stop() {
   if (!stop_.HasBeenNotified()) stop_.Notify();

@@ -55,6 +55,7 @@ class GrpcWorker {
     int64_t tasks_done = 0;      // tasks its learner ran to a result
     int64_t tasks_failed = 0;    // tasks its learner failed on
     double compute_seconds = 0;  // wall time in the learner, both kinds
+    double idle_seconds = 0;     // wall time between tasks: no work pending, or waiting for a lease, state or upload
     int64_t retries = 0;         // calls to the coordinator tried again (unreachable, transient errors)
   };
   Stats stats() const;
@@ -63,8 +64,9 @@ class GrpcWorker {
   struct Session;
   struct StateCache;
   struct Counters {
-    std::atomic<int64_t> tasks_done{0}, tasks_failed{0}, compute_microseconds{0}, retries{0};
+    std::atomic<int64_t> tasks_done{0}, tasks_failed{0}, compute_microseconds{0}, idle_microseconds{0}, retries{0};
   };
+  static Stats StatsOf(const Counters& counters);
   Options options_;
   absl::Notification stop_;
   Counters counters_;

@@ -179,33 +179,6 @@ TEST_F(ProtocolTest, HealthServiceReportsServing) {
   }
 }
 
-// A worker asks for its next lease while it runs the one in hand. Until it
-// has had a result accepted it holds one lease, so the early request is
-// answered once that result is; then it may hold two, so the next request is
-// answered while it holds one; a third waits, and giving it up is harmless.
-TEST_F(ProtocolTest, AWorkerAsksForItsNextLeaseWhileItHoldsOne) {
-  const uint64_t worker = Join();
-  const Leased first = LeaseAndCompute(worker);
-  ASSERT_EQ(first.work.kind(), WorkReply::TRAIN);
-  std::unique_ptr<CoordinatorClient::LeaseRequest> early = client_->StartGetWork(worker);
-  ExpectAccepted(Messages(worker, first.work, first.result));
-  absl::StatusOr<WorkReply> second = early->Wait();
-  ASSERT_TRUE(second.ok()) << second.status();
-  EXPECT_EQ(second->kind(), WorkReply::TRAIN);
-  EXPECT_EQ(second->state_version(), first.work.state_version());
-  EXPECT_NE(second->lease_id(), first.work.lease_id());
-
-  absl::StatusOr<WorkReply> third = client_->StartGetWork(worker)->Wait();
-  ASSERT_TRUE(third.ok()) << third.status();
-  EXPECT_EQ(third->kind(), WorkReply::TRAIN) << "a proven worker holds two leases";
-  EXPECT_NE(third->lease_id(), second->lease_id());
-
-  std::unique_ptr<CoordinatorClient::LeaseRequest> beyond_its_share = client_->StartGetWork(worker);
-  beyond_its_share.reset();  // cancelled, unanswered
-  Leave(worker);             // its two leases are redone by the worker that finishes the run
-  EXPECT_EQ(FinishWithRealWorker(), ThreadsReference());
-}
-
 TEST_F(ProtocolTest, JoinRefusesAnotherConfigModelOrProtocol) {
   JoinRequest request = GoodJoin();
   request.set_config_fingerprint(ConfigFingerprint(LoadNamedConfig("sine", {"inner.learning_rate=0.5"})));

@@ -94,31 +94,6 @@ absl::StatusOr<WorkReply> CoordinatorClient::GetWork(uint64_t worker) {
   return reply;
 }
 
-std::unique_ptr<CoordinatorClient::LeaseRequest> CoordinatorClient::StartGetWork(uint64_t worker) {
-  auto call = std::unique_ptr<LeaseRequest>(new LeaseRequest());
-  call->request_.set_worker_id(worker);
-  call->context_.set_deadline(std::chrono::system_clock::now() + kShortCall);
-  AttachToken(token_, &call->context_);
-  call->stub_ = stub();
-  LeaseRequest* raw = call.get();
-  call->stub_->async()->GetWork(&raw->context_, &raw->request_, &raw->reply_, [raw](grpc::Status status) {
-    raw->status_ = std::move(status);
-    raw->answered_.Notify();
-  });
-  return call;
-}
-
-absl::StatusOr<WorkReply> CoordinatorClient::LeaseRequest::Wait() {
-  answered_.WaitForNotification();
-  RETURN_IF_ERROR(FromGrpc(status_));
-  return reply_;
-}
-
-CoordinatorClient::LeaseRequest::~LeaseRequest() {
-  if (!answered_.HasBeenNotified()) context_.TryCancel();
-  answered_.WaitForNotification();
-}
-
 absl::Status CoordinatorClient::Leave(uint64_t worker) {
   LeaveRequest request;
   request.set_worker_id(worker);

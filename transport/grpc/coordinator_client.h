@@ -14,7 +14,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "coordinator.grpc.pb.h"
 #include "transport/grpc/security.h"
 #include "worker/learner.h"
@@ -47,25 +46,6 @@ class CoordinatorClient {
   absl::Status Heartbeat(uint64_t worker);
   // Long-polls for up to a second on the coordinator's side.
   absl::StatusOr<WorkReply> GetWork(uint64_t worker);
-
-  // A GetWork call started now and answered later: a worker asks for its
-  // next lease while it runs the one in hand. Destroying one that is still
-  // unanswered cancels the call and waits for it to end.
-  class LeaseRequest {
-   public:
-    ~LeaseRequest();
-    absl::StatusOr<WorkReply> Wait();
-
-   private:
-    friend class CoordinatorClient;
-    std::shared_ptr<Coordinator::Stub> stub_;  // keeps the call's channel
-    grpc::ClientContext context_;
-    WorkRequest request_;
-    WorkReply reply_;
-    grpc::Status status_;
-    absl::Notification answered_;
-  };
-  std::unique_ptr<LeaseRequest> StartGetWork(uint64_t worker);
   absl::Status Leave(uint64_t worker);
 
   // The meta-state of `version`, checked against the model the caller

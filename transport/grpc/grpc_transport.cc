@@ -160,7 +160,6 @@ struct GrpcTransport::Board {
   uint64_t next_stream ABSL_GUARDED_BY(mu) = 1;
   std::string interrupted ABSL_GUARDED_BY(mu);  // why Interrupt() was called
   bool finished ABSL_GUARDED_BY(mu) = false;       // the run is over: workers leave
-  uint64_t results_answered ABSL_GUARDED_BY(mu) = 0;  // a worker whose share of leases was out may have room
   bool shutting_down ABSL_GUARDED_BY(mu) = false;  // this process stops: workers wait for the next
   TransportStats stats ABSL_GUARDED_BY(mu);
   bool warned_idle ABSL_GUARDED_BY(mu) = false;  // more workers than a round has tasks
@@ -372,10 +371,6 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
                             SubmitReply* reply) override {
     if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
     grpc::Status status = ReceiveResult(context, reader, reply);
-    {
-      absl::MutexLock lock(&board_->mu);
-      ++board_->results_answered;
-    }
     board_->FlushLog();
     return status;
   }
@@ -387,8 +382,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     if (absl::Status s = b.scheduler.Touch(worker, absl::Now()); !s.ok()) return ToGrpc(s);
     // Long-polls until there is work this worker may take. Pending work it
     // may not take (its share of leases is out, or it was refused on it) is
-    // looked at again when a result has been answered (one of its leases
-    // may have closed) or after kRecheck, not in a spin.
+    // looked at again every kRecheck, not in a spin.
     const absl::Time until = absl::Now() + kLongPoll;
     std::optional<LeaseScheduler::Grant> grant;
     while (true) {
@@ -403,11 +397,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
       if (absl::Status s = b.scheduler.Touch(worker, absl::Now()); !s.ok()) return ToGrpc(s);
       if (b.snapshot != nullptr) grant = b.scheduler.Lease(worker, absl::Now());
       if (grant.has_value() || absl::Now() >= until) break;
-      const uint64_t answered = b.results_answered;
-      auto news = [&b, answered]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.mu) {
-        return b.Stopping() || b.results_answered != answered;
-      };
-      b.mu.AwaitWithTimeout(absl::Condition(&news), kRecheck);
+      b.mu.AwaitWithTimeout(absl::Condition(&b, &Board::Stopping), kRecheck);
     }
     if (!grant.has_value()) {
       reply->set_kind(WorkReply::WAIT);

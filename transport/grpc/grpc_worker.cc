@@ -201,13 +201,9 @@ struct GrpcWorker::Session {
   // the worker stops, NotFound when it must join again, or a final error
   // (PermissionDenied: evicted).
   absl::Status Work(Backoff& backoff, bool* finished) {
-    // The next lease, asked for while the task before it runs, so that the
-    // learner does not wait for the call between tasks.
-    std::unique_ptr<CoordinatorClient::LeaseRequest> next;
     auto idle_since = std::chrono::steady_clock::now();
     while (!stop->HasBeenNotified()) {
-      absl::StatusOr<WorkReply> work = next != nullptr ? next->Wait() : client->GetWork(worker_id);
-      next.reset();
+      absl::StatusOr<WorkReply> work = client->GetWork(worker_id);
       if (absl::IsNotFound(work.status())) return absl::NotFoundError("join again");
       if (!work.ok()) {
         if (!IsTransient(work.status()))
@@ -239,7 +235,6 @@ struct GrpcWorker::Session {
       WorkItem item;
       item.kind = work->kind() == WorkReply::TRAIN ? WorkKind::kTrain : WorkKind::kEvaluate;
       item.tasks.assign(work->tasks().begin(), work->tasks().end());
-      next = client->StartGetWork(worker_id);
       const auto started = std::chrono::steady_clock::now();
       counters->idle_microseconds.fetch_add(Microseconds(started - idle_since), std::memory_order_relaxed);
       absl::StatusOr<TaskResult> result = learner->Run(*state, item);

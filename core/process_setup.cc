@@ -1,6 +1,7 @@
 #include "core/process_setup.h"
 
 #include <malloc.h>
+#include <pthread.h>
 
 #include <ATen/Parallel.h>
 
@@ -27,6 +28,8 @@ void ConfigureProcessForTraining() {
 }
 
 void ReturnFreeMemory() { malloc_trim(0); }
+
+void NameThisThread(const char* name) { pthread_setname_np(pthread_self(), name); }
 
 void ConfigureProcessForServing() {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);

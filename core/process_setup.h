@@ -24,6 +24,10 @@ void ConfigureProcessForServing();
 // calls it every few seconds; it takes about a millisecond.
 void ReturnFreeMemory();
 
+// Names the calling thread (at most 15 characters) as `top -H`, perf and
+// bench/thread_census.sh show it.
+void NameThisThread(const char* name);
+
 }  // namespace reptile
 
 #endif  // REPTILE_CORE_PROCESS_SETUP_H_

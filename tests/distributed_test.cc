@@ -130,6 +130,8 @@ TEST_F(DistributedTest, AWorkerWithThreeLearnersFetchesEachStateOnceAndMatchesTh
   EXPECT_EQ(ParameterSha(coordinator->out()), reference);
   EXPECT_TRUE(absl::StrContains(coordinator->err(), "#3 at")) << coordinator->err();
   EXPECT_TRUE(absl::StrContains(coordinator->err(), "3 alive")) << coordinator->err();
+  // The process reports its three learners' work once, as one worker.
+  EXPECT_EQ(CountOccurrences(worker->err(), "the run is finished (this worker: "), 1) << worker->err();
   std::string last_round;
   for (absl::string_view line : absl::StrSplit(ReadWholeFile(run + "/metrics.jsonl"), '\n'))
     if (absl::StrContains(line, "\"kind\":\"round\"")) last_round = std::string(line);

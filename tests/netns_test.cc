@@ -40,6 +40,7 @@ namespace reptile {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using ::reptile::testing::CountOccurrences;
 
 double SecondsSince(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
@@ -100,13 +101,6 @@ struct Running {
   std::string stdout_path, stderr_path;
   std::optional<int> exit_code;  // set once reaped
 };
-
-// Counts `needle` in `haystack`.
-int Count(const std::string& haystack, const std::string& needle) {
-  int n = 0;
-  for (size_t at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1)) ++n;
-  return n;
-}
 
 std::string Sha(const std::string& output) {
   const std::string key = "parameters sha256 ";
@@ -201,7 +195,7 @@ class NetnsTest : public ::testing::Test {
   std::deque<Running> children_;  // a deque: references to its elements stay valid
 };
 
-int RoundsIn(const std::string& metrics_path) { return Count(ReadFile(metrics_path), "\"kind\":\"round\""); }
+int RoundsIn(const std::string& metrics_path) { return CountOccurrences(ReadFile(metrics_path), "\"kind\":\"round\""); }
 
 // The sum of the packet counters of the rules in `ruleset` (nft list output).
 long DroppedPackets(const std::string& ruleset) {
@@ -395,7 +389,7 @@ TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInPr
   EXPECT_TRUE(was_redone || was_copied) << "the task stuck on worker " << lost_id << " was not done elsewhere\n"
                                         << LinesWith(log, "worker ");
   const std::string worker1_log = ReadFile(workers[0]->stderr_path);
-  EXPECT_GE(Count(worker1_log, " as worker "), 2) << "worker 1 did not rejoin\n" << worker1_log;
+  EXPECT_GE(CountOccurrences(worker1_log, " as worker "), 2) << "worker 1 did not rejoin\n" << worker1_log;
 
   // Packets were really dropped on both links.
   std::vector<long> dropped;
@@ -424,8 +418,8 @@ TEST_F(NetnsTest, TrainsAcrossNamespacesThroughLossAndALinkOutageBitwiseLikeInPr
             << outage << " s, up at round " << rounds_at_up << "; worker 1 rejoined " << rejoined_after
             << " s later at round " << rounds_at_rejoin << "; distributed " << distributed_seconds << " s, in process "
             << local_seconds << " s, total " << SecondsSince(test_start) << " s; packets dropped by nft "
-            << dropped[0] << " / " << dropped[1] << "; coordinator log: " << Count(log, "is redone") << " redone, "
-            << Count(log, ") lost") << " lost, " << Count(log, ") joined") << " joins; the stuck task was "
+            << dropped[0] << " / " << dropped[1] << "; coordinator log: " << CountOccurrences(log, "is redone") << " redone, "
+            << CountOccurrences(log, ") lost") << " lost, " << CountOccurrences(log, ") joined") << " joins; the stuck task was "
             << (was_redone ? "redone" : was_copied ? "copied to the other worker" : "lost") << "\n"
             << LinesWith(log, "worker ") << std::endl;
 }

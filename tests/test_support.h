@@ -99,6 +99,13 @@ inline ShellResult Shell(const std::string& line) {
 // Runs the reptile binary with `args` (a shell-quoted string).
 inline ShellResult RunReptile(const std::string& args) { return Shell(std::string(REPTILE_BINARY) + " " + args); }
 
+// How many times `needle` occurs in `haystack` (overlaps counted).
+inline int CountOccurrences(const std::string& haystack, const std::string& needle) {
+  int n = 0;
+  for (size_t at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1)) ++n;
+  return n;
+}
+
 }  // namespace reptile::testing
 
 #endif  // REPTILE_TESTS_TEST_SUPPORT_H_

@@ -735,6 +735,7 @@ GrpcTransport::~GrpcTransport() {
 }
 
 void GrpcTransport::ReapLoop() {
+  NameThisThread("reaper");
   Board& b = *board_;
   for (int tick = 1;; ++tick) {
     if (tick % kTrimEveryTicks == 0) ReturnFreeMemory();

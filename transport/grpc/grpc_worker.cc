@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "core/config.h"
 #include "core/flat_parameters.h"
+#include "core/process_setup.h"
 #include "core/status_macros.h"
 #include "transport/grpc/grpc_transport.h"
 #include "transport/grpc/coordinator_client.h"
@@ -80,6 +81,7 @@ struct GrpcWorker::Session {
   std::string shared_folder;
   std::shared_ptr<const MetaState> state;  // what the learner runs on
   bool announced_outage = false;
+  bool run_finished = false;  // Serve() returned because the run is over
 
   void Log(const std::string& line) const {
     if (options->log) options->log(line);
@@ -310,8 +312,14 @@ struct GrpcWorker::Session {
   absl::Status Serve() {
     Backoff backoff(stop, &counters->retries);
     absl::Notification heartbeat_done;
-    std::thread heartbeat([&] { HeartbeatLoop(&heartbeat_done); });
-    std::thread uploader([&] { UploadLoop(); });
+    std::thread heartbeat([&] {
+      NameThisThread("heartbeat");
+      HeartbeatLoop(&heartbeat_done);
+    });
+    std::thread uploader([&] {
+      NameThisThread("upload");
+      UploadLoop();
+    });
     absl::Status outcome = absl::OkStatus();
     bool finished = false;
     while (!stop->HasBeenNotified() && !finished) {
@@ -335,11 +343,7 @@ struct GrpcWorker::Session {
     heartbeat_done.Notify();
     heartbeat.join();
     if (outcome.ok() && worker_id != 0) client->Leave(worker_id).IgnoreError();
-    if (finished) {
-      const Stats done = StatsOf(*counters);
-      Log(absl::StrFormat("the run is finished (this worker: %d tasks, %.1f s computing, %.1f s idle between them); leaving",
-                          done.tasks_done, done.compute_seconds, done.idle_seconds));
-    }
+    run_finished = finished;
     return outcome;
   }
 };
@@ -402,11 +406,20 @@ absl::Status GrpcWorker::Run() {
   std::vector<std::thread> threads;
   for (int i = 0; i < learners; ++i)
     threads.emplace_back([this, &sessions, &outcomes, i] {
+      NameThisThread("learner");
       outcomes[i] = sessions[i]->Serve();
       if (!outcomes[i].ok()) Stop();
     });
   for (std::thread& thread : threads) thread.join();
   for (const absl::Status& outcome : outcomes) RETURN_IF_ERROR(outcome);
+  const bool run_finished = std::any_of(sessions.begin(), sessions.end(),
+                                        [](const std::unique_ptr<Session>& session) { return session->run_finished; });
+  if (run_finished && options_.log) {
+    const Stats done = StatsOf(counters_);
+    options_.log(absl::StrFormat(
+        "the run is finished (this worker: %d tasks, %.1f s computing, %.1f s idle between them); leaving",
+        done.tasks_done, done.compute_seconds, done.idle_seconds));
+  }
   return absl::OkStatus();
 }
 

@@ -1,6 +1,7 @@
 #include "transport/local/local_transport.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/process_setup.h"
 #include "core/status_macros.h"
 
 namespace reptile {
@@ -64,6 +65,7 @@ void LocalTransport::Interrupt(const std::string& why) {
 }
 
 void LocalTransport::WorkerLoop(Learner* learner) {
+  NameThisThread("learner");
   // One intra-op thread per worker: a task's arithmetic, and so its result,
   // must not depend on how many threads share the machine.
   at::set_num_threads(1);

@@ -483,6 +483,36 @@ TEST_F(ProtocolTest, RandomlyMangledSubmissionsNeverHurtTheRun) {
   EXPECT_EQ(FinishWithRealWorker(), ThreadsReference());
 }
 
+// Adam's state carried between rounds: results hold Δ and Adam's v.
+class AdamProtocolTest : public ProtocolTest {
+ protected:
+  std::vector<std::string> Overrides() const override {
+    std::vector<std::string> overrides = kOverrides;
+    overrides.insert(overrides.end(), {"inner.optimizer=ADAM", "inner.adam_beta1=0", "inner.adam_beta2=0.999",
+                                       "inner.adam_epsilon=1e-8", "inner.state_mode=CARRY"});
+    return overrides;
+  }
+};
+
+// A second moment below zero cannot come from Adam; it is refused, and the
+// same result with v intact is then accepted.
+TEST_F(AdamProtocolTest, ANegativeSecondMomentIsRefused) {
+  const uint64_t worker = Join();
+  const Leased leased = LeaseAndCompute(worker);
+  ASSERT_EQ(leased.work.kind(), WorkReply::TRAIN);
+  ASSERT_TRUE(leased.result.adam_v.defined());
+  TaskResult lying = leased.result;
+  lying.adam_v = leased.result.adam_v.clone();
+  lying.adam_v[learner_->num_parameters() - 1] = -1e-9f;
+  ExpectRefused(Messages(worker, leased.work, lying), absl::StatusCode::kInvalidArgument,
+                "adam_v has negative entries");
+  const uint64_t honest = Join();
+  const WorkReply redone = GetWork(honest);
+  ASSERT_EQ(redone.kind(), WorkReply::TRAIN);
+  EXPECT_EQ(redone.tasks(0).SerializeAsString(), leased.work.tasks(0).SerializeAsString()) << "not redone";
+  ExpectAccepted(Messages(honest, redone, leased.result));
+}
+
 // Items of 3 tasks, whose results are exact sums (16 bytes per value).
 class ExactSumProtocolTest : public ProtocolTest {
  protected:

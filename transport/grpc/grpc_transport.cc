@@ -561,7 +561,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     if (second && !exact) {
       absl::StatusOr<torch::Tensor> v = DecodeTensor(std::move(payload[v_index]), DELTA_FP32, snapshot.numel);
       if (!v.ok()) return invalid(absl::StrCat("adam_v: ", v.status().message()));
-      if (v->lt(0).any().item<bool>()) return invalid("adam_v has negative entries");
+      if (v->min().item<float>() < 0) return invalid("adam_v has negative entries");  // one pass, no mask
       result.adam_v = *std::move(v);
     }
     result.loss = header.loss();

@@ -192,6 +192,54 @@ TEST_F(SharedFolderTransportTest, AWorkerOnTheUnixSocketPassesStateAndResultAsFi
       << "a state's file goes with its batch";
 }
 
+// A worker that reads the folder learns of its lease's state from the lease
+// itself and reads it with no FetchState call; one that holds that state
+// already, or asks over TCP, gets no header.
+TEST_F(SharedFolderTransportTest, ALeaseOnTheUnixSocketNamesItsStateFileUnlessTheWorkerHoldsIt) {
+  std::unique_ptr<CoordinatorClient> client = Client(/*unix_socket=*/true);
+  absl::StatusOr<JoinReply> joined = Join(*client);
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  absl::StatusOr<WorkReply> work = client->GetWork(joined->worker_id(), /*shared_folder=*/true, 0);
+  ASSERT_TRUE(work.ok()) << work.status();
+  ASSERT_EQ(work->kind(), WorkReply::TRAIN);
+  ASSERT_TRUE(work->has_folder_state());
+  EXPECT_TRUE(work->folder_state().in_shared_folder());
+  const CarriedMoments moments = CarriedMomentsOf(config_);
+  absl::StatusOr<MetaState> state = ReadFolderState(work->folder_state(), work->state_version(),
+                                                    state_.parameters.numel(), moments, folder_);
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_TRUE(torch::equal(state->parameters, state_.parameters));
+  if (state_.adam_v.defined()) EXPECT_TRUE(torch::equal(state->adam_v, state_.adam_v));
+  const int64_t state_bytes = state_.parameters.numel() * 4 * (1 + moments.first + moments.second);
+  EXPECT_EQ(transport_->Stats().bytes_out, state_bytes) << "a read from the folder counts as a fetch";
+  // Read as another version, or with another model's size, it is refused.
+  EXPECT_TRUE(absl::IsDataLoss(ReadFolderState(work->folder_state(), work->state_version() + 1,
+                                               state_.parameters.numel(), moments, folder_)
+                                   .status()));
+  EXPECT_TRUE(absl::IsDataLoss(
+      ReadFolderState(work->folder_state(), work->state_version(), state_.parameters.numel() + 1, moments, folder_)
+          .status()));
+
+  // The lease goes back when its worker leaves; a worker holding the state
+  // is not told where it is, and neither is one over TCP.
+  ASSERT_TRUE(client->Leave(joined->worker_id()).ok());
+  absl::StatusOr<JoinReply> holder = Join(*client);
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  absl::StatusOr<WorkReply> again = client->GetWork(holder->worker_id(), true, work->state_version());
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->kind(), WorkReply::TRAIN);
+  EXPECT_FALSE(again->has_folder_state());
+  ASSERT_TRUE(client->Leave(holder->worker_id()).ok());
+  std::unique_ptr<CoordinatorClient> tcp = Client(/*unix_socket=*/false);
+  absl::StatusOr<JoinReply> remote = Join(*tcp);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  absl::StatusOr<WorkReply> over_tcp = tcp->GetWork(remote->worker_id(), true, 0);
+  ASSERT_TRUE(over_tcp.ok()) << over_tcp.status();
+  ASSERT_EQ(over_tcp->kind(), WorkReply::TRAIN);
+  EXPECT_FALSE(over_tcp->has_folder_state());
+  EXPECT_EQ(transport_->Stats().bytes_out, state_bytes);
+}
+
 TEST_F(SharedFolderTransportTest, OverTcpTheFolderIsNeitherOfferedNorTaken) {
   std::unique_ptr<CoordinatorClient> client = Client(/*unix_socket=*/false);
   absl::StatusOr<JoinReply> joined = Join(*client);

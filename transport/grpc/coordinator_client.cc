@@ -86,9 +86,12 @@ absl::Status CoordinatorClient::Heartbeat(uint64_t worker) {
   return Unary(std::chrono::seconds(2), [&](grpc::ClientContext* c) { return stub()->Heartbeat(c, request, &reply); });
 }
 
-absl::StatusOr<WorkReply> CoordinatorClient::GetWork(uint64_t worker) {
+absl::StatusOr<WorkReply> CoordinatorClient::GetWork(uint64_t worker, bool shared_folder,
+                                                     uint64_t held_state_version) {
   WorkRequest request;
   request.set_worker_id(worker);
+  request.set_shared_folder(shared_folder);
+  request.set_held_state_version(held_state_version);
   WorkReply reply;
   RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub()->GetWork(c, request, &reply); }));
   return reply;
@@ -99,6 +102,58 @@ absl::Status CoordinatorClient::Leave(uint64_t worker) {
   request.set_worker_id(worker);
   LeaveReply reply;
   return Unary(kShortCall, [&](grpc::ClientContext* c) { return stub()->Leave(c, request, &reply); });
+}
+
+namespace {
+
+// The byte sizes of a state's tensors: parameters, then m and v if carried.
+std::vector<size_t> StateSizes(int64_t numel, CarriedMoments moments) {
+  return std::vector<size_t>(1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0), static_cast<size_t>(numel) * 4);
+}
+
+absl::Status CheckStateHeader(const StateHeader& header, uint64_t version, int64_t numel, CarriedMoments moments) {
+  if (header.state_version() == version && header.num_parameters() == numel &&
+      header.has_moments() == moments.second && header.has_first_moment() == moments.first)
+    return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat("state header does not fit this model: version ", header.state_version(),
+                                          ", ", header.num_parameters(), " parameters",
+                                          header.has_moments() ? " with moments" : "",
+                                          header.has_first_moment() ? " with a first moment" : ""));
+}
+
+// The state from its tensors' bytes, in StateSizes() order.
+absl::StatusOr<MetaState> DecodeState(std::vector<std::string> payload, const StateHeader& header, int64_t numel,
+                                      CarriedMoments moments) {
+  MetaState state;
+  ASSIGN_OR_RETURN(state.parameters, DecodeTensor(std::move(payload[0]), DELTA_FP32, numel));
+  if (moments.first) {
+    ASSIGN_OR_RETURN(state.adam_m, DecodeTensor(std::move(payload[1]), DELTA_FP32, numel));
+  }
+  if (moments.second) {
+    ASSIGN_OR_RETURN(state.adam_v, DecodeTensor(std::move(payload[moments.first ? 2 : 1]), DELTA_FP32, numel));
+  }
+  state.adam_step = header.adam_step();
+  return state;
+}
+
+}  // namespace
+
+absl::StatusOr<MetaState> ReadFolderState(const StateHeader& header, uint64_t version, int64_t numel,
+                                          CarriedMoments moments, const std::string& shared_folder) {
+  absl::Status problem = CheckStateHeader(header, version, numel, moments);
+  if (problem.ok() && (!header.in_shared_folder() || shared_folder.empty()))
+    problem = absl::DataLossError("state header does not point to a shared folder this worker reads");
+  if (problem.ok()) {
+    absl::StatusOr<std::vector<std::string>> read =
+        ReadTensorFile(SharedStatePath(shared_folder, version), StateSizes(numel, moments));
+    if (absl::IsNotFound(read.status()))
+      return absl::FailedPreconditionError(absl::StrCat("state ", version, " is gone: its batch ended"));
+    absl::StatusOr<MetaState> state =
+        read.ok() ? DecodeState(*std::move(read), header, numel, moments) : read.status();
+    if (state.ok()) return state;
+    problem = state.status();
+  }
+  return absl::DataLossError(absl::StrCat("bad state from the coordinator: ", problem.message()));
 }
 
 absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_t version, int64_t numel,
@@ -119,19 +174,11 @@ absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_
     problem = absl::DataLossError("state stream did not start with its header");
   } else {
     header = message.header();
-    if (header.state_version() != version || header.num_parameters() != numel ||
-        header.has_moments() != moments.second || header.has_first_moment() != moments.first)
-      problem = absl::DataLossError(absl::StrCat(
-          "state header does not fit this model: version ", header.state_version(), ", ", header.num_parameters(),
-          " parameters", header.has_moments() ? " with moments" : "",
-          header.has_first_moment() ? " with a first moment" : ""));
+    problem = CheckStateHeader(header, version, numel, moments);
   }
   if (problem.ok() && header.in_shared_folder() && shared_folder.empty())
     problem = absl::DataLossError("state said to be in a shared folder this worker was not offered");
-  const size_t m_index = 1, v_index = moments.first ? 2 : 1;
-  const std::vector<size_t> sizes(1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0),
-                                  static_cast<size_t>(numel) * 4);
-  TensorAssembler assembler(sizes);
+  TensorAssembler assembler(StateSizes(numel, moments));
   while (reader->Read(&message)) {
     if (!problem.ok()) continue;  // drain, so that Finish() reports the call's own status
     if (header.in_shared_folder()) {
@@ -142,36 +189,16 @@ absl::StatusOr<MetaState> CoordinatorClient::FetchState(uint64_t worker, uint64_
     }
   }
   RETURN_IF_ERROR(FromGrpc(reader->Finish()));
-  std::vector<std::string> payload;
-  if (problem.ok() && header.in_shared_folder()) {
-    absl::StatusOr<std::vector<std::string>> read = ReadTensorFile(SharedStatePath(shared_folder, version), sizes);
-    if (absl::IsNotFound(read.status()))
-      return absl::FailedPreconditionError(absl::StrCat("state ", version, " is gone: its batch ended"));
-    if (read.ok()) payload = *std::move(read);
-    problem = read.status();
-  } else if (problem.ok()) {
-    problem = assembler.Finish();
-    for (size_t i = 0; problem.ok() && i < sizes.size(); ++i) payload.push_back(std::move(assembler.bytes(i)));
-  }
-  MetaState state;
+  if (problem.ok() && header.in_shared_folder()) return ReadFolderState(header, version, numel, moments, shared_folder);
+  if (problem.ok()) problem = assembler.Finish();
   if (problem.ok()) {
-    absl::StatusOr<torch::Tensor> parameters = DecodeTensor(std::move(payload[0]), DELTA_FP32, numel);
-    problem = parameters.status();
-    if (problem.ok()) state.parameters = *std::move(parameters);
+    std::vector<std::string> payload;
+    for (size_t i = 0; i < StateSizes(numel, moments).size(); ++i) payload.push_back(std::move(assembler.bytes(i)));
+    absl::StatusOr<MetaState> state = DecodeState(std::move(payload), header, numel, moments);
+    if (state.ok()) return state;
+    problem = state.status();
   }
-  if (problem.ok() && moments.first) {
-    absl::StatusOr<torch::Tensor> m = DecodeTensor(std::move(payload[m_index]), DELTA_FP32, numel);
-    problem = m.status();
-    if (problem.ok()) state.adam_m = *std::move(m);
-  }
-  if (problem.ok() && moments.second) {
-    absl::StatusOr<torch::Tensor> v = DecodeTensor(std::move(payload[v_index]), DELTA_FP32, numel);
-    problem = v.status();
-    if (problem.ok()) state.adam_v = *std::move(v);
-  }
-  if (!problem.ok()) return absl::DataLossError(absl::StrCat("bad state from the coordinator: ", problem.message()));
-  state.adam_step = header.adam_step();
-  return state;
+  return absl::DataLossError(absl::StrCat("bad state from the coordinator: ", problem.message()));
 }
 
 std::vector<ResultChunk> CoordinatorClient::ResultMessages(uint64_t worker, const WorkReply& work,

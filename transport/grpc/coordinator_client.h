@@ -44,8 +44,11 @@ class CoordinatorClient {
   absl::StatusOr<RunConfigReply> GetRunConfig();
   absl::StatusOr<JoinReply> Join(const JoinRequest& request);
   absl::Status Heartbeat(uint64_t worker);
-  // Long-polls for up to a second on the coordinator's side.
-  absl::StatusOr<WorkReply> GetWork(uint64_t worker);
+  // Long-polls for up to a second on the coordinator's side. A worker that
+  // reads the shared folder says so and names the state it holds (0: none);
+  // a lease on another state then carries that state's folder header
+  // (WorkReply.folder_state, for ReadFolderState()).
+  absl::StatusOr<WorkReply> GetWork(uint64_t worker, bool shared_folder = false, uint64_t held_state_version = 0);
   absl::Status Leave(uint64_t worker);
 
   // The meta-state of `version`, checked against the model the caller
@@ -101,6 +104,13 @@ class CoordinatorClient {
   mutable absl::Mutex mu_;
   std::shared_ptr<Coordinator::Stub> stub_ ABSL_GUARDED_BY(mu_);
 };
+
+// The state of `version` from the shared folder's file, as its folder header
+// (WorkReply.folder_state) describes it, checked as FetchState() checks a
+// fetched one: DataLoss if it does not fit, FailedPrecondition if the file
+// is gone (the batch ended).
+absl::StatusOr<MetaState> ReadFolderState(const StateHeader& header, uint64_t version, int64_t numel,
+                                          CarriedMoments moments, const std::string& shared_folder);
 
 }  // namespace reptile
 

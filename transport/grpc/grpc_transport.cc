@@ -90,8 +90,10 @@ struct Snapshot {
   std::vector<size_t> payload;             // tensor bytes in each message
   size_t bytes = 0;                        // their sum
   // For workers on the shared folder: the StateHeader alone, saying the
-  // tensors are in the folder's state file (empty without a folder).
+  // tensors are in the folder's state file (empty without a folder), as
+  // FetchState's one message and as a lease's folder_state.
   std::vector<grpc::ByteBuffer> folder_messages;
+  StateHeader folder_header;
 };
 
 // Whether a call came over the coordinator's Unix socket, the one way to
@@ -358,6 +360,8 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
   grpc::Status GetWork(grpc::ServerContext* context, const WorkRequest* request, WorkReply* reply) override {
     if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
     grpc::Status status = LeaseWork(request->worker_id(), reply);
+    if (status.ok() && request->shared_folder() && OverUnixSocket(*context))
+      OfferFolderState(request->held_state_version(), reply);
     board_->FlushLog();
     return status;
   }
@@ -376,6 +380,19 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
   }
 
  private:
+  // A lease on a state the worker does not hold names that state's file in
+  // the shared folder, so that the worker reads it there without a
+  // FetchState call; counted in bytes_out as a fetch from the folder is.
+  void OfferFolderState(uint64_t held_version, WorkReply* reply) {
+    if (reply->kind() != WorkReply::TRAIN && reply->kind() != WorkReply::EVALUATE) return;
+    if (reply->state_version() == held_version) return;
+    absl::MutexLock lock(&board_->mu);
+    const std::shared_ptr<const Snapshot>& snapshot = board_->snapshot;
+    if (snapshot == nullptr || snapshot->version != reply->state_version() || snapshot->folder_messages.empty()) return;
+    *reply->mutable_folder_state() = snapshot->folder_header;
+    board_->stats.bytes_out += static_cast<int64_t>(snapshot->bytes);
+  }
+
   grpc::Status LeaseWork(uint64_t worker, WorkReply* reply) {
     Board& b = *board_;
     absl::MutexLock lock(&b.mu);
@@ -794,6 +811,7 @@ absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkIt
     if (absl::Status written = WriteTensorFile(state_file, tensors); written.ok()) {
       header->set_in_shared_folder(true);
       snapshot->folder_messages.push_back(Serialized(message));
+      snapshot->folder_header = *header;
     } else if (b.log) {
       b.log(absl::StrCat("state ", snapshot->version, " goes on the stream to every worker: ", written.message()));
     }

@@ -172,24 +172,42 @@ struct GrpcWorker::Session {
     }
   }
 
-  // The state of `version`, fetched unless cached. Transient failures are
-  // retried a few times; NotFound means join again, Cancelled that the
-  // worker stopped first. OK only with the state in hand.
-  absl::Status EnsureState(uint64_t version, Backoff& backoff) {
+  // The version of the state this process holds for this membership's
+  // coordinator (0: none).
+  uint64_t HeldStateVersion() {
+    absl::MutexLock lock(&cache->mu);
+    return cache->state != nullptr && cache->incarnation == incarnation ? cache->version : 0;
+  }
+
+  // The state of `work`'s lease: cached, read from the shared folder when
+  // the lease names it there, or fetched. Transient failures are retried a
+  // few times; NotFound means join again, FailedPrecondition that the batch
+  // ended, Cancelled that the worker stopped first. OK only with the state
+  // in hand.
+  absl::Status EnsureState(const WorkReply& work, Backoff& backoff) {
+    const uint64_t version = work.state_version();
     absl::MutexLock lock(&cache->mu);
     if (cache->state != nullptr && cache->incarnation == incarnation && cache->version == version) {
       state = cache->state;
       return absl::OkStatus();
+    }
+    if (work.has_folder_state() && !shared_folder.empty()) {
+      absl::StatusOr<MetaState> read = ReadFolderState(work.folder_state(), version, learner->num_parameters(),
+                                                       moments(), shared_folder);
+      if (read.ok()) {
+        Keep(*std::move(read), version);
+        return absl::OkStatus();
+      }
+      if (absl::IsFailedPrecondition(read.status())) return read.status();
+      Log(absl::StrCat("cannot read state ", version, " from the shared folder (", read.status().message(),
+                       "); fetching it"));
     }
     absl::Status status = absl::CancelledError("stopped before the state was fetched");
     for (int attempt = 0; attempt < 3 && !stop->HasBeenNotified(); ++attempt) {
       absl::StatusOr<MetaState> fetched =
           client->FetchState(worker_id, version, learner->num_parameters(), moments(), shared_folder);
       if (fetched.ok()) {
-        state = std::make_shared<const MetaState>(*std::move(fetched));
-        cache->state = state;
-        cache->incarnation = incarnation;
-        cache->version = version;
+        Keep(*std::move(fetched), version);
         return absl::OkStatus();
       }
       status = fetched.status();
@@ -199,13 +217,20 @@ struct GrpcWorker::Session {
     return status;
   }
 
+  void Keep(MetaState fetched, uint64_t version) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cache->mu) {
+    state = std::make_shared<const MetaState>(std::move(fetched));
+    cache->state = state;
+    cache->incarnation = incarnation;
+    cache->version = version;
+  }
+
   // The work loop of one membership. Returns OK when the run is finished or
   // the worker stops, NotFound when it must join again, or a final error
   // (PermissionDenied: evicted).
   absl::Status Work(Backoff& backoff, bool* finished) {
     auto idle_since = std::chrono::steady_clock::now();
     while (!stop->HasBeenNotified()) {
-      absl::StatusOr<WorkReply> work = client->GetWork(worker_id);
+      absl::StatusOr<WorkReply> work = client->GetWork(worker_id, !shared_folder.empty(), HeldStateVersion());
       if (absl::IsNotFound(work.status())) return absl::NotFoundError("join again");
       if (!work.ok()) {
         if (!IsTransient(work.status()))
@@ -222,7 +247,7 @@ struct GrpcWorker::Session {
         return absl::OkStatus();
       }
       if (work->kind() == WorkReply::WAIT) continue;
-      absl::Status fetched = EnsureState(work->state_version(), backoff);
+      absl::Status fetched = EnsureState(*work, backoff);
       if (stop->HasBeenNotified()) break;  // the lease goes back when the worker leaves
       if (absl::IsNotFound(fetched)) return absl::NotFoundError("join again");
       if (absl::IsFailedPrecondition(fetched)) continue;  // the batch ended: the lease went with it

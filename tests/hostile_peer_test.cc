@@ -418,15 +418,17 @@ TEST_F(HostilePeerTest, HundredMegabyteMessagesAreRefusedWithoutHoldingTheMemory
     return rss;
   };
   // gRPC's buffers reach a high-water mark in the first few; after that,
-  // however many more come, the coordinator holds no more.
+  // 20 more (2 GB) leave less than one message's worth behind: none of them
+  // is held. (What stays after the heap trim varies from run to run: +3 to
+  // +61 MB in 7 runs, the most on a busy machine.)
   send_huge(3);
   const int64_t rss_warm = rss_trimmed(rss_before + 150 * 1024);
   send_huge(10);
-  const int64_t rss_after = rss_trimmed(rss_warm + 50 * 1024);
+  const int64_t rss_after = rss_trimmed(rss_warm + 100 * 1024);
   std::cout << "100 MB messages: coordinator RSS " << rss_before / 1024 << " MB, after 6: " << rss_warm / 1024
             << " MB, after 26: " << rss_after / 1024 << " MB" << std::endl;
   EXPECT_LT(rss_warm - rss_before, 150 * 1024) << "kB";
-  EXPECT_LT(rss_after - rss_warm, 50 * 1024) << "kB";  // +108 MB before the heap trim
+  EXPECT_LT(rss_after - rss_warm, 100 * 1024) << "kB";
   coordinator->Signal(SIGTERM);
   EXPECT_EQ(coordinator->ExitCode(30), 0);
 }

@@ -67,8 +67,10 @@ TEST_F(LeaseSchedulerTest, SilentWorkerIsDroppedAndItsLeaseRedone) {
   auto lease = scheduler_.Lease(1, At(0));
   ASSERT_TRUE(lease.has_value());
   ASSERT_TRUE(scheduler_.Touch(2, At(5)).ok());
+  EXPECT_EQ(scheduler_.last_lost(), absl::InfinitePast());
   scheduler_.Tick(At(6.5));
   EXPECT_FALSE(scheduler_.has_worker(1));
+  EXPECT_EQ(scheduler_.last_lost(), At(6.5)) << "when, so that a finishing coordinator waits for it";
   EXPECT_EQ(scheduler_.Touch(1, At(6.5)).code(), absl::StatusCode::kNotFound) << "a dropped worker joins again";
   auto redone = scheduler_.Lease(2, At(6.5));
   ASSERT_TRUE(redone.has_value());

@@ -304,8 +304,10 @@ void LeaseScheduler::Tick(absl::Time now) {
   std::vector<uint64_t> silent;
   for (const auto& [id, worker] : workers_)
     if (now - worker.last_seen > policy_.worker_timeout) silent.push_back(id);
-  for (uint64_t id : silent)
+  for (uint64_t id : silent) {
     RemoveWorker(id, absl::StrFormat("lost: no word for %.1f s", absl::ToDoubleSeconds(policy_.worker_timeout)));
+    last_lost_ = now;
+  }
   std::vector<uint64_t> expired;
   for (const auto& [id, lease] : leases_)
     if (lease.active && !lease.uploading && now - lease.granted > policy_.task_timeout) expired.push_back(id);

@@ -89,6 +89,9 @@ class LeaseScheduler {
   // The worker left (or its connection is gone); its leases are redone.
   void RemoveWorker(uint64_t id, const std::string& why);
   int num_workers() const { return static_cast<int>(workers_.size()); }
+  // When a worker was last dropped for silence (InfinitePast: never): it may
+  // be in an outage that is about to pass.
+  absl::Time last_lost() const { return last_lost_; }
   bool has_worker(uint64_t id) const { return workers_.count(id) > 0; }
 
   // A batch of `items` work items; kind_of(i) tells evaluation from training
@@ -186,6 +189,7 @@ class LeaseScheduler {
   LeasePolicy policy_;
   std::map<uint64_t, WorkerRecord> workers_;
   std::set<uint64_t> evicted_;
+  absl::Time last_lost_ = absl::InfinitePast();
   std::map<uint64_t, LeaseRecord> leases_;
   uint64_t next_lease_ = 1;
   int active_leases_ = 0;

@@ -879,8 +879,16 @@ void GrpcTransport::Finish(absl::Duration grace) {
   Board& b = *board_;
   absl::MutexLock lock(&b.mu);
   b.finished = true;
-  auto all_left = [&b]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.mu) { return b.scheduler.num_workers() == 0; };
-  b.mu.AwaitWithTimeout(absl::Condition(&all_left), grace);
+  // A worker dropped for silence within the last `grace` may be in an outage
+  // that is about to pass: the coordinator stays until `grace` has passed
+  // since then, so that it can rejoin and be told the run is over instead of
+  // retrying a coordinator that is gone.
+  const absl::Time until = absl::Now() + grace;
+  auto done = [&b, grace]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.mu) {
+    return b.scheduler.num_workers() == 0 && absl::Now() >= b.scheduler.last_lost() + grace;
+  };
+  while (!done() && absl::Now() < until)
+    b.mu.AwaitWithDeadline(absl::Condition(&done), std::min(until, absl::Now() + kRecheck));
 }
 
 }  // namespace reptile

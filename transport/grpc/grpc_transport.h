@@ -76,7 +76,8 @@ class GrpcTransport final : public Transport {
   int port() const { return port_; }
 
   // Tells every worker the run is over (FINISHED on its next request) and
-  // waits up to `grace` for them to leave. Only a finished run calls it:
+  // waits up to `grace` for them to leave, and for one dropped for silence
+  // less than `grace` ago to come back and be told. Only a finished run calls it:
   // destroying the transport otherwise leaves workers waiting to rejoin.
   void Finish(absl::Duration grace);
 

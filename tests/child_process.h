@@ -130,6 +130,16 @@ inline std::unique_ptr<ChildProcess> StartListening(std::vector<std::string> arg
   return child;
 }
 
+// Starts `<binary> worker` against the coordinator listening on loopback
+// `port`, with `extra` arguments after the address.
+inline std::unique_ptr<ChildProcess> StartLoopbackWorker(const std::string& binary, int port,
+                                                         const std::string& log_prefix,
+                                                         const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> args = {binary, "worker", "--coordinator", "127.0.0.1:" + std::to_string(port)};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return ChildProcess::Start(args, log_prefix);
+}
+
 // The parameter fingerprint from `reptile train`/`coordinator` output, or "".
 inline std::string ParameterSha(const std::string& output) {
   const std::string marker = "parameters sha256 ";

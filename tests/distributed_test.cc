@@ -72,8 +72,7 @@ class DistributedTest : public ::testing::Test {
   }
 
   std::unique_ptr<ChildProcess> StartWorker(const std::string& log) {
-    return ChildProcess::Start({REPTILE_BINARY, "worker", "--coordinator", absl::StrCat("127.0.0.1:", port_)},
-                               Log(log));
+    return StartLoopbackWorker(REPTILE_BINARY, port_, Log(log));
   }
 
   // Rounds recorded in the run directory's metrics so far.
@@ -123,8 +122,7 @@ TEST_F(DistributedTest, AWorkerWithThreeLearnersFetchesEachStateOnceAndMatchesTh
   const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
   const std::string run = TempDir("run");
   auto coordinator = StartCoordinator("configs/demo.textproto", overrides, run, 0, "coordinator");
-  auto worker = ChildProcess::Start(
-      {REPTILE_BINARY, "worker", "--coordinator", absl::StrCat("127.0.0.1:", port_), "--learners", "3"}, Log("worker"));
+  auto worker = StartLoopbackWorker(REPTILE_BINARY, port_, Log("worker"), {"--learners", "3"});
   ASSERT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
   EXPECT_EQ(worker->ExitCode(30), 0) << worker->err();
   EXPECT_EQ(ParameterSha(coordinator->out()), reference);

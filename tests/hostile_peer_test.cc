@@ -89,8 +89,7 @@ class HostilePeerTest : public ::testing::Test {
   }
 
   std::unique_ptr<ChildProcess> StartWorker(const std::string& log) {
-    return ChildProcess::Start({REPTILE_BINARY, "worker", "--coordinator", absl::StrCat("127.0.0.1:", port_)},
-                               Log(log));
+    return StartLoopbackWorker(REPTILE_BINARY, port_, Log(log));
   }
 
   std::unique_ptr<CoordinatorClient> Client() {
@@ -370,7 +369,7 @@ TEST_F(HostilePeerTest, WorkersRejoinARestartedCoordinatorWithinSecondsAfterSigt
     coordinator = StartCoordinator(run, name, port);
     const auto listening = Clock::now();
     int joined = 0;
-    while (joined < 2 && Clock::now() - listening < std::chrono::seconds(15)) {
+    while (joined < 2 && Clock::now() - listening < std::chrono::seconds(25)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
       const std::string log = coordinator->err();
       joined = 0;
@@ -380,7 +379,9 @@ TEST_F(HostilePeerTest, WorkersRejoinARestartedCoordinatorWithinSecondsAfterSigt
     std::cout << "after " << (signal_number == SIGTERM ? "SIGTERM" : "SIGKILL") << ": " << joined
               << " workers rejoined within " << seconds << " s of the new coordinator listening" << std::endl;
     EXPECT_EQ(joined, 2) << coordinator->err();
-    EXPECT_LT(seconds, 10.0);  // 3.2-3.3 s on a quiet machine; 27 s before reconnects were bounded
+    // 3.2-3.3 s on a quiet machine, 11.7 s beside the 100 MB message test on
+    // 2 busy cores; 27 s before reconnects were bounded.
+    EXPECT_LT(seconds, 15.0);
   }
   ASSERT_EQ(coordinator->ExitCode(600), 0) << coordinator->err();
   EXPECT_EQ(ParameterSha(coordinator->out()), reference);

@@ -262,9 +262,8 @@ TEST_F(PrometheusTest, PrometheusScrapesALiveRunsCoordinatorAndWorker) {
   for (int i = 0; i < 100 && coordinator_->running() && coordinator_->err().find(metrics_line) == std::string::npos; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_THAT(coordinator_->err(), HasSubstr(metrics_line));
-  auto worker = ChildProcess::Start({REPTILE_BINARY, "worker", "--coordinator", absl::StrCat("127.0.0.1:", grpc_port),
-                                     "--metrics_listen", absl::StrCat("127.0.0.1:", worker_metrics)},
-                                    dir_ + "/worker");
+  auto worker = testing::StartLoopbackWorker(REPTILE_BINARY, grpc_port, dir_ + "/worker",
+                                              {"--metrics_listen", absl::StrCat("127.0.0.1:", worker_metrics)});
 
   // Prometheus, scraping both every second into a fresh database.
   prometheus_port_ = FreePort();

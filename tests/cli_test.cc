@@ -95,11 +95,14 @@ TEST(CliTest, AFolderLeftByAKilledTrainIsRemovedByTheNextOne) {
                                      "configs/sine.textproto", "outer.rounds=100000"},
                                     dir + "/../killed");
   const std::string prefix = absl::StrCat("reptile-", killed->pid(), "-");
+  // The folder is made before the coordinator listens in it: wait for its
+  // socket, so that the kill lands on a folder in use.
   std::string folder;
-  for (int i = 0; i < 600 && folder.empty() && killed->running(); ++i) {
+  for (int i = 0; i < 600 && killed->running(); ++i) {
     for (const auto& entry : std::filesystem::directory_iterator(base))
       if (absl::StartsWith(entry.path().filename().string(), prefix)) folder = entry.path().string();
-    if (folder.empty()) usleep(50000);
+    if (!folder.empty() && std::filesystem::exists(folder + "/coordinator.sock")) break;
+    usleep(50000);
   }
   ASSERT_FALSE(folder.empty()) << killed->err();
   killed->Signal(SIGKILL);

@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "reptile.pb.h"
-#include "worker/learner.h"
+#include "core/work.h"
 
 namespace reptile {
 

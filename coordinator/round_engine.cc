@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "coordinator/aggregator.h"
+#include "core/aggregator.h"
 #include "core/config.h"
 #include "core/flat_parameters.h"
 #include "core/models/models.h"

@@ -18,6 +18,7 @@
 #include "coordinator/checkpoint.h"
 #include "coordinator/run_directory.h"
 #include "coordinator/task_sampler.h"
+#include "core/tasks/task_source.h"
 #include "transport/transport.h"
 
 namespace reptile {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "reptile.pb.h"
-#include "worker/learner.h"
+#include "core/work.h"
 
 namespace reptile {
 

@@ -1,7 +1,7 @@
 #include <algorithm>
 #include <random>
 
-#include "coordinator/aggregator.h"
+#include "core/aggregator.h"
 #include "gtest/gtest.h"
 
 namespace reptile {

@@ -17,6 +17,7 @@
 #include "tests/test_support.h"
 #include "transport/grpc/coordinator_client.h"
 #include "transport/grpc/grpc_transport.h"
+#include "worker/learner.h"
 
 namespace reptile::testing {
 namespace {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/learner.h"
+#include "core/work.h"
 
 namespace reptile {
 

@@ -76,20 +76,6 @@ absl::Status CheckSpecFitsConfig(WorkKind kind, const TaskSpec& spec, const Task
 
 }  // namespace
 
-CarriedMoments CarriedMomentsOf(const ExperimentConfig& config) {
-  CarriedMoments carried;
-  carried.second = config.inner().optimizer() == ADAM && config.inner().state_mode() == CARRY;
-  carried.first = carried.second && config.inner().adam_beta1() != 0;
-  return carried;
-}
-
-CarriedMoments CarriedMomentsOf(const MetaState& state) {
-  CarriedMoments carried;
-  carried.first = state.adam_m.defined();
-  carried.second = state.adam_v.defined();
-  return carried;
-}
-
 absl::StatusOr<std::unique_ptr<Learner>> Learner::Create(const ExperimentConfig& config,
                                                          std::shared_ptr<const TaskSource> tasks) {
   ASSIGN_OR_RETURN(std::shared_ptr<MetaModel> model, MakeModel(config));
@@ -103,56 +89,6 @@ Learner::Learner(const ExperimentConfig& config, std::shared_ptr<const TaskSourc
   flat_ = std::make_unique<FlatParameters>(*model_);
   adam_m_ = torch::zeros_like(flat_->values());
   adam_v_ = torch::zeros_like(flat_->values());
-}
-
-TensorSums::TensorSums(int64_t numel, int meta_batch, CarriedMoments carried) : delta(numel, meta_batch) {
-  if (carried.first) adam_m.emplace(numel, meta_batch);
-  if (carried.second) adam_v.emplace(numel, meta_batch);
-}
-
-absl::Status TensorSums::Add(const torch::Tensor& task_delta, const torch::Tensor& task_m,
-                             const torch::Tensor& task_v) {
-  const int64_t numel = delta.numel();
-  auto check = [numel](const torch::Tensor& t, bool wanted, const char* what) -> absl::Status {
-    if (!wanted) {
-      if (t.defined()) return absl::InvalidArgumentError(absl::StrCat("unexpected ", what, " (not carried)"));
-      return absl::OkStatus();
-    }
-    if (!t.defined() || t.dim() != 1 || t.numel() != numel || t.scalar_type() != torch::kFloat32 ||
-        !t.is_contiguous())
-      return absl::InvalidArgumentError(absl::StrCat(what, " must be a flat fp32 vector of ", numel, " values"));
-    return absl::OkStatus();
-  };
-  RETURN_IF_ERROR(check(task_delta, true, "delta"));
-  RETURN_IF_ERROR(check(task_m, adam_m.has_value(), "adam_m"));
-  RETURN_IF_ERROR(check(task_v, adam_v.has_value(), "adam_v"));
-  // Checked before any is added, so that a refusal leaves every sum as it was.
-  auto in_range = [](const ExactSum& sum, const torch::Tensor& t, const char* what) -> absl::Status {
-    absl::Status status = sum.CheckRange(t.data_ptr<float>());
-    if (!status.ok()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", status.message()));
-    return absl::OkStatus();
-  };
-  RETURN_IF_ERROR(in_range(delta, task_delta, "delta"));
-  if (adam_m) RETURN_IF_ERROR(in_range(*adam_m, task_m, "adam_m"));
-  if (adam_v) RETURN_IF_ERROR(in_range(*adam_v, task_v, "adam_v"));
-  RETURN_IF_ERROR(delta.Add(task_delta.data_ptr<float>()));
-  if (adam_m) RETURN_IF_ERROR(adam_m->Add(task_m.data_ptr<float>()));
-  if (adam_v) RETURN_IF_ERROR(adam_v->Add(task_v.data_ptr<float>()));
-  return absl::OkStatus();
-}
-
-absl::Status TensorSums::Merge(const TensorSums& other) {
-  if (other.carried() != carried())
-    return absl::InvalidArgumentError("tensor sums carry different Adam moments");
-  if (other.delta.numel() != delta.numel() || other.delta.max_terms() != delta.max_terms() ||
-      other.tasks() + tasks() > delta.max_terms())
-    return absl::InvalidArgumentError(absl::StrCat("tensor sums of ", other.tasks(), " tasks and ",
-                                                   other.delta.numel(), " elements do not fit a sum of ",
-                                                   tasks(), " tasks and ", delta.numel()));
-  RETURN_IF_ERROR(delta.Merge(other.delta));
-  if (adam_m) RETURN_IF_ERROR(adam_m->Merge(*other.adam_m));
-  if (adam_v) RETURN_IF_ERROR(adam_v->Merge(*other.adam_v));
-  return absl::OkStatus();
 }
 
 absl::StatusOr<TaskResult> Learner::Run(const MetaState& state, const WorkItem& item) {

@@ -16,7 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "coordinator.grpc.pb.h"
 #include "transport/grpc/security.h"
-#include "worker/learner.h"
+#include "core/work.h"
 
 namespace reptile {
 

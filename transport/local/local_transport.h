@@ -13,6 +13,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "transport/transport.h"
+#include "worker/learner.h"
 
 namespace reptile {
 

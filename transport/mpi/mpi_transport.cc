@@ -21,7 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "coordinator/aggregator.h"
+#include "core/aggregator.h"
 #include "core/status_macros.h"
 
 namespace reptile {

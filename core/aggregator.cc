@@ -1,4 +1,4 @@
-#include "coordinator/aggregator.h"
+#include "core/aggregator.h"
 
 #include <numeric>
 

@@ -5,14 +5,14 @@
 // in-range values, the tasks it covers) before any of it is added. A result
 // may carry the sums over several consecutive items (tensor_items); those
 // items' own results then carry scalars only. Not thread-safe.
-#ifndef REPTILE_COORDINATOR_AGGREGATOR_H_
-#define REPTILE_COORDINATOR_AGGREGATOR_H_
+#ifndef REPTILE_CORE_AGGREGATOR_H_
+#define REPTILE_CORE_AGGREGATOR_H_
 
 #include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "worker/learner.h"
+#include "core/work.h"
 
 namespace reptile {
 
@@ -52,4 +52,4 @@ class Aggregator {
 
 }  // namespace reptile
 
-#endif  // REPTILE_COORDINATOR_AGGREGATOR_H_
+#endif  // REPTILE_CORE_AGGREGATOR_H_

@@ -40,6 +40,8 @@
 #include "transport/grpc/grpc_worker.h"
 #include "transport/local/local_transport.h"
 #include "transport/mpi/mpi_transport.h"
+#include "transport/shared_memory/shared_memory_transport.h"
+#include "transport/shared_memory/shared_memory_worker.h"
 
 namespace reptile {
 namespace {
@@ -209,6 +211,21 @@ absl::Status TrainCommand(const CliOptions& options) {
                      LocalTransport::Create(setup.config, setup.tasks, workers));
     return TrainOn(options, setup, transport.get()).status();
   }
+  if (setup.config.runtime().local_workers() == SHARED_MEMORY) {
+    // Worker processes coordinated through files on tmpfs in a folder only
+    // this user can enter.
+    ASSIGN_OR_RETURN(PrivateFolder folder, PrivateFolder::Create());
+    ASSIGN_OR_RETURN(std::unique_ptr<SharedMemoryTransport> transport,
+                     SharedMemoryTransport::Create(setup.config, folder.path()));
+    Log(absl::StrFormat("starting %d worker processes (shared memory in %s)", workers, folder.path()));
+    SharedMemoryTransport* raw_transport = transport.get();
+    ASSIGN_OR_RETURN(std::unique_ptr<WorkerProcesses> processes,
+                     WorkerProcesses::Start(workers, {"--shared_memory", transport->board_path()}, {}, Log,
+                                            [raw_transport](const std::string& why) { raw_transport->Interrupt(why); }));
+    absl::StatusOr<bool> finished = TrainOn(options, setup, transport.get(), /*live_stats=*/true);
+    transport->Finish();
+    return finished.status();
+  }
   // Worker processes on a Unix domain socket in a folder only this user
   // can enter (cheaper than TCP on loopback), admitted by a token only they
   // are given. The coordinator also serves 127.0.0.1, as `reptile
@@ -226,8 +243,8 @@ absl::Status TrainCommand(const CliOptions& options) {
                       transport_options.unix_socket, transport->port()));
   GrpcTransport* raw_transport = transport.get();
   ASSIGN_OR_RETURN(std::unique_ptr<WorkerProcesses> processes,
-                   WorkerProcesses::Start(workers, absl::StrCat("unix:", transport_options.unix_socket),
-                                          transport_options.token, Log,
+                   WorkerProcesses::Start(workers, {"--coordinator", absl::StrCat("unix:", transport_options.unix_socket)},
+                                          {absl::StrCat("REPTILE_TOKEN=", transport_options.token)}, Log,
                                           [raw_transport](const std::string& why) { raw_transport->Interrupt(why); }));
   absl::StatusOr<bool> finished = TrainOn(options, setup, transport.get(), /*live_stats=*/true);
   transport->Finish(absl::Seconds(3));  // the worker processes go either way
@@ -301,6 +318,16 @@ absl::Status MpiCommand(const CliOptions& options) {
 }
 
 absl::Status WorkerCommand(const CliOptions& options) {
+  if (!options.shared_memory.empty()) {
+    if (!options.coordinator.empty()) return absl::InvalidArgumentError("give --coordinator or --shared_memory, not both");
+    absl::Notification stop;
+    SetStopHandler([&stop] {
+      if (!stop.HasBeenNotified()) stop.Notify();
+    });
+    absl::Status status = RunSharedMemoryWorker(options.shared_memory, &stop);
+    SetStopHandler([] {});
+    return status;
+  }
   if (options.coordinator.empty()) return absl::InvalidArgumentError("worker needs --coordinator HOST:PORT");
   GrpcWorker::Options worker_options;
   worker_options.coordinator = options.coordinator;

@@ -28,6 +28,7 @@ struct CliOptions {
   bool insecure_listen = false;           // coordinator: no TLS or token off loopback
   std::string port_file;                // coordinator: write the port here once listening
   std::string coordinator;              // worker: host:port
+  std::string shared_memory;            // worker: a local coordinator's shared board
   std::string data_dir;                 // worker: this node's dataset location
   int learners = 1;                     // worker: learner threads
   std::string token_file;

@@ -51,6 +51,9 @@ ABSL_FLAG(bool, insecure_listen, false,
           "coordinator: serve a non-loopback --listen address without TLS and a token (warned at every start)");
 ABSL_FLAG(std::string, port_file, "", "coordinator: write the port it listens on to this file");
 ABSL_FLAG(std::string, coordinator, "", "worker: the coordinator's HOST:PORT");
+ABSL_FLAG(std::string, shared_memory, "",
+          "worker: the shared board of a local `reptile train` (runtime.local_workers=SHARED_MEMORY), which "
+          "starts its workers with it");
 ABSL_FLAG(std::string, data_dir, "", "worker: where the dataset is on this node (overrides task.data_dir)");
 ABSL_FLAG(int, learners, 1,
           "worker: learner threads, each taking tasks of its own (one per core); they share one connection, the "
@@ -118,8 +121,8 @@ const std::vector<Command>& Commands() {
         "tls_key", "tls_ca", "metrics_listen"}},
       {"worker", "join a coordinator and work for it",
        "worker --coordinator HOST:PORT [flags] [field.path=value ...]",
-       {"coordinator", "config", "data_dir", "learners", "token_file", "tls_cert", "tls_key", "tls_ca", "tls_server_name",
-        "metrics_listen"}},
+       {"coordinator", "shared_memory", "config", "data_dir", "learners", "token_file", "tls_cert", "tls_key", "tls_ca",
+        "tls_server_name", "metrics_listen"}},
       {"mpi", "under mpirun: rank 0 coordinates, the other ranks work",
        "mpi --config FILE --run_dir DIR [flags] [field.path=value ...]   (mpirun -np N reptile mpi ...)",
        {"config", "run_dir", "stop_at_round", "metrics_listen"}},
@@ -262,6 +265,7 @@ int main(int argc, char** argv) {
   options.insecure_listen = absl::GetFlag(FLAGS_insecure_listen);
   options.port_file = absl::GetFlag(FLAGS_port_file);
   options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  options.shared_memory = absl::GetFlag(FLAGS_shared_memory);
   options.data_dir = absl::GetFlag(FLAGS_data_dir);
   options.learners = absl::GetFlag(FLAGS_learners);
   options.token_file = absl::GetFlag(FLAGS_token_file);

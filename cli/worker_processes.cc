@@ -26,15 +26,15 @@ std::string DescribeExit(int status) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<WorkerProcesses>> WorkerProcesses::Start(
-    int count, const std::string& coordinator, const std::string& token,
+    int count, std::vector<std::string> arguments, std::vector<std::string> environment,
     std::function<void(const std::string&)> log, std::function<void(const std::string&)> give_up) {
   std::unique_ptr<WorkerProcesses> processes(new WorkerProcesses());
   char path[4096];
   const ssize_t length = readlink("/proc/self/exe", path, sizeof(path) - 1);
   if (length <= 0) return absl::InternalError(absl::StrCat("cannot find this executable: ", std::strerror(errno)));
   processes->executable_.assign(path, length);
-  processes->coordinator_ = coordinator;
-  processes->token_ = token;
+  processes->arguments_ = std::move(arguments);
+  processes->environment_ = std::move(environment);
   processes->log_ = std::move(log);
   processes->give_up_ = std::move(give_up);
   for (int i = 0; i < count; ++i) {
@@ -50,11 +50,17 @@ absl::StatusOr<std::unique_ptr<WorkerProcesses>> WorkerProcesses::Start(
 absl::StatusOr<pid_t> WorkerProcesses::Spawn() {
   // Everything the child needs is built before fork(): after it, only
   // async-signal-safe calls are allowed.
-  std::vector<std::string> args = {executable_, "worker", "--coordinator", coordinator_};
+  std::vector<std::string> args = {executable_, "worker"};
+  args.insert(args.end(), arguments_.begin(), arguments_.end());
   std::vector<std::string> env;
+  auto overridden = [this](const char* entry) {
+    for (const std::string& e : environment_)
+      if (std::strncmp(entry, e.data(), e.find('=') + 1) == 0) return true;
+    return false;
+  };
   for (char** e = environ; *e != nullptr; ++e)
-    if (std::strncmp(*e, "REPTILE_TOKEN=", 14) != 0) env.emplace_back(*e);
-  env.push_back(absl::StrCat("REPTILE_TOKEN=", token_));
+    if (!overridden(*e)) env.emplace_back(*e);
+  env.insert(env.end(), environment_.begin(), environment_.end());
   std::vector<char*> argv, envp;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

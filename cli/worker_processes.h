@@ -1,5 +1,6 @@
 // The worker processes of a local `reptile train`: each runs `reptile worker`
-// against the coordinator's loopback port. A worker that dies is started
+// with the arguments it is given (the coordinator's socket, or its shared
+// board). A worker that dies is started
 // again; if they keep dying, the run is given up with the reason. All are
 // stopped (SIGTERM, then SIGKILL) when this object goes away, and they end
 // with the parent if it dies.
@@ -22,8 +23,10 @@ namespace reptile {
 class WorkerProcesses {
  public:
   // `give_up` is called once, from another thread, if workers keep failing.
-  static absl::StatusOr<std::unique_ptr<WorkerProcesses>> Start(int count, const std::string& coordinator,
-                                                                const std::string& token,
+  // `environment`: NAME=value entries set for the workers, over this
+  // process's own.
+  static absl::StatusOr<std::unique_ptr<WorkerProcesses>> Start(int count, std::vector<std::string> arguments,
+                                                                std::vector<std::string> environment,
                                                                 std::function<void(const std::string&)> log,
                                                                 std::function<void(const std::string&)> give_up);
   ~WorkerProcesses();
@@ -35,7 +38,8 @@ class WorkerProcesses {
   absl::StatusOr<pid_t> Spawn();
   void Watch();
 
-  std::string executable_, coordinator_, token_;
+  std::string executable_;
+  std::vector<std::string> arguments_, environment_;
   std::function<void(const std::string&)> log_, give_up_;
   absl::Mutex mu_;
   std::vector<pid_t> pids_ ABSL_GUARDED_BY(mu_);

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "transport/grpc/result_codec.h"
 #include "transport/grpc/shared_folder.h"
 #include "transport/grpc/tensor_stream.h"
 
@@ -205,56 +206,14 @@ std::vector<ResultChunk> CoordinatorClient::ResultMessages(uint64_t worker, cons
                                                            const absl::StatusOr<TaskResult>& result,
                                                            DeltaDtype dtype, int64_t numel,
                                                            const std::string& shared_folder) {
+  EncodedResult encoded = EncodeResult(result, dtype, numel);
   std::vector<ResultChunk> messages(1);
   ResultHeader* header = messages[0].mutable_header();
+  *header = std::move(encoded.header);
   header->set_worker_id(worker);
   header->set_lease_id(work.lease_id());
   header->set_state_version(work.state_version());
-  if (!result.ok()) {
-    header->set_error(result.status().ToString());
-    return messages;
-  }
-  header->set_delta_dtype(dtype);
-  header->set_num_parameters(numel);
-  header->set_loss(result->loss);
-  header->set_correct(result->correct);
-  header->set_correct_inductive(result->correct_inductive);
-  header->set_predictions(result->predictions);
-  header->set_compute_seconds(result->compute_seconds);
-  header->set_tasks(result->sums ? result->sums->tasks() : 1);
-  // Tensors go into the messages from where they lie when they can
-  // (WireBytes); what must be encoded first is kept in `encoded` (at most 3
-  // strings, so reserve() keeps the views into it valid).
-  std::vector<std::string> encoded;
-  encoded.reserve(3);
-  std::vector<absl::string_view> tensors;
-  auto add = [&](std::string bytes) { tensors.push_back(encoded.emplace_back(std::move(bytes))); };
-  auto add_tensor = [&](const torch::Tensor& tensor, DeltaDtype as) {
-    tensors.push_back(WireBytes(tensor, as, &encoded.emplace_back()));
-  };
-  if (result->sums) {
-    header->set_has_delta(true);
-    add(result->sums->delta.Encode());
-    if (result->sums->adam_m) {
-      header->set_has_first_moment(true);
-      add(result->sums->adam_m->Encode());
-    }
-    if (result->sums->adam_v) {
-      header->set_has_moments(true);
-      add(result->sums->adam_v->Encode());
-    }
-  } else if (result->delta.defined()) {
-    header->set_has_delta(true);
-    add_tensor(result->delta, dtype);
-  }
-  if (result->adam_m.defined()) {
-    header->set_has_first_moment(true);
-    add_tensor(result->adam_m, DELTA_FP32);
-  }
-  if (result->adam_v.defined()) {
-    header->set_has_moments(true);
-    add_tensor(result->adam_v, DELTA_FP32);
-  }
+  const std::vector<absl::string_view>& tensors = encoded.tensors;
   if (!shared_folder.empty() && !tensors.empty() &&
       OverwriteTensorFile(SharedResultPath(shared_folder, worker), tensors).ok()) {
     header->set_in_shared_folder(true);

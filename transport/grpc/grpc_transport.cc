@@ -25,6 +25,7 @@
 #include "core/process_setup.h"
 #include "core/status_macros.h"
 #include "transport/lease_scheduler.h"
+#include "transport/grpc/result_codec.h"
 #include "transport/grpc/shared_folder.h"
 #include "transport/grpc/tensor_stream.h"
 
@@ -526,66 +527,17 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
   absl::StatusOr<TaskResult> ReadResult(const ResultHeader& header, const WorkItem& work, const Snapshot& snapshot,
                                         grpc::ServerReader<ResultChunk>* reader, uint64_t stream,
                                         bool folder_allowed) {
-    const bool train = work.kind == WorkKind::kTrain;
-    const int tasks = static_cast<int>(work.tasks.size());
-    const bool exact = tasks > 1;  // the tensors are exact sums
-    auto invalid = [&](const std::string& what) {
+    auto invalid = [&](absl::string_view what) {
       return absl::InvalidArgumentError(absl::StrCat("lease ", header.lease_id(), ": ", what));
     };
-    if (header.has_delta() != train)
-      return invalid(train ? "a training task must return a delta" : "an evaluation episode returns no delta");
-    if (train && header.num_parameters() != snapshot.numel)
-      return invalid(absl::StrCat("delta has ", header.num_parameters(), " parameters; the model has ",
-                                  snapshot.numel));
-    if (header.tasks() != static_cast<uint32_t>(tasks))
-      return invalid(absl::StrCat("result covers ", header.tasks(), " tasks; the lease has ", tasks));
-    const size_t element = exact ? ExactSum::kElementBytes : DeltaDtypeBytes(header.delta_dtype());
-    const size_t moment_element = exact ? ExactSum::kElementBytes : 4;
-    if (train && element == 0) return invalid(absl::StrCat("unknown delta dtype ", header.delta_dtype()));
-    // What must follow is the coordinator's decision, from its config; the
-    // header must only agree with it.
-    const bool second = train && snapshot.moments.second, first = train && snapshot.moments.first;
-    if (header.has_moments() != second)
-      return invalid(second ? "Adam's moments must come with the delta (CARRY)" : "unexpected Adam moments");
-    if (header.has_first_moment() != first)
-      return invalid(first ? "Adam's m must come with the delta (CARRY, adam_beta1 != 0)"
-                           : "unexpected Adam m (adam_beta1 is 0: m is not carried)");
-    if (!std::isfinite(header.loss())) return invalid(absl::StrCat("loss is ", header.loss()));
-    if (header.predictions() < 0 || header.correct() < 0 || header.correct() > header.predictions() ||
-        header.correct_inductive() < 0 || header.correct_inductive() > header.predictions())
-      return invalid("prediction counts are inconsistent");
-    std::vector<size_t> sizes;
-    if (train) sizes.push_back(static_cast<size_t>(snapshot.numel) * element);
-    const size_t m_index = sizes.size(), v_index = m_index + (first ? 1 : 0);
-    if (first) sizes.push_back(static_cast<size_t>(snapshot.numel) * moment_element);
-    if (second) sizes.push_back(static_cast<size_t>(snapshot.numel) * moment_element);
+    const ResultShape shape{snapshot.numel, snapshot.moments, board_->meta_batch};
+    absl::StatusOr<std::vector<size_t>> sizes = ResultPayloadSizes(header, work, shape);
+    if (!sizes.ok()) return invalid(sizes.status().message());
     ASSIGN_OR_RETURN(std::vector<std::string> payload,
-                     header.in_shared_folder() ? ReadFolderPayload(header, sizes, reader, folder_allowed, invalid)
-                                               : ReadStreamPayload(sizes, reader, stream, invalid));
-    TaskResult result;
-    if (exact) {
-      ASSIGN_OR_RETURN(result.sums, DecodeSums(payload, snapshot, tasks, invalid));
-    } else if (train) {
-      absl::StatusOr<torch::Tensor> delta = DecodeTensor(std::move(payload[0]), header.delta_dtype(), snapshot.numel);
-      if (!delta.ok()) return invalid(absl::StrCat("delta: ", delta.status().message()));
-      result.delta = *std::move(delta);
-    }
-    if (first && !exact) {
-      absl::StatusOr<torch::Tensor> m = DecodeTensor(std::move(payload[m_index]), DELTA_FP32, snapshot.numel);
-      if (!m.ok()) return invalid(absl::StrCat("adam_m: ", m.status().message()));
-      result.adam_m = *std::move(m);
-    }
-    if (second && !exact) {
-      absl::StatusOr<torch::Tensor> v = DecodeTensor(std::move(payload[v_index]), DELTA_FP32, snapshot.numel);
-      if (!v.ok()) return invalid(absl::StrCat("adam_v: ", v.status().message()));
-      if (v->min().item<float>() < 0) return invalid("adam_v has negative entries");  // one pass, no mask
-      result.adam_v = *std::move(v);
-    }
-    result.loss = header.loss();
-    result.correct = header.correct();
-    result.correct_inductive = header.correct_inductive();
-    result.predictions = header.predictions();
-    result.compute_seconds = header.compute_seconds();
+                     header.in_shared_folder() ? ReadFolderPayload(header, *sizes, reader, folder_allowed, invalid)
+                                               : ReadStreamPayload(*sizes, reader, stream, invalid));
+    absl::StatusOr<TaskResult> result = DecodeResult(header, work, shape, std::move(payload));
+    if (!result.ok()) return invalid(result.status().message());
     return result;
   }
 
@@ -634,29 +586,6 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     absl::MutexLock lock(&board_->mu);
     board_->stats.bytes_in += static_cast<int64_t>(bytes);
     return payload;
-  }
-
-  // A training result's tensors as the exact sums of `tasks` tasks, in the
-  // order delta, m, v (each carried one present).
-  template <typename Invalid>
-  absl::StatusOr<TensorSums> DecodeSums(std::vector<std::string>& payload, const Snapshot& snapshot, int tasks,
-                                        const Invalid& invalid) {
-    const int meta_batch = board_->meta_batch;
-    TensorSums sums(snapshot.numel, meta_batch, snapshot.moments);
-    size_t index = 0;
-    auto decode = [&](ExactSum* sum, const char* what) -> absl::Status {
-      absl::StatusOr<ExactSum> decoded = ExactSum::Decode(payload[index++], snapshot.numel, tasks, meta_batch);
-      if (!decoded.ok()) return invalid(absl::StrCat(what, ": ", decoded.status().message()));
-      *sum = *std::move(decoded);
-      return absl::OkStatus();
-    };
-    RETURN_IF_ERROR(decode(&sums.delta, "delta"));
-    if (sums.adam_m) RETURN_IF_ERROR(decode(&*sums.adam_m, "adam_m"));
-    if (sums.adam_v) {
-      RETURN_IF_ERROR(decode(&*sums.adam_v, "adam_v"));
-      if (sums.adam_v->HasNegative()) return invalid("adam_v has negative entries");
-    }
-    return sums;
   }
 
   Board* board_;

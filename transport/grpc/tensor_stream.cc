@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
@@ -57,12 +58,20 @@ absl::Status CheckSize(size_t bytes, DeltaDtype dtype, int64_t numel) {
   return absl::OkStatus();
 }
 
+// Whether every value is finite: one branch-free pass that GCC vectorizes
+// (an early exit per element would not be).
+__attribute__((target_clones("avx2", "default"))) bool AllFinite(const float* values, size_t n) {
+  int outside = 0;
+  for (size_t i = 0; i < n; ++i) outside |= !(std::fabs(values[i]) <= std::numeric_limits<float>::max());
+  return outside == 0;
+}
+
 absl::StatusOr<torch::Tensor> CheckFinite(torch::Tensor tensor) {
   const float* values = tensor.data_ptr<float>();
-  for (int64_t i = 0; i < tensor.numel(); ++i)
-    if (!std::isfinite(values[i]))
-      return absl::InvalidArgumentError(absl::StrCat("tensor element ", i, " is ", values[i]));
-  return tensor;
+  if (AllFinite(values, static_cast<size_t>(tensor.numel()))) return tensor;
+  int64_t i = 0;
+  while (std::isfinite(values[i])) ++i;
+  return absl::InvalidArgumentError(absl::StrCat("tensor element ", i, " is ", values[i]));
 }
 
 }  // namespace

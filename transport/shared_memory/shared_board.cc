@@ -1,0 +1,187 @@
+#include "transport/shared_memory/shared_board.h"
+
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <limits>
+#include <new>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace reptile {
+namespace {
+
+static_assert(std::atomic<uint32_t>::is_always_lock_free && sizeof(std::atomic<uint32_t>) == 4,
+              "futex words must be plain 32-bit words");
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "claim words must be lock-free across processes");
+
+constexpr char kBoardMagic[8] = {'R', 'P', 'T', 'B', 'O', 'A', 'R', 'D'};
+constexpr char kBatchMagic[8] = {'R', 'P', 'T', 'B', 'A', 'T', 'C', 'H'};
+constexpr size_t kMaxConfigBytes = 1 << 20;
+constexpr size_t kAlign = 64;
+
+size_t Aligned(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+absl::Status Failure(const std::string& what, const std::string& path) {
+  const int error = errno;
+  const std::string message = absl::StrCat("cannot ", what, " ", path, ": ", std::strerror(error));
+  return error == ENOENT ? absl::NotFoundError(message) : absl::InternalError(message);
+}
+
+size_t BatchPrefixBytes(size_t items) { return Aligned(sizeof(BatchHeader)) + items * sizeof(ItemSlot); }
+
+}  // namespace
+
+absl::StatusOr<SharedMapping> SharedMapping::Map(int fd, size_t size, const std::string& path) {
+  void* data = size == 0 ? MAP_FAILED : mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  absl::Status failed = data == MAP_FAILED ? Failure("map", path) : absl::OkStatus();
+  close(fd);
+  if (!failed.ok()) return failed;
+  return SharedMapping(static_cast<char*>(data), size);
+}
+
+absl::StatusOr<SharedMapping> SharedMapping::Create(const std::string& path, size_t size) {
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return Failure("create", path);
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    absl::Status failed = Failure("size", path);
+    close(fd);
+    unlink(path.c_str());
+    return failed;
+  }
+  return Map(fd, size, path);
+}
+
+absl::StatusOr<SharedMapping> SharedMapping::Open(const std::string& path, size_t min_size) {
+  const int fd = open(path.c_str(), O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return Failure("open", path);
+  struct stat info;
+  if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode) || static_cast<uint64_t>(info.st_size) < min_size) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a shared board or batch of this version"));
+  }
+  return Map(fd, static_cast<size_t>(info.st_size), path);
+}
+
+SharedMapping::SharedMapping(SharedMapping&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+SharedMapping& SharedMapping::operator=(SharedMapping&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) munmap(data_, size_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+SharedMapping::~SharedMapping() {
+  if (data_ != nullptr) munmap(data_, size_);
+}
+
+absl::StatusOr<SharedBoard> SharedBoard::Create(const std::string& path, const ExperimentConfig& config) {
+  const std::string serialized = config.SerializeAsString();
+  if (serialized.size() > kMaxConfigBytes) return absl::InvalidArgumentError("the config is too large to share");
+  absl::StatusOr<SharedMapping> mapping = SharedMapping::Create(path, Aligned(sizeof(BoardHeader)) + serialized.size());
+  if (!mapping.ok()) return mapping.status();
+  BoardHeader* header = new (mapping->data()) BoardHeader();  // the file starts zeroed
+  std::memcpy(header->magic, kBoardMagic, sizeof(kBoardMagic));
+  header->config_bytes = static_cast<uint32_t>(serialized.size());
+  std::memcpy(mapping->data() + Aligned(sizeof(BoardHeader)), serialized.data(), serialized.size());
+  return SharedBoard(*std::move(mapping));
+}
+
+absl::StatusOr<SharedBoard> SharedBoard::Open(const std::string& path) {
+  absl::StatusOr<SharedMapping> mapping = SharedMapping::Open(path, Aligned(sizeof(BoardHeader)));
+  if (!mapping.ok()) return mapping.status();
+  const BoardHeader* header = reinterpret_cast<const BoardHeader*>(mapping->data());
+  if (std::memcmp(header->magic, kBoardMagic, sizeof(kBoardMagic)) != 0 ||
+      header->config_bytes > mapping->size() - Aligned(sizeof(BoardHeader)))
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a shared board of this version"));
+  return SharedBoard(*std::move(mapping));
+}
+
+absl::StatusOr<ExperimentConfig> SharedBoard::Config() const {
+  ExperimentConfig config;
+  if (!config.ParseFromArray(mapping_.data() + Aligned(sizeof(BoardHeader)), static_cast<int>(header().config_bytes)))
+    return absl::InvalidArgumentError("the shared board's config does not parse");
+  return config;
+}
+
+absl::StatusOr<SharedBatch> SharedBatch::Create(const std::string& path, const BatchHeader& fields,
+                                                const std::vector<WorkReply>& specs) {
+  std::vector<std::string> serialized;
+  serialized.reserve(specs.size());
+  size_t size = BatchPrefixBytes(specs.size());
+  for (const WorkReply& spec : specs) size += serialized.emplace_back(spec.SerializeAsString()).size();
+  if (size > std::numeric_limits<uint32_t>::max()) return absl::InvalidArgumentError("the batch is too large to share");
+  absl::StatusOr<SharedMapping> mapping = SharedMapping::Create(path, size);
+  if (!mapping.ok()) return mapping.status();
+  BatchHeader* header = new (mapping->data()) BatchHeader();
+  std::memcpy(header->magic, kBatchMagic, sizeof(kBatchMagic));
+  header->batch = fields.batch;
+  header->state_version = fields.state_version;
+  header->numel = fields.numel;
+  header->adam_step = fields.adam_step;
+  header->items = static_cast<uint32_t>(specs.size());
+  size_t offset = BatchPrefixBytes(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    ItemSlot* slot = new (mapping->data() + Aligned(sizeof(BatchHeader)) + i * sizeof(ItemSlot)) ItemSlot();
+    slot->spec_offset = static_cast<uint32_t>(offset);
+    slot->spec_bytes = static_cast<uint32_t>(serialized[i].size());
+    std::memcpy(mapping->data() + offset, serialized[i].data(), serialized[i].size());
+    offset += serialized[i].size();
+  }
+  return SharedBatch(*std::move(mapping));
+}
+
+absl::StatusOr<SharedBatch> SharedBatch::Open(const std::string& path, uint64_t batch) {
+  absl::StatusOr<SharedMapping> mapping = SharedMapping::Open(path, Aligned(sizeof(BatchHeader)));
+  if (!mapping.ok()) return mapping.status();
+  const BatchHeader* header = reinterpret_cast<const BatchHeader*>(mapping->data());
+  if (std::memcmp(header->magic, kBatchMagic, sizeof(kBatchMagic)) != 0 || header->batch != batch ||
+      header->items > (mapping->size() - Aligned(sizeof(BatchHeader))) / sizeof(ItemSlot))
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not batch ", batch));
+  return SharedBatch(*std::move(mapping));
+}
+
+ItemSlot& SharedBatch::item(size_t i) const {
+  return *reinterpret_cast<ItemSlot*>(mapping_.data() + Aligned(sizeof(BatchHeader)) + i * sizeof(ItemSlot));
+}
+
+absl::StatusOr<WorkReply> SharedBatch::Spec(size_t i) const {
+  const ItemSlot& slot = item(i);
+  const size_t offset = slot.spec_offset, bytes = slot.spec_bytes;
+  WorkReply spec;
+  if (offset < BatchPrefixBytes(header().items) || offset > mapping_.size() || bytes > mapping_.size() - offset ||
+      !spec.ParseFromArray(mapping_.data() + offset, static_cast<int>(bytes)))
+    return absl::InvalidArgumentError(absl::StrCat("item ", i, " of batch ", header().batch, " does not parse"));
+  return spec;
+}
+
+std::string SharedBatchPath(const std::string& folder, uint64_t batch) {
+  return absl::StrCat(folder, "/batch-", batch);
+}
+
+std::string SharedItemResultPath(const std::string& folder, uint64_t batch, size_t item) {
+  return absl::StrCat(folder, "/result-", batch, "-", item);
+}
+
+void FutexWait(std::atomic<uint32_t>* word, uint32_t expected, absl::Duration timeout) {
+  const timespec wait = absl::ToTimespec(timeout);
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &wait, nullptr, 0);
+}
+
+void FutexWakeAll(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
+}
+
+}  // namespace reptile

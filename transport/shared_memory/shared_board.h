@@ -1,0 +1,139 @@
+// The memory a local coordinator and its worker processes share, as files
+// in the coordinator's private folder on tmpfs, mapped by every process:
+//  - the board: the run's config, the workers' pids, the number of the
+//    current batch, and two futex words, one the coordinator bumps for new
+//    work and one a worker bumps for each result;
+//  - a batch file per Run(): the batch's task specs and, for each item, one
+//    atomic word (who claimed it, and whether it is done) and the header of
+//    its result.
+// Tensors go through the folder's state and result files
+// (transport/grpc/shared_folder.h). Every size and offset read from a
+// mapping is checked before it is used: a worker that scribbles on shared
+// memory can spoil its own results, never make the coordinator read out of
+// bounds.
+#ifndef REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_BOARD_H_
+#define REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_BOARD_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "coordinator.pb.h"
+#include "reptile.pb.h"
+
+namespace reptile {
+
+inline constexpr int kMaxSharedWorkers = 256;
+
+struct BoardHeader {
+  char magic[8];
+  uint32_t config_bytes;  // the serialized ExperimentConfig that follows the header
+  std::atomic<uint32_t> work_signal;    // futex: a new batch, an item to run again, or stop
+  std::atomic<uint32_t> result_signal;  // futex: a worker finished an item
+  std::atomic<uint32_t> stop;           // 1: workers leave
+  std::atomic<uint64_t> batch;          // the batch being run; 0: none
+  std::atomic<int32_t> worker_pids[kMaxSharedWorkers];  // 0: a free place
+};
+
+// An item's claim word: the pid of the worker that claimed it, and its stage.
+enum class ItemStage : uint64_t { kOpen = 0, kClaimed = 1, kDone = 2 };
+inline uint64_t ClaimWord(int32_t pid, ItemStage stage) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(pid)) << 2) | static_cast<uint64_t>(stage);
+}
+inline ItemStage StageOf(uint64_t word) { return static_cast<ItemStage>(word & 3); }
+inline int32_t PidOf(uint64_t word) { return static_cast<int32_t>(word >> 2); }
+
+inline constexpr size_t kResultHeaderBytes = 1000;
+
+struct ItemSlot {
+  std::atomic<uint64_t> claim;  // ClaimWord
+  uint32_t spec_offset;         // the item as a WorkReply (kind and tasks), in the batch file
+  uint32_t spec_bytes;
+  uint32_t result_bytes;  // the serialized ResultHeader in `result`, written before the claim is kDone
+  char result[kResultHeaderBytes];
+};
+
+struct BatchHeader {
+  char magic[8];
+  uint64_t batch;
+  uint64_t state_version;  // the state file the items run on
+  int64_t numel;
+  int64_t adam_step;
+  uint32_t items;
+  std::atomic<uint32_t> next_item;  // the claim cursor
+};
+
+// A file mapped read-write and shared; unmapped when the object goes.
+class SharedMapping {
+ public:
+  SharedMapping() = default;
+  // Creates `path` (which must not exist) of `size` bytes and maps it.
+  static absl::StatusOr<SharedMapping> Create(const std::string& path, size_t size);
+  // Maps what `path` holds: a regular file, not through a symlink, of at
+  // least `min_size` bytes.
+  static absl::StatusOr<SharedMapping> Open(const std::string& path, size_t min_size);
+  SharedMapping(SharedMapping&& other) noexcept;
+  SharedMapping& operator=(SharedMapping&& other) noexcept;
+  ~SharedMapping();
+
+  char* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  // Maps `fd` (closed either way) of `size` bytes.
+  static absl::StatusOr<SharedMapping> Map(int fd, size_t size, const std::string& path);
+  SharedMapping(char* data, size_t size) : data_(data), size_(size) {}
+  char* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// The board of a run: created by the coordinator, opened by its workers.
+class SharedBoard {
+ public:
+  static absl::StatusOr<SharedBoard> Create(const std::string& path, const ExperimentConfig& config);
+  static absl::StatusOr<SharedBoard> Open(const std::string& path);
+
+  BoardHeader& header() const { return *reinterpret_cast<BoardHeader*>(mapping_.data()); }
+  absl::StatusOr<ExperimentConfig> Config() const;
+
+ private:
+  explicit SharedBoard(SharedMapping mapping) : mapping_(std::move(mapping)) {}
+  SharedMapping mapping_;
+};
+
+// One batch's file: written by the coordinator before the batch is
+// announced, opened by each worker that takes part.
+class SharedBatch {
+ public:
+  SharedBatch() = default;
+  // `header`'s fields but the magic and the cursor, and the items' specs.
+  static absl::StatusOr<SharedBatch> Create(const std::string& path, const BatchHeader& header,
+                                            const std::vector<WorkReply>& specs);
+  // InvalidArgument if the file is not batch `batch` or its sizes do not fit.
+  static absl::StatusOr<SharedBatch> Open(const std::string& path, uint64_t batch);
+
+  bool valid() const { return mapping_.data() != nullptr; }
+  BatchHeader& header() const { return *reinterpret_cast<BatchHeader*>(mapping_.data()); }
+  ItemSlot& item(size_t i) const;
+  // Item i as the coordinator wrote it; InvalidArgument if it does not parse.
+  absl::StatusOr<WorkReply> Spec(size_t i) const;
+
+ private:
+  explicit SharedBatch(SharedMapping mapping) : mapping_(std::move(mapping)) {}
+  SharedMapping mapping_;
+};
+
+std::string SharedBatchPath(const std::string& folder, uint64_t batch);
+std::string SharedItemResultPath(const std::string& folder, uint64_t batch, size_t item);
+
+// Waits while *word == expected, at most `timeout` (or until woken).
+void FutexWait(std::atomic<uint32_t>* word, uint32_t expected, absl::Duration timeout);
+// Wakes every process waiting on `word`.
+void FutexWakeAll(std::atomic<uint32_t>* word);
+
+}  // namespace reptile
+
+#endif  // REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_BOARD_H_

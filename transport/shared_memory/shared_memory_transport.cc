@@ -1,0 +1,255 @@
+#include "transport/shared_memory/shared_memory_transport.h"
+
+#include <poll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+#include "transport/grpc/result_codec.h"
+#include "transport/grpc/shared_folder.h"
+#include "transport/grpc/tensor_stream.h"
+
+namespace reptile {
+namespace {
+
+constexpr int kMaxTries = 3;  // results refused or failed on one item before its batch fails
+constexpr absl::Duration kRecheck = absl::Milliseconds(50);
+
+int PidFdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+
+// Opens item i again for any worker to claim, if its word is still `word`.
+bool Reopen(ItemSlot& slot, uint64_t word, BoardHeader& board) {
+  if (!slot.claim.compare_exchange_strong(word, ClaimWord(0, ItemStage::kOpen), std::memory_order_acq_rel))
+    return false;
+  board.work_signal.fetch_add(1, std::memory_order_acq_rel);
+  FutexWakeAll(&board.work_signal);
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SharedMemoryTransport>> SharedMemoryTransport::Create(const ExperimentConfig& config,
+                                                                                     const std::string& folder) {
+  const std::string path = folder + "/board";
+  ASSIGN_OR_RETURN(SharedBoard board, SharedBoard::Create(path, config));
+  return std::unique_ptr<SharedMemoryTransport>(new SharedMemoryTransport(config, folder, std::move(board)));
+}
+
+SharedMemoryTransport::SharedMemoryTransport(const ExperimentConfig& config, std::string folder, SharedBoard board)
+    : config_(config), folder_(std::move(folder)), board_path_(folder_ + "/board"), board_(std::move(board)) {}
+
+SharedMemoryTransport::~SharedMemoryTransport() {
+  Finish();
+  for (const auto& [pid, fd] : pidfds_) close(fd);
+  unlink(board_path_.c_str());
+}
+
+void SharedMemoryTransport::Finish() {
+  BoardHeader& board = board_.header();
+  board.stop.store(1, std::memory_order_release);
+  board.work_signal.fetch_add(1, std::memory_order_acq_rel);
+  FutexWakeAll(&board.work_signal);
+}
+
+absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vector<WorkItem>& items,
+                                        const ResultSink& take) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!interrupted_.empty()) return absl::CancelledError(interrupted_);
+  }
+  const ResultShape shape{state.parameters.numel(), CarriedMomentsOf(config_), config_.outer().meta_batch_size()};
+  if (CarriedMomentsOf(state) != shape.moments)
+    return absl::InvalidArgumentError("meta-state's Adam moments are not those the run's config carries");
+  // The state, once for every worker, from where its tensors lie.
+  std::string encoded[3];
+  std::vector<absl::string_view> tensors = {WireBytes(state.parameters, DELTA_FP32, &encoded[0])};
+  if (shape.moments.first) tensors.push_back(WireBytes(state.adam_m, DELTA_FP32, &encoded[1]));
+  if (shape.moments.second) tensors.push_back(WireBytes(state.adam_v, DELTA_FP32, &encoded[2]));
+  BatchHeader fields{};
+  fields.batch = ++last_batch_;
+  fields.state_version = fields.batch;
+  fields.numel = shape.numel;
+  fields.adam_step = state.adam_step;
+  const std::string state_path = SharedStatePath(folder_, fields.state_version);
+  RETURN_IF_ERROR(WriteTensorFile(state_path, tensors));
+  std::vector<WorkReply> specs(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    specs[i].set_kind(items[i].kind == WorkKind::kTrain ? WorkReply::TRAIN : WorkReply::EVALUATE);
+    for (const TaskSpec& task : items[i].tasks) *specs[i].add_tasks() = task;
+  }
+  const std::string batch_path = SharedBatchPath(folder_, fields.batch);
+  absl::StatusOr<SharedBatch> created = SharedBatch::Create(batch_path, fields, specs);
+  BoardHeader& board = board_.header();
+  // Whatever ends the batch: no worker starts another of its items, and
+  // its files go (a worker still computing one finds them gone).
+  absl::Cleanup end_batch = [&] {
+    board.batch.store(0, std::memory_order_release);
+    unlink(batch_path.c_str());
+    unlink(state_path.c_str());
+    for (size_t i = 0; i < items.size(); ++i) unlink(SharedItemResultPath(folder_, fields.batch, i).c_str());
+  };
+  RETURN_IF_ERROR(created.status());
+  const SharedBatch& batch = *created;
+  {
+    absl::MutexLock lock(&mu_);
+    for (absl::string_view t : tensors) stats_.bytes_out += static_cast<int64_t>(t.size());
+  }
+  board.batch.store(fields.batch, std::memory_order_release);
+  board.work_signal.fetch_add(1, std::memory_order_acq_rel);
+  FutexWakeAll(&board.work_signal);
+
+  std::vector<char> taken(items.size(), 0);
+  std::vector<int> tries(items.size(), 0);
+  size_t remaining = items.size(), first_open = 0;
+  while (remaining > 0) {
+    const uint32_t signal = board.result_signal.load(std::memory_order_acquire);
+    // Items past the claim cursor have not been claimed, so are not done.
+    const size_t claimed = std::min<size_t>(items.size(), batch.header().next_item.load(std::memory_order_acquire));
+    bool progress = false;
+    for (size_t i = first_open; i < claimed; ++i) {
+      if (taken[i] || StageOf(batch.item(i).claim.load(std::memory_order_acquire)) != ItemStage::kDone) continue;
+      ASSIGN_OR_RETURN(bool accepted, TakeResult(batch, i, items, take, tries));
+      if (accepted) {
+        taken[i] = 1;
+        --remaining;
+      }
+      progress = true;
+    }
+    while (first_open < items.size() && taken[first_open]) ++first_open;
+    if (remaining == 0) break;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!interrupted_.empty()) return absl::CancelledError(interrupted_);
+    }
+    ReapDeadWorkers(&batch);
+    if (!progress) FutexWait(&board.result_signal, signal, kRecheck);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch, size_t i,
+                                                       const std::vector<WorkItem>& items, const ResultSink& take,
+                                                       std::vector<int>& tries) {
+  ItemSlot& slot = batch.item(i);
+  const uint64_t word = slot.claim.load(std::memory_order_acquire);
+  const std::string result_path = SharedItemResultPath(folder_, batch.header().batch, i);
+  const ResultShape shape{batch.header().numel, CarriedMomentsOf(config_), config_.outer().meta_batch_size()};
+  std::string reason = "invalid_result";
+  size_t bytes_in = 0;
+  const absl::Status taken = [&]() -> absl::Status {
+    const uint32_t header_bytes = slot.result_bytes;
+    ResultHeader header;
+    if (header_bytes > kResultHeaderBytes || !header.ParseFromArray(slot.result, static_cast<int>(header_bytes)))
+      return absl::InvalidArgumentError("its result header does not parse");
+    if (!header.error().empty()) {
+      reason = "worker_error";
+      return absl::InternalError(absl::StrCat("the worker failed: ", header.error().substr(0, 300)));
+    }
+    ASSIGN_OR_RETURN(std::vector<size_t> sizes, ResultPayloadSizes(header, items[i], shape));
+    std::vector<std::string> payload;
+    if (!sizes.empty()) {
+      ASSIGN_OR_RETURN(payload, ReadTensorFile(result_path, sizes));
+    }
+    for (size_t size : sizes) bytes_in += size;
+    ASSIGN_OR_RETURN(TaskResult result, DecodeResult(header, items[i], shape, std::move(payload)));
+    return take(i, std::move(result));
+  }();
+  unlink(result_path.c_str());
+  absl::MutexLock lock(&mu_);
+  stats_.bytes_in += static_cast<int64_t>(bytes_in);
+  if (taken.ok()) return true;
+  ++stats_.results_refused;
+  ++stats_.results_refused_by_reason[reason];
+  if (++tries[i] >= kMaxTries)
+    return absl::Status(taken.code(),
+                        absl::StrCat("work item ", i, ": ", taken.message(), " (", kMaxTries, " times; giving up)"));
+  ++stats_.tasks_redone;
+  Reopen(slot, word, board_.header());
+  return false;
+}
+
+void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch* batch) {
+  BoardHeader& board = board_.header();
+  // Workers that joined since the last look.
+  auto refresh = [&] {
+    for (std::atomic<int32_t>& place : board.worker_pids) {
+      int32_t pid = place.load(std::memory_order_acquire);
+      if (pid <= 0 || pidfds_.count(pid) > 0) continue;
+      const int fd = PidFdOpen(pid);
+      if (fd >= 0) {
+        pidfds_[pid] = fd;
+      } else {
+        place.compare_exchange_strong(pid, 0);  // gone already
+      }
+    }
+  };
+  refresh();
+  std::vector<pollfd> polls;
+  for (const auto& [pid, fd] : pidfds_) polls.push_back({fd, POLLIN, 0});
+  if (!polls.empty() && poll(polls.data(), polls.size(), 0) > 0) {
+    for (const pollfd& p : polls) {
+      if (p.revents == 0) continue;  // still running
+      for (auto it = pidfds_.begin(); it != pidfds_.end(); ++it) {
+        if (it->second != p.fd) continue;
+        for (std::atomic<int32_t>& place : board.worker_pids) {
+          int32_t pid = it->first;
+          place.compare_exchange_strong(pid, 0);
+        }
+        close(it->second);
+        pidfds_.erase(it);
+        break;
+      }
+    }
+  }
+  if (batch == nullptr) return;
+  // Claims of workers not alive on the board go back to the others. A
+  // worker registers before it claims, so a claimer still unknown after a
+  // second look is gone (or never was a worker).
+  const size_t claimed = std::min<size_t>(batch->header().items, batch->header().next_item.load());
+  bool looked_again = false;
+  for (size_t i = 0; i < claimed; ++i) {
+    ItemSlot& slot = batch->item(i);
+    const uint64_t word = slot.claim.load(std::memory_order_acquire);
+    if (StageOf(word) != ItemStage::kClaimed || pidfds_.count(PidOf(word)) > 0) continue;
+    if (!looked_again) {
+      refresh();
+      looked_again = true;
+      if (pidfds_.count(PidOf(word)) > 0) continue;
+    }
+    if (Reopen(slot, word, board)) {
+      absl::MutexLock lock(&mu_);
+      ++stats_.tasks_redone;
+    }
+  }
+}
+
+int SharedMemoryTransport::num_workers() const {
+  int alive = 0;
+  for (const std::atomic<int32_t>& place : board_.header().worker_pids)
+    if (place.load(std::memory_order_relaxed) > 0) ++alive;
+  return alive;
+}
+
+TransportStats SharedMemoryTransport::Stats() const {
+  TransportStats stats;
+  {
+    absl::MutexLock lock(&mu_);
+    stats = stats_;
+  }
+  stats.workers_alive = num_workers();
+  stats.tasks_in_flight = stats.workers_alive;
+  return stats;
+}
+
+void SharedMemoryTransport::Interrupt(const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  interrupted_ = why.empty() ? "interrupted" : why;
+}
+
+}  // namespace reptile

@@ -1,0 +1,67 @@
+// Runs work items on worker processes of this machine coordinated through
+// shared memory (shared_board.h), as cheaply as threads are: a worker claims
+// items with an atomic operation, computes, writes its result beside the
+// coordinator and wakes it with one futex call; the coordinator wakes the
+// workers once per batch. No call, socket or server thread is on the path.
+// A worker that dies has its items run again by the others (or by the one
+// started in its place); a result refused or failed three times on one item
+// fails the batch with the reason.
+#ifndef REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_MEMORY_TRANSPORT_H_
+#define REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_MEMORY_TRANSPORT_H_
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "transport/shared_memory/shared_board.h"
+#include "transport/transport.h"
+
+namespace reptile {
+
+class SharedMemoryTransport final : public Transport {
+ public:
+  // A board for `config` in `folder` (a folder only this user may enter, on
+  // tmpfs where there is one), for `reptile worker --shared_memory` to open.
+  static absl::StatusOr<std::unique_ptr<SharedMemoryTransport>> Create(const ExperimentConfig& config,
+                                                                       const std::string& folder);
+  ~SharedMemoryTransport() override;
+  SharedMemoryTransport(const SharedMemoryTransport&) = delete;
+  SharedMemoryTransport& operator=(const SharedMemoryTransport&) = delete;
+
+  // What workers are given to open.
+  const std::string& board_path() const { return board_path_; }
+
+  absl::Status Run(const MetaState& state, const std::vector<WorkItem>& items, const ResultSink& take) override;
+  int num_workers() const override;
+  TransportStats Stats() const override;
+  void Interrupt(const std::string& why) override;
+  // Tells the workers to leave.
+  void Finish();
+
+ private:
+  SharedMemoryTransport(const ExperimentConfig& config, std::string folder, SharedBoard board);
+  // Hands item i's result to `take` once it is done; refuses it (to be run
+  // again) or fails the batch when it is not acceptable.
+  absl::StatusOr<bool> TakeResult(const SharedBatch& batch, size_t i, const std::vector<WorkItem>& items,
+                                  const ResultSink& take, std::vector<int>& tries);
+  // Forgets workers that have died, and opens their claimed items again.
+  void ReapDeadWorkers(const SharedBatch* batch);
+
+  const ExperimentConfig config_;
+  const std::string folder_, board_path_;
+  SharedBoard board_;
+  uint64_t last_batch_ = 0;
+  uint64_t last_state_version_ = 0;
+  std::map<pid_t, int> pidfds_;  // the workers seen on the board, alive when last looked
+
+  mutable absl::Mutex mu_;
+  std::string interrupted_ ABSL_GUARDED_BY(mu_);
+  TransportStats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace reptile
+
+#endif  // REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_MEMORY_TRANSPORT_H_

@@ -1,0 +1,143 @@
+#include "transport/shared_memory/shared_memory_worker.h"
+
+#include <unistd.h>
+
+#include <cstring>
+#include <optional>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "core/config.h"
+#include "core/process_setup.h"
+#include "core/status_macros.h"
+#include "core/tasks/task_source.h"
+#include "transport/grpc/result_codec.h"
+#include "transport/grpc/shared_folder.h"
+#include "transport/grpc/tensor_stream.h"
+#include "transport/shared_memory/shared_board.h"
+#include "worker/learner.h"
+
+namespace reptile {
+namespace {
+
+constexpr absl::Duration kRecheck = absl::Milliseconds(200);
+
+// The next item of `batch` nobody holds: from the claim cursor, then any
+// opened again after its worker died or its result was refused.
+std::optional<size_t> Claim(const SharedBatch& batch, int32_t pid) {
+  const uint32_t items = batch.header().items;
+  const uint64_t mine = ClaimWord(pid, ItemStage::kClaimed);
+  for (uint32_t i = batch.header().next_item.load(std::memory_order_relaxed); i < items;
+       i = batch.header().next_item.load(std::memory_order_relaxed)) {
+    uint32_t next = i;
+    if (!batch.header().next_item.compare_exchange_weak(next, i + 1, std::memory_order_acq_rel)) continue;
+    uint64_t open = ClaimWord(0, ItemStage::kOpen);
+    if (batch.item(i).claim.compare_exchange_strong(open, mine, std::memory_order_acq_rel)) return i;
+  }
+  for (uint32_t i = 0; i < items; ++i) {
+    uint64_t open = ClaimWord(0, ItemStage::kOpen);
+    if (batch.item(i).claim.compare_exchange_strong(open, mine, std::memory_order_acq_rel)) return i;
+  }
+  return std::nullopt;
+}
+
+// The state a batch runs on, from the coordinator's state file.
+absl::StatusOr<MetaState> ReadState(const std::string& folder, const BatchHeader& batch, CarriedMoments moments) {
+  const size_t bytes = static_cast<size_t>(batch.numel) * 4;
+  std::vector<size_t> sizes(1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0), bytes);
+  ASSIGN_OR_RETURN(std::vector<std::string> tensors, ReadTensorFile(SharedStatePath(folder, batch.state_version), sizes));
+  MetaState state;
+  ASSIGN_OR_RETURN(state.parameters, DecodeTensor(std::move(tensors[0]), DELTA_FP32, batch.numel));
+  if (moments.first) {
+    ASSIGN_OR_RETURN(state.adam_m, DecodeTensor(std::move(tensors[1]), DELTA_FP32, batch.numel));
+  }
+  if (moments.second) {
+    ASSIGN_OR_RETURN(state.adam_v, DecodeTensor(std::move(tensors.back()), DELTA_FP32, batch.numel));
+  }
+  state.adam_step = batch.adam_step;
+  return state;
+}
+
+}  // namespace
+
+absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notification* stop) {
+  ASSIGN_OR_RETURN(SharedBoard board, SharedBoard::Open(board_path));
+  ASSIGN_OR_RETURN(ExperimentConfig config, board.Config());
+  RETURN_IF_ERROR(ValidateConfig(config));
+  ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(config.task()));
+  ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, tasks));
+  // One intra-op thread, as a worker thread has: a task's arithmetic, and
+  // so its result, must not depend on how many threads share the machine.
+  at::set_num_threads(1);
+  NameThisThread("learner");
+  const std::string folder = board_path.substr(0, board_path.rfind('/'));
+  const CarriedMoments moments = CarriedMomentsOf(config);
+  BoardHeader& header = board.header();
+  const int32_t pid = getpid();
+  std::atomic<int32_t>* place = nullptr;
+  for (std::atomic<int32_t>& candidate : header.worker_pids) {
+    int32_t free = 0;
+    if (candidate.compare_exchange_strong(free, pid)) {
+      place = &candidate;
+      break;
+    }
+  }
+  if (place == nullptr) return absl::ResourceExhaustedError(absl::StrCat("the board holds ", kMaxSharedWorkers,
+                                                                         " workers; it is full"));
+  absl::Cleanup leave = [place, pid] {
+    int32_t mine = pid;
+    place->compare_exchange_strong(mine, 0);
+  };
+
+  SharedBatch batch;
+  uint64_t batch_number = 0, state_batch = 0;
+  absl::StatusOr<MetaState> state = absl::FailedPreconditionError("no state yet");
+  while (!stop->HasBeenNotified() && header.stop.load(std::memory_order_acquire) == 0) {
+    const uint32_t signal = header.work_signal.load(std::memory_order_acquire);
+    const uint64_t current = header.batch.load(std::memory_order_acquire);
+    if (current != 0 && current != batch_number) {
+      batch_number = current;
+      absl::StatusOr<SharedBatch> opened = SharedBatch::Open(SharedBatchPath(folder, current), current);
+      batch = opened.ok() ? *std::move(opened) : SharedBatch();  // a batch already over is gone
+    }
+    bool worked = false;
+    while (current != 0 && batch.valid() && header.batch.load(std::memory_order_acquire) == batch_number) {
+      const std::optional<size_t> i = Claim(batch, pid);
+      if (!i.has_value()) break;
+      worked = true;
+      if (state_batch != batch_number) {
+        state = ReadState(folder, batch.header(), moments);
+        state_batch = batch_number;
+      }
+      absl::StatusOr<WorkReply> spec = batch.Spec(*i);
+      absl::StatusOr<TaskResult> result = absl::UnknownError("not run");
+      if (!spec.ok() || !state.ok()) {
+        result = !spec.ok() ? spec.status() : state.status();
+      } else {
+        WorkItem item;
+        item.kind = spec->kind() == WorkReply::TRAIN ? WorkKind::kTrain : WorkKind::kEvaluate;
+        item.tasks.assign(spec->tasks().begin(), spec->tasks().end());
+        result = learner->Run(*state, item);
+      }
+      EncodedResult encoded = EncodeResult(result, config.outer().delta_dtype(), batch.header().numel);
+      if (!encoded.tensors.empty()) {
+        const absl::Status written =
+            WriteTensorFile(SharedItemResultPath(folder, batch_number, *i), encoded.tensors);
+        if (!written.ok()) encoded = EncodeResult(written, DELTA_FP32, 0);
+      }
+      if (encoded.header.error().size() > kResultHeaderBytes / 2)
+        encoded.header.mutable_error()->resize(kResultHeaderBytes / 2);
+      ItemSlot& slot = batch.item(*i);
+      const std::string bytes = encoded.header.SerializeAsString();
+      std::memcpy(slot.result, bytes.data(), bytes.size());
+      slot.result_bytes = static_cast<uint32_t>(bytes.size());
+      slot.claim.store(ClaimWord(pid, ItemStage::kDone), std::memory_order_release);
+      header.result_signal.fetch_add(1, std::memory_order_acq_rel);
+      FutexWakeAll(&header.result_signal);
+    }
+    if (!worked) FutexWait(&header.work_signal, signal, kRecheck);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace reptile

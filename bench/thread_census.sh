@@ -1,8 +1,8 @@
 #!/bin/sh
 # Where the threads of a training run spend their CPU and how often they are
 # switched out, per round: threads in one process against worker processes
-# over gRPC (`reptile train --workers N`) and worker processes on shared
-# memory (runtime.local_workers=SHARED_MEMORY). Reads each thread's
+# on shared memory (`reptile train --workers N`, the default) and over gRPC
+# (runtime.local_workers=GRPC_PROCESSES). Reads each thread's
 # voluntary and involuntary context switches and CPU time from /proc at
 # round WARMUP and again ROUNDS rounds later, and prints them per round,
 # summed by process (coordinator, workers) and thread name, with the median
@@ -63,6 +63,6 @@ census() {
 
 echo "thread census, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, omniglot_5w1s, rounds $warmup-$((warmup + rounds)), $workers workers"
 census threads "$reptile" train --config "$config" --workers "$workers" runtime.local_workers=THREADS $common
-census grpc_processes "$reptile" train --config "$config" --workers "$workers" $common
-census shared_memory_processes "$reptile" train --config "$config" --workers "$workers" \
-  runtime.local_workers=SHARED_MEMORY $common
+census processes "$reptile" train --config "$config" --workers "$workers" $common
+census grpc_processes "$reptile" train --config "$config" --workers "$workers" \
+  runtime.local_workers=GRPC_PROCESSES $common

@@ -211,12 +211,12 @@ absl::Status TrainCommand(const CliOptions& options) {
                      LocalTransport::Create(setup.config, setup.tasks, workers));
     return TrainOn(options, setup, transport.get()).status();
   }
-  if (setup.config.runtime().local_workers() == SHARED_MEMORY) {
+  if (setup.config.runtime().local_workers() == PROCESSES) {
     // Worker processes coordinated through files on tmpfs in a folder only
     // this user can enter.
     ASSIGN_OR_RETURN(PrivateFolder folder, PrivateFolder::Create());
     ASSIGN_OR_RETURN(std::unique_ptr<SharedMemoryTransport> transport,
-                     SharedMemoryTransport::Create(setup.config, folder.path()));
+                     SharedMemoryTransport::Create(setup.config, folder.path(), Log));
     Log(absl::StrFormat("starting %d worker processes (shared memory in %s)", workers, folder.path()));
     SharedMemoryTransport* raw_transport = transport.get();
     ASSIGN_OR_RETURN(std::unique_ptr<WorkerProcesses> processes,

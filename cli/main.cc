@@ -52,8 +52,7 @@ ABSL_FLAG(bool, insecure_listen, false,
 ABSL_FLAG(std::string, port_file, "", "coordinator: write the port it listens on to this file");
 ABSL_FLAG(std::string, coordinator, "", "worker: the coordinator's HOST:PORT");
 ABSL_FLAG(std::string, shared_memory, "",
-          "worker: the shared board of a local `reptile train` (runtime.local_workers=SHARED_MEMORY), which "
-          "starts its workers with it");
+          "worker: the shared board of a local `reptile train`, which starts its worker processes with it");
 ABSL_FLAG(std::string, data_dir, "", "worker: where the dataset is on this node (overrides task.data_dir)");
 ABSL_FLAG(int, learners, 1,
           "worker: learner threads, each taking tasks of its own (one per core); they share one connection, the "

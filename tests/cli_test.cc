@@ -85,9 +85,9 @@ TEST(CliTest, TrainInspectEvalAndResume) {
   EXPECT_EQ(Sha(again.output), sha);
 }
 
-// `reptile train --workers N` keeps its socket and shared folder in a
-// private folder it removes at the end; one killed with SIGKILL cannot, so
-// the next run removes it, once its process is gone.
+// `reptile train --workers N` keeps its shared board in a private folder it
+// removes at the end; one killed with SIGKILL cannot, so the next run
+// removes it, once its process is gone.
 TEST(CliTest, AFolderLeftByAKilledTrainIsRemovedByTheNextOne) {
   const std::string base = access("/dev/shm", W_OK | X_OK) == 0 ? "/dev/shm" : "/tmp";
   const std::string dir = testing::TempDir("killed");
@@ -95,19 +95,19 @@ TEST(CliTest, AFolderLeftByAKilledTrainIsRemovedByTheNextOne) {
                                      "configs/sine.textproto", "outer.rounds=100000"},
                                     dir + "/../killed");
   const std::string prefix = absl::StrCat("reptile-", killed->pid(), "-");
-  // The folder is made before the coordinator listens in it: wait for its
-  // socket, so that the kill lands on a folder in use.
+  // The folder is made before the board in it: wait for the board, so that
+  // the kill lands on a folder in use.
   std::string folder;
   for (int i = 0; i < 600 && killed->running(); ++i) {
     for (const auto& entry : std::filesystem::directory_iterator(base))
       if (absl::StartsWith(entry.path().filename().string(), prefix)) folder = entry.path().string();
-    if (!folder.empty() && std::filesystem::exists(folder + "/coordinator.sock")) break;
+    if (!folder.empty() && std::filesystem::exists(folder + "/board")) break;
     usleep(50000);
   }
   ASSERT_FALSE(folder.empty()) << killed->err();
   killed->Signal(SIGKILL);
   ASSERT_TRUE(killed->Wait(10).has_value());
-  ASSERT_TRUE(std::filesystem::exists(folder + "/coordinator.sock")) << "a killed process removes nothing";
+  ASSERT_TRUE(std::filesystem::exists(folder + "/board")) << "a killed process removes nothing";
 
   Result next = RunReptile(absl::StrCat("train --run_dir ", testing::TempDir("next"),
                                         " --workers 1 --config configs/sine.textproto outer.rounds=5"));

@@ -106,7 +106,23 @@ TEST_F(DistributedTest, TrainRunsWorkerProcessesByDefaultAndMatchesThreads) {
              overrides),
       Log("train"));
   ASSERT_EQ(train->ExitCode(300), 0) << train->err();
-  EXPECT_TRUE(absl::StrContains(train->err(), "starting 2 worker processes")) << train->err();
+  EXPECT_TRUE(absl::StrContains(train->err(), "starting 2 worker processes (shared memory")) << train->err();
+  EXPECT_TRUE(absl::StrContains(train->err(), "joined (2 alive)")) << train->err();
+  EXPECT_EQ(ParameterSha(train->out()), reference);
+}
+
+TEST_F(DistributedTest, TrainRunsWorkerProcessesOverGrpcOnRequestAndMatchesThreads) {
+  std::vector<std::string> overrides = OmniglotOverrides(40);
+  const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
+  overrides.push_back("runtime.local_workers=GRPC_PROCESSES");
+  const std::string run = TempDir("run");
+  auto train = ChildProcess::Start(
+      Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/demo.textproto"), "--run_dir", run,
+              "--workers", "2"},
+             overrides),
+      Log("train"));
+  ASSERT_EQ(train->ExitCode(300), 0) << train->err();
+  EXPECT_TRUE(absl::StrContains(train->err(), "starting 2 worker processes (coordinator on unix:")) << train->err();
   EXPECT_TRUE(absl::StrContains(train->err(), "2 alive")) << train->err();
   EXPECT_EQ(ParameterSha(train->out()), reference);
   // The workers were told the run was over and left; none is left behind.
@@ -276,7 +292,7 @@ TEST_F(DistributedTest, ModelOfOver50MegabytesStreamsInChunks) {
   const std::string reference = ThreadsReference("configs/sine.textproto", overrides);
   const std::string run = TempDir("run");
   auto train = ChildProcess::Start(Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/sine.textproto"),
-                                           "--run_dir", run, "--workers", "2"},
+                                           "--run_dir", run, "--workers", "2", "runtime.local_workers=GRPC_PROCESSES"},
                                           overrides),
                                    Log("train"));
   ASSERT_EQ(train->ExitCode(300), 0) << train->err();

@@ -128,7 +128,6 @@ absl::StatusOr<SharedBatch> SharedBatch::Create(const std::string& path, const B
   BatchHeader* header = new (mapping->data()) BatchHeader();
   std::memcpy(header->magic, kBatchMagic, sizeof(kBatchMagic));
   header->batch = fields.batch;
-  header->state_version = fields.state_version;
   header->numel = fields.numel;
   header->adam_step = fields.adam_step;
   header->items = static_cast<uint32_t>(specs.size());
@@ -171,9 +170,7 @@ std::string SharedBatchPath(const std::string& folder, uint64_t batch) {
   return absl::StrCat(folder, "/batch-", batch);
 }
 
-std::string SharedItemResultPath(const std::string& folder, uint64_t batch, size_t item) {
-  return absl::StrCat(folder, "/result-", batch, "-", item);
-}
+std::string SharedMemoryStatePath(const std::string& folder) { return folder + "/state"; }
 
 void FutexWait(std::atomic<uint32_t>* word, uint32_t expected, absl::Duration timeout) {
   const timespec wait = absl::ToTimespec(timeout);

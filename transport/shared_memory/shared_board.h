@@ -5,9 +5,11 @@
 //    work and one a worker bumps for each result;
 //  - a batch file per Run(): the batch's task specs and, for each item, one
 //    atomic word (who claimed it, and whether it is done) and the header of
-//    its result.
-// Tensors go through the folder's state and result files
-// (transport/grpc/shared_folder.h). Every size and offset read from a
+//    its result;
+//  - the state file, rewritten in place for each batch while no worker runs
+//    (workers map it once and read it where it lies), and each worker's
+//    result file, rewritten in place for each result once the coordinator
+//    has taken the one before (SharedResultPath(folder, pid)). Every size and offset read from a
 // mapping is checked before it is used: a worker that scribbles on shared
 // memory can spoil its own results, never make the coordinator read out of
 // bounds.
@@ -38,8 +40,10 @@ struct BoardHeader {
   std::atomic<int32_t> worker_pids[kMaxSharedWorkers];  // 0: a free place
 };
 
-// An item's claim word: the pid of the worker that claimed it, and its stage.
-enum class ItemStage : uint64_t { kOpen = 0, kClaimed = 1, kDone = 2 };
+// An item's claim word: the pid of the worker that claimed it, and its
+// stage. kTaken: the coordinator has read the result, and its worker may
+// write the next one.
+enum class ItemStage : uint64_t { kOpen = 0, kClaimed = 1, kDone = 2, kTaken = 3 };
 inline uint64_t ClaimWord(int32_t pid, ItemStage stage) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(pid)) << 2) | static_cast<uint64_t>(stage);
 }
@@ -59,7 +63,6 @@ struct ItemSlot {
 struct BatchHeader {
   char magic[8];
   uint64_t batch;
-  uint64_t state_version;  // the state file the items run on
   int64_t numel;
   int64_t adam_step;
   uint32_t items;
@@ -127,7 +130,7 @@ class SharedBatch {
 };
 
 std::string SharedBatchPath(const std::string& folder, uint64_t batch);
-std::string SharedItemResultPath(const std::string& folder, uint64_t batch, size_t item);
+std::string SharedMemoryStatePath(const std::string& folder);
 
 // Waits while *word == expected, at most `timeout` (or until woken).
 void FutexWait(std::atomic<uint32_t>* word, uint32_t expected, absl::Duration timeout);

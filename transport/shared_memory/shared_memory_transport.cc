@@ -34,15 +34,21 @@ bool Reopen(ItemSlot& slot, uint64_t word, BoardHeader& board) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<SharedMemoryTransport>> SharedMemoryTransport::Create(const ExperimentConfig& config,
-                                                                                     const std::string& folder) {
+absl::StatusOr<std::unique_ptr<SharedMemoryTransport>> SharedMemoryTransport::Create(
+    const ExperimentConfig& config, const std::string& folder, std::function<void(const std::string&)> log) {
   const std::string path = folder + "/board";
   ASSIGN_OR_RETURN(SharedBoard board, SharedBoard::Create(path, config));
-  return std::unique_ptr<SharedMemoryTransport>(new SharedMemoryTransport(config, folder, std::move(board)));
+  return std::unique_ptr<SharedMemoryTransport>(
+      new SharedMemoryTransport(config, folder, std::move(board), std::move(log)));
 }
 
-SharedMemoryTransport::SharedMemoryTransport(const ExperimentConfig& config, std::string folder, SharedBoard board)
-    : config_(config), folder_(std::move(folder)), board_path_(folder_ + "/board"), board_(std::move(board)) {}
+SharedMemoryTransport::SharedMemoryTransport(const ExperimentConfig& config, std::string folder, SharedBoard board,
+                                             std::function<void(const std::string&)> log)
+    : config_(config),
+      log_(std::move(log)),
+      folder_(std::move(folder)),
+      board_path_(folder_ + "/board"),
+      board_(std::move(board)) {}
 
 SharedMemoryTransport::~SharedMemoryTransport() {
   Finish();
@@ -73,11 +79,10 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
   if (shape.moments.second) tensors.push_back(WireBytes(state.adam_v, DELTA_FP32, &encoded[2]));
   BatchHeader fields{};
   fields.batch = ++last_batch_;
-  fields.state_version = fields.batch;
   fields.numel = shape.numel;
   fields.adam_step = state.adam_step;
-  const std::string state_path = SharedStatePath(folder_, fields.state_version);
-  RETURN_IF_ERROR(WriteTensorFile(state_path, tensors));
+  // No worker reads the state between batches (board.batch is 0).
+  RETURN_IF_ERROR(OverwriteTensorFile(SharedMemoryStatePath(folder_), tensors));
   std::vector<WorkReply> specs(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
     specs[i].set_kind(items[i].kind == WorkKind::kTrain ? WorkReply::TRAIN : WorkReply::EVALUATE);
@@ -86,13 +91,10 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
   const std::string batch_path = SharedBatchPath(folder_, fields.batch);
   absl::StatusOr<SharedBatch> created = SharedBatch::Create(batch_path, fields, specs);
   BoardHeader& board = board_.header();
-  // Whatever ends the batch: no worker starts another of its items, and
-  // its files go (a worker still computing one finds them gone).
+  // Whatever ends the batch, no worker starts another of its items.
   absl::Cleanup end_batch = [&] {
     board.batch.store(0, std::memory_order_release);
     unlink(batch_path.c_str());
-    unlink(state_path.c_str());
-    for (size_t i = 0; i < items.size(); ++i) unlink(SharedItemResultPath(folder_, fields.batch, i).c_str());
   };
   RETURN_IF_ERROR(created.status());
   const SharedBatch& batch = *created;
@@ -138,7 +140,7 @@ absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch,
                                                        std::vector<int>& tries) {
   ItemSlot& slot = batch.item(i);
   const uint64_t word = slot.claim.load(std::memory_order_acquire);
-  const std::string result_path = SharedItemResultPath(folder_, batch.header().batch, i);
+  const std::string result_path = SharedResultPath(folder_, static_cast<uint64_t>(PidOf(word)));
   const ResultShape shape{batch.header().numel, CarriedMomentsOf(config_), config_.outer().meta_batch_size()};
   std::string reason = "invalid_result";
   size_t bytes_in = 0;
@@ -157,10 +159,12 @@ absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch,
       ASSIGN_OR_RETURN(payload, ReadTensorFile(result_path, sizes));
     }
     for (size_t size : sizes) bytes_in += size;
+    uint64_t done = word;  // the worker may now write its next result
+    if (!slot.claim.compare_exchange_strong(done, ClaimWord(PidOf(word), ItemStage::kTaken)))
+      return absl::InvalidArgumentError("its claim changed while it was read");
     ASSIGN_OR_RETURN(TaskResult result, DecodeResult(header, items[i], shape, std::move(payload)));
     return take(i, std::move(result));
   }();
-  unlink(result_path.c_str());
   absl::MutexLock lock(&mu_);
   stats_.bytes_in += static_cast<int64_t>(bytes_in);
   if (taken.ok()) return true;
@@ -170,7 +174,8 @@ absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch,
     return absl::Status(taken.code(),
                         absl::StrCat("work item ", i, ": ", taken.message(), " (", kMaxTries, " times; giving up)"));
   ++stats_.tasks_redone;
-  Reopen(slot, word, board_.header());
+  const uint64_t now = slot.claim.load(std::memory_order_acquire);
+  if (now == word || now == ClaimWord(PidOf(word), ItemStage::kTaken)) Reopen(slot, now, board_.header());
   return false;
 }
 
@@ -184,6 +189,7 @@ void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch* batch) {
       const int fd = PidFdOpen(pid);
       if (fd >= 0) {
         pidfds_[pid] = fd;
+        if (log_) log_(absl::StrCat("worker process ", pid, " joined (", pidfds_.size(), " alive)"));
       } else {
         place.compare_exchange_strong(pid, 0);  // gone already
       }
@@ -201,8 +207,11 @@ void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch* batch) {
           int32_t pid = it->first;
           place.compare_exchange_strong(pid, 0);
         }
+        unlink(SharedResultPath(folder_, static_cast<uint64_t>(it->first)).c_str());
         close(it->second);
+        const pid_t gone = it->first;
         pidfds_.erase(it);
+        if (log_) log_(absl::StrCat("worker process ", gone, " is gone (", pidfds_.size(), " alive)"));
         break;
       }
     }

@@ -11,6 +11,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -25,8 +26,9 @@ class SharedMemoryTransport final : public Transport {
  public:
   // A board for `config` in `folder` (a folder only this user may enter, on
   // tmpfs where there is one), for `reptile worker --shared_memory` to open.
-  static absl::StatusOr<std::unique_ptr<SharedMemoryTransport>> Create(const ExperimentConfig& config,
-                                                                       const std::string& folder);
+  // `log` (may be empty) hears workers join and leave.
+  static absl::StatusOr<std::unique_ptr<SharedMemoryTransport>> Create(
+      const ExperimentConfig& config, const std::string& folder, std::function<void(const std::string&)> log = {});
   ~SharedMemoryTransport() override;
   SharedMemoryTransport(const SharedMemoryTransport&) = delete;
   SharedMemoryTransport& operator=(const SharedMemoryTransport&) = delete;
@@ -42,7 +44,8 @@ class SharedMemoryTransport final : public Transport {
   void Finish();
 
  private:
-  SharedMemoryTransport(const ExperimentConfig& config, std::string folder, SharedBoard board);
+  SharedMemoryTransport(const ExperimentConfig& config, std::string folder, SharedBoard board,
+                        std::function<void(const std::string&)> log);
   // Hands item i's result to `take` once it is done; refuses it (to be run
   // again) or fails the batch when it is not acceptable.
   absl::StatusOr<bool> TakeResult(const SharedBatch& batch, size_t i, const std::vector<WorkItem>& items,
@@ -51,6 +54,7 @@ class SharedMemoryTransport final : public Transport {
   void ReapDeadWorkers(const SharedBatch* batch);
 
   const ExperimentConfig config_;
+  const std::function<void(const std::string&)> log_;
   const std::string folder_, board_path_;
   SharedBoard board_;
   uint64_t last_batch_ = 0;

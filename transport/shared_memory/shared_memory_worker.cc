@@ -41,21 +41,34 @@ std::optional<size_t> Claim(const SharedBatch& batch, int32_t pid) {
   return std::nullopt;
 }
 
-// The state a batch runs on, from the coordinator's state file.
-absl::StatusOr<MetaState> ReadState(const std::string& folder, const BatchHeader& batch, CarriedMoments moments) {
-  const size_t bytes = static_cast<size_t>(batch.numel) * 4;
-  std::vector<size_t> sizes(1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0), bytes);
-  ASSIGN_OR_RETURN(std::vector<std::string> tensors, ReadTensorFile(SharedStatePath(folder, batch.state_version), sizes));
+// The state a batch runs on, viewed where it lies in the coordinator's state
+// file (mapped once, and rewritten in place only between batches).
+absl::StatusOr<MetaState> StateOf(const std::string& folder, const BatchHeader& batch, CarriedMoments moments,
+                                  SharedMapping* mapping) {
+  const size_t bytes = static_cast<size_t>(batch.numel) * sizeof(float);
+  const size_t size = bytes * (1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0));
+  if (mapping->size() != size) {
+    ASSIGN_OR_RETURN(*mapping, SharedMapping::Open(SharedMemoryStatePath(folder), size));
+    if (mapping->size() != size)
+      return absl::InvalidArgumentError(absl::StrCat("the state file holds ", mapping->size(), " bytes, not ", size));
+  }
+  auto view = [&](size_t index) {
+    return torch::from_blob(mapping->data() + index * bytes, {batch.numel}, torch::TensorOptions(torch::kFloat32));
+  };
   MetaState state;
-  ASSIGN_OR_RETURN(state.parameters, DecodeTensor(std::move(tensors[0]), DELTA_FP32, batch.numel));
-  if (moments.first) {
-    ASSIGN_OR_RETURN(state.adam_m, DecodeTensor(std::move(tensors[1]), DELTA_FP32, batch.numel));
-  }
-  if (moments.second) {
-    ASSIGN_OR_RETURN(state.adam_v, DecodeTensor(std::move(tensors.back()), DELTA_FP32, batch.numel));
-  }
+  state.parameters = view(0);
+  if (moments.first) state.adam_m = view(1);
+  if (moments.second) state.adam_v = view(moments.first ? 2 : 1);
   state.adam_step = batch.adam_step;
   return state;
+}
+
+// Waits until the coordinator has read `slot`'s result (the worker's result
+// file then may be written again), or its batch is over.
+void AwaitTaken(const ItemSlot& slot, uint64_t done, const BoardHeader& board, uint64_t batch) {
+  while (slot.claim.load(std::memory_order_acquire) == done && board.batch.load(std::memory_order_acquire) == batch &&
+         board.stop.load(std::memory_order_acquire) == 0)
+    usleep(50);
 }
 
 }  // namespace
@@ -89,9 +102,13 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
     place->compare_exchange_strong(mine, 0);
   };
 
+  const std::string result_path = SharedResultPath(folder, static_cast<uint64_t>(pid));
+  absl::Cleanup remove_result = [&result_path] { unlink(result_path.c_str()); };
   SharedBatch batch;
   uint64_t batch_number = 0, state_batch = 0;
+  SharedMapping state_file;
   absl::StatusOr<MetaState> state = absl::FailedPreconditionError("no state yet");
+  const ItemSlot* last_result = nullptr;  // in `batch`, until the coordinator has read it
   while (!stop->HasBeenNotified() && header.stop.load(std::memory_order_acquire) == 0) {
     const uint32_t signal = header.work_signal.load(std::memory_order_acquire);
     const uint64_t current = header.batch.load(std::memory_order_acquire);
@@ -99,6 +116,7 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
       batch_number = current;
       absl::StatusOr<SharedBatch> opened = SharedBatch::Open(SharedBatchPath(folder, current), current);
       batch = opened.ok() ? *std::move(opened) : SharedBatch();  // a batch already over is gone
+      last_result = nullptr;
     }
     bool worked = false;
     while (current != 0 && batch.valid() && header.batch.load(std::memory_order_acquire) == batch_number) {
@@ -106,7 +124,7 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
       if (!i.has_value()) break;
       worked = true;
       if (state_batch != batch_number) {
-        state = ReadState(folder, batch.header(), moments);
+        state = StateOf(folder, batch.header(), moments, &state_file);
         state_batch = batch_number;
       }
       absl::StatusOr<WorkReply> spec = batch.Spec(*i);
@@ -121,9 +139,10 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
       }
       EncodedResult encoded = EncodeResult(result, config.outer().delta_dtype(), batch.header().numel);
       if (!encoded.tensors.empty()) {
-        const absl::Status written =
-            WriteTensorFile(SharedItemResultPath(folder, batch_number, *i), encoded.tensors);
+        if (last_result != nullptr) AwaitTaken(*last_result, ClaimWord(pid, ItemStage::kDone), header, batch_number);
+        const absl::Status written = OverwriteTensorFile(result_path, encoded.tensors);
         if (!written.ok()) encoded = EncodeResult(written, DELTA_FP32, 0);
+        last_result = &batch.item(*i);
       }
       if (encoded.header.error().size() > kResultHeaderBytes / 2)
         encoded.header.mutable_error()->resize(kResultHeaderBytes / 2);

@@ -1,0 +1,248 @@
+// Worker processes on shared memory (`reptile train --workers N`, the
+// default): the same parameters as threads for any number of workers and
+// any grouping of tasks, workers SIGKILLed mid-run, and, in process, claims
+// and results that a broken worker leaves on the board.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+#include "tests/child_process.h"
+#include "tests/test_support.h"
+#include "core/flat_parameters.h"
+#include "core/models/models.h"
+#include "transport/local/local_transport.h"
+#include "transport/shared_memory/shared_memory_transport.h"
+#include "transport/shared_memory/shared_memory_worker.h"
+
+namespace reptile::testing {
+namespace {
+
+std::vector<std::string> Concat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Sine with Adam's moments carried, 5 tasks a round and evaluations.
+std::vector<std::string> SineOverrides(int rounds) {
+  return {absl::StrCat("outer.rounds=", rounds), "outer.meta_batch_size=5", "eval.every_rounds=40",
+          "eval.episodes=6", "eval.final_episodes=12", "runtime.checkpoint_every_rounds=0"};
+}
+
+struct Trained {
+  std::string sha, err;
+};
+
+Trained Train(const std::vector<std::string>& arguments, const std::string& name) {
+  const std::string run = TempDir(name);
+  auto child = ChildProcess::Start(
+      Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/sine.textproto"), "--run_dir", run}, arguments),
+      run + ".log");
+  EXPECT_EQ(child->ExitCode(300), 0) << child->err();
+  return {ParameterSha(child->out()), child->err()};
+}
+
+TEST(SharedMemoryTest, AnyWorkerCountAndGroupingGivesTheBitsOfThreads) {
+  for (const char* grouping : {"runtime.tasks_per_item=1", "runtime.tasks_per_item=2"}) {
+    std::vector<std::string> overrides = SineOverrides(60);
+    overrides.push_back(grouping);
+    const Trained threads =
+        Train(Concat({"--workers", "2", "runtime.local_workers=THREADS"}, overrides), "threads");
+    ASSERT_EQ(threads.sha.size(), 64u) << threads.err;
+    for (int workers = 1; workers <= 4; ++workers) {
+      const Trained processes = Train(Concat({"--workers", absl::StrCat(workers)}, overrides), "processes");
+      EXPECT_EQ(processes.sha, threads.sha) << grouping << ", " << workers << " workers\n" << processes.err;
+      EXPECT_TRUE(absl::StrContains(processes.err, "(shared memory in")) << processes.err;
+    }
+  }
+}
+
+// The pids of `parent`'s children, whichever of its threads started them.
+std::vector<pid_t> ChildrenOf(pid_t parent) {
+  std::vector<pid_t> pids;
+  std::error_code error;
+  for (const auto& task : std::filesystem::directory_iterator(absl::StrCat("/proc/", parent, "/task"), error)) {
+    std::ifstream in(task.path() / "children");
+    for (pid_t pid; in >> pid;) pids.push_back(pid);
+  }
+  return pids;
+}
+
+int RoundsDone(const std::string& run) {
+  return CountOccurrences(ReadWholeFile(run + "/metrics.jsonl"), "\"kind\":\"round\"");
+}
+
+TEST(SharedMemoryTest, WorkersKilledMidRunChangeNothing) {
+  std::vector<std::string> overrides = SineOverrides(3000);
+  overrides.push_back("runtime.metrics_every_rounds=1");
+  const Trained threads = Train(Concat({"--workers", "2", "runtime.local_workers=THREADS"}, overrides), "threads");
+  const std::string run = TempDir("killed");
+  auto train = ChildProcess::Start(Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/sine.textproto"),
+                                           "--run_dir", run, "--workers", "2"},
+                                          overrides),
+                                   run + ".log");
+  int kills = 0;
+  for (int at : {200, 600, 1000}) {
+    while (train->running() && RoundsDone(run) < at) usleep(2000);
+    const std::vector<pid_t> workers = ChildrenOf(train->pid());
+    if (!train->running() || workers.empty()) break;
+    kill(workers[kills % workers.size()], SIGKILL);
+    ++kills;
+  }
+  ASSERT_EQ(train->ExitCode(300), 0) << train->err();
+  EXPECT_EQ(kills, 3) << "the run ended before every kill";
+  EXPECT_EQ(ParameterSha(train->out()), threads.sha) << train->err();
+  EXPECT_GE(CountOccurrences(train->err(), "starting another"), kills) << train->err();
+  EXPECT_GE(CountOccurrences(train->err(), " is gone ("), kills) << train->err();
+}
+
+// In process: the coordinator's side against a real worker (a thread running
+// RunSharedMemoryWorker) and a broken one that writes on the board directly.
+class BoardTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config_ = LoadNamedConfig("sine");
+    tasks_ = SharedTaskSource(config_);
+    auto model = MakeModel(config_, config_.seed());
+    FlatParameters flat(**model);
+    state_ = MetaState{flat.values().clone(), {}, {}, 0};
+    transport_ = *SharedMemoryTransport::Create(config_, TempDir("board"));
+  }
+  void TearDown() override {
+    transport_->Finish();
+    stop_.Notify();
+    if (worker_.joinable()) worker_.join();
+    EXPECT_TRUE(worker_status_.ok()) << worker_status_;
+  }
+
+  void StartWorker() {
+    worker_ = std::thread([this] { worker_status_ = RunSharedMemoryWorker(transport_->board_path(), &stop_); });
+  }
+
+  static std::vector<WorkItem> SineItems(int n) {
+    std::vector<WorkItem> items(n, WorkItem{WorkKind::kTrain, {TaskSpec()}});
+    for (int i = 0; i < n; ++i) {
+      items[i].tasks[0].set_family(SINE);
+      items[i].tasks[0].set_seed(100 + i);
+      items[i].tasks[0].set_support_shots(50);
+    }
+    return items;
+  }
+
+  // Each item's delta, as handed over; fails if one is handed over twice.
+  static absl::StatusOr<std::vector<torch::Tensor>> RunAll(Transport& transport, const MetaState& state,
+                                                           const std::vector<WorkItem>& items) {
+    std::vector<torch::Tensor> deltas(items.size());
+    absl::Status status = transport.Run(state, items, [&](size_t item, TaskResult result) -> absl::Status {
+      if (item >= deltas.size() || deltas[item].defined()) return absl::InternalError("handed over twice");
+      deltas[item] = result.delta.clone();
+      return absl::OkStatus();
+    });
+    if (!status.ok()) return status;
+    return deltas;
+  }
+
+  std::vector<torch::Tensor> Reference(const std::vector<WorkItem>& items) {
+    auto threads = LocalTransport::Create(config_, tasks_, 1);
+    EXPECT_TRUE(threads.ok()) << threads.status();
+    return *RunAll(**threads, state_, items);
+  }
+
+  ExperimentConfig config_;
+  std::shared_ptr<const TaskSource> tasks_;
+  MetaState state_;
+  std::unique_ptr<SharedMemoryTransport> transport_;
+  absl::Notification stop_;
+  absl::Status worker_status_;
+  std::thread worker_;
+};
+
+TEST_F(BoardTest, AWorkerProcessGivesTheResultsOfAThread) {
+  StartWorker();
+  const std::vector<WorkItem> items = SineItems(7);
+  const std::vector<torch::Tensor> reference = Reference(items);
+  for (int batch = 0; batch < 3; ++batch) {
+    absl::StatusOr<std::vector<torch::Tensor>> deltas = RunAll(*transport_, state_, items);
+    ASSERT_TRUE(deltas.ok()) << deltas.status();
+    for (size_t i = 0; i < items.size(); ++i) EXPECT_TRUE(torch::equal((*deltas)[i], reference[i])) << i;
+  }
+  EXPECT_EQ(transport_->num_workers(), 1);
+  EXPECT_EQ(transport_->Stats().results_refused, 0);
+}
+
+// A worker that claims items in a dead process's name, or hands back a
+// header that does not parse: its items go to the real worker, the refusal
+// is counted, and the batch ends with the right results.
+TEST_F(BoardTest, ClaimsOfTheDeadAndUnreadableResultsAreRunAgain) {
+  const std::vector<WorkItem> items = SineItems(5);
+  const std::vector<torch::Tensor> reference = Reference(items);
+  absl::StatusOr<std::vector<torch::Tensor>> deltas;
+  std::thread coordinator([&] { deltas = RunAll(*transport_, state_, items); });
+  absl::StatusOr<SharedBoard> board = SharedBoard::Open(transport_->board_path());
+  ASSERT_TRUE(board.ok()) << board.status();
+  BoardHeader& header = board->header();
+  while (header.batch.load() == 0) usleep(1000);
+  const std::string folder = transport_->board_path().substr(0, transport_->board_path().rfind('/'));
+  absl::StatusOr<SharedBatch> batch = SharedBatch::Open(SharedBatchPath(folder, header.batch.load()), header.batch.load());
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  // Item 0: claimed by a pid that is no process.
+  batch->header().next_item.store(2);
+  uint64_t open = ClaimWord(0, ItemStage::kOpen);
+  ASSERT_TRUE(batch->item(0).claim.compare_exchange_strong(open, ClaimWord(0x3ffffff0, ItemStage::kClaimed)));
+  // Item 1: done by this (live, registered) process, with a header longer
+  // than its slot.
+  int32_t free = 0;
+  ASSERT_TRUE(header.worker_pids[kMaxSharedWorkers - 1].compare_exchange_strong(free, getpid()));
+  batch->item(1).result_bytes = 1 << 30;
+  open = ClaimWord(0, ItemStage::kOpen);
+  ASSERT_TRUE(batch->item(1).claim.compare_exchange_strong(open, ClaimWord(getpid(), ItemStage::kClaimed)));
+  batch->item(1).claim.store(ClaimWord(getpid(), ItemStage::kDone));
+  header.result_signal.fetch_add(1);
+  FutexWakeAll(&header.result_signal);
+  StartWorker();
+  coordinator.join();
+  ASSERT_TRUE(deltas.ok()) << deltas.status();
+  for (size_t i = 0; i < items.size(); ++i) EXPECT_TRUE(torch::equal((*deltas)[i], reference[i])) << i;
+  const TransportStats stats = transport_->Stats();
+  EXPECT_EQ(stats.results_refused, 1);
+  EXPECT_EQ(stats.results_refused_by_reason.at("invalid_result"), 1);
+  EXPECT_EQ(stats.tasks_redone, 2);
+  header.worker_pids[kMaxSharedWorkers - 1].store(0);
+}
+
+TEST_F(BoardTest, AnItemThatFailsEveryTimeFailsItsBatchByNameAndTheNextBatchRuns) {
+  StartWorker();
+  std::vector<WorkItem> items = SineItems(4);
+  items[2].tasks[0].set_family(OMNIGLOT);  // does not fit a sine source
+  absl::StatusOr<std::vector<torch::Tensor>> failed = RunAll(*transport_, state_, items);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_TRUE(absl::StrContains(failed.status().message(), "work item 2: the worker failed")) << failed.status();
+  EXPECT_EQ(transport_->Stats().results_refused_by_reason.at("worker_error"), 3);
+  absl::StatusOr<std::vector<torch::Tensor>> next = RunAll(*transport_, state_, SineItems(4));
+  EXPECT_TRUE(next.ok()) << next.status();
+}
+
+TEST_F(BoardTest, InterruptEndsARunThatHasNoWorkers) {
+  std::thread interrupter([this] {
+    usleep(200000);
+    transport_->Interrupt("stopping");
+  });
+  const absl::Status status = transport_->Run(state_, SineItems(2), [](size_t, TaskResult) { return absl::OkStatus(); });
+  interrupter.join();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_EQ(transport_->num_workers(), 0);
+}
+
+}  // namespace
+}  // namespace reptile::testing

@@ -1,12 +1,13 @@
 #!/bin/sh
 # Rounds/s of the same Omniglot 5-way 1-shot training under each runtime, in
-# one run on this machine: threads in one process, worker processes over gRPC
-# (loopback), and MPI ranks under mpirun, over shared memory without the
+# one run on this machine: threads in one process, worker processes on shared
+# memory (`reptile train --workers N`, the default), worker processes over
+# gRPC (Unix socket), and MPI ranks under mpirun, over shared memory without the
 # single-copy mechanism (as in containers) and over TCP only (as between
 # nodes). Prints the ratio of each median to threads', the median and best round
 # time over the measured rounds (the first WARMUP rounds, which include the
 # workers loading the dataset, are skipped) and each run's parameter SHA-256:
-# all three must be equal.
+# all must be equal.
 #
 #   bench/runtimes_bench.sh [ROUNDS] [WORKERS]     (defaults: 400 rounds, 2 workers)
 set -eu
@@ -35,8 +36,10 @@ run() {
 echo "runtimes bench, $(date -u +%Y-%m-%d), $(nproc) cores, omniglot_5w1s, $rounds rounds, $workers workers"
 run "threads" "$reptile" train --config "$config" --run_dir "$scratch/threads" --workers "$workers" \
   runtime.local_workers=THREADS $common
-run "grpc_processes" "$reptile" train --config "$config" --run_dir "$scratch/grpc_processes" \
+run "processes" "$reptile" train --config "$config" --run_dir "$scratch/processes" \
   --workers "$workers" $common
+run "grpc_processes" "$reptile" train --config "$config" --run_dir "$scratch/grpc_processes" \
+  --workers "$workers" runtime.local_workers=GRPC_PROCESSES $common
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 run "mpi_1+${workers}_ranks" mpirun --oversubscribe --bind-to none -np $((workers + 1)) \
   "$reptile" mpi --config "$config" --run_dir "$scratch/mpi_1+${workers}_ranks" $common

@@ -9,7 +9,11 @@
 # workers loading the dataset, are skipped) and each run's parameter SHA-256:
 # all must be equal.
 #
-#   bench/runtimes_bench.sh [ROUNDS] [WORKERS]     (defaults: 400 rounds, 2 workers)
+# This machine's speed drifts from minute to minute, so REPEAT=N runs the
+# threads, processes and gRPC processes N times in turn, each ratio against
+# the threads of its own repetition; MPI runs once, after them.
+#
+#   [REPEAT=N] bench/runtimes_bench.sh [ROUNDS] [WORKERS]     (defaults: 400 rounds, 2 workers, REPEAT=1)
 set -eu
 rounds=${1:-400}
 workers=${2:-2}
@@ -28,18 +32,21 @@ run() {
   shift
   "$@" > "$scratch/$name.out" 2> "$scratch/$name.err" || { echo "$name failed:"; tail -5 "$scratch/$name.err"; exit 1; }
   median=$(median_seconds "$scratch/$name")
-  [ -n "${threads_median:-}" ] || threads_median=$median
+  [ "$name" != threads ] || threads_median=$median
   printf '%-28s %sx threads  %s  sha256 %.16s\n' "$name" "$(awk "BEGIN { printf \"%5.2f\", $threads_median / $median }")" \
     "$(summarize "$scratch/$name")" "$(sed -n 's/.*parameters sha256 \([0-9a-f]*\).*/\1/p' "$scratch/$name.out")"
 }
 
-echo "runtimes bench, $(date -u +%Y-%m-%d), $(nproc) cores, omniglot_5w1s, $rounds rounds, $workers workers"
-run "threads" "$reptile" train --config "$config" --run_dir "$scratch/threads" --workers "$workers" \
-  runtime.local_workers=THREADS $common
-run "processes" "$reptile" train --config "$config" --run_dir "$scratch/processes" \
-  --workers "$workers" $common
-run "grpc_processes" "$reptile" train --config "$config" --run_dir "$scratch/grpc_processes" \
-  --workers "$workers" runtime.local_workers=GRPC_PROCESSES $common
+echo "runtimes bench, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, omniglot_5w1s, $rounds rounds, $workers workers"
+for repetition in $(seq "${REPEAT:-1}"); do
+  rm -rf "$scratch/threads" "$scratch/processes" "$scratch/grpc_processes"
+  run "threads" "$reptile" train --config "$config" --run_dir "$scratch/threads" --workers "$workers" \
+    runtime.local_workers=THREADS $common
+  run "processes" "$reptile" train --config "$config" --run_dir "$scratch/processes" \
+    --workers "$workers" $common
+  run "grpc_processes" "$reptile" train --config "$config" --run_dir "$scratch/grpc_processes" \
+    --workers "$workers" runtime.local_workers=GRPC_PROCESSES $common
+done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 run "mpi_1+${workers}_ranks" mpirun --oversubscribe --bind-to none -np $((workers + 1)) \
   "$reptile" mpi --config "$config" --run_dir "$scratch/mpi_1+${workers}_ranks" $common

@@ -60,6 +60,14 @@ class DistributedTest : public ::testing::Test {
     return cache[key] = sha;
   }
 
+  // `reptile train` of configs/demo.textproto with 2 worker processes.
+  std::unique_ptr<ChildProcess> TrainDemo(const std::vector<std::string>& overrides) {
+    return ChildProcess::Start(Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/demo.textproto"),
+                                       "--run_dir", TempDir("run"), "--workers", "2"},
+                                      overrides),
+                               Log("train"));
+  }
+
   // Starts a coordinator on `port` (0: any) and returns once it listens.
   std::unique_ptr<ChildProcess> StartCoordinator(const std::string& config, const std::vector<std::string>& overrides,
                                                  const std::string& run_dir, int port, const std::string& log) {
@@ -99,12 +107,7 @@ class DistributedTest : public ::testing::Test {
 TEST_F(DistributedTest, TrainRunsWorkerProcessesByDefaultAndMatchesThreads) {
   const std::vector<std::string> overrides = OmniglotOverrides(40);
   const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
-  const std::string run = TempDir("run");
-  auto train = ChildProcess::Start(
-      Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/demo.textproto"), "--run_dir", run,
-              "--workers", "2"},
-             overrides),
-      Log("train"));
+  auto train = TrainDemo(overrides);
   ASSERT_EQ(train->ExitCode(300), 0) << train->err();
   EXPECT_TRUE(absl::StrContains(train->err(), "starting 2 worker processes (shared memory")) << train->err();
   EXPECT_TRUE(absl::StrContains(train->err(), "joined (2 alive)")) << train->err();
@@ -115,12 +118,7 @@ TEST_F(DistributedTest, TrainRunsWorkerProcessesOverGrpcOnRequestAndMatchesThrea
   std::vector<std::string> overrides = OmniglotOverrides(40);
   const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
   overrides.push_back("runtime.local_workers=GRPC_PROCESSES");
-  const std::string run = TempDir("run");
-  auto train = ChildProcess::Start(
-      Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/demo.textproto"), "--run_dir", run,
-              "--workers", "2"},
-             overrides),
-      Log("train"));
+  auto train = TrainDemo(overrides);
   ASSERT_EQ(train->ExitCode(300), 0) << train->err();
   EXPECT_TRUE(absl::StrContains(train->err(), "starting 2 worker processes (coordinator on unix:")) << train->err();
   EXPECT_TRUE(absl::StrContains(train->err(), "2 alive")) << train->err();

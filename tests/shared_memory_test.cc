@@ -130,16 +130,6 @@ class BoardTest : public ::testing::Test {
     worker_ = std::thread([this] { worker_status_ = RunSharedMemoryWorker(transport_->board_path(), &stop_); });
   }
 
-  static std::vector<WorkItem> SineItems(int n) {
-    std::vector<WorkItem> items(n, WorkItem{WorkKind::kTrain, {TaskSpec()}});
-    for (int i = 0; i < n; ++i) {
-      items[i].tasks[0].set_family(SINE);
-      items[i].tasks[0].set_seed(100 + i);
-      items[i].tasks[0].set_support_shots(50);
-    }
-    return items;
-  }
-
   // Each item's delta, as handed over; fails if one is handed over twice.
   static absl::StatusOr<std::vector<torch::Tensor>> RunAll(Transport& transport, const MetaState& state,
                                                            const std::vector<WorkItem>& items) {

@@ -17,6 +17,7 @@
 
 #include "core/config.h"
 #include "core/tasks/task_source.h"
+#include "core/work.h"
 #include "gtest/gtest.h"
 
 namespace reptile::testing {
@@ -47,6 +48,17 @@ inline std::shared_ptr<const TaskSource> SharedTaskSource(const ExperimentConfig
     if (created.ok()) source = *created;
   }
   return source;
+}
+
+// `n` training items of one sine task each, seeds 100, 101, ...
+inline std::vector<WorkItem> SineItems(int n) {
+  std::vector<WorkItem> items(n, WorkItem{WorkKind::kTrain, {TaskSpec()}});
+  for (int i = 0; i < n; ++i) {
+    items[i].tasks[0].set_family(SINE);
+    items[i].tasks[0].set_seed(100 + i);
+    items[i].tasks[0].set_support_shots(50);
+  }
+  return items;
 }
 
 // A bearer token file as `reptile` accepts one: the owner's only (0600)

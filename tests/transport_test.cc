@@ -7,20 +7,12 @@
 namespace reptile {
 namespace {
 
+using testing::SineItems;
+
 MetaState InitialState(const ExperimentConfig& config) {
   auto model = MakeModel(config, config.seed());
   FlatParameters flat(**model);
   return MetaState{flat.values().clone(), {}, {}, 0};
-}
-
-std::vector<WorkItem> SineItems(int n) {
-  std::vector<WorkItem> items(n, WorkItem{WorkKind::kTrain, {TaskSpec()}});
-  for (int i = 0; i < n; ++i) {
-    items[i].tasks[0].set_family(SINE);
-    items[i].tasks[0].set_seed(100 + i);
-    items[i].tasks[0].set_support_shots(50);
-  }
-  return items;
 }
 
 // Runs the items and collects each result by item; fails if one is handed

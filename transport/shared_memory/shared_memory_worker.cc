@@ -150,7 +150,11 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
       const std::string bytes = encoded.header.SerializeAsString();
       std::memcpy(slot.result, bytes.data(), bytes.size());
       slot.result_bytes = static_cast<uint32_t>(bytes.size());
-      slot.claim.store(ClaimWord(pid, ItemStage::kDone), std::memory_order_release);
+      // Done only if still ours: an item the coordinator gave to another
+      // worker meanwhile keeps that worker's claim.
+      uint64_t claimed = ClaimWord(pid, ItemStage::kClaimed);
+      if (!slot.claim.compare_exchange_strong(claimed, ClaimWord(pid, ItemStage::kDone), std::memory_order_acq_rel))
+        continue;
       header.result_signal.fetch_add(1, std::memory_order_acq_rel);
       FutexWakeAll(&header.result_signal);
     }

@@ -1,6 +1,6 @@
 // Worker processes on shared memory (`reptile train --workers N`, the
 // default): the same parameters as threads for any number of workers and
-// any grouping of tasks, workers SIGKILLed mid-run, and, in process, claims
+// any grouping of tasks, workers SIGKILLed or stopped mid-run, and, in process, claims
 // and results that a broken worker leaves on the board.
 #include <signal.h>
 #include <unistd.h>
@@ -83,28 +83,32 @@ int RoundsDone(const std::string& run) {
   return CountOccurrences(ReadWholeFile(run + "/metrics.jsonl"), "\"kind\":\"round\"");
 }
 
-TEST(SharedMemoryTest, WorkersKilledMidRunChangeNothing) {
+// Two workers SIGKILLed and one stopped (SIGSTOP: alive, but its heartbeat
+// stops, so the coordinator kills it) during one run.
+TEST(SharedMemoryTest, WorkersKilledOrStoppedMidRunChangeNothing) {
   std::vector<std::string> overrides = SineOverrides(3000);
-  overrides.push_back("runtime.metrics_every_rounds=1");
+  overrides.insert(overrides.end(), {"runtime.metrics_every_rounds=1", "runtime.heartbeat_seconds=0.2",
+                                     "runtime.worker_timeout_seconds=1"});
   const Trained threads = Train(Concat({"--workers", "2", "runtime.local_workers=THREADS"}, overrides), "threads");
   const std::string run = TempDir("killed");
   auto train = ChildProcess::Start(Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/sine.textproto"),
                                            "--run_dir", run, "--workers", "2"},
                                           overrides),
                                    run + ".log");
-  int kills = 0;
-  for (int at : {200, 600, 1000}) {
+  int signalled = 0;
+  for (auto [at, signal] : {std::pair{200, SIGKILL}, std::pair{600, SIGSTOP}, std::pair{1000, SIGKILL}}) {
     while (train->running() && RoundsDone(run) < at) usleep(2000);
     const std::vector<pid_t> workers = ChildrenOf(train->pid());
     if (!train->running() || workers.empty()) break;
-    kill(workers[kills % workers.size()], SIGKILL);
-    ++kills;
+    kill(workers[signalled % workers.size()], signal);
+    ++signalled;
   }
   ASSERT_EQ(train->ExitCode(300), 0) << train->err();
-  EXPECT_EQ(kills, 3) << "the run ended before every kill";
+  EXPECT_EQ(signalled, 3) << "the run ended before every signal";
   EXPECT_EQ(ParameterSha(train->out()), threads.sha) << train->err();
-  EXPECT_GE(CountOccurrences(train->err(), "starting another"), kills) << train->err();
-  EXPECT_GE(CountOccurrences(train->err(), " is gone ("), kills) << train->err();
+  EXPECT_EQ(CountOccurrences(train->err(), "sent no heartbeat for 1s; killing it"), 1) << train->err();
+  EXPECT_GE(CountOccurrences(train->err(), "starting another"), 3) << train->err();
+  EXPECT_GE(CountOccurrences(train->err(), " is gone ("), 3) << train->err();
 }
 
 // In process: the coordinator's side against a real worker (a thread running

@@ -1,7 +1,7 @@
 // The memory a local coordinator and its worker processes share, as files
 // in the coordinator's private folder on tmpfs, mapped by every process:
-//  - the board: the run's config, the workers' pids, the number of the
-//    current batch, and two futex words, one the coordinator bumps for new
+//  - the board: the run's config, the workers' pids and heartbeats, the
+//    number of the current batch, and two futex words, one the coordinator bumps for new
 //    work and one a worker bumps for each result;
 //  - a batch file per Run(): the batch's task specs and, for each item, one
 //    atomic word (who claimed it, and whether it is done) and the header of
@@ -38,6 +38,8 @@ struct BoardHeader {
   std::atomic<uint32_t> stop;           // 1: workers leave
   std::atomic<uint64_t> batch;          // the batch being run; 0: none
   std::atomic<int32_t> worker_pids[kMaxSharedWorkers];  // 0: a free place
+  // Bumped by each worker's heartbeat thread every runtime.heartbeat_seconds.
+  std::atomic<uint32_t> worker_beats[kMaxSharedWorkers];
 };
 
 // An item's claim word: the pid of the worker that claimed it, and its

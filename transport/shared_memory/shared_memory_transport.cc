@@ -1,6 +1,7 @@
 #include "transport/shared_memory/shared_memory_transport.h"
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -46,13 +47,16 @@ SharedMemoryTransport::SharedMemoryTransport(const ExperimentConfig& config, std
                                              std::function<void(const std::string&)> log)
     : config_(config),
       log_(std::move(log)),
+      worker_timeout_(absl::Seconds(config.runtime().worker_timeout_seconds() > 0
+                                        ? config.runtime().worker_timeout_seconds()
+                                        : 6)),
       folder_(std::move(folder)),
       board_path_(folder_ + "/board"),
       board_(std::move(board)) {}
 
 SharedMemoryTransport::~SharedMemoryTransport() {
   Finish();
-  for (const auto& [pid, fd] : pidfds_) close(fd);
+  for (const auto& [pid, worker] : seen_) close(worker.pidfd);
   unlink(board_path_.c_str());
 }
 
@@ -181,37 +185,54 @@ absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch,
 
 void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch* batch) {
   BoardHeader& board = board_.header();
-  // Workers that joined since the last look.
+  const absl::Time now = absl::Now();
+  // Workers that joined since the last look, and the heartbeats of all.
   auto refresh = [&] {
-    for (std::atomic<int32_t>& place : board.worker_pids) {
-      int32_t pid = place.load(std::memory_order_acquire);
-      if (pid <= 0 || pidfds_.count(pid) > 0) continue;
-      const int fd = PidFdOpen(pid);
-      if (fd >= 0) {
-        pidfds_[pid] = fd;
-        if (log_) log_(absl::StrCat("worker process ", pid, " joined (", pidfds_.size(), " alive)"));
-      } else {
-        place.compare_exchange_strong(pid, 0);  // gone already
+    for (int place = 0; place < kMaxSharedWorkers; ++place) {
+      int32_t pid = board.worker_pids[place].load(std::memory_order_acquire);
+      if (pid <= 0) continue;
+      const uint32_t beat = board.worker_beats[place].load(std::memory_order_relaxed);
+      auto found = seen_.find(pid);
+      if (found != seen_.end()) {
+        if (found->second.beat != beat) found->second = {found->second.pidfd, beat, now};
+        continue;
       }
+      const int fd = PidFdOpen(pid);
+      if (fd < 0) {
+        board.worker_pids[place].compare_exchange_strong(pid, 0);  // gone already
+        continue;
+      }
+      seen_[pid] = {fd, beat, now};
+      if (log_) log_(absl::StrCat("worker process ", pid, " joined (", seen_.size(), " alive)"));
     }
   };
   refresh();
   std::vector<pollfd> polls;
-  for (const auto& [pid, fd] : pidfds_) polls.push_back({fd, POLLIN, 0});
+  for (auto& [pid, worker] : seen_) {
+    if (now - worker.beat_changed > worker_timeout_) {
+      // Stopped or stuck: its items would hold the batch forever.
+      if (log_)
+        log_(absl::StrCat("worker process ", pid, " sent no heartbeat for ", absl::FormatDuration(worker_timeout_),
+                          "; killing it"));
+      kill(pid, SIGKILL);
+      worker.beat_changed = now;  // said once; the kill ends it
+    }
+    polls.push_back({worker.pidfd, POLLIN, 0});
+  }
   if (!polls.empty() && poll(polls.data(), polls.size(), 0) > 0) {
     for (const pollfd& p : polls) {
       if (p.revents == 0) continue;  // still running
-      for (auto it = pidfds_.begin(); it != pidfds_.end(); ++it) {
-        if (it->second != p.fd) continue;
+      for (auto it = seen_.begin(); it != seen_.end(); ++it) {
+        if (it->second.pidfd != p.fd) continue;
+        const pid_t gone = it->first;
         for (std::atomic<int32_t>& place : board.worker_pids) {
-          int32_t pid = it->first;
+          int32_t pid = gone;
           place.compare_exchange_strong(pid, 0);
         }
-        unlink(SharedResultPath(folder_, static_cast<uint64_t>(it->first)).c_str());
-        close(it->second);
-        const pid_t gone = it->first;
-        pidfds_.erase(it);
-        if (log_) log_(absl::StrCat("worker process ", gone, " is gone (", pidfds_.size(), " alive)"));
+        unlink(SharedResultPath(folder_, static_cast<uint64_t>(gone)).c_str());
+        close(it->second.pidfd);
+        seen_.erase(it);
+        if (log_) log_(absl::StrCat("worker process ", gone, " is gone (", seen_.size(), " alive)"));
         break;
       }
     }
@@ -225,11 +246,11 @@ void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch* batch) {
   for (size_t i = 0; i < claimed; ++i) {
     ItemSlot& slot = batch->item(i);
     const uint64_t word = slot.claim.load(std::memory_order_acquire);
-    if (StageOf(word) != ItemStage::kClaimed || pidfds_.count(PidOf(word)) > 0) continue;
+    if (StageOf(word) != ItemStage::kClaimed || seen_.count(PidOf(word)) > 0) continue;
     if (!looked_again) {
       refresh();
       looked_again = true;
-      if (pidfds_.count(PidOf(word)) > 0) continue;
+      if (seen_.count(PidOf(word)) > 0) continue;
     }
     if (Reopen(slot, word, board)) {
       absl::MutexLock lock(&mu_);

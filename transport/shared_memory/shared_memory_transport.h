@@ -4,8 +4,10 @@
 // coordinator and wakes it with one futex call; the coordinator wakes the
 // workers once per batch. No call, socket or server thread is on the path.
 // A worker that dies has its items run again by the others (or by the one
-// started in its place); a result refused or failed three times on one item
-// fails the batch with the reason.
+// started in its place), and one whose heartbeat stops for
+// runtime.worker_timeout_seconds (stopped, or stuck) is killed first; a
+// result refused or failed three times on one item fails the batch with the
+// reason.
 #ifndef REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_MEMORY_TRANSPORT_H_
 #define REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_MEMORY_TRANSPORT_H_
 
@@ -17,6 +19,7 @@
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "transport/shared_memory/shared_board.h"
 #include "transport/transport.h"
 
@@ -59,7 +62,15 @@ class SharedMemoryTransport final : public Transport {
   SharedBoard board_;
   uint64_t last_batch_ = 0;
   uint64_t last_state_version_ = 0;
-  std::map<pid_t, int> pidfds_;  // the workers seen on the board, alive when last looked
+  // The workers seen on the board, alive when last looked: a descriptor
+  // that becomes readable when the process ends, and the last heartbeat.
+  struct Seen {
+    int pidfd = -1;
+    uint32_t beat = 0;
+    absl::Time beat_changed;
+  };
+  std::map<pid_t, Seen> seen_;
+  const absl::Duration worker_timeout_;
 
   mutable absl::Mutex mu_;
   std::string interrupted_ ABSL_GUARDED_BY(mu_);

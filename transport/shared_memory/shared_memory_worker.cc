@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <optional>
+#include <thread>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -97,7 +98,19 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
   }
   if (place == nullptr) return absl::ResourceExhaustedError(absl::StrCat("the board holds ", kMaxSharedWorkers,
                                                                          " workers; it is full"));
-  absl::Cleanup leave = [place, pid] {
+  // The heartbeat: a thread of its own, so that it beats through a long task.
+  std::atomic<uint32_t>* beats = &header.worker_beats[place - header.worker_pids];
+  const absl::Duration beat_every =
+      absl::Seconds(config.runtime().heartbeat_seconds() > 0 ? config.runtime().heartbeat_seconds() : 1);
+  absl::Notification left;
+  std::thread heartbeat([&] {
+    NameThisThread("heartbeat");
+    do beats->fetch_add(1, std::memory_order_relaxed);
+    while (!left.WaitForNotificationWithTimeout(beat_every));
+  });
+  absl::Cleanup leave = [&] {
+    left.Notify();
+    heartbeat.join();
     int32_t mine = pid;
     place->compare_exchange_strong(mine, 0);
   };

@@ -105,6 +105,7 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
   {
     absl::MutexLock lock(&mu_);
     for (absl::string_view t : tensors) stats_.bytes_out += static_cast<int64_t>(t.size());
+    stats_.tasks_in_flight = std::min<int>(num_workers(), static_cast<int>(items.size()));
   }
   board.batch.store(fields.batch, std::memory_order_release);
   board.work_signal.fetch_add(1, std::memory_order_acq_rel);
@@ -273,7 +274,6 @@ TransportStats SharedMemoryTransport::Stats() const {
     stats = stats_;
   }
   stats.workers_alive = num_workers();
-  stats.tasks_in_flight = stats.workers_alive;
   return stats;
 }
 

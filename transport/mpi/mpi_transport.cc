@@ -15,13 +15,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <iostream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "core/aggregator.h"
+#include "core/process_setup.h"
 #include "core/status_macros.h"
 
 namespace reptile {
@@ -414,6 +418,84 @@ void StartSend(OutgoingResult* out) {
   if (header.has_moments) send_tensor(result->adam_v, 3);
 }
 
+// Tests every request of `sending`; true once all have completed.
+bool AllSent(std::deque<OutgoingResult>& sending) {
+  for (OutgoingResult& out : sending) {
+    int done = 0;
+    MPI_Testall(static_cast<int>(out.requests.size()), out.requests.data(), &done, MPI_STATUSES_IGNORE);
+    if (!done) return false;
+  }
+  return true;
+}
+
+// A worker rank's learner, on a thread of its own, so that the rank's main
+// thread (the only one that calls MPI) keeps the results already sent
+// moving while the next item computes. A large message (rendezvous: over TCP,
+// or shared memory without single-copy, as in containers) advances only
+// while its sender is inside MPI; a rank that computed its next item before
+// testing its sends held every result but its last until the end of the
+// batch, where the transfers then lay on the round's critical path.
+class ComputeThread {
+ public:
+  explicit ComputeThread(Learner& learner) : learner_(learner), thread_([this] { Loop(); }) {}
+  ~ComputeThread() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    thread_.join();
+  }
+  ComputeThread(const ComputeThread&) = delete;
+  ComputeThread& operator=(const ComputeThread&) = delete;
+
+  // Runs `item` on `state` there, testing `sending` every 50 us meanwhile
+  // until its sends have completed (then only waits).
+  absl::StatusOr<TaskResult> Run(const MetaState& state, const WorkItem& item, std::deque<OutgoingResult>& sending) {
+    absl::MutexLock lock(&mu_);
+    state_ = &state;
+    item_ = &item;
+    auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return result_.has_value(); };
+    bool sends_pending = true;
+    while (sends_pending && !done()) {
+      mu_.Unlock();
+      sends_pending = !AllSent(sending);
+      mu_.Lock();
+      if (sends_pending) mu_.AwaitWithTimeout(absl::Condition(&done), absl::Microseconds(50));
+    }
+    mu_.Await(absl::Condition(&done));
+    absl::StatusOr<TaskResult> result = *std::move(result_);
+    result_.reset();
+    return result;
+  }
+
+ private:
+  void Loop() {
+    NameThisThread("learner");
+    at::set_num_threads(1);  // per thread under OpenMP; see LocalTransport
+    absl::MutexLock lock(&mu_);
+    auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || item_ != nullptr; };
+    while (true) {
+      mu_.Await(absl::Condition(&has_work));
+      if (stopping_) return;
+      const MetaState* state = state_;
+      const WorkItem* item = item_;
+      item_ = nullptr;
+      mu_.Unlock();
+      absl::StatusOr<TaskResult> result = learner_.Run(*state, *item);
+      mu_.Lock();
+      result_ = std::move(result);
+    }
+  }
+
+  Learner& learner_;
+  absl::Mutex mu_;
+  const MetaState* state_ ABSL_GUARDED_BY(mu_) = nullptr;
+  const WorkItem* item_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::optional<absl::StatusOr<TaskResult>> result_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
 // Rank 0 receives item `item`'s result from `source`: an error if the item
 // failed there, DeadlineExceeded (the job must end) if its header did not
 // arrive by `due` (then *overdue is set) or one of its other parts took
@@ -680,16 +762,28 @@ absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkIte
         if (summed && results[i].ok())
           if (absl::Status moved = MoveIntoSum(&*results[i], *sums); !moved.ok()) results[i] = moved;
       }
+  // Results are taken as they arrive (the aggregator's checks and sums then
+  // overlap the items still computing), except in the summed modes, where
+  // the tensors come together in the reduction at the end. After a failure
+  // the rest are still received, so that no rank is left sending.
+  absl::Status failure;
+  auto take_result = [&](size_t i) {
+    if (!failure.ok()) return;
+    absl::Status taken = results[i].ok() ? take(i, *std::move(results[i])) : results[i].status();
+    if (!taken.ok()) failure = absl::Status(taken.code(), absl::StrCat("work item ", i, ": ", taken.message()));
+  };
   for (size_t i = 0; i < items.size(); ++i) {
     const int source = working_ranks_[i % working_ranks_.size()];
     const int k = ++items_of[source];
-    if (source == 0) continue;
-    bool overdue = false;
-    results[i] = ReceiveResult(source, i, header, due(k), timeout, &stats_.bytes_in, &overdue);
-    if (absl::IsDeadlineExceeded(results[i].status())) {
-      const std::string what(results[i].status().message());
-      return overdue ? work_stalled(what, k) : NoAnswer(what);
+    if (source != 0) {
+      bool overdue = false;
+      results[i] = ReceiveResult(source, i, header, due(k), timeout, &stats_.bytes_in, &overdue);
+      if (absl::IsDeadlineExceeded(results[i].status())) {
+        const std::string what(results[i].status().message());
+        return overdue ? work_stalled(what, k) : NoAnswer(what);
+      }
     }
+    if (!summed) take_result(i);
   }
   if (summed) {
     const int most = *std::max_element(items_of.begin(), items_of.end());
@@ -705,17 +799,16 @@ absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkIte
   }
   stats_.workers_alive = num_workers();
   stats_.tasks_in_flight = std::min<int>(num_workers(), static_cast<int>(items.size()));
-  for (size_t i = 0; i < results.size(); ++i) {
-    absl::Status taken = results[i].ok() ? take(i, *std::move(results[i])) : results[i].status();
-    if (!taken.ok()) return absl::Status(taken.code(), absl::StrCat("work item ", i, ": ", taken.message()));
-  }
-  return absl::OkStatus();
+  if (summed)
+    for (size_t i = 0; i < results.size(); ++i) take_result(i);
+  return failure;
 }
 
 absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const TaskSource> tasks) {
   const int rank = Rank();
   const std::vector<int> working = WorkingRanks(config.runtime().mpi_rank0_works());
   ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, tasks));
+  ComputeThread compute(*learner);
   int64_t ready = rank;  // rank 0 waits for this before the first batch
   MPI_Request request;
   MPI_Isend(&ready, 1, MPI_INT64_T, 0, kReadyTag, MPI_COMM_WORLD, &request);
@@ -737,11 +830,12 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
     std::deque<OutgoingResult> outgoing;  // stable addresses for MPI
     for (size_t i = 0; i < items.size(); ++i) {
       if (working[i % working.size()] != rank) continue;
-      outgoing.push_back(OutgoingResult{{}, {}, learner->Run(state, items[i]), {}, {}});
-      absl::StatusOr<TaskResult>& result = outgoing.back().result;
-      if (summed && result.ok())
-        if (absl::Status moved = MoveIntoSum(&*result, *sums); !moved.ok()) result = moved;
-      all_ok &= result.ok();
+      absl::StatusOr<TaskResult> result = compute.Run(state, items[i], outgoing);
+      outgoing.push_back(OutgoingResult{{}, {}, std::move(result), {}, {}});
+      absl::StatusOr<TaskResult>& sent = outgoing.back().result;
+      if (summed && sent.ok())
+        if (absl::Status moved = MoveIntoSum(&*sent, *sums); !moved.ok()) sent = moved;
+      all_ok &= sent.ok();
       StartSend(&outgoing.back());
     }
     for (OutgoingResult& out : outgoing)

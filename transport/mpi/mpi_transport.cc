@@ -83,12 +83,25 @@ constexpr Clock::time_point kForever = Clock::time_point::max();
 // wait for them forever) but end the job with MPI_Abort.
 std::atomic<bool> gave_up{false};
 
-// Waits for `request` without spinning: Open MPI busy-polls inside blocking
-// calls, which on a machine with as many ranks as cores takes the core a
-// computing rank needs. A 50 us nap between tests costs little latency (a
-// longer one would slow the collectives, which progress only in MPI_Test).
+// How a wait spends the time between two tests of its request. Open MPI
+// advances a large message (rendezvous: over TCP, or shared memory without
+// single-copy, as in containers) a fragment at a time, and only while both
+// ranks are inside MPI; its own blocking calls busy-poll, which on a machine
+// with as many ranks as cores takes the core a computing rank needs.
+enum class Pace {
+  // 50 us naps: for a message a peer sends once it has computed (a result's
+  // header, the next batch), or a transfer beside computing ranks.
+  kNap,
+  // No pause for the first 2 ms, then naps: for a transfer that every rank
+  // involved is waiting on (the state, a result's tensors once its header is
+  // in, a rank's last results), where naps would add to every fragment.
+  kTransfer,
+};
+
 // False if `deadline` passed first; the request is then left pending.
-bool Wait(MPI_Request* request, Clock::time_point deadline = kForever) {
+bool Wait(MPI_Request* request, Clock::time_point deadline = kForever, Pace pace = Pace::kNap) {
+  const Clock::time_point busy_until =
+      pace == Pace::kTransfer ? Clock::now() + std::chrono::milliseconds(2) : Clock::time_point::min();
   int done = 0;
   while (true) {
     MPI_Test(request, &done, MPI_STATUS_IGNORE);
@@ -98,20 +111,22 @@ bool Wait(MPI_Request* request, Clock::time_point deadline = kForever) {
       gave_up = true;
       return false;
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(50));
+    if (now >= busy_until) std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
 }
 
-bool Broadcast(void* data, int count, MPI_Datatype type, Clock::time_point deadline = kForever) {
+bool Broadcast(void* data, int count, MPI_Datatype type, Clock::time_point deadline = kForever,
+               Pace pace = Pace::kNap) {
   MPI_Request request;
   MPI_Ibcast(data, count, type, 0, MPI_COMM_WORLD, &request);
-  return Wait(&request, deadline);
+  return Wait(&request, deadline, pace);
 }
 
-bool Receive(void* data, int count, MPI_Datatype type, int source, int tag, Clock::time_point deadline = kForever) {
+bool Receive(void* data, int count, MPI_Datatype type, int source, int tag, Clock::time_point deadline = kForever,
+             Pace pace = Pace::kNap) {
   MPI_Request request;
   MPI_Irecv(data, count, type, source, tag, MPI_COMM_WORLD, &request);
-  return Wait(&request, deadline);
+  return Wait(&request, deadline, pace);
 }
 
 // Seconds from a config field, where 0 means `fallback`; at most a year, so
@@ -304,7 +319,7 @@ uint64_t StateHash(const MetaState& state) {
 bool BroadcastTensor(torch::Tensor& tensor, int64_t numel, std::optional<Clock::duration> timeout) {
   if (!tensor.defined() || tensor.numel() != numel) tensor = torch::empty({numel}, torch::kFloat32);
   return Broadcast(tensor.data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT,
-                   timeout ? Clock::now() + *timeout : kForever);
+                   timeout ? Clock::now() + *timeout : kForever, Pace::kTransfer);
 }
 
 // Broadcasts rank 0's `state` (or receives it into `state`) as `header` says.
@@ -499,9 +514,10 @@ class ComputeThread {
 // Rank 0 receives item `item`'s result from `source`: an error if the item
 // failed there, DeadlineExceeded (the job must end) if its header did not
 // arrive by `due` (then *overdue is set) or one of its other parts took
-// longer than `timeout` after.
+// longer than `timeout` after. `pace`: of the waits for the parts after the
+// header.
 absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHeader& batch, Clock::time_point due,
-                                         Clock::duration timeout, int64_t* bytes, bool* overdue) {
+                                         Clock::duration timeout, Pace pace, int64_t* bytes, bool* overdue) {
   auto late = [&](const char* part) {
     return absl::DeadlineExceededError(absl::StrFormat(
         "MPI: no %s of work item %d from rank %d within %g s of the result's header "
@@ -515,7 +531,8 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHea
   }
   if (header.error_bytes > 0) {
     std::string error(static_cast<size_t>(header.error_bytes), '\0');
-    if (!Receive(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, 1, Clock::now() + timeout))
+    if (!Receive(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, 1, Clock::now() + timeout,
+                 pace))
       return late("error text");
     return absl::InternalError(absl::StrCat("work item ", item, " failed on rank ", source, ": ", error));
   }
@@ -532,7 +549,8 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHea
     result.sums.emplace(numel, meta_batch, CarriedMoments{header.has_first_moment != 0, header.has_moments != 0});
     auto receive = [&](ExactSum* sum, int part) -> absl::Status {
       std::string encoded(static_cast<size_t>(numel) * ExactSum::kElementBytes, '\0');
-      if (!Receive(encoded.data(), static_cast<int>(encoded.size()), MPI_BYTE, source, part, Clock::now() + timeout))
+      if (!Receive(encoded.data(), static_cast<int>(encoded.size()), MPI_BYTE, source, part, Clock::now() + timeout,
+                   pace))
         return late("exact sum");
       *bytes += static_cast<int64_t>(encoded.size());
       ASSIGN_OR_RETURN(*sum, ExactSum::Decode(encoded, numel, static_cast<int>(header.tasks), meta_batch));
@@ -546,7 +564,8 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHea
   auto receive = [&](torch::Tensor* t, int part) {
     *t = torch::empty({numel}, torch::kFloat32);
     *bytes += numel * 4;
-    return Receive(t->data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, part, Clock::now() + timeout);
+    return Receive(t->data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, part, Clock::now() + timeout,
+                   pace);
   };
   if (header.has_delta && !receive(&result.delta, 1)) return late("tensor");
   if (header.has_first_moment && !receive(&result.adam_m, 2)) return late("tensor");
@@ -739,7 +758,7 @@ absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkIte
     if (!BroadcastState(header, &shared, timeout)) return broadcast_stalled("the meta-state");
     stats_.bytes_out += header.numel * 4 * (1 + header.has_first_moment + header.has_moments) * (Size() - 1);
   }
-  if (!Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, Clock::now() + timeout))
+  if (!Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, Clock::now() + timeout, Pace::kTransfer))
     return broadcast_stalled("the work items");
   const Clock::time_point work_start = Clock::now();
   std::vector<int> items_of(Size(), 0);  // each rank's items so far
@@ -777,7 +796,12 @@ absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkIte
     const int k = ++items_of[source];
     if (source != 0) {
       bool overdue = false;
-      results[i] = ReceiveResult(source, i, header, due(k), timeout, &stats_.bytes_in, &overdue);
+      // A rank's last result is sent by a rank with nothing left to compute,
+      // so both ends can afford to hurry the transfer; while the sender
+      // computes its next item, its sends advance only every 50 us anyway.
+      const bool last_of_rank = i + working_ranks_.size() >= items.size();
+      results[i] = ReceiveResult(source, i, header, due(k), timeout, last_of_rank ? Pace::kTransfer : Pace::kNap,
+                                 &stats_.bytes_in, &overdue);
       if (absl::IsDeadlineExceeded(results[i].status())) {
         const std::string what(results[i].status().message());
         return overdue ? work_stalled(what, k) : NoAnswer(what);
@@ -820,7 +844,7 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
     if (header.command == kFinish) break;
     if (StateNeeded(header, state).value()) BroadcastState(header, &state);
     std::string bytes(static_cast<size_t>(header.batch_bytes), '\0');
-    Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE);
+    Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, kForever, Pace::kTransfer);
     const std::vector<WorkItem> items = ParseItems(bytes);
 
     const bool summed = header.reduction != MPI_GATHER_IN_ORDER;
@@ -839,7 +863,7 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
       StartSend(&outgoing.back());
     }
     for (OutgoingResult& out : outgoing)
-      for (MPI_Request& request : out.requests) Wait(&request);
+      for (MPI_Request& request : out.requests) Wait(&request, kForever, Pace::kTransfer);
     if (!summed) continue;
     int total_tasks = 0;
     for (const WorkItem& item : items) total_tasks += static_cast<int>(item.tasks.size());

@@ -9,9 +9,9 @@
 # workers loading the dataset, are skipped) and each run's parameter SHA-256:
 # all must be equal.
 #
-# This machine's speed drifts from minute to minute, so REPEAT=N runs the
-# threads, processes and gRPC processes N times in turn, each ratio against
-# the threads of its own repetition; MPI runs once, after them.
+# This machine's speed drifts from minute to minute, so REPEAT=N runs every
+# runtime N times in turn, each ratio against the threads of its own
+# repetition.
 #
 #   [REPEAT=N] bench/runtimes_bench.sh [ROUNDS] [WORKERS]     (defaults: 400 rounds, 2 workers, REPEAT=1)
 set -eu
@@ -38,18 +38,19 @@ run() {
 }
 
 echo "runtimes bench, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, omniglot_5w1s, $rounds rounds, $workers workers"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 for repetition in $(seq "${REPEAT:-1}"); do
-  rm -rf "$scratch/threads" "$scratch/processes" "$scratch/grpc_processes"
+  rm -rf "$scratch"/*
   run "threads" "$reptile" train --config "$config" --run_dir "$scratch/threads" --workers "$workers" \
     runtime.local_workers=THREADS $common
   run "processes" "$reptile" train --config "$config" --run_dir "$scratch/processes" \
     --workers "$workers" $common
   run "grpc_processes" "$reptile" train --config "$config" --run_dir "$scratch/grpc_processes" \
     --workers "$workers" runtime.local_workers=GRPC_PROCESSES $common
+  run "mpi_1+${workers}_ranks" env OMPI_MCA_btl_vader_single_copy_mechanism=none \
+    mpirun --oversubscribe --bind-to none -np $((workers + 1)) \
+    "$reptile" mpi --config "$config" --run_dir "$scratch/mpi_1+${workers}_ranks" $common
+  run "mpi_tcp_1+${workers}_ranks" mpirun --oversubscribe --bind-to none --mca btl tcp,self \
+    --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo -np $((workers + 1)) \
+    "$reptile" mpi --config "$config" --run_dir "$scratch/mpi_tcp_1+${workers}_ranks" $common
 done
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
-run "mpi_1+${workers}_ranks" mpirun --oversubscribe --bind-to none -np $((workers + 1)) \
-  "$reptile" mpi --config "$config" --run_dir "$scratch/mpi_1+${workers}_ranks" $common
-run "mpi_tcp_1+${workers}_ranks" mpirun --oversubscribe --bind-to none --mca btl tcp,self \
-  --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo -np $((workers + 1)) \
-  "$reptile" mpi --config "$config" --run_dir "$scratch/mpi_tcp_1+${workers}_ranks" $common

@@ -5,8 +5,10 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -17,6 +19,8 @@
 #include "tests/test_support.h"
 #include "core/flat_parameters.h"
 #include "core/models/models.h"
+#include "transport/grpc/result_codec.h"
+#include "transport/grpc/shared_folder.h"
 #include "transport/local/local_transport.h"
 #include "transport/shared_memory/shared_memory_transport.h"
 #include "transport/shared_memory/shared_memory_worker.h"
@@ -208,6 +212,66 @@ TEST_F(BoardTest, ClaimsOfTheDeadAndUnreadableResultsAreRunAgain) {
   EXPECT_EQ(stats.results_refused_by_reason.at("invalid_result"), 1);
   EXPECT_EQ(stats.tasks_redone, 2);
   header.worker_pids[kMaxSharedWorkers - 1].store(0);
+}
+
+// A worker that hands back a well-formed result holding a NaN (a diverged
+// learner, or a hostile one): refused as invalid, counted, run again by the
+// real worker, and the batch ends with the right results.
+TEST_F(BoardTest, ANonFiniteResultIsRefusedAndRunAgain) {
+  const std::vector<WorkItem> items = SineItems(3);
+  const std::vector<torch::Tensor> reference = Reference(items);
+  auto threads = LocalTransport::Create(config_, tasks_, 1);
+  ASSERT_TRUE(threads.ok()) << threads.status();
+  TaskResult poisoned;
+  ASSERT_TRUE((*threads)
+                  ->Run(state_, {items[0]},
+                        [&](size_t, TaskResult result) {
+                          poisoned = std::move(result);
+                          return absl::OkStatus();
+                        })
+                  .ok());
+  poisoned.delta[7] = std::numeric_limits<float>::quiet_NaN();
+
+  absl::StatusOr<std::vector<torch::Tensor>> deltas;
+  std::thread coordinator([&] { deltas = RunAll(*transport_, state_, items); });
+  absl::StatusOr<SharedBoard> board = SharedBoard::Open(transport_->board_path());
+  ASSERT_TRUE(board.ok()) << board.status();
+  BoardHeader& header = board->header();
+  while (header.batch.load() == 0) usleep(1000);
+  const std::string folder = transport_->board_path().substr(0, transport_->board_path().rfind('/'));
+  absl::StatusOr<SharedBatch> batch = SharedBatch::Open(SharedBatchPath(folder, header.batch.load()), header.batch.load());
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  int32_t free = 0;
+  ASSERT_TRUE(header.worker_pids[kMaxSharedWorkers - 1].compare_exchange_strong(free, getpid()));
+  batch->header().next_item.store(1);
+  uint64_t open = ClaimWord(0, ItemStage::kOpen);
+  ASSERT_TRUE(batch->item(0).claim.compare_exchange_strong(open, ClaimWord(getpid(), ItemStage::kClaimed)));
+  const EncodedResult encoded = EncodeResult(poisoned, config_.outer().delta_dtype(), batch->header().numel);
+  ASSERT_TRUE(OverwriteTensorFile(SharedResultPath(folder, static_cast<uint64_t>(getpid())), encoded.tensors).ok());
+  const std::string bytes = encoded.header.SerializeAsString();
+  ASSERT_LE(bytes.size(), kResultHeaderBytes);
+  std::memcpy(batch->item(0).result, bytes.data(), bytes.size());
+  batch->item(0).result_bytes = static_cast<uint32_t>(bytes.size());
+  batch->item(0).claim.store(ClaimWord(getpid(), ItemStage::kDone));
+  header.result_signal.fetch_add(1);
+  FutexWakeAll(&header.result_signal);
+  // The refusal must come before a real worker could have run the item
+  // (the heartbeat keeps this fake worker from being killed as stalled).
+  for (int waited_ms = 0; transport_->Stats().results_refused == 0 && waited_ms < 5000; ++waited_ms) {
+    header.worker_beats[kMaxSharedWorkers - 1].fetch_add(1);
+    usleep(1000);
+  }
+  EXPECT_EQ(transport_->Stats().results_refused, 1) << "the NaN result was not refused";
+  StartWorker();
+  coordinator.join();
+  ASSERT_TRUE(deltas.ok()) << deltas.status();
+  for (size_t i = 0; i < items.size(); ++i) EXPECT_TRUE(torch::equal((*deltas)[i], reference[i])) << i;
+  const TransportStats stats = transport_->Stats();
+  EXPECT_EQ(stats.results_refused, 1);
+  EXPECT_EQ(stats.results_refused_by_reason.at("invalid_result"), 1);
+  EXPECT_EQ(stats.tasks_redone, 1);
+  header.worker_pids[kMaxSharedWorkers - 1].store(0);
+  unlink(SharedResultPath(folder, static_cast<uint64_t>(getpid())).c_str());
 }
 
 TEST_F(BoardTest, AnItemThatFailsEveryTimeFailsItsBatchByNameAndTheNextBatchRuns) {

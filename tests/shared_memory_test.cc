@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -123,6 +124,10 @@ class BoardTest : public ::testing::Test {
     transport_ = *SharedMemoryTransport::Create(config_, TempDir("board"));
   }
   void TearDown() override {
+    if (coordinator_.joinable()) {  // a test that stopped halfway
+      transport_->Interrupt("the test failed");
+      coordinator_.join();
+    }
     transport_->Finish();
     stop_.Notify();
     if (worker_.joinable()) worker_.join();
@@ -152,6 +157,39 @@ class BoardTest : public ::testing::Test {
     return *RunAll(**threads, state_, items);
   }
 
+  // Starts a Run of `items` on another thread (its deltas into `deltas`) and
+  // opens, as a broken worker would, the board and the batch it publishes.
+  void StartRunAndOpenItsBatch(const std::vector<WorkItem>& items,
+                               absl::StatusOr<std::vector<torch::Tensor>>* deltas) {
+    coordinator_ = std::thread([this, &items, deltas] { *deltas = RunAll(*transport_, state_, items); });
+    absl::StatusOr<SharedBoard> board = SharedBoard::Open(transport_->board_path());
+    ASSERT_TRUE(board.ok()) << board.status();
+    board_.emplace(*std::move(board));
+    while (board_->header().batch.load() == 0) usleep(1000);
+    folder_ = transport_->board_path().substr(0, transport_->board_path().rfind('/'));
+    const uint64_t number = board_->header().batch.load();
+    absl::StatusOr<SharedBatch> batch = SharedBatch::Open(SharedBatchPath(folder_, number), number);
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    batch_.emplace(*std::move(batch));
+  }
+
+  // Starts the real worker, waits for the Run StartRunAndOpenItsBatch began,
+  // and checks that it handed over `reference` after refusing one result as
+  // invalid and running `redone` items again; the fake worker then leaves
+  // the board.
+  void FinishAfterOneRefusal(const absl::StatusOr<std::vector<torch::Tensor>>& deltas,
+                             const std::vector<torch::Tensor>& reference, int redone) {
+    StartWorker();
+    coordinator_.join();
+    board_->header().worker_pids[kMaxSharedWorkers - 1].store(0);
+    ASSERT_TRUE(deltas.ok()) << deltas.status();
+    for (size_t i = 0; i < reference.size(); ++i) EXPECT_TRUE(torch::equal((*deltas)[i], reference[i])) << i;
+    const TransportStats stats = transport_->Stats();
+    EXPECT_EQ(stats.results_refused, 1);
+    EXPECT_EQ(stats.results_refused_by_reason.at("invalid_result"), 1);
+    EXPECT_EQ(stats.tasks_redone, redone);
+  }
+
   ExperimentConfig config_;
   std::shared_ptr<const TaskSource> tasks_;
   MetaState state_;
@@ -159,6 +197,10 @@ class BoardTest : public ::testing::Test {
   absl::Notification stop_;
   absl::Status worker_status_;
   std::thread worker_;
+  std::thread coordinator_;           // StartRunAndOpenItsBatch()
+  std::optional<SharedBoard> board_;
+  std::optional<SharedBatch> batch_;
+  std::string folder_;
 };
 
 TEST_F(BoardTest, AWorkerProcessGivesTheResultsOfAThread) {
@@ -181,37 +223,25 @@ TEST_F(BoardTest, ClaimsOfTheDeadAndUnreadableResultsAreRunAgain) {
   const std::vector<WorkItem> items = SineItems(5);
   const std::vector<torch::Tensor> reference = Reference(items);
   absl::StatusOr<std::vector<torch::Tensor>> deltas;
-  std::thread coordinator([&] { deltas = RunAll(*transport_, state_, items); });
-  absl::StatusOr<SharedBoard> board = SharedBoard::Open(transport_->board_path());
-  ASSERT_TRUE(board.ok()) << board.status();
-  BoardHeader& header = board->header();
-  while (header.batch.load() == 0) usleep(1000);
-  const std::string folder = transport_->board_path().substr(0, transport_->board_path().rfind('/'));
-  absl::StatusOr<SharedBatch> batch = SharedBatch::Open(SharedBatchPath(folder, header.batch.load()), header.batch.load());
-  ASSERT_TRUE(batch.ok()) << batch.status();
+  StartRunAndOpenItsBatch(items, &deltas);
+  ASSERT_FALSE(HasFatalFailure());
+  BoardHeader& header = board_->header();
+  SharedBatch& batch = *batch_;
   // Item 0: claimed by a pid that is no process.
-  batch->header().next_item.store(2);
+  batch.header().next_item.store(2);
   uint64_t open = ClaimWord(0, ItemStage::kOpen);
-  ASSERT_TRUE(batch->item(0).claim.compare_exchange_strong(open, ClaimWord(0x3ffffff0, ItemStage::kClaimed)));
+  ASSERT_TRUE(batch.item(0).claim.compare_exchange_strong(open, ClaimWord(0x3ffffff0, ItemStage::kClaimed)));
   // Item 1: done by this (live, registered) process, with a header longer
   // than its slot.
   int32_t free = 0;
   ASSERT_TRUE(header.worker_pids[kMaxSharedWorkers - 1].compare_exchange_strong(free, getpid()));
-  batch->item(1).result_bytes = 1 << 30;
+  batch.item(1).result_bytes = 1 << 30;
   open = ClaimWord(0, ItemStage::kOpen);
-  ASSERT_TRUE(batch->item(1).claim.compare_exchange_strong(open, ClaimWord(getpid(), ItemStage::kClaimed)));
-  batch->item(1).claim.store(ClaimWord(getpid(), ItemStage::kDone));
+  ASSERT_TRUE(batch.item(1).claim.compare_exchange_strong(open, ClaimWord(getpid(), ItemStage::kClaimed)));
+  batch.item(1).claim.store(ClaimWord(getpid(), ItemStage::kDone));
   header.result_signal.fetch_add(1);
   FutexWakeAll(&header.result_signal);
-  StartWorker();
-  coordinator.join();
-  ASSERT_TRUE(deltas.ok()) << deltas.status();
-  for (size_t i = 0; i < items.size(); ++i) EXPECT_TRUE(torch::equal((*deltas)[i], reference[i])) << i;
-  const TransportStats stats = transport_->Stats();
-  EXPECT_EQ(stats.results_refused, 1);
-  EXPECT_EQ(stats.results_refused_by_reason.at("invalid_result"), 1);
-  EXPECT_EQ(stats.tasks_redone, 2);
-  header.worker_pids[kMaxSharedWorkers - 1].store(0);
+  FinishAfterOneRefusal(deltas, reference, /*redone=*/2);
 }
 
 // A worker that hands back a well-formed result holding a NaN (a diverged
@@ -233,26 +263,22 @@ TEST_F(BoardTest, ANonFiniteResultIsRefusedAndRunAgain) {
   poisoned.delta[7] = std::numeric_limits<float>::quiet_NaN();
 
   absl::StatusOr<std::vector<torch::Tensor>> deltas;
-  std::thread coordinator([&] { deltas = RunAll(*transport_, state_, items); });
-  absl::StatusOr<SharedBoard> board = SharedBoard::Open(transport_->board_path());
-  ASSERT_TRUE(board.ok()) << board.status();
-  BoardHeader& header = board->header();
-  while (header.batch.load() == 0) usleep(1000);
-  const std::string folder = transport_->board_path().substr(0, transport_->board_path().rfind('/'));
-  absl::StatusOr<SharedBatch> batch = SharedBatch::Open(SharedBatchPath(folder, header.batch.load()), header.batch.load());
-  ASSERT_TRUE(batch.ok()) << batch.status();
+  StartRunAndOpenItsBatch(items, &deltas);
+  ASSERT_FALSE(HasFatalFailure());
+  BoardHeader& header = board_->header();
+  SharedBatch& batch = *batch_;
   int32_t free = 0;
   ASSERT_TRUE(header.worker_pids[kMaxSharedWorkers - 1].compare_exchange_strong(free, getpid()));
-  batch->header().next_item.store(1);
+  batch.header().next_item.store(1);
   uint64_t open = ClaimWord(0, ItemStage::kOpen);
-  ASSERT_TRUE(batch->item(0).claim.compare_exchange_strong(open, ClaimWord(getpid(), ItemStage::kClaimed)));
-  const EncodedResult encoded = EncodeResult(poisoned, config_.outer().delta_dtype(), batch->header().numel);
-  ASSERT_TRUE(OverwriteTensorFile(SharedResultPath(folder, static_cast<uint64_t>(getpid())), encoded.tensors).ok());
+  ASSERT_TRUE(batch.item(0).claim.compare_exchange_strong(open, ClaimWord(getpid(), ItemStage::kClaimed)));
+  const EncodedResult encoded = EncodeResult(poisoned, config_.outer().delta_dtype(), batch.header().numel);
+  ASSERT_TRUE(OverwriteTensorFile(SharedResultPath(folder_, static_cast<uint64_t>(getpid())), encoded.tensors).ok());
   const std::string bytes = encoded.header.SerializeAsString();
   ASSERT_LE(bytes.size(), kResultHeaderBytes);
-  std::memcpy(batch->item(0).result, bytes.data(), bytes.size());
-  batch->item(0).result_bytes = static_cast<uint32_t>(bytes.size());
-  batch->item(0).claim.store(ClaimWord(getpid(), ItemStage::kDone));
+  std::memcpy(batch.item(0).result, bytes.data(), bytes.size());
+  batch.item(0).result_bytes = static_cast<uint32_t>(bytes.size());
+  batch.item(0).claim.store(ClaimWord(getpid(), ItemStage::kDone));
   header.result_signal.fetch_add(1);
   FutexWakeAll(&header.result_signal);
   // The refusal must come before a real worker could have run the item
@@ -262,16 +288,8 @@ TEST_F(BoardTest, ANonFiniteResultIsRefusedAndRunAgain) {
     usleep(1000);
   }
   EXPECT_EQ(transport_->Stats().results_refused, 1) << "the NaN result was not refused";
-  StartWorker();
-  coordinator.join();
-  ASSERT_TRUE(deltas.ok()) << deltas.status();
-  for (size_t i = 0; i < items.size(); ++i) EXPECT_TRUE(torch::equal((*deltas)[i], reference[i])) << i;
-  const TransportStats stats = transport_->Stats();
-  EXPECT_EQ(stats.results_refused, 1);
-  EXPECT_EQ(stats.results_refused_by_reason.at("invalid_result"), 1);
-  EXPECT_EQ(stats.tasks_redone, 1);
-  header.worker_pids[kMaxSharedWorkers - 1].store(0);
-  unlink(SharedResultPath(folder, static_cast<uint64_t>(getpid())).c_str());
+  FinishAfterOneRefusal(deltas, reference, /*redone=*/1);
+  unlink(SharedResultPath(folder_, static_cast<uint64_t>(getpid())).c_str());
 }
 
 TEST_F(BoardTest, AnItemThatFailsEveryTimeFailsItsBatchByNameAndTheNextBatchRuns) {

@@ -15,8 +15,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <optional>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"

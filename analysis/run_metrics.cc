@@ -1,9 +1,10 @@
 #include "analysis/run_metrics.h"
 
-#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -126,28 +127,52 @@ class JsonParser {
   size_t at_ = 0;
 };
 
-// A metrics line's fields, looked up by name.
+// Bounds of what a metrics line can hold: anything outside them was not
+// written by a run, and is refused before it reaches a chart.
+constexpr double kMaxCount = 1e12;          // rounds, episodes
+constexpr double kMaxWorkers = 1e6;         // workers alive
+constexpr double kMaxMagnitude = 1e30;      // losses
+constexpr double kMaxSecondsPerRound = 1e7;  // about 4 months
+constexpr double kMaxRoundsPerSecond = 1e9;
+
+enum class Presence { kRequired, kOptional };
+
+// A metrics line's fields, looked up by name. Every value it hands out is
+// finite and within the bounds given, or the field is missing (kMissing) where
+// that is allowed; errors name the field and its value.
 class Fields {
  public:
   explicit Fields(const FlatJsonObject& object) : object_(object) {}
-  // A number field; `required` ones make an error naming the field if absent.
-  absl::Status Number(const char* key, bool required, double* out) const {
+
+  // A number in [lo, hi]. An optional field may be absent or null (kMissing).
+  absl::Status Number(const char* key, Presence presence, double lo, double hi, double* out) const {
     auto it = object_.find(key);
     if (it == object_.end()) {
-      if (required) return absl::InvalidArgumentError(absl::StrCat("missing field \"", key, "\""));
+      if (presence == Presence::kRequired) return absl::InvalidArgumentError(absl::StrCat("missing field \"", key, "\""));
       return absl::OkStatus();
     }
     const double* v = std::get_if<double>(&it->second);
     if (v == nullptr) return absl::InvalidArgumentError(absl::StrCat("field \"", key, "\" is not a number"));
+    if (std::isnan(*v) && presence == Presence::kOptional) return absl::OkStatus();  // null
+    if (!(*v >= lo && *v <= hi))
+      return absl::InvalidArgumentError(absl::StrCat("field \"", key, "\" is ", *v, ", not a number in [", lo, ", ", hi, "]"));
     *out = *v;
     return absl::OkStatus();
   }
-  absl::Status Integer(const char* key, int64_t* out) const {
+
+  // A whole number in [0, max].
+  absl::Status Count(const char* key, Presence presence, double max, double* out) const {
+    double v = kMissing;
+    RETURN_IF_ERROR(Number(key, presence, 0, max, &v));
+    if (std::isnan(v)) return absl::OkStatus();
+    if (v != std::floor(v)) return absl::InvalidArgumentError(absl::StrCat("field \"", key, "\" is ", v, ", not a whole number"));
+    *out = v;
+    return absl::OkStatus();
+  }
+  absl::Status Count(const char* key, int64_t* out) const {
     double v = 0;
-    RETURN_IF_ERROR(Number(key, true, &v));
-    if (!(v >= 0 && v < 9e15) || v != std::floor(v))
-      return absl::InvalidArgumentError(absl::StrCat("field \"", key, "\" is not a count: ", v));
-    *out = static_cast<int64_t>(v);
+    RETURN_IF_ERROR(Count(key, Presence::kRequired, kMaxCount, &v));
+    *out = static_cast<int64_t>(v);  // a whole number in [0, 1e12]
     return absl::OkStatus();
   }
 
@@ -157,28 +182,28 @@ class Fields {
 
 absl::StatusOr<RoundMetrics> ParseRound(const Fields& f) {
   RoundMetrics m;
-  RETURN_IF_ERROR(f.Integer("round", &m.round));
-  RETURN_IF_ERROR(f.Integer("rounds", &m.rounds));
-  RETURN_IF_ERROR(f.Number("loss", true, &m.loss));
-  RETURN_IF_ERROR(f.Number("seconds", true, &m.seconds));
-  RETURN_IF_ERROR(f.Number("rounds_per_second", true, &m.rounds_per_second));
-  RETURN_IF_ERROR(f.Number("workers", false, &m.workers));
-  RETURN_IF_ERROR(f.Number("accuracy", false, &m.accuracy));
+  RETURN_IF_ERROR(f.Count("round", &m.round));
+  RETURN_IF_ERROR(f.Count("rounds", &m.rounds));
+  RETURN_IF_ERROR(f.Number("loss", Presence::kRequired, -kMaxMagnitude, kMaxMagnitude, &m.loss));
+  RETURN_IF_ERROR(f.Number("seconds", Presence::kRequired, 0, kMaxSecondsPerRound, &m.seconds));
+  RETURN_IF_ERROR(f.Number("rounds_per_second", Presence::kRequired, 0, kMaxRoundsPerSecond, &m.rounds_per_second));
+  RETURN_IF_ERROR(f.Count("workers", Presence::kOptional, kMaxWorkers, &m.workers));
+  RETURN_IF_ERROR(f.Number("accuracy", Presence::kOptional, 0, 1, &m.accuracy));
   return m;
 }
 
 absl::StatusOr<EvalMetrics> ParseEval(const Fields& f) {
   EvalMetrics m;
-  RETURN_IF_ERROR(f.Integer("round", &m.round));
-  int64_t episodes = 0;
-  RETURN_IF_ERROR(f.Integer("episodes", &episodes));
-  m.episodes = static_cast<int>(std::min<int64_t>(episodes, 1 << 30));
-  RETURN_IF_ERROR(f.Number("loss", true, &m.loss));
-  RETURN_IF_ERROR(f.Number("loss_ci95", false, &m.loss_ci95));
-  RETURN_IF_ERROR(f.Number("accuracy", false, &m.accuracy));
-  RETURN_IF_ERROR(f.Number("accuracy_ci95", false, &m.accuracy_ci95));
-  RETURN_IF_ERROR(f.Number("accuracy_inductive", false, &m.accuracy_inductive));
-  RETURN_IF_ERROR(f.Number("accuracy_inductive_ci95", false, &m.accuracy_inductive_ci95));
+  RETURN_IF_ERROR(f.Count("round", &m.round));
+  double episodes = 0;
+  RETURN_IF_ERROR(f.Count("episodes", Presence::kRequired, std::numeric_limits<int>::max(), &episodes));
+  m.episodes = static_cast<int>(episodes);  // a whole number that fits an int
+  RETURN_IF_ERROR(f.Number("loss", Presence::kRequired, -kMaxMagnitude, kMaxMagnitude, &m.loss));
+  RETURN_IF_ERROR(f.Number("loss_ci95", Presence::kOptional, 0, kMaxMagnitude, &m.loss_ci95));
+  RETURN_IF_ERROR(f.Number("accuracy", Presence::kOptional, 0, 1, &m.accuracy));
+  RETURN_IF_ERROR(f.Number("accuracy_ci95", Presence::kOptional, 0, 1, &m.accuracy_ci95));
+  RETURN_IF_ERROR(f.Number("accuracy_inductive", Presence::kOptional, 0, 1, &m.accuracy_inductive));
+  RETURN_IF_ERROR(f.Number("accuracy_inductive_ci95", Presence::kOptional, 0, 1, &m.accuracy_inductive_ci95));
   return m;
 }
 

@@ -55,8 +55,10 @@ struct RunMetrics {
 };
 
 // Reads <run_dir>/metrics.jsonl. NotFound if it is missing, InvalidArgument
-// naming the file (and line) if it has no lines or a line is not a flat JSON
-// object with the fields of its kind. Lines of other kinds are skipped, and
+// naming the file (and line and field) if it has no lines, a line is not a
+// flat JSON object with the fields of its kind, or a field holds what no run
+// writes (a fractional or negative count, an accuracy outside [0, 1], a
+// non-finite or absurdly large number): every value accepted can be drawn. Lines of other kinds are skipped, and
 // so is a torn last line (no newline: the run is writing it, or crashed).
 absl::StatusOr<RunMetrics> ReadRunMetrics(const std::string& run_dir);
 

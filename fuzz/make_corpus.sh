@@ -2,12 +2,16 @@
 # Rewrites the seed corpus fuzz/corpus/<target>/ (committed; scripts/fuzz.sh
 # only reads it): the configs of configs/, checkpoints written by build/reptile,
 # an Omniglot PNG and small synthetic PNGs of every colour type, valid chunk
-# streams, and metrics.jsonl files written by build/reptile. Needs build/reptile, python3, unzip and ../shared/data/omniglot.
+# streams, metrics.jsonl files written by build/reptile, chart panels, and the
+# shared-memory board and batches as the real writers make them (by the
+# fuzzer binary itself). Needs build/reptile, the fuzz build (FUZZ_BUILD_DIR,
+# default build-fuzz), python3, unzip and ../shared/data/omniglot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=fuzz/corpus
 rm -rf "$corpus"
-mkdir -p "$corpus"/{config_fuzzer,checkpoint_fuzzer,png_fuzzer,tensor_stream_fuzzer,metrics_fuzzer}
+mkdir -p "$corpus"/{config_fuzzer,checkpoint_fuzzer,png_fuzzer,tensor_stream_fuzzer,metrics_fuzzer,chart_fuzzer,shared_memory_fuzzer}
+REPTILE_FUZZ_WRITE_SEEDS="$corpus/shared_memory_fuzzer" "${FUZZ_BUILD_DIR:-build-fuzz}/fuzz/shared_memory_fuzzer"
 
 # Configs, and one followed by NUL-separated overrides as argv gives them.
 cp configs/*.textproto "$corpus/config_fuzzer/"
@@ -123,5 +127,17 @@ write("tensor_stream_fuzzer/state_fp32_moments", stream(3, 0, 8, [[32], [16, 16]
 write("tensor_stream_fuzzer/delta_bf16", stream(1, 1, 12, [[10, 14]]))
 write("tensor_stream_fuzzer/delta_fp16_moments", stream(3, 2, 6, [[12], [24], [4, 20]]))
 write("tensor_stream_fuzzer/evaluation_no_tensors", stream(0, 0, 100, []))
+
+# Chart panels: a flag byte, the fixed bounds it names, then (x, y, low, high)
+# points as little-endian doubles.
+def panel(flags, bounds, points):
+    return bytes([flags]) + b"".join(struct.pack("<d", b) for b in bounds) + \
+        b"".join(struct.pack("<4d", *p) for p in points)
+
+nan = float("nan")
+write("chart_fuzzer/accuracy_with_band", panel(2 | 4 | 8, [0, 100, 0], [(r * 100, 20 + r, 18 + r, 22 + r) for r in range(30)]))
+write("chart_fuzzer/workers_integer", panel(1 | 2 | 8, [0, 0], [(r, 2 + (r % 3), nan, nan) for r in range(12)]))
+write("chart_fuzzer/evaluations_with_bars", panel(16, [], [(r * 1000, 0.5 + r / 50, 0.45 + r / 50, 0.55 + r / 50) for r in range(8)]))
+write("chart_fuzzer/categories", panel(32 | 16, [], [(i, 0.3 * i, nan, nan) for i in range(3)]))
 EOF
 du -sh "$corpus"

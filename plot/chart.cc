@@ -45,6 +45,14 @@ struct Range {
   bool empty() const { return lo > hi; }
 };
 
+// `v` rounded down and held to [lo, hi] (NaN gives lo): the one way this
+// file turns a double into an int.
+int ClampToInt(double v, int lo, int hi) {
+  if (!(v >= lo)) return lo;
+  if (v >= hi) return hi;
+  return static_cast<int>(v);
+}
+
 bool PointOk(const Series& s, size_t i) { return std::isfinite(s.x[i]) && std::isfinite(s.y[i]); }
 bool BandOk(const Series& s, size_t i) {
   return i < s.low.size() && i < s.high.size() && std::isfinite(s.low[i]) && std::isfinite(s.high[i]);
@@ -53,11 +61,13 @@ bool BandOk(const Series& s, size_t i) {
 // Ticks for an axis of `pixels` length whose labels, `label_gap` apart at
 // least, must not overlap: fewer ticks until they fit.
 std::vector<double> FittingTicks(double lo, double hi, double pixels, bool horizontal, bool integer = false) {
-  int max_ticks = std::max(2, static_cast<int>(pixels / (horizontal ? 55 : 30)));
+  int max_ticks = ClampToInt(pixels / (horizontal ? 55 : 30), 2, 1000);
   if (integer) {
+    if (hi < lo) std::swap(lo, hi);  // a fixed bound past the data
     lo = std::floor(lo);
     hi = std::ceil(hi) + 1;
-    if (hi - lo + 1 < max_ticks) max_ticks = static_cast<int>(hi - lo) + 1;
+    const double span = hi - lo;
+    if (span + 1 < max_ticks) max_ticks = ClampToInt(span + 1, 2, max_ticks);
   }
   for (;; --max_ticks) {
     std::vector<double> ticks = NiceTicks(lo, hi, max_ticks);
@@ -167,8 +177,9 @@ class PanelWriter {
 
   std::string XTickLabel(double t, double step) const {
     if (panel_.x_categories.empty()) return FormatTick(t, step);
-    const size_t i = static_cast<size_t>(std::llround(t));
-    return i < panel_.x_categories.size() ? panel_.x_categories[i] : "";
+    const double i = std::round(t);
+    if (!(i >= 0 && i < static_cast<double>(panel_.x_categories.size()))) return "";
+    return panel_.x_categories[static_cast<size_t>(i)];
   }
 
   std::string Axes() const {
@@ -332,7 +343,7 @@ std::vector<double> NiceTicks(double lo, double hi, int max_ticks) {
       const double last = std::ceil(hi / step - 1e-9) * step;
       const double ticks_needed = std::round((last - first) / step) + 1;
       if (!(ticks_needed <= max_ticks)) continue;
-      const int count = static_cast<int>(ticks_needed);
+      const int count = ClampToInt(ticks_needed, 0, max_ticks);
       std::vector<double> ticks;
       for (int i = 0; i < count; ++i) {
         double t = first + i * step;
@@ -398,14 +409,14 @@ std::string RenderSvg(const Figure& figure) {
                 .Render();
   }
   const double height = y + rows * figure.panel_height + kOuterMargin;
+  const int w = ClampToInt(std::ceil(width), 0, 1 << 24), h = ClampToInt(std::ceil(height), 0, 1 << 24);
   return absl::StrFormat(
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
       "font-family=\"%s\" fill=\"#222\">\n"
       "<title>%s</title>\n"
       "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n%s</svg>\n",
-      static_cast<int>(std::ceil(width)), static_cast<int>(std::ceil(height)), static_cast<int>(std::ceil(width)),
-      static_cast<int>(std::ceil(height)), kFont, EscapeXml(figure.title), body);
+      w, h, w, h, kFont, EscapeXml(figure.title), body);
 }
 
 }  // namespace reptile::plot

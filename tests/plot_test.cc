@@ -101,7 +101,7 @@ TEST(ChartTest, SvgHasTitlesLabelsLegendAndEscapesText) {
 TEST(ChartTest, ExtremeAndDegenerateValuesStillRender) {
   const double kNan = std::numeric_limits<double>::quiet_NaN();
   for (const std::vector<double>& ys : std::vector<std::vector<double>>{
-           {2.9e80, 2}, {1e308, -1e308}, {5, 5}, {kNan, 1}, {-3, -7}, {0, 1e-300}}) {
+           {2.9e80, 2}, {1e308, -1e308}, {5, 5}, {kNan, 1}, {-3, -7}, {-2.9e31, -2.9e31}, {0, 1e-300}}) {
     plot::Panel panel;
     panel.y_integer = true;
     panel.y_min = 0;
@@ -191,6 +191,48 @@ TEST(RunMetricsTest, ErrorsNameTheFileAndLine) {
   WriteFile(dir + "/metrics.jsonl", "\n" R"({"kind":"eval","round":1,"accuracy":0.5})" "\n");
   EXPECT_THAT(ReadRunMetrics(dir).status().message(),
               HasSubstr(dir + "/metrics.jsonl:2: missing field \"episodes\""));
+}
+
+TEST(RunMetricsTest, ValuesNoRunWritesAreRefusedNamingTheFileLineAndField) {
+  const std::string dir = testing::TempDir("run");
+  const std::string round = R"({"kind":"round","round":1,"rounds":1,"loss":1,"seconds":1,"rounds_per_second":1)";
+  const std::string eval = R"({"kind":"eval","round":1,"episodes":2,"loss":1)";
+  const struct {
+    std::string line, error;
+  } cases[] = {
+      {round + R"(,"workers":-28888888888888888888888888888888})", R"(field "workers" is -2.88889e+31, not a number in [0, 1e+06])"},
+      {round + R"(,"workers":2.5})", R"(field "workers" is 2.5, not a whole number)"},
+      {round + R"(,"workers":3e6})", R"(field "workers" is 3e+06)"},
+      {round + R"(,"accuracy":1.5})", R"(field "accuracy" is 1.5, not a number in [0, 1])"},
+      {R"({"kind":"round","round":1,"rounds":1,"loss":1e300,"seconds":1,"rounds_per_second":1})", R"(field "loss" is 1e+300)"},
+      {R"({"kind":"round","round":1,"rounds":1,"loss":null,"seconds":1,"rounds_per_second":1})", R"(field "loss" is nan)"},
+      {R"({"kind":"round","round":1,"rounds":1,"loss":1,"seconds":-1,"rounds_per_second":1})", R"(field "seconds" is -1)"},
+      {R"({"kind":"round","round":-1,"rounds":1,"loss":1,"seconds":1,"rounds_per_second":1})", R"(field "round" is -1)"},
+      {R"({"kind":"round","round":1,"rounds":1e300,"loss":1,"seconds":1,"rounds_per_second":1})", R"(field "rounds" is 1e+300)"},
+      {R"({"kind":"eval","round":1,"episodes":1e10,"loss":1})", R"(field "episodes" is 1e+10)"},
+      {eval + R"(,"accuracy_ci95":-0.1})", R"(field "accuracy_ci95" is -0.1)"},
+      {eval + R"(,"loss_ci95":1e999})", R"(field "loss_ci95" is inf)"},
+  };
+  for (const auto& c : cases) {
+    WriteFile(dir + "/metrics.jsonl", round + "}\n" + c.line + "\n");
+    EXPECT_THAT(ReadRunMetrics(dir).status().message(), HasSubstr(absl::StrCat(dir, "/metrics.jsonl:2: ", c.error)))
+        << c.line;
+  }
+  // Optional fields may be null; sine evaluations write accuracies of 0.
+  WriteFile(dir + "/metrics.jsonl", round + R"(,"workers":null,"accuracy":null})" "\n" + eval +
+                                        R"(,"accuracy":0,"accuracy_ci95":0,"loss_ci95":null})" "\n");
+  absl::StatusOr<RunMetrics> run = ReadRunMetrics(dir);
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_TRUE(std::isnan(run->rounds[0].workers));
+  EXPECT_FALSE(run->classification);
+}
+
+TEST(RunMetricsTest, EveryShippedRunReads) {
+  for (const char* name : {"omniglot_5w1s", "omniglot_5w5s", "omniglot_20w1s"}) {
+    absl::StatusOr<RunMetrics> run = ReadRunMetrics(absl::StrCat(REPTILE_SOURCE_DIR, "/models/", name));
+    ASSERT_TRUE(run.ok()) << run.status();
+    EXPECT_TRUE(run->final_eval.has_value()) << name;
+  }
 }
 
 // ---- the learner's adaptation traces ----------------------------------------
@@ -367,6 +409,14 @@ TEST(PlotCommandTest, BadRunDirectoriesAreOneLineNamingTheFile) {
   Result malformed = RunReptile(absl::StrCat("plot --run_dir ", empty, " --out ", empty, "/x.svg"));
   EXPECT_EQ(malformed.exit_code, 1);
   EXPECT_THAT(malformed.output, HasSubstr(absl::StrCat(empty, "/metrics.jsonl:1: column 17: expected a string key, found the end of the line")));
+  // The fuzzer's find (fuzz/regressions/metrics_fuzzer), through the CLI.
+  std::filesystem::copy_file(absl::StrCat(REPTILE_SOURCE_DIR, "/fuzz/regressions/metrics_fuzzer/workers_negative_huge"),
+                             empty + "/metrics.jsonl", std::filesystem::copy_options::overwrite_existing);
+  Result hostile = RunReptile(absl::StrCat("plot --run_dir ", empty, " --out ", empty, "/x.svg"));
+  EXPECT_EQ(hostile.exit_code, 1);
+  EXPECT_THAT(hostile.output, HasSubstr(absl::StrCat("reptile plot: error: ", empty,
+                                                     R"(/metrics.jsonl:1: field "workers" is -2.88889e+31, not a number in [0, 1e+06])")));
+  EXPECT_FALSE(std::filesystem::exists(empty + "/x.svg"));
   Result no_out = RunReptile(absl::StrCat("plot --run_dir ", good));
   EXPECT_EQ(no_out.exit_code, 1);
   EXPECT_THAT(no_out.output, HasSubstr("--out"));

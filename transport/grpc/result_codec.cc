@@ -106,6 +106,9 @@ absl::StatusOr<std::vector<size_t>> ResultPayloadSizes(const ResultHeader& heade
   if (header.predictions() < 0 || header.correct() < 0 || header.correct() > header.predictions() ||
       header.correct_inductive() < 0 || header.correct_inductive() > header.predictions())
     return Invalid("prediction counts are inconsistent");
+  // The coordinator's own numel; still, no size below may wrap.
+  if (shape.numel < 0 || static_cast<uint64_t>(shape.numel) > (uint64_t{1} << 40))
+    return Invalid(absl::StrCat("a model of ", shape.numel, " parameters is beyond any result"));
   const size_t numel = static_cast<size_t>(shape.numel);
   std::vector<size_t> sizes;
   if (train) sizes.push_back(numel * element);

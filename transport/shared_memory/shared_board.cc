@@ -166,6 +166,15 @@ absl::StatusOr<WorkReply> SharedBatch::Spec(size_t i) const {
   return spec;
 }
 
+absl::StatusOr<ResultHeader> SharedBatch::ResultHeaderOf(size_t i) const {
+  const ItemSlot& slot = item(i);
+  const uint32_t bytes = slot.result_bytes;  // once: the worker may change it
+  ResultHeader header;
+  if (bytes > kResultHeaderBytes || !header.ParseFromArray(slot.result, static_cast<int>(bytes)))
+    return absl::InvalidArgumentError("its result header does not parse");
+  return header;
+}
+
 std::string SharedBatchPath(const std::string& folder, uint64_t batch) {
   return absl::StrCat(folder, "/batch-", batch);
 }

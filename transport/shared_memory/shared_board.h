@@ -125,6 +125,9 @@ class SharedBatch {
   ItemSlot& item(size_t i) const;
   // Item i as the coordinator wrote it; InvalidArgument if it does not parse.
   absl::StatusOr<WorkReply> Spec(size_t i) const;
+  // The header a worker wrote into item i's slot, its length read once;
+  // InvalidArgument if it is longer than the slot or does not parse.
+  absl::StatusOr<ResultHeader> ResultHeaderOf(size_t i) const;
 
  private:
   explicit SharedBatch(SharedMapping mapping) : mapping_(std::move(mapping)) {}

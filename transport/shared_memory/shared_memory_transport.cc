@@ -121,7 +121,7 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
     bool progress = false;
     for (size_t i = first_open; i < claimed; ++i) {
       if (taken[i] || StageOf(batch.item(i).claim.load(std::memory_order_acquire)) != ItemStage::kDone) continue;
-      ASSIGN_OR_RETURN(bool accepted, TakeResult(batch, i, items, take, tries));
+      ASSIGN_OR_RETURN(bool accepted, TakeResult(batch, i, items, shape, take, tries));
       if (accepted) {
         taken[i] = 1;
         --remaining;
@@ -134,26 +134,22 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
       absl::MutexLock lock(&mu_);
       if (!interrupted_.empty()) return absl::CancelledError(interrupted_);
     }
-    ReapDeadWorkers(&batch);
+    ReapDeadWorkers(batch, items.size());
     if (!progress) FutexWait(&board.result_signal, signal, kRecheck);
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch, size_t i,
-                                                       const std::vector<WorkItem>& items, const ResultSink& take,
-                                                       std::vector<int>& tries) {
+                                                       const std::vector<WorkItem>& items, const ResultShape& shape,
+                                                       const ResultSink& take, std::vector<int>& tries) {
   ItemSlot& slot = batch.item(i);
   const uint64_t word = slot.claim.load(std::memory_order_acquire);
   const std::string result_path = SharedResultPath(folder_, static_cast<uint64_t>(PidOf(word)));
-  const ResultShape shape{batch.header().numel, CarriedMomentsOf(config_), config_.outer().meta_batch_size()};
   std::string reason = "invalid_result";
   size_t bytes_in = 0;
   const absl::Status taken = [&]() -> absl::Status {
-    const uint32_t header_bytes = slot.result_bytes;
-    ResultHeader header;
-    if (header_bytes > kResultHeaderBytes || !header.ParseFromArray(slot.result, static_cast<int>(header_bytes)))
-      return absl::InvalidArgumentError("its result header does not parse");
+    ASSIGN_OR_RETURN(ResultHeader header, batch.ResultHeaderOf(i));
     if (!header.error().empty()) {
       reason = "worker_error";
       return absl::InternalError(absl::StrCat("the worker failed: ", header.error().substr(0, 300)));
@@ -184,7 +180,7 @@ absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch,
   return false;
 }
 
-void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch* batch) {
+void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch& batch, size_t items) {
   BoardHeader& board = board_.header();
   const absl::Time now = absl::Now();
   // Workers that joined since the last look, and the heartbeats of all.
@@ -238,14 +234,13 @@ void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch* batch) {
       }
     }
   }
-  if (batch == nullptr) return;
   // Claims of workers not alive on the board go back to the others. A
   // worker registers before it claims, so a claimer still unknown after a
   // second look is gone (or never was a worker).
-  const size_t claimed = std::min<size_t>(batch->header().items, batch->header().next_item.load());
+  const size_t claimed = std::min<size_t>(items, batch.header().next_item.load());
   bool looked_again = false;
   for (size_t i = 0; i < claimed; ++i) {
-    ItemSlot& slot = batch->item(i);
+    ItemSlot& slot = batch.item(i);
     const uint64_t word = slot.claim.load(std::memory_order_acquire);
     if (StageOf(word) != ItemStage::kClaimed || seen_.count(PidOf(word)) > 0) continue;
     if (!looked_again) {

@@ -20,6 +20,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "transport/grpc/result_codec.h"
 #include "transport/shared_memory/shared_board.h"
 #include "transport/transport.h"
 
@@ -50,11 +51,13 @@ class SharedMemoryTransport final : public Transport {
   SharedMemoryTransport(const ExperimentConfig& config, std::string folder, SharedBoard board,
                         std::function<void(const std::string&)> log);
   // Hands item i's result to `take` once it is done; refuses it (to be run
-  // again) or fails the batch when it is not acceptable.
+  // again) or fails the batch when it is not acceptable. `shape` is the
+  // coordinator's own, never read from the batch file.
   absl::StatusOr<bool> TakeResult(const SharedBatch& batch, size_t i, const std::vector<WorkItem>& items,
-                                  const ResultSink& take, std::vector<int>& tries);
-  // Forgets workers that have died, and opens their claimed items again.
-  void ReapDeadWorkers(const SharedBatch* batch);
+                                  const ResultShape& shape, const ResultSink& take, std::vector<int>& tries);
+  // Forgets workers that have died, and opens their claimed items (of the
+  // batch's first `items`, the coordinator's own count) again.
+  void ReapDeadWorkers(const SharedBatch& batch, size_t items);
 
   const ExperimentConfig config_;
   const std::function<void(const std::string&)> log_;

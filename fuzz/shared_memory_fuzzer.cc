@@ -1,0 +1,209 @@
+// Fuzzes what crosses the shared memory of a local run
+// (transport/shared_memory/shared_board.h), where a worker process can
+// write anything: the input is a board or a batch file. Input layout:
+//   byte 0     bit 0: the rest is a batch file (else a board);
+//              bit 1: the coordinator's items are evaluation episodes;
+//              bit 2: its items hold 2 tasks (results are exact sums);
+//              bit 3: the run carries Adam's v; bit 4 (with 3): and m
+//   the rest   the file's bytes; for a batch, its tail also stands for the
+//              result file the coordinator reads beside it
+// A board must open and give its config or be refused. A batch must open or
+// be refused; then every item's spec (as a worker reads it) and every slot's
+// result (as the coordinator reads it, against its own items and model) must
+// parse or be refused, and what is accepted has the coordinator's shape.
+//
+// With REPTILE_FUZZ_WRITE_SEEDS=<folder> in the environment the binary
+// instead writes seed inputs there, made by the real writers, and exits
+// (fuzz/make_corpus.sh).
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "google/protobuf/stubs/logging.h"
+#include "transport/grpc/result_codec.h"
+#include "transport/shared_memory/shared_board.h"
+
+namespace {
+
+constexpr int64_t kNumel = 4;     // the coordinator's model
+constexpr int kMetaBatch = 4;     // the bound of its exact sums
+constexpr uint64_t kBatch = 7;    // the batch the coordinator announced
+constexpr uint32_t kMaxItems = 64;
+
+struct Choice {
+  bool batch, evaluate, two_tasks;
+  reptile::CarriedMoments moments;
+};
+
+Choice Decode(uint8_t byte) {
+  const bool second = (byte & 8) != 0;
+  return {(byte & 1) != 0, (byte & 2) != 0, (byte & 4) != 0, {second && (byte & 16) != 0, second}};
+}
+
+// The item the coordinator itself holds for every slot.
+reptile::WorkItem OwnItem(const Choice& choice) {
+  reptile::WorkItem item;
+  item.kind = choice.evaluate ? reptile::WorkKind::kEvaluate : reptile::WorkKind::kTrain;
+  item.tasks.resize(choice.two_tasks && !choice.evaluate ? 2 : 1);
+  return item;
+}
+
+std::string Scratch() {
+  static const std::string folder = [] {
+    char pattern[] = "/tmp/shared_memory_fuzzer.XXXXXX";
+    const char* made = mkdtemp(pattern);
+    if (made == nullptr) abort();
+    return std::string(made);
+  }();
+  return folder;
+}
+
+void WriteFile(const std::string& path, const char* data, size_t size) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || write(fd, data, size) != static_cast<ssize_t>(size)) abort();
+  close(fd);
+}
+
+void FuzzBoard(const std::string& path) {
+  absl::StatusOr<reptile::SharedBoard> board = reptile::SharedBoard::Open(path);
+  if (board.ok()) (void)board->Config();
+}
+
+void FuzzBatch(const std::string& path, const Choice& choice, const uint8_t* file, size_t size) {
+  absl::StatusOr<reptile::SharedBatch> batch = reptile::SharedBatch::Open(path, kBatch);
+  if (!batch.ok()) return;
+  const reptile::WorkItem item = OwnItem(choice);
+  const reptile::ResultShape shape{kNumel, choice.moments, kMetaBatch};
+  const uint32_t items = std::min<uint32_t>(batch->header().items, kMaxItems);
+  for (uint32_t i = 0; i < items; ++i) {
+    (void)batch->Spec(i);
+    absl::StatusOr<reptile::ResultHeader> header = batch->ResultHeaderOf(i);
+    if (!header.ok()) continue;
+    absl::StatusOr<std::vector<size_t>> sizes = reptile::ResultPayloadSizes(*header, item, shape);
+    if (!sizes.ok()) continue;
+    size_t total = 0;
+    for (size_t s : *sizes) total += s;
+    if (total > size) continue;  // the result file would be refused for its size
+    std::vector<std::string> payload;
+    size_t at = size - total;
+    for (size_t s : *sizes) {
+      payload.emplace_back(reinterpret_cast<const char*>(file) + at, s);
+      at += s;
+    }
+    absl::StatusOr<reptile::TaskResult> result = reptile::DecodeResult(*header, item, shape, std::move(payload));
+    if (!result.ok()) continue;
+    if (item.kind == reptile::WorkKind::kEvaluate) {
+      if (result->delta.defined() || result->sums) __builtin_trap();
+    } else if (item.tasks.size() > 1) {
+      if (!result->sums || result->sums->delta.numel() != kNumel) __builtin_trap();
+    } else if (!result->delta.defined() || result->delta.numel() != kNumel ||
+               result->adam_v.defined() != choice.moments.second || result->adam_m.defined() != choice.moments.first) {
+      __builtin_trap();
+    }
+  }
+}
+
+// Seeds: a board holding a config, and batches of 3 items whose slots hold
+// well-formed results, their tensors appended as the file's tail.
+void WriteSeeds(const std::string& folder) {
+  reptile::ExperimentConfig config;
+  config.set_name("fuzz");
+  config.mutable_outer()->set_meta_batch_size(kMetaBatch);
+  {
+    const std::string path = folder + "/board";
+    unlink(path.c_str());
+    std::string bytes;
+    {
+      absl::StatusOr<reptile::SharedBoard> board = reptile::SharedBoard::Create(path + ".tmp", config);
+      if (!board.ok()) abort();
+    }
+    std::ifstream in(path + ".tmp", std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+    unlink((path + ".tmp").c_str());
+    std::ofstream(path, std::ios::binary) << '\0' << bytes;
+  }
+  for (uint8_t selector : {uint8_t{1}, uint8_t{1 | 2}, uint8_t{1 | 4}, uint8_t{1 | 8 | 16}}) {
+    const Choice choice = Decode(selector);
+    const reptile::WorkItem item = OwnItem(choice);
+    std::vector<reptile::WorkReply> specs(3);
+    for (size_t i = 0; i < specs.size(); ++i) {
+      specs[i].set_kind(choice.evaluate ? reptile::WorkReply::EVALUATE : reptile::WorkReply::TRAIN);
+      for (size_t t = 0; t < item.tasks.size(); ++t) {
+        reptile::TaskSpec* task = specs[i].add_tasks();
+        task->set_seed(100 * i + t);
+        task->set_support_shots(1);
+        task->add_class_ids(static_cast<int32_t>(i));
+      }
+    }
+    reptile::BatchHeader fields{};
+    fields.batch = kBatch;
+    fields.numel = kNumel;
+    const std::string path = folder + "/batch-" + std::to_string(selector);
+    unlink((path + ".tmp").c_str());
+    std::string tail;
+    {
+      absl::StatusOr<reptile::SharedBatch> batch = reptile::SharedBatch::Create(path + ".tmp", fields, specs);
+      if (!batch.ok()) abort();
+      reptile::TaskResult result;
+      result.loss = 0.5;
+      if (!choice.evaluate) {
+        const torch::Tensor ones = torch::ones({kNumel});
+        if (item.tasks.size() > 1) {
+          result.sums.emplace(kNumel, kMetaBatch, choice.moments);
+          for (size_t t = 0; t < item.tasks.size(); ++t)
+            if (!result.sums->Add(ones, choice.moments.first ? ones : torch::Tensor(),
+                                  choice.moments.second ? ones : torch::Tensor()).ok())
+              abort();
+        } else {
+          result.delta = ones;
+          if (choice.moments.first) result.adam_m = ones;
+          if (choice.moments.second) result.adam_v = ones;
+        }
+      }
+      const reptile::EncodedResult encoded = reptile::EncodeResult(result, reptile::DELTA_FP32, kNumel);
+      const std::string header = encoded.header.SerializeAsString();
+      for (size_t i = 0; i < specs.size(); ++i) {
+        reptile::ItemSlot& slot = batch->item(i);
+        std::copy(header.begin(), header.end(), slot.result);
+        slot.result_bytes = static_cast<uint32_t>(header.size());
+      }
+      for (absl::string_view t : encoded.tensors) tail.append(t.data(), t.size());
+    }
+    std::ifstream in(path + ".tmp", std::ios::binary);
+    const std::string bytes(std::istreambuf_iterator<char>(in), {});
+    unlink((path + ".tmp").c_str());
+    std::ofstream(path, std::ios::binary) << static_cast<char>(selector) << bytes << tail;
+  }
+}
+
+}  // namespace
+
+// Protobuf logs malformed input (e.g. strings that are not UTF-8) to stderr;
+// the fuzzer only needs the return values.
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  google::protobuf::SetLogHandler(nullptr);
+  if (const char* folder = std::getenv("REPTILE_FUZZ_WRITE_SEEDS")) {
+    WriteSeeds(folder);
+    std::exit(0);
+  }
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size < 1) return 0;
+  const Choice choice = Decode(data[0]);
+  const std::string path = Scratch() + (choice.batch ? "/batch" : "/board");
+  WriteFile(path, reinterpret_cast<const char*>(data + 1), size - 1);
+  if (choice.batch) {
+    FuzzBatch(path, choice, data + 1, size - 1);
+  } else {
+    FuzzBoard(path);
+  }
+  return 0;
+}

@@ -28,6 +28,7 @@
 #include "core/config.h"
 #include "core/data/loaders.h"
 #include "core/data/png_reader.h"
+#include "core/models/export.h"
 #include "core/models/models.h"
 #include "core/status_macros.h"
 #include "cli/signals.h"
@@ -55,6 +56,7 @@ absl::StatusOr<ExperimentConfig> TrainConfig(const CliOptions& options, const Ru
     if (!dir.has_checkpoint()) return absl::InvalidArgumentError("needs --config (or a run directory to resume)");
     ASSIGN_OR_RETURN(TrainingState state, ReadCheckpoint(dir.checkpoint_path()));
     ExperimentConfig config = state.config;
+    if (config.model().arch() == TORCHSCRIPT) config.mutable_model()->set_torchscript_file(dir.model_path());
     for (const std::string& o : options.overrides) RETURN_IF_ERROR(ApplyOverride(o, &config));
     RETURN_IF_ERROR(ValidateConfig(config));
     return config;
@@ -62,11 +64,24 @@ absl::StatusOr<ExperimentConfig> TrainConfig(const CliOptions& options, const Ru
   return LoadConfig(options.config_path, options.overrides);
 }
 
+// The checkpoint --checkpoint or --run_dir names. A TORCHSCRIPT run's model
+// is the model.pt beside it, wherever the run directory has moved since.
 absl::StatusOr<TrainingState> CheckpointFromOptions(const CliOptions& options) {
   std::string path = options.checkpoint;
   if (path.empty() && !options.run_dir.empty()) path = options.run_dir + "/checkpoint.bin";
   if (path.empty()) return absl::InvalidArgumentError("give --checkpoint FILE or --run_dir DIR");
-  return ReadCheckpoint(path);
+  ASSIGN_OR_RETURN(TrainingState state, ReadCheckpoint(path));
+  const std::filesystem::path beside = std::filesystem::path(path).parent_path() / "model.pt";
+  if (state.config.model().arch() == TORCHSCRIPT && std::filesystem::exists(beside))
+    state.config.mutable_model()->set_torchscript_file(std::filesystem::absolute(beside).lexically_normal().string());
+  return state;
+}
+
+// --format, or by default the run's TorchScript module for a TORCHSCRIPT
+// model and a state dict for a built-in one.
+absl::StatusOr<ExportFormat> ExportFormatOf(const CliOptions& options, const ExperimentConfig& config) {
+  if (!options.format.empty()) return ParseExportFormat(options.format);
+  return config.model().arch() == TORCHSCRIPT ? ExportFormat::kTorchScript : ExportFormat::kStateDict;
 }
 
 // What a training run is made of before its transport exists.
@@ -81,6 +96,7 @@ absl::StatusOr<RunSetup> SetUpRun(const CliOptions& options) {
   RunSetup setup;
   ASSIGN_OR_RETURN(setup.dir, RunDirectory::Open(options.run_dir));
   ASSIGN_OR_RETURN(setup.config, TrainConfig(options, *setup.dir));
+  RETURN_IF_ERROR(setup.dir->KeepModel(&setup.config));
   if (options.workers > 0) setup.config.mutable_runtime()->set_workers(options.workers);
   Log(absl::StrCat("config ", ConfigSummary(setup.config)));
   ASSIGN_OR_RETURN(setup.tasks, TaskSource::Create(setup.config.task()));
@@ -424,6 +440,11 @@ absl::Status AdaptCommand(const CliOptions& options) {
   for (size_t q = 0; q < query_files.size(); ++q)
     std::cout << std::filesystem::path(query_files[q]).filename().string() << '\t'
               << support.class_name(static_cast<int>(labels[q])) << '\n';
+  if (!options.out.empty()) {
+    ASSIGN_OR_RETURN(ExportFormat format, ExportFormatOf(options, config));
+    RETURN_IF_ERROR(ExportModel(config, learner->layout(), learner->parameters(), format, options.out));
+    Log(absl::StrCat("wrote the adapted model to ", options.out));
+  }
   return absl::OkStatus();
 }
 
@@ -436,6 +457,17 @@ absl::Status InspectCommand(const CliOptions& options) {
   if (state.meta.adam_v.defined())
     std::cout << absl::StrFormat("adam state carried, step %d%s\n", state.meta.adam_step,
                                  state.meta.adam_m.defined() ? "" : " (v only: adam_beta1 is 0)");
+  return absl::OkStatus();
+}
+
+absl::Status ExportCommand(const CliOptions& options) {
+  if (options.out.empty()) return absl::InvalidArgumentError("export needs --out FILE");
+  ASSIGN_OR_RETURN(TrainingState state, CheckpointFromOptions(options));
+  ASSIGN_OR_RETURN(ExportFormat format, ExportFormatOf(options, state.config));
+  RETURN_IF_ERROR(ExportModel(state.config, state.layout, state.meta.parameters, format, options.out));
+  std::cout << absl::StrFormat("wrote %s (%s, round %d, parameters sha256 %s)\n", options.out,
+                               format == ExportFormat::kTorchScript ? "TorchScript" : "state dict", state.round,
+                               ParameterFingerprint(state.meta.parameters));
   return absl::OkStatus();
 }
 

@@ -16,7 +16,8 @@ struct CliOptions {
   std::vector<std::string> overrides;  // "field.path=value"
   std::string run_dir;
   std::vector<std::string> run_dirs;  // plot: every --run_dir given, in order
-  std::string out;                    // plot, analyze: the SVG to write
+  std::string out;                    // plot, analyze: the SVG to write; export, adapt: the model file
+  std::string format;                 // export, adapt: torchscript or state_dict ("": by the model)
   std::string checkpoint;
   int workers = 0;  // 0: runtime.workers from the config
   int episodes = 0; // 0: eval.final_episodes
@@ -46,6 +47,8 @@ absl::Status MpiCommand(const CliOptions& options);
 absl::Status EvalCommand(const CliOptions& options);
 absl::Status AdaptCommand(const CliOptions& options);
 absl::Status InspectCommand(const CliOptions& options);
+// A checkpoint's theta as a TorchScript module or a state dict PyTorch loads.
+absl::Status ExportCommand(const CliOptions& options);
 // Training curves of one or more run directories as an SVG.
 absl::Status PlotCommand(const CliOptions& options);
 // Per-layer change, last-layer-only against all-layer adaptation and

@@ -4,6 +4,7 @@
 //   reptile eval    --run_dir runs/demo [--episodes 1000]
 //   reptile adapt   --run_dir runs/demo --support_dir my/support --query_dir my/query
 //   reptile inspect --checkpoint runs/demo/checkpoint.bin
+//   reptile export  --run_dir runs/demo --out model.pt [--format torchscript|state_dict]
 //   reptile plot    --run_dir runs/carry --run_dir runs/reset --out curves.svg
 //   reptile analyze --run_dir runs/demo [--episodes 200] [--out analysis.svg]
 //   reptile coordinator --config configs/omniglot_5w1s.textproto --run_dir runs/o --listen 0.0.0.0:7070
@@ -40,7 +41,12 @@ ABSL_FLAG(int, workers, 0, "train: worker processes, or threads with runtime.loc
           "(default: runtime.workers from the config); eval, analyze: threads (default: runtime.workers)");
 ABSL_FLAG(int, episodes, 0,
           "eval: episodes (default: eval.final_episodes); analyze: episodes (default: eval.episodes)");
-ABSL_FLAG(std::string, out, "", "plot, analyze: the SVG file to write; analyze: default analysis_<run>.svg");
+ABSL_FLAG(std::string, out, "",
+          "plot, analyze: the SVG file to write; analyze: default analysis_<run>.svg; export: the model file to "
+          "write; adapt: also write the adapted model to this file");
+ABSL_FLAG(std::string, format, "",
+          "export, adapt: torchscript (the run's TorchScript module, for torch.jit.load) or state_dict (for "
+          "torch.load; default for built-in networks)");
 ABSL_FLAG(int64_t, stop_at_round, -1, "train, coordinator, mpi: checkpoint and stop once this round is done");
 ABSL_FLAG(std::string, support_dir, "", "adapt: folder with one subfolder of PNG images per label");
 ABSL_FLAG(std::string, query_dir, "", "adapt: folder of PNG images to label");
@@ -105,10 +111,13 @@ const std::vector<Command>& Commands() {
        "eval --run_dir DIR | --checkpoint FILE [--episodes N] [field.path=value ...]",
        {"run_dir", "checkpoint", "episodes", "workers"}},
       {"adapt", "label your own images with a trained model",
-       "adapt --run_dir DIR | --checkpoint FILE --support_dir DIR --query_dir DIR",
-       {"run_dir", "checkpoint", "support_dir", "query_dir"}},
+       "adapt --run_dir DIR | --checkpoint FILE --support_dir DIR --query_dir DIR [--out FILE [--format F]]",
+       {"run_dir", "checkpoint", "support_dir", "query_dir", "out", "format"}},
       {"inspect", "round, config and parameter SHA-256 of a checkpoint",
        "inspect --run_dir DIR | --checkpoint FILE", {"run_dir", "checkpoint"}},
+      {"export", "write a checkpoint's model as a file PyTorch loads",
+       "export --run_dir DIR | --checkpoint FILE --out FILE [--format torchscript|state_dict]",
+       {"run_dir", "checkpoint", "out", "format"}},
       {"plot", "training curves of one or more runs as an SVG (overlaid, one colour each)",
        "plot --run_dir DIR [--run_dir DIR ...] --out FILE.svg", {"run_dir", "out"}},
       {"analyze", "what adaptation changes: each layer, last layer only against all, accuracy per step",
@@ -196,7 +205,7 @@ std::string CommandHelp(const Command& command) {
   text += "\nflags (--name=default):\n";
   for (const auto& [flag, help] : rows) absl::StrAppendFormat(&text, "  %-*s  %s\n", width, flag, help);
   if (command.name != std::string("inspect") && command.name != std::string("adapt") &&
-      command.name != std::string("plot"))
+      command.name != std::string("plot") && command.name != std::string("export"))
     text += "\nAny config field can be overridden as field.path=value, e.g. outer.rounds=200.\n";
   return text;
 }
@@ -254,6 +263,7 @@ int main(int argc, char** argv) {
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
   options.run_dirs = run_dirs;
   options.out = absl::GetFlag(FLAGS_out);
+  options.format = absl::GetFlag(FLAGS_format);
   options.checkpoint = absl::GetFlag(FLAGS_checkpoint);
   options.workers = absl::GetFlag(FLAGS_workers);
   options.episodes = absl::GetFlag(FLAGS_episodes);
@@ -285,6 +295,8 @@ int main(int argc, char** argv) {
     status = reptile::AdaptCommand(options);
   } else if (command == "inspect") {
     status = reptile::InspectCommand(options);
+  } else if (command == "export") {
+    status = reptile::ExportCommand(options);
   } else if (command == "plot") {
     status = reptile::PlotCommand(options);
   } else if (command == "analyze") {

@@ -59,11 +59,14 @@ absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const Experimen
   RunDirectory* dir = engine->options_.run_dir;
   if (dir != nullptr && dir->has_checkpoint()) {
     ASSIGN_OR_RETURN(engine->state_, ReadCheckpoint(dir->checkpoint_path()));
-    // Runtime settings (workers, checkpoint and log cadence) may change on
-    // resume; everything that determines the parameters may not.
+    // Runtime settings (workers, checkpoint and log cadence) and where the
+    // model file lies may change on resume; everything that determines the
+    // parameters (the model's digest among them) may not.
     ExperimentConfig saved = engine->state_.config, wanted = config;
-    saved.clear_runtime();
-    wanted.clear_runtime();
+    for (ExperimentConfig* c : {&saved, &wanted}) {
+      c->clear_runtime();
+      c->mutable_model()->clear_torchscript_file();
+    }
     const std::string differences = ConfigDifferences(saved, wanted);
     if (!differences.empty())
       return absl::FailedPreconditionError(absl::StrCat("run directory ", dir->path(),

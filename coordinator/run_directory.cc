@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/atomic_file.h"
 #include "core/config.h"
+#include "core/models/torchscript_model.h"
 #include "core/status_macros.h"
 
 namespace reptile {
@@ -31,6 +32,34 @@ bool RunDirectory::has_checkpoint() const { return std::filesystem::exists(check
 
 absl::Status RunDirectory::WriteConfig(const ExperimentConfig& config) {
   return WriteFileAtomically(path_ + "/config.textproto", {ConfigToText(config)}, kPlainFileMode);
+}
+
+std::string RunDirectory::model_path() const {
+  return (std::filesystem::absolute(path_) / "model.pt").lexically_normal().string();
+}
+
+absl::Status RunDirectory::KeepModel(ExperimentConfig* config) {
+  if (config->model().arch() != TORCHSCRIPT) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::shared_ptr<const std::string> bytes, TorchScriptBytes(*config));
+  // Checked where the user put it, so that errors name their file.
+  RETURN_IF_ERROR(LoadTorchScriptModel(*bytes, config->model().torchscript_file(), *config).status());
+  const std::string digest = TorchScriptDigest(*bytes);
+  const std::string kept = model_path();
+  if (std::filesystem::exists(kept)) {
+    ExperimentConfig here = *config;
+    here.mutable_model()->set_torchscript_file(kept);
+    here.mutable_model()->set_torchscript_sha256("");
+    ASSIGN_OR_RETURN(std::shared_ptr<const std::string> kept_bytes, TorchScriptBytes(here));
+    if (TorchScriptDigest(*kept_bytes) != digest)
+      return absl::FailedPreconditionError(absl::StrCat(
+          "run directory ", path_, " holds another model (model.pt, SHA-256 ", TorchScriptDigest(*kept_bytes),
+          ") than ", config->model().torchscript_file(), " (", digest, "); use a new run directory"));
+  } else {
+    RETURN_IF_ERROR(WriteFileAtomically(kept, {*bytes}, kPlainFileMode));
+  }
+  config->mutable_model()->set_torchscript_file(kept);
+  config->mutable_model()->set_torchscript_sha256(digest);
+  return absl::OkStatus();
 }
 
 namespace {

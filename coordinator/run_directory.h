@@ -1,6 +1,7 @@
 // A run's folder: config.textproto (the config as run), checkpoint.bin (the
 // latest checkpoint), metrics.jsonl (one JSON object per line: training
-// rounds, evaluations, the final evaluation). Files that are rewritten are
+// rounds, evaluations, the final evaluation) and, for a TORCHSCRIPT model,
+// model.pt (the run's own copy of the module). Files that are rewritten are
 // replaced atomically and durably (coordinator/atomic_file.h); metrics lines
 // are appended. Not thread-safe.
 #ifndef REPTILE_COORDINATOR_RUN_DIRECTORY_H_
@@ -25,6 +26,11 @@ class RunDirectory {
   bool has_checkpoint() const;
 
   absl::Status WriteConfig(const ExperimentConfig& config);
+  // For a TORCHSCRIPT `config`: copies its model file to model.pt (once; a
+  // model.pt already here must hold the same bytes) and points `config` at
+  // that copy, recording its SHA-256. Other configs are left as they are.
+  absl::Status KeepModel(ExperimentConfig* config);
+  std::string model_path() const;
   absl::Status AppendMetrics(const std::string& json_object);
   // Drops what metrics.jsonl recorded after the checkpoint it resumes from:
   // lines of rounds past `round`, a torn last line, and a final evaluation

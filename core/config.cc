@@ -88,9 +88,15 @@ absl::Status ValidateTask(const TaskConfig& t) {
 absl::Status ValidateModel(const ExperimentConfig& c) {
   const ModelArch arch = c.model().arch();
   if (arch == MODEL_ARCH_UNSPECIFIED)
-    return FieldError("model.arch", "must be one of MLP_SINE, CONV_OMNIGLOT, CONV_MINIIMAGENET");
-  if ((arch == MLP_SINE) != (c.task().family() == SINE))
+    return FieldError("model.arch", "must be one of MLP_SINE, CONV_OMNIGLOT, CONV_MINIIMAGENET, TORCHSCRIPT");
+  if (arch == TORCHSCRIPT) {
+    if (c.model().torchscript_file().empty())
+      return FieldError("model.torchscript_file", "TORCHSCRIPT needs the file of a module saved with torch.jit.save");
+  } else if (!c.model().torchscript_file().empty() || !c.model().torchscript_sha256().empty()) {
+    return FieldError("model.torchscript_file", "applies to model.arch TORCHSCRIPT only");
+  } else if ((arch == MLP_SINE) != (c.task().family() == SINE)) {
     return FieldError("model.arch", "MLP_SINE goes with task.family SINE, and only with it");
+  }
   if (c.model().hidden_units() < 0) return FieldError("model.hidden_units", "must be >= 0 (0: 64)");
   if (c.model().hidden_units() > 0 && arch != MLP_SINE)
     return FieldError("model.hidden_units", "applies to MLP_SINE only");
@@ -260,6 +266,7 @@ std::string ConfigFingerprint(const ExperimentConfig& config) {
   essential.clear_name();
   essential.clear_runtime();
   essential.mutable_task()->clear_data_dir();
+  essential.mutable_model()->clear_torchscript_file();  // the model is its digest
   std::string bytes;
   google::protobuf::io::StringOutputStream stream(&bytes);
   google::protobuf::io::CodedOutputStream coded(&stream);

@@ -39,11 +39,12 @@ int TrainingItemsPerRound(const ExperimentConfig& config);
 // Text-format rendering, as written to a run directory.
 std::string ConfigToText(const ExperimentConfig& config);
 
-// Empty if equal, else a description of the first differences.
 // SHA-256 of everything in `config` that decides the parameters a run
-// reaches: all but its name, runtime section and dataset location.
+// reaches: all but its name, runtime section, dataset location and the
+// path of its TorchScript model (whose digest it keeps).
 std::string ConfigFingerprint(const ExperimentConfig& config);
 
+// Empty if equal, else a description of the first differences.
 std::string ConfigDifferences(const ExperimentConfig& a, const ExperimentConfig& b);
 
 }  // namespace reptile

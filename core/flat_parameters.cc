@@ -6,25 +6,25 @@
 
 namespace reptile {
 
-FlatParameters::FlatParameters(torch::nn::Module& module) {
+FlatParameters::FlatParameters(MetaModel& model) {
   torch::NoGradGuard no_grad;
-  auto named = module.named_parameters(/*recurse=*/true);
+  std::vector<NamedTensor> named = model.FlatTensors();
   constexpr int64_t kAlignment = 64 / sizeof(float);
   auto aligned = [](int64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; };
   int64_t total = 0;
-  for (const auto& item : named) total += aligned(item.value().numel());
+  for (const NamedTensor& item : named) total += aligned(item.second.numel());
   values_ = torch::zeros({total}, torch::kFloat32);
   grads_ = torch::zeros({total}, torch::kFloat32);
   int64_t offset = 0;
-  for (auto& item : named) {
-    torch::Tensor& param = item.value();
+  for (NamedTensor& item : named) {
+    torch::Tensor& param = item.second;
     const int64_t n = param.numel();
     torch::Tensor slot = values_.narrow(0, offset, n).view(param.sizes());
     slot.copy_(param);
     param.set_data(slot);
-    param.mutable_grad() = grads_.narrow(0, offset, n).view(param.sizes());
+    if (param.requires_grad()) param.mutable_grad() = grads_.narrow(0, offset, n).view(param.sizes());
     ParameterShape shape;
-    shape.set_name(item.key());
+    shape.set_name(item.first);
     shape.set_offset(offset);
     for (int64_t d : param.sizes()) shape.add_dims(d);
     layout_.push_back(std::move(shape));

@@ -1,4 +1,4 @@
-// Lays a module's parameters, and their gradients, out as views into one
+// Lays a model's parameters, and their gradients, out as views into one
 // contiguous fp32 vector each, so that copying theta in, taking the delta and
 // the optimizer update are single tensor operations on the whole model.
 // Each parameter starts on a 64-byte boundary (oneDNN's convolutions run
@@ -12,15 +12,17 @@
 
 #include <torch/torch.h>
 
+#include "core/models/models.h"
 #include "reptile.pb.h"
 
 namespace reptile {
 
 class FlatParameters {
  public:
-  // Re-points every parameter of `module` (in named_parameters() order) into
-  // the flat buffers. Current parameter values are kept.
-  explicit FlatParameters(torch::nn::Module& module);
+  // Re-points every tensor of `model.FlatTensors()` (in that order) into the
+  // flat buffers, and the gradients of those that take one. Current values
+  // are kept.
+  explicit FlatParameters(MetaModel& model);
 
   // The parameters, [numel]. Writing into it changes the module.
   torch::Tensor& values() { return values_; }

@@ -27,6 +27,9 @@ if [ "${REPTILE_DEPS:-all}" != build ]; then
   PACKAGES+=(dataset-fashion-mnist iproute2 nftables procps)
   PACKAGES+=(curl unzip clang-14 libclang-rt-14-dev prometheus chromium fonts-dejavu-core)
   PACKAGES+=(debootstrap)
+  # Debian's PyTorch (1.13.1, the LibTorch of libtorch-dev): the tests script
+  # TorchScript models with it and load what `reptile export` writes.
+  PACKAGES+=(python3-torch)
   command -v dockerd > /dev/null || PACKAGES+=(docker.io)  # not over a Docker CE install
   command -v node > /dev/null && command -v npm > /dev/null || PACKAGES+=(nodejs npm)
 fi

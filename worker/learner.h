@@ -61,6 +61,9 @@ class Learner {
                                                   AdaptedLayers layers);
 
   int64_t num_parameters() const { return flat_->numel(); }
+  // The model's flat parameters as they are now: after AdaptAndPredict(),
+  // the adapted ones.
+  const torch::Tensor& parameters() const { return flat_->values(); }
   const std::vector<ParameterShape>& layout() const { return flat_->layout(); }
 
  private:

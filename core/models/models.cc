@@ -4,7 +4,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 #include "core/models/batch_norm_relu.h"
+#include "core/models/torchscript_model.h"
 
 namespace reptile {
 namespace {
@@ -68,10 +70,20 @@ class ConvClassifier final : public MetaModel {
 
 }  // namespace
 
+std::vector<NamedTensor> MetaModel::FlatTensors() {
+  std::vector<NamedTensor> tensors;
+  for (const auto& item : named_parameters(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
+  return tensors;
+}
+
 int InputChannels(const TaskConfig& task) { return task.family() == IMAGE_FOLDER ? 3 : 1; }
 
 absl::StatusOr<std::shared_ptr<MetaModel>> MakeModel(const ExperimentConfig& config,
                                                      std::optional<uint64_t> seed) {
+  if (config.model().arch() == TORCHSCRIPT) {
+    ASSIGN_OR_RETURN(std::shared_ptr<const std::string> bytes, TorchScriptBytes(config));
+    return LoadTorchScriptModel(*bytes, config.model().torchscript_file(), config);
+  }
   static std::mutex global_generator;
   std::lock_guard<std::mutex> lock(global_generator);
   try {

@@ -1,6 +1,7 @@
 #include "transport/grpc/coordinator_client.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/models/torchscript_model.h"
 #include "core/status_macros.h"
 #include "transport/grpc/result_codec.h"
 #include "transport/grpc/shared_folder.h"
@@ -72,6 +73,40 @@ absl::StatusOr<RunConfigReply> CoordinatorClient::GetRunConfig() {
   RunConfigReply reply;
   RETURN_IF_ERROR(Unary(kShortCall, [&](grpc::ClientContext* c) { return stub()->GetRunConfig(c, {}, &reply); }));
   return reply;
+}
+
+absl::StatusOr<std::string> CoordinatorClient::FetchModel(const std::string& sha256, uint64_t max_bytes) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kTensorCall);
+  AttachToken(token_, &context);
+  std::unique_ptr<grpc::ClientReader<ModelChunk>> reader = stub()->FetchModel(&context, {});
+  std::string bytes;
+  uint64_t total = 0;
+  ModelChunk chunk;
+  absl::Status refused;
+  while (refused.ok() && reader->Read(&chunk)) {
+    if (bytes.empty()) {
+      total = chunk.total_bytes();
+      if (total > max_bytes)
+        refused = absl::DataLossError(absl::StrCat("the coordinator announces a model of ", total,
+                                                   " bytes; this worker takes at most ", max_bytes));
+      else
+        bytes.reserve(total);
+    }
+    if (refused.ok() && (chunk.total_bytes() != total || chunk.data().size() > total - bytes.size()))
+      refused = absl::DataLossError("the coordinator sent more model bytes than it announced");
+    if (refused.ok()) bytes += chunk.data();
+  }
+  if (!refused.ok()) {
+    context.TryCancel();
+    (void)reader->Finish();
+    return refused;
+  }
+  RETURN_IF_ERROR(FromGrpc(reader->Finish()));
+  if (bytes.size() != total || TorchScriptDigest(bytes) != sha256)
+    return absl::DataLossError(absl::StrCat("the model received (", bytes.size(), " bytes) is not the run's (SHA-256 ",
+                                            sha256, ")"));
+  return bytes;
 }
 
 absl::StatusOr<JoinReply> CoordinatorClient::Join(const JoinRequest& request) {

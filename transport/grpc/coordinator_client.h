@@ -42,6 +42,10 @@ class CoordinatorClient {
   void Reconnect();
 
   absl::StatusOr<RunConfigReply> GetRunConfig();
+  // A TORCHSCRIPT run's model file, whose SHA-256 must be `sha256`.
+  // DataLoss if the coordinator announces more than `max_bytes`, sends
+  // other than it announced, or the bytes do not match the digest.
+  absl::StatusOr<std::string> FetchModel(const std::string& sha256, uint64_t max_bytes);
   absl::StatusOr<JoinReply> Join(const JoinRequest& request);
   absl::Status Heartbeat(uint64_t worker);
   // Long-polls for up to a second on the coordinator's side. A worker that

@@ -23,6 +23,7 @@
 #include "core/flat_parameters.h"
 #include "core/models/models.h"
 #include "core/process_setup.h"
+#include "core/models/torchscript_model.h"
 #include "core/status_macros.h"
 #include "transport/lease_scheduler.h"
 #include "transport/grpc/result_codec.h"
@@ -140,6 +141,7 @@ std::string Printable(const std::string& text, size_t limit) {
 struct GrpcTransport::Board {
   std::string config_fingerprint, layout_fingerprint;
   ExperimentConfig config;
+  std::shared_ptr<const std::string> model;  // a TORCHSCRIPT run's model file
   std::string token;
   std::string shared_folder;  // Options::shared_folder
   std::function<void(const std::string&)> log;
@@ -297,12 +299,33 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     return grpc::Status::OK;
   }
 
+  grpc::Status FetchModel(grpc::ServerContext* context, const FetchModelRequest*,
+                          grpc::ServerWriter<ModelChunk>* writer) override {
+    if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
+    if (board_->model == nullptr)
+      return Refusal(grpc::StatusCode::FAILED_PRECONDITION, "this run's model is built in: there is no file to fetch");
+    const std::string& bytes = *board_->model;
+    constexpr size_t kChunk = size_t{1} << 20;
+    ModelChunk chunk;
+    chunk.set_total_bytes(bytes.size());
+    for (size_t at = 0; at < bytes.size(); at += kChunk) {
+      chunk.set_data(bytes.substr(at, kChunk));
+      if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "the worker went away");
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status Join(grpc::ServerContext* context, const JoinRequest* request, JoinReply* reply) override {
     if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
     if (request->protocol_version() != kProtocolVersion)
       return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
                      absl::StrCat("worker speaks protocol ", request->protocol_version(), "; this coordinator ",
                                   kProtocolVersion, ": run the same reptile version on both"));
+    if (request->model_sha256() != board_->config.model().torchscript_sha256())
+      return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
+                     absl::StrCat("worker's model file has SHA-256 ", Printable(request->model_sha256(), 64),
+                                  "; the run's model has ", board_->config.model().torchscript_sha256(),
+                                  ": start the worker without --config to receive the coordinator's"));
     if (request->config_fingerprint() != board_->config_fingerprint)
       return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
                      absl::StrCat("worker's config fingerprint ", Printable(request->config_fingerprint(), 16),
@@ -620,6 +643,9 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   Board& b = *transport->board_;
   ASSIGN_OR_RETURN(std::shared_ptr<MetaModel> model, MakeModel(config, std::nullopt));
   b.layout_fingerprint = LayoutFingerprint(FlatParameters(*model).layout());
+  if (config.model().arch() == TORCHSCRIPT) {
+    ASSIGN_OR_RETURN(b.model, TorchScriptBytes(config));
+  }
   b.config_fingerprint = ConfigFingerprint(config);
   b.config = config;
   b.token = options.token;

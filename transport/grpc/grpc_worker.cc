@@ -16,6 +16,7 @@
 #include "core/config.h"
 #include "core/flat_parameters.h"
 #include "core/process_setup.h"
+#include "core/models/torchscript_model.h"
 #include "core/status_macros.h"
 #include "transport/grpc/grpc_transport.h"
 #include "transport/grpc/coordinator_client.h"
@@ -48,6 +49,32 @@ class Backoff {
 
 int64_t Microseconds(std::chrono::steady_clock::duration duration) {
   return std::chrono::duration_cast<std::chrono::microseconds>(duration).count();
+}
+
+// Makes a TORCHSCRIPT run's model available to this process's learners.
+// The worker's own config (no digest yet): its file, whose digest the
+// coordinator checks at join. The coordinator's: the same file where it lies
+// here, else the bytes fetched from the coordinator.
+absl::Status HoldModel(CoordinatorClient& client, Backoff& backoff, absl::Notification& stop,
+                       const std::function<void(const std::string&)>& log, ExperimentConfig* config) {
+  if (config->model().torchscript_sha256().empty()) {
+    ASSIGN_OR_RETURN(std::shared_ptr<const std::string> own, TorchScriptBytes(*config));
+    config->mutable_model()->set_torchscript_sha256(TorchScriptDigest(*own));
+    return absl::OkStatus();
+  }
+  if (TorchScriptBytes(*config).ok()) return absl::OkStatus();
+  const std::string& digest = config->model().torchscript_sha256();
+  while (!stop.HasBeenNotified()) {
+    absl::StatusOr<std::string> fetched = client.FetchModel(digest, kMaxTorchScriptBytes);
+    if (fetched.ok()) {
+      if (log) log(absl::StrCat("received the run's model (", fetched->size(), " bytes)"));
+      ProvideTorchScriptBytes(std::make_shared<const std::string>(*std::move(fetched)));
+      return absl::OkStatus();
+    }
+    if (!IsTransient(fetched.status())) return fetched.status();
+    backoff.Wait();
+  }
+  return absl::CancelledError("stopped");
 }
 
 }  // namespace
@@ -141,6 +168,7 @@ struct GrpcWorker::Session {
     request.set_worker_name(name);
     request.set_protocol_version(kProtocolVersion);
     request.set_config_fingerprint(ConfigFingerprint(config));
+    request.set_model_sha256(config.model().torchscript_sha256());
     request.set_layout_fingerprint(LayoutFingerprint(learner->layout()));
     ASSIGN_OR_RETURN(JoinReply reply, UntilAnswered<JoinReply>([&] { return client->Join(request); }, backoff));
     RemoveResultFile();  // of the membership before, if any
@@ -420,6 +448,12 @@ absl::Status GrpcWorker::Run() {
   }
   if (!options_.data_dir.empty()) config.mutable_task()->set_data_dir(options_.data_dir);
   RETURN_IF_ERROR(ValidateConfig(config));
+  if (config.model().arch() == TORCHSCRIPT) {
+    Backoff backoff(&stop_, &counters_.retries);
+    absl::Status held = HoldModel(*client, backoff, stop_, options_.log, &config);
+    if (absl::IsCancelled(held)) return absl::OkStatus();
+    RETURN_IF_ERROR(held);
+  }
   ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(config.task()));
   for (std::unique_ptr<Session>& session : sessions) {
     session->config = config;

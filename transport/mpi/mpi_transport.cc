@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/aggregator.h"
+#include "core/models/torchscript_model.h"
 #include "core/process_setup.h"
 #include "core/status_macros.h"
 
@@ -583,6 +584,38 @@ std::vector<WorkItem> ParseItems(const std::string& bytes) {
   return items;
 }
 
+// A TORCHSCRIPT run's model, from rank 0 (which holds it) to every rank,
+// which checks it against the config's digest and keeps it for its learners.
+absl::Status ShareModelOverMpi(const ExperimentConfig& config) {
+  std::shared_ptr<const std::string> held;
+  int64_t size = -1;
+  if (Rank() == 0) {
+    absl::StatusOr<std::shared_ptr<const std::string>> read = TorchScriptBytes(config);
+    if (read.ok() && (*read)->size() <= kMaxTorchScriptBytes) {
+      held = *read;
+      size = static_cast<int64_t>(held->size());
+    }
+    Broadcast(&size, 1, MPI_INT64_T);
+    if (size < 0) return read.ok() ? absl::InvalidArgumentError("the model is larger than 4 GiB") : read.status();
+  } else {
+    Broadcast(&size, 1, MPI_INT64_T);
+    if (size < 0) return absl::CancelledError("rank 0 could not read the model");
+    if (static_cast<uint64_t>(size) > kMaxTorchScriptBytes)
+      return absl::InvalidArgumentError(absl::StrCat("rank 0 announced a model of ", size, " bytes, over 4 GiB"));
+  }
+  std::string bytes = held != nullptr ? *held : std::string(static_cast<size_t>(size), '\0');
+  for (int64_t at = 0; at < size;) {
+    const int piece = static_cast<int>(std::min<int64_t>(size - at, 1 << 30));
+    Broadcast(bytes.data() + at, piece, MPI_BYTE);
+    at += piece;
+  }
+  if (Rank() == 0) return absl::OkStatus();
+  if (TorchScriptDigest(bytes) != config.model().torchscript_sha256())
+    return absl::DataLossError("the model broadcast by rank 0 does not match the run's SHA-256");
+  ProvideTorchScriptBytes(std::make_shared<const std::string>(std::move(bytes)));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 MpiJob::MpiJob() {
@@ -644,6 +677,7 @@ absl::StatusOr<ExperimentConfig> ShareConfigOverMpi(const std::optional<Experime
   }
   ExperimentConfig shared;
   if (!shared.ParseFromString(bytes)) return absl::DataLossError("the config broadcast by rank 0 does not parse");
+  if (shared.model().arch() == TORCHSCRIPT) RETURN_IF_ERROR(ShareModelOverMpi(shared));
   return shared;
 }
 

@@ -57,7 +57,9 @@ class MpiJob {
 // reach each other on) and how to choose interfaces, when the greetings or
 // the broadcast take longer than runtime.mpi_connect_timeout_seconds (60 s
 // when rank 0 has no config). The other ranks wait for rank 0 however long:
-// mpirun kills them when rank 0 aborts the job.
+// mpirun kills them when rank 0 aborts the job. A TORCHSCRIPT run's model
+// follows the config (at most 4 GiB), and every rank checks it against the
+// config's SHA-256 before its learners load it.
 absl::StatusOr<ExperimentConfig> ShareConfigOverMpi(const std::optional<ExperimentConfig>& config);
 
 class MpiTransport final : public Transport {

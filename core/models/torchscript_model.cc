@@ -1,0 +1,193 @@
+#include "core/models/torchscript_model.h"
+
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <utility>
+
+#include <torch/csrc/jit/python/update_graph_executor_opt.h>
+#include <torch/script.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/fingerprint.h"
+
+namespace reptile {
+namespace {
+
+// A LibTorch error in one line: its last (an error inside a TorchScript
+// graph comes after the Python traceback of where it happened).
+std::string OneLine(const std::exception& e) {
+  const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
+  std::string what = torch_error != nullptr ? torch_error->what_without_backtrace() : e.what();
+  while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
+  return what.substr(what.rfind('\n') + 1);
+}
+
+std::string Shape(const torch::Tensor& t) { return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]"); }
+
+class ScriptedModel final : public MetaModel {
+ public:
+  explicit ScriptedModel(torch::jit::Module module) : module_(std::move(module)) { train(true); }
+
+  // The interpreter throws std::runtime_error; callers catch c10::Error.
+  torch::Tensor forward(torch::Tensor input) override {
+    torch::jit::setGraphExecutorOptimize(false);  // a per-thread setting
+    try {
+      return module_.forward({std::move(input)}).toTensor();
+    } catch (const c10::Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      TORCH_CHECK(false, "the TorchScript forward failed: ", OneLine(e));
+    }
+  }
+
+  void train(bool on) override {
+    torch::nn::Module::train(on);
+    module_.train(on);
+  }
+
+  std::vector<NamedTensor> FlatTensors() override {
+    std::vector<NamedTensor> tensors;
+    for (const auto& p : module_.named_parameters(/*recurse=*/true)) tensors.emplace_back(p.name, p.value);
+    for (const auto& b : module_.named_buffers(/*recurse=*/true))
+      if (b.value.scalar_type() == torch::kFloat32) tensors.emplace_back(b.name, b.value);
+    return tensors;
+  }
+
+  torch::jit::Module& module() { return module_; }
+
+ private:
+  torch::jit::Module module_;
+};
+
+// A batch of two inputs of the task's shape (not drawn at random: the
+// global generator is left alone).
+torch::Tensor ProbeInput(const TaskConfig& task) {
+  const std::vector<int64_t> shape =
+      task.family() == SINE ? std::vector<int64_t>{2, 1}
+                            : std::vector<int64_t>{2, InputChannels(task), task.image_size(), task.image_size()};
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  return torch::linspace(0, 1, numel).reshape(shape);
+}
+
+absl::Status CheckModule(torch::jit::Module& module, const std::string& source, const TaskConfig& task) {
+  auto invalid = [&source](const std::string& what) { return absl::InvalidArgumentError(absl::StrCat(source, ": ", what)); };
+  int parameters = 0;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) {
+    ++parameters;
+    if (p.value.scalar_type() != torch::kFloat32)
+      return invalid(absl::StrCat("parameter ", p.name, " is ", c10::toString(p.value.scalar_type()),
+                                  ", not float32 (call .float() before saving)"));
+  }
+  if (parameters == 0) return invalid("the module has no parameters: nothing to meta-train");
+  // A copy: a forward in training mode moves batch norm's running statistics.
+  torch::jit::Module probe = module.deepcopy();
+  probe.train(true);
+  const torch::Tensor input = ProbeInput(task);
+  torch::Tensor output;
+  try {
+    torch::NoGradGuard no_grad;
+    torch::jit::IValue result = probe.forward({input});
+    if (!result.isTensor()) return invalid(absl::StrCat("forward returns a ", result.tagKind(), ", not one tensor"));
+    output = result.toTensor();
+  } catch (const std::exception& e) {
+    return invalid(absl::StrCat("forward fails on a batch of the task's inputs ", Shape(input), ": ", OneLine(e)));
+  }
+  const int64_t outputs = task.family() == SINE ? 1 : task.ways();
+  const std::string wanted = task.family() == SINE ? "1 (sine regression)" : absl::StrCat(outputs, " (task.ways)");
+  if (output.dim() != 2 || output.size(0) != input.size(0) || output.size(1) != outputs)
+    return invalid(absl::StrCat("forward maps inputs ", Shape(input), " to ", Shape(output), "; the task needs [",
+                                input.size(0), ", ", wanted, "]"));
+  if (output.scalar_type() != torch::kFloat32)
+    return invalid(absl::StrCat("forward returns ", c10::toString(output.scalar_type()), ", not float32"));
+  return absl::OkStatus();
+}
+
+// The models this process holds, by digest.
+class ModelBytes {
+ public:
+  static ModelBytes& Get() {
+    static ModelBytes* bytes = new ModelBytes();
+    return *bytes;
+  }
+  void Add(std::shared_ptr<const std::string> bytes) {
+    const std::string digest = TorchScriptDigest(*bytes);
+    std::lock_guard<std::mutex> lock(mu_);
+    by_digest_[digest] = std::move(bytes);
+  }
+  std::shared_ptr<const std::string> Find(const std::string& digest) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = by_digest_.find(digest);
+    return it == by_digest_.end() ? nullptr : it->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<const std::string>> by_digest_;
+};
+
+}  // namespace
+
+std::string TorchScriptDigest(const std::string& bytes) { return ToHex(Sha256(bytes.data(), bytes.size())); }
+
+void ProvideTorchScriptBytes(std::shared_ptr<const std::string> bytes) { ModelBytes::Get().Add(std::move(bytes)); }
+
+absl::StatusOr<std::shared_ptr<const std::string>> TorchScriptBytes(const ExperimentConfig& config) {
+  const std::string& path = config.model().torchscript_file();
+  const std::string& wanted = config.model().torchscript_sha256();
+  if (!wanted.empty()) {
+    if (std::shared_ptr<const std::string> known = ModelBytes::Get().Find(wanted)) return known;
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("model.torchscript_file ", path, ": cannot read it"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  auto bytes = std::make_shared<const std::string>(text.str());
+  if (!wanted.empty()) {
+    const std::string digest = TorchScriptDigest(*bytes);
+    if (digest != wanted)
+      return absl::FailedPreconditionError(absl::StrCat("model.torchscript_file ", path, " has SHA-256 ", digest,
+                                                        ", not the run's model (", wanted, ")"));
+    ModelBytes::Get().Add(bytes);
+  }
+  return bytes;
+}
+
+absl::StatusOr<std::shared_ptr<MetaModel>> LoadTorchScriptModel(const std::string& bytes, const std::string& source,
+                                                               const ExperimentConfig& config) {
+  torch::jit::setGraphExecutorOptimize(false);  // for the probe below; a per-thread setting
+  torch::jit::Module module;
+  try {
+    std::istringstream in(bytes);
+    module = torch::jit::load(in, torch::kCPU);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": not a TorchScript module (save one with torch.jit.save): ", OneLine(e)));
+  }
+  try {
+    absl::Status checked = CheckModule(module, source, config.task());
+    if (!checked.ok()) return checked;
+    return std::shared_ptr<MetaModel>(std::make_shared<ScriptedModel>(std::move(module)));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", OneLine(e)));
+  }
+}
+
+absl::Status SaveTorchScriptModel(MetaModel& model, const std::string& path) {
+  auto* scripted = dynamic_cast<ScriptedModel*>(&model);
+  if (scripted == nullptr) return absl::InvalidArgumentError("not a TorchScript model");
+  try {
+    // Each tensor its own storage, not a view of theta: the file then holds
+    // each once, and loads as separate tensors.
+    for (NamedTensor& t : scripted->FlatTensors()) t.second.set_data(t.second.detach().clone());
+    scripted->module().save(path);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("cannot write ", path, ": ", OneLine(e)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace reptile

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -26,11 +27,12 @@
 #include "coordinator/round_engine.h"
 #include "coordinator/run_directory.h"
 #include "core/config.h"
+#include "core/data/image_files.h"
 #include "core/data/loaders.h"
-#include "core/data/png_reader.h"
 #include "core/models/export.h"
 #include "core/models/models.h"
 #include "core/status_macros.h"
+#include "core/tasks/task_source.h"
 #include "cli/signals.h"
 #include "cli/worker_processes.h"
 #include "core/process_setup.h"
@@ -96,10 +98,11 @@ absl::StatusOr<RunSetup> SetUpRun(const CliOptions& options) {
   RunSetup setup;
   ASSIGN_OR_RETURN(setup.dir, RunDirectory::Open(options.run_dir));
   ASSIGN_OR_RETURN(setup.config, TrainConfig(options, *setup.dir));
-  RETURN_IF_ERROR(setup.dir->KeepModel(&setup.config));
   if (options.workers > 0) setup.config.mutable_runtime()->set_workers(options.workers);
   Log(absl::StrCat("config ", ConfigSummary(setup.config)));
   ASSIGN_OR_RETURN(setup.tasks, TaskSource::Create(setup.config.task()));
+  RecordImageChannels(*setup.tasks, &setup.config);
+  RETURN_IF_ERROR(setup.dir->KeepModel(&setup.config));
   if (setup.tasks->memory_bytes() > 0)
     Log(absl::StrFormat("dataset: %d meta-training and %d meta-test classes, %.1f MB in memory",
                         setup.tasks->num_classes(false), setup.tasks->num_classes(true),
@@ -400,7 +403,7 @@ absl::Status AdaptCommand(const CliOptions& options) {
   const TaskConfig& task_config = config.task();
   if (task_config.family() == SINE) return absl::InvalidArgumentError("adapt works on image classifiers, not sine");
   if (options.support_dir.empty() || options.query_dir.empty())
-    return absl::InvalidArgumentError("adapt needs --support_dir (one folder of PNGs per label) and --query_dir");
+    return absl::InvalidArgumentError("adapt needs --support_dir (one folder of images per label) and --query_dir");
   const int channels = InputChannels(task_config);
   const int size = task_config.image_size();
   ASSIGN_OR_RETURN(ImageDataset support, LoadImageFolder(options.support_dir, channels, size));
@@ -421,13 +424,17 @@ absl::Status AdaptCommand(const CliOptions& options) {
   task.support_x = torch::stack(xs);
   task.support_y = torch::stack(ys);
   std::vector<std::string> query_files;
-  for (const auto& entry : std::filesystem::directory_iterator(options.query_dir))
-    if (entry.path().extension() == ".png") query_files.push_back(entry.path().string());
+  for (const auto& entry : std::filesystem::directory_iterator(options.query_dir)) {
+    std::string extension = entry.path().extension().string();
+    for (char& c : extension) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (extension == ".png" || extension == ".jpg" || extension == ".jpeg") query_files.push_back(entry.path().string());
+  }
   std::sort(query_files.begin(), query_files.end());
-  if (query_files.empty()) return absl::InvalidArgumentError(absl::StrCat("no .png files in ", options.query_dir));
+  if (query_files.empty())
+    return absl::InvalidArgumentError(absl::StrCat("no .png or .jpg files in ", options.query_dir));
   std::vector<torch::Tensor> queries;
   for (const std::string& file : query_files) {
-    ASSIGN_OR_RETURN(DecodedImage image, ReadPngFile(file, channels));
+    ASSIGN_OR_RETURN(DecodedImage image, ReadImageFile(file, channels));
     DecodedImage resized = ResizeArea(image, size, size);
     torch::Tensor x = torch::from_blob(resized.pixels.data(), {channels, size, size}, torch::kUInt8)
                           .to(torch::kFloat32)
@@ -435,6 +442,8 @@ absl::Status AdaptCommand(const CliOptions& options) {
     queries.push_back(x);
   }
   task.query_x = torch::stack(queries);
+  NormalizeImages(task_config, &task.support_x);
+  NormalizeImages(task_config, &task.query_x);
   ASSIGN_OR_RETURN(std::unique_ptr<Learner> learner, Learner::Create(config, /*tasks=*/nullptr));
   ASSIGN_OR_RETURN(std::vector<int64_t> labels, learner->AdaptAndPredict(state.meta, task));
   for (size_t q = 0; q < query_files.size(); ++q)

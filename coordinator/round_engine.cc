@@ -48,7 +48,7 @@ std::string FormatEvaluation(const EvaluationSummary& s, bool classification) {
 RoundEngine::RoundEngine(const ExperimentConfig& config, const TaskSource& tasks, Transport* transport,
                          Options options)
     : config_(config),
-      sampler_(config, tasks.num_classes(false), tasks.num_classes(true)),
+      sampler_(config, tasks.num_classes(false), tasks.num_classes(true), tasks.num_validation_classes()),
       transport_(transport),
       options_(std::move(options)) {}
 
@@ -165,8 +165,8 @@ absl::Status RoundEngine::RecordRounds(const MetricsWindow& window) {
   return Record(json + "}");
 }
 
-absl::StatusOr<EvaluationSummary> RoundEngine::Evaluate(int episodes) {
-  const std::vector<WorkItem> items = sampler_.EvaluationItems(episodes);
+absl::StatusOr<EvaluationSummary> RoundEngine::Evaluate(int episodes, bool validation) {
+  const std::vector<WorkItem> items = sampler_.EvaluationItems(episodes, validation);
   std::vector<TaskResult> results(items.size());
   RETURN_IF_ERROR(transport_->Run(state_.meta, items, [&results](size_t item, TaskResult result) {
     results[item] = std::move(result);
@@ -235,7 +235,7 @@ absl::Status RoundEngine::Run(int64_t until_round) {
     const int64_t eval_every = config_.eval().every_rounds();
     std::string eval_text;
     if (eval_every > 0 && r % eval_every == 0 && r < rounds) {
-      absl::StatusOr<EvaluationSummary> evaluated = Evaluate(config_.eval().episodes());
+      absl::StatusOr<EvaluationSummary> evaluated = Evaluate(config_.eval().episodes(), /*validation=*/true);
       if (!evaluated.ok()) {
         RETURN_IF_ERROR(SaveCheckpoint());
         if (absl::IsCancelled(evaluated.status()) && stop_.load()) break;

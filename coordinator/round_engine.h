@@ -94,7 +94,10 @@ class RoundEngine {
     transport_->Interrupt("stop requested");
   }
 
-  absl::StatusOr<EvaluationSummary> Evaluate(int episodes);
+  // `episodes` evaluation episodes of the meta-test split, or with
+  // `validation` of the validation split where the dataset has one (the
+  // evaluations during training; the final one and `reptile eval` use test).
+  absl::StatusOr<EvaluationSummary> Evaluate(int episodes, bool validation = false);
   absl::Status SaveCheckpoint();
 
   int64_t round() const { return state_.round; }

@@ -1,5 +1,7 @@
 #include "core/config.h"
 
+#include <cmath>
+
 #include <fstream>
 #include <sstream>
 
@@ -48,6 +50,19 @@ absl::Status RequirePositive(const std::string& field, double value) {
   return FieldError(field, absl::StrCat("must be > 0, got ", value));
 }
 
+absl::Status ValidateNormalization(const TaskConfig& t) {
+  if (t.normalize_mean_size() != t.normalize_std_size())
+    return FieldError("task.normalize_std", absl::StrCat("has ", t.normalize_std_size(), " values and normalize_mean ",
+                                                         t.normalize_mean_size(), ": give one of each per channel"));
+  if (t.normalize_mean_size() != 0 && t.normalize_mean_size() != 1 && t.normalize_mean_size() != 3)
+    return FieldError("task.normalize_mean", "needs one value per channel (1 or 3)");
+  for (float std : t.normalize_std())
+    if (!(std > 0) || !std::isfinite(std)) return FieldError("task.normalize_std", absl::StrCat("must be > 0, got ", std));
+  for (float mean : t.normalize_mean())
+    if (!std::isfinite(mean)) return FieldError("task.normalize_mean", absl::StrCat("must be finite, got ", mean));
+  return absl::OkStatus();
+}
+
 absl::Status ValidateTask(const TaskConfig& t) {
   switch (t.family()) {
     case SINE:
@@ -79,6 +94,9 @@ absl::Status ValidateTask(const TaskConfig& t) {
         return FieldError("task.ways", "Fashion-MNIST has 5 meta-test classes; ways must be <= 5");
       if (t.family() == FASHION_MNIST && t.image_size() != 28)
         return FieldError("task.image_size", "Fashion-MNIST images are 28x28; set 28");
+      if (t.image_channels() != 0 && (t.family() != IMAGE_FOLDER || (t.image_channels() != 1 && t.image_channels() != 3)))
+        return FieldError("task.image_channels", "is for IMAGE_FOLDER: 1 (grey), 3 (colour) or 0 (as the images are)");
+      RETURN_IF_ERROR(ValidateNormalization(t));
       return RequirePositive("task.image_size", t.image_size());
     default:
       return FieldError("task.family", "must be one of SINE, OMNIGLOT, FASHION_MNIST, IMAGE_FOLDER");

@@ -2,16 +2,18 @@
 # Rewrites the seed corpus fuzz/corpus/<target>/ (committed; scripts/fuzz.sh
 # only reads it): the configs of configs/, checkpoints written by build/reptile,
 # an Omniglot PNG and small synthetic PNGs of every colour type, valid chunk
-# streams, metrics.jsonl files written by build/reptile, chart panels, and the
-# shared-memory board and batches as the real writers make them (by the
-# fuzzer binary itself). Needs build/reptile, the fuzz build (FUZZ_BUILD_DIR,
+# streams, metrics.jsonl files written by build/reptile, chart panels, and
+# JPEGs and the shared-memory board and batches as the real writers make them
+# (by the fuzzer binaries themselves). Needs build/reptile, the fuzz build (FUZZ_BUILD_DIR,
 # default build-fuzz), python3, unzip and ../shared/data/omniglot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=fuzz/corpus
 rm -rf "$corpus"
-mkdir -p "$corpus"/{config_fuzzer,checkpoint_fuzzer,png_fuzzer,tensor_stream_fuzzer,metrics_fuzzer,chart_fuzzer,shared_memory_fuzzer}
-REPTILE_FUZZ_WRITE_SEEDS="$corpus/shared_memory_fuzzer" "${FUZZ_BUILD_DIR:-build-fuzz}/fuzz/shared_memory_fuzzer"
+mkdir -p "$corpus"/{config_fuzzer,checkpoint_fuzzer,png_fuzzer,jpeg_fuzzer,tensor_stream_fuzzer,metrics_fuzzer,chart_fuzzer,shared_memory_fuzzer}
+for target in shared_memory_fuzzer jpeg_fuzzer; do
+  REPTILE_FUZZ_WRITE_SEEDS="$corpus/$target" "${FUZZ_BUILD_DIR:-build-fuzz}/fuzz/$target"
+done
 
 # Configs, and one followed by NUL-separated overrides as argv gives them.
 cp configs/*.textproto "$corpus/config_fuzzer/"

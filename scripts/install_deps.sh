@@ -10,7 +10,7 @@ PACKAGES=(
   libabsl-dev
   libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev
-  libzip-dev libpng-dev zlib1g-dev libssl-dev
+  libzip-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev libssl-dev
   prometheus-cpp-dev
 )
 # What only the tests and demos need beyond the build (not in the container

@@ -368,7 +368,7 @@ TEST(CliTest, AdaptLabelsAUsersImages) {
 
   Result no_images = RunReptile(absl::StrCat("adapt --run_dir ", dir, " --support_dir ", support, " --query_dir ", dir));
   EXPECT_EQ(no_images.exit_code, 1);
-  EXPECT_THAT(no_images.output, HasSubstr("no .png files"));
+  EXPECT_THAT(no_images.output, HasSubstr("no .png or .jpg files"));
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// Tests of the data layer: ImageDataset, PNG decoding and area resizing, and
-// the Omniglot, Fashion-MNIST and image-folder loaders on real and broken data.
+// Tests of the data layer: ImageDataset, PNG and JPEG decoding and area
+// resizing, and the Omniglot, Fashion-MNIST and image-folder loaders (and the
+// image-folder task source) on real and broken data.
 #include <png.h>
 #include <zip.h>
 #include <zlib.h>
@@ -17,9 +18,12 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/data/image_dataset.h"
+#include "core/data/image_files.h"
 #include "core/data/loaders.h"
 #include "core/data/png_reader.h"
+#include "core/tasks/task_source.h"
 #include "gtest/gtest.h"
 
 namespace reptile {
@@ -469,6 +473,168 @@ TEST(OmniglotTest, ErrorsNameTheZipOrEntry) {
   const auto not_zip = LoadOmniglot(dir, 28);
   EXPECT_EQ(not_zip.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(Mentions(not_zip.status(), zip_path)) << not_zip.status();
+}
+
+// Writes a JPEG of `channels` (1: grey, 3: RGB) at quality 100, every pixel
+// `value` (per channel).
+void WriteJpeg(const std::string& path, int width, int height, int channels, std::vector<uint8_t> value) {
+  DecodedImage image;
+  image.channels = channels;
+  image.height = height;
+  image.width = width;
+  for (int c = 0; c < channels; ++c) image.pixels.insert(image.pixels.end(), int64_t{width} * height, value[c]);
+  ASSERT_TRUE(WriteJpegFile(path, image, 100).ok()) << path;
+}
+
+::testing::AssertionResult AllNear(const DecodedImage& image, const std::vector<int>& per_channel, int tolerance) {
+  const int64_t plane = int64_t{image.height} * image.width;
+  for (int c = 0; c < image.channels; ++c)
+    for (int64_t i = 0; i < plane; ++i)
+      if (std::abs(image.pixels[c * plane + i] - per_channel[c]) > tolerance)
+        return ::testing::AssertionFailure() << "channel " << c << " pixel " << i << " is "
+                                             << int(image.pixels[c * plane + i]) << ", expected " << per_channel[c];
+  return ::testing::AssertionSuccess();
+}
+
+TEST(JpegReaderTest, DecodesGreyAndColourToEitherAndRefusesWhatIsNotAnImage) {
+  const std::string dir = TempDir("jpeg");
+  WriteJpeg(dir + "/grey.jpg", 9, 7, 1, {128});
+  WriteJpeg(dir + "/red.JPEG", 8, 8, 3, {250, 10, 10});
+  absl::StatusOr<DecodedImage> grey = ReadImageFile(dir + "/grey.jpg", 1);
+  ASSERT_TRUE(grey.ok()) << grey.status();
+  EXPECT_EQ(grey->width, 9);
+  EXPECT_EQ(grey->height, 7);
+  EXPECT_TRUE(AllNear(*grey, {128}, 1));
+  absl::StatusOr<DecodedImage> grey_as_rgb = ReadImageFile(dir + "/grey.jpg", 3);
+  ASSERT_TRUE(grey_as_rgb.ok()) << grey_as_rgb.status();
+  EXPECT_TRUE(AllNear(*grey_as_rgb, {128, 128, 128}, 1));
+  absl::StatusOr<DecodedImage> red = ReadImageFile(dir + "/red.JPEG", 3);
+  ASSERT_TRUE(red.ok()) << red.status();
+  EXPECT_TRUE(AllNear(*red, {250, 10, 10}, 3));
+  EXPECT_EQ(*ImageFileChannels(dir + "/grey.jpg"), 1);
+  EXPECT_EQ(*ImageFileChannels(dir + "/red.JPEG"), 3);
+
+  const std::string whole = ReadFile(dir + "/red.JPEG");
+  WriteFile(dir + "/cut.jpg", whole.substr(0, 40));
+  const absl::StatusOr<DecodedImage> cut = ReadImageFile(dir + "/cut.jpg", 3);
+  EXPECT_EQ(cut.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Mentions(cut.status(), dir + "/cut.jpg: ") || Mentions(cut.status(), dir + "/cut.jpg is a corrupt JPEG"))
+      << cut.status();
+  WriteFile(dir + "/text.jpg", "hello");
+  EXPECT_TRUE(Mentions(ReadImageFile(dir + "/text.jpg", 1).status(), "text.jpg is neither a PNG nor a JPEG"));
+}
+
+// <root>/<split>/class<k>/ with `per_class` grey images of value 40 * k,
+// alternately JPEG and PNG.
+void WriteGreySplit(const std::string& root, const std::string& split, int classes, int per_class) {
+  for (int k = 0; k < classes; ++k) {
+    const std::string dir = absl::StrCat(root, "/", split, "/class", k);
+    fs::create_directories(dir);
+    for (int i = 0; i < per_class; ++i) {
+      const uint8_t v = static_cast<uint8_t>(40 * k);
+      if (i % 2 == 0) {
+        WriteJpeg(absl::StrCat(dir, "/", i, ".jpg"), 12, 12, 1, {v});
+      } else {
+        WritePng(absl::StrCat(dir, "/", i, ".png"), 12, 8, PNG_COLOR_TYPE_GRAY, std::vector<std::vector<uint8_t>>(12, std::vector<uint8_t>(12, v)));
+      }
+    }
+  }
+}
+
+// An IMAGE_FOLDER task on `root`, its decoded images cached in the test's
+// own folder.
+TaskConfig FolderTask(const std::string& root) {
+  setenv("REPTILE_CACHE_DIR", (root + "_cache").c_str(), 1);
+  TaskConfig task;
+  task.set_family(IMAGE_FOLDER);
+  task.set_data_dir(root);
+  task.set_ways(3);
+  task.set_train_shots(2);
+  task.set_eval_shots(1);
+  task.set_query_shots(2);
+  task.set_image_size(6);
+  return task;
+}
+
+TEST(ImageFolderTest, AGreySetKeepsOneChannelAndEvaluationsDrawFromItsValidationSplit) {
+  const std::string root = TempDir("folder");
+  WriteGreySplit(root, "train", 4, 3);
+  WriteGreySplit(root, "val", 3, 3);
+  WriteGreySplit(root, "test", 5, 3);
+  TaskConfig task = FolderTask(root);
+  task.add_normalize_mean(0.5f);
+  task.add_normalize_std(0.25f);
+  absl::StatusOr<std::shared_ptr<const TaskSource>> source = TaskSource::Create(task);
+  ASSERT_TRUE(source.ok()) << source.status();
+  EXPECT_EQ((*source)->image_channels(), 1);
+  EXPECT_EQ((*source)->num_classes(false), 4);
+  EXPECT_EQ((*source)->num_validation_classes(), 3);
+  EXPECT_EQ((*source)->num_classes(true), 5);
+
+  TaskSpec spec;
+  spec.set_family(IMAGE_FOLDER);
+  spec.set_meta_test(true);
+  spec.set_validation(true);
+  spec.set_support_shots(1);
+  spec.set_query_shots(2);
+  for (int c : {2, 0, 1}) spec.add_class_ids(c);
+  absl::StatusOr<TaskExamples> examples = (*source)->Materialize(spec);
+  ASSERT_TRUE(examples.ok()) << examples.status();
+  EXPECT_EQ(examples->support_x.sizes(), torch::IntArrayRef({3, 1, 6, 6}));
+  // Class 2 of val/ is grey 80: (80/255 - 0.5) / 0.25, within JPEG's error.
+  EXPECT_NEAR(examples->support_x[0].mean().item<float>(), (80 / 255.0 - 0.5) / 0.25, 0.02);
+  spec.clear_class_ids();
+  for (int c : {0, 1, 3}) spec.add_class_ids(c);  // val/ has three classes
+  EXPECT_TRUE(Mentions((*source)->Materialize(spec).status(), "outside the validation split of 3 classes"));
+  spec.set_meta_test(false);
+  EXPECT_TRUE(Mentions((*source)->Materialize(spec).status(), "only an evaluation episode"));
+}
+
+TEST(ImageFolderTest, AnUnreadableImageAShortClassAndAnEmptySplitAreNamed) {
+  const std::string root = TempDir("bad");
+  WriteGreySplit(root, "train", 3, 3);
+  WriteGreySplit(root, "test", 3, 3);
+  ASSERT_TRUE(TaskSource::Create(FolderTask(root)).ok());
+
+  WriteFile(root + "/test/class1/9.jpg", "not an image");
+  const auto unreadable = TaskSource::Create(FolderTask(root));
+  EXPECT_TRUE(Mentions(unreadable.status(), root + "/test/class1/9.jpg")) << unreadable.status();
+  fs::remove(root + "/test/class1/9.jpg");
+
+  fs::remove(root + "/test/class2/0.jpg");
+  fs::remove(root + "/test/class2/1.png");
+  const auto short_class = TaskSource::Create(FolderTask(root));
+  EXPECT_TRUE(Mentions(short_class.status(), "class folder " + root + "/test/class2 has 1 images; a task takes 3"))
+      << short_class.status();
+
+  fs::remove_all(root + "/test");
+  fs::create_directories(root + "/test");
+  const auto empty = TaskSource::Create(FolderTask(root));
+  EXPECT_TRUE(Mentions(empty.status(), "image folder " + root + "/test has no class folders")) << empty.status();
+}
+
+TEST(ImageFolderTest, SplitFilesInTheRavisFormatNameImagesInOneFolder) {
+  const std::string root = TempDir("csv");
+  fs::create_directories(root + "/images");
+  std::string train = "filename,label\n", test = "filename,label\r\n";
+  for (int k = 0; k < 6; ++k) {
+    for (int i = 0; i < 3; ++i) {
+      const std::string file = absl::StrCat("n", k, "_", i, ".jpg");
+      WriteJpeg(root + "/images/" + file, 10, 10, 3, {static_cast<uint8_t>(40 * k), 0, 0});
+      absl::StrAppend(k < 3 ? &train : &test, file, ",n0", 5 - k, k < 3 ? "\n" : "\r\n");
+    }
+  }
+  WriteFile(root + "/train.csv", train);
+  WriteFile(root + "/test.csv", test);
+  absl::StatusOr<std::shared_ptr<const TaskSource>> source = TaskSource::Create(FolderTask(root));
+  ASSERT_TRUE(source.ok()) << source.status();
+  EXPECT_EQ((*source)->image_channels(), 3);
+  EXPECT_EQ((*source)->num_classes(false), 3);
+  EXPECT_EQ((*source)->num_classes(true), 3);
+  EXPECT_EQ((*source)->num_validation_classes(), 0);
+
+  WriteFile(root + "/test.csv", test + "../secret.jpg,n01\n");
+  EXPECT_TRUE(Mentions(TaskSource::Create(FolderTask(root)).status(), root + "/test.csv:11: expected filename,label"));
 }
 
 }  // namespace

@@ -1,13 +1,17 @@
-// Labelled images held in memory as uint8, grouped by class. Read-only after
-// loading, so any number of threads may share one instance without locks.
+// Labelled images held as uint8, grouped by class: in this process's memory,
+// or in a file mapped read-only, which every process that maps it shares
+// (WriteFile, MapFile). Read-only after loading, so any number of threads
+// may share one instance without locks.
 #ifndef REPTILE_CORE_DATA_IMAGE_DATASET_H_
 #define REPTILE_CORE_DATA_IMAGE_DATASET_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace reptile {
 
@@ -34,13 +38,24 @@ class ImageDataset {
 
   // Bytes held by all images.
   int64_t memory_bytes() const;
+  // True if the images lie in a mapped file, shared with other processes.
+  bool mapped() const { return mapped_; }
+
+  // Writes the dataset to `path` in the form MapFile reads, whole or not at
+  // all (a temporary file of this process, renamed into place).
+  absl::Status WriteFile(const std::string& path) const;
+  // Maps a file WriteFile wrote, read-only. InvalidArgument naming the file
+  // if it is not one, or its sizes do not add up.
+  static absl::StatusOr<ImageDataset> MapFile(const std::string& path);
 
  private:
   struct ClassImages {
     std::string name;
     int count;
-    std::vector<uint8_t> pixels;
+    const uint8_t* pixels;               // count * image_bytes(), in storage
+    std::shared_ptr<const void> storage;  // a vector, or the mapping
   };
+  bool mapped_ = false;
   int channels_, height_, width_;
   std::vector<ClassImages> classes_;
 };

@@ -24,10 +24,29 @@ absl::StatusOr<ImageDataset> LoadOmniglot(const std::string& dir, int image_size
 // (training images first), 28x28 grey.
 absl::StatusOr<ImageDataset> LoadFashionMnist(const std::string& dir);
 
-// A folder of class folders of PNG images: `dir`/<class>/*.png, classes and
-// files in lexicographic order, resized to image_size x image_size.
+// A folder of class folders of PNG or JPEG images: `dir`/<class>/*.{png,jpg,
+// jpeg} (any case), classes and files in lexicographic order, decoded to
+// `channels` (1 or 3; 0: as the first image is) and resized to image_size x
+// image_size. An image that cannot be read is an error naming its path.
 absl::StatusOr<ImageDataset> LoadImageFolder(const std::string& dir, int channels,
                                              int image_size);
+
+// LoadImageFolder through a cache of the decoded images, so that the
+// processes of one machine hold one copy: the first load decodes and writes
+// <cache>/image-folder-<key>.bin, and every load maps that file read-only.
+// The key covers the folder's absolute path, each image file's name, size
+// and modification time, the channels and the size, so a changed folder is
+// decoded again. <cache>: $REPTILE_CACHE_DIR, else $XDG_CACHE_HOME/reptile,
+// else ~/.cache/reptile; where it cannot be written, the images are decoded
+// into this process's memory instead.
+absl::StatusOr<ImageDataset> LoadImageFolderShared(const std::string& dir, int channels, int image_size);
+
+// The same for a split given as a CSV file in the Ravi & Larochelle format
+// (header "filename,label", then one image a line, its file in
+// `images_dir`): classes sorted by label, each class's images in the CSV's
+// order. InvalidArgument naming the file and line of a malformed line.
+absl::StatusOr<ImageDataset> LoadImageCsvShared(const std::string& csv, const std::string& images_dir, int channels,
+                                                int image_size);
 
 }  // namespace reptile
 

@@ -76,7 +76,10 @@ std::vector<NamedTensor> MetaModel::FlatTensors() {
   return tensors;
 }
 
-int InputChannels(const TaskConfig& task) { return task.family() == IMAGE_FOLDER ? 3 : 1; }
+int InputChannels(const TaskConfig& task) {
+  if (task.image_channels() > 0) return task.image_channels();
+  return task.family() == IMAGE_FOLDER ? 3 : 1;
+}
 
 absl::StatusOr<std::shared_ptr<MetaModel>> MakeModel(const ExperimentConfig& config,
                                                      std::optional<uint64_t> seed) {

@@ -39,7 +39,8 @@ class MetaModel : public torch::nn::Module {
 absl::StatusOr<std::shared_ptr<MetaModel>> MakeModel(const ExperimentConfig& config,
                                                      std::optional<uint64_t> seed = std::nullopt);
 
-// Input channels of the task family's images (1 for grey, 3 for colour).
+// Input channels of the task's images (1 for grey, 3 for colour):
+// task.image_channels if set, else 3 for IMAGE_FOLDER and 1 for the others.
 int InputChannels(const TaskConfig& task);
 
 }  // namespace reptile

@@ -48,11 +48,17 @@ class ScriptedModel final : public MetaModel {
     module_.train(on);
   }
 
+  // Module by module (pre-order), each one's parameters and then its float32
+  // buffers: a layer's tensors lie together, and the last layer is the
+  // classifier (LayersOf, `reptile analyze`).
   std::vector<NamedTensor> FlatTensors() override {
     std::vector<NamedTensor> tensors;
-    for (const auto& p : module_.named_parameters(/*recurse=*/true)) tensors.emplace_back(p.name, p.value);
-    for (const auto& b : module_.named_buffers(/*recurse=*/true))
-      if (b.value.scalar_type() == torch::kFloat32) tensors.emplace_back(b.name, b.value);
+    for (const auto& m : module_.named_modules()) {
+      const std::string prefix = m.name.empty() ? "" : m.name + ".";
+      for (const auto& p : m.value.named_parameters(/*recurse=*/false)) tensors.emplace_back(prefix + p.name, p.value);
+      for (const auto& b : m.value.named_buffers(/*recurse=*/false))
+        if (b.value.scalar_type() == torch::kFloat32) tensors.emplace_back(prefix + b.name, b.value);
+    }
     return tensors;
   }
 

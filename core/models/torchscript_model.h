@@ -1,6 +1,6 @@
 // A user's own network, scripted or traced in Python and saved with
 // torch.jit.save, as a MetaModel. Its parameters and float32 buffers (batch
-// norm's running statistics) are theta, in the module's own order; buffers
+// norm's running statistics) are theta, submodule by submodule; buffers
 // of other types (num_batches_tracked) stay each learner's own. The graph
 // runs unoptimised (the profiling executor would compute the first calls
 // differently from the later ones), so a task's result does not depend on

@@ -57,14 +57,39 @@ absl::StatusOr<std::shared_ptr<const TaskSource>> TaskSource::Create(const TaskC
     }
     case IMAGE_FOLDER: {
       const std::filesystem::path root(config.data_dir());
-      for (const char* split : {"train", "test"}) {
+      int channels = config.image_channels();  // 0: the train split's first image decides
+      const std::pair<const char*, std::vector<ClassRef>*> splits[] = {
+          {"train", &source->train_classes_}, {"val", &source->validation_classes_}, {"test", &source->test_classes_}};
+      // Folders train/, val/ and test/, or the split files train.csv, val.csv
+      // and test.csv of images in images/; val is optional.
+      const bool csv = std::filesystem::exists(root / "train.csv");
+      for (const auto& [split, classes] : splits) {
+        const std::filesystem::path dir = csv ? root / absl::StrCat(split, ".csv") : root / split;
+        if (std::string(split) == "val" && !std::filesystem::exists(dir)) continue;
         ASSIGN_OR_RETURN(ImageDataset images,
-                         LoadImageFolder((root / split).string(), InputChannels(config), config.image_size()));
-        auto& classes = std::string(split) == "train" ? source->train_classes_ : source->test_classes_;
-        for (int c = 0; c < images.num_classes(); ++c)
-          classes.push_back({static_cast<int>(source->datasets_.size()), c, 0});
+                         csv ? LoadImageCsvShared(dir.string(), (root / "images").string(), channels,
+                                                  config.image_size())
+                             : LoadImageFolderShared(dir.string(), channels, config.image_size()));
+        channels = images.channels();
+        const int needed = std::string(split) == "train" ? config.train_shots()
+                                                         : config.eval_shots() + config.query_shots();
+        for (int c = 0; c < images.num_classes(); ++c) {
+          if (images.num_examples(c) < needed)
+            return absl::InvalidArgumentError(absl::StrCat(
+                "class ", csv ? absl::StrCat(images.class_name(c), " of ", dir.string())
+                              : absl::StrCat("folder ", (dir / images.class_name(c)).string()),
+                " has ", images.num_examples(c),
+                " images; a task takes ", needed, " from it (",
+                std::string(split) == "train" ? "task.train_shots" : "task.eval_shots + task.query_shots", ")"));
+          classes->push_back({static_cast<int>(source->datasets_.size()), c, 0});
+        }
         source->datasets_.push_back(std::move(images));
       }
+      source->image_channels_ = channels;
+      if (config.normalize_mean_size() > 0 && config.normalize_mean_size() != channels)
+        return absl::InvalidArgumentError(absl::StrCat("task.normalize_mean has ", config.normalize_mean_size(),
+                                                       " values; the images of ", config.data_dir(), " have ",
+                                                       channels, " channels"));
       break;
     }
     default:
@@ -73,7 +98,21 @@ absl::StatusOr<std::shared_ptr<const TaskSource>> TaskSource::Create(const TaskC
   if (config.family() != SINE && std::min(source->num_classes(false), source->num_classes(true)) < config.ways())
     return absl::InvalidArgumentError(absl::StrCat("dataset in ", config.data_dir(), " has fewer than task.ways=",
                                                    config.ways(), " classes in a split"));
+  if (source->num_validation_classes() > 0 && source->num_validation_classes() < config.ways())
+    return absl::InvalidArgumentError(absl::StrCat("the validation split of ", config.data_dir(), " has ",
+                                                   source->num_validation_classes(), " classes, fewer than task.ways=",
+                                                   config.ways()));
   return std::shared_ptr<const TaskSource>(std::move(source));
+}
+
+const std::vector<TaskSource::ClassRef>& TaskSource::SplitOf(const TaskSpec& spec) const {
+  if (!spec.meta_test()) return train_classes_;
+  return spec.validation() ? validation_classes_ : test_classes_;
+}
+
+const char* TaskSource::SplitName(const TaskSpec& spec) {
+  if (!spec.meta_test()) return "meta-training";
+  return spec.validation() ? "validation" : "meta-test";
 }
 
 int TaskSource::num_classes(bool meta_test) const {
@@ -101,8 +140,10 @@ absl::Status TaskSource::CheckSpec(const TaskSpec& spec) const {
       return SpecError("query_shots", absl::StrCat(spec.query_shots(), " sine points, more than ", kMaxSinePoints));
     return absl::OkStatus();
   }
-  const std::vector<ClassRef>& split = spec.meta_test() ? test_classes_ : train_classes_;
-  const char* split_name = spec.meta_test() ? "meta-test" : "meta-training";
+  if (spec.validation() && !spec.meta_test())
+    return SpecError("validation", "only an evaluation episode (meta_test) draws from the validation split");
+  const std::vector<ClassRef>& split = SplitOf(spec);
+  const char* split_name = SplitName(spec);
   if (spec.class_ids_size() < 1) return SpecError("class_ids", "names no classes");
   const int64_t per_class = int64_t{spec.support_shots()} + spec.query_shots();
   std::vector<bool> named(split.size(), false);
@@ -161,7 +202,7 @@ TaskExamples TaskSource::MaterializeSine(const TaskSpec& spec) const {
 }
 
 TaskExamples TaskSource::MaterializeImages(const TaskSpec& spec) const {
-  const std::vector<ClassRef>& split = spec.meta_test() ? test_classes_ : train_classes_;
+  const std::vector<ClassRef>& split = SplitOf(spec);
   const int ways = spec.class_ids_size();
   const int per_class = spec.support_shots() + spec.query_shots();
   const ImageDataset& any = datasets_.front();
@@ -186,7 +227,25 @@ TaskExamples TaskSource::MaterializeImages(const TaskSpec& spec) const {
       y.data_ptr<int64_t>()[row] = label;
     }
   }
+  NormalizeImages(config_, &task.support_x);
+  NormalizeImages(config_, &task.query_x);
   return task;
+}
+
+void RecordImageChannels(const TaskSource& tasks, ExperimentConfig* config) {
+  if (config->task().family() == IMAGE_FOLDER && config->task().image_channels() == 0)
+    config->mutable_task()->set_image_channels(tasks.image_channels());
+}
+
+void NormalizeImages(const TaskConfig& config, torch::Tensor* images) {
+  const int channels = config.normalize_mean_size();
+  if (channels == 0 || images->numel() == 0) return;
+  torch::NoGradGuard no_grad;
+  const torch::Tensor mean = torch::tensor(std::vector<float>(config.normalize_mean().begin(), config.normalize_mean().end()))
+                                 .view({1, channels, 1, 1});
+  const torch::Tensor std = torch::tensor(std::vector<float>(config.normalize_std().begin(), config.normalize_std().end()))
+                                .view({1, channels, 1, 1});
+  images->sub_(mean).div_(std);
 }
 
 }  // namespace reptile

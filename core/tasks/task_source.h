@@ -25,14 +25,32 @@ struct TaskExamples {
   torch::Tensor query_x, query_y;
 };
 
+// Applies task.normalize_mean and normalize_std (if given) in place to a
+// batch of images [n, channels, height, width] in [0, 1].
+void NormalizeImages(const TaskConfig& config, torch::Tensor* images);
+
+class TaskSource;
+
+// An IMAGE_FOLDER config without task.image_channels gets the channels of
+// the images `tasks` loaded: what the run's workers and checkpoint record.
+void RecordImageChannels(const TaskSource& tasks, ExperimentConfig* config);
+
 class TaskSource {
  public:
   // Loads the dataset the config names (nothing for SINE). Errors name the
-  // missing or corrupt file.
+  // missing or corrupt file, an empty split, or a class with fewer images
+  // than a task takes from it. IMAGE_FOLDER: <data_dir>/train, test and,
+  // if present, val, each a folder of class folders of PNG or JPEG images.
   static absl::StatusOr<std::shared_ptr<const TaskSource>> Create(const TaskConfig& config);
 
   // Classes a spec may name in the meta-training (false) or meta-test split.
   int num_classes(bool meta_test) const;
+  // Classes of the validation split (specs with meta_test and validation);
+  // 0 when the dataset has none.
+  int num_validation_classes() const { return static_cast<int>(validation_classes_.size()); }
+  // The channels of the images (1 for sine): task.image_channels, or as the
+  // images are when that is 0.
+  int image_channels() const { return image_channels_; }
 
   // Checks the spec before allocating anything, so that a spec from the
   // network cannot make it allocate more than the dataset holds: InvalidArgument
@@ -56,9 +74,14 @@ class TaskSource {
   TaskExamples MaterializeSine(const TaskSpec& spec) const;
   TaskExamples MaterializeImages(const TaskSpec& spec) const;
 
+  // The split a spec draws from, and its name for errors.
+  const std::vector<ClassRef>& SplitOf(const TaskSpec& spec) const;
+  static const char* SplitName(const TaskSpec& spec);
+
   TaskConfig config_;
+  int image_channels_ = 1;
   std::vector<ImageDataset> datasets_;
-  std::vector<ClassRef> train_classes_, test_classes_;
+  std::vector<ClassRef> train_classes_, validation_classes_, test_classes_;
 };
 
 }  // namespace reptile

@@ -455,6 +455,7 @@ absl::Status GrpcWorker::Run() {
     RETURN_IF_ERROR(held);
   }
   ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(config.task()));
+  RecordImageChannels(*tasks, &config);
   for (std::unique_ptr<Session>& session : sessions) {
     session->config = config;
     ASSIGN_OR_RETURN(session->learner, Learner::Create(config, tasks));

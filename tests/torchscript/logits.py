@@ -4,6 +4,7 @@ tests to compare with reptile's own numbers.
     logits.py torchscript FILE SHAPE...          torch.jit.load, then forward
     logits.py state_dict FILE WAYS SHAPE...      torch.load into reptile_models.conv_omniglot(WAYS)
     logits.py tensors FILE                       torch.load: each key, its shape and sum
+    logits.py compare FILE FILE                  two state dicts: the largest ||a - b|| / ||a|| of a tensor
 
 The input is torch.linspace(0, 1, numel).reshape(SHAPE), as the tests make
 it; the module runs in training mode (batch statistics), as reptile runs it.
@@ -26,6 +27,10 @@ def linspace_input(shape):
 
 def main(argv):
     kind, path = argv[1], argv[2]
+    if kind == "compare":
+        a, b = torch.load(path), torch.load(argv[3])
+        print(repr(max(((a[k] - b[k]).norm() / a[k].norm()).item() for k in a)))
+        return
     if kind == "tensors":
         for key, value in torch.load(path).items():
             print(key, list(value.shape), repr(float(value.double().sum())))

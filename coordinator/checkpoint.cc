@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "coordinator/atomic_file.h"
 #include "core/fingerprint.h"
@@ -83,6 +84,19 @@ absl::Status CheckConsistent(const TrainingState& state, const std::string& path
 std::string ParameterFingerprint(const torch::Tensor& parameters) {
   torch::Tensor c = parameters.contiguous();
   return ToHex(Sha256(c.data_ptr<float>(), c.numel() * sizeof(float)));
+}
+
+absl::Status CheckCheckpointFits(const ExperimentConfig& config, int64_t numel) {
+  const CarriedMoments carried = CarriedMomentsOf(config);
+  const int tensors = 1 + (carried.first && !DropsFirstMoment(config) ? 1 : 0) + (carried.second ? 1 : 0);
+  const double bytes = static_cast<double>(numel) * 4 * tensors;
+  constexpr double kLimit = 2147483647.0 - (1 << 20);  // protobuf's 2 GiB, less room for the config and layout
+  if (bytes <= kLimit) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "a model of %d parameters makes checkpoints of %.2f GiB (%d fp32 tensor%s: theta%s), over the 2 GiB a "
+      "checkpoint holds; train a smaller model%s",
+      numel, bytes / (1 << 30), tensors, tensors > 1 ? "s" : "", tensors > 1 ? " and Adam's carried moments" : "",
+      tensors > 1 ? ", or without carried Adam moments (inner.state_mode RESET)" : ""));
 }
 
 absl::Status WriteCheckpoint(const std::string& path, const TrainingState& state) {

@@ -38,6 +38,13 @@ absl::StatusOr<TrainingState> ParseCheckpoint(const std::string& file, const std
 // SHA-256 (hex) of the parameters' fp32 bytes, in flat order.
 std::string ParameterFingerprint(const torch::Tensor& parameters);
 
+// OK if the checkpoints of a run of `config` with `numel` parameters fit a
+// checkpoint file (at most 2 GiB of tensors and config: protobuf's limit);
+// else InvalidArgument saying how large they would be, so that a run too
+// large to checkpoint stops before its first round, not at its first
+// checkpoint.
+absl::Status CheckCheckpointFits(const ExperimentConfig& config, int64_t numel);
+
 }  // namespace reptile
 
 #endif  // REPTILE_COORDINATOR_CHECKPOINT_H_

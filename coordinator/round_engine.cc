@@ -79,6 +79,7 @@ absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const Experimen
   }
   ASSIGN_OR_RETURN(std::shared_ptr<MetaModel> model, MakeModel(config, config.seed()));
   FlatParameters flat(*model);
+  if (dir != nullptr) RETURN_IF_ERROR(CheckCheckpointFits(config, flat.numel()));
   engine->state_.config = config;
   engine->state_.layout = flat.layout();
   engine->state_.meta.parameters = flat.values().clone();

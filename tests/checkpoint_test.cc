@@ -251,5 +251,17 @@ TEST(RunDirectoryTest, ConfigIsReplacedAtomicallyAndReadableByOthers) {
   EXPECT_EQ(ModeOf(path + "/config.textproto"), 0644u);
 }
 
+TEST(CheckpointTest, ARunTooLargeToCheckpointIsRefusedBeforeItsFirstRound) {
+  // The demo config carries Adam's v (beta1 = 0): two tensors of 4 bytes a value.
+  const ExperimentConfig carry = testing::LoadNamedConfig("demo");
+  EXPECT_TRUE(CheckCheckpointFits(carry, 200'000'000).ok());
+  const absl::Status refused = CheckCheckpointFits(carry, 300'000'000);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused));
+  EXPECT_NE(refused.message().find("makes checkpoints of 2.24 GiB (2 fp32 tensors"), std::string::npos) << refused;
+  ExperimentConfig reset = carry;
+  reset.mutable_inner()->set_state_mode(RESET);
+  EXPECT_TRUE(CheckCheckpointFits(reset, 300'000'000).ok());
+}
+
 }  // namespace
 }  // namespace reptile

@@ -30,7 +30,7 @@ measure() {  # label workers cache_dir
     --workers "$2" task.data_dir="$images" outer.rounds=1000 eval.every_rounds=0 eval.final_episodes=0 \
     runtime.log_every_seconds=1 > "$run.out" 2> "$run.err" &
   pid=$!
-  while [ "$(grep -c '"kind":"round"' "$run/metrics.jsonl" 2> /dev/null || echo 0)" -lt "$warm" ]; do
+  while rounds=$(grep -c '"kind":"round"' "$run/metrics.jsonl" 2> /dev/null || true); [ "${rounds:-0}" -lt "$warm" ]; do
     kill -0 "$pid" 2> /dev/null || { echo "train failed:"; tail -5 "$run.err"; exit 1; }
     sleep 0.5
   done

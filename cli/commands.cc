@@ -104,9 +104,14 @@ absl::StatusOr<RunSetup> SetUpRun(const CliOptions& options) {
   RecordImageChannels(*setup.tasks, &setup.config);
   RETURN_IF_ERROR(setup.dir->KeepModel(&setup.config));
   if (setup.tasks->memory_bytes() > 0)
-    Log(absl::StrFormat("dataset: %d meta-training and %d meta-test classes, %.1f MB in memory",
-                        setup.tasks->num_classes(false), setup.tasks->num_classes(true),
-                        setup.tasks->memory_bytes() / 1e6));
+    Log(absl::StrFormat("dataset: %d meta-training%s and %d meta-test classes, %.1f MB %s",
+                        setup.tasks->num_classes(false),
+                        setup.tasks->num_validation_classes() > 0
+                            ? absl::StrCat(", ", setup.tasks->num_validation_classes(), " validation")
+                            : "",
+                        setup.tasks->num_classes(true), setup.tasks->memory_bytes() / 1e6,
+                        setup.tasks->images_shared() ? "in a cache file this machine's processes share"
+                                                     : "in memory"));
   return setup;
 }
 

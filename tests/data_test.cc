@@ -520,6 +520,10 @@ TEST(JpegReaderTest, DecodesGreyAndColourToEitherAndRefusesWhatIsNotAnImage) {
   EXPECT_EQ(cut.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(Mentions(cut.status(), dir + "/cut.jpg: ") || Mentions(cut.status(), dir + "/cut.jpg is a corrupt JPEG"))
       << cut.status();
+  // Cut inside the image data: libjpeg would pad it with grey; refused instead.
+  WriteFile(dir + "/short.jpg", whole.substr(0, whole.size() - 30));
+  EXPECT_TRUE(Mentions(ReadImageFile(dir + "/short.jpg", 3).status(), "short.jpg is a corrupt JPEG: Premature end"))
+      << ReadImageFile(dir + "/short.jpg", 3).status();
   WriteFile(dir + "/text.jpg", "hello");
   EXPECT_TRUE(Mentions(ReadImageFile(dir + "/text.jpg", 1).status(), "text.jpg is neither a PNG nor a JPEG"));
 }

@@ -7,6 +7,7 @@
 #include <iterator>
 #include <vector>
 
+#include <jerror.h>
 #include <jpeglib.h>
 #include <png.h>
 
@@ -36,7 +37,12 @@ void OnJpegError(j_common_ptr info) {
   std::longjmp(errors->jump, 1);
 }
 
-void IgnoreJpegWarning(j_common_ptr, int) {}
+// Warnings are ignored (real datasets hold files with extraneous bytes
+// before a marker), but for data that ends early: libjpeg would pad such a
+// file with grey, and a truncated image is an error.
+void OnJpegWarning(j_common_ptr info, int level) {
+  if (level == -1 && info->err->msg_code == JWRN_JPEG_EOF) OnJpegError(info);
+}
 
 absl::StatusOr<std::vector<uint8_t>> ReadBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -89,7 +95,7 @@ absl::StatusOr<DecodedImage> DecodeJpeg(const uint8_t* data, size_t size, int ch
   JpegErrors errors;
   info.err = jpeg_std_error(&errors.manager);
   errors.manager.error_exit = OnJpegError;
-  errors.manager.emit_message = IgnoreJpegWarning;
+  errors.manager.emit_message = OnJpegWarning;
   // Everything with a destructor lives here, where an error jumps back to.
   DecodedImage out;
   std::vector<uint8_t> row;
@@ -123,7 +129,7 @@ absl::StatusOr<int> ImageFileChannels(const std::string& path) {
     JpegErrors errors;
     info.err = jpeg_std_error(&errors.manager);
     errors.manager.error_exit = OnJpegError;
-    errors.manager.emit_message = IgnoreJpegWarning;
+    errors.manager.emit_message = OnJpegWarning;
     if (setjmp(errors.jump) != 0) {
       jpeg_destroy_decompress(&info);
       return absl::InvalidArgumentError(absl::StrCat(path, " is a corrupt JPEG: ", errors.message));

@@ -1,5 +1,6 @@
 #include "core/tasks/task_source.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -117,6 +118,11 @@ const char* TaskSource::SplitName(const TaskSpec& spec) {
 
 int TaskSource::num_classes(bool meta_test) const {
   return static_cast<int>((meta_test ? test_classes_ : train_classes_).size());
+}
+
+bool TaskSource::images_shared() const {
+  return !datasets_.empty() &&
+         std::all_of(datasets_.begin(), datasets_.end(), [](const ImageDataset& d) { return d.mapped(); });
 }
 
 int64_t TaskSource::memory_bytes() const {

@@ -61,6 +61,8 @@ class TaskSource {
 
   // Bytes of decoded images held.
   int64_t memory_bytes() const;
+  // True if they lie in a cache file that other processes map too.
+  bool images_shared() const;
 
  private:
   struct ClassRef {

@@ -366,6 +366,17 @@ TEST(CliTest, AdaptLabelsAUsersImages) {
   }
   EXPECT_GE(correct, 2) << adapt.output;
 
+  // --out: the adapted model as a state dict PyTorch loads, theta moved by the adaptation.
+  Result adapted = RunReptile(absl::StrCat("adapt --run_dir ", dir, " --support_dir ", support, " --query_dir ", query,
+                                           " --out ", dir, "/adapted.pt"));
+  ASSERT_EQ(adapted.exit_code, 0) << adapted.output;
+  EXPECT_THAT(adapted.output, HasSubstr("wrote the adapted model to " + dir + "/adapted.pt"));
+  ASSERT_EQ(RunReptile(absl::StrCat("export --run_dir ", dir, " --out ", dir, "/theta.pt")).exit_code, 0);
+  Result moved = testing::Shell(absl::StrCat("/usr/bin/python3 tests/torchscript/logits.py compare ", dir, "/theta.pt ",
+                                             dir, "/adapted.pt"));
+  ASSERT_EQ(moved.exit_code, 0) << moved.output;
+  EXPECT_GT(std::stod(moved.output), 1e-4) << "adaptation should move theta";
+
   Result no_images = RunReptile(absl::StrCat("adapt --run_dir ", dir, " --support_dir ", support, " --query_dir ", dir));
   EXPECT_EQ(no_images.exit_code, 1);
   EXPECT_THAT(no_images.output, HasSubstr("no .png or .jpg files"));

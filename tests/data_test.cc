@@ -594,6 +594,46 @@ TEST(ImageFolderTest, AGreySetKeepsOneChannelAndEvaluationsDrawFromItsValidation
   EXPECT_TRUE(Mentions((*source)->Materialize(spec).status(), "only an evaluation episode"));
 }
 
+TEST(ImageFolderTest, DecodedImagesAreCachedOnceAndDecodedAgainWhenAFileChanges) {
+  const std::string root = TempDir("cached");
+  WriteGreySplit(root, "train", 3, 3);
+  WriteGreySplit(root, "test", 3, 3);
+  const TaskConfig task = FolderTask(root);
+  auto cache_files = [&root] {
+    int files = 0;
+    for (const auto& entry : fs::directory_iterator(root + "_cache")) files += entry.path().extension() == ".bin";
+    return files;
+  };
+  auto first_image = [&](const TaskSource& source) {
+    TaskSpec spec;
+    spec.set_family(IMAGE_FOLDER);
+    spec.set_meta_test(true);
+    spec.set_support_shots(3);
+    spec.set_query_shots(0);
+    for (int c : {0, 1, 2}) spec.add_class_ids(c);
+    return source.Materialize(spec)->support_x[0].mean().item<float>();
+  };
+  absl::StatusOr<std::shared_ptr<const TaskSource>> decoded = TaskSource::Create(task);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_TRUE((*decoded)->images_shared());
+  EXPECT_EQ(cache_files(), 2);  // train and test
+  absl::StatusOr<std::shared_ptr<const TaskSource>> mapped = TaskSource::Create(task);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  EXPECT_EQ(cache_files(), 2);
+  EXPECT_EQ(first_image(**mapped), first_image(**decoded));
+  // Every image of test/class0 made white: decoded again, into a new file.
+  for (const auto& entry : fs::directory_iterator(root + "/test/class0")) {
+    if (entry.path().extension() == ".jpg") WriteJpeg(entry.path().string(), 12, 12, 1, {255});
+    if (entry.path().extension() == ".png")
+      WritePng(entry.path().string(), 12, 8, PNG_COLOR_TYPE_GRAY,
+               std::vector<std::vector<uint8_t>>(12, std::vector<uint8_t>(12, 255)));
+  }
+  absl::StatusOr<std::shared_ptr<const TaskSource>> changed = TaskSource::Create(task);
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  EXPECT_EQ(cache_files(), 3);
+  EXPECT_NEAR(first_image(**changed), 1.0, 0.01);
+}
+
 TEST(ImageFolderTest, AnUnreadableImageAShortClassAndAnEmptySplitAreNamed) {
   const std::string root = TempDir("bad");
   WriteGreySplit(root, "train", 3, 3);

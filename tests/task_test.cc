@@ -57,6 +57,23 @@ TEST(TaskSamplerTest, ItemsDependOnlyOnRoundAndSeed) {
   EXPECT_NE(TaskSampler(config, 4800, 423).TrainingItems(3)[0].tasks[0].seed(), round3[0].tasks[0].seed());
 }
 
+TEST(TaskSamplerTest, EvaluationsDuringTrainingDrawFromTheValidationSplitWhereThereIsOne) {
+  const ExperimentConfig config = LoadNamedConfig("omniglot_5w1s");
+  const TaskSampler with_validation(config, 64, 20, 16), without(config, 64, 20);
+  for (const WorkItem& item : with_validation.EvaluationItems(30, /*validation=*/true)) {
+    const TaskSpec& spec = item.tasks.at(0);
+    EXPECT_TRUE(spec.meta_test() && spec.validation());
+    for (int id : spec.class_ids()) EXPECT_LT(id, 16);
+  }
+  for (const WorkItem& item : with_validation.EvaluationItems(3, /*validation=*/false))
+    EXPECT_FALSE(item.tasks.at(0).validation());
+  // No validation split: the meta-test split, the same episodes as ever.
+  const std::vector<WorkItem> fallback = without.EvaluationItems(3, /*validation=*/true);
+  const std::vector<WorkItem> test = without.EvaluationItems(3);
+  for (size_t e = 0; e < test.size(); ++e)
+    EXPECT_EQ(fallback[e].tasks.at(0).SerializeAsString(), test[e].tasks.at(0).SerializeAsString());
+}
+
 TEST(TaskSourceTest, SineTasksFollowTheirSpec) {
   ExperimentConfig config = LoadNamedConfig("sine");
   auto source = TaskSource::Create(config.task());

@@ -545,9 +545,10 @@ void WriteGreySplit(const std::string& root, const std::string& split, int class
   }
 }
 
-// An IMAGE_FOLDER task on `root`, its decoded images cached in the test's
-// own folder.
+// An IMAGE_FOLDER task on `root`, its decoded images cached in a folder of
+// the test's own, empty at first.
 TaskConfig FolderTask(const std::string& root) {
+  fs::remove_all(root + "_cache");
   setenv("REPTILE_CACHE_DIR", (root + "_cache").c_str(), 1);
   TaskConfig task;
   task.set_family(IMAGE_FOLDER);

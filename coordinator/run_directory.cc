@@ -42,7 +42,7 @@ absl::Status RunDirectory::KeepModel(ExperimentConfig* config) {
   if (config->model().arch() != TORCHSCRIPT) return absl::OkStatus();
   ASSIGN_OR_RETURN(std::shared_ptr<const std::string> bytes, TorchScriptBytes(*config));
   // Checked where the user put it, so that errors name their file.
-  RETURN_IF_ERROR(LoadTorchScriptModel(*bytes, config->model().torchscript_file(), *config).status());
+  RETURN_IF_ERROR(LoadTorchScriptModel(bytes, config->model().torchscript_file(), *config).status());
   const std::string digest = TorchScriptDigest(*bytes);
   const std::string kept = model_path();
   if (std::filesystem::exists(kept)) {

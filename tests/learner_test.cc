@@ -78,7 +78,8 @@ TEST(ModelTest, ShapesOfThePapersNetworks) {
   EXPECT_EQ((*sine)->parameters().size(), 6u);
 }
 
-// The fused batch norm + ReLU against LibTorch's own, values and gradients.
+// The fused batch norm + ReLU against LibTorch's own: values, gradients and
+// the running statistics it moves.
 TEST(ModelTest, BatchNormReluMatchesLibTorch) {
   torch::manual_seed(7);
   for (const std::vector<int64_t>& shape : {std::vector<int64_t>{10, 64, 14, 14}, {5, 3, 2, 2}, {4, 6, 1, 1}}) {
@@ -87,14 +88,15 @@ TEST(ModelTest, BatchNormReluMatchesLibTorch) {
     const torch::Tensor upstream = torch::randn(shape);
     auto run = [&](bool fused) {
       torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
-      torch::Tensor y = fused ? BatchNormRelu(x, w, b, 1e-5)
-                              : torch::relu(torch::batch_norm(x, w, b, {}, {}, true, 0.1, 1e-5, false));
+      torch::Tensor mean = torch::full({shape[1]}, 0.5), var = torch::full({shape[1]}, 2.0);
+      torch::Tensor y = fused ? BatchNormRelu(x, w, b, 1e-5, mean, var, 0.1)
+                              : torch::relu(torch::batch_norm(x, w, b, mean, var, true, 0.1, 1e-5, false));
       (y * upstream).sum().backward();
-      return std::vector<torch::Tensor>{y, x.grad(), w.grad(), b.grad()};
+      return std::vector<torch::Tensor>{y, x.grad(), w.grad(), b.grad(), mean, var};
     };
     const auto fused = run(true), reference = run(false);
-    const char* names[] = {"output", "grad x", "grad weight", "grad bias"};
-    for (int i = 0; i < 4; ++i)
+    const char* names[] = {"output", "grad x", "grad weight", "grad bias", "running mean", "running var"};
+    for (int i = 0; i < 6; ++i)
       EXPECT_TRUE(torch::allclose(fused[i], reference[i], 1e-4, 1e-4))
           << names[i] << " of " << shape[0] << "x" << shape[1] << ": max difference "
           << (fused[i] - reference[i]).abs().max().item<float>();

@@ -15,7 +15,9 @@ class BatchNormReluFunction : public torch::autograd::Function<BatchNormReluFunc
   // Saves x, the output (its sign is ReLU's mask), and per channel the mean
   // and 1 / sqrt(var + epsilon).
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input, const torch::Tensor& weight,
-                               const torch::Tensor& bias, double epsilon) {
+                               const torch::Tensor& bias, double epsilon,
+                               const c10::optional<torch::Tensor>& running_mean,
+                               const c10::optional<torch::Tensor>& running_var, double momentum) {
     const torch::Tensor x = input.contiguous();
     const int64_t batch = x.size(0), channels = x.size(1), plane = x.numel() / (batch * channels);
     const double count = static_cast<double>(batch * plane);
@@ -28,6 +30,8 @@ class BatchNormReluFunction : public torch::autograd::Function<BatchNormReluFunc
     const float* beta = b.data_ptr<float>();
     float* means = mean.data_ptr<float>();
     float* inverse_stds = inverse_std.data_ptr<float>();
+    float* moving_mean = running_mean.has_value() ? running_mean->data_ptr<float>() : nullptr;
+    float* moving_var = running_var.has_value() ? running_var->data_ptr<float>() : nullptr;
     for (int64_t c = 0; c < channels; ++c) {
       // Float sums per plane (vectorized), added up in double.
       double sum = 0;
@@ -46,6 +50,10 @@ class BatchNormReluFunction : public torch::autograd::Function<BatchNormReluFunc
         squares += partial;
       }
       const float inv = static_cast<float>(1.0 / std::sqrt(squares / count + epsilon));
+      if (moving_mean != nullptr) {
+        moving_mean[c] = static_cast<float>((1 - momentum) * moving_mean[c] + momentum * mu);
+        moving_var[c] = static_cast<float>((1 - momentum) * moving_var[c] + momentum * squares / (count - 1));
+      }
       means[c] = mu;
       inverse_stds[c] = inv;
       const float scale = gamma[c] * inv;
@@ -106,15 +114,18 @@ class BatchNormReluFunction : public torch::autograd::Function<BatchNormReluFunc
         }
       }
     }
-    return {grad_input, grad_weight, grad_bias, torch::Tensor()};
+    return {grad_input, grad_weight, grad_bias, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
 torch::Tensor BatchNormRelu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                            double epsilon) {
-  return BatchNormReluFunction::apply(x, weight, bias, epsilon);
+                            double epsilon, const torch::Tensor& running_mean, const torch::Tensor& running_var,
+                            double momentum) {
+  // Optional, not undefined, tensors: autograd takes neither for inputs.
+  auto optional = [](const torch::Tensor& t) { return t.defined() ? c10::make_optional(t) : c10::nullopt; };
+  return BatchNormReluFunction::apply(x, weight, bias, epsilon, optional(running_mean), optional(running_var), momentum);
 }
 
 }  // namespace reptile

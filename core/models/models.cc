@@ -85,7 +85,7 @@ absl::StatusOr<std::shared_ptr<MetaModel>> MakeModel(const ExperimentConfig& con
                                                      std::optional<uint64_t> seed) {
   if (config.model().arch() == TORCHSCRIPT) {
     ASSIGN_OR_RETURN(std::shared_ptr<const std::string> bytes, TorchScriptBytes(config));
-    return LoadTorchScriptModel(*bytes, config.model().torchscript_file(), config);
+    return LoadTorchScriptModel(bytes, config.model().torchscript_file(), config);
   }
   static std::mutex global_generator;
   std::lock_guard<std::mutex> lock(global_generator);

@@ -6,12 +6,17 @@
 #include <sstream>
 #include <utility>
 
+#include <torch/csrc/jit/passes/constant_propagation.h>
+#include <torch/csrc/jit/passes/inliner.h>
+#include <torch/csrc/jit/passes/subgraph_rewrite.h>
 #include <torch/csrc/jit/python/update_graph_executor_opt.h>
+#include <torch/library.h>
 #include <torch/script.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/fingerprint.h"
+#include "core/models/batch_norm_relu.h"
 
 namespace reptile {
 namespace {
@@ -27,9 +32,95 @@ std::string OneLine(const std::exception& e) {
 
 std::string Shape(const torch::Tensor& t) { return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]"); }
 
+// relu(torch.batch_norm(...)) for a module's rewritten forward: the fused
+// kernel of the built-in networks where it applies (training mode, affine,
+// float32), LibTorch's two operations elsewhere.
+torch::Tensor BatchNormReluOp(const torch::Tensor& input, const c10::optional<torch::Tensor>& weight,
+                              const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& running_mean,
+                              const c10::optional<torch::Tensor>& running_var, bool training, double momentum,
+                              double epsilon, bool cudnn_enabled) {
+  auto float32 = [](const c10::optional<torch::Tensor>& t) {
+    return t.has_value() && t->defined() && t->scalar_type() == torch::kFloat32 && t->is_contiguous();
+  };
+  const bool running = float32(running_mean) && float32(running_var);
+  const bool no_running = !(running_mean.has_value() && running_mean->defined()) &&
+                          !(running_var.has_value() && running_var->defined());
+  if (training && input.scalar_type() == torch::kFloat32 && input.dim() >= 2 && float32(weight) && float32(bias) &&
+      (running || no_running)) {
+    return BatchNormRelu(input, *weight, *bias, epsilon, running ? *running_mean : torch::Tensor(),
+                         running ? *running_var : torch::Tensor(), momentum);
+  }
+  return torch::relu(
+      torch::batch_norm(input, weight, bias, running_mean, running_var, training, momentum, epsilon, cudnn_enabled));
+}
+
+TORCH_LIBRARY(reptile, library) {
+  library.def(
+      "batch_norm_relu(Tensor input, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
+      "bool training, float momentum, float eps, bool cudnn_enabled) -> Tensor",
+      &BatchNormReluOp);
+}
+
+bool HasCalls(const torch::jit::Block& block) {
+  for (const torch::jit::Node* node : block.nodes()) {
+    if (node->kind() == c10::prim::CallFunction || node->kind() == c10::prim::CallMethod) return true;
+    for (const torch::jit::Block* inner : node->blocks())
+      if (HasCalls(*inner)) return true;
+  }
+  return false;
+}
+
+// Rewrites `module`'s forward, with every call inlined, so that each batch
+// norm whose only use is a ReLU runs as reptile::batch_norm_relu. Before the
+// first forward: the interpreter plans a graph once.
+void FuseBatchNormRelu(torch::jit::Module& module) {
+  std::shared_ptr<torch::jit::Graph> graph = module.get_method("forward").graph();
+  // One level of calls a pass: unoptimised, a callee's graph comes as written.
+  for (int depth = 0; depth < 64 && HasCalls(*graph->block()); ++depth) torch::jit::Inline(*graph);
+  torch::jit::ConstantPropagation(graph);  // F.relu's `if inplace:` branch, decided
+  const std::string fused = R"(
+graph(%x, %w, %b, %mean, %var, %training, %momentum, %eps, %cudnn):
+  %r = reptile::batch_norm_relu(%x, %w, %b, %mean, %var, %training, %momentum, %eps, %cudnn)
+  return (%r))";
+  torch::jit::SubgraphRewriter rewriter;
+  for (const char* relu : {"aten::relu", "aten::relu_"}) {
+    rewriter.RegisterRewritePattern(absl::StrCat(R"(
+graph(%x, %w, %b, %mean, %var, %training, %momentum, %eps, %cudnn):
+  %y = aten::batch_norm(%x, %w, %b, %mean, %var, %training, %momentum, %eps, %cudnn)
+  %r = )", relu, R"((%y)
+  return (%r))"),
+                                    fused);
+  }
+  rewriter.runOnGraph(graph);
+}
+
+// Module by module (pre-order), each one's parameters and then its float32
+// buffers: a layer's tensors lie together, and the last layer is the
+// classifier (LayersOf, `reptile analyze`).
+std::vector<NamedTensor> FlatTensorsOf(const torch::jit::Module& module) {
+  std::vector<NamedTensor> tensors;
+  for (const auto& m : module.named_modules()) {
+    const std::string prefix = m.name.empty() ? "" : m.name + ".";
+    for (const auto& p : m.value.named_parameters(/*recurse=*/false)) tensors.emplace_back(prefix + p.name, p.value);
+    for (const auto& b : m.value.named_buffers(/*recurse=*/false))
+      if (b.value.scalar_type() == torch::kFloat32) tensors.emplace_back(prefix + b.name, b.value);
+  }
+  return tensors;
+}
+
+torch::jit::Module Load(const std::string& bytes) {
+  std::istringstream in(bytes);
+  return torch::jit::load(in, torch::kCPU);
+}
+
+// `module` runs with its forward rewritten (FuseBatchNormRelu); `bytes` is
+// the file it came from, what Save writes back with theta's values.
 class ScriptedModel final : public MetaModel {
  public:
-  explicit ScriptedModel(torch::jit::Module module) : module_(std::move(module)) { train(true); }
+  ScriptedModel(torch::jit::Module module, std::shared_ptr<const std::string> bytes)
+      : module_(std::move(module)), bytes_(std::move(bytes)) {
+    train(true);
+  }
 
   // The interpreter throws std::runtime_error; callers catch c10::Error.
   torch::Tensor forward(torch::Tensor input) override {
@@ -48,24 +139,26 @@ class ScriptedModel final : public MetaModel {
     module_.train(on);
   }
 
-  // Module by module (pre-order), each one's parameters and then its float32
-  // buffers: a layer's tensors lie together, and the last layer is the
-  // classifier (LayersOf, `reptile analyze`).
-  std::vector<NamedTensor> FlatTensors() override {
-    std::vector<NamedTensor> tensors;
-    for (const auto& m : module_.named_modules()) {
-      const std::string prefix = m.name.empty() ? "" : m.name + ".";
-      for (const auto& p : m.value.named_parameters(/*recurse=*/false)) tensors.emplace_back(prefix + p.name, p.value);
-      for (const auto& b : m.value.named_buffers(/*recurse=*/false))
-        if (b.value.scalar_type() == torch::kFloat32) tensors.emplace_back(prefix + b.name, b.value);
-    }
-    return tensors;
-  }
+  std::vector<NamedTensor> FlatTensors() override { return FlatTensorsOf(module_); }
 
-  torch::jit::Module& module() { return module_; }
+  // The module as loaded from its file, holding the values of this one's
+  // tensors, each in a storage of its own.
+  void Save(const std::string& path) {
+    torch::jit::Module saved = Load(*bytes_);
+    std::vector<NamedTensor> values = FlatTensors();
+    std::vector<NamedTensor> targets = FlatTensorsOf(saved);
+    TORCH_CHECK(values.size() == targets.size(), "the model file lays out other tensors");
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < values.size(); ++i) {
+      TORCH_CHECK(values[i].first == targets[i].first, "the model file lays out other tensors");
+      targets[i].second.copy_(values[i].second);
+    }
+    saved.save(path);
+  }
 
  private:
   torch::jit::Module module_;
+  std::shared_ptr<const std::string> bytes_;
 };
 
 // A batch of two inputs of the task's shape (not drawn at random: the
@@ -162,21 +255,22 @@ absl::StatusOr<std::shared_ptr<const std::string>> TorchScriptBytes(const Experi
   return bytes;
 }
 
-absl::StatusOr<std::shared_ptr<MetaModel>> LoadTorchScriptModel(const std::string& bytes, const std::string& source,
+absl::StatusOr<std::shared_ptr<MetaModel>> LoadTorchScriptModel(std::shared_ptr<const std::string> bytes,
+                                                               const std::string& source,
                                                                const ExperimentConfig& config) {
   torch::jit::setGraphExecutorOptimize(false);  // for the probe below; a per-thread setting
   torch::jit::Module module;
   try {
-    std::istringstream in(bytes);
-    module = torch::jit::load(in, torch::kCPU);
+    module = Load(*bytes);
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": not a TorchScript module (save one with torch.jit.save): ", OneLine(e)));
   }
   try {
+    FuseBatchNormRelu(module);
     absl::Status checked = CheckModule(module, source, config.task());
     if (!checked.ok()) return checked;
-    return std::shared_ptr<MetaModel>(std::make_shared<ScriptedModel>(std::move(module)));
+    return std::shared_ptr<MetaModel>(std::make_shared<ScriptedModel>(std::move(module), std::move(bytes)));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", OneLine(e)));
   }
@@ -186,10 +280,7 @@ absl::Status SaveTorchScriptModel(MetaModel& model, const std::string& path) {
   auto* scripted = dynamic_cast<ScriptedModel*>(&model);
   if (scripted == nullptr) return absl::InvalidArgumentError("not a TorchScript model");
   try {
-    // Each tensor its own storage, not a view of theta: the file then holds
-    // each once, and loads as separate tensors.
-    for (NamedTensor& t : scripted->FlatTensors()) t.second.set_data(t.second.detach().clone());
-    scripted->module().save(path);
+    scripted->Save(path);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("cannot write ", path, ": ", OneLine(e)));
   }

@@ -4,8 +4,10 @@
 // of other types (num_batches_tracked) stay each learner's own. The graph
 // runs unoptimised (the profiling executor would compute the first calls
 // differently from the later ones), so a task's result does not depend on
-// what its learner ran before. Not thread-safe: one model per learner, as
-// for the built-in networks.
+// what its learner ran before. Each training-mode batch norm followed by a
+// ReLU runs as the built-in networks' fused kernel (BatchNormRelu), so a
+// TorchScript copy of a built-in network computes the same bits. Not
+// thread-safe: one model per learner, as for the built-in networks.
 #ifndef REPTILE_CORE_MODELS_TORCHSCRIPT_MODEL_H_
 #define REPTILE_CORE_MODELS_TORCHSCRIPT_MODEL_H_
 
@@ -39,12 +41,13 @@ absl::StatusOr<std::shared_ptr<const std::string>> TorchScriptBytes(const Experi
 // at least one parameter, every parameter float32, and a forward that maps a
 // batch of the task's inputs to float32 [batch, ways] logits ([batch, 1] for
 // sine). InvalidArgument naming `source` and what is wrong.
-absl::StatusOr<std::shared_ptr<MetaModel>> LoadTorchScriptModel(const std::string& bytes, const std::string& source,
+absl::StatusOr<std::shared_ptr<MetaModel>> LoadTorchScriptModel(std::shared_ptr<const std::string> bytes,
+                                                               const std::string& source,
                                                                const ExperimentConfig& config);
 
-// Writes `model` (made by LoadTorchScriptModel) with the values its tensors
-// hold now to `path`, in the format torch.jit.load reads. The model's
-// tensors no longer lie in a FlatParameters' buffers afterwards.
+// Writes the module of `model` (made by LoadTorchScriptModel), as its file
+// defines it, with the values its tensors hold now to `path`, in the format
+// torch.jit.load reads.
 absl::Status SaveTorchScriptModel(MetaModel& model, const std::string& path);
 
 }  // namespace reptile

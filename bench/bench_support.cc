@@ -24,7 +24,7 @@
 #include "core/models/models.h"
 #include "transport/grpc/coordinator_client.h"
 #include "transport/grpc/grpc_transport.h"
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/tensor_stream.h"
 
 namespace reptile {
 namespace {

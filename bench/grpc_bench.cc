@@ -58,7 +58,7 @@
 #include "transport/grpc/coordinator_client.h"
 #include "transport/grpc/grpc_transport.h"
 #include "transport/grpc/security.h"
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/tensor_stream.h"
 #include "transport/local/local_transport.h"
 
 namespace reptile {

@@ -236,8 +236,8 @@ absl::Status TrainCommand(const CliOptions& options) {
     return TrainOn(options, setup, transport.get()).status();
   }
   if (setup.config.runtime().local_workers() == PROCESSES) {
-    // Worker processes coordinated through files on tmpfs in a folder only
-    // this user can enter.
+    // Worker processes coordinated through shared memory linked from a
+    // folder only this user can enter; only this process's children count.
     ASSIGN_OR_RETURN(PrivateFolder folder, PrivateFolder::Create());
     ASSIGN_OR_RETURN(std::unique_ptr<SharedMemoryTransport> transport,
                      SharedMemoryTransport::Create(setup.config, folder.path(), Log));
@@ -246,7 +246,9 @@ absl::Status TrainCommand(const CliOptions& options) {
     ASSIGN_OR_RETURN(std::unique_ptr<WorkerProcesses> processes,
                      WorkerProcesses::Start(workers, {"--shared_memory", transport->board_path()}, {}, Log,
                                             [raw_transport](const std::string& why) { raw_transport->Interrupt(why); }));
+    transport->TrustOnlyChildren([raw_processes = processes.get()](pid_t pid) { return raw_processes->OpenPidfd(pid); });
     absl::StatusOr<bool> finished = TrainOn(options, setup, transport.get(), /*live_stats=*/true);
+    processes->Finish();
     transport->Finish();
     return finished.status();
   }
@@ -271,6 +273,7 @@ absl::Status TrainCommand(const CliOptions& options) {
                                           {absl::StrCat("REPTILE_TOKEN=", transport_options.token)}, Log,
                                           [raw_transport](const std::string& why) { raw_transport->Interrupt(why); }));
   absl::StatusOr<bool> finished = TrainOn(options, setup, transport.get(), /*live_stats=*/true);
+  processes->Finish();
   transport->Finish(absl::Seconds(3));  // the worker processes go either way
   return finished.status();
 }
@@ -369,7 +372,7 @@ absl::Status WorkerCommand(const CliOptions& options) {
   worker_options.log = [name = worker_options.name](const std::string& line) { Log(absl::StrCat("worker ", name, ": ", line)); };
   GrpcWorker worker(worker_options);
   std::unique_ptr<MetricsServer> metrics_server;  // goes before `worker`
-  std::shared_ptr<WorkerMetrics> metrics = std::make_shared<WorkerMetrics>(&worker);
+  std::shared_ptr<WorkerMetrics> metrics = std::make_shared<WorkerMetrics>([&worker] { return worker.stats(); });
   if (!options.metrics_listen.empty()) {
     ASSIGN_OR_RETURN(metrics_server, MetricsServer::Start(options.metrics_listen));
     metrics_server->Register(metrics);

@@ -2,9 +2,11 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -87,7 +89,7 @@ void WorkerProcesses::Watch() {
     for (pid_t& pid : pids_) {
       int status = 0;
       if (pid <= 0 || waitpid(pid, &status, WNOHANG) != pid) continue;
-      if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {  // told that the run is over
+      if (finishing_ && WIFEXITED(status) && WEXITSTATUS(status) == 0) {  // told that the run is over
         pid = -1;
         continue;
       }
@@ -105,6 +107,17 @@ void WorkerProcesses::Watch() {
       pid = replacement.ok() ? *replacement : -1;
     }
   }
+}
+
+void WorkerProcesses::Finish() {
+  absl::MutexLock lock(&mu_);
+  finishing_ = true;
+}
+
+int WorkerProcesses::OpenPidfd(pid_t pid) {
+  absl::MutexLock lock(&mu_);  // Watch() reaps and replaces under it
+  if (pid <= 0 || std::find(pids_.begin(), pids_.end(), pid) == pids_.end()) return -1;
+  return static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
 }
 
 WorkerProcesses::~WorkerProcesses() {

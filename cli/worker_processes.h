@@ -1,7 +1,7 @@
 // The worker processes of a local `reptile train`: each runs `reptile worker`
 // with the arguments it is given (the coordinator's socket, or its shared
-// board). A worker that dies is started
-// again; if they keep dying, the run is given up with the reason. All are
+// board). A worker that ends before Finish() (dies, or leaves) is started
+// again; if they keep ending, the run is given up with the reason. All are
 // stopped (SIGTERM, then SIGKILL) when this object goes away, and they end
 // with the parent if it dies.
 #ifndef REPTILE_CLI_WORKER_PROCESSES_H_
@@ -31,6 +31,13 @@ class WorkerProcesses {
                                                                 std::function<void(const std::string&)> give_up);
   ~WorkerProcesses();
   WorkerProcesses(const WorkerProcesses&) = delete;
+  // The run is over: workers that leave from now on (exit 0) are not
+  // replaced.
+  void Finish();
+  // A pidfd for `pid` if it is one of these worker processes (alive, or
+  // ended and not yet reaped, so the pid is not yet anyone else's), else -1.
+  // Thread-safe.
+  int OpenPidfd(pid_t pid);
   WorkerProcesses& operator=(const WorkerProcesses&) = delete;
 
  private:
@@ -45,6 +52,7 @@ class WorkerProcesses {
   std::vector<pid_t> pids_ ABSL_GUARDED_BY(mu_);
   int restarts_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   std::thread watcher_;
 };
 

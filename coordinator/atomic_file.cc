@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <filesystem>
 
@@ -47,7 +48,9 @@ absl::Status SyncDirectory(const std::string& dir) {
 }  // namespace
 
 absl::Status WriteFileAtomically(const std::string& path, const std::vector<absl::string_view>& pieces, mode_t mode) {
-  const std::string temp = path + ".tmp";
+  // A name of this write's own: two writers never rename each other's file.
+  static std::atomic<uint64_t> writes{0};
+  const std::string temp = absl::StrCat(path, kTemporarySuffix, ::getpid(), "-", writes.fetch_add(1));
   absl::Status status = WriteAndSync(temp, pieces, mode);
   if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0)
     status = ErrnoError("cannot rename", absl::StrCat(temp, " to ", path));

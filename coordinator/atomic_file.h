@@ -2,7 +2,8 @@
 // contents or the new, never a mix: the new contents go to a temporary file
 // beside it, which is fsynced, renamed over the target, and then the
 // directory is fsynced so that the rename itself is on disk once this returns.
-// Not safe for two writers of one path at once.
+// Each write's temporary file has a name of its own (<path>.tmp-<pid>-<n>),
+// so two writers of one path leave one's whole file or the other's.
 #ifndef REPTILE_COORDINATOR_ATOMIC_FILE_H_
 #define REPTILE_COORDINATOR_ATOMIC_FILE_H_
 
@@ -16,10 +17,13 @@
 
 namespace reptile {
 
+// What temporary files' names hold after their target's: a crash leaves
+// them behind, and the run directory's holder removes them.
+inline constexpr absl::string_view kTemporarySuffix = ".tmp-";
+
 // Writes the concatenation of `pieces` to `path`, created with `mode` less
-// the umask (a leftover <path>.tmp is removed first, so its mode does not
-// carry over). On failure `path` is untouched and the error names the file
-// and the system's reason.
+// the umask. On failure `path` is untouched and the error names the file and
+// the system's reason.
 absl::Status WriteFileAtomically(const std::string& path, const std::vector<absl::string_view>& pieces, mode_t mode);
 
 }  // namespace reptile

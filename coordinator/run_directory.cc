@@ -1,10 +1,18 @@
 #include "coordinator/run_directory.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "coordinator/atomic_file.h"
 #include "core/config.h"
 #include "core/models/torchscript_model.h"
@@ -17,16 +25,53 @@ namespace {
 // them (the umask applies).
 constexpr mode_t kPlainFileMode = 0666;
 
+// Takes the run directory's lock for this process, or says who holds it.
+// The lock file holds "pid <pid> on <host> since <time>".
+absl::StatusOr<int> Lock(const std::string& path) {
+  const std::string lock_path = path + "/lock";
+  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open ", lock_path));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    char holder[256] = {0};
+    const ssize_t n = ::pread(fd, holder, sizeof(holder) - 1, 0);
+    ::close(fd);
+    if (error != EWOULDBLOCK) return absl::ErrnoToStatus(error, absl::StrCat("cannot lock ", lock_path));
+    std::string who(holder, n > 0 ? static_cast<size_t>(n) : 0);
+    while (!who.empty() && (who.back() == '\n' || who.back() == '\0')) who.pop_back();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "run directory ", path, " is in use by another process (", who.empty() ? "unknown" : who,
+        "); stop it, or give this run another --run_dir"));
+  }
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  const std::string me = absl::StrCat("pid ", ::getpid(), " on ", host, " since ",
+                                      absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::Now(), absl::UTCTimeZone()), "\n");
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
+    const int error = errno;
+    ::close(fd);
+    return absl::ErrnoToStatus(error, absl::StrCat("cannot write ", lock_path));
+  }
+  return fd;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RunDirectory>> RunDirectory::Open(const std::string& path) {
   std::error_code error;
   std::filesystem::create_directories(path, error);
   if (error) return absl::PermissionDeniedError(absl::StrCat("cannot create run directory ", path, ": ", error.message()));
-  std::unique_ptr<RunDirectory> dir(new RunDirectory(path));
+  ASSIGN_OR_RETURN(const int lock_fd, Lock(path));
+  std::unique_ptr<RunDirectory> dir(new RunDirectory(path, lock_fd));
+  // Only the holder writes here, so a temporary file now is a crash's.
+  for (const auto& entry : std::filesystem::directory_iterator(path, error))
+    if (absl::StrContains(entry.path().filename().string(), kTemporarySuffix))
+      std::filesystem::remove(entry.path(), error);
   if (!std::ofstream(path + "/metrics.jsonl", std::ios::app)) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path, "/metrics.jsonl"));
   return dir;
 }
+
+RunDirectory::~RunDirectory() { ::close(lock_fd_); }
 
 bool RunDirectory::has_checkpoint() const { return std::filesystem::exists(checkpoint_path()); }
 

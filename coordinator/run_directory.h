@@ -3,7 +3,9 @@
 // rounds, evaluations, the final evaluation) and, for a TORCHSCRIPT model,
 // model.pt (the run's own copy of the module). Files that are rewritten are
 // replaced atomically and durably (coordinator/atomic_file.h); metrics lines
-// are appended. Not thread-safe.
+// are appended. One process at a time holds a run directory: it keeps an
+// exclusive lock on its `lock` file, which names the holder. Not
+// thread-safe.
 #ifndef REPTILE_COORDINATOR_RUN_DIRECTORY_H_
 #define REPTILE_COORDINATOR_RUN_DIRECTORY_H_
 
@@ -18,8 +20,13 @@ namespace reptile {
 
 class RunDirectory {
  public:
-  // Creates the folder if needed.
+  // Creates the folder if needed and locks it, then removes the temporary
+  // files a crashed holder left. FailedPrecondition naming the holder (pid,
+  // host, start time) if another process holds it.
   static absl::StatusOr<std::unique_ptr<RunDirectory>> Open(const std::string& path);
+  ~RunDirectory();
+  RunDirectory(const RunDirectory&) = delete;
+  RunDirectory& operator=(const RunDirectory&) = delete;
 
   const std::string& path() const { return path_; }
   std::string checkpoint_path() const { return path_ + "/checkpoint.bin"; }
@@ -38,8 +45,9 @@ class RunDirectory {
   absl::Status TrimMetrics(int64_t round, bool finished);
 
  private:
-  explicit RunDirectory(std::string path) : path_(std::move(path)) {}
+  RunDirectory(std::string path, int lock_fd) : path_(std::move(path)), lock_fd_(lock_fd) {}
   std::string path_;
+  int lock_fd_;  // holds the flock while open
 };
 
 }  // namespace reptile

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "google/protobuf/stubs/logging.h"
-#include "transport/grpc/result_codec.h"
+#include "transport/wire/result_codec.h"
 #include "transport/shared_memory/shared_board.h"
 
 namespace {
@@ -122,18 +122,19 @@ void WriteSeeds(const std::string& folder) {
     {
       absl::StatusOr<reptile::SharedBoard> board = reptile::SharedBoard::Create(path + ".tmp", config);
       if (!board.ok()) abort();
+      // Read through the link while the board's memory lives.
+      std::ifstream in(path + ".tmp", std::ios::binary);
+      bytes.assign(std::istreambuf_iterator<char>(in), {});
     }
-    std::ifstream in(path + ".tmp", std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), {});
     unlink((path + ".tmp").c_str());
     std::ofstream(path, std::ios::binary) << '\0' << bytes;
   }
   for (uint8_t selector : {uint8_t{1}, uint8_t{1 | 2}, uint8_t{1 | 4}, uint8_t{1 | 8 | 16}}) {
     const Choice choice = Decode(selector);
     const reptile::WorkItem item = OwnItem(choice);
-    std::vector<reptile::WorkReply> specs(3);
+    std::vector<reptile::ItemSpec> specs(3);
     for (size_t i = 0; i < specs.size(); ++i) {
-      specs[i].set_kind(choice.evaluate ? reptile::WorkReply::EVALUATE : reptile::WorkReply::TRAIN);
+      specs[i].set_evaluate(choice.evaluate);
       for (size_t t = 0; t < item.tasks.size(); ++t) {
         reptile::TaskSpec* task = specs[i].add_tasks();
         task->set_seed(100 * i + t);
@@ -146,7 +147,7 @@ void WriteSeeds(const std::string& folder) {
     fields.numel = kNumel;
     const std::string path = folder + "/batch-" + std::to_string(selector);
     unlink((path + ".tmp").c_str());
-    std::string tail;
+    std::string tail, bytes;
     {
       absl::StatusOr<reptile::SharedBatch> batch = reptile::SharedBatch::Create(path + ".tmp", fields, specs);
       if (!batch.ok()) abort();
@@ -174,9 +175,9 @@ void WriteSeeds(const std::string& folder) {
         slot.result_bytes = static_cast<uint32_t>(header.size());
       }
       for (absl::string_view t : encoded.tensors) tail.append(t.data(), t.size());
+      std::ifstream in(path + ".tmp", std::ios::binary);
+      bytes.assign(std::istreambuf_iterator<char>(in), {});
     }
-    std::ifstream in(path + ".tmp", std::ios::binary);
-    const std::string bytes(std::istreambuf_iterator<char>(in), {});
     unlink((path + ".tmp").c_str());
     std::ofstream(path, std::ios::binary) << static_cast<char>(selector) << bytes << tail;
   }

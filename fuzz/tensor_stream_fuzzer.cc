@@ -20,7 +20,7 @@
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/stubs/logging.h"
 #include "google/protobuf/util/delimited_message_util.h"
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/tensor_stream.h"
 
 // Protobuf logs malformed input (e.g. strings that are not UTF-8) to stderr;
 // the fuzzer only needs the return values.

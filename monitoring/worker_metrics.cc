@@ -23,7 +23,7 @@ prometheus::MetricFamily CounterFamily(const std::string& name, const std::strin
 }  // namespace
 
 std::vector<prometheus::MetricFamily> WorkerMetrics::Collect() const {
-  const GrpcWorker::Stats stats = worker_->stats();
+  const WorkerStats stats = stats_();
   return {
       CounterFamily("reptile_worker_tasks_total", "Tasks this worker's learner ran, result=\"done\" or \"failed\"",
                     {{"done", static_cast<double>(stats.tasks_done)},

@@ -1,24 +1,26 @@
-// A worker's Prometheus metrics, read from GrpcWorker::stats() at each
-// scrape: tasks done, compute seconds, retries (README "Monitoring").
-// Register it with a MetricsServer; `worker` must outlive the server.
+// A worker's Prometheus metrics, read from its WorkerStats at each scrape:
+// tasks done, compute seconds, retries (README "Monitoring"). Register it
+// with a MetricsServer; what `stats` reads must outlive the server.
 #ifndef REPTILE_MONITORING_WORKER_METRICS_H_
 #define REPTILE_MONITORING_WORKER_METRICS_H_
 
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
-#include "transport/grpc/grpc_worker.h"
+#include "transport/transport.h"
 
 namespace reptile {
 
 class WorkerMetrics final : public prometheus::Collectable {
  public:
-  explicit WorkerMetrics(const GrpcWorker* worker) : worker_(worker) {}
+  explicit WorkerMetrics(std::function<WorkerStats()> stats) : stats_(std::move(stats)) {}
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
-  const GrpcWorker* worker_;
+  std::function<WorkerStats()> stats_;
 };
 
 }  // namespace reptile

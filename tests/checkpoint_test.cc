@@ -1,8 +1,12 @@
+#include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/match.h"
+#include "coordinator/atomic_file.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/run_directory.h"
 #include "core/config.h"
@@ -145,18 +149,24 @@ mode_t ModeOf(const std::string& path) {
   return info.st_mode & 07777;
 }
 
-// A checkpoint is the whole model: its owner's only, whatever the umask, and
-// whatever mode a temporary file left by a crash had.
-TEST(CheckpointTest, IsWrittenOwnerOnlyWhateverTheUmaskOrALeftoverTemporaryFile) {
-  const std::string path = testing::TempDir("ckpt") + "/checkpoint.bin";
+// The files of `dir` whose names hold the temporary suffix.
+int TemporaryFiles(const std::string& dir) {
+  int found = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    found += absl::StrContains(entry.path().filename().string(), kTemporarySuffix);
+  return found;
+}
+
+// A checkpoint is the whole model: its owner's only, whatever the umask.
+TEST(CheckpointTest, IsWrittenOwnerOnlyWhateverTheUmask) {
+  const std::string dir = testing::TempDir("ckpt");
+  const std::string path = dir + "/checkpoint.bin";
   const mode_t umask_before = umask(0);
-  WriteFile(path + ".tmp", "torn by a crash");
-  chmod((path + ".tmp").c_str(), 0666);
   const absl::Status written = WriteCheckpoint(path, SampleState());
   umask(umask_before);
   ASSERT_TRUE(written.ok()) << written;
   EXPECT_EQ(ModeOf(path), 0600u);
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  EXPECT_EQ(TemporaryFiles(dir), 0);
   // Replacing it keeps it so.
   ASSERT_TRUE(WriteCheckpoint(path, SampleState()).ok());
   EXPECT_EQ(ModeOf(path), 0600u);
@@ -167,15 +177,25 @@ TEST(CheckpointTest, AFailedWriteNamesTheFileAndLeavesTheOldCheckpoint) {
   const std::string dir = testing::TempDir("ckpt");
   const absl::Status missing = WriteCheckpoint(dir + "/no/such/dir/checkpoint.bin", SampleState());
   EXPECT_FALSE(missing.ok());
-  EXPECT_THAT(missing.message(), HasSubstr(dir + "/no/such/dir/checkpoint.bin.tmp"));
+  EXPECT_THAT(missing.message(), HasSubstr(dir + "/no/such/dir/checkpoint.bin.tmp-"));
   EXPECT_THAT(missing.message(), HasSubstr("No such file or directory"));
 
   const std::string path = dir + "/checkpoint.bin";
   ASSERT_TRUE(WriteCheckpoint(path, SampleState()).ok());
   const std::string before = ReadFile(path);
-  std::filesystem::create_directory(path + ".tmp");  // cannot be replaced by a file
-  EXPECT_FALSE(WriteCheckpoint(path, SampleState()).ok());
+  // A full disk, as this process sees it: files may not grow past 1 KiB.
+  rlimit limit{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &limit), 0);
+  const rlimit small{1024, limit.rlim_max};
+  signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  const absl::Status full = WriteCheckpoint(path, SampleState());
+  setrlimit(RLIMIT_FSIZE, &limit);
+  signal(SIGXFSZ, SIG_DFL);
+  EXPECT_FALSE(full.ok());
+  EXPECT_THAT(full.message(), HasSubstr("cannot write " + path + ".tmp-"));
   EXPECT_EQ(ReadFile(path), before);
+  EXPECT_EQ(TemporaryFiles(dir), 0);
 }
 
 // The message a checkpoint file holds, read back without the reader's logic.
@@ -238,15 +258,15 @@ TEST(CheckpointTest, WithBetaOneNonZeroTheFirstMomentRoundTrips) {
 
 TEST(RunDirectoryTest, ConfigIsReplacedAtomicallyAndReadableByOthers) {
   const std::string path = testing::TempDir("run");
+  WriteFile(path + "/config.textproto.tmp-1-0", "torn by a crash");
   auto dir = RunDirectory::Open(path);
   ASSERT_TRUE(dir.ok()) << dir.status();
   const ExperimentConfig config = testing::LoadNamedConfig("sine");
-  WriteFile(path + "/config.textproto.tmp", "torn by a crash");
   const mode_t umask_before = umask(022);
   const absl::Status written = (*dir)->WriteConfig(config);
   umask(umask_before);
   ASSERT_TRUE(written.ok()) << written;
-  EXPECT_FALSE(std::filesystem::exists(path + "/config.textproto.tmp"));
+  EXPECT_FALSE(std::filesystem::exists(path + "/config.textproto.tmp-1-0"));
   EXPECT_EQ(ReadFile(path + "/config.textproto"), ConfigToText(config));
   EXPECT_EQ(ModeOf(path + "/config.textproto"), 0644u);
 }

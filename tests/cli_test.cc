@@ -101,18 +101,50 @@ TEST(CliTest, AFolderLeftByAKilledTrainIsRemovedByTheNextOne) {
   for (int i = 0; i < 600 && killed->running(); ++i) {
     for (const auto& entry : std::filesystem::directory_iterator(base))
       if (absl::StartsWith(entry.path().filename().string(), prefix)) folder = entry.path().string();
-    if (!folder.empty() && std::filesystem::exists(folder + "/board")) break;
+    if (!folder.empty() && std::filesystem::exists(std::filesystem::symlink_status(folder + "/board"))) break;
     usleep(50000);
   }
   ASSERT_FALSE(folder.empty()) << killed->err();
   killed->Signal(SIGKILL);
   ASSERT_TRUE(killed->Wait(10).has_value());
-  ASSERT_TRUE(std::filesystem::exists(folder + "/board")) << "a killed process removes nothing";
+  ASSERT_TRUE(std::filesystem::exists(std::filesystem::symlink_status(folder + "/board"))) << "a killed process removes nothing";
 
   Result next = RunReptile(absl::StrCat("train --run_dir ", testing::TempDir("next"),
                                         " --workers 1 --config configs/sine.textproto outer.rounds=5"));
   ASSERT_EQ(next.exit_code, 0) << next.output;
   EXPECT_FALSE(std::filesystem::exists(folder)) << folder;
+}
+
+// One process at a time holds a run directory: a second `reptile train` on
+// it stops at once naming the holder, and a holder killed by SIGKILL leaves
+// the lock to the next run, which resumes.
+TEST(CliTest, ASecondTrainOnABusyRunDirectoryStopsAtOnceNamingTheHolder) {
+  const std::string dir = testing::TempDir("busy");
+  const std::vector<std::string> train = {REPTILE_BINARY, "train", "--run_dir", dir, "--workers", "1", "--config",
+                                          "configs/sine.textproto", "outer.rounds=100000",
+                                          "runtime.checkpoint_every_rounds=10"};
+  auto holder = testing::ChildProcess::Start(train, dir + "/../holder");
+  const std::string holder_says = absl::StrCat("pid ", holder->pid(), " on ");
+  for (int i = 0; i < 600 && holder->running() &&
+                  !(absl::StartsWith(testing::ReadWholeFile(dir + "/lock"), holder_says) &&
+                    std::filesystem::exists(dir + "/checkpoint.bin"));
+       ++i)
+    usleep(50000);
+  ASSERT_TRUE(holder->running()) << holder->err();
+
+  auto second = testing::ChildProcess::Start(train, dir + "/../second");
+  EXPECT_EQ(second->ExitCode(60), 1);
+  EXPECT_THAT(second->err(), HasSubstr(absl::StrCat("run directory ", dir, " is in use by another process (",
+                                                    holder_says)));
+  EXPECT_TRUE(holder->running());
+
+  holder->Signal(SIGKILL);
+  ASSERT_TRUE(holder->Wait(10).has_value());
+  std::ofstream(dir + "/config.textproto.tmp-1-0") << "torn by the kill";
+  Result resumed = RunReptile(absl::StrCat("train --run_dir ", dir, " --stop_at_round 0 --workers 1"));
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_THAT(resumed.output, HasSubstr(absl::StrCat("resuming ", dir, " at round ")));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/config.textproto.tmp-1-0"));
 }
 
 TEST(CliTest, BadInputIsOneClearLineAndNonZeroExit) {

@@ -257,6 +257,31 @@ TEST_F(HostilePeerTest, AThousandStreamsOnOneLeaseStayWithinThreadAndMemoryBound
   EXPECT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
 }
 
+// A result stream counts from its first byte: streams that never send their
+// header are cut off by the coordinator (kStreamIdle, 5 s), not left to pin
+// a server thread each until the client gives up, and honest workers finish.
+TEST_F(HostilePeerTest, StreamsThatNeverSendAHeaderAreCutOff) {
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator(run, "coordinator");
+  std::vector<std::unique_ptr<CoordinatorClient>> clients;
+  std::vector<std::unique_ptr<CoordinatorClient::Upload>> silent;
+  for (int c = 0; c < 3; ++c) {
+    clients.push_back(Client());
+    for (int i = 0; i < 16; ++i) silent.push_back(clients.back()->StartUpload(std::chrono::seconds(60)));
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(12));
+  ResultChunk late;
+  late.mutable_header()->set_worker_id(1);
+  int cut_off = 0;
+  for (auto& upload : silent) {
+    upload->Write(late);  // fails once the server has ended the call
+    cut_off += upload->Finish().status().code() == absl::StatusCode::kCancelled;
+  }
+  EXPECT_EQ(cut_off, 48);
+  auto honest = StartWorker("worker");
+  EXPECT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+}
+
 TEST_F(HostilePeerTest, AnUploadThatTricklesIsCutOffAndItsTaskRedone) {
   const std::string run = TempDir("run");
   auto coordinator = StartCoordinator(run, "coordinator");
@@ -423,6 +448,11 @@ TEST_F(HostilePeerTest, HundredMegabyteMessagesAreRefusedWithoutHoldingTheMemory
   // 20 more (2 GB) leave less than one message's worth behind: none of them
   // is held. (What stays after the heap trim varies from run to run: +3 to
   // +61 MB in 7 runs, the most on a busy machine.)
+  // Over the coordinator's own bound (1 MiB + 64 KiB) and under gRPC's
+  // default (4 MiB): refused by that bound, not by the default.
+  JoinRequest over_bound;
+  over_bound.set_worker_name(std::string(2 << 20, 'x'));
+  EXPECT_EQ(client->Join(over_bound).status().code(), absl::StatusCode::kResourceExhausted);
   send_huge(3);
   const int64_t rss_warm = rss_trimmed(rss_before + 150 * 1024);
   send_huge(10);

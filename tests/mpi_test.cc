@@ -176,10 +176,11 @@ TEST(MpiTest, AnMpiCheckpointResumesUnderGrpcAndBack) {
                             logs + "/mpi_first", REPTILE_SOURCE_DIR, kRootEnv);
   ASSERT_EQ(mpi->ExitCode(300), 0) << mpi->err();
   std::vector<std::string> grpc_args = {REPTILE_BINARY, "train", "--run_dir", run, "--workers", "2",
-                                        "--stop_at_round", "20"};
+                                        "--stop_at_round", "20", "runtime.local_workers=GRPC_PROCESSES"};
   auto grpc = ChildProcess::Start(grpc_args, logs + "/grpc");
   ASSERT_EQ(grpc->ExitCode(300), 0) << grpc->err();
   EXPECT_TRUE(absl::StrContains(grpc->err(), "at round 10")) << grpc->err();
+  EXPECT_TRUE(absl::StrContains(grpc->err(), "(coordinator on unix:")) << grpc->err();
   auto last = StartMpi(2, run, overrides, logs + "/mpi_last");
   ASSERT_EQ(last->ExitCode(300), 0) << last->err();
   EXPECT_TRUE(absl::StrContains(last->err(), "at round 20")) << last->err();

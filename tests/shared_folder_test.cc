@@ -23,8 +23,8 @@
 #include "tests/test_support.h"
 #include "transport/grpc/coordinator_client.h"
 #include "transport/grpc/grpc_transport.h"
-#include "transport/grpc/shared_folder.h"
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/shared_folder.h"
+#include "transport/wire/tensor_stream.h"
 #include "worker/learner.h"
 
 namespace reptile::testing {

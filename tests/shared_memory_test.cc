@@ -2,9 +2,11 @@
 // default): the same parameters as threads for any number of workers and
 // any grouping of tasks, workers SIGKILLed or stopped mid-run, and, in process, claims
 // and results that a broken worker leaves on the board.
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -20,8 +22,8 @@
 #include "tests/test_support.h"
 #include "core/flat_parameters.h"
 #include "core/models/models.h"
-#include "transport/grpc/result_codec.h"
-#include "transport/grpc/shared_folder.h"
+#include "transport/wire/result_codec.h"
+#include "transport/wire/shared_folder.h"
 #include "transport/local/local_transport.h"
 #include "transport/shared_memory/shared_memory_transport.h"
 #include "transport/shared_memory/shared_memory_worker.h"
@@ -109,6 +111,98 @@ TEST(SharedMemoryTest, WorkersKilledOrStoppedMidRunChangeNothing) {
   EXPECT_EQ(CountOccurrences(train->err(), "sent no heartbeat for 1s; killing it"), 1) << train->err();
   EXPECT_GE(CountOccurrences(train->err(), "starting another"), 3) << train->err();
   EXPECT_GE(CountOccurrences(train->err(), " is gone ("), 3) << train->err();
+}
+
+// The private folder of the `reptile train` of `pid`, once its state is in.
+std::string FolderOf(pid_t pid) {
+  const std::string base = access("/dev/shm", W_OK | X_OK) == 0 ? "/dev/shm" : "/tmp";
+  const std::string prefix = absl::StrCat("reptile-", pid, "-");
+  for (const auto& entry : std::filesystem::directory_iterator(base))
+    if (absl::StartsWith(entry.path().filename().string(), prefix) &&
+        std::filesystem::exists(entry.path() / "state"))
+      return entry.path().string();
+  return "";
+}
+
+// True if `path` (a link to shared memory) cannot be truncated: EPERM.
+bool Unshrinkable(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool refused = ftruncate(fd, 0) != 0 && errno == EPERM;
+  close(fd);
+  return refused;
+}
+
+// A worker process that turns on the board, played by this test (it maps
+// the memory every worker maps): it tries to truncate the board, a batch
+// and the state (sealed: refused, where a truncated mapping killed the
+// coordinator by SIGBUS), claims an open item in a live worker's name (held
+// past runtime.task_timeout_seconds: that worker is killed and replaced),
+// writes the stop and batch words (put back; the workers that left are
+// replaced) and registers a process that is no worker (never signalled).
+// The run ends with the bits of threads.
+TEST(SharedMemoryTest, AWorkerThatTurnsOnTheBoardChangesNothing) {
+  std::vector<std::string> overrides = SineOverrides(3000);
+  overrides.insert(overrides.end(), {"runtime.metrics_every_rounds=1", "runtime.task_timeout_seconds=1"});
+  const Trained threads = Train(Concat({"--workers", "2", "runtime.local_workers=THREADS"}, overrides), "threads");
+  const std::string run = TempDir("turned");
+  auto train = ChildProcess::Start(Concat({REPTILE_BINARY, "train", "--config", SourcePath("configs/sine.textproto"),
+                                           "--run_dir", run, "--workers", "2"},
+                                          overrides),
+                                   run + ".log");
+  while (train->running() && RoundsDone(run) < 100) usleep(2000);
+  const std::string folder = FolderOf(train->pid());
+  ASSERT_FALSE(folder.empty()) << train->err();
+  absl::StatusOr<SharedBoard> board = SharedBoard::Open(folder + "/board");
+  ASSERT_TRUE(board.ok()) << board.status();
+  BoardHeader& header = board->header();
+  EXPECT_TRUE(Unshrinkable(folder + "/board"));
+  EXPECT_TRUE(Unshrinkable(folder + "/state"));
+  bool batch_tried = false;
+  for (int i = 0; i < 5000 && !batch_tried && train->running(); ++i) {
+    const uint64_t number = header.batch.load();
+    if (number != 0 && std::filesystem::exists(SharedBatchPath(folder, number))) {
+      EXPECT_TRUE(Unshrinkable(SharedBatchPath(folder, number)));
+      batch_tried = true;
+    }
+  }
+  EXPECT_TRUE(batch_tried);
+
+  // An open item claimed in the name of a live worker on the board.
+  bool forged = false;
+  for (int i = 0; i < 20000 && !forged && train->running(); ++i) {
+    int32_t worker = 0;
+    for (const std::atomic<int32_t>& place : header.worker_pids)
+      if (const int32_t pid = place.load(); pid > 0 && kill(pid, 0) == 0) worker = pid;
+    const uint64_t number = header.batch.load();
+    absl::StatusOr<SharedBatch> batch = number == 0 || worker == 0
+                                            ? absl::NotFoundError("no batch")
+                                            : SharedBatch::Open(SharedBatchPath(folder, number), number);
+    if (!batch.ok()) continue;
+    for (uint32_t k = 0; k < batch->header().items && !forged; ++k) {
+      uint64_t open = ClaimWord(0, ItemStage::kOpen);
+      forged = batch->item(k).claim.compare_exchange_strong(open, ClaimWord(worker, ItemStage::kClaimed));
+    }
+  }
+  EXPECT_TRUE(forged);
+  for (int i = 0; i < 400 && train->running() && !absl::StrContains(train->err(), "held work item"); ++i)
+    usleep(25000);
+
+  header.stop.store(1);
+  header.batch.store(0);
+  FutexWakeAll(&header.work_signal);
+  auto bystander = ChildProcess::Start({"/bin/sleep", "120"}, TempDir("bystander"));
+  for (int place = kMaxSharedWorkers - 1; place >= 0; --place) {
+    int32_t free = 0;
+    if (header.worker_pids[place].compare_exchange_strong(free, bystander->pid())) break;
+  }
+
+  ASSERT_EQ(train->ExitCode(300), 0) << train->err();
+  EXPECT_EQ(ParameterSha(train->out()), threads.sha) << train->err();
+  EXPECT_TRUE(bystander->running()) << "a process that is no worker was signalled";
+  EXPECT_TRUE(absl::StrContains(train->err(), "stop or batch word; put back")) << train->err();
+  EXPECT_TRUE(absl::StrContains(train->err(), "(runtime.task_timeout_seconds); killing it")) << train->err();
+  bystander->Signal(SIGKILL);
 }
 
 // In process: the coordinator's side against a real worker (a thread running

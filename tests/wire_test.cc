@@ -6,7 +6,7 @@
 #include <random>
 
 #include "gtest/gtest.h"
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/tensor_stream.h"
 
 namespace reptile {
 namespace {

@@ -16,6 +16,16 @@
 
 namespace reptile {
 
+// What a worker process has done since it started, for its /metrics
+// (monitoring/worker_metrics.h). The counters only grow.
+struct WorkerStats {
+  int64_t tasks_done = 0;      // tasks its learner ran to a result
+  int64_t tasks_failed = 0;    // tasks its learner failed on
+  double compute_seconds = 0;  // wall time in the learner, both kinds
+  double idle_seconds = 0;     // wall time between tasks: no work pending, or waiting for a lease, state or upload
+  int64_t retries = 0;         // calls to the coordinator tried again (unreachable, transient errors)
+};
+
 // What a transport reports for the progress line and metrics.
 struct TransportStats {
   int workers_alive = 0;

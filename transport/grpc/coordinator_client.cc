@@ -3,9 +3,9 @@
 #include "absl/strings/str_cat.h"
 #include "core/models/torchscript_model.h"
 #include "core/status_macros.h"
-#include "transport/grpc/result_codec.h"
-#include "transport/grpc/shared_folder.h"
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/result_codec.h"
+#include "transport/wire/shared_folder.h"
+#include "transport/wire/tensor_stream.h"
 
 namespace reptile {
 namespace {

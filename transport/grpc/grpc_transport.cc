@@ -26,9 +26,9 @@
 #include "core/models/torchscript_model.h"
 #include "core/status_macros.h"
 #include "transport/lease_scheduler.h"
-#include "transport/grpc/result_codec.h"
-#include "transport/grpc/shared_folder.h"
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/result_codec.h"
+#include "transport/wire/shared_folder.h"
+#include "transport/wire/tensor_stream.h"
 
 namespace reptile {
 namespace {
@@ -455,11 +455,24 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
 
   grpc::Status ReceiveResult(grpc::ServerContext* context, grpc::ServerReader<ResultChunk>* reader,
                              SubmitReply* reply) {
+    Board& b = *board_;
+    // The stream counts from its first byte: a header that does not come
+    // within kStreamIdle is cut off by the reaper, as a stalled upload is.
+    uint64_t waiting = 0;
+    {
+      absl::MutexLock lock(&b.mu);
+      waiting = b.OpenStreamFor(context, 0);
+    }
     ResultChunk message;
-    if (!reader->Read(&message) || !message.has_header())
+    const bool read = reader->Read(&message);
+    {
+      absl::MutexLock lock(&b.mu);
+      if (b.CloseStream(waiting))
+        return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "no result header in time; cut off");
+    }
+    if (!read || !message.has_header())
       return Refusal(grpc::StatusCode::INVALID_ARGUMENT, "a result stream must start with its ResultHeader");
     const ResultHeader header = message.header();
-    Board& b = *board_;
     const bool folder_allowed = !b.shared_folder.empty() && OverUnixSocket(*context);
     std::shared_ptr<const Snapshot> snapshot;
     const WorkItem* work = nullptr;  // b.items outlives the batch's uploads

@@ -43,7 +43,7 @@ class GrpcTransport final : public Transport {
     std::string unix_socket;
     // A folder on this machine (on tmpfs, admitting only this user) where
     // workers that came over `unix_socket` find each state as a file and
-    // leave their results as files (transport/grpc/shared_folder.h).
+    // leave their results as files (transport/wire/shared_folder.h).
     // Empty: every tensor goes on the streams.
     std::string shared_folder;
     std::function<void(const std::string&)> log;  // joins, losses, refusals

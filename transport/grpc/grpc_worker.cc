@@ -20,7 +20,7 @@
 #include "core/status_macros.h"
 #include "transport/grpc/grpc_transport.h"
 #include "transport/grpc/coordinator_client.h"
-#include "transport/grpc/shared_folder.h"
+#include "transport/wire/shared_folder.h"
 #include "worker/learner.h"
 
 namespace reptile {
@@ -405,8 +405,8 @@ GrpcWorker::GrpcWorker(Options options) : options_(std::move(options)) {}
 
 GrpcWorker::~GrpcWorker() = default;
 
-GrpcWorker::Stats GrpcWorker::StatsOf(const Counters& counters) {
-  Stats stats;
+WorkerStats GrpcWorker::StatsOf(const Counters& counters) {
+  WorkerStats stats;
   stats.tasks_done = counters.tasks_done.load(std::memory_order_relaxed);
   stats.tasks_failed = counters.tasks_failed.load(std::memory_order_relaxed);
   stats.compute_seconds = counters.compute_microseconds.load(std::memory_order_relaxed) / 1e6;
@@ -415,7 +415,7 @@ GrpcWorker::Stats GrpcWorker::StatsOf(const Counters& counters) {
   return stats;
 }
 
-GrpcWorker::Stats GrpcWorker::stats() const { return StatsOf(counters_); }
+WorkerStats GrpcWorker::stats() const { return StatsOf(counters_); }
 
 void GrpcWorker::Stop() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
@@ -475,7 +475,7 @@ absl::Status GrpcWorker::Run() {
   const bool run_finished = std::any_of(sessions.begin(), sessions.end(),
                                         [](const std::unique_ptr<Session>& session) { return session->run_finished; });
   if (run_finished && options_.log) {
-    const Stats done = StatsOf(counters_);
+    const WorkerStats done = StatsOf(counters_);
     options_.log(absl::StrFormat(
         "the run is finished (this worker: %d tasks, %.1f s computing, %.1f s idle between them); leaving",
         done.tasks_done, done.compute_seconds, done.idle_seconds));

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
 #include "transport/grpc/security.h"
+#include "transport/transport.h"
 #include "reptile.pb.h"
 
 namespace reptile {
@@ -49,16 +50,8 @@ class GrpcWorker {
   // Thread-safe.
   void Stop();
 
-  // What the worker has done since it was made, e.g. for its /metrics
-  // (monitoring/worker_metrics.h). Thread-safe; the counters only grow.
-  struct Stats {
-    int64_t tasks_done = 0;      // tasks its learner ran to a result
-    int64_t tasks_failed = 0;    // tasks its learner failed on
-    double compute_seconds = 0;  // wall time in the learner, both kinds
-    double idle_seconds = 0;     // wall time between tasks: no work pending, or waiting for a lease, state or upload
-    int64_t retries = 0;         // calls to the coordinator tried again (unreachable, transient errors)
-  };
-  Stats stats() const;
+  // What the worker has done since it was made. Thread-safe.
+  WorkerStats stats() const;
 
  private:
   struct Session;
@@ -66,7 +59,7 @@ class GrpcWorker {
   struct Counters {
     std::atomic<int64_t> tasks_done{0}, tasks_failed{0}, compute_microseconds{0}, idle_microseconds{0}, retries{0};
   };
-  static Stats StatsOf(const Counters& counters);
+  static WorkerStats StatsOf(const Counters& counters);
   Options options_;
   absl::Notification stop_;
   Counters counters_;

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <deque>
 #include <iostream>
+#include <limits>
 #include <optional>
 #include <thread>
 
@@ -28,6 +29,7 @@
 #include "core/models/torchscript_model.h"
 #include "core/process_setup.h"
 #include "core/status_macros.h"
+#include "transport/wire/result_codec.h"
 
 namespace reptile {
 namespace {
@@ -54,8 +56,9 @@ struct BatchHeader {
   int64_t meta_batch = 0;
 };
 
-// A result's scalars, sent ahead of its tensors.
-struct ResultHeader {
+// A result's scalars, sent ahead of its tensors. Rank 0 checks them as the
+// wire's ResultHeader (transport/wire/result_codec.h).
+struct ResultScalars {
   double loss = 0;
   int64_t correct = 0, correct_inductive = 0, predictions = 0;
   double compute_seconds = 0;
@@ -375,7 +378,7 @@ std::vector<int> WorkingRanks(bool rank0_works) {
 // One result on its way to rank 0: the buffers must live until the sends
 // complete, which lets the rank compute its next task meanwhile.
 struct OutgoingResult {
-  ResultHeader header;
+  ResultScalars header;
   std::string error;
   absl::StatusOr<TaskResult> result;
   std::vector<std::string> exact;  // encoded exact sums, when the result has them
@@ -383,7 +386,7 @@ struct OutgoingResult {
 };
 
 void StartSend(OutgoingResult* out) {
-  ResultHeader& header = out->header;
+  ResultScalars& header = out->header;
   const absl::StatusOr<TaskResult>& result = out->result;
   if (!result.ok()) {
     out->error = result.status().ToString();
@@ -512,65 +515,84 @@ class ComputeThread {
   std::thread thread_;  // last: starts once the members above exist
 };
 
-// Rank 0 receives item `item`'s result from `source`: an error if the item
-// failed there, DeadlineExceeded (the job must end) if its header did not
-// arrive by `due` (then *overdue is set) or one of its other parts took
-// longer than `timeout` after. `pace`: of the waits for the parts after the
-// header.
-absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const BatchHeader& batch, Clock::time_point due,
-                                         Clock::duration timeout, Pace pace, int64_t* bytes, bool* overdue) {
+// The longest error text rank 0 takes from a rank; a longer claim ends the job.
+constexpr int64_t kMaxErrorBytes = 4096;
+
+// Rank 0 receives `work`'s result (item `item`) from `source`: an error if
+// the item failed there, DeadlineExceeded (the job must end) if its header
+// did not arrive by `due` (then *overdue is set) or one of its other parts
+// took longer than `timeout` after. A header that breaks the protocol (an
+// error text over kMaxErrorBytes, claims the item and config rule out)
+// leaves the rank's next messages unknown: the job must end (gave_up). In
+// the summed modes the tensors come in the reduction, not here. `pace`: of
+// the waits for the parts after the header.
+absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const WorkItem& work, const BatchHeader& batch,
+                                         Clock::time_point due, Clock::duration timeout, Pace pace, int64_t* bytes,
+                                         bool* overdue) {
   auto late = [&](const char* part) {
     return absl::DeadlineExceededError(absl::StrFormat(
         "MPI: no %s of work item %d from rank %d within %g s of the result's header "
         "(runtime.mpi_connect_timeout_seconds)",
         part, item, source, ToSeconds(timeout)));
   };
-  ResultHeader header;
-  if (!Receive(&header, sizeof(header), MPI_BYTE, source, 0, std::max(due, Clock::now() + timeout))) {
+  auto broken = [&](const std::string& what) {
+    gave_up = true;
+    return absl::InvalidArgumentError(
+        absl::StrFormat("MPI: rank %d broke the protocol with work item %d's result: %s", source, item, what));
+  };
+  ResultScalars scalars;
+  if (!Receive(&scalars, sizeof(scalars), MPI_BYTE, source, 0, std::max(due, Clock::now() + timeout))) {
     *overdue = true;
     return absl::DeadlineExceededError(absl::StrCat("no result of work item ", item, " from rank ", source));
   }
-  if (header.error_bytes > 0) {
-    std::string error(static_cast<size_t>(header.error_bytes), '\0');
+  if (scalars.error_bytes != 0) {
+    if (scalars.error_bytes < 0 || scalars.error_bytes > kMaxErrorBytes)
+      return broken(absl::StrCat("it claims an error text of ", scalars.error_bytes, " bytes (at most ",
+                                 kMaxErrorBytes, ")"));
+    std::string error(static_cast<size_t>(scalars.error_bytes), '\0');
     if (!Receive(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, 1, Clock::now() + timeout,
                  pace))
       return late("error text");
     return absl::InternalError(absl::StrCat("work item ", item, " failed on rank ", source, ": ", error));
   }
-  TaskResult result;
-  result.loss = header.loss;
-  result.correct = header.correct;
-  result.correct_inductive = header.correct_inductive;
-  result.predictions = header.predictions;
-  result.compute_seconds = header.compute_seconds;
-  result.tensor_items = header.has_delta ? 1 : 0;
-  const int64_t numel = batch.numel;
-  if (header.has_delta && header.tasks > 1) {
-    const int meta_batch = static_cast<int>(batch.meta_batch);
-    result.sums.emplace(numel, meta_batch, CarriedMoments{header.has_first_moment != 0, header.has_moments != 0});
-    auto receive = [&](ExactSum* sum, int part) -> absl::Status {
-      std::string encoded(static_cast<size_t>(numel) * ExactSum::kElementBytes, '\0');
-      if (!Receive(encoded.data(), static_cast<int>(encoded.size()), MPI_BYTE, source, part, Clock::now() + timeout,
-                   pace))
-        return late("exact sum");
-      *bytes += static_cast<int64_t>(encoded.size());
-      ASSIGN_OR_RETURN(*sum, ExactSum::Decode(encoded, numel, static_cast<int>(header.tasks), meta_batch));
-      return absl::OkStatus();
-    };
-    RETURN_IF_ERROR(receive(&result.sums->delta, 1));
-    if (result.sums->adam_m) RETURN_IF_ERROR(receive(&*result.sums->adam_m, 2));
-    if (result.sums->adam_v) RETURN_IF_ERROR(receive(&*result.sums->adam_v, 3));
-    return result;
+  ResultHeader header;
+  if (scalars.tasks < 0 || scalars.tasks > std::numeric_limits<uint32_t>::max())
+    return broken(absl::StrCat("it claims ", scalars.tasks, " tasks"));
+  header.set_tasks(static_cast<uint32_t>(scalars.tasks));
+  header.set_has_delta(scalars.has_delta != 0);
+  header.set_has_moments(scalars.has_moments != 0);
+  header.set_has_first_moment(scalars.has_first_moment != 0);
+  header.set_num_parameters(batch.numel);
+  header.set_delta_dtype(DELTA_FP32);
+  header.set_loss(scalars.loss);
+  header.set_correct(scalars.correct);
+  header.set_correct_inductive(scalars.correct_inductive);
+  header.set_predictions(scalars.predictions);
+  header.set_compute_seconds(scalars.compute_seconds);
+  const ResultShape shape{batch.numel, CarriedMoments{batch.has_first_moment != 0, batch.has_moments != 0},
+                          static_cast<int>(batch.meta_batch)};
+  // In the summed modes a training item's tensors are in its rank's sum,
+  // reduced at the end: here it sends scalars only, checked as an episode's.
+  const bool summed = batch.reduction != MPI_GATHER_IN_ORDER;
+  const WorkItem expected = summed ? WorkItem{WorkKind::kEvaluate, work.tasks} : work;
+  absl::StatusOr<std::vector<size_t>> sizes = ResultPayloadSizes(header, expected, shape);
+  if (!sizes.ok()) return broken(std::string(sizes.status().message()));
+  // Parts 1, 2, 3: delta, Adam's m (when carried), v.
+  std::vector<std::string> payload;
+  const bool exact = work.tasks.size() > 1;
+  for (size_t k = 0; k < sizes->size(); ++k) {
+    const int part = k == 0 ? 1 : (k == 1 && shape.moments.first ? 2 : 3);
+    std::string& received = payload.emplace_back((*sizes)[k], '\0');
+    const bool arrived =
+        exact ? Receive(received.data(), static_cast<int>(received.size()), MPI_BYTE, source, part,
+                        Clock::now() + timeout, pace)
+              : Receive(received.data(), static_cast<int>(received.size() / 4), MPI_FLOAT, source, part,
+                        Clock::now() + timeout, pace);
+    if (!arrived) return late(exact ? "exact sum" : "tensor");
+    *bytes += static_cast<int64_t>(received.size());
   }
-  auto receive = [&](torch::Tensor* t, int part) {
-    *t = torch::empty({numel}, torch::kFloat32);
-    *bytes += numel * 4;
-    return Receive(t->data_ptr<float>(), static_cast<int>(numel), MPI_FLOAT, source, part, Clock::now() + timeout,
-                   pace);
-  };
-  if (header.has_delta && !receive(&result.delta, 1)) return late("tensor");
-  if (header.has_first_moment && !receive(&result.adam_m, 2)) return late("tensor");
-  if (header.has_moments && !receive(&result.adam_v, 3)) return late("tensor");
+  ASSIGN_OR_RETURN(TaskResult result, DecodeResult(header, expected, shape, std::move(payload)));
+  if (summed) result.tensor_items = 0;
   return result;
 }
 
@@ -834,7 +856,7 @@ absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkIte
       // so both ends can afford to hurry the transfer; while the sender
       // computes its next item, its sends advance only every 50 us anyway.
       const bool last_of_rank = i + working_ranks_.size() >= items.size();
-      results[i] = ReceiveResult(source, i, header, due(k), timeout, last_of_rank ? Pace::kTransfer : Pace::kNap,
+      results[i] = ReceiveResult(source, i, items[i], header, due(k), timeout, last_of_rank ? Pace::kTransfer : Pace::kNap,
                                  &stats_.bytes_in, &overdue);
       if (absl::IsDeadlineExceeded(results[i].status())) {
         const std::string what(results[i].status().message());
@@ -890,6 +912,7 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
       if (working[i % working.size()] != rank) continue;
       absl::StatusOr<TaskResult> result = compute.Run(state, items[i], outgoing);
       outgoing.push_back(OutgoingResult{{}, {}, std::move(result), {}, {}});
+      outgoing.back().header.tasks = static_cast<int64_t>(items[i].tasks.size());  // summed or not
       absl::StatusOr<TaskResult>& sent = outgoing.back().result;
       if (summed && sent.ok())
         if (absl::Status moved = MoveIntoSum(&*sent, *sums); !moved.ok()) sent = moved;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <limits>
@@ -40,51 +41,83 @@ size_t BatchPrefixBytes(size_t items) { return Aligned(sizeof(BatchHeader)) + it
 
 }  // namespace
 
-absl::StatusOr<SharedMapping> SharedMapping::Map(int fd, size_t size, const std::string& path) {
+absl::StatusOr<SharedMapping> SharedMapping::Map(int fd, size_t size, const std::string& path, bool keep) {
   void* data = size == 0 ? MAP_FAILED : mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   absl::Status failed = data == MAP_FAILED ? Failure("map", path) : absl::OkStatus();
-  close(fd);
+  if (!keep || !failed.ok()) close(fd);
   if (!failed.ok()) return failed;
-  return SharedMapping(static_cast<char*>(data), size);
+  return SharedMapping(static_cast<char*>(data), size, keep ? fd : -1);
 }
 
 absl::StatusOr<SharedMapping> SharedMapping::Create(const std::string& path, size_t size) {
-  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd < 0) return Failure("create", path);
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    absl::Status failed = Failure("size", path);
+  const int fd = memfd_create("reptile", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return Failure("make shared memory for", path);
+  absl::Status made;
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) made = Failure("size", path);
+  // Reserved now: memory that is short fails here, not as a fault later.
+  if (const int error = made.ok() ? posix_fallocate(fd, 0, static_cast<off_t>(size)) : 0; error != 0)
+    made = absl::ResourceExhaustedError(absl::StrCat("cannot reserve ", size, " bytes of shared memory for ", path,
+                                                     ": ", std::strerror(error)));
+  if (made.ok() && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) made = Failure("seal", path);
+  const std::string target = absl::StrCat("/proc/", getpid(), "/fd/", fd);
+  if (made.ok() && symlink(target.c_str(), path.c_str()) != 0) made = Failure("create", path);
+  if (!made.ok()) {
     close(fd);
-    unlink(path.c_str());
-    return failed;
+    return made;
   }
-  return Map(fd, size, path);
+  absl::StatusOr<SharedMapping> mapping = Map(fd, size, path, /*keep=*/true);
+  if (!mapping.ok()) unlink(path.c_str());
+  return mapping;
 }
 
 absl::StatusOr<SharedMapping> SharedMapping::Open(const std::string& path, size_t min_size) {
-  const int fd = open(path.c_str(), O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  auto refused = [&path] {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not a shared board or batch of this version"));
+  };
+  int fd = open(path.c_str(), O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0 && errno == ELOOP) {
+    // A link: only to a coordinator's memfd, and only a sealed one.
+    char target[64] = {0};
+    const ssize_t n = readlink(path.c_str(), target, sizeof(target) - 1);
+    unsigned pid = 0, number = 0;
+    char rest = 0;
+    if (n <= 0 || std::sscanf(target, "/proc/%u/fd/%u%c", &pid, &number, &rest) != 2) return refused();
+    fd = open(target, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    const int seals = fd < 0 ? 0 : fcntl(fd, F_GET_SEALS);
+    if (fd >= 0 && (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))) {
+      close(fd);
+      return refused();
+    }
+  }
   if (fd < 0) return Failure("open", path);
   struct stat info;
   if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode) || static_cast<uint64_t>(info.st_size) < min_size) {
     close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, " is not a shared board or batch of this version"));
+    return refused();
   }
-  return Map(fd, static_cast<size_t>(info.st_size), path);
+  return Map(fd, static_cast<size_t>(info.st_size), path, /*keep=*/false);
 }
 
 SharedMapping::SharedMapping(SharedMapping&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      fd_(std::exchange(other.fd_, -1)) {}
 
 SharedMapping& SharedMapping::operator=(SharedMapping&& other) noexcept {
   if (this != &other) {
-    if (data_ != nullptr) munmap(data_, size_);
+    Release();
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    fd_ = std::exchange(other.fd_, -1);
   }
   return *this;
 }
 
-SharedMapping::~SharedMapping() {
+SharedMapping::~SharedMapping() { Release(); }
+
+void SharedMapping::Release() {
   if (data_ != nullptr) munmap(data_, size_);
+  if (fd_ >= 0) close(fd_);
 }
 
 absl::StatusOr<SharedBoard> SharedBoard::Create(const std::string& path, const ExperimentConfig& config) {
@@ -117,11 +150,11 @@ absl::StatusOr<ExperimentConfig> SharedBoard::Config() const {
 }
 
 absl::StatusOr<SharedBatch> SharedBatch::Create(const std::string& path, const BatchHeader& fields,
-                                                const std::vector<WorkReply>& specs) {
+                                                const std::vector<ItemSpec>& specs) {
   std::vector<std::string> serialized;
   serialized.reserve(specs.size());
   size_t size = BatchPrefixBytes(specs.size());
-  for (const WorkReply& spec : specs) size += serialized.emplace_back(spec.SerializeAsString()).size();
+  for (const ItemSpec& spec : specs) size += serialized.emplace_back(spec.SerializeAsString()).size();
   if (size > std::numeric_limits<uint32_t>::max()) return absl::InvalidArgumentError("the batch is too large to share");
   absl::StatusOr<SharedMapping> mapping = SharedMapping::Create(path, size);
   if (!mapping.ok()) return mapping.status();
@@ -156,10 +189,10 @@ ItemSlot& SharedBatch::item(size_t i) const {
   return *reinterpret_cast<ItemSlot*>(mapping_.data() + Aligned(sizeof(BatchHeader)) + i * sizeof(ItemSlot));
 }
 
-absl::StatusOr<WorkReply> SharedBatch::Spec(size_t i) const {
+absl::StatusOr<ItemSpec> SharedBatch::Spec(size_t i) const {
   const ItemSlot& slot = item(i);
   const size_t offset = slot.spec_offset, bytes = slot.spec_bytes;
-  WorkReply spec;
+  ItemSpec spec;
   if (offset < BatchPrefixBytes(header().items) || offset > mapping_.size() || bytes > mapping_.size() - offset ||
       !spec.ParseFromArray(mapping_.data() + offset, static_cast<int>(bytes)))
     return absl::InvalidArgumentError(absl::StrCat("item ", i, " of batch ", header().batch, " does not parse"));

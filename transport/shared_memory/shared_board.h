@@ -1,15 +1,19 @@
 // The memory a local coordinator and its worker processes share, as files
-// in the coordinator's private folder on tmpfs, mapped by every process:
+// linked from the coordinator's private folder, mapped by every process:
 //  - the board: the run's config, the workers' pids and heartbeats, the
 //    number of the current batch, and two futex words, one the coordinator bumps for new
 //    work and one a worker bumps for each result;
 //  - a batch file per Run(): the batch's task specs and, for each item, one
 //    atomic word (who claimed it, and whether it is done) and the header of
 //    its result;
-//  - the state file, rewritten in place for each batch while no worker runs
-//    (workers map it once and read it where it lies), and each worker's
-//    result file, rewritten in place for each result once the coordinator
-//    has taken the one before (SharedResultPath(folder, pid)). Every size and offset read from a
+//  - the state, rewritten in place for each batch while no worker runs
+//    (workers map it once and read it where it lies);
+//  - each worker's result file, rewritten in place for each result once
+//    the coordinator has taken the one before (SharedResultPath(folder,
+//    pid)), which the coordinator reads with read(2), never maps.
+// The board, batches and state are sealed memfds (SharedMapping), linked
+// from the folder, not tmpfs files: /dev/shm's size does not limit them, and
+// no worker can truncate them under the coordinator. Every size and offset read from a
 // mapping is checked before it is used: a worker that scribbles on shared
 // memory can spoil its own results, never make the coordinator read out of
 // bounds.
@@ -23,7 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "coordinator.pb.h"
+#include "wire.pb.h"
 #include "reptile.pb.h"
 
 namespace reptile {
@@ -56,7 +60,7 @@ inline constexpr size_t kResultHeaderBytes = 1000;
 
 struct ItemSlot {
   std::atomic<uint64_t> claim;  // ClaimWord
-  uint32_t spec_offset;         // the item as a WorkReply (kind and tasks), in the batch file
+  uint32_t spec_offset;         // the item as an ItemSpec (kind and tasks), in the batch file
   uint32_t spec_bytes;
   uint32_t result_bytes;  // the serialized ResultHeader in `result`, written before the claim is kDone
   char result[kResultHeaderBytes];
@@ -71,14 +75,20 @@ struct BatchHeader {
   std::atomic<uint32_t> next_item;  // the claim cursor
 };
 
-// A file mapped read-write and shared; unmapped when the object goes.
+// Memory mapped read-write and shared; unmapped when the object goes. What
+// a coordinator creates is a sealed memfd, preallocated, that no process can
+// shrink or grow (so no peer can make its mapping fault), reached by path
+// through a link to /proc/<pid>/fd/<fd>; what a worker opens is such a
+// memfd or a plain file.
 class SharedMapping {
  public:
   SharedMapping() = default;
-  // Creates `path` (which must not exist) of `size` bytes and maps it.
+  // Makes a sealed memfd of `size` zero bytes, maps it and links `path`
+  // (which must not exist) to it. ResourceExhausted naming the size if the
+  // memory cannot be reserved.
   static absl::StatusOr<SharedMapping> Create(const std::string& path, size_t size);
-  // Maps what `path` holds: a regular file, not through a symlink, of at
-  // least `min_size` bytes.
+  // Maps what `path` holds: a link to a sealed memfd as Create makes, or a
+  // regular file not reached through a symlink; at least `min_size` bytes.
   static absl::StatusOr<SharedMapping> Open(const std::string& path, size_t min_size);
   SharedMapping(SharedMapping&& other) noexcept;
   SharedMapping& operator=(SharedMapping&& other) noexcept;
@@ -88,11 +98,14 @@ class SharedMapping {
   size_t size() const { return size_; }
 
  private:
-  // Maps `fd` (closed either way) of `size` bytes.
-  static absl::StatusOr<SharedMapping> Map(int fd, size_t size, const std::string& path);
-  SharedMapping(char* data, size_t size) : data_(data), size_(size) {}
+  // Maps `fd` of `size` bytes; keeps it open if `keep` (the memfd of a
+  // link), else closes it either way.
+  static absl::StatusOr<SharedMapping> Map(int fd, size_t size, const std::string& path, bool keep);
+  SharedMapping(char* data, size_t size, int fd) : data_(data), size_(size), fd_(fd) {}
+  void Release();
   char* data_ = nullptr;
   size_t size_ = 0;
+  int fd_ = -1;  // the memfd a link points at, while this object lives
 };
 
 // The board of a run: created by the coordinator, opened by its workers.
@@ -116,7 +129,7 @@ class SharedBatch {
   SharedBatch() = default;
   // `header`'s fields but the magic and the cursor, and the items' specs.
   static absl::StatusOr<SharedBatch> Create(const std::string& path, const BatchHeader& header,
-                                            const std::vector<WorkReply>& specs);
+                                            const std::vector<ItemSpec>& specs);
   // InvalidArgument if the file is not batch `batch` or its sizes do not fit.
   static absl::StatusOr<SharedBatch> Open(const std::string& path, uint64_t batch);
 
@@ -124,7 +137,7 @@ class SharedBatch {
   BatchHeader& header() const { return *reinterpret_cast<BatchHeader*>(mapping_.data()); }
   ItemSlot& item(size_t i) const;
   // Item i as the coordinator wrote it; InvalidArgument if it does not parse.
-  absl::StatusOr<WorkReply> Spec(size_t i) const;
+  absl::StatusOr<ItemSpec> Spec(size_t i) const;
   // The header a worker wrote into item i's slot, its length read once;
   // InvalidArgument if it is longer than the slot or does not parse.
   absl::StatusOr<ResultHeader> ResultHeaderOf(size_t i) const;

@@ -12,9 +12,9 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
-#include "transport/grpc/result_codec.h"
-#include "transport/grpc/shared_folder.h"
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/result_codec.h"
+#include "transport/wire/shared_folder.h"
+#include "transport/wire/tensor_stream.h"
 
 namespace reptile {
 namespace {
@@ -23,6 +23,7 @@ constexpr int kMaxTries = 3;  // results refused or failed on one item before it
 constexpr absl::Duration kRecheck = absl::Milliseconds(50);
 
 int PidFdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+void KillThrough(int pidfd) { syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0); }
 
 // Opens item i again for any worker to claim, if its word is still `word`.
 bool Reopen(ItemSlot& slot, uint64_t word, BoardHeader& board) {
@@ -50,6 +51,9 @@ SharedMemoryTransport::SharedMemoryTransport(const ExperimentConfig& config, std
       worker_timeout_(absl::Seconds(config.runtime().worker_timeout_seconds() > 0
                                         ? config.runtime().worker_timeout_seconds()
                                         : 6)),
+      task_timeout_(absl::Seconds(config.runtime().task_timeout_seconds() > 0
+                                      ? config.runtime().task_timeout_seconds()
+                                      : 600)),
       folder_(std::move(folder)),
       board_path_(folder_ + "/board"),
       board_(std::move(board)) {}
@@ -58,6 +62,28 @@ SharedMemoryTransport::~SharedMemoryTransport() {
   Finish();
   for (const auto& [pid, worker] : seen_) close(worker.pidfd);
   unlink(board_path_.c_str());
+  unlink(SharedMemoryStatePath(folder_).c_str());
+}
+
+void SharedMemoryTransport::TrustOnlyChildren(std::function<int(pid_t)> open_child) {
+  open_child_ = std::move(open_child);
+}
+
+absl::Status SharedMemoryTransport::PublishState(absl::Span<const absl::string_view> tensors) {
+  size_t size = 0;
+  for (absl::string_view t : tensors) size += t.size();
+  if (state_.data() == nullptr) {
+    ASSIGN_OR_RETURN(state_, SharedMapping::Create(SharedMemoryStatePath(folder_), size));
+  }
+  if (state_.size() != size)
+    return absl::InvalidArgumentError(
+        absl::StrCat("a meta-state of ", size, " bytes; the run's first was ", state_.size()));
+  char* at = state_.data();
+  for (absl::string_view t : tensors) {
+    std::memcpy(at, t.data(), t.size());
+    at += t.size();
+  }
+  return absl::OkStatus();
 }
 
 void SharedMemoryTransport::Finish() {
@@ -86,10 +112,10 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
   fields.numel = shape.numel;
   fields.adam_step = state.adam_step;
   // No worker reads the state between batches (board.batch is 0).
-  RETURN_IF_ERROR(OverwriteTensorFile(SharedMemoryStatePath(folder_), tensors));
-  std::vector<WorkReply> specs(items.size());
+  RETURN_IF_ERROR(PublishState(tensors));
+  std::vector<ItemSpec> specs(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
-    specs[i].set_kind(items[i].kind == WorkKind::kTrain ? WorkReply::TRAIN : WorkReply::EVALUATE);
+    specs[i].set_evaluate(items[i].kind == WorkKind::kEvaluate);
     for (const TaskSpec& task : items[i].tasks) *specs[i].add_tasks() = task;
   }
   const std::string batch_path = SharedBatchPath(folder_, fields.batch);
@@ -113,9 +139,20 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
 
   std::vector<char> taken(items.size(), 0);
   std::vector<int> tries(items.size(), 0);
+  claimed_since_.assign(items.size(), {ClaimWord(0, ItemStage::kOpen), absl::Now()});
   size_t remaining = items.size(), first_open = 0;
   while (remaining > 0) {
     const uint32_t signal = board.result_signal.load(std::memory_order_acquire);
+    // The words only the coordinator writes: a worker that changed them
+    // (stopping the others, or hiding the batch) is put right.
+    if (board.stop.load(std::memory_order_acquire) != 0 ||
+        board.batch.load(std::memory_order_acquire) != fields.batch) {
+      board.stop.store(0, std::memory_order_release);
+      board.batch.store(fields.batch, std::memory_order_release);
+      board.work_signal.fetch_add(1, std::memory_order_acq_rel);
+      FutexWakeAll(&board.work_signal);
+      if (log_) log_("a worker wrote the board's stop or batch word; put back");
+    }
     // Items past the claim cursor have not been claimed, so are not done.
     const size_t claimed = std::min<size_t>(items.size(), batch.header().next_item.load(std::memory_order_acquire));
     bool progress = false;
@@ -180,42 +217,63 @@ absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch,
   return false;
 }
 
+void SharedMemoryTransport::RefreshWorkers(absl::Time now) {
+  BoardHeader& board = board_.header();
+  for (int place = 0; place < kMaxSharedWorkers; ++place) {
+    int32_t pid = board.worker_pids[place].load(std::memory_order_acquire);
+    if (pid <= 0) continue;
+    if (evicted_.count(pid) > 0) {
+      board.worker_pids[place].compare_exchange_strong(pid, 0);
+      continue;
+    }
+    const uint32_t beat = board.worker_beats[place].load(std::memory_order_relaxed);
+    auto found = seen_.find(pid);
+    if (found != seen_.end()) {
+      if (found->second.beat != beat) {
+        found->second.beat = beat;
+        found->second.beat_changed = now;
+      }
+      continue;
+    }
+    // Only a child of ours, when we know them; any live process otherwise.
+    const int fd = open_child_ ? open_child_(pid) : PidFdOpen(pid);
+    if (fd < 0) {
+      // Gone already, or no worker of this run (a forged or stale pid): its
+      // claims go back to the others.
+      if (!open_child_) board.worker_pids[place].compare_exchange_strong(pid, 0);
+      continue;
+    }
+    seen_[pid] = {fd, static_cast<bool>(open_child_), beat, now};
+    if (log_) log_(absl::StrCat("worker process ", pid, " joined (", seen_.size(), " alive)"));
+  }
+}
+
+void SharedMemoryTransport::Evict(pid_t pid, const std::string& why) {
+  auto it = seen_.find(pid);
+  const bool child = it != seen_.end() && it->second.child;
+  if (log_) log_(absl::StrCat("worker process ", pid, " ", why, child ? "; killing it" : "; evicted"));
+  if (it != seen_.end()) {
+    if (child) KillThrough(it->second.pidfd);  // its place is taken by another
+    close(it->second.pidfd);
+    seen_.erase(it);
+  }
+  if (!child) evicted_.insert(pid);
+  absl::MutexLock lock(&mu_);
+  ++stats_.workers_evicted;
+}
+
 void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch& batch, size_t items) {
   BoardHeader& board = board_.header();
   const absl::Time now = absl::Now();
-  // Workers that joined since the last look, and the heartbeats of all.
-  auto refresh = [&] {
-    for (int place = 0; place < kMaxSharedWorkers; ++place) {
-      int32_t pid = board.worker_pids[place].load(std::memory_order_acquire);
-      if (pid <= 0) continue;
-      const uint32_t beat = board.worker_beats[place].load(std::memory_order_relaxed);
-      auto found = seen_.find(pid);
-      if (found != seen_.end()) {
-        if (found->second.beat != beat) found->second = {found->second.pidfd, beat, now};
-        continue;
-      }
-      const int fd = PidFdOpen(pid);
-      if (fd < 0) {
-        board.worker_pids[place].compare_exchange_strong(pid, 0);  // gone already
-        continue;
-      }
-      seen_[pid] = {fd, beat, now};
-      if (log_) log_(absl::StrCat("worker process ", pid, " joined (", seen_.size(), " alive)"));
-    }
-  };
-  refresh();
+  RefreshWorkers(now);
+  // Stopped or stuck: its items would hold the batch forever.
+  std::vector<pid_t> silent;
+  for (const auto& [pid, worker] : seen_)
+    if (now - worker.beat_changed > worker_timeout_) silent.push_back(pid);
+  for (pid_t pid : silent)
+    Evict(pid, absl::StrCat("sent no heartbeat for ", absl::FormatDuration(worker_timeout_)));
   std::vector<pollfd> polls;
-  for (auto& [pid, worker] : seen_) {
-    if (now - worker.beat_changed > worker_timeout_) {
-      // Stopped or stuck: its items would hold the batch forever.
-      if (log_)
-        log_(absl::StrCat("worker process ", pid, " sent no heartbeat for ", absl::FormatDuration(worker_timeout_),
-                          "; killing it"));
-      kill(pid, SIGKILL);
-      worker.beat_changed = now;  // said once; the kill ends it
-    }
-    polls.push_back({worker.pidfd, POLLIN, 0});
-  }
+  for (auto& [pid, worker] : seen_) polls.push_back({worker.pidfd, POLLIN, 0});
   if (!polls.empty() && poll(polls.data(), polls.size(), 0) > 0) {
     for (const pollfd& p : polls) {
       if (p.revents == 0) continue;  // still running
@@ -234,17 +292,30 @@ void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch& batch, size_t ite
       }
     }
   }
+  // Items held past runtime.task_timeout_seconds: their claimers are stuck
+  // (or lie), whatever their heartbeat says.
+  const size_t claimed = std::min<size_t>(items, batch.header().next_item.load());
+  for (size_t i = 0; i < claimed; ++i) {
+    const uint64_t word = batch.item(i).claim.load(std::memory_order_acquire);
+    auto& [seen_word, since] = claimed_since_[i];
+    if (word != seen_word) {
+      seen_word = word;
+      since = now;
+    } else if (StageOf(word) == ItemStage::kClaimed && now - since > task_timeout_ && seen_.count(PidOf(word)) > 0) {
+      Evict(PidOf(word), absl::StrCat("held work item ", i, " for ", absl::FormatDuration(task_timeout_),
+                                      " (runtime.task_timeout_seconds)"));
+    }
+  }
   // Claims of workers not alive on the board go back to the others. A
   // worker registers before it claims, so a claimer still unknown after a
   // second look is gone (or never was a worker).
-  const size_t claimed = std::min<size_t>(items, batch.header().next_item.load());
   bool looked_again = false;
   for (size_t i = 0; i < claimed; ++i) {
     ItemSlot& slot = batch.item(i);
     const uint64_t word = slot.claim.load(std::memory_order_acquire);
     if (StageOf(word) != ItemStage::kClaimed || seen_.count(PidOf(word)) > 0) continue;
     if (!looked_again) {
-      refresh();
+      RefreshWorkers(now);
       looked_again = true;
       if (seen_.count(PidOf(word)) > 0) continue;
     }

@@ -4,10 +4,14 @@
 // coordinator and wakes it with one futex call; the coordinator wakes the
 // workers once per batch. No call, socket or server thread is on the path.
 // A worker that dies has its items run again by the others (or by the one
-// started in its place), and one whose heartbeat stops for
-// runtime.worker_timeout_seconds (stopped, or stuck) is killed first; a
-// result refused or failed three times on one item fails the batch with the
-// reason.
+// started in its place). One whose heartbeat stops for
+// runtime.worker_timeout_seconds (stopped, or stuck), or that holds an item
+// for runtime.task_timeout_seconds, is evicted: its items are run again,
+// and it is killed if it is one of this process's own children (the only
+// processes ever signalled, through their pidfds). A result refused or
+// failed three times on one item fails the batch with the reason. The
+// coordinator trusts nothing in the mapping: sizes and counts are its own,
+// and the words it owns (stop, batch) are put back if a worker changes them.
 #ifndef REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_MEMORY_TRANSPORT_H_
 #define REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_MEMORY_TRANSPORT_H_
 
@@ -16,11 +20,16 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 #include "absl/time/time.h"
-#include "transport/grpc/result_codec.h"
+#include "transport/wire/result_codec.h"
 #include "transport/shared_memory/shared_board.h"
 #include "transport/transport.h"
 
@@ -46,6 +55,10 @@ class SharedMemoryTransport final : public Transport {
   void Interrupt(const std::string& why) override;
   // Tells the workers to leave.
   void Finish();
+  // From now on a worker counts only if `open_child` vouches for it: it
+  // returns a pidfd for a pid that is one of this process's worker
+  // children, -1 for any other pid. Without it no process is signalled.
+  void TrustOnlyChildren(std::function<int(pid_t)> open_child);
 
  private:
   SharedMemoryTransport(const ExperimentConfig& config, std::string folder, SharedBoard board,
@@ -55,25 +68,40 @@ class SharedMemoryTransport final : public Transport {
   // coordinator's own, never read from the batch file.
   absl::StatusOr<bool> TakeResult(const SharedBatch& batch, size_t i, const std::vector<WorkItem>& items,
                                   const ResultShape& shape, const ResultSink& take, std::vector<int>& tries);
-  // Forgets workers that have died, and opens their claimed items (of the
-  // batch's first `items`, the coordinator's own count) again.
+  // Forgets workers that have died or are evicted, and opens their claimed
+  // items (of the batch's first `items`, the coordinator's own count)
+  // again; evicts the claimers of items held past their deadline.
   void ReapDeadWorkers(const SharedBatch& batch, size_t items);
+  // Notes the workers that joined the board since the last look, and
+  // everyone's heartbeat.
+  void RefreshWorkers(absl::Time now);
+  // Stops counting on `pid` (killing it, if it is a child of ours).
+  void Evict(pid_t pid, const std::string& why);
+  // Writes the state where the workers map it: a sealed memfd made on the
+  // first batch, of the size every batch of the run has.
+  absl::Status PublishState(absl::Span<const absl::string_view> tensors);
 
   const ExperimentConfig config_;
   const std::function<void(const std::string&)> log_;
   const std::string folder_, board_path_;
   SharedBoard board_;
   uint64_t last_batch_ = 0;
-  uint64_t last_state_version_ = 0;
+  SharedMapping state_;
   // The workers seen on the board, alive when last looked: a descriptor
-  // that becomes readable when the process ends, and the last heartbeat.
+  // that becomes readable when the process ends, whether it is a child of
+  // ours (and may be signalled), and the last heartbeat.
   struct Seen {
     int pidfd = -1;
+    bool child = false;
     uint32_t beat = 0;
     absl::Time beat_changed;
   };
   std::map<pid_t, Seen> seen_;
-  const absl::Duration worker_timeout_;
+  std::set<pid_t> evicted_;  // never counted again, whatever the board says
+  std::function<int(pid_t)> open_child_;
+  // When each item of the batch was first seen claimed by its claim word.
+  std::vector<std::pair<uint64_t, absl::Time>> claimed_since_;
+  const absl::Duration worker_timeout_, task_timeout_;
 
   mutable absl::Mutex mu_;
   std::string interrupted_ ABSL_GUARDED_BY(mu_);

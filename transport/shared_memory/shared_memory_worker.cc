@@ -12,9 +12,9 @@
 #include "core/process_setup.h"
 #include "core/status_macros.h"
 #include "core/tasks/task_source.h"
-#include "transport/grpc/result_codec.h"
-#include "transport/grpc/shared_folder.h"
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/result_codec.h"
+#include "transport/wire/shared_folder.h"
+#include "transport/wire/tensor_stream.h"
 #include "transport/shared_memory/shared_board.h"
 #include "worker/learner.h"
 
@@ -140,13 +140,13 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
         state = StateOf(folder, batch.header(), moments, &state_file);
         state_batch = batch_number;
       }
-      absl::StatusOr<WorkReply> spec = batch.Spec(*i);
+      absl::StatusOr<ItemSpec> spec = batch.Spec(*i);
       absl::StatusOr<TaskResult> result = absl::UnknownError("not run");
       if (!spec.ok() || !state.ok()) {
         result = !spec.ok() ? spec.status() : state.status();
       } else {
         WorkItem item;
-        item.kind = spec->kind() == WorkReply::TRAIN ? WorkKind::kTrain : WorkKind::kEvaluate;
+        item.kind = spec->evaluate() ? WorkKind::kEvaluate : WorkKind::kTrain;
         item.tasks.assign(spec->tasks().begin(), spec->tasks().end());
         result = learner->Run(*state, item);
       }

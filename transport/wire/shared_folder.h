@@ -6,8 +6,8 @@
 // chunks would have had on the stream. Reads trust nothing in the file:
 // only a regular file, never through a symlink, of exactly the size the
 // reader expects, without ever blocking on a FIFO.
-#ifndef REPTILE_TRANSPORT_GRPC_SHARED_FOLDER_H_
-#define REPTILE_TRANSPORT_GRPC_SHARED_FOLDER_H_
+#ifndef REPTILE_TRANSPORT_WIRE_SHARED_FOLDER_H_
+#define REPTILE_TRANSPORT_WIRE_SHARED_FOLDER_H_
 
 #include <cstdint>
 #include <string>
@@ -43,4 +43,4 @@ absl::StatusOr<std::vector<std::string>> ReadTensorFile(const std::string& path,
 
 }  // namespace reptile
 
-#endif  // REPTILE_TRANSPORT_GRPC_SHARED_FOLDER_H_
+#endif  // REPTILE_TRANSPORT_WIRE_SHARED_FOLDER_H_

@@ -1,4 +1,4 @@
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/tensor_stream.h"
 
 #include <cmath>
 #include <cstring>

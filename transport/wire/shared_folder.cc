@@ -1,4 +1,4 @@
-#include "transport/grpc/shared_folder.h"
+#include "transport/wire/shared_folder.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

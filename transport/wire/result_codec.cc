@@ -1,10 +1,10 @@
-#include "transport/grpc/result_codec.h"
+#include "transport/wire/result_codec.h"
 
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
-#include "transport/grpc/tensor_stream.h"
+#include "transport/wire/tensor_stream.h"
 
 namespace reptile {
 namespace {

@@ -2,8 +2,8 @@
 // put back together by a TensorAssembler that checks every chunk against the
 // sizes the receiver expects. This is the only decoding path for tensors that
 // arrive from another process, so it trusts nothing in them.
-#ifndef REPTILE_TRANSPORT_GRPC_TENSOR_STREAM_H_
-#define REPTILE_TRANSPORT_GRPC_TENSOR_STREAM_H_
+#ifndef REPTILE_TRANSPORT_WIRE_TENSOR_STREAM_H_
+#define REPTILE_TRANSPORT_WIRE_TENSOR_STREAM_H_
 
 #include <cstddef>
 #include <functional>
@@ -15,7 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "coordinator.pb.h"
+#include "wire.pb.h"
 
 namespace reptile {
 
@@ -78,4 +78,4 @@ class TensorAssembler {
 
 }  // namespace reptile
 
-#endif  // REPTILE_TRANSPORT_GRPC_TENSOR_STREAM_H_
+#endif  // REPTILE_TRANSPORT_WIRE_TENSOR_STREAM_H_

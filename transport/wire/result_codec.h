@@ -3,8 +3,8 @@
 // coordinator) and how the coordinator checks and reads it back. Decoding
 // trusts nothing: every header field is checked against what the item and
 // the run's config require, and every tensor against its size and values.
-#ifndef REPTILE_TRANSPORT_GRPC_RESULT_CODEC_H_
-#define REPTILE_TRANSPORT_GRPC_RESULT_CODEC_H_
+#ifndef REPTILE_TRANSPORT_WIRE_RESULT_CODEC_H_
+#define REPTILE_TRANSPORT_WIRE_RESULT_CODEC_H_
 
 #include <cstdint>
 #include <string>
@@ -12,7 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "coordinator.pb.h"
+#include "wire.pb.h"
 #include "core/work.h"
 
 namespace reptile {
@@ -51,4 +51,4 @@ absl::StatusOr<TaskResult> DecodeResult(const ResultHeader& header, const WorkIt
 
 }  // namespace reptile
 
-#endif  // REPTILE_TRANSPORT_GRPC_RESULT_CODEC_H_
+#endif  // REPTILE_TRANSPORT_WIRE_RESULT_CODEC_H_

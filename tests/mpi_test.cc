@@ -6,6 +6,7 @@
 // or a rank that stops answering ends within the deadline, rank 0 saying why.
 // MPI_REDUCE_SUM and MPI_ALLREDUCE_SUM on 1 to 4 working ranks, with items of
 // one task or several, give those parameters too, and bring less into rank 0.
+// A rank that lies in its results' headers ends the job, named.
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -185,6 +186,34 @@ TEST(MpiTest, AnMpiCheckpointResumesUnderGrpcAndBack) {
   ASSERT_EQ(last->ExitCode(300), 0) << last->err();
   EXPECT_TRUE(absl::StrContains(last->err(), "at round 20")) << last->err();
   EXPECT_EQ(ParameterSha(last->out()), ThreadsReference(overrides, logs + "/reference"));
+}
+
+// A rank that lies in its results' headers (tests/mpi_liar.c, preloaded
+// into rank 1 of an MPMD job): an error text of 2^40 bytes, or 7 tasks for
+// an item of one. The job ends with one line naming the rank, without
+// allocating what the rank claims and without a hang.
+TEST(MpiTest, ALyingRankEndsTheJobWithALineNamingIt) {
+  const std::string logs = TempDir("logs");
+  const std::map<std::string, std::string> lies = {
+      {"error_bytes", "it claims an error text of 1099511627776 bytes (at most 4096)"},
+      {"tasks", "result covers 7 tasks; the lease has 1"}};
+  for (const auto& [lie, detail] : lies) {
+    std::vector<std::string> app = {REPTILE_BINARY, "mpi", "--config", SourcePath("configs/demo.textproto"),
+                                    "--run_dir", TempDir(lie)};
+    for (const std::string& o : Overrides(30)) app.push_back(o);
+    std::vector<std::string> args = {"/usr/bin/mpirun", "--oversubscribe", "--bind-to", "none", "-np", "1"};
+    args.insert(args.end(), app.begin(), app.end());
+    args.insert(args.end(), {":", "-np", "1", "-x", absl::StrCat("LD_PRELOAD=", MPI_LIAR_LIBRARY), "-x",
+                             "MPI_LIAR=" + lie});
+    args.insert(args.end(), app.begin(), app.end());
+    auto job = ChildProcess::Start(args, logs + "/" + lie, REPTILE_SOURCE_DIR, kRootEnv);
+    const int code = job->ExitCode(120);
+    EXPECT_NE(code, -1) << lie << ": the job hung\n" << job->err();
+    EXPECT_NE(code, 0) << lie;
+    EXPECT_TRUE(absl::StrContains(job->err(), "MPI: rank 1 broke the protocol with work item")) << job->err();
+    EXPECT_TRUE(absl::StrContains(job->err(), detail)) << job->err();
+    EXPECT_FALSE(absl::StrContains(job->err(), "bad_alloc")) << job->err();
+  }
 }
 
 // A byte counter of rank 0 over a run ("bytes_in": received, "bytes_out":

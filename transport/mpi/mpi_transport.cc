@@ -12,6 +12,7 @@
 #include <bitset>
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -57,7 +58,8 @@ struct BatchHeader {
 };
 
 // A result's scalars, sent ahead of its tensors. Rank 0 checks them as the
-// wire's ResultHeader (transport/wire/result_codec.h).
+// wire's ResultHeader (transport/wire/result_codec.h). tests/mpi_liar.c
+// knows this layout.
 struct ResultScalars {
   double loss = 0;
   int64_t correct = 0, correct_inductive = 0, predictions = 0;
@@ -66,6 +68,9 @@ struct ResultScalars {
   int64_t has_delta = 0, has_moments = 0, has_first_moment = 0;
   int64_t error_bytes = 0;     // > 0: the learner failed; the message follows
 };
+static_assert(sizeof(ResultScalars) == 80 && offsetof(ResultScalars, tasks) == 40 &&
+                  offsetof(ResultScalars, error_bytes) == 72,
+              "tests/mpi_liar.c rewrites these fields at these offsets");
 
 int Rank() {
   int rank = 0;

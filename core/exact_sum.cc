@@ -22,7 +22,9 @@ inline double RoundToInteger(double x) {
 // Limb weights, in units of 2^-96.
 constexpr double kLimb = 0x1p42;
 
-__int128 Abs(__int128 v) { return v < 0 ? -v : v; }
+// Whether |v| < bound, for bound > 0; true of no v = -2^127, which has no
+// negation.
+bool AbsBelow(__int128 v, __int128 bound) { return v < bound && v > -bound; }
 
 // Whether every |values[i]| < limit (false for NaN).
 __attribute__((target_clones("avx2", "default"))) bool AllBelow(const float* values, size_t n, double limit) {
@@ -145,7 +147,7 @@ absl::StatusOr<ExactSum> ExactSum::Decode(const std::string& bytes, int64_t nume
   for (size_t i = 0; i < static_cast<size_t>(numel); ++i) {
     __int128 value;
     std::memcpy(&value, bytes.data() + i * kElementBytes, kElementBytes);
-    if (Abs(value) >= reach)
+    if (!AbsBelow(value, reach))
       return absl::InvalidArgumentError(
           absl::StrCat("exact sum element ", i, " lies beyond what ", terms, " in-range values can reach"));
     // Limbs of 42 bits, low and middle in [0, 2^42): each below 2^42. (>>

@@ -175,6 +175,11 @@ TEST(ExactSumTest, DecodeChecksSizeTermsAndReach) {
   std::string hostile = bytes;
   hostile[15] = 0x3f;  // element 0 near 2^125 units: beyond two terms' reach
   EXPECT_FALSE(ExactSum::Decode(hostile, 2, 2, 8).ok());
+  // -2^127, whose negation wraps to itself: as far beyond reach as any.
+  std::string lowest = bytes;
+  std::memset(lowest.data(), 0, ExactSum::kElementBytes);
+  lowest[15] = static_cast<char>(0x80);
+  EXPECT_FALSE(ExactSum::Decode(lowest, 2, 2, 8).ok());
   ExactSum other(2, 4);
   EXPECT_FALSE(sum.Merge(other).ok()) << "capacities differ";
 }

@@ -14,6 +14,7 @@
 #include <optional>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -231,6 +232,11 @@ class BoardTest : public ::testing::Test {
   void StartWorker() {
     worker_ = std::thread([this] { worker_status_ = RunSharedMemoryWorker(transport_->board_path(), &stop_); });
   }
+  // A real worker process on this test's board; killed when the object goes.
+  std::unique_ptr<ChildProcess> StartWorkerProcess(const std::string& name) {
+    return ChildProcess::Start({REPTILE_BINARY, "worker", "--shared_memory", transport_->board_path()},
+                               TempDir(name) + "/worker");
+  }
 
   // Each item's delta, as handed over; fails if one is handed over twice.
   static absl::StatusOr<std::vector<torch::Tensor>> RunAll(Transport& transport, const MetaState& state,
@@ -386,16 +392,74 @@ TEST_F(BoardTest, ANonFiniteResultIsRefusedAndRunAgain) {
   unlink(SharedResultPath(folder_, static_cast<uint64_t>(getpid())).c_str());
 }
 
-TEST_F(BoardTest, AnItemThatFailsEveryTimeFailsItsBatchByNameAndTheNextBatchRuns) {
-  StartWorker();
-  std::vector<WorkItem> items = SineItems(4);
-  items[2].tasks[0].set_family(OMNIGLOT);  // does not fit a sine source
+// An item that fails on every worker (its spec does not fit the task
+// source), on two worker processes that have shown they can do others:
+// left to the other worker after the first refusal, it fails its batch
+// naming both, and nobody is evicted, so the next batch runs.
+TEST_F(BoardTest, AnItemRefusedOnTwoProvenWorkersFailsItsBatchNamingBothAndTheNextBatchRuns) {
+  std::vector<std::unique_ptr<ChildProcess>> workers;
+  for (const char* name : {"a", "b"}) workers.push_back(StartWorkerProcess(name));
+  // Were both workers evicted, the batch would wait for workers forever.
+  absl::Notification done;
+  std::thread deadline([&] {
+    if (!done.WaitForNotificationWithTimeout(absl::Seconds(60))) transport_->Interrupt("the test's deadline passed");
+  });
+  absl::Cleanup stop_deadline = [&] {
+    done.Notify();
+    deadline.join();
+  };
+  for (int waited_ms = 0; transport_->num_workers() < 2 && waited_ms < 60000; waited_ms += 10) usleep(10000);
+  ASSERT_EQ(transport_->num_workers(), 2);
+  // Sixteen items a batch: each worker has results accepted before the
+  // last item fails.
+  for (int batch = 0; batch < 3; ++batch) ASSERT_TRUE(RunAll(*transport_, state_, SineItems(16)).ok());
+  std::vector<WorkItem> items = SineItems(16);
+  items[15].tasks[0].set_family(OMNIGLOT);
   absl::StatusOr<std::vector<torch::Tensor>> failed = RunAll(*transport_, state_, items);
   ASSERT_FALSE(failed.ok());
-  EXPECT_TRUE(absl::StrContains(failed.status().message(), "work item 2: the worker failed")) << failed.status();
-  EXPECT_EQ(transport_->Stats().results_refused_by_reason.at("worker_error"), 3);
-  absl::StatusOr<std::vector<torch::Tensor>> next = RunAll(*transport_, state_, SineItems(4));
-  EXPECT_TRUE(next.ok()) << next.status();
+  const std::string message(failed.status().message());
+  EXPECT_TRUE(absl::StrContains(message, "work item 15 failed on 2 different workers, so the task")) << message;
+  for (const auto& worker : workers)
+    EXPECT_TRUE(absl::StrContains(message, absl::StrCat("worker ", worker->pid(), ": the worker failed")))
+        << message;
+  EXPECT_EQ(transport_->Stats().results_refused_by_reason.at("worker_error"), 2);
+  EXPECT_EQ(transport_->Stats().workers_evicted, 0);
+  EXPECT_TRUE(RunAll(*transport_, state_, SineItems(16)).ok());
+}
+
+// A worker whose results are refused three times in a row (here the test
+// process, handing back headers that do not parse) is evicted, and its items
+// go to a real worker process: the batch ends with the right results.
+TEST_F(BoardTest, AWorkerRefusedThreeTimesInARowIsEvictedAndOthersRunItsItems) {
+  const std::vector<WorkItem> items = SineItems(5);
+  const std::vector<torch::Tensor> reference = Reference(items);
+  absl::StatusOr<std::vector<torch::Tensor>> deltas;
+  StartRunAndOpenItsBatch(items, &deltas);
+  ASSERT_FALSE(HasFatalFailure());
+  BoardHeader& header = board_->header();
+  SharedBatch& batch = *batch_;
+  int32_t free = 0;
+  ASSERT_TRUE(header.worker_pids[kMaxSharedWorkers - 1].compare_exchange_strong(free, getpid()));
+  batch.header().next_item.store(3);
+  for (int i = 0; i < 3; ++i) {
+    uint64_t open = ClaimWord(0, ItemStage::kOpen);
+    ASSERT_TRUE(batch.item(i).claim.compare_exchange_strong(open, ClaimWord(getpid(), ItemStage::kClaimed)));
+    const char garbage[] = "\xff\xff\xff\xff not a header";
+    std::memcpy(batch.item(i).result, garbage, sizeof(garbage));
+    batch.item(i).result_bytes = sizeof(garbage);
+    batch.item(i).claim.store(ClaimWord(getpid(), ItemStage::kDone));
+  }
+  header.result_signal.fetch_add(1);
+  FutexWakeAll(&header.result_signal);
+  auto worker = StartWorkerProcess("real");
+  coordinator_.join();
+  ASSERT_TRUE(deltas.ok()) << deltas.status();
+  for (size_t i = 0; i < reference.size(); ++i) EXPECT_TRUE(torch::equal((*deltas)[i], reference[i])) << i;
+  const TransportStats stats = transport_->Stats();
+  EXPECT_EQ(stats.results_refused, 3);
+  EXPECT_EQ(stats.workers_evicted, 1);
+  EXPECT_EQ(stats.tasks_redone, 3);
+  EXPECT_EQ(header.worker_pids[kMaxSharedWorkers - 1].load(), 0) << "the evicted worker keeps its place";
 }
 
 TEST_F(BoardTest, InterruptEndsARunThatHasNoWorkers) {

@@ -4,12 +4,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 
 namespace reptile {
 
 void LeaseScheduler::AddWorker(uint64_t id, const std::string& name, absl::Time now) {
   workers_[id] = WorkerRecord{name, now};
+  ledger_.Join(id);
 }
 
 absl::Status LeaseScheduler::Touch(uint64_t id, absl::Time now) {
@@ -27,6 +27,7 @@ void LeaseScheduler::RemoveWorker(uint64_t id, const std::string& why) {
   if (it == workers_.end()) return;
   Event(absl::StrCat("worker ", id, " (", it->second.name, ") ", why, "; ", workers_.size() - 1, " left"));
   workers_.erase(it);
+  ledger_.Drop(id);
   for (auto& [lease_id, lease] : leases_)
     if (lease.worker == id && lease.active) Redo(lease_id, absl::StrCat("worker ", id, " ", why));
 }
@@ -35,14 +36,15 @@ void LeaseScheduler::Evict(uint64_t id, const std::string& why) {
   if (!workers_.count(id)) return;
   evicted_.insert(id);
   ++counters_.workers_evicted;
-  for (ItemRecord& item : items_) item.faulted_by.erase(id);
   RemoveWorker(id, absl::StrCat("evicted: ", why));
+  ledger_.Forget(id);
 }
 
 void LeaseScheduler::StartBatch(std::vector<int> kinds) {
   EndBatch();
   in_batch_ = true;
   items_.assign(kinds.size(), ItemRecord());
+  ledger_.StartBatch(kinds.size());
   for (size_t i = 0; i < kinds.size(); ++i) {
     items_[i].kind = kinds[i];
     pending_.push_back(i);
@@ -53,6 +55,7 @@ void LeaseScheduler::StartBatch(std::vector<int> kinds) {
 void LeaseScheduler::EndBatch() {
   in_batch_ = false;
   items_.clear();
+  ledger_.StartBatch(0);
   pending_.clear();
   for (auto& [id, lease] : leases_)
     if (lease.active) Deactivate(lease);
@@ -113,7 +116,7 @@ std::optional<LeaseScheduler::Grant> LeaseScheduler::Lease(uint64_t worker_id, a
   auto worker = workers_.find(worker_id);
   if (!in_batch_ || worker == workers_.end()) return std::nullopt;
   WorkerRecord& record = worker->second;
-  const int allowed = record.accepted > 0 ? policy_.max_leases : 1;
+  const int allowed = ledger_.proven(worker_id) ? policy_.max_leases : 1;
   if (record.leases >= allowed) return std::nullopt;
   // Items done by a copy may still sit in the queue.
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [this](size_t i) { return items_[i].done; }),
@@ -121,7 +124,7 @@ std::optional<LeaseScheduler::Grant> LeaseScheduler::Lease(uint64_t worker_id, a
   std::optional<size_t> item;
   // A task this worker was refused on goes to others first.
   for (auto it = pending_.begin(); it != pending_.end(); ++it) {
-    if (items_[*it].refused_by.count(worker_id)) continue;
+    if (ledger_.refused(*it, worker_id)) continue;
     item = *it;
     pending_.erase(it);
     break;
@@ -142,9 +145,9 @@ std::optional<LeaseScheduler::Grant> LeaseScheduler::Lease(uint64_t worker_id, a
 
 std::optional<size_t> LeaseScheduler::StragglerFor(uint64_t idle_worker, absl::Time now) {
   // Copies go to workers that have returned results, unless none has.
-  if (workers_.at(idle_worker).accepted == 0) {
+  if (!ledger_.proven(idle_worker)) {
     for (const auto& [id, w] : workers_)
-      if (w.accepted > 0) return std::nullopt;
+      if (ledger_.proven(id)) return std::nullopt;
   }
   const LeaseRecord* oldest = nullptr;
   uint64_t oldest_id = 0;
@@ -200,11 +203,8 @@ std::optional<size_t> LeaseScheduler::Accept(uint64_t lease_id, absl::Time now) 
     return std::nullopt;
   }
   if (worker != workers_.end()) {
-    WorkerRecord& record = worker->second;
-    ++record.accepted;
-    record.refusals_in_a_row = 0;
-    record.late_in_a_row = 0;
-    record.recent_refusals.clear();
+    ledger_.Accepted(lease.worker);
+    worker->second.late_in_a_row = 0;
   }
   ItemRecord& item = items_[lease.item];
   item.done = true;
@@ -249,31 +249,15 @@ void LeaseScheduler::Refuse(uint64_t lease_id, const std::string& refusal, Refus
   const size_t item_index = lease.item;
   Event(absl::StrCat("result of task ", item_index, " from worker ", worker_id, " refused: ", refusal));
   const bool current = in_batch_ && item_index < items_.size() && !items_[item_index].done;
-  auto worker = workers_.find(worker_id);
-  const bool proven = worker != workers_.end() && worker->second.accepted > 0;
-  if (current) {
-    items_[item_index].refused_by.insert(worker_id);
-    if (proven) items_[item_index].faulted_by[worker_id] = refusal;
-  }
+  const std::string worker_fault =
+      ledger_.Refused(worker_id, current ? std::optional<size_t>(item_index) : std::nullopt, refusal);
   Redo(lease_id, absl::StrCat("its result was refused: ", refusal));
-  if (worker != workers_.end()) {
-    WorkerRecord& record = worker->second;
-    if (record.leases == 0) record.owes_since.reset();  // it answered; refusals are counted apart
-    record.recent_refusals.push_back(refusal);
-    if (++record.refusals_in_a_row >= policy_.evict_after_refusals)
-      Evict(worker_id, absl::StrCat(record.refusals_in_a_row, " results refused in a row (",
-                                    absl::StrJoin(record.recent_refusals, "; "), ")"));
-  }
+  auto worker = workers_.find(worker_id);
+  // It answered; refusals are counted apart.
+  if (worker != workers_.end() && worker->second.leases == 0) worker->second.owes_since.reset();
+  if (!worker_fault.empty()) Evict(worker_id, worker_fault);
   // Judged after the eviction, which takes back this refusal too.
-  if (!current) return;
-  const ItemRecord& item = items_[item_index];
-  if (static_cast<int>(item.faulted_by.size()) >= policy_.max_task_attempts && failure_.empty()) {
-    std::vector<std::string> parts;
-    for (const auto& [w, why] : item.faulted_by) parts.push_back(absl::StrCat("worker ", w, ": ", why));
-    failure_ = absl::StrCat("work item ", item_index, " failed on ", item.faulted_by.size(),
-                            " different workers, so the task, not a worker, is at fault (",
-                            absl::StrJoin(parts, "; "), ")");
-  }
+  if (current && failure_.empty()) failure_ = ledger_.TaskFault(item_index);
 }
 
 void LeaseScheduler::Duplicate(uint64_t worker_id, uint64_t lease_id) {

@@ -8,13 +8,12 @@
 //  - A worker holds at most one lease until it has returned an accepted
 //    result, then at most `max_leases` (prefetch), with one upload per lease.
 //  - A refused result (bad sizes, NaN/Inf, truncated stream, a learner error
-//    the worker reports) is a failed attempt. A task refused by
-//    `max_task_attempts` different workers is at fault and fails the batch,
-//    naming the task, the workers and their reasons; only workers that have
-//    had results accepted count here, so workers that fail everything
-//    cannot stop a run however many they are. A worker refused
-//    `evict_after_refusals` times in a row is at fault and is evicted, and
-//    its refusals no longer count against the tasks.
+//    the worker reports) is a failed attempt, judged by the FaultLedger
+//    (fault_ledger.h) that the shared-memory runtime uses too: a task
+//    refused by `max_task_attempts` different proven workers fails the
+//    batch, naming the task, the workers and their reasons; a worker refused
+//    `evict_after_refusals` times in a row is evicted. A refused task goes
+//    to the other workers first.
 //  - A lease running longer than `copy_patience` (relative to the typical
 //    time of its kind of work) is also handed to an idle worker, preferring
 //    workers that have returned results; the first result counts.
@@ -40,6 +39,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "transport/fault_ledger.h"
 
 namespace reptile {
 
@@ -79,7 +79,8 @@ struct SchedulerCounters {
 
 class LeaseScheduler {
  public:
-  explicit LeaseScheduler(LeasePolicy policy) : policy_(policy) {}
+  explicit LeaseScheduler(LeasePolicy policy)
+      : policy_(policy), ledger_(policy.max_task_attempts, policy.evict_after_refusals) {}
 
   // Worker membership. `id` is chosen by the caller and must be new.
   void AddWorker(uint64_t id, const std::string& name, absl::Time now);
@@ -149,10 +150,7 @@ class LeaseScheduler {
   struct WorkerRecord {
     std::string name;
     absl::Time last_seen;
-    int64_t accepted = 0;            // results accepted, ever
-    int refusals_in_a_row = 0;
     int late_in_a_row = 0;           // results that came after their task was done
-    std::vector<std::string> recent_refusals;  // reasons, for the eviction line
     int leases = 0;                  // active leases held
     // Since when it has owed a result: set by a lease taken while owing
     // none, moved on by each accepted result, cleared when an answer
@@ -170,8 +168,6 @@ class LeaseScheduler {
     int kind = 0;
     bool done = false;
     bool copied = false;                 // a straggler copy was handed out
-    std::set<uint64_t> refused_by;             // workers it goes to last
-    std::map<uint64_t, std::string> faulted_by;  // proven workers -> reason
   };
 
   void Event(std::string line) { events_.push_back(std::move(line)); }
@@ -187,6 +183,7 @@ class LeaseScheduler {
   std::optional<size_t> StragglerFor(uint64_t worker, absl::Time now);
 
   LeasePolicy policy_;
+  FaultLedger ledger_;
   std::map<uint64_t, WorkerRecord> workers_;
   std::set<uint64_t> evicted_;
   absl::Time last_lost_ = absl::InfinitePast();

@@ -19,15 +19,17 @@
 namespace reptile {
 namespace {
 
-constexpr int kMaxTries = 3;  // results refused or failed on one item before its batch fails
+constexpr int kEvictAfterRefusals = 3;  // as the lease scheduler's policy
 constexpr absl::Duration kRecheck = absl::Milliseconds(50);
 
 int PidFdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
 void KillThrough(int pidfd) { syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0); }
 
-// Opens item i again for any worker to claim, if its word is still `word`.
-bool Reopen(ItemSlot& slot, uint64_t word, BoardHeader& board) {
-  if (!slot.claim.compare_exchange_strong(word, ClaimWord(0, ItemStage::kOpen), std::memory_order_acq_rel))
+// Opens item i again for any worker to claim, if its word is still `word`;
+// `refused` (the worker whose result was refused, or 0) leaves it to the
+// others while there are any.
+bool Reopen(ItemSlot& slot, uint64_t word, BoardHeader& board, int32_t refused = 0) {
+  if (!slot.claim.compare_exchange_strong(word, ClaimWord(refused, ItemStage::kOpen), std::memory_order_acq_rel))
     return false;
   board.work_signal.fetch_add(1, std::memory_order_acq_rel);
   FutexWakeAll(&board.work_signal);
@@ -48,15 +50,17 @@ SharedMemoryTransport::SharedMemoryTransport(const ExperimentConfig& config, std
                                              std::function<void(const std::string&)> log)
     : config_(config),
       log_(std::move(log)),
+      folder_(std::move(folder)),
+      board_path_(folder_ + "/board"),
+      board_(std::move(board)),
       worker_timeout_(absl::Seconds(config.runtime().worker_timeout_seconds() > 0
                                         ? config.runtime().worker_timeout_seconds()
                                         : 6)),
       task_timeout_(absl::Seconds(config.runtime().task_timeout_seconds() > 0
                                       ? config.runtime().task_timeout_seconds()
                                       : 600)),
-      folder_(std::move(folder)),
-      board_path_(folder_ + "/board"),
-      board_(std::move(board)) {}
+      ledger_(config.runtime().max_task_attempts() > 0 ? config.runtime().max_task_attempts() : 2,
+              kEvictAfterRefusals) {}
 
 SharedMemoryTransport::~SharedMemoryTransport() {
   Finish();
@@ -138,7 +142,7 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
   FutexWakeAll(&board.work_signal);
 
   std::vector<char> taken(items.size(), 0);
-  std::vector<int> tries(items.size(), 0);
+  ledger_.StartBatch(items.size());
   claimed_since_.assign(items.size(), {ClaimWord(0, ItemStage::kOpen), absl::Now()});
   size_t remaining = items.size(), first_open = 0;
   while (remaining > 0) {
@@ -158,7 +162,7 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
     bool progress = false;
     for (size_t i = first_open; i < claimed; ++i) {
       if (taken[i] || StageOf(batch.item(i).claim.load(std::memory_order_acquire)) != ItemStage::kDone) continue;
-      ASSIGN_OR_RETURN(bool accepted, TakeResult(batch, i, items, shape, take, tries));
+      ASSIGN_OR_RETURN(bool accepted, TakeResult(batch, i, items, shape, take));
       if (accepted) {
         taken[i] = 1;
         --remaining;
@@ -179,13 +183,16 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
 
 absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch, size_t i,
                                                        const std::vector<WorkItem>& items, const ResultShape& shape,
-                                                       const ResultSink& take, std::vector<int>& tries) {
+                                                       const ResultSink& take) {
   ItemSlot& slot = batch.item(i);
   const uint64_t word = slot.claim.load(std::memory_order_acquire);
-  const std::string result_path = SharedResultPath(folder_, static_cast<uint64_t>(PidOf(word)));
+  const int32_t worker = PidOf(word);
+  if (seen_.count(worker) == 0) RefreshWorkers(absl::Now());  // it may have joined since the last look
+  const std::string result_path = SharedResultPath(folder_, static_cast<uint64_t>(worker));
   std::string reason = "invalid_result";
   size_t bytes_in = 0;
   const absl::Status taken = [&]() -> absl::Status {
+    if (evicted_.count(worker) > 0) return absl::PermissionDeniedError("its worker was evicted");
     ASSIGN_OR_RETURN(ResultHeader header, batch.ResultHeaderOf(i));
     if (!header.error().empty()) {
       reason = "worker_error";
@@ -198,22 +205,34 @@ absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch,
     }
     for (size_t size : sizes) bytes_in += size;
     uint64_t done = word;  // the worker may now write its next result
-    if (!slot.claim.compare_exchange_strong(done, ClaimWord(PidOf(word), ItemStage::kTaken)))
+    if (!slot.claim.compare_exchange_strong(done, ClaimWord(worker, ItemStage::kTaken)))
       return absl::InvalidArgumentError("its claim changed while it was read");
     ASSIGN_OR_RETURN(TaskResult result, DecodeResult(header, items[i], shape, std::move(payload)));
     return take(i, std::move(result));
   }();
-  absl::MutexLock lock(&mu_);
-  stats_.bytes_in += static_cast<int64_t>(bytes_in);
-  if (taken.ok()) return true;
-  ++stats_.results_refused;
-  ++stats_.results_refused_by_reason[reason];
-  if (++tries[i] >= kMaxTries)
-    return absl::Status(taken.code(),
-                        absl::StrCat("work item ", i, ": ", taken.message(), " (", kMaxTries, " times; giving up)"));
-  ++stats_.tasks_redone;
+  {
+    absl::MutexLock lock(&mu_);
+    stats_.bytes_in += static_cast<int64_t>(bytes_in);
+    if (!taken.ok()) {
+      ++stats_.results_refused;
+      ++stats_.results_refused_by_reason[reason];
+    }
+  }
+  if (taken.ok()) {
+    ledger_.Accepted(worker);
+    return true;
+  }
+  if (log_) log_(absl::StrCat("result of work item ", i, " from worker process ", worker, " refused: ", taken.message()));
+  const std::string worker_fault = ledger_.Refused(worker, i, std::string(taken.message()));
+  if (!worker_fault.empty()) Evict(worker, worker_fault);
+  // Judged after the eviction, which takes back this refusal too.
+  const std::string task_fault = ledger_.TaskFault(i);
+  if (!task_fault.empty()) return absl::Status(taken.code(), task_fault);
   const uint64_t now = slot.claim.load(std::memory_order_acquire);
-  if (now == word || now == ClaimWord(PidOf(word), ItemStage::kTaken)) Reopen(slot, now, board_.header());
+  if ((now == word || now == ClaimWord(worker, ItemStage::kTaken)) && Reopen(slot, now, board_.header(), worker)) {
+    absl::MutexLock lock(&mu_);
+    ++stats_.tasks_redone;
+  }
   return false;
 }
 
@@ -244,6 +263,7 @@ void SharedMemoryTransport::RefreshWorkers(absl::Time now) {
       continue;
     }
     seen_[pid] = {fd, static_cast<bool>(open_child_), beat, now};
+    ledger_.Join(pid);
     if (log_) log_(absl::StrCat("worker process ", pid, " joined (", seen_.size(), " alive)"));
   }
 }
@@ -258,6 +278,7 @@ void SharedMemoryTransport::Evict(pid_t pid, const std::string& why) {
     seen_.erase(it);
   }
   if (!child) evicted_.insert(pid);
+  ledger_.Forget(pid);
   absl::MutexLock lock(&mu_);
   ++stats_.workers_evicted;
 }
@@ -287,6 +308,7 @@ void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch& batch, size_t ite
         unlink(SharedResultPath(folder_, static_cast<uint64_t>(gone)).c_str());
         close(it->second.pidfd);
         seen_.erase(it);
+        ledger_.Drop(gone);
         if (log_) log_(absl::StrCat("worker process ", gone, " is gone (", seen_.size(), " alive)"));
         break;
       }

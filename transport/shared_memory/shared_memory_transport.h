@@ -8,8 +8,11 @@
 // runtime.worker_timeout_seconds (stopped, or stuck), or that holds an item
 // for runtime.task_timeout_seconds, is evicted: its items are run again,
 // and it is killed if it is one of this process's own children (the only
-// processes ever signalled, through their pidfds). A result refused or
-// failed three times on one item fails the batch with the reason. The
+// processes ever signalled, through their pidfds). Refused results are
+// judged by the policy of every runtime with workers (fault_ledger.h): a
+// worker refused three times in a row is evicted likewise, a refused item
+// is left to the other workers while there are any, and an item refused by
+// runtime.max_task_attempts different proven workers fails the batch. The
 // coordinator trusts nothing in the mapping: sizes and counts are its own,
 // and the words it owns (stop, batch) are put back if a worker changes them.
 #ifndef REPTILE_TRANSPORT_SHARED_MEMORY_SHARED_MEMORY_TRANSPORT_H_
@@ -29,8 +32,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "absl/time/time.h"
-#include "transport/wire/result_codec.h"
+#include "transport/fault_ledger.h"
 #include "transport/shared_memory/shared_board.h"
+#include "transport/wire/result_codec.h"
 #include "transport/transport.h"
 
 namespace reptile {
@@ -67,7 +71,7 @@ class SharedMemoryTransport final : public Transport {
   // again) or fails the batch when it is not acceptable. `shape` is the
   // coordinator's own, never read from the batch file.
   absl::StatusOr<bool> TakeResult(const SharedBatch& batch, size_t i, const std::vector<WorkItem>& items,
-                                  const ResultShape& shape, const ResultSink& take, std::vector<int>& tries);
+                                  const ResultShape& shape, const ResultSink& take);
   // Forgets workers that have died or are evicted, and opens their claimed
   // items (of the batch's first `items`, the coordinator's own count)
   // again; evicts the claimers of items held past their deadline.
@@ -102,6 +106,8 @@ class SharedMemoryTransport final : public Transport {
   // When each item of the batch was first seen claimed by its claim word.
   std::vector<std::pair<uint64_t, absl::Time>> claimed_since_;
   const absl::Duration worker_timeout_, task_timeout_;
+  // Refusals, judged as the lease scheduler judges them, by pid.
+  FaultLedger ledger_;
 
   mutable absl::Mutex mu_;
   std::string interrupted_ ABSL_GUARDED_BY(mu_);

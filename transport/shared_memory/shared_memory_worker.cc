@@ -23,9 +23,20 @@ namespace {
 
 constexpr absl::Duration kRecheck = absl::Milliseconds(200);
 
+// Whether a worker other than `pid` is on the board.
+bool OthersOnBoard(const BoardHeader& board, int32_t pid) {
+  for (const std::atomic<int32_t>& place : board.worker_pids) {
+    const int32_t other = place.load(std::memory_order_relaxed);
+    if (other > 0 && other != pid) return true;
+  }
+  return false;
+}
+
 // The next item of `batch` nobody holds: from the claim cursor, then any
-// opened again after its worker died or its result was refused.
-std::optional<size_t> Claim(const SharedBatch& batch, int32_t pid) {
+// opened again after its worker died or its result was refused. An item
+// whose result from this worker was refused is left to the others while
+// there are any.
+std::optional<size_t> Claim(const SharedBatch& batch, const BoardHeader& board, int32_t pid) {
   const uint32_t items = batch.header().items;
   const uint64_t mine = ClaimWord(pid, ItemStage::kClaimed);
   for (uint32_t i = batch.header().next_item.load(std::memory_order_relaxed); i < items;
@@ -35,9 +46,15 @@ std::optional<size_t> Claim(const SharedBatch& batch, int32_t pid) {
     uint64_t open = ClaimWord(0, ItemStage::kOpen);
     if (batch.item(i).claim.compare_exchange_strong(open, mine, std::memory_order_acq_rel)) return i;
   }
+  std::optional<bool> others;
   for (uint32_t i = 0; i < items; ++i) {
-    uint64_t open = ClaimWord(0, ItemStage::kOpen);
-    if (batch.item(i).claim.compare_exchange_strong(open, mine, std::memory_order_acq_rel)) return i;
+    uint64_t word = batch.item(i).claim.load(std::memory_order_acquire);
+    if (StageOf(word) != ItemStage::kOpen) continue;
+    if (PidOf(word) == pid) {
+      if (!others.has_value()) others = OthersOnBoard(board, pid);
+      if (*others) continue;
+    }
+    if (batch.item(i).claim.compare_exchange_strong(word, mine, std::memory_order_acq_rel)) return i;
   }
   return std::nullopt;
 }
@@ -123,6 +140,8 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
   absl::StatusOr<MetaState> state = absl::FailedPreconditionError("no state yet");
   const ItemSlot* last_result = nullptr;  // in `batch`, until the coordinator has read it
   while (!stop->HasBeenNotified() && header.stop.load(std::memory_order_acquire) == 0) {
+    if (place->load(std::memory_order_acquire) != pid)
+      return absl::FailedPreconditionError("evicted: the coordinator took this worker's place on the board");
     const uint32_t signal = header.work_signal.load(std::memory_order_acquire);
     const uint64_t current = header.batch.load(std::memory_order_acquire);
     if (current != 0 && current != batch_number) {
@@ -133,7 +152,7 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
     }
     bool worked = false;
     while (current != 0 && batch.valid() && header.batch.load(std::memory_order_acquire) == batch_number) {
-      const std::optional<size_t> i = Claim(batch, pid);
+      const std::optional<size_t> i = Claim(batch, header, pid);
       if (!i.has_value()) break;
       worked = true;
       if (state_batch != batch_number) {

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "core/config.h"
 #include "core/flat_parameters.h"
 #include "gtest/gtest.h"
@@ -365,10 +366,19 @@ TEST_F(HostilePeerTest, StoppingTheCoordinatorNeverTellsAParkedWorkerTheRunIsOve
     const uint64_t holder = Join(*client, "holder");
     ASSERT_TRUE(Lease(*client, holder).ok());
   }
+  // It calls again on each answer that is not the end, as a worker does
+  // (its first call may bring a straggler's copy after a second; it then
+  // holds its one lease). Once a WAIT is back (a long-poll ran its course)
+  // every call parks for a second, with no gap worth the name between
+  // them, when SIGTERM arrives.
   const uint64_t parked = Join(*client, "parked");
   absl::StatusOr<WorkReply> answer;
-  std::thread poll([&] { answer = client->GetWork(parked); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  absl::Notification waited;
+  std::thread poll([&] {
+    while ((answer = client->GetWork(parked)).ok() && answer->kind() != WorkReply::FINISHED)
+      if (answer->kind() == WorkReply::WAIT && !waited.HasBeenNotified()) waited.Notify();
+  });
+  EXPECT_TRUE(waited.WaitForNotificationWithTimeout(absl::Seconds(30))) << "no WAIT came back";
   coordinator->Signal(SIGTERM);
   poll.join();
   ASSERT_FALSE(answer.ok() && answer->kind() == WorkReply::FINISHED) << "a stop is not the end of the run";

@@ -17,6 +17,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "tests/child_process.h"
@@ -216,7 +217,10 @@ class BoardTest : public ::testing::Test {
     auto model = MakeModel(config_, config_.seed());
     FlatParameters flat(**model);
     state_ = MetaState{flat.values().clone(), {}, {}, 0};
-    transport_ = *SharedMemoryTransport::Create(config_, TempDir("board"));
+    transport_ = *SharedMemoryTransport::Create(config_, TempDir("board"), [this](const std::string& line) {
+      absl::MutexLock lock(&log_mu_);
+      log_ += line + "\n";
+    });
   }
   void TearDown() override {
     if (coordinator_.joinable()) {  // a test that stopped halfway
@@ -301,6 +305,14 @@ class BoardTest : public ::testing::Test {
   std::optional<SharedBoard> board_;
   std::optional<SharedBatch> batch_;
   std::string folder_;
+  // What the transport logged: joins, refusals, evictions.
+  absl::Mutex log_mu_;
+  std::string log_ ABSL_GUARDED_BY(log_mu_);
+
+  std::string Log() {
+    absl::MutexLock lock(&log_mu_);
+    return log_;
+  }
 };
 
 TEST_F(BoardTest, AWorkerProcessGivesTheResultsOfAThread) {
@@ -342,6 +354,9 @@ TEST_F(BoardTest, ClaimsOfTheDeadAndUnreadableResultsAreRunAgain) {
   header.result_signal.fetch_add(1);
   FutexWakeAll(&header.result_signal);
   FinishAfterOneRefusal(deltas, reference, /*redone=*/2);
+  EXPECT_TRUE(absl::StrContains(Log(), "work item 1 from worker process " + std::to_string(getpid()) +
+                                           " refused: its result header claims 1073741824 bytes; the slot holds 1000"))
+      << Log();
 }
 
 // A worker that hands back a well-formed result holding a NaN (a diverged

@@ -203,7 +203,10 @@ absl::StatusOr<ResultHeader> SharedBatch::ResultHeaderOf(size_t i) const {
   const ItemSlot& slot = item(i);
   const uint32_t bytes = slot.result_bytes;  // once: the worker may change it
   ResultHeader header;
-  if (bytes > kResultHeaderBytes || !header.ParseFromArray(slot.result, static_cast<int>(bytes)))
+  if (bytes > kResultHeaderBytes)
+    return absl::InvalidArgumentError(
+        absl::StrCat("its result header claims ", bytes, " bytes; the slot holds ", kResultHeaderBytes));
+  if (!header.ParseFromArray(slot.result, static_cast<int>(bytes)))
     return absl::InvalidArgumentError("its result header does not parse");
   return header;
 }

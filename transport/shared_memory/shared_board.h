@@ -139,7 +139,8 @@ class SharedBatch {
   // Item i as the coordinator wrote it; InvalidArgument if it does not parse.
   absl::StatusOr<ItemSpec> Spec(size_t i) const;
   // The header a worker wrote into item i's slot, its length read once;
-  // InvalidArgument if it is longer than the slot or does not parse.
+  // InvalidArgument, saying which, if it claims more than the slot holds or
+  // does not parse.
   absl::StatusOr<ResultHeader> ResultHeaderOf(size_t i) const;
 
  private:

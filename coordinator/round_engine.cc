@@ -10,6 +10,7 @@
 #include "core/flat_parameters.h"
 #include "core/models/models.h"
 #include "core/status_macros.h"
+#include "coordinator/run_log.h"
 
 namespace reptile {
 namespace {
@@ -29,13 +30,6 @@ std::pair<double, double> MeanCi95(const std::vector<double>& values) {
   return {mean, 1.96 * std::sqrt(squares / (n - 1)) / std::sqrt(n)};
 }
 
-std::string FormatDuration(double seconds) {
-  const int64_t s = static_cast<int64_t>(seconds);
-  if (s >= 3600) return absl::StrFormat("%dh%02dm", s / 3600, s / 60 % 60);
-  if (s >= 60) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
-  return absl::StrFormat("%ds", s);
-}
-
 }  // namespace
 
 std::string FormatEvaluation(const EvaluationSummary& s, bool classification) {
@@ -50,7 +44,22 @@ RoundEngine::RoundEngine(const ExperimentConfig& config, const TaskSource& tasks
     : config_(config),
       sampler_(config, tasks.num_classes(false), tasks.num_classes(true), tasks.num_validation_classes()),
       transport_(transport),
-      options_(std::move(options)) {}
+      options_(std::move(options)) {
+  if (options_.run_dir != nullptr)
+    own_observers_.push_back(
+        std::make_unique<MetricsFile>(options_.run_dir, config_.runtime().metrics_every_rounds()));
+  if (options_.log)
+    own_observers_.push_back(std::make_unique<ProgressLine>(options_.log, config_.runtime().log_every_seconds(),
+                                                            config_.task().family() != SINE));
+  for (const auto& observer : own_observers_) observers_.push_back(observer.get());
+  if (options_.observer != nullptr) observers_.push_back(options_.observer);
+}
+
+absl::Status RoundEngine::Notify(const std::function<absl::Status(RoundObserver&)>& event) {
+  absl::Status status;
+  for (RoundObserver* observer : observers_) status.Update(event(*observer));
+  return status;
+}
 
 absl::StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(const ExperimentConfig& config,
                                                                  const TaskSource& tasks, Transport* transport,
@@ -103,19 +112,14 @@ double RoundEngine::StepSize(int64_t round) const {
   return (1.0 - done) * config_.outer().step_size() + done * config_.outer().step_size_final();
 }
 
-absl::Status RoundEngine::Record(const std::string& json) {
-  if (options_.run_dir == nullptr) return absl::OkStatus();
-  return options_.run_dir->AppendMetrics(json);
-}
-
 absl::Status RoundEngine::SaveCheckpoint() {
   if (options_.run_dir == nullptr) return absl::OkStatus();
   RETURN_IF_ERROR(WriteCheckpoint(options_.run_dir->checkpoint_path(), state_));
-  if (options_.observer != nullptr) options_.observer->OnCheckpoint(state_.round, absl::Now());
-  return absl::OkStatus();
+  const absl::Time when = absl::Now();
+  return Notify([&](RoundObserver& o) { return o.OnCheckpoint(state_.round, when); });
 }
 
-absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
+absl::StatusOr<RoundReport> RoundEngine::RunRound() {
   const int64_t round = state_.round;
   const auto started = Clock::now();
   const std::vector<WorkItem> items = sampler_.TrainingItems(round);
@@ -146,24 +150,15 @@ absl::StatusOr<RoundEngine::RoundStats> RoundEngine::RunRound() {
   }
   RETURN_IF_ERROR(aggregator.Apply(epsilon, config_.inner().iterations(), &state_.meta));
   state_.round = round + 1;
-  RoundStats stats;
-  stats.loss = loss;
-  stats.accuracy = predictions > 0 ? double(correct) / predictions : -1;
-  stats.step_size = epsilon;
-  stats.seconds = std::chrono::duration<double>(Clock::now() - started).count();
-  return stats;
-}
-
-absl::Status RoundEngine::RecordRounds(const MetricsWindow& window) {
-  const double n = static_cast<double>(window.rounds);
-  const TransportStats transport = transport_->Stats();
-  std::string json = absl::StrFormat(
-      R"({"kind":"round","round":%d,"rounds":%d,"loss":%.6g,"step_size":%.6g,"seconds":%.6g,"rounds_per_second":%.6g,"workers":%d,"tasks_in_flight":%d,"tasks_redone":%d,"bytes_in":%d,"bytes_out":%d)",
-      state_.round, window.rounds, window.loss / n, window.step_size, window.seconds / n,
-      n / std::max(window.seconds, 1e-9), transport.workers_alive, transport.tasks_in_flight, transport.tasks_redone,
-      transport.bytes_in, transport.bytes_out);
-  if (window.accuracy_rounds > 0) absl::StrAppendFormat(&json, R"(,"accuracy":%.6g)", window.accuracy / window.accuracy_rounds);
-  return Record(json + "}");
+  RoundReport report;
+  report.round = state_.round;
+  report.rounds = config_.outer().rounds();
+  report.loss = loss;
+  report.accuracy = predictions > 0 ? double(correct) / predictions : -1;
+  report.step_size = epsilon;
+  report.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  report.transport = transport_->Stats();
+  return report;
 }
 
 absl::StatusOr<EvaluationSummary> RoundEngine::Evaluate(int episodes, bool validation) {
@@ -192,105 +187,56 @@ absl::StatusOr<EvaluationSummary> RoundEngine::Evaluate(int episodes, bool valid
 absl::Status RoundEngine::Run(int64_t until_round) {
   const int64_t rounds = config_.outer().rounds();
   const int64_t last = until_round >= 0 ? std::min(until_round, rounds) : rounds;
-  const bool classification = config_.task().family() != SINE;
   const int64_t first = state_.round;
   const auto start = Clock::now();
-  auto last_log = start;
-  // Exponential moving averages of the training loss and accuracy, for the progress line.
-  double loss_average = -1, accuracy_average = -1;
-  auto smooth = [](double average, double value) { return average < 0 ? value : 0.95 * average + 0.05 * value; };
-  MetricsWindow window;
   while (state_.round < last && !stop_.load()) {
-    absl::StatusOr<RoundStats> round_stats = RunRound();
-    if (!round_stats.ok()) {
+    absl::StatusOr<RoundReport> report = RunRound();
+    if (!report.ok()) {
       // An abandoned round leaves the state as it was after the last one.
-      if (absl::IsCancelled(round_stats.status()) && stop_.load()) break;
+      if (absl::IsCancelled(report.status()) && stop_.load()) break;
       RETURN_IF_ERROR(SaveCheckpoint());
-      return round_stats.status();
+      return report.status();
     }
-    const RoundStats& stats = *round_stats;
-    window.Add(stats);
-    if (options_.observer != nullptr) {
-      RoundReport report;
-      report.round = state_.round;
-      report.rounds = rounds;
-      report.loss = stats.loss;
-      report.accuracy = stats.accuracy;
-      report.step_size = stats.step_size;
-      report.seconds = stats.seconds;
-      report.rounds_per_second =
-          (state_.round - first) / std::max(std::chrono::duration<double>(Clock::now() - start).count(), 1e-9);
-      report.transport = transport_->Stats();
-      options_.observer->OnRound(report);
+    report->last = state_.round == last;
+    report->rounds_per_second =
+        (state_.round - first) / std::max(std::chrono::duration<double>(Clock::now() - start).count(), 1e-9);
+    const absl::Status evaluated = EvaluateIfDue(&*report);
+    RETURN_IF_ERROR(Notify([&](RoundObserver& o) { return o.OnRound(*report); }));
+    if (!evaluated.ok()) {
+      RETURN_IF_ERROR(SaveCheckpoint());
+      if (absl::IsCancelled(evaluated) && stop_.load()) break;
+      return evaluated;
     }
-    const int64_t metrics_every = std::max(1, config_.runtime().metrics_every_rounds());
-    if (state_.round % metrics_every == 0 || state_.round == last) {
-      RETURN_IF_ERROR(RecordRounds(window));
-      window = MetricsWindow();
-    }
-    loss_average = smooth(loss_average, stats.loss);
-    if (stats.accuracy >= 0) accuracy_average = smooth(accuracy_average, stats.accuracy);
-    const int64_t r = state_.round;
     const int64_t every = config_.runtime().checkpoint_every_rounds();
-    if (every > 0 && r % every == 0) RETURN_IF_ERROR(SaveCheckpoint());
-    const int64_t eval_every = config_.eval().every_rounds();
-    std::string eval_text;
-    if (eval_every > 0 && r % eval_every == 0 && r < rounds) {
-      absl::StatusOr<EvaluationSummary> evaluated = Evaluate(config_.eval().episodes(), /*validation=*/true);
-      if (!evaluated.ok()) {
-        RETURN_IF_ERROR(SaveCheckpoint());
-        if (absl::IsCancelled(evaluated.status()) && stop_.load()) break;
-        return evaluated.status();
-      }
-      const EvaluationSummary& eval = *evaluated;
-      if (options_.observer != nullptr) options_.observer->OnEvaluation(r, eval, /*final=*/false);
-      RETURN_IF_ERROR(Record(absl::StrFormat(
-          R"({"kind":"eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"accuracy_inductive_ci95":%.6g,"loss":%.6g,"loss_ci95":%.6g})",
-          r, eval.episodes, eval.accuracy, eval.accuracy_ci95, eval.accuracy_inductive, eval.accuracy_inductive_ci95,
-          eval.loss, eval.loss_ci95)));
-      eval_text = classification ? absl::StrFormat("  eval acc %.1f%%", 100 * eval.accuracy)
-                                 : absl::StrFormat("  eval MSE %.4f", eval.loss);
-    }
-    const auto now = Clock::now();
-    const double since_log = std::chrono::duration<double>(now - last_log).count();
-    if (options_.log && (since_log >= config_.runtime().log_every_seconds() || !eval_text.empty() || r == last)) {
-      const double elapsed = std::chrono::duration<double>(now - start).count();
-      const double rate = (r - first) / std::max(elapsed, 1e-9);
-      std::string train_text = absl::StrFormat("loss %.4f", loss_average);
-      if (accuracy_average >= 0) absl::StrAppendFormat(&train_text, "  train acc %.1f%%", 100 * accuracy_average);
-      const TransportStats transport = transport_->Stats();
-      std::string workers_text = absl::StrFormat("workers %d", transport.workers_alive);
-      if (transport.tasks_redone > 0) absl::StrAppendFormat(&workers_text, "  redone %d", transport.tasks_redone);
-      if (transport.bytes_in + transport.bytes_out > 0)
-        absl::StrAppendFormat(&workers_text, "  in %.1f MB out %.1f MB", transport.bytes_in / 1e6,
-                              transport.bytes_out / 1e6);
-      options_.log(absl::StrFormat("round %d/%d  %s%s  %.1f rounds/s  %s  ETA %s", r, rounds, train_text,
-                                   eval_text, rate, workers_text,
-                                   FormatDuration((rounds - r) / std::max(rate, 1e-9))));
-      last_log = now;
-    }
+    if (every > 0 && state_.round % every == 0) RETURN_IF_ERROR(SaveCheckpoint());
   }
-  if (window.rounds > 0) RETURN_IF_ERROR(RecordRounds(window));
+  RETURN_IF_ERROR(Notify([](RoundObserver& o) { return o.OnRunEnd(); }));
   RETURN_IF_ERROR(SaveCheckpoint());
+  return FinishRun(first);
+}
+
+absl::Status RoundEngine::EvaluateIfDue(RoundReport* report) {
+  const int64_t every = config_.eval().every_rounds();
+  if (every <= 0 || report->round % every != 0 || report->round >= report->rounds) return absl::OkStatus();
+  ASSIGN_OR_RETURN(report->evaluation, Evaluate(config_.eval().episodes(), /*validation=*/true));
+  return absl::OkStatus();
+}
+
+absl::Status RoundEngine::FinishRun(int64_t first_round) {
   if (state_.finished) {  // finished before, final evaluation included
     if (options_.log)
-      options_.log(absl::StrFormat("the run finished at round %d; nothing to do (`reptile eval` evaluates it)", first));
+      options_.log(
+          absl::StrFormat("the run finished at round %d; nothing to do (`reptile eval` evaluates it)", first_round));
     return absl::OkStatus();
   }
-  if (state_.round < rounds || stop_.load()) return absl::OkStatus();
+  if (state_.round < config_.outer().rounds() || stop_.load()) return absl::OkStatus();
   // The checkpoint says "finished" only once the final evaluation is
   // recorded: a run stopped during it evaluates again when resumed.
   if (config_.eval().final_episodes() > 0) {
     absl::StatusOr<EvaluationSummary> evaluated = Evaluate(config_.eval().final_episodes());
     if (absl::IsCancelled(evaluated.status()) && stop_.load()) return absl::OkStatus();
     RETURN_IF_ERROR(evaluated.status());
-    const EvaluationSummary& final_eval = *evaluated;
-    if (options_.observer != nullptr) options_.observer->OnEvaluation(state_.round, final_eval, /*final=*/true);
-    if (options_.log) options_.log(absl::StrCat("final evaluation: ", FormatEvaluation(final_eval, classification)));
-    RETURN_IF_ERROR(Record(absl::StrFormat(
-        R"({"kind":"final_eval","round":%d,"episodes":%d,"accuracy":%.6g,"accuracy_ci95":%.6g,"accuracy_inductive":%.6g,"accuracy_inductive_ci95":%.6g,"loss":%.6g,"loss_ci95":%.6g})",
-        state_.round, final_eval.episodes, final_eval.accuracy, final_eval.accuracy_ci95,
-        final_eval.accuracy_inductive, final_eval.accuracy_inductive_ci95, final_eval.loss, final_eval.loss_ci95)));
+    RETURN_IF_ERROR(Notify([&](RoundObserver& o) { return o.OnFinalEvaluation(state_.round, *evaluated); }));
   }
   state_.finished = true;
   return SaveCheckpoint();

@@ -11,7 +11,9 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -38,25 +40,36 @@ std::string FormatEvaluation(const EvaluationSummary& summary, bool classificati
 struct RoundReport {
   int64_t round = 0;              // rounds done, this one included
   int64_t rounds = 0;             // outer.rounds
+  bool last = false;              // the last round this Run() will do
   double loss = 0;                // mean inner-loop loss over the meta-batch
   double accuracy = -1;           // inner minibatch accuracy; -1 for regression
   double step_size = 0;           // the outer step applied
   double seconds = 0;             // wall time of the round
   double rounds_per_second = 0;   // since this Run() started
   TransportStats transport;       // the transport's counters after the round
+  // The evaluation (of the validation split, eval.every_rounds) run after
+  // this round, if one was.
+  std::optional<EvaluationSummary> evaluation;
 };
 
-// Hears what the engine does, e.g. to export metrics (monitoring/). Called
-// on the thread running RoundEngine::Run(), between rounds; must not block
-// for long or call back into the engine. The default methods do nothing.
+// Hears what the engine does: metrics.jsonl and the progress line
+// (run_log.h), /metrics (monitoring/). Called on the thread running
+// RoundEngine::Run(), between rounds; must not block for long or call back
+// into the engine. An error stops the run (after a checkpoint where one is
+// due). The default methods do nothing.
 class RoundObserver {
  public:
   virtual ~RoundObserver() = default;
-  virtual void OnRound(const RoundReport& report) {}
-  // An evaluation at `round`: every eval.every_rounds, or the final one.
-  virtual void OnEvaluation(int64_t round, const EvaluationSummary& summary, bool final) {}
+  virtual absl::Status OnRound(const RoundReport& report) { return absl::OkStatus(); }
+  // The final evaluation (eval.final_episodes, of the test split) at `round`.
+  virtual absl::Status OnFinalEvaluation(int64_t round, const EvaluationSummary& summary) {
+    return absl::OkStatus();
+  }
   // A checkpoint of `round` was written (and synced) at `when`.
-  virtual void OnCheckpoint(int64_t round, absl::Time when) {}
+  virtual absl::Status OnCheckpoint(int64_t round, absl::Time when) { return absl::OkStatus(); }
+  // Run() has stopped training (done, stopped or failed), before its last
+  // checkpoint and the final evaluation.
+  virtual absl::Status OnRunEnd() { return absl::OkStatus(); }
 };
 
 class RoundEngine {
@@ -110,37 +123,25 @@ class RoundEngine {
 
  private:
   RoundEngine(const ExperimentConfig& config, const TaskSource& tasks, Transport* transport, Options options);
-  struct RoundStats {
-    double loss = 0;       // mean inner-loop loss over the meta-batch
-    double accuracy = -1;  // inner minibatch accuracy; -1 for regression
-    double step_size = 0;  // the outer step applied
-    double seconds = 0;    // wall time of the round
-  };
-  // Sums over the rounds that one metrics line reports.
-  struct MetricsWindow {
-    int64_t rounds = 0, accuracy_rounds = 0;
-    double loss = 0, accuracy = 0, seconds = 0, step_size = 0;
-    void Add(const RoundStats& s) {
-      ++rounds;
-      loss += s.loss;
-      seconds += s.seconds;
-      step_size = s.step_size;
-      if (s.accuracy >= 0) {
-        accuracy += s.accuracy;
-        ++accuracy_rounds;
-      }
-    }
-  };
-  absl::StatusOr<RoundStats> RunRound();
-  // One "round" line: the window's means, at the current round.
-  absl::Status RecordRounds(const MetricsWindow& window);
-  absl::Status Record(const std::string& json);
+  // Trains one round; the report's timing and evaluation are the caller's.
+  absl::StatusOr<RoundReport> RunRound();
+  // The evaluation of the validation split into `report`, if one is due
+  // after its round.
+  absl::Status EvaluateIfDue(RoundReport* report);
+  // The final evaluation once the last round is done, then the finished
+  // checkpoint.
+  absl::Status FinishRun(int64_t first_round);
+  // Calls `event` on every observer; the first error is returned.
+  absl::Status Notify(const std::function<absl::Status(RoundObserver&)>& event);
 
   ExperimentConfig config_;
   TaskSampler sampler_;
   Transport* transport_;
   Options options_;
   TrainingState state_;
+  // metrics.jsonl and the progress line (run_log.h), as options ask.
+  std::vector<std::unique_ptr<RoundObserver>> own_observers_;
+  std::vector<RoundObserver*> observers_;  // those, then options.observer
   std::atomic<bool> stop_{false};
 };
 

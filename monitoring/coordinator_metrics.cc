@@ -114,7 +114,7 @@ void CoordinatorMetrics::SetRound(int64_t round, int64_t rounds) {
   rounds_target_.Set(static_cast<double>(rounds));
 }
 
-void CoordinatorMetrics::OnRound(const RoundReport& report) {
+absl::Status CoordinatorMetrics::OnRound(const RoundReport& report) {
   SetRound(report.round, report.rounds);
   rounds_total_.Increment();
   rounds_per_second_.Set(report.rounds_per_second);
@@ -125,6 +125,8 @@ void CoordinatorMetrics::OnRound(const RoundReport& report) {
     if (report.accuracy >= 0) training_accuracy_.Add({}).Set(report.accuracy);
   }
   ApplyTransport(report.transport);
+  if (report.evaluation.has_value()) SetEvaluation(report.round, *report.evaluation);
+  return absl::OkStatus();
 }
 
 std::vector<prometheus::MetricFamily> CoordinatorMetrics::Collect() const {
@@ -152,7 +154,12 @@ void CoordinatorMetrics::ApplyTransport(const TransportStats& t) const {
   Advance(results_refused_.Add({{"reason", "other"}}), t.results_refused - known_total, &refused_seen_["other"]);
 }
 
-void CoordinatorMetrics::OnEvaluation(int64_t round, const EvaluationSummary& summary, bool final) {
+absl::Status CoordinatorMetrics::OnFinalEvaluation(int64_t round, const EvaluationSummary& summary) {
+  SetEvaluation(round, summary);
+  return absl::OkStatus();
+}
+
+void CoordinatorMetrics::SetEvaluation(int64_t round, const EvaluationSummary& summary) {
   absl::MutexLock lock(&mu_);
   eval_round_.Add({}).Set(static_cast<double>(round));
   eval_loss_.Add({}).Set(summary.loss);
@@ -162,9 +169,10 @@ void CoordinatorMetrics::OnEvaluation(int64_t round, const EvaluationSummary& su
   }
 }
 
-void CoordinatorMetrics::OnCheckpoint(int64_t round, absl::Time when) {
+absl::Status CoordinatorMetrics::OnCheckpoint(int64_t round, absl::Time when) {
   absl::MutexLock lock(&mu_);
   last_checkpoint_.Add({}).Set(absl::ToDoubleSeconds(when - absl::UnixEpoch()));
+  return absl::OkStatus();
 }
 
 }  // namespace reptile

@@ -38,14 +38,16 @@ class CoordinatorMetrics final : public RoundObserver, public prometheus::Collec
   // The round the engine starts (or resumes) at, before its first round ends.
   void SetRound(int64_t round, int64_t rounds);
 
-  void OnRound(const RoundReport& report) override;
-  void OnEvaluation(int64_t round, const EvaluationSummary& summary, bool final) override;
-  void OnCheckpoint(int64_t round, absl::Time when) override;
+  absl::Status OnRound(const RoundReport& report) override;
+  absl::Status OnFinalEvaluation(int64_t round, const EvaluationSummary& summary) override;
+  absl::Status OnCheckpoint(int64_t round, absl::Time when) override;
 
  private:
   // Moves a counter up to `total`, a transport's running count.
   static void Advance(prometheus::Counter& counter, int64_t total, int64_t* seen);
   void ApplyTransport(const TransportStats& stats) const;
+  // The eval_* gauges, from an evaluation at `round`.
+  void SetEvaluation(int64_t round, const EvaluationSummary& summary);
 
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Gauge& round_;

@@ -109,15 +109,15 @@ TEST(CoordinatorMetricsTest, RoundsEvaluationsAndCheckpointsBecomePrometheusSeri
   report.transport.bytes_out = 2000;
   report.transport.results_refused = 4;  // one without a reason
   report.transport.results_refused_by_reason = {{"worker_error", 2}, {"invalid_result", 1}};
-  metrics.OnRound(report);
+  ASSERT_TRUE(metrics.OnRound(report).ok());
   // Counters follow the transport's running counts, never adding twice.
   report.round = 9;
   report.transport.bytes_in = 1500;
   report.transport.results_refused = 5;
   report.transport.results_refused_by_reason = {{"worker_error", 2}, {"invalid_result", 1}, {"upload_too_slow", 1}};
-  metrics.OnRound(report);
-  metrics.OnEvaluation(9, EvaluationSummary{10, 0.75, 0.01, 0.625, 0.02, 0.5, 0.1}, false);
-  metrics.OnCheckpoint(9, absl::FromUnixSeconds(1700000000));
+  report.evaluation = EvaluationSummary{10, 0.75, 0.01, 0.625, 0.02, 0.5, 0.1};
+  ASSERT_TRUE(metrics.OnRound(report).ok());
+  ASSERT_TRUE(metrics.OnCheckpoint(9, absl::FromUnixSeconds(1700000000)).ok());
 
   text = Serialize(metrics);
   for (const std::string expected :

@@ -99,64 +99,26 @@ void SharedMemoryTransport::Finish() {
 
 absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vector<WorkItem>& items,
                                         const ResultSink& take) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (!interrupted_.empty()) return absl::CancelledError(interrupted_);
-  }
+  RETURN_IF_ERROR(Interrupted());
   const ResultShape shape{state.parameters.numel(), CarriedMomentsOf(config_), config_.outer().meta_batch_size()};
   if (CarriedMomentsOf(state) != shape.moments)
     return absl::InvalidArgumentError("meta-state's Adam moments are not those the run's config carries");
-  // The state, once for every worker, from where its tensors lie.
-  std::string encoded[3];
-  std::vector<absl::string_view> tensors = {WireBytes(state.parameters, DELTA_FP32, &encoded[0])};
-  if (shape.moments.first) tensors.push_back(WireBytes(state.adam_m, DELTA_FP32, &encoded[1]));
-  if (shape.moments.second) tensors.push_back(WireBytes(state.adam_v, DELTA_FP32, &encoded[2]));
-  BatchHeader fields{};
-  fields.batch = ++last_batch_;
-  fields.numel = shape.numel;
-  fields.adam_step = state.adam_step;
-  // No worker reads the state between batches (board.batch is 0).
-  RETURN_IF_ERROR(PublishState(tensors));
-  std::vector<ItemSpec> specs(items.size());
-  for (size_t i = 0; i < items.size(); ++i) {
-    specs[i].set_evaluate(items[i].kind == WorkKind::kEvaluate);
-    for (const TaskSpec& task : items[i].tasks) *specs[i].add_tasks() = task;
-  }
-  const std::string batch_path = SharedBatchPath(folder_, fields.batch);
-  absl::StatusOr<SharedBatch> created = SharedBatch::Create(batch_path, fields, specs);
+  const uint64_t number = ++last_batch_;
+  const std::string batch_path = SharedBatchPath(folder_, number);
   BoardHeader& board = board_.header();
   // Whatever ends the batch, no worker starts another of its items.
   absl::Cleanup end_batch = [&] {
     board.batch.store(0, std::memory_order_release);
     unlink(batch_path.c_str());
   };
-  RETURN_IF_ERROR(created.status());
-  const SharedBatch& batch = *created;
-  {
-    absl::MutexLock lock(&mu_);
-    for (absl::string_view t : tensors) stats_.bytes_out += static_cast<int64_t>(t.size());
-    stats_.tasks_in_flight = std::min<int>(num_workers(), static_cast<int>(items.size()));
-  }
-  board.batch.store(fields.batch, std::memory_order_release);
-  board.work_signal.fetch_add(1, std::memory_order_acq_rel);
-  FutexWakeAll(&board.work_signal);
-
+  ASSIGN_OR_RETURN(const SharedBatch batch, PublishBatch(number, state, items, shape));
   std::vector<char> taken(items.size(), 0);
   ledger_.StartBatch(items.size());
   claimed_since_.assign(items.size(), {ClaimWord(0, ItemStage::kOpen), absl::Now()});
   size_t remaining = items.size(), first_open = 0;
   while (remaining > 0) {
     const uint32_t signal = board.result_signal.load(std::memory_order_acquire);
-    // The words only the coordinator writes: a worker that changed them
-    // (stopping the others, or hiding the batch) is put right.
-    if (board.stop.load(std::memory_order_acquire) != 0 ||
-        board.batch.load(std::memory_order_acquire) != fields.batch) {
-      board.stop.store(0, std::memory_order_release);
-      board.batch.store(fields.batch, std::memory_order_release);
-      board.work_signal.fetch_add(1, std::memory_order_acq_rel);
-      FutexWakeAll(&board.work_signal);
-      if (log_) log_("a worker wrote the board's stop or batch word; put back");
-    }
+    PutBackOwnWords(number);
     // Items past the claim cursor have not been claimed, so are not done.
     const size_t claimed = std::min<size_t>(items.size(), batch.header().next_item.load(std::memory_order_acquire));
     bool progress = false;
@@ -171,14 +133,58 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
     }
     while (first_open < items.size() && taken[first_open]) ++first_open;
     if (remaining == 0) break;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!interrupted_.empty()) return absl::CancelledError(interrupted_);
-    }
+    RETURN_IF_ERROR(Interrupted());
     ReapDeadWorkers(batch, items.size());
     if (!progress) FutexWait(&board.result_signal, signal, kRecheck);
   }
   return absl::OkStatus();
+}
+
+absl::Status SharedMemoryTransport::Interrupted() const {
+  absl::MutexLock lock(&mu_);
+  return interrupted_.empty() ? absl::OkStatus() : absl::CancelledError(interrupted_);
+}
+
+absl::StatusOr<SharedBatch> SharedMemoryTransport::PublishBatch(uint64_t number, const MetaState& state,
+                                                                const std::vector<WorkItem>& items,
+                                                                const ResultShape& shape) {
+  // The state, once for every worker, from where its tensors lie.
+  std::string encoded[3];
+  std::vector<absl::string_view> tensors = {WireBytes(state.parameters, DELTA_FP32, &encoded[0])};
+  if (shape.moments.first) tensors.push_back(WireBytes(state.adam_m, DELTA_FP32, &encoded[1]));
+  if (shape.moments.second) tensors.push_back(WireBytes(state.adam_v, DELTA_FP32, &encoded[2]));
+  // No worker reads the state between batches (board.batch is 0).
+  RETURN_IF_ERROR(PublishState(tensors));
+  BatchHeader fields{};
+  fields.batch = number;
+  fields.numel = shape.numel;
+  fields.adam_step = state.adam_step;
+  std::vector<ItemSpec> specs(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    specs[i].set_evaluate(items[i].kind == WorkKind::kEvaluate);
+    for (const TaskSpec& task : items[i].tasks) *specs[i].add_tasks() = task;
+  }
+  ASSIGN_OR_RETURN(SharedBatch batch, SharedBatch::Create(SharedBatchPath(folder_, number), fields, specs));
+  {
+    absl::MutexLock lock(&mu_);
+    for (absl::string_view t : tensors) stats_.bytes_out += static_cast<int64_t>(t.size());
+    stats_.tasks_in_flight = std::min<int>(num_workers(), static_cast<int>(items.size()));
+  }
+  BoardHeader& board = board_.header();
+  board.batch.store(number, std::memory_order_release);
+  board.work_signal.fetch_add(1, std::memory_order_acq_rel);
+  FutexWakeAll(&board.work_signal);
+  return batch;
+}
+
+void SharedMemoryTransport::PutBackOwnWords(uint64_t batch) {
+  BoardHeader& board = board_.header();
+  if (board.stop.load(std::memory_order_acquire) == 0 && board.batch.load(std::memory_order_acquire) == batch) return;
+  board.stop.store(0, std::memory_order_release);
+  board.batch.store(batch, std::memory_order_release);
+  board.work_signal.fetch_add(1, std::memory_order_acq_rel);
+  FutexWakeAll(&board.work_signal);
+  if (log_) log_("a worker wrote the board's stop or batch word; put back");
 }
 
 absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch, size_t i,
@@ -284,7 +290,6 @@ void SharedMemoryTransport::Evict(pid_t pid, const std::string& why) {
 }
 
 void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch& batch, size_t items) {
-  BoardHeader& board = board_.header();
   const absl::Time now = absl::Now();
   RefreshWorkers(now);
   // Stopped or stuck: its items would hold the batch forever.
@@ -293,41 +298,9 @@ void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch& batch, size_t ite
     if (now - worker.beat_changed > worker_timeout_) silent.push_back(pid);
   for (pid_t pid : silent)
     Evict(pid, absl::StrCat("sent no heartbeat for ", absl::FormatDuration(worker_timeout_)));
-  std::vector<pollfd> polls;
-  for (auto& [pid, worker] : seen_) polls.push_back({worker.pidfd, POLLIN, 0});
-  if (!polls.empty() && poll(polls.data(), polls.size(), 0) > 0) {
-    for (const pollfd& p : polls) {
-      if (p.revents == 0) continue;  // still running
-      for (auto it = seen_.begin(); it != seen_.end(); ++it) {
-        if (it->second.pidfd != p.fd) continue;
-        const pid_t gone = it->first;
-        for (std::atomic<int32_t>& place : board.worker_pids) {
-          int32_t pid = gone;
-          place.compare_exchange_strong(pid, 0);
-        }
-        unlink(SharedResultPath(folder_, static_cast<uint64_t>(gone)).c_str());
-        close(it->second.pidfd);
-        seen_.erase(it);
-        ledger_.Drop(gone);
-        if (log_) log_(absl::StrCat("worker process ", gone, " is gone (", seen_.size(), " alive)"));
-        break;
-      }
-    }
-  }
-  // Items held past runtime.task_timeout_seconds: their claimers are stuck
-  // (or lie), whatever their heartbeat says.
+  ForgetEndedWorkers();
   const size_t claimed = std::min<size_t>(items, batch.header().next_item.load());
-  for (size_t i = 0; i < claimed; ++i) {
-    const uint64_t word = batch.item(i).claim.load(std::memory_order_acquire);
-    auto& [seen_word, since] = claimed_since_[i];
-    if (word != seen_word) {
-      seen_word = word;
-      since = now;
-    } else if (StageOf(word) == ItemStage::kClaimed && now - since > task_timeout_ && seen_.count(PidOf(word)) > 0) {
-      Evict(PidOf(word), absl::StrCat("held work item ", i, " for ", absl::FormatDuration(task_timeout_),
-                                      " (runtime.task_timeout_seconds)"));
-    }
-  }
+  EvictHoldersPastDeadline(batch, claimed, now);
   // Claims of workers not alive on the board go back to the others. A
   // worker registers before it claims, so a claimer still unknown after a
   // second look is gone (or never was a worker).
@@ -341,9 +314,46 @@ void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch& batch, size_t ite
       looked_again = true;
       if (seen_.count(PidOf(word)) > 0) continue;
     }
-    if (Reopen(slot, word, board)) {
+    if (Reopen(slot, word, board_.header())) {
       absl::MutexLock lock(&mu_);
       ++stats_.tasks_redone;
+    }
+  }
+}
+
+void SharedMemoryTransport::ForgetEndedWorkers() {
+  std::vector<pollfd> polls;
+  for (auto& [pid, worker] : seen_) polls.push_back({worker.pidfd, POLLIN, 0});
+  if (polls.empty() || poll(polls.data(), polls.size(), 0) <= 0) return;
+  for (const pollfd& p : polls) {
+    if (p.revents == 0) continue;  // still running
+    for (auto it = seen_.begin(); it != seen_.end(); ++it) {
+      if (it->second.pidfd != p.fd) continue;
+      const pid_t gone = it->first;
+      for (std::atomic<int32_t>& place : board_.header().worker_pids) {
+        int32_t pid = gone;
+        place.compare_exchange_strong(pid, 0);
+      }
+      unlink(SharedResultPath(folder_, static_cast<uint64_t>(gone)).c_str());
+      close(it->second.pidfd);
+      seen_.erase(it);
+      ledger_.Drop(gone);
+      if (log_) log_(absl::StrCat("worker process ", gone, " is gone (", seen_.size(), " alive)"));
+      break;
+    }
+  }
+}
+
+void SharedMemoryTransport::EvictHoldersPastDeadline(const SharedBatch& batch, size_t claimed, absl::Time now) {
+  for (size_t i = 0; i < claimed; ++i) {
+    const uint64_t word = batch.item(i).claim.load(std::memory_order_acquire);
+    auto& [seen_word, since] = claimed_since_[i];
+    if (word != seen_word) {
+      seen_word = word;
+      since = now;
+    } else if (StageOf(word) == ItemStage::kClaimed && now - since > task_timeout_ && seen_.count(PidOf(word)) > 0) {
+      Evict(PidOf(word), absl::StrCat("held work item ", i, " for ", absl::FormatDuration(task_timeout_),
+                                      " (runtime.task_timeout_seconds)"));
     }
   }
 }

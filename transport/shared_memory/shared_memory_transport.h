@@ -76,6 +76,19 @@ class SharedMemoryTransport final : public Transport {
   // items (of the batch's first `items`, the coordinator's own count)
   // again; evicts the claimers of items held past their deadline.
   void ReapDeadWorkers(const SharedBatch& batch, size_t items);
+  // Forgets the workers whose processes have ended.
+  void ForgetEndedWorkers();
+  // Evicts the claimers of items (of the first `claimed`) held longer than
+  // runtime.task_timeout_seconds: stuck, or lying, whatever their heartbeat.
+  void EvictHoldersPastDeadline(const SharedBatch& batch, size_t claimed, absl::Time now);
+  // Writes the batch file of batch `number` and the state, and announces it.
+  absl::StatusOr<SharedBatch> PublishBatch(uint64_t number, const MetaState& state,
+                                           const std::vector<WorkItem>& items, const ResultShape& shape);
+  // Puts back the words only the coordinator writes (stop, and the current
+  // batch) if a worker changed them, stopping the others or hiding it.
+  void PutBackOwnWords(uint64_t batch);
+  // Cancelled with the reason once Interrupt() was called.
+  absl::Status Interrupted() const;
   // Notes the workers that joined the board since the last look, and
   // everyone's heartbeat.
   void RefreshWorkers(absl::Time now);

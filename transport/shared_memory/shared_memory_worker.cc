@@ -3,11 +3,12 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <thread>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "core/config.h"
 #include "core/process_setup.h"
 #include "core/status_macros.h"
@@ -89,6 +90,101 @@ void AwaitTaken(const ItemSlot& slot, uint64_t done, const BoardHeader& board, u
     usleep(50);
 }
 
+// This worker's place on the board, and the heartbeat thread that bumps
+// its beat every runtime.heartbeat_seconds (a thread of its own, so that it
+// beats through a long task). Leaves the board when it goes.
+class BoardPlace {
+ public:
+  static absl::StatusOr<std::unique_ptr<BoardPlace>> Take(BoardHeader& header, int32_t pid,
+                                                           absl::Duration beat_every) {
+    for (std::atomic<int32_t>& place : header.worker_pids) {
+      int32_t free = 0;
+      if (place.compare_exchange_strong(free, pid))
+        return std::unique_ptr<BoardPlace>(
+            new BoardPlace(&place, &header.worker_beats[&place - header.worker_pids], pid, beat_every));
+    }
+    return absl::ResourceExhaustedError(absl::StrCat("the board holds ", kMaxSharedWorkers, " workers; it is full"));
+  }
+  ~BoardPlace() {
+    left_.Notify();
+    heartbeat_.join();
+    int32_t mine = pid_;
+    place_->compare_exchange_strong(mine, 0);
+  }
+  // False once the coordinator has taken the place back (evicted).
+  bool held() const { return place_->load(std::memory_order_acquire) == pid_; }
+
+ private:
+  BoardPlace(std::atomic<int32_t>* place, std::atomic<uint32_t>* beats, int32_t pid, absl::Duration beat_every)
+      : place_(place), pid_(pid), heartbeat_([this, beats, beat_every] {
+          NameThisThread("heartbeat");
+          do beats->fetch_add(1, std::memory_order_relaxed);
+          while (!left_.WaitForNotificationWithTimeout(beat_every));
+        }) {}
+  std::atomic<int32_t>* const place_;
+  const int32_t pid_;
+  absl::Notification left_;
+  std::thread heartbeat_;
+};
+
+// Item i of `batch` run on `state`; a spec that does not parse or a state
+// that cannot be read gives its error.
+absl::StatusOr<TaskResult> RunItem(Learner& learner, const SharedBatch& batch, size_t i,
+                                   const absl::StatusOr<MetaState>& state) {
+  absl::StatusOr<ItemSpec> spec = batch.Spec(i);
+  absl::StatusOr<TaskResult> result = absl::UnknownError("not run");
+  if (!spec.ok() || !state.ok()) {
+    result = !spec.ok() ? spec.status() : state.status();
+  } else {
+    WorkItem item;
+    item.kind = spec->evaluate() ? WorkKind::kEvaluate : WorkKind::kTrain;
+    item.tasks.assign(spec->tasks().begin(), spec->tasks().end());
+    result = learner.Run(*state, item);
+  }
+  return result;
+}
+
+// One worker's way of handing results back: tensors to its result file
+// (once the coordinator has read the last), the header into the item's
+// slot, and the claim marked done if it is still this worker's.
+class ResultWriter {
+ public:
+  ResultWriter(std::string path, BoardHeader& board, int32_t pid, DeltaDtype dtype)
+      : path_(std::move(path)), board_(board), pid_(pid), dtype_(dtype) {}
+  ~ResultWriter() { unlink(path_.c_str()); }
+  // A new batch: no result of it is waiting to be read.
+  void NewBatch() { unread_ = nullptr; }
+  void HandBack(const SharedBatch& batch, size_t i, const absl::StatusOr<TaskResult>& result, uint64_t batch_number) {
+    ItemSlot& slot = batch.item(i);
+    EncodedResult encoded = EncodeResult(result, dtype_, batch.header().numel);  // views into `result`
+    if (!encoded.tensors.empty()) {
+      if (unread_ != nullptr) AwaitTaken(*unread_, ClaimWord(pid_, ItemStage::kDone), board_, batch_number);
+      const absl::Status written = OverwriteTensorFile(path_, encoded.tensors);
+      if (!written.ok()) encoded = EncodeResult(written, DELTA_FP32, 0);
+      unread_ = &slot;
+    }
+    if (encoded.header.error().size() > kResultHeaderBytes / 2)
+      encoded.header.mutable_error()->resize(kResultHeaderBytes / 2);
+    const std::string bytes = encoded.header.SerializeAsString();
+    std::memcpy(slot.result, bytes.data(), bytes.size());
+    slot.result_bytes = static_cast<uint32_t>(bytes.size());
+    // Done only if still ours: an item the coordinator gave to another
+    // worker meanwhile keeps that worker's claim.
+    uint64_t claimed = ClaimWord(pid_, ItemStage::kClaimed);
+    if (!slot.claim.compare_exchange_strong(claimed, ClaimWord(pid_, ItemStage::kDone), std::memory_order_acq_rel))
+      return;
+    board_.result_signal.fetch_add(1, std::memory_order_acq_rel);
+    FutexWakeAll(&board_.result_signal);
+  }
+
+ private:
+  const std::string path_;
+  BoardHeader& board_;
+  const int32_t pid_;
+  const DeltaDtype dtype_;
+  const ItemSlot* unread_ = nullptr;  // the slot of the result in the file, until the coordinator has read it
+};
+
 }  // namespace
 
 absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notification* stop) {
@@ -102,45 +198,19 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
   at::set_num_threads(1);
   NameThisThread("learner");
   const std::string folder = board_path.substr(0, board_path.rfind('/'));
-  const CarriedMoments moments = CarriedMomentsOf(config);
   BoardHeader& header = board.header();
   const int32_t pid = getpid();
-  std::atomic<int32_t>* place = nullptr;
-  for (std::atomic<int32_t>& candidate : header.worker_pids) {
-    int32_t free = 0;
-    if (candidate.compare_exchange_strong(free, pid)) {
-      place = &candidate;
-      break;
-    }
-  }
-  if (place == nullptr) return absl::ResourceExhaustedError(absl::StrCat("the board holds ", kMaxSharedWorkers,
-                                                                         " workers; it is full"));
-  // The heartbeat: a thread of its own, so that it beats through a long task.
-  std::atomic<uint32_t>* beats = &header.worker_beats[place - header.worker_pids];
   const absl::Duration beat_every =
       absl::Seconds(config.runtime().heartbeat_seconds() > 0 ? config.runtime().heartbeat_seconds() : 1);
-  absl::Notification left;
-  std::thread heartbeat([&] {
-    NameThisThread("heartbeat");
-    do beats->fetch_add(1, std::memory_order_relaxed);
-    while (!left.WaitForNotificationWithTimeout(beat_every));
-  });
-  absl::Cleanup leave = [&] {
-    left.Notify();
-    heartbeat.join();
-    int32_t mine = pid;
-    place->compare_exchange_strong(mine, 0);
-  };
-
-  const std::string result_path = SharedResultPath(folder, static_cast<uint64_t>(pid));
-  absl::Cleanup remove_result = [&result_path] { unlink(result_path.c_str()); };
+  ASSIGN_OR_RETURN(std::unique_ptr<BoardPlace> place, BoardPlace::Take(header, pid, beat_every));
+  ResultWriter results(SharedResultPath(folder, static_cast<uint64_t>(pid)), header, pid,
+                       config.outer().delta_dtype());
   SharedBatch batch;
   uint64_t batch_number = 0, state_batch = 0;
   SharedMapping state_file;
   absl::StatusOr<MetaState> state = absl::FailedPreconditionError("no state yet");
-  const ItemSlot* last_result = nullptr;  // in `batch`, until the coordinator has read it
   while (!stop->HasBeenNotified() && header.stop.load(std::memory_order_acquire) == 0) {
-    if (place->load(std::memory_order_acquire) != pid)
+    if (!place->held())
       return absl::FailedPreconditionError("evicted: the coordinator took this worker's place on the board");
     const uint32_t signal = header.work_signal.load(std::memory_order_acquire);
     const uint64_t current = header.batch.load(std::memory_order_acquire);
@@ -148,7 +218,7 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
       batch_number = current;
       absl::StatusOr<SharedBatch> opened = SharedBatch::Open(SharedBatchPath(folder, current), current);
       batch = opened.ok() ? *std::move(opened) : SharedBatch();  // a batch already over is gone
-      last_result = nullptr;
+      results.NewBatch();
     }
     bool worked = false;
     while (current != 0 && batch.valid() && header.batch.load(std::memory_order_acquire) == batch_number) {
@@ -156,39 +226,10 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
       if (!i.has_value()) break;
       worked = true;
       if (state_batch != batch_number) {
-        state = StateOf(folder, batch.header(), moments, &state_file);
+        state = StateOf(folder, batch.header(), CarriedMomentsOf(config), &state_file);
         state_batch = batch_number;
       }
-      absl::StatusOr<ItemSpec> spec = batch.Spec(*i);
-      absl::StatusOr<TaskResult> result = absl::UnknownError("not run");
-      if (!spec.ok() || !state.ok()) {
-        result = !spec.ok() ? spec.status() : state.status();
-      } else {
-        WorkItem item;
-        item.kind = spec->evaluate() ? WorkKind::kEvaluate : WorkKind::kTrain;
-        item.tasks.assign(spec->tasks().begin(), spec->tasks().end());
-        result = learner->Run(*state, item);
-      }
-      EncodedResult encoded = EncodeResult(result, config.outer().delta_dtype(), batch.header().numel);
-      if (!encoded.tensors.empty()) {
-        if (last_result != nullptr) AwaitTaken(*last_result, ClaimWord(pid, ItemStage::kDone), header, batch_number);
-        const absl::Status written = OverwriteTensorFile(result_path, encoded.tensors);
-        if (!written.ok()) encoded = EncodeResult(written, DELTA_FP32, 0);
-        last_result = &batch.item(*i);
-      }
-      if (encoded.header.error().size() > kResultHeaderBytes / 2)
-        encoded.header.mutable_error()->resize(kResultHeaderBytes / 2);
-      ItemSlot& slot = batch.item(*i);
-      const std::string bytes = encoded.header.SerializeAsString();
-      std::memcpy(slot.result, bytes.data(), bytes.size());
-      slot.result_bytes = static_cast<uint32_t>(bytes.size());
-      // Done only if still ours: an item the coordinator gave to another
-      // worker meanwhile keeps that worker's claim.
-      uint64_t claimed = ClaimWord(pid, ItemStage::kClaimed);
-      if (!slot.claim.compare_exchange_strong(claimed, ClaimWord(pid, ItemStage::kDone), std::memory_order_acq_rel))
-        continue;
-      header.result_signal.fetch_add(1, std::memory_order_acq_rel);
-      FutexWakeAll(&header.result_signal);
+      results.HandBack(batch, *i, RunItem(*learner, batch, *i, state), batch_number);
     }
     if (!worked) FutexWait(&header.work_signal, signal, kRecheck);
   }

@@ -766,12 +766,13 @@ void MpiTransport::AnnounceUpdate(double step_size, int inner_iterations) {
   inner_iterations_ = inner_iterations;
 }
 
-absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkItem>& items,
-                               const ResultSink& take) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (!interrupted_.empty()) return absl::CancelledError(interrupted_);
-  }
+namespace {
+
+// The header of a batch of `items` on `state`, and the items serialized
+// into `items_bytes`; `tasks` is the number of tasks they hold.
+BatchHeader HeaderFor(const MetaState& state, const std::vector<WorkItem>& items, MpiReduction reduction,
+                      int meta_batch, double step_size, int inner_iterations, std::string* items_bytes,
+                      int* tasks) {
   BatchHeader header;
   header.command = kBatch;
   header.numel = state.parameters.numel();
@@ -779,69 +780,107 @@ absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkIte
   header.has_moments = moments.second;
   header.has_first_moment = moments.first;
   header.adam_step = state.adam_step;
-  header.meta_batch = meta_batch_;
+  header.meta_batch = meta_batch;
   WorkBatch batch;
   bool training = !items.empty();
-  int tasks = 0;
+  *tasks = 0;
   for (const WorkItem& item : items) {
     WorkUnit* unit = batch.add_items();
     unit->set_evaluate(item.kind == WorkKind::kEvaluate);
     for (const TaskSpec& task : item.tasks) *unit->add_tasks() = task;
     training &= item.kind == WorkKind::kTrain;
-    tasks += static_cast<int>(item.tasks.size());
+    *tasks += static_cast<int>(item.tasks.size());
   }
-  header.reduction = training ? reduction_ : MPI_GATHER_IN_ORDER;
-  header.ranks_keep_state = reduction_ == MPI_ALLREDUCE_SUM;
+  header.reduction = training ? reduction : MPI_GATHER_IN_ORDER;
+  header.ranks_keep_state = reduction == MPI_ALLREDUCE_SUM;
   if (header.ranks_keep_state) header.state_hash = StateHash(state);
-  header.step_size = step_size_;
-  header.inner_iterations = inner_iterations_;
-  std::string bytes = batch.SerializeAsString();
-  header.batch_bytes = static_cast<int64_t>(bytes.size());
+  header.step_size = step_size;
+  header.inner_iterations = inner_iterations;
+  *items_bytes = batch.SerializeAsString();
+  header.batch_bytes = static_cast<int64_t>(items_bytes->size());
+  return header;
+}
 
-  // Deadlines. Every rank waits for the batch, so each step of the
-  // broadcasts has runtime.mpi_connect_timeout_seconds; then a rank's k-th
-  // item of the batch is due k times runtime.task_timeout_seconds after them,
-  // plus that. Past one, the job is to be aborted (stalled).
-  const Clock::duration timeout = connect_timeout_;
+// Rank 0's side of a batch's broadcasts: the header, the vote on whether
+// the ranks need the state, the state if so (counted in `bytes_out`), the
+// items. Every rank waits for them, so each step has `timeout`
+// (runtime.mpi_connect_timeout_seconds); past it, a stall to abort the job.
+absl::Status BroadcastBatch(BatchHeader header, const MetaState& state, const std::string& items_bytes,
+                            size_t items, Clock::duration timeout, int64_t* bytes_out) {
   auto broadcast_stalled = [&](const char* step) {
     return NoAnswer(absl::StrFormat(
         "MPI: the broadcast of %s for a batch of %d work items did not complete within %g s "
         "(runtime.mpi_connect_timeout_seconds): some rank does not answer",
-        step, items.size(), ToSeconds(timeout)));
+        step, items, ToSeconds(timeout)));
   };
   if (!Broadcast(&header, sizeof(header), MPI_BYTE, Clock::now() + timeout)) return broadcast_stalled("the header");
   const std::optional<bool> state_needed = StateNeeded(header, state, timeout);
   if (!state_needed.has_value()) return broadcast_stalled("the state hash vote");
   if (*state_needed) {
     // The state is only read: broadcasting from its buffers does not change it.
+    const CarriedMoments moments = CarriedMomentsOf(state);
     MetaState shared{state.parameters.contiguous(), moments.first ? state.adam_m.contiguous() : torch::Tensor(),
                      moments.second ? state.adam_v.contiguous() : torch::Tensor(), state.adam_step};
     if (!BroadcastState(header, &shared, timeout)) return broadcast_stalled("the meta-state");
-    stats_.bytes_out += header.numel * 4 * (1 + header.has_first_moment + header.has_moments) * (Size() - 1);
+    *bytes_out += header.numel * 4 * (1 + header.has_first_moment + header.has_moments) * (Size() - 1);
   }
-  if (!Broadcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, Clock::now() + timeout, Pace::kTransfer))
+  // The root's buffer is only read.
+  if (!Broadcast(const_cast<char*>(items_bytes.data()), static_cast<int>(items_bytes.size()), MPI_BYTE,
+                 Clock::now() + timeout, Pace::kTransfer))
     return broadcast_stalled("the work items");
-  const Clock::time_point work_start = Clock::now();
-  std::vector<int> items_of(Size(), 0);  // each rank's items so far
-  auto due = [&](int k) { return work_start + k * item_timeout_ + timeout; };
-  auto work_stalled = [&](const std::string& what, int k) {
+  return absl::OkStatus();
+}
+
+// When a batch's results are due: a rank's k-th item k times
+// runtime.task_timeout_seconds after the broadcasts, plus
+// runtime.mpi_connect_timeout_seconds. Past that, the job is to be aborted
+// (stalled).
+struct Deadlines {
+  Clock::time_point work_start;
+  Clock::duration item_timeout, connect_timeout;
+  Clock::time_point Due(int k) const { return work_start + k * item_timeout + connect_timeout; }
+  absl::Status Stalled(const std::string& what, int k) const {
     return NoAnswer(absl::StrFormat(
         "MPI: %s within %g s of the batch's broadcasts (%d work item(s) at runtime.task_timeout_seconds %g s "
         "each, plus runtime.mpi_connect_timeout_seconds %g s)",
-        what, ToSeconds(due(k) - work_start), k, ToSeconds(item_timeout_), ToSeconds(timeout)));
-  };
+        what, ToSeconds(Due(k) - work_start), k, ToSeconds(item_timeout), ToSeconds(connect_timeout)));
+  }
+};
 
-  const bool summed = header.reduction != MPI_GATHER_IN_ORDER;
+}  // namespace
+
+std::vector<absl::StatusOr<TaskResult>> MpiTransport::RunOwnItems(const MetaState& state,
+                                                                  const std::vector<WorkItem>& items,
+                                                                  TensorSums* sums) {
   std::vector<absl::StatusOr<TaskResult>> results(items.size(), absl::UnknownError("not run"));
+  if (learner_ == nullptr) return results;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (working_ranks_[i % working_ranks_.size()] != 0) continue;
+    results[i] = learner_->Run(state, items[i]);
+    if (sums != nullptr && results[i].ok())
+      if (absl::Status moved = MoveIntoSum(&*results[i], *sums); !moved.ok()) results[i] = moved;
+  }
+  return results;
+}
+
+absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkItem>& items,
+                               const ResultSink& take) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!interrupted_.empty()) return absl::CancelledError(interrupted_);
+  }
+  int tasks = 0;
+  std::string items_bytes;
+  const BatchHeader header = HeaderFor(state, items, reduction_, meta_batch_, step_size_, inner_iterations_,
+                                       &items_bytes, &tasks);
+  const Clock::duration timeout = connect_timeout_;
+  RETURN_IF_ERROR(BroadcastBatch(header, state, items_bytes, items.size(), timeout, &stats_.bytes_out));
+  const Deadlines deadlines{Clock::now(), item_timeout_, timeout};
+  std::vector<int> items_of(Size(), 0);  // each rank's items so far
+  const bool summed = header.reduction != MPI_GATHER_IN_ORDER;
   std::optional<TensorSums> sums;
-  if (summed) sums.emplace(header.numel, meta_batch_, moments);
-  if (learner_ != nullptr)
-    for (size_t i = 0; i < items.size(); ++i)
-      if (working_ranks_[i % working_ranks_.size()] == 0) {
-        results[i] = learner_->Run(state, items[i]);
-        if (summed && results[i].ok())
-          if (absl::Status moved = MoveIntoSum(&*results[i], *sums); !moved.ok()) results[i] = moved;
-      }
+  if (summed) sums.emplace(header.numel, meta_batch_, CarriedMomentsOf(state));
+  std::vector<absl::StatusOr<TaskResult>> results = RunOwnItems(state, items, sums ? &*sums : nullptr);
   // Results are taken as they arrive (the aggregator's checks and sums then
   // overlap the items still computing), except in the summed modes, where
   // the tensors come together in the reduction at the end. After a failure
@@ -861,20 +900,21 @@ absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkIte
       // so both ends can afford to hurry the transfer; while the sender
       // computes its next item, its sends advance only every 50 us anyway.
       const bool last_of_rank = i + working_ranks_.size() >= items.size();
-      results[i] = ReceiveResult(source, i, items[i], header, due(k), timeout, last_of_rank ? Pace::kTransfer : Pace::kNap,
-                                 &stats_.bytes_in, &overdue);
+      results[i] = ReceiveResult(source, i, items[i], header, deadlines.Due(k), timeout,
+                                 last_of_rank ? Pace::kTransfer : Pace::kNap, &stats_.bytes_in, &overdue);
       if (absl::IsDeadlineExceeded(results[i].status())) {
         const std::string what(results[i].status().message());
-        return overdue ? work_stalled(what, k) : NoAnswer(what);
+        return overdue ? deadlines.Stalled(what, k) : NoAnswer(what);
       }
     }
     if (!summed) take_result(i);
   }
   if (summed) {
     const int most = *std::max_element(items_of.begin(), items_of.end());
-    const absl::Status reduced = ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM, tasks, due(most), timeout);
+    const absl::Status reduced =
+        ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM, tasks, deadlines.Due(most), timeout);
     if (absl::IsDeadlineExceeded(reduced))
-      return work_stalled(absl::StrCat(reduced.message(), " (some rank does not answer)"), most);
+      return deadlines.Stalled(absl::StrCat(reduced.message(), " (some rank does not answer)"), most);
     RETURN_IF_ERROR(reduced);
     stats_.bytes_in += header.numel * ExactSum::kElementBytes * (1 + header.has_first_moment + header.has_moments);
     if (results[0].ok()) {

@@ -20,8 +20,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "core/work.h"
 #include "transport/transport.h"
 #include "worker/learner.h"
 
@@ -94,6 +96,11 @@ class MpiTransport final : public Transport {
 
  private:
   MpiTransport() = default;
+  // Rank 0's own share of a batch (none unless it works), each result moved
+  // into `sums` in the summed modes (if not null); the other items' results
+  // are left "not run".
+  std::vector<absl::StatusOr<TaskResult>> RunOwnItems(const MetaState& state, const std::vector<WorkItem>& items,
+                                                      TensorSums* sums);
   std::vector<int> working_ranks_;
   MpiReduction reduction_ = MPI_GATHER_IN_ORDER;
   int meta_batch_ = 1;

@@ -14,6 +14,8 @@ constexpr const char* kRefusalReasons[] = {"invalid_result", "worker_error", "up
 
 }  // namespace
 
+// Long because it is the table of every series /metrics exports, one member
+// initializer each, in the order the header declares them.
 CoordinatorMetrics::CoordinatorMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
       round_(BuildGauge()

@@ -32,6 +32,7 @@ absl::Status SpecError(const char* field, const std::string& problem) {
 
 }  // namespace
 
+// Long because it is one case per task family, each loading its data.
 absl::StatusOr<std::shared_ptr<const TaskSource>> TaskSource::Create(const TaskConfig& config) {
   std::shared_ptr<TaskSource> source(new TaskSource(config));
   switch (config.family()) {

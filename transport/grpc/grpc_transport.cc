@@ -455,9 +455,22 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
 
   grpc::Status ReceiveResult(grpc::ServerContext* context, grpc::ServerReader<ResultChunk>* reader,
                              SubmitReply* reply) {
+    ResultHeader header;
+    if (grpc::Status read = ReadResultHeader(context, reader, &header); !read.ok()) return read;
+    Upload upload;
+    if (std::optional<grpc::Status> ended = OpenUpload(context, header, reply, &upload)) return *ended;
+    const bool folder_allowed = !board_->shared_folder.empty() && OverUnixSocket(*context);
+    absl::StatusOr<TaskResult> result =
+        ReadResult(header, *upload.work, *upload.snapshot, reader, upload.stream, folder_allowed);
+    return Deliver(context, header, std::move(result), upload, reply);
+  }
+
+  // The stream's first message, which must be its header. The stream counts
+  // from its first byte: a header that does not come within kStreamIdle is
+  // cut off by the reaper, as a stalled upload is.
+  grpc::Status ReadResultHeader(grpc::ServerContext* context, grpc::ServerReader<ResultChunk>* reader,
+                                ResultHeader* header) {
     Board& b = *board_;
-    // The stream counts from its first byte: a header that does not come
-    // within kStreamIdle is cut off by the reaper, as a stalled upload is.
     uint64_t waiting = 0;
     {
       absl::MutexLock lock(&b.mu);
@@ -472,71 +485,88 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     }
     if (!read || !message.has_header())
       return Refusal(grpc::StatusCode::INVALID_ARGUMENT, "a result stream must start with its ResultHeader");
-    const ResultHeader header = message.header();
-    const bool folder_allowed = !b.shared_folder.empty() && OverUnixSocket(*context);
+    *header = message.header();
+    return grpc::Status::OK;
+  }
+
+  // What an upload that may go on reads against.
+  struct Upload {
     std::shared_ptr<const Snapshot> snapshot;
     const WorkItem* work = nullptr;  // b.items outlives the batch's uploads
-    uint64_t stream = 0;
-    {
-      absl::MutexLock lock(&b.mu);
-      LeaseScheduler& scheduler = b.scheduler;
-      // A worker given up on (dropped, not evicted) may still deliver.
-      absl::Status alive = scheduler.Touch(header.worker_id(), absl::Now());
-      if (absl::IsPermissionDenied(alive)) return ToGrpc(alive);
-      if (b.snapshot == nullptr || header.state_version() != b.snapshot->version)
-        return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
-                       absl::StrCat("stale result: lease ", header.lease_id(), " ran on state version ",
-                                    header.state_version(), "; the current one is ",
-                                    b.snapshot ? b.snapshot->version : 0));
-      absl::StatusOr<size_t> item = scheduler.BeginUpload(header.worker_id(), header.lease_id());
-      if (absl::IsAlreadyExists(item.status())) {
-        scheduler.Duplicate(header.worker_id(), header.lease_id());
-        reply->set_duplicate(true);
-        return grpc::Status::OK;
-      }
-      if (!item.ok()) return ToGrpc(item.status());
-      if (!header.error().empty()) {
-        scheduler.Refuse(header.lease_id(), absl::StrCat("the worker failed: ", Printable(header.error(), 300)),
-                         RefusalReason::kWorkerError);
-        return grpc::Status::OK;
-      }
-      snapshot = b.snapshot;
-      work = &(*b.items)[*item];
-      stream = b.OpenStreamFor(context, ExpectedBytes(header, *work, *snapshot));
+    uint64_t stream = 0;             // its registration with the reaper
+  };
+
+  // Checks `header` against the scheduler: the call's answer if it ends
+  // here (stale, not this worker's lease, a duplicate, an error the worker
+  // reports), or none with `upload` filled in to read the tensors.
+  std::optional<grpc::Status> OpenUpload(grpc::ServerContext* context, const ResultHeader& header,
+                                         SubmitReply* reply, Upload* upload) {
+    Board& b = *board_;
+    absl::MutexLock lock(&b.mu);
+    LeaseScheduler& scheduler = b.scheduler;
+    // A worker given up on (dropped, not evicted) may still deliver.
+    absl::Status alive = scheduler.Touch(header.worker_id(), absl::Now());
+    if (absl::IsPermissionDenied(alive)) return ToGrpc(alive);
+    if (b.snapshot == nullptr || header.state_version() != b.snapshot->version)
+      return Refusal(grpc::StatusCode::FAILED_PRECONDITION,
+                     absl::StrCat("stale result: lease ", header.lease_id(), " ran on state version ",
+                                  header.state_version(), "; the current one is ",
+                                  b.snapshot ? b.snapshot->version : 0));
+    absl::StatusOr<size_t> item = scheduler.BeginUpload(header.worker_id(), header.lease_id());
+    if (absl::IsAlreadyExists(item.status())) {
+      scheduler.Duplicate(header.worker_id(), header.lease_id());
+      reply->set_duplicate(true);
+      return grpc::Status::OK;
     }
-    absl::StatusOr<TaskResult> result = ReadResult(header, *work, *snapshot, reader, stream, folder_allowed);
-    // A result counts as accepted once the round engine has taken it: one at
-    // a time, and only while its batch is on and its item still open.
+    if (!item.ok()) return ToGrpc(item.status());
+    if (!header.error().empty()) {
+      scheduler.Refuse(header.lease_id(), absl::StrCat("the worker failed: ", Printable(header.error(), 300)),
+                       RefusalReason::kWorkerError);
+      return grpc::Status::OK;
+    }
+    upload->snapshot = b.snapshot;
+    upload->work = &(*b.items)[*item];
+    upload->stream = b.OpenStreamFor(context, ExpectedBytes(header, *upload->work, *upload->snapshot));
+    return std::nullopt;
+  }
+
+  // Hands a result that was read to the round engine and tells the
+  // scheduler how it went. A result counts as accepted once the engine has
+  // taken it: one at a time, and only while its batch is on and its item
+  // still open.
+  grpc::Status Deliver(grpc::ServerContext* context, const ResultHeader& header, absl::StatusOr<TaskResult> result,
+                       const Upload& upload, SubmitReply* reply) {
+    Board& b = *board_;
     absl::MutexLock take_lock(&b.take_mu);
     const ResultSink* take = nullptr;
     size_t item = 0;
+    const uint64_t lease = header.lease_id();
     {
       absl::MutexLock lock(&b.mu);
-      const bool cut_off = b.CloseStream(stream);
+      const bool cut_off = b.CloseStream(upload.stream);
       if (!result.ok()) {
         if (cut_off) {
-          b.scheduler.Refuse(header.lease_id(), "upload too slow; cut off", RefusalReason::kUploadTooSlow);
+          b.scheduler.Refuse(lease, "upload too slow; cut off", RefusalReason::kUploadTooSlow);
           return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "upload too slow; cut off");
         }
         if (context->IsCancelled()) {
-          b.scheduler.Lost(header.lease_id());
+          b.scheduler.Lost(lease);
           return Refusal(grpc::StatusCode::CANCELLED, "upload cut off in transit");
         }
-        b.scheduler.Refuse(header.lease_id(), std::string(result.status().message()));
+        b.scheduler.Refuse(lease, std::string(result.status().message()));
         return ToGrpc(result.status());
       }
-      if (b.snapshot != snapshot)
+      if (b.snapshot != upload.snapshot)
         return Refusal(grpc::StatusCode::FAILED_PRECONDITION, "stale result: the batch ended while it arrived");
-      absl::StatusOr<size_t> open = b.scheduler.OpenItem(header.lease_id());
+      absl::StatusOr<size_t> open = b.scheduler.OpenItem(lease);
       if (!open.ok()) {
-        b.scheduler.Accept(header.lease_id(), absl::Now());  // closes the upload of a duplicate
+        b.scheduler.Accept(lease, absl::Now());  // closes the upload of a duplicate
         reply->set_duplicate(true);
         return grpc::Status::OK;
       }
       take = b.take;
       item = *open;
     }
-    const uint64_t lease = header.lease_id();
     const absl::Status taken = (*take)(item, *std::move(result));
     absl::MutexLock lock(&b.mu);
     if (!taken.ok()) {
@@ -740,48 +770,39 @@ void GrpcTransport::ReapLoop() {
   }
 }
 
-absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkItem>& items,
-                                const ResultSink& take) {
+namespace {
+
+// State `version` as workers fetch it, each message serialized once; also
+// in `state_file` for workers on the shared folder, if one is given and it
+// can be written (else `log` says why).
+std::shared_ptr<Snapshot> MakeSnapshot(const MetaState& state, CarriedMoments moments, uint64_t version,
+                                       const std::string& state_file,
+                                       const std::function<void(const std::string&)>& log) {
   auto snapshot = std::make_shared<Snapshot>();
   snapshot->numel = state.parameters.numel();
-  snapshot->moments = CarriedMomentsOf(board_->config);
-  if (CarriedMomentsOf(state) != snapshot->moments)
-    return absl::InvalidArgumentError("meta-state's Adam moments are not those the run's config carries");
+  snapshot->moments = moments;
+  snapshot->version = version;
   // Serialized from where the tensors lie (they outlive this use of them).
   std::string encoded[3];
   std::vector<absl::string_view> tensors = {WireBytes(state.parameters, DELTA_FP32, &encoded[0])};
-  if (snapshot->moments.first) tensors.push_back(WireBytes(state.adam_m, DELTA_FP32, &encoded[1]));
-  if (snapshot->moments.second) tensors.push_back(WireBytes(state.adam_v, DELTA_FP32, &encoded[2]));
+  if (moments.first) tensors.push_back(WireBytes(state.adam_m, DELTA_FP32, &encoded[1]));
+  if (moments.second) tensors.push_back(WireBytes(state.adam_v, DELTA_FP32, &encoded[2]));
   StateChunk message;
   StateHeader* header = message.mutable_header();
   header->set_num_parameters(snapshot->numel);
-  header->set_has_moments(snapshot->moments.second);
-  header->set_has_first_moment(snapshot->moments.first);
+  header->set_has_moments(moments.second);
+  header->set_has_first_moment(moments.first);
   header->set_adam_step(state.adam_step);
-  std::vector<int> kinds;
-  for (const WorkItem& item : items) kinds.push_back(static_cast<int>(item.kind));
-  Board& b = *board_;
-  {
-    absl::MutexLock lock(&b.mu);
-    snapshot->version = b.last_version + 1;  // only Run() changes it
-  }
-  header->set_state_version(snapshot->version);
+  header->set_state_version(version);
   snapshot->messages.push_back(Serialized(message));
   snapshot->payload.push_back(0);
-  // Workers on the shared folder read the tensors from a file, written
-  // once per state (removed when its batch ends).
-  const std::string state_file =
-      b.shared_folder.empty() ? std::string() : SharedStatePath(b.shared_folder, snapshot->version);
-  absl::Cleanup remove_state_file = [&state_file] {
-    if (!state_file.empty()) unlink(state_file.c_str());
-  };
   if (!state_file.empty()) {
     if (absl::Status written = WriteTensorFile(state_file, tensors); written.ok()) {
       header->set_in_shared_folder(true);
       snapshot->folder_messages.push_back(Serialized(message));
       snapshot->folder_header = *header;
-    } else if (b.log) {
-      b.log(absl::StrCat("state ", snapshot->version, " goes on the stream to every worker: ", written.message()));
+    } else if (log) {
+      log(absl::StrCat("state ", version, " goes on the stream to every worker: ", written.message()));
     }
   }
   WriteChunks(tensors, [&](TensorChunk* chunk) {
@@ -792,6 +813,31 @@ absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkIt
     snapshot->bytes += bytes;
     return true;
   });
+  return snapshot;
+}
+
+}  // namespace
+
+absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkItem>& items,
+                                const ResultSink& take) {
+  Board& b = *board_;
+  const CarriedMoments moments = CarriedMomentsOf(b.config);
+  if (CarriedMomentsOf(state) != moments)
+    return absl::InvalidArgumentError("meta-state's Adam moments are not those the run's config carries");
+  uint64_t version = 0;
+  {
+    absl::MutexLock lock(&b.mu);
+    version = b.last_version + 1;  // only Run() changes it
+  }
+  // Workers on the shared folder read the tensors from a file, written
+  // once per state (removed when its batch ends).
+  const std::string state_file = b.shared_folder.empty() ? std::string() : SharedStatePath(b.shared_folder, version);
+  absl::Cleanup remove_state_file = [&state_file] {
+    if (!state_file.empty()) unlink(state_file.c_str());
+  };
+  std::shared_ptr<Snapshot> snapshot = MakeSnapshot(state, moments, version, state_file, b.log);
+  std::vector<int> kinds;
+  for (const WorkItem& item : items) kinds.push_back(static_cast<int>(item.kind));
   absl::MutexLock lock(&b.mu);
   if (!b.interrupted.empty()) return absl::CancelledError(b.interrupted);
   b.last_version = snapshot->version;

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 jobs=$(nproc)
 echo "build: configuring (cmake -S . -B build; full log in build.log)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release > build.log 2>&1 || { cat build.log; exit 1; }
-echo "build: compiling with $jobs jobs (a first build takes 5-10 minutes on 2 cores)"
+echo "build: compiling with $jobs jobs (from nothing, on 2 cores: the reptile binary about 7 minutes, everything about 14; docs/performance.md)"
 # "[ 22%] Building CXX object CMakeFiles/reptile_core.dir/core/config.cc.o"
 #   -> "[ 22%] compiling core/config.cc (reptile_core)"
 # "[ 40%] Built target reptile_core" -> "[ 40%] built reptile_core"

@@ -3,8 +3,12 @@
 # Idempotent: packages already present are left alone. Must run as root (or via sudo).
 set -euo pipefail
 
+# REPTILE_DEPS=build (scripts/demo.sh, the container image's build stage):
+# what configures, builds and runs the `reptile` binary, GoogleTest included
+# (CMake's configure step requires it). Anything else (default): that and
+# every tool the test suite uses.
 PACKAGES=(
-  build-essential cmake pkg-config git ca-certificates openssl
+  build-essential cmake pkg-config
   libtorch-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev
@@ -13,8 +17,8 @@ PACKAGES=(
   libzip-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev libssl-dev
   prometheus-cpp-dev
 )
-# What only the tests and demos need beyond the build (not in the container
-# image's build stage, which sets REPTILE_DEPS=build): Fashion-MNIST, iproute2
+# What only the tests need beyond the build (not installed by scripts/demo.sh
+# or the container image's build stage, which set REPTILE_DEPS=build): Fashion-MNIST, iproute2
 # and nftables for the network namespaces of the MPI and netns tests, curl for
 # deploy/docker/reptile-health, Node.js and npm for tests/k8s/validate.cjs,
 # unzip for kubectl (below), clang with its libFuzzer and sanitizer runtimes
@@ -24,6 +28,9 @@ PACKAGES=(
 # no init system runs it) with debootstrap, which makes the base image where
 # no registry is reachable, for tests/docker_test.
 if [ "${REPTILE_DEPS:-all}" != build ]; then
+  # git for scripts/reproduce_paper.sh, openssl (the command) for the tests'
+  # keys and tokens, ca-certificates for npm.
+  PACKAGES+=(git ca-certificates openssl)
   PACKAGES+=(dataset-fashion-mnist iproute2 nftables procps)
   PACKAGES+=(curl unzip clang-14 libclang-rt-14-dev prometheus chromium fonts-dejavu-core)
   PACKAGES+=(debootstrap)

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -71,6 +72,24 @@ TEST(SharedFolderFilesTest, AFileOfAnotherSizeASymlinkAFifoOrNoFileIsRefused) {
   EXPECT_TRUE(absl::StrContains(read.status().message(), "not a regular file")) << read.status();
 
   EXPECT_TRUE(absl::IsNotFound(ReadTensorFile(dir + "/state-9", {4}).status()));
+}
+
+// A full file system (a tmpfs of 64 KiB, as a container's small /dev/shm
+// is) gives an error that names the file and the fixes, and leaves no file.
+TEST(SharedFolderFilesTest, AFullFolderSaysHowToGiveItRoom) {
+  const std::string dir = TempDir("small_tmpfs");
+  ASSERT_EQ(system(absl::StrCat("mount -t tmpfs -o size=64k tmpfs ", dir).c_str()), 0)
+      << "the tests run as root, which may mount a tmpfs";
+  const std::string path = dir + "/result-1";
+  const std::string megabyte(1 << 20, 'x');
+  const absl::Status written = WriteTensorFile(path, {megabyte});
+  EXPECT_TRUE(absl::IsResourceExhausted(written)) << written;
+  EXPECT_TRUE(absl::StrContains(written.message(), path + ".partial")) << written;
+  EXPECT_TRUE(absl::StrContains(written.message(), "--shm-size")) << written;
+  EXPECT_TRUE(absl::StrContains(written.message(), "runtime.local_workers=THREADS")) << written;
+  EXPECT_FALSE(std::filesystem::exists(path + ".partial"));
+  EXPECT_TRUE(absl::IsResourceExhausted(OverwriteTensorFile(path, {megabyte})));
+  EXPECT_EQ(system(absl::StrCat("umount ", dir).c_str()), 0);
 }
 
 // A coordinator in this process serving TCP and a Unix socket with a shared

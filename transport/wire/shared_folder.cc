@@ -15,7 +15,12 @@ namespace {
 absl::Status Failure(const std::string& what, const std::string& path) {
   const int error = errno;
   const std::string message = absl::StrCat("cannot ", what, " ", path, ": ", std::strerror(error));
-  return error == ENOENT ? absl::NotFoundError(message) : absl::InternalError(message);
+  if (error == ENOENT) return absl::NotFoundError(message);
+  if (error == ENOSPC)
+    return absl::ResourceExhaustedError(absl::StrCat(
+        message, " (its file system is full: a container's /dev/shm holds 64 MB unless `docker run --shm-size` "
+                 "gives it more; runtime.local_workers=THREADS needs no shared memory)"));
+  return absl::InternalError(message);
 }
 
 // Closes a file descriptor when it goes.

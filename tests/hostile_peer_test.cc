@@ -259,21 +259,24 @@ TEST_F(HostilePeerTest, AThousandStreamsOnOneLeaseStayWithinThreadAndMemoryBound
 }
 
 // A result stream counts from its first byte: 48 streams from one token
-// holder that never send their header, opened before an honest worker
-// joins, are cut off by the coordinator (kStreamIdle, 5 s), not left to pin
-// a server thread each until the client gives up, and the worker trains to
+// holder that never send their header are cut off by the coordinator
+// (kStreamIdle, 5 s), not left to pin a server thread each until the
+// client gives up; an honest worker that joins beside 48 more trains to
 // the clean parameters.
 TEST_F(HostilePeerTest, StreamsThatNeverSendAHeaderAreCutOff) {
   const std::string reference = ThreadsReference();
   const std::string run = TempDir("run");
   auto coordinator = StartCoordinator(run, "coordinator");
   std::vector<std::unique_ptr<CoordinatorClient>> clients;
-  std::vector<std::unique_ptr<CoordinatorClient::Upload>> silent;
-  for (int c = 0; c < 3; ++c) {
-    clients.push_back(Client());
-    for (int i = 0; i < 16; ++i) silent.push_back(clients.back()->StartUpload(std::chrono::seconds(60)));
-  }
-  auto honest = StartWorker("worker");
+  auto open_silent = [&] {
+    std::vector<std::unique_ptr<CoordinatorClient::Upload>> silent;
+    for (int c = 0; c < 3; ++c) {
+      clients.push_back(Client());
+      for (int i = 0; i < 16; ++i) silent.push_back(clients.back()->StartUpload(std::chrono::seconds(60)));
+    }
+    return silent;
+  };
+  std::vector<std::unique_ptr<CoordinatorClient::Upload>> silent = open_silent();
   std::this_thread::sleep_for(std::chrono::seconds(12));
   ResultChunk late;
   late.mutable_header()->set_worker_id(1);
@@ -283,8 +286,11 @@ TEST_F(HostilePeerTest, StreamsThatNeverSendAHeaderAreCutOff) {
     cut_off += upload->Finish().status().code() == absl::StatusCode::kCancelled;
   }
   EXPECT_EQ(cut_off, 48);
+  std::vector<std::unique_ptr<CoordinatorClient::Upload>> more = open_silent();
+  auto honest = StartWorker("worker");
   EXPECT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
   EXPECT_EQ(ParameterSha(coordinator->out()), reference);
+  for (auto& upload : more) EXPECT_FALSE(upload->Finish().ok());
 }
 
 TEST_F(HostilePeerTest, AnUploadThatTricklesIsCutOffAndItsTaskRedone) {

@@ -40,8 +40,9 @@ absl::StatusOr<std::unique_ptr<WorkerProcesses>> WorkerProcesses::Start(
   processes->log_ = std::move(log);
   processes->give_up_ = std::move(give_up);
   for (int i = 0; i < count; ++i) {
-    absl::StatusOr<pid_t> pid = processes->Spawn();
+    // Under the lock: OpenPidfd knows a child from the moment it exists.
     absl::MutexLock lock(&processes->mu_);
+    absl::StatusOr<pid_t> pid = processes->Spawn();
     if (!pid.ok()) return pid.status();  // the destructor stops those started
     processes->pids_.push_back(*pid);
   }

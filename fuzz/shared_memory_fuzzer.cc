@@ -1,16 +1,18 @@
 // Fuzzes what crosses the shared memory of a local run
-// (transport/shared_memory/shared_board.h), where a worker process can
-// write anything: the input is a board or a batch file. Input layout:
-//   byte 0     bit 0: the rest is a batch file (else a board);
+// (transport/shared_memory/shared_board.h) where a worker process can
+// write: the board, and a batch's claims file. (The config, the batch file
+// and the state are sealed against every writer but the coordinator.)
+// Input layout:
+//   byte 0     bit 0: the rest is a claims file (else a board);
 //              bit 1: the coordinator's items are evaluation episodes;
 //              bit 2: its items hold 2 tasks (results are exact sums);
 //              bit 3: the run carries Adam's v; bit 4 (with 3): and m
-//   the rest   the file's bytes; for a batch, its tail also stands for the
-//              result file the coordinator reads beside it
-// A board must open and give its config or be refused. A batch must open or
-// be refused; then every item's spec (as a worker reads it) and every slot's
-// result (as the coordinator reads it, against its own items and model) must
-// parse or be refused, and what is accepted has the coordinator's shape.
+//   the rest   the file's bytes; for claims, their tail also stands for the
+//              result file the coordinator reads beside them
+// A board must open or be refused. Claims must open beside the
+// coordinator's own batch of 3 items or be refused; then every slot's result
+// (as the coordinator reads it, against its own items and model) must parse
+// or be refused, and what is accepted has the coordinator's shape.
 //
 // With REPTILE_FUZZ_WRITE_SEEDS=<folder> in the environment the binary
 // instead writes seed inputs there, made by the real writers, and exits
@@ -34,7 +36,6 @@ namespace {
 constexpr int64_t kNumel = 4;     // the coordinator's model
 constexpr int kMetaBatch = 4;     // the bound of its exact sums
 constexpr uint64_t kBatch = 7;    // the batch the coordinator announced
-constexpr uint32_t kMaxItems = 64;
 
 struct Choice {
   bool batch, evaluate, two_tasks;
@@ -54,6 +55,33 @@ reptile::WorkItem OwnItem(const Choice& choice) {
   return item;
 }
 
+constexpr size_t kItems = 3;
+
+std::vector<reptile::ItemSpec> OwnSpecs(const Choice& choice) {
+  const reptile::WorkItem item = OwnItem(choice);
+  std::vector<reptile::ItemSpec> specs(kItems);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    specs[i].set_evaluate(choice.evaluate);
+    for (size_t t = 0; t < item.tasks.size(); ++t) {
+      reptile::TaskSpec* task = specs[i].add_tasks();
+      task->set_seed(100 * i + t);
+      task->set_support_shots(1);
+      task->add_class_ids(static_cast<int32_t>(i));
+    }
+  }
+  return specs;
+}
+
+reptile::BatchHeader OwnBatch() {
+  reptile::BatchHeader fields{};
+  fields.batch = kBatch;
+  fields.numel = kNumel;
+  return fields;
+}
+
+// A folder holding the coordinator's own board, config and batch (alive as
+// long as the process), where the fuzzer replaces the board and the claims
+// with plain files of its input.
 std::string Scratch() {
   static const std::string folder = [] {
     char pattern[] = "/tmp/shared_memory_fuzzer.XXXXXX";
@@ -61,27 +89,27 @@ std::string Scratch() {
     if (made == nullptr) abort();
     return std::string(made);
   }();
+  static const auto* board = new absl::StatusOr<reptile::SharedBoard>(
+      reptile::SharedBoard::Create(folder, reptile::ExperimentConfig()));
+  static const auto* batch = new absl::StatusOr<reptile::SharedBatch>(
+      reptile::SharedBatch::Create(folder, OwnBatch(), OwnSpecs(Decode(0))));
+  if (!board->ok() || !batch->ok()) abort();
   return folder;
 }
 
 void WriteFile(const std::string& path, const char* data, size_t size) {
+  unlink(path.c_str());
   const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0 || write(fd, data, size) != static_cast<ssize_t>(size)) abort();
   close(fd);
 }
 
-void FuzzBoard(const std::string& path) {
-  absl::StatusOr<reptile::SharedBoard> board = reptile::SharedBoard::Open(path);
-  if (board.ok()) (void)board->Config();
-}
-
-void FuzzBatch(const std::string& path, const Choice& choice, const uint8_t* file, size_t size) {
-  absl::StatusOr<reptile::SharedBatch> batch = reptile::SharedBatch::Open(path, kBatch);
+void FuzzClaims(const std::string& folder, const Choice& choice, const uint8_t* file, size_t size) {
+  absl::StatusOr<reptile::SharedBatch> batch = reptile::SharedBatch::Open(folder, kBatch);
   if (!batch.ok()) return;
   const reptile::WorkItem item = OwnItem(choice);
   const reptile::ResultShape shape{kNumel, choice.moments, kMetaBatch};
-  const uint32_t items = std::min<uint32_t>(batch->header().items, kMaxItems);
-  for (uint32_t i = 0; i < items; ++i) {
+  for (uint32_t i = 0; i < batch->header().items; ++i) {
     (void)batch->Spec(i);
     absl::StatusOr<reptile::ResultHeader> header = batch->ResultHeaderOf(i);
     if (!header.ok()) continue;
@@ -109,47 +137,27 @@ void FuzzBatch(const std::string& path, const Choice& choice, const uint8_t* fil
   }
 }
 
-// Seeds: a board holding a config, and batches of 3 items whose slots hold
-// well-formed results, their tensors appended as the file's tail.
+std::string ReadLink(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Seeds: a board, and claims of 3 items whose slots hold well-formed
+// results, their tensors appended as the file's tail.
 void WriteSeeds(const std::string& folder) {
-  reptile::ExperimentConfig config;
-  config.set_name("fuzz");
-  config.mutable_outer()->set_meta_batch_size(kMetaBatch);
+  char pattern[] = "/tmp/shared_memory_seeds.XXXXXX";
+  const std::string scratch = mkdtemp(pattern);
   {
-    const std::string path = folder + "/board";
-    unlink(path.c_str());
-    std::string bytes;
-    {
-      absl::StatusOr<reptile::SharedBoard> board = reptile::SharedBoard::Create(path + ".tmp", config);
-      if (!board.ok()) abort();
-      // Read through the link while the board's memory lives.
-      std::ifstream in(path + ".tmp", std::ios::binary);
-      bytes.assign(std::istreambuf_iterator<char>(in), {});
-    }
-    unlink((path + ".tmp").c_str());
-    std::ofstream(path, std::ios::binary) << '\0' << bytes;
+    absl::StatusOr<reptile::SharedBoard> board = reptile::SharedBoard::Create(scratch, reptile::ExperimentConfig());
+    if (!board.ok()) abort();
+    std::ofstream(folder + "/board", std::ios::binary) << '\0' << ReadLink(reptile::SharedBoardPath(scratch));
   }
   for (uint8_t selector : {uint8_t{1}, uint8_t{1 | 2}, uint8_t{1 | 4}, uint8_t{1 | 8 | 16}}) {
     const Choice choice = Decode(selector);
     const reptile::WorkItem item = OwnItem(choice);
-    std::vector<reptile::ItemSpec> specs(3);
-    for (size_t i = 0; i < specs.size(); ++i) {
-      specs[i].set_evaluate(choice.evaluate);
-      for (size_t t = 0; t < item.tasks.size(); ++t) {
-        reptile::TaskSpec* task = specs[i].add_tasks();
-        task->set_seed(100 * i + t);
-        task->set_support_shots(1);
-        task->add_class_ids(static_cast<int32_t>(i));
-      }
-    }
-    reptile::BatchHeader fields{};
-    fields.batch = kBatch;
-    fields.numel = kNumel;
-    const std::string path = folder + "/batch-" + std::to_string(selector);
-    unlink((path + ".tmp").c_str());
     std::string tail, bytes;
     {
-      absl::StatusOr<reptile::SharedBatch> batch = reptile::SharedBatch::Create(path + ".tmp", fields, specs);
+      absl::StatusOr<reptile::SharedBatch> batch = reptile::SharedBatch::Create(scratch, OwnBatch(), OwnSpecs(choice));
       if (!batch.ok()) abort();
       reptile::TaskResult result;
       result.loss = 0.5;
@@ -169,24 +177,25 @@ void WriteSeeds(const std::string& folder) {
       }
       const reptile::EncodedResult encoded = reptile::EncodeResult(result, reptile::DELTA_FP32, kNumel);
       const std::string header = encoded.header.SerializeAsString();
-      for (size_t i = 0; i < specs.size(); ++i) {
+      for (size_t i = 0; i < kItems; ++i) {
         reptile::ItemSlot& slot = batch->item(i);
         std::copy(header.begin(), header.end(), slot.result);
         slot.result_bytes = static_cast<uint32_t>(header.size());
       }
       for (absl::string_view t : encoded.tensors) tail.append(t.data(), t.size());
-      std::ifstream in(path + ".tmp", std::ios::binary);
-      bytes.assign(std::istreambuf_iterator<char>(in), {});
+      bytes = ReadLink(reptile::SharedClaimsPath(scratch, kBatch));
     }
-    unlink((path + ".tmp").c_str());
-    std::ofstream(path, std::ios::binary) << static_cast<char>(selector) << bytes << tail;
+    unlink(reptile::SharedBatchPath(scratch, kBatch).c_str());
+    unlink(reptile::SharedClaimsPath(scratch, kBatch).c_str());
+    std::ofstream(folder + "/claims-" + std::to_string(selector), std::ios::binary)
+        << static_cast<char>(selector) << bytes << tail;
   }
+  for (const char* file : {"board", "config"}) unlink((scratch + "/" + file).c_str());
+  rmdir(scratch.c_str());
 }
 
 }  // namespace
 
-// Protobuf logs malformed input (e.g. strings that are not UTF-8) to stderr;
-// the fuzzer only needs the return values.
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   google::protobuf::SetLogHandler(nullptr);
   if (const char* folder = std::getenv("REPTILE_FUZZ_WRITE_SEEDS")) {
@@ -199,12 +208,13 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const Choice choice = Decode(data[0]);
-  const std::string path = Scratch() + (choice.batch ? "/batch" : "/board");
-  WriteFile(path, reinterpret_cast<const char*>(data + 1), size - 1);
+  const std::string folder = Scratch();
   if (choice.batch) {
-    FuzzBatch(path, choice, data + 1, size - 1);
+    WriteFile(reptile::SharedClaimsPath(folder, kBatch), reinterpret_cast<const char*>(data + 1), size - 1);
+    FuzzClaims(folder, choice, data + 1, size - 1);
   } else {
-    FuzzBoard(path);
+    WriteFile(reptile::SharedBoardPath(folder), reinterpret_cast<const char*>(data + 1), size - 1);
+    (void)reptile::SharedBoard::Open(folder);
   }
   return 0;
 }

@@ -40,8 +40,7 @@ bool Reopen(ItemSlot& slot, uint64_t word, BoardHeader& board, int32_t refused =
 
 absl::StatusOr<std::unique_ptr<SharedMemoryTransport>> SharedMemoryTransport::Create(
     const ExperimentConfig& config, const std::string& folder, std::function<void(const std::string&)> log) {
-  const std::string path = folder + "/board";
-  ASSIGN_OR_RETURN(SharedBoard board, SharedBoard::Create(path, config));
+  ASSIGN_OR_RETURN(SharedBoard board, SharedBoard::Create(folder, config));
   return std::unique_ptr<SharedMemoryTransport>(
       new SharedMemoryTransport(config, folder, std::move(board), std::move(log)));
 }
@@ -51,7 +50,7 @@ SharedMemoryTransport::SharedMemoryTransport(const ExperimentConfig& config, std
     : config_(config),
       log_(std::move(log)),
       folder_(std::move(folder)),
-      board_path_(folder_ + "/board"),
+      board_path_(SharedBoardPath(folder_)),
       board_(std::move(board)),
       worker_timeout_(absl::Seconds(config.runtime().worker_timeout_seconds() > 0
                                         ? config.runtime().worker_timeout_seconds()
@@ -66,6 +65,7 @@ SharedMemoryTransport::~SharedMemoryTransport() {
   Finish();
   for (const auto& [pid, worker] : seen_) close(worker.pidfd);
   unlink(board_path_.c_str());
+  unlink(SharedConfigPath(folder_).c_str());
   unlink(SharedMemoryStatePath(folder_).c_str());
 }
 
@@ -77,7 +77,7 @@ absl::Status SharedMemoryTransport::PublishState(absl::Span<const absl::string_v
   size_t size = 0;
   for (absl::string_view t : tensors) size += t.size();
   if (state_.data() == nullptr) {
-    ASSIGN_OR_RETURN(state_, SharedMapping::Create(SharedMemoryStatePath(folder_), size));
+    ASSIGN_OR_RETURN(state_, SharedMapping::Create(SharedMemoryStatePath(folder_), size, Writers::kCreator));
   }
   if (state_.size() != size)
     return absl::InvalidArgumentError(
@@ -104,12 +104,12 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
   if (CarriedMomentsOf(state) != shape.moments)
     return absl::InvalidArgumentError("meta-state's Adam moments are not those the run's config carries");
   const uint64_t number = ++last_batch_;
-  const std::string batch_path = SharedBatchPath(folder_, number);
   BoardHeader& board = board_.header();
   // Whatever ends the batch, no worker starts another of its items.
   absl::Cleanup end_batch = [&] {
     board.batch.store(0, std::memory_order_release);
-    unlink(batch_path.c_str());
+    unlink(SharedBatchPath(folder_, number).c_str());
+    unlink(SharedClaimsPath(folder_, number).c_str());
   };
   ASSIGN_OR_RETURN(const SharedBatch batch, PublishBatch(number, state, items, shape));
   std::vector<char> taken(items.size(), 0);
@@ -120,7 +120,7 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
     const uint32_t signal = board.result_signal.load(std::memory_order_acquire);
     PutBackOwnWords(number);
     // Items past the claim cursor have not been claimed, so are not done.
-    const size_t claimed = std::min<size_t>(items.size(), batch.header().next_item.load(std::memory_order_acquire));
+    const size_t claimed = std::min<size_t>(items.size(), batch.next_item().load(std::memory_order_acquire));
     bool progress = false;
     for (size_t i = first_open; i < claimed; ++i) {
       if (taken[i] || StageOf(batch.item(i).claim.load(std::memory_order_acquire)) != ItemStage::kDone) continue;
@@ -164,7 +164,7 @@ absl::StatusOr<SharedBatch> SharedMemoryTransport::PublishBatch(uint64_t number,
     specs[i].set_evaluate(items[i].kind == WorkKind::kEvaluate);
     for (const TaskSpec& task : items[i].tasks) *specs[i].add_tasks() = task;
   }
-  ASSIGN_OR_RETURN(SharedBatch batch, SharedBatch::Create(SharedBatchPath(folder_, number), fields, specs));
+  ASSIGN_OR_RETURN(SharedBatch batch, SharedBatch::Create(folder_, fields, specs));
   {
     absl::MutexLock lock(&mu_);
     for (absl::string_view t : tensors) stats_.bytes_out += static_cast<int64_t>(t.size());
@@ -264,8 +264,8 @@ void SharedMemoryTransport::RefreshWorkers(absl::Time now) {
     const int fd = open_child_ ? open_child_(pid) : PidFdOpen(pid);
     if (fd < 0) {
       // Gone already, or no worker of this run (a forged or stale pid): its
-      // claims go back to the others.
-      if (!open_child_) board.worker_pids[place].compare_exchange_strong(pid, 0);
+      // place is freed, and its claims go back to the others.
+      board.worker_pids[place].compare_exchange_strong(pid, 0);
       continue;
     }
     seen_[pid] = {fd, static_cast<bool>(open_child_), beat, now};
@@ -280,6 +280,10 @@ void SharedMemoryTransport::Evict(pid_t pid, const std::string& why) {
   if (log_) log_(absl::StrCat("worker process ", pid, " ", why, child ? "; killing it" : "; evicted"));
   if (it != seen_.end()) {
     if (child) KillThrough(it->second.pidfd);  // its place is taken by another
+    for (std::atomic<int32_t>& place : board_.header().worker_pids) {
+      int32_t mine = pid;
+      place.compare_exchange_strong(mine, 0);
+    }
     close(it->second.pidfd);
     seen_.erase(it);
   }
@@ -299,7 +303,7 @@ void SharedMemoryTransport::ReapDeadWorkers(const SharedBatch& batch, size_t ite
   for (pid_t pid : silent)
     Evict(pid, absl::StrCat("sent no heartbeat for ", absl::FormatDuration(worker_timeout_)));
   ForgetEndedWorkers();
-  const size_t claimed = std::min<size_t>(items, batch.header().next_item.load());
+  const size_t claimed = std::min<size_t>(items, batch.next_item().load());
   EvictHoldersPastDeadline(batch, claimed, now);
   // Claims of workers not alive on the board go back to the others. A
   // worker registers before it claims, so a claimer still unknown after a

@@ -40,10 +40,10 @@ bool OthersOnBoard(const BoardHeader& board, int32_t pid) {
 std::optional<size_t> Claim(const SharedBatch& batch, const BoardHeader& board, int32_t pid) {
   const uint32_t items = batch.header().items;
   const uint64_t mine = ClaimWord(pid, ItemStage::kClaimed);
-  for (uint32_t i = batch.header().next_item.load(std::memory_order_relaxed); i < items;
-       i = batch.header().next_item.load(std::memory_order_relaxed)) {
+  for (uint32_t i = batch.next_item().load(std::memory_order_relaxed); i < items;
+       i = batch.next_item().load(std::memory_order_relaxed)) {
     uint32_t next = i;
-    if (!batch.header().next_item.compare_exchange_weak(next, i + 1, std::memory_order_acq_rel)) continue;
+    if (!batch.next_item().compare_exchange_weak(next, i + 1, std::memory_order_acq_rel)) continue;
     uint64_t open = ClaimWord(0, ItemStage::kOpen);
     if (batch.item(i).claim.compare_exchange_strong(open, mine, std::memory_order_acq_rel)) return i;
   }
@@ -61,13 +61,13 @@ std::optional<size_t> Claim(const SharedBatch& batch, const BoardHeader& board, 
 }
 
 // The state a batch runs on, viewed where it lies in the coordinator's state
-// file (mapped once, and rewritten in place only between batches).
+// file (mapped once, read-only, and rewritten in place only between batches).
 absl::StatusOr<MetaState> StateOf(const std::string& folder, const BatchHeader& batch, CarriedMoments moments,
                                   SharedMapping* mapping) {
   const size_t bytes = static_cast<size_t>(batch.numel) * sizeof(float);
   const size_t size = bytes * (1 + (moments.first ? 1 : 0) + (moments.second ? 1 : 0));
   if (mapping->size() != size) {
-    ASSIGN_OR_RETURN(*mapping, SharedMapping::Open(SharedMemoryStatePath(folder), size));
+    ASSIGN_OR_RETURN(*mapping, SharedMapping::Open(SharedMemoryStatePath(folder), size, Writers::kCreator));
     if (mapping->size() != size)
       return absl::InvalidArgumentError(absl::StrCat("the state file holds ", mapping->size(), " bytes, not ", size));
   }
@@ -188,7 +188,8 @@ class ResultWriter {
 }  // namespace
 
 absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notification* stop) {
-  ASSIGN_OR_RETURN(SharedBoard board, SharedBoard::Open(board_path));
+  const std::string folder = board_path.substr(0, board_path.rfind('/'));
+  ASSIGN_OR_RETURN(SharedBoard board, SharedBoard::Open(folder));
   ASSIGN_OR_RETURN(ExperimentConfig config, board.Config());
   RETURN_IF_ERROR(ValidateConfig(config));
   ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(config.task()));
@@ -197,7 +198,6 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
   // so its result, must not depend on how many threads share the machine.
   at::set_num_threads(1);
   NameThisThread("learner");
-  const std::string folder = board_path.substr(0, board_path.rfind('/'));
   BoardHeader& header = board.header();
   const int32_t pid = getpid();
   const absl::Duration beat_every =
@@ -216,7 +216,7 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
     const uint64_t current = header.batch.load(std::memory_order_acquire);
     if (current != 0 && current != batch_number) {
       batch_number = current;
-      absl::StatusOr<SharedBatch> opened = SharedBatch::Open(SharedBatchPath(folder, current), current);
+      absl::StatusOr<SharedBatch> opened = SharedBatch::Open(folder, current);
       batch = opened.ok() ? *std::move(opened) : SharedBatch();  // a batch already over is gone
       results.NewBatch();
     }

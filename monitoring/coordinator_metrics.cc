@@ -10,7 +10,8 @@ using prometheus::BuildGauge;
 
 // Every reason a result can be refused for, so that each series exists (at 0)
 // from the first scrape; "other" counts refusals a transport does not label.
-constexpr const char* kRefusalReasons[] = {"invalid_result", "worker_error", "upload_too_slow", "other"};
+constexpr const char* kRefusalReasons[] = {"invalid_result", "worker_error",     "upload_too_slow",
+                                           "no_header",      "too_many_streams", "other"};
 
 }  // namespace
 

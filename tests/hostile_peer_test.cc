@@ -5,6 +5,7 @@
 // an undisturbed one.
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -258,12 +259,13 @@ TEST_F(HostilePeerTest, AThousandStreamsOnOneLeaseStayWithinThreadAndMemoryBound
   EXPECT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
 }
 
-// A result stream counts from its first byte: 48 streams from one token
-// holder that never send their header are cut off by the coordinator
-// (kStreamIdle, 5 s), not left to pin a server thread each until the
-// client gives up; an honest worker that joins beside 48 more trains to
+// A result stream counts against its host from its first byte: of 48
+// streams from one token holder that never send their header, 16 (the
+// host's bound) are held and cut off by the coordinator (kStreamIdle, 5 s),
+// not left to pin a server thread each until the client gives up, and 32
+// are refused at once; an honest worker that joins beside 48 more trains to
 // the clean parameters.
-TEST_F(HostilePeerTest, StreamsThatNeverSendAHeaderAreCutOff) {
+TEST_F(HostilePeerTest, StreamsThatNeverSendAHeaderAreBoundedPerHostAndCutOff) {
   const std::string reference = ThreadsReference();
   const std::string run = TempDir("run");
   auto coordinator = StartCoordinator(run, "coordinator");
@@ -280,12 +282,13 @@ TEST_F(HostilePeerTest, StreamsThatNeverSendAHeaderAreCutOff) {
   std::this_thread::sleep_for(std::chrono::seconds(12));
   ResultChunk late;
   late.mutable_header()->set_worker_id(1);
-  int cut_off = 0;
+  std::map<absl::StatusCode, int> ends;
   for (auto& upload : silent) {
     upload->Write(late);  // fails once the server has ended the call
-    cut_off += upload->Finish().status().code() == absl::StatusCode::kCancelled;
+    ++ends[upload->Finish().status().code()];
   }
-  EXPECT_EQ(cut_off, 48);
+  EXPECT_EQ(ends[absl::StatusCode::kCancelled], 16);
+  EXPECT_EQ(ends[absl::StatusCode::kResourceExhausted], 32);
   std::vector<std::unique_ptr<CoordinatorClient::Upload>> more = open_silent();
   auto honest = StartWorker("worker");
   EXPECT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();

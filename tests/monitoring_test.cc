@@ -86,7 +86,7 @@ TEST(CoordinatorMetricsTest, RoundsEvaluationsAndCheckpointsBecomePrometheusSeri
   EXPECT_THAT(text, HasSubstr("reptile_rounds_target 100"));
   // Every refusal reason exists from the start, at 0; no evaluation, training
   // accuracy or checkpoint is reported before there is one.
-  for (const char* reason : {"invalid_result", "worker_error", "upload_too_slow", "other"})
+  for (const char* reason : {"invalid_result", "worker_error", "upload_too_slow", "no_header", "too_many_streams", "other"})
     EXPECT_THAT(text, HasSubstr(absl::StrCat("reptile_results_refused_total{reason=\"", reason, "\"} 0")));
   EXPECT_THAT(text, Not(HasSubstr("reptile_eval_accuracy_ratio{")));
   EXPECT_THAT(text, Not(HasSubstr("reptile_training_accuracy_ratio ")));
@@ -321,7 +321,7 @@ TEST_F(PrometheusTest, PrometheusScrapesALiveRunsCoordinatorAndWorker) {
   EXPECT_TRUE(WaitForQuery("reptile_sent_bytes_total" + c, [](double v) { return v > 1e5; }, 10, &value)) << value;
   EXPECT_TRUE(WaitForQuery("sum(reptile_results_refused_total" + c + ")", [](double v) { return v == 0; }, 10, &value))
       << value;
-  EXPECT_TRUE(WaitForQuery("count(reptile_results_refused_total" + c + ")", [](double v) { return v == 4; }, 10, &value))
+  EXPECT_TRUE(WaitForQuery("count(reptile_results_refused_total" + c + ")", [](double v) { return v == 6; }, 10, &value))
       << value;
   // Counters are counters to Prometheus: rate() works on them.
   EXPECT_TRUE(WaitForQuery("rate(reptile_rounds_total" + c + "[5s])", [](double v) { return v > 0; }, 10, &value))

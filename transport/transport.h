@@ -32,8 +32,10 @@ struct TransportStats {
   int tasks_in_flight = 0;   // most tasks running at once in the last batch
   int64_t tasks_redone = 0;  // leases lost, refused or failed, and run again
   int64_t results_refused = 0;
-  // The same by reason ("invalid_result", "worker_error", "upload_too_slow"),
-  // for transports that tell them apart; reasons never seen are absent.
+  // The same by reason ("invalid_result", "worker_error", "upload_too_slow",
+  // and over gRPC "no_header", "too_many_streams" for result streams refused
+  // before their header), for transports that tell them apart; reasons
+  // never seen are absent.
   std::map<std::string, int64_t> results_refused_by_reason;
   int64_t workers_evicted = 0;
   int64_t bytes_in = 0;      // received from workers, payload bytes

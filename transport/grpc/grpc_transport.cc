@@ -40,6 +40,9 @@ constexpr int kTrimEveryTicks = 20;  // of kReapEvery: every 2 s
 // A chunk and its framing; nothing a worker sends needs more.
 constexpr size_t kMaxMessageBytes = kChunkBytes + (64 << 10);
 constexpr int kMaxStreamsPerConnection = 16;
+// Result streams one host may hold open before their header has come (each
+// pins a server thread until then); more are refused at once.
+constexpr int kMaxStreamsAwaitingHeaderPerHost = 16;
 
 bool IsLoopbackHost(const std::string& host) {
   return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.") || host == "ip6-localhost";
@@ -102,6 +105,14 @@ struct Snapshot {
 // the shared folder.
 bool OverUnixSocket(const grpc::ServerContextBase& context) { return absl::StartsWith(context.peer(), "unix:"); }
 
+// The host a call comes from: its peer address without the port
+// ("ipv4:10.0.0.2", "ipv6:[::1]"), or the Unix socket it came in on.
+std::string PeerHost(const grpc::ServerContextBase& context) {
+  const std::string peer = context.peer();
+  const size_t port = peer.rfind(':');
+  return absl::StartsWith(peer, "unix:") || port == std::string::npos ? peer : peer.substr(0, port);
+}
+
 grpc::ByteBuffer Serialized(const StateChunk& message) {
   grpc::ByteBuffer buffer;
   bool own = false;
@@ -162,6 +173,10 @@ struct GrpcTransport::Board {
   const std::vector<WorkItem>* items ABSL_GUARDED_BY(mu) = nullptr;
   const ResultSink* take ABSL_GUARDED_BY(mu) = nullptr;
   std::map<uint64_t, OpenStream> streams ABSL_GUARDED_BY(mu);
+  // Result streams still waiting for their header, by PeerHost.
+  std::map<std::string, int> awaiting_header ABSL_GUARDED_BY(mu);
+  // Result streams refused before their header named a lease, by reason.
+  std::map<std::string, int64_t> streams_refused ABSL_GUARDED_BY(mu);
   uint64_t next_stream ABSL_GUARDED_BY(mu) = 1;
   std::string interrupted ABSL_GUARDED_BY(mu);  // why Interrupt() was called
   bool finished ABSL_GUARDED_BY(mu) = false;       // the run is over: workers leave
@@ -466,25 +481,38 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
   }
 
   // The stream's first message, which must be its header. The stream counts
-  // from its first byte: a header that does not come within kStreamIdle is
-  // cut off by the reaper, as a stalled upload is.
+  // against its host from its first byte: a header that does not come
+  // within kStreamIdle is cut off by the reaper, as a stalled upload is, and
+  // a host already holding kMaxStreamsAwaitingHeaderPerHost streams so is
+  // refused another.
   grpc::Status ReadResultHeader(grpc::ServerContext* context, grpc::ServerReader<ResultChunk>* reader,
                                 ResultHeader* header) {
     Board& b = *board_;
+    const std::string host = PeerHost(*context);
     uint64_t waiting = 0;
     {
       absl::MutexLock lock(&b.mu);
+      if (b.awaiting_header[host] >= kMaxStreamsAwaitingHeaderPerHost) {
+        ++b.streams_refused["too_many_streams"];
+        return Refusal(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       absl::StrCat(kMaxStreamsAwaitingHeaderPerHost,
+                                    " result streams from this host are waiting for their header already"));
+      }
+      ++b.awaiting_header[host];
       waiting = b.OpenStreamFor(context, 0);
     }
     ResultChunk message;
     const bool read = reader->Read(&message);
-    {
-      absl::MutexLock lock(&b.mu);
-      if (b.CloseStream(waiting))
-        return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "no result header in time; cut off");
+    absl::MutexLock lock(&b.mu);
+    if (--b.awaiting_header[host] == 0) b.awaiting_header.erase(host);
+    if (b.CloseStream(waiting)) {
+      ++b.streams_refused["no_header"];
+      return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "no result header in time; cut off");
     }
-    if (!read || !message.has_header())
+    if (!read || !message.has_header()) {
+      ++b.streams_refused["invalid_result"];
       return Refusal(grpc::StatusCode::INVALID_ARGUMENT, "a result stream must start with its ResultHeader");
+    }
     *header = message.header();
     return grpc::Status::OK;
   }
@@ -880,6 +908,10 @@ TransportStats GrpcTransport::Stats() const {
   stats.tasks_redone = counters.tasks_redone;
   stats.results_refused = counters.results_refused;
   stats.results_refused_by_reason = counters.results_refused_by_reason;
+  for (const auto& [reason, count] : board_->streams_refused) {
+    stats.results_refused += count;
+    stats.results_refused_by_reason[reason] += count;
+  }
   stats.workers_evicted = counters.workers_evicted;
   return stats;
 }

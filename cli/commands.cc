@@ -1,6 +1,8 @@
 #include "cli/commands.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -164,9 +166,11 @@ std::string RandomToken() {
 // A fresh folder that only this user may enter, removed with what it holds
 // when the object goes: in /dev/shm where it can be written (it holds the
 // shared folder's files, which then never touch a disk), else under $TMPDIR
-// (or /tmp). Named reptile-<pid>-XXXXXX, so that the folders of processes
-// that were killed before they could remove theirs are found and removed by
-// the next one (this user's only, and only once their process is gone).
+// (or /tmp). Named reptile-<pid>-XXXXXX and holding a file `owner` that
+// this process keeps locked (flock), so that the folders of processes that
+// were killed before they could remove theirs are found and removed by the
+// next one: this user's only, and only once no process holds the lock, which
+// holds across pid namespaces that share the folder, where pids do not.
 class PrivateFolder {
  public:
   static absl::StatusOr<PrivateFolder> Create() {
@@ -178,18 +182,36 @@ class PrivateFolder {
     std::string pattern = absl::StrCat(base, "/reptile-", getpid(), "-XXXXXX");
     if (mkdtemp(pattern.data()) == nullptr)  // mode 0700
       return absl::InternalError(absl::StrCat("cannot make a folder ", pattern, ": ", std::strerror(errno)));
-    return PrivateFolder(pattern);
+    PrivateFolder folder(pattern);
+    const std::string owner = pattern + "/owner";
+    folder.owner_ = open(owner.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (folder.owner_ < 0 || flock(folder.owner_, LOCK_EX | LOCK_NB) != 0)
+      return absl::InternalError(absl::StrCat("cannot lock ", owner, ": ", std::strerror(errno)));
+    return folder;
   }
-  PrivateFolder(PrivateFolder&& other) noexcept : path_(std::exchange(other.path_, "")) {}
+  PrivateFolder(PrivateFolder&& other) noexcept
+      : path_(std::exchange(other.path_, "")), owner_(std::exchange(other.owner_, -1)) {}
   PrivateFolder& operator=(PrivateFolder&&) = delete;
   ~PrivateFolder() {
     std::error_code ignored;
     if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+    if (owner_ >= 0) close(owner_);
   }
   const std::string& path() const { return path_; }
 
  private:
   explicit PrivateFolder(std::string path) : path_(std::move(path)) {}
+
+  // Whether the folder `path`, named for process `pid`, is left over: its
+  // owner lock is free; a folder without one (being made, or by an older
+  // version) is left over once `pid` is gone.
+  static bool LeftOver(const std::string& path, int pid) {
+    const int owner = open((path + "/owner").c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (owner < 0) return errno == ENOENT && kill(pid, 0) != 0 && errno == ESRCH;
+    const bool free = flock(owner, LOCK_EX | LOCK_NB) == 0;
+    close(owner);
+    return free;
+  }
 
   static void RemoveOrphans(const std::string& base) {
     std::error_code error;
@@ -201,11 +223,12 @@ class PrivateFolder {
       if (parts.size() != 3 || parts[0] != "reptile" || parts[2].size() != 6 || !absl::SimpleAtoi(parts[1], &pid) ||
           pid <= 0 || lstat(entry.path().c_str(), &info) != 0 || !S_ISDIR(info.st_mode) || info.st_uid != geteuid())
         continue;
-      if (kill(pid, 0) != 0 && errno == ESRCH) std::filesystem::remove_all(entry.path(), error);
+      if (LeftOver(entry.path().string(), pid)) std::filesystem::remove_all(entry.path(), error);
     }
   }
 
   std::string path_;
+  int owner_ = -1;  // the locked `owner` file, while this object lives
 };
 
 absl::StatusOr<SecurityOptions> SecurityFromOptions(const CliOptions& options) {

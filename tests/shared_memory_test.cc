@@ -2,7 +2,9 @@
 // default): the same parameters as threads for any number of workers and
 // any grouping of tasks, workers SIGKILLed or stopped mid-run, and, in process, claims
 // and results that a broken worker leaves on the board.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -169,6 +171,43 @@ TEST(SharedMemoryTest, HostileWorkersAreEvictedAndTheRunEndsWithTheBitsOfThreads
   for (absl::string_view line : absl::StrSplit(log, '\n'))
     if (absl::StrContains(line, " joined (")) EXPECT_TRUE(joined.insert(std::string(line.substr(0, line.find(" joined")))).second) << log;
   EXPECT_GE(joined.size(), 4u) << log;  // two workers and their replacements
+}
+
+// The private folders a killed `reptile train` leaves in /dev/shm are
+// removed by the next one once no process holds their owner lock, whatever
+// their pid names: in another pid namespace that pid may be anyone's. A
+// folder named for a live process but unlocked goes; one whose lock is held
+// (by flock(1) here) stays though its pid is gone; one without an owner
+// file (an older version's) goes once its pid is gone.
+TEST(SharedMemoryTest, LeftOverFoldersGoOnceTheirOwnerLockIsFree) {
+  if (access("/dev/shm", W_OK | X_OK) != 0) GTEST_SKIP() << "no writable /dev/shm";
+  auto folder = [](pid_t pid, const char* suffix) {
+    const std::string path = absl::StrCat("/dev/shm/reptile-", pid, "-", suffix);
+    std::filesystem::create_directories(path);
+    return path;
+  };
+  const pid_t gone = 4194303;  // above any pid this machine hands out (pid_max is at most 2^22)
+  const std::string unlocked = folder(getpid(), "unlckd"), locked = folder(gone, "locked"),
+                    old_dead = folder(gone, "oldver"), old_alive = folder(getpid(), "oldliv");
+  for (const std::string& path : {unlocked, locked}) std::ofstream(path + "/owner");
+  auto holder = ChildProcess::Start({"/usr/bin/flock", locked + "/owner", "/bin/sleep", "120"}, TempDir("holder"));
+  auto held = [&locked] {
+    const int fd = open((locked + "/owner").c_str(), O_RDONLY | O_CLOEXEC);
+    const bool taken = flock(fd, LOCK_EX | LOCK_NB) != 0;
+    close(fd);  // releases it if it was ours
+    return taken;
+  };
+  for (int i = 0; i < 250 && !held(); ++i) usleep(20000);
+  ASSERT_TRUE(held());
+  const Trained trained = Train({"--workers", "1", "outer.rounds=2", "eval.every_rounds=0", "eval.final_episodes=1"},
+                                "orphans");
+  ASSERT_EQ(trained.sha.size(), 64u) << trained.err;
+  EXPECT_FALSE(std::filesystem::exists(unlocked));
+  EXPECT_TRUE(std::filesystem::exists(locked));
+  EXPECT_FALSE(std::filesystem::exists(old_dead));
+  EXPECT_TRUE(std::filesystem::exists(old_alive));
+  holder->Signal(SIGKILL);
+  for (const std::string& path : {locked, old_alive}) std::filesystem::remove_all(path);
 }
 
 // In process: the coordinator's side against a real worker (a thread running

@@ -189,14 +189,14 @@ TEST(MpiTest, AnMpiCheckpointResumesUnderGrpcAndBack) {
 }
 
 // A rank that lies in its results' headers (tests/mpi_liar.c, preloaded
-// into rank 1 of an MPMD job): an error text of 2^40 bytes, or 7 tasks for
-// an item of one. The job ends with one line naming the rank, without
-// allocating what the rank claims and without a hang.
+// into rank 1 of an MPMD job): a header of 64 MiB, 7 tasks for an item of
+// one, or bytes that do not parse. The job ends with one line naming the
+// rank, without receiving what the rank sends and without a hang.
 TEST(MpiTest, ALyingRankEndsTheJobWithALineNamingIt) {
   const std::string logs = TempDir("logs");
-  const std::map<std::string, std::string> lies = {
-      {"error_bytes", "it claims an error text of 1099511627776 bytes (at most 4096)"},
-      {"tasks", "result covers 7 tasks; the lease has 1"}};
+  const std::map<std::string, std::string> lies = {{"huge", "its header is 67108864 bytes (at most 8192)"},
+                                                   {"tasks", "result covers 7 tasks; the lease has 1"},
+                                                   {"garbage", "its header does not parse"}};
   for (const auto& [lie, detail] : lies) {
     std::vector<std::string> app = {REPTILE_BINARY, "mpi", "--config", SourcePath("configs/demo.textproto"),
                                     "--run_dir", TempDir(lie)};

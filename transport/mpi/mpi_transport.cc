@@ -57,20 +57,11 @@ struct BatchHeader {
   int64_t meta_batch = 0;
 };
 
-// A result's scalars, sent ahead of its tensors. Rank 0 checks them as the
-// wire's ResultHeader (transport/wire/result_codec.h). tests/mpi_liar.c
-// knows this layout.
-struct ResultScalars {
-  double loss = 0;
-  int64_t correct = 0, correct_inductive = 0, predictions = 0;
-  double compute_seconds = 0;
-  int64_t tasks = 1;           // above 1: the tensors are exact sums
-  int64_t has_delta = 0, has_moments = 0, has_first_moment = 0;
-  int64_t error_bytes = 0;     // > 0: the learner failed; the message follows
-};
-static_assert(sizeof(ResultScalars) == 80 && offsetof(ResultScalars, tasks) == 40 &&
-                  offsetof(ResultScalars, error_bytes) == 72,
-              "tests/mpi_liar.c rewrites these fields at these offsets");
+// The largest serialized ResultHeader rank 0 takes from a rank (an error
+// text included); a larger one ends the job. tests/mpi_liar.c sends one.
+constexpr int64_t kMaxResultHeaderBytes = 8192;
+// The longest error text a rank sends, so that its header stays within that.
+constexpr size_t kMaxErrorBytes = 4096;
 
 int Rank() {
   int rank = 0;
@@ -380,66 +371,34 @@ std::vector<int> WorkingRanks(bool rank0_works) {
   return ranks;
 }
 
-// One result on its way to rank 0: the buffers must live until the sends
+// One result on its way to rank 0, as the wire encodes it
+// (transport/wire/result_codec.h): its serialized ResultHeader (tag 0), then
+// its tensors (tags 1, 2, ...). The buffers must live until the sends
 // complete, which lets the rank compute its next task meanwhile.
 struct OutgoingResult {
-  ResultScalars header;
-  std::string error;
   absl::StatusOr<TaskResult> result;
-  std::vector<std::string> exact;  // encoded exact sums, when the result has them
+  EncodedResult encoded;  // views into `result`
+  std::string header;
   std::vector<MPI_Request> requests;
 };
 
-void StartSend(OutgoingResult* out) {
-  ResultScalars& header = out->header;
-  const absl::StatusOr<TaskResult>& result = out->result;
-  if (!result.ok()) {
-    out->error = result.status().ToString();
-    header.error_bytes = static_cast<int64_t>(out->error.size());
-  } else {
-    header.loss = result->loss;
-    header.correct = result->correct;
-    header.correct_inductive = result->correct_inductive;
-    header.predictions = result->predictions;
-    header.compute_seconds = result->compute_seconds;
-    if (result->sums) {
-      header.tasks = result->sums->tasks();
-      header.has_delta = 1;
-      header.has_first_moment = result->sums->adam_m.has_value();
-      header.has_moments = result->sums->adam_v.has_value();
-      out->exact.push_back(result->sums->delta.Encode());
-      if (result->sums->adam_m) out->exact.push_back(result->sums->adam_m->Encode());
-      if (result->sums->adam_v) out->exact.push_back(result->sums->adam_v->Encode());
-    } else {
-      header.has_delta = result->delta.defined();
-      header.has_moments = result->adam_v.defined();
-      header.has_first_moment = result->adam_m.defined();
-    }
-  }
-  auto send = [&](const void* data, int count, MPI_Datatype type, int part) {
+// Starts sending `out`'s result, of a model of `numel` parameters, for an
+// item of `tasks` tasks (in the summed modes its tensors are in the rank's
+// sum: the header then goes alone).
+void StartSend(OutgoingResult* out, int64_t numel, size_t tasks) {
+  out->encoded = EncodeResult(out->result, DELTA_FP32, numel);
+  ResultHeader& header = out->encoded.header;
+  if (header.error().size() > kMaxErrorBytes) header.mutable_error()->resize(kMaxErrorBytes);
+  if (out->result.ok()) header.set_tasks(static_cast<uint32_t>(tasks));
+  out->header = header.SerializeAsString();
+  auto send = [&](absl::string_view bytes, int tag) {
     out->requests.emplace_back();
-    MPI_Isend(data, count, type, 0, part, MPI_COMM_WORLD, &out->requests.back());
+    MPI_Isend(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, tag, MPI_COMM_WORLD, &out->requests.back());
   };
-  out->requests.reserve(4);
-  send(&header, sizeof(header), MPI_BYTE, 0);
-  if (!result.ok()) {
-    send(out->error.data(), static_cast<int>(out->error.size()), MPI_CHAR, 1);
-    return;
-  }
-  if (!out->exact.empty()) {
-    int part = 1;
-    for (const std::string& bytes : out->exact) {
-      if (part == 2 && !header.has_first_moment) part = 3;
-      send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, part++);
-    }
-    return;
-  }
-  auto send_tensor = [&](const torch::Tensor& t, int part) {
-    send(t.data_ptr<float>(), static_cast<int>(t.numel()), MPI_FLOAT, part);
-  };
-  if (header.has_delta) send_tensor(result->delta, 1);
-  if (header.has_first_moment) send_tensor(result->adam_m, 2);
-  if (header.has_moments) send_tensor(result->adam_v, 3);
+  out->requests.reserve(1 + out->encoded.tensors.size());
+  send(out->header, 0);
+  int tag = 1;
+  for (absl::string_view tensor : out->encoded.tensors) send(tensor, tag++);
 }
 
 // Tests every request of `sending`; true once all have completed.
@@ -520,80 +479,74 @@ class ComputeThread {
   std::thread thread_;  // last: starts once the members above exist
 };
 
-// The longest error text rank 0 takes from a rank; a longer claim ends the job.
-constexpr int64_t kMaxErrorBytes = 4096;
+// The size in bytes of the next message from `source` with `tag`, once one
+// has come (not received yet); -1 if none came by `deadline`.
+int64_t ProbeBytes(int source, int tag, Clock::time_point deadline) {
+  while (true) {
+    int arrived = 0;
+    MPI_Status status;
+    MPI_Iprobe(source, tag, MPI_COMM_WORLD, &arrived, &status);
+    if (arrived) {
+      MPI_Count bytes = 0;
+      MPI_Get_elements_x(&status, MPI_BYTE, &bytes);
+      return bytes == MPI_UNDEFINED ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(bytes);
+    }
+    if (Clock::now() >= deadline) {
+      gave_up = true;
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
 
-// Rank 0 receives `work`'s result (item `item`) from `source`: an error if
-// the item failed there, DeadlineExceeded (the job must end) if its header
-// did not arrive by `due` (then *overdue is set) or one of its other parts
-// took longer than `timeout` after. A header that breaks the protocol (an
-// error text over kMaxErrorBytes, claims the item and config rule out)
-// leaves the rank's next messages unknown: the job must end (gave_up). In
-// the summed modes the tensors come in the reduction, not here. `pace`: of
-// the waits for the parts after the header.
+// Rank 0 receives `work`'s result (item `item`) from `source`: its
+// ResultHeader, checked by the wire's code (transport/wire/result_codec.h)
+// against rank 0's own item and config, then the tensors it announces. An
+// error if the item failed there; DeadlineExceeded (the job must end) if the
+// header did not arrive by `due` (then *overdue is set) or one of its
+// tensors took longer than `timeout` after. A header that breaks the
+// protocol (over kMaxResultHeaderBytes, malformed, or with claims the item
+// and config rule out) leaves the rank's next messages unknown: the job must
+// end (gave_up). In the summed modes the tensors come in the reduction, not
+// here. `pace`: of the waits for the tensors.
 absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const WorkItem& work, const BatchHeader& batch,
                                          Clock::time_point due, Clock::duration timeout, Pace pace, int64_t* bytes,
                                          bool* overdue) {
-  auto late = [&](const char* part) {
-    return absl::DeadlineExceededError(absl::StrFormat(
-        "MPI: no %s of work item %d from rank %d within %g s of the result's header "
-        "(runtime.mpi_connect_timeout_seconds)",
-        part, item, source, ToSeconds(timeout)));
-  };
   auto broken = [&](const std::string& what) {
     gave_up = true;
     return absl::InvalidArgumentError(
         absl::StrFormat("MPI: rank %d broke the protocol with work item %d's result: %s", source, item, what));
   };
-  ResultScalars scalars;
-  if (!Receive(&scalars, sizeof(scalars), MPI_BYTE, source, 0, std::max(due, Clock::now() + timeout))) {
+  const int64_t header_bytes = ProbeBytes(source, 0, std::max(due, Clock::now() + timeout));
+  if (header_bytes < 0) {
     *overdue = true;
     return absl::DeadlineExceededError(absl::StrCat("no result of work item ", item, " from rank ", source));
   }
-  if (scalars.error_bytes != 0) {
-    if (scalars.error_bytes < 0 || scalars.error_bytes > kMaxErrorBytes)
-      return broken(absl::StrCat("it claims an error text of ", scalars.error_bytes, " bytes (at most ",
-                                 kMaxErrorBytes, ")"));
-    std::string error(static_cast<size_t>(scalars.error_bytes), '\0');
-    if (!Receive(error.data(), static_cast<int>(error.size()), MPI_CHAR, source, 1, Clock::now() + timeout,
-                 pace))
-      return late("error text");
-    return absl::InternalError(absl::StrCat("work item ", item, " failed on rank ", source, ": ", error));
-  }
+  if (header_bytes > kMaxResultHeaderBytes)
+    return broken(absl::StrCat("its header is ", header_bytes, " bytes (at most ", kMaxResultHeaderBytes, ")"));
+  std::string serialized(static_cast<size_t>(header_bytes), '\0');
+  Receive(serialized.data(), static_cast<int>(header_bytes), MPI_BYTE, source, 0);  // it has come
   ResultHeader header;
-  if (scalars.tasks < 0 || scalars.tasks > std::numeric_limits<uint32_t>::max())
-    return broken(absl::StrCat("it claims ", scalars.tasks, " tasks"));
-  header.set_tasks(static_cast<uint32_t>(scalars.tasks));
-  header.set_has_delta(scalars.has_delta != 0);
-  header.set_has_moments(scalars.has_moments != 0);
-  header.set_has_first_moment(scalars.has_first_moment != 0);
-  header.set_num_parameters(batch.numel);
-  header.set_delta_dtype(DELTA_FP32);
-  header.set_loss(scalars.loss);
-  header.set_correct(scalars.correct);
-  header.set_correct_inductive(scalars.correct_inductive);
-  header.set_predictions(scalars.predictions);
-  header.set_compute_seconds(scalars.compute_seconds);
+  if (!header.ParseFromString(serialized)) return broken("its header does not parse");
+  if (!header.error().empty())
+    return absl::InternalError(absl::StrCat("work item ", item, " failed on rank ", source, ": ", header.error()));
   const ResultShape shape{batch.numel, CarriedMoments{batch.has_first_moment != 0, batch.has_moments != 0},
                           static_cast<int>(batch.meta_batch)};
   // In the summed modes a training item's tensors are in its rank's sum,
-  // reduced at the end: here it sends scalars only, checked as an episode's.
+  // reduced at the end: here its header comes alone, checked as an episode's.
   const bool summed = batch.reduction != MPI_GATHER_IN_ORDER;
   const WorkItem expected = summed ? WorkItem{WorkKind::kEvaluate, work.tasks} : work;
   absl::StatusOr<std::vector<size_t>> sizes = ResultPayloadSizes(header, expected, shape);
   if (!sizes.ok()) return broken(std::string(sizes.status().message()));
-  // Parts 1, 2, 3: delta, Adam's m (when carried), v.
   std::vector<std::string> payload;
-  const bool exact = work.tasks.size() > 1;
   for (size_t k = 0; k < sizes->size(); ++k) {
-    const int part = k == 0 ? 1 : (k == 1 && shape.moments.first ? 2 : 3);
     std::string& received = payload.emplace_back((*sizes)[k], '\0');
-    const bool arrived =
-        exact ? Receive(received.data(), static_cast<int>(received.size()), MPI_BYTE, source, part,
-                        Clock::now() + timeout, pace)
-              : Receive(received.data(), static_cast<int>(received.size() / 4), MPI_FLOAT, source, part,
-                        Clock::now() + timeout, pace);
-    if (!arrived) return late(exact ? "exact sum" : "tensor");
+    if (!Receive(received.data(), static_cast<int>(received.size()), MPI_BYTE, source, static_cast<int>(k + 1),
+                 Clock::now() + timeout, pace))
+      return absl::DeadlineExceededError(absl::StrFormat(
+          "MPI: no tensor %d of work item %d from rank %d within %g s of the result's header "
+          "(runtime.mpi_connect_timeout_seconds)",
+          k + 1, item, source, ToSeconds(timeout)));
     *bytes += static_cast<int64_t>(received.size());
   }
   ASSIGN_OR_RETURN(TaskResult result, DecodeResult(header, expected, shape, std::move(payload)));
@@ -956,13 +909,12 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
     for (size_t i = 0; i < items.size(); ++i) {
       if (working[i % working.size()] != rank) continue;
       absl::StatusOr<TaskResult> result = compute.Run(state, items[i], outgoing);
-      outgoing.push_back(OutgoingResult{{}, {}, std::move(result), {}, {}});
-      outgoing.back().header.tasks = static_cast<int64_t>(items[i].tasks.size());  // summed or not
+      outgoing.push_back(OutgoingResult{std::move(result), {}, {}, {}});
       absl::StatusOr<TaskResult>& sent = outgoing.back().result;
       if (summed && sent.ok())
         if (absl::Status moved = MoveIntoSum(&*sent, *sums); !moved.ok()) sent = moved;
       all_ok &= sent.ok();
-      StartSend(&outgoing.back());
+      StartSend(&outgoing.back(), header.numel, items[i].tasks.size());
     }
     for (OutgoingResult& out : outgoing)
       for (MPI_Request& request : out.requests) Wait(&request, kForever, Pace::kTransfer);

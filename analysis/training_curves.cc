@@ -132,23 +132,10 @@ std::string RunLabel(const RunMetrics& run, bool percent) {
   return label;
 }
 
-}  // namespace
-
-plot::Figure TrainingCurvesFigure(const std::vector<RunMetrics>& runs) {
-  bool classification = false;
-  double longest = 0, last_round = 0;
+// The figure of `runs` without its panels: title, subtitle and legend.
+plot::Figure FigureOf(const std::vector<RunMetrics>& runs, bool classification) {
   std::vector<std::string> names;
-  for (const RunMetrics& run : runs) {
-    classification = classification || run.classification;
-    if (!run.rounds.empty()) {
-      longest = std::max(longest, run.rounds.back().wall_seconds);
-      last_round = std::max(last_round, static_cast<double>(run.rounds.back().round));
-    }
-    names.push_back(run.name);
-  }
-  const TimeUnit unit = UnitFor(longest);
-  const std::string wall_label = absl::StrCat("training wall time (", unit.name, ")");
-
+  for (const RunMetrics& run : runs) names.push_back(run.name);
   plot::Figure figure;
   figure.title = absl::StrCat("Reptile training: ", absl::StrJoin(names, " vs "));
   figure.subtitle =
@@ -157,6 +144,24 @@ plot::Figure TrainingCurvesFigure(const std::vector<RunMetrics>& runs) {
     figure.legend.push_back({RunLabel(runs[r], classification), static_cast<int>(r)});
   figure.legend.push_back({"evaluation, 95% band", kKeyColor, false, SeriesStyle::kLineAndMarkers, true});
   figure.legend.push_back({"final evaluation ± 95%", kKeyColor, false, SeriesStyle::kPointsWithBars});
+  return figure;
+}
+
+}  // namespace
+
+plot::Figure TrainingCurvesFigure(const std::vector<RunMetrics>& runs) {
+  bool classification = false;
+  double longest = 0, last_round = 0;
+  for (const RunMetrics& run : runs) {
+    classification = classification || run.classification;
+    if (!run.rounds.empty()) {
+      longest = std::max(longest, run.rounds.back().wall_seconds);
+      last_round = std::max(last_round, static_cast<double>(run.rounds.back().round));
+    }
+  }
+  const TimeUnit unit = UnitFor(longest);
+  const std::string wall_label = absl::StrCat("training wall time (", unit.name, ")");
+  plot::Figure figure = FigureOf(runs, classification);
 
   Panel loss = MakePanel("Training loss", "round", classification ? "inner-loop loss (cross-entropy)" : "inner-loop loss (MSE)");
   Panel train_accuracy = MakePanel("Training accuracy", "round", "inner minibatch accuracy (%)",

@@ -240,28 +240,13 @@ std::optional<int> MaybeHelp(int argc, char** argv) {
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  reptile::InstallStopSignals();
-  if (std::optional<int> code = MaybeHelp(argc, argv)) return *code;
-  absl::SetProgramUsageMessage(GeneralHelp());
-  const std::vector<std::string> run_dirs = RepeatedFlag(argc, argv, "run_dir");
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() < 2) {
-    std::cerr << GeneralHelp() << std::flush;
-    return 2;
-  }
-  const std::string command = args[1];
-  if (FindCommand(command) == nullptr) {
-    std::cerr << "reptile: unknown command '" << command << "' (commands: " << CommandNames()
-              << "; reptile --help)" << std::endl;
-    return 2;
-  }
+// The flags parsed into the options every command takes; `args` are what
+// flag parsing left: the program, the command and the config overrides.
+reptile::CliOptions OptionsFromFlags(const std::vector<char*>& args, std::vector<std::string> run_dirs) {
   reptile::CliOptions options;
   options.config_path = absl::GetFlag(FLAGS_config);
   options.run_dir = absl::GetFlag(FLAGS_run_dir);
-  options.run_dirs = run_dirs;
+  options.run_dirs = std::move(run_dirs);
   options.out = absl::GetFlag(FLAGS_out);
   options.format = absl::GetFlag(FLAGS_format);
   options.checkpoint = absl::GetFlag(FLAGS_checkpoint);
@@ -284,33 +269,46 @@ int main(int argc, char** argv) {
   options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.overrides.assign(args.begin() + 2, args.end());
+  return options;
+}
 
-  reptile::ConfigureProcessForTraining();
-  absl::Status status;
-  if (command == "train") {
-    status = reptile::TrainCommand(options);
-  } else if (command == "eval") {
-    status = reptile::EvalCommand(options);
-  } else if (command == "adapt") {
-    status = reptile::AdaptCommand(options);
-  } else if (command == "inspect") {
-    status = reptile::InspectCommand(options);
-  } else if (command == "export") {
-    status = reptile::ExportCommand(options);
-  } else if (command == "plot") {
-    status = reptile::PlotCommand(options);
-  } else if (command == "analyze") {
-    status = reptile::AnalyzeCommand(options);
-  } else if (command == "coordinator") {
-    status = reptile::CoordinatorCommand(options);
-  } else if (command == "worker") {
-    status = reptile::WorkerCommand(options);
-  } else if (command == "mpi") {
-    status = reptile::MpiCommand(options);
-  } else {  // "help" is answered before the flags are parsed
+// Runs `command`, one FindCommand knows ("help" is answered before the
+// flags are parsed).
+absl::Status RunCommand(const std::string& command, const reptile::CliOptions& options) {
+  if (command == "train") return reptile::TrainCommand(options);
+  if (command == "eval") return reptile::EvalCommand(options);
+  if (command == "adapt") return reptile::AdaptCommand(options);
+  if (command == "inspect") return reptile::InspectCommand(options);
+  if (command == "export") return reptile::ExportCommand(options);
+  if (command == "plot") return reptile::PlotCommand(options);
+  if (command == "analyze") return reptile::AnalyzeCommand(options);
+  if (command == "coordinator") return reptile::CoordinatorCommand(options);
+  if (command == "worker") return reptile::WorkerCommand(options);
+  if (command == "mpi") return reptile::MpiCommand(options);
+  return absl::InvalidArgumentError(absl::StrCat("no command '", command, "'"));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  reptile::InstallStopSignals();
+  if (std::optional<int> code = MaybeHelp(argc, argv)) return *code;
+  absl::SetProgramUsageMessage(GeneralHelp());
+  std::vector<std::string> run_dirs = RepeatedFlag(argc, argv, "run_dir");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() < 2) {
+    std::cerr << GeneralHelp() << std::flush;
     return 2;
   }
-  if (!status.ok()) {
+  const std::string command = args[1];
+  if (FindCommand(command) == nullptr) {
+    std::cerr << "reptile: unknown command '" << command << "' (commands: " << CommandNames()
+              << "; reptile --help)" << std::endl;
+    return 2;
+  }
+  const reptile::CliOptions options = OptionsFromFlags(args, std::move(run_dirs));
+  reptile::ConfigureProcessForTraining();
+  if (absl::Status status = RunCommand(command, options); !status.ok()) {
     std::cerr << "reptile " << command << ": error: " << status.message() << std::endl;
     return 1;
   }

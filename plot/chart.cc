@@ -126,6 +126,24 @@ class PanelWriter {
                   "text-anchor=\"middle\" fill=\"#777\"");
       return out + "</g>\n";
     }
+    FitAxes(xr, yr);
+    out += Axes();
+    out += frame;
+    // Data, clipped to the plot area (a little beyond, for markers).
+    out += absl::StrFormat(
+        "<clipPath id=\"clip%d\"><rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\"/></clipPath>\n"
+        "<g clip-path=\"url(#clip%d)\">\n",
+        id_, left_ - 5, top_ - 5, plot_w_ + 10, plot_h_ + 10, id_);
+    for (const Series& s : panel_.series) out += Bands(s);
+    for (const Series& s : panel_.series) out += Lines(s);
+    out += "</g>\n";
+    return out + "</g>\n";
+  }
+
+ private:
+  // Ticks and axis ends for data spanning `xr` and `yr`, within the panel's
+  // fixed bounds.
+  void FitAxes(Range xr, Range yr) {
     if (panel_.x_include) xr.Add(*panel_.x_include);
     // Markers at the very edge would be cut in half: a little room for them.
     const bool markers = std::any_of(panel_.series.begin(), panel_.series.end(),
@@ -158,20 +176,8 @@ class PanelWriter {
     }
     y_lo_ = panel_.y_min ? *panel_.y_min : y_ticks_.front();
     y_hi_ = panel_.y_max ? *panel_.y_max : y_ticks_.back();
-    out += Axes();
-    out += frame;
-    // Data, clipped to the plot area (a little beyond, for markers).
-    out += absl::StrFormat(
-        "<clipPath id=\"clip%d\"><rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\"/></clipPath>\n"
-        "<g clip-path=\"url(#clip%d)\">\n",
-        id_, left_ - 5, top_ - 5, plot_w_ + 10, plot_h_ + 10, id_);
-    for (const Series& s : panel_.series) out += Bands(s);
-    for (const Series& s : panel_.series) out += Lines(s);
-    out += "</g>\n";
-    return out + "</g>\n";
   }
 
- private:
   double Px(double v) const { return left_ + (v - x_lo_) / std::max(x_hi_ - x_lo_, 1e-300) * plot_w_; }
   double Py(double v) const { return top_ + plot_h_ - (v - y_lo_) / std::max(y_hi_ - y_lo_, 1e-300) * plot_h_; }
 

@@ -694,6 +694,37 @@ std::string IdleWorkersWarning(int workers, const ExperimentConfig& config) {
                       "lower runtime.tasks_per_item or run fewer workers; README \"Scaling\" explains the choice");
 }
 
+namespace {
+
+// Bounds on what any peer can make the server hold (docs/security.md): one
+// chunk per message, a few streams per connection, and a thread and memory
+// quota sized by runtime.max_workers.
+void BoundWhatPeersCanHold(grpc::ServerBuilder& builder, int max_workers) {
+  builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxMessageBytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(kMaxMessageBytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
+  const GrpcTransport::ServerBounds bounds = GrpcTransport::Bounds(max_workers);
+  grpc::ResourceQuota quota("reptile-coordinator");
+  quota.SetMaxThreads(bounds.threads);
+  quota.Resize(bounds.grpc_memory_bytes);
+  builder.SetResourceQuota(quota);
+  // A sync server thread that has served a call polls for the next one
+  // instead of exiting (gRPC's default keeps 2 pollers and ends the rest):
+  // otherwise every call of every worker, every round, costs a thread
+  // created and destroyed, most of the coordinator's CPU at 64 workers
+  // (bench/cluster_bench). The quota above still bounds the threads.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, bounds.threads);
+}
+
+}  // namespace
+
 GrpcTransport::GrpcTransport() = default;
 
 absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const ExperimentConfig& config,
@@ -735,30 +766,7 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   if (!options.unix_socket.empty())
     builder.AddListeningPort(absl::StrCat("unix:", options.unix_socket), grpc::InsecureServerCredentials());
   builder.RegisterService(transport->service_.get());
-  // Bounds on what any peer can make the server hold (README "Security and
-  // limits"): one chunk per message, a few streams per connection, and a
-  // thread and memory quota sized by runtime.max_workers.
-  builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxMessageBytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(kMaxMessageBytes));
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection);
-  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
-  const ServerBounds bounds = Bounds(b.max_workers);
-  grpc::ResourceQuota quota("reptile-coordinator");
-  quota.SetMaxThreads(bounds.threads);
-  quota.Resize(bounds.grpc_memory_bytes);
-  builder.SetResourceQuota(quota);
-  // A sync server thread that has served a call polls for the next one
-  // instead of exiting (gRPC's default keeps 2 pollers and ends the rest):
-  // otherwise every call of every worker, every round, costs a thread
-  // created and destroyed, most of the coordinator's CPU at 64 workers
-  // (bench/cluster_bench). The quota above still bounds the threads.
-  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, bounds.threads);
+  BoundWhatPeersCanHold(builder, b.max_workers);
   transport->server_ = builder.BuildAndStart();
   if (transport->server_ == nullptr || transport->port_ == 0)
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address,

@@ -800,6 +800,25 @@ struct Deadlines {
   }
 };
 
+// In the summed modes, rank 0's end of the reduction: every rank's sum of
+// its training items (of `tasks` tasks in all) into `sums`, due with a
+// rank's `most`-th item, then handed over in item 0's result, which carries
+// them for every item. Counts the bytes in.
+absl::Status ReduceRanksSums(const BatchHeader& header, int tasks, int most, const Deadlines& deadlines,
+                             TensorSums sums, std::vector<absl::StatusOr<TaskResult>>& results, int64_t* bytes_in) {
+  const absl::Status reduced = ReduceSums(sums, header.reduction == MPI_ALLREDUCE_SUM, tasks, deadlines.Due(most),
+                                          deadlines.connect_timeout);
+  if (absl::IsDeadlineExceeded(reduced))
+    return deadlines.Stalled(absl::StrCat(reduced.message(), " (some rank does not answer)"), most);
+  RETURN_IF_ERROR(reduced);
+  *bytes_in += header.numel * ExactSum::kElementBytes * (1 + header.has_first_moment + header.has_moments);
+  if (results[0].ok()) {
+    results[0]->sums = std::move(sums);
+    results[0]->tensor_items = static_cast<int>(results.size());
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::vector<absl::StatusOr<TaskResult>> MpiTransport::RunOwnItems(const MetaState& state,
@@ -862,19 +881,9 @@ absl::Status MpiTransport::Run(const MetaState& state, const std::vector<WorkIte
     }
     if (!summed) take_result(i);
   }
-  if (summed) {
-    const int most = *std::max_element(items_of.begin(), items_of.end());
-    const absl::Status reduced =
-        ReduceSums(*sums, header.reduction == MPI_ALLREDUCE_SUM, tasks, deadlines.Due(most), timeout);
-    if (absl::IsDeadlineExceeded(reduced))
-      return deadlines.Stalled(absl::StrCat(reduced.message(), " (some rank does not answer)"), most);
-    RETURN_IF_ERROR(reduced);
-    stats_.bytes_in += header.numel * ExactSum::kElementBytes * (1 + header.has_first_moment + header.has_moments);
-    if (results[0].ok()) {
-      results[0]->sums = std::move(sums);
-      results[0]->tensor_items = static_cast<int>(items.size());
-    }
-  }
+  if (summed)
+    RETURN_IF_ERROR(ReduceRanksSums(header, tasks, *std::max_element(items_of.begin(), items_of.end()), deadlines,
+                                    *std::move(sums), results, &stats_.bytes_in));
   stats_.workers_alive = num_workers();
   stats_.tasks_in_flight = std::min<int>(num_workers(), static_cast<int>(items.size()));
   if (summed)

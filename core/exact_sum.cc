@@ -1,5 +1,6 @@
 #include "core/exact_sum.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -25,6 +26,84 @@ constexpr double kLimb = 0x1p42;
 // Whether |v| < bound, for bound > 0; true of no v = -2^127, which has no
 // negation.
 bool AbsBelow(__int128 v, __int128 bound) { return v < bound && v > -bound; }
+
+using Bits = unsigned __int128;
+
+// The bits a two's-complement integer needs to hold v (0 for 0).
+int WidthOf(__int128 v) {
+  const Bits magnitude = static_cast<Bits>(v < 0 ? ~v : v);  // ~v: -1 needs 1 bit, like 0 would with its sign
+  if (v == 0) return 0;
+  const uint64_t high = static_cast<uint64_t>(magnitude >> 64), low = static_cast<uint64_t>(magnitude);
+  const int used = high != 0 ? 128 - __builtin_clzll(high) : (low != 0 ? 64 - __builtin_clzll(low) : 0);
+  return used + 1;
+}
+
+int TrailingZeros(__int128 v) {
+  const uint64_t low = static_cast<uint64_t>(v), high = static_cast<uint64_t>(static_cast<Bits>(v) >> 64);
+  return low != 0 ? __builtin_ctzll(low) : (high != 0 ? 64 + __builtin_ctzll(high) : 128);
+}
+
+// Bits appended least significant first.
+class BitWriter {
+ public:
+  explicit BitWriter(std::string* out) : out_(out) {}
+  // The low `width` bits of v.
+  void Put(Bits v, int width) {
+    while (width > 0) {
+      const int take = std::min(width, 56);
+      pending_ |= (static_cast<uint64_t>(v) & ((uint64_t{1} << take) - 1)) << count_;
+      count_ += take;
+      v >>= take;
+      width -= take;
+      for (; count_ >= 8; count_ -= 8, pending_ >>= 8) out_->push_back(static_cast<char>(pending_ & 0xff));
+    }
+  }
+  // Pads the last byte with zeros.
+  void Flush() {
+    if (count_ > 0) out_->push_back(static_cast<char>(pending_ & 0xff));
+    pending_ = 0;
+    count_ = 0;
+  }
+
+ private:
+  std::string* out_;
+  uint64_t pending_ = 0;
+  int count_ = 0;
+};
+
+// Reads what BitWriter wrote from `bytes`, which the caller has checked
+// holds every bit asked for.
+class BitReader {
+ public:
+  explicit BitReader(const unsigned char* bytes) : bytes_(bytes) {}
+  // `width` bits, sign-extended from the last.
+  __int128 Get(int width) {
+    Bits v = 0;
+    for (int got = 0; got < width;) {
+      const int take = std::min(width - got, 56);
+      while (count_ < take) {
+        pending_ |= static_cast<uint64_t>(*bytes_++) << count_;
+        count_ += 8;
+      }
+      v |= static_cast<Bits>(pending_ & ((uint64_t{1} << take) - 1)) << got;
+      pending_ = take == 64 ? 0 : pending_ >> take;
+      count_ -= take;
+      got += take;
+    }
+    if (width > 0 && width < 128 && (v >> (width - 1)) & 1) v |= ~Bits{0} << width;
+    return static_cast<__int128>(v);
+  }
+  // Skips to the next whole byte.
+  void Align() {
+    pending_ = 0;
+    count_ = 0;
+  }
+
+ private:
+  const unsigned char* bytes_;
+  uint64_t pending_ = 0;
+  int count_ = 0;
+};
 
 // Whether every |values[i]| < limit (false for NaN).
 __attribute__((target_clones("avx2", "default"))) bool AllBelow(const float* values, size_t n, double limit) {
@@ -134,6 +213,63 @@ std::string ExactSum::Encode() const {
     std::memcpy(bytes.data() + i * kElementBytes, &value, kElementBytes);
   }
   return bytes;
+}
+
+std::string ExactSum::EncodeCompact() const {
+  std::string out;
+  const size_t numel = high_.size();
+  out.reserve(numel * 6);
+  BitWriter writer(&out);
+  __int128 block[kCompactBlock];
+  for (size_t start = 0; start < numel; start += kCompactBlock) {
+    const size_t n = std::min<size_t>(kCompactBlock, numel - start);
+    int shift = 128, width = 0;
+    for (size_t k = 0; k < n; ++k) {
+      block[k] = Element(start + k);
+      shift = std::min(shift, TrailingZeros(block[k]));
+    }
+    if (shift == 128) shift = 0;  // all zeros
+    for (size_t k = 0; k < n; ++k) width = std::max(width, WidthOf(block[k] >> shift));
+    out.push_back(static_cast<char>(shift));
+    out.push_back(static_cast<char>(width));
+    for (size_t k = 0; k < n; ++k) writer.Put(static_cast<Bits>(block[k] >> shift), width);
+    writer.Flush();
+  }
+  return out;
+}
+
+size_t ExactSum::MaxCompactBytes(int64_t numel) {
+  const size_t n = static_cast<size_t>(std::max<int64_t>(numel, 0));
+  return (n + kCompactBlock - 1) / kCompactBlock * 2 + n * kElementBytes;
+}
+
+absl::StatusOr<ExactSum> ExactSum::DecodeCompact(absl::string_view bytes, int64_t numel, int terms, int max_terms) {
+  if (numel < 0 || bytes.size() > MaxCompactBytes(numel))
+    return absl::InvalidArgumentError(absl::StrCat("compact exact sum of ", bytes.size(), " bytes; ", numel,
+                                                   " elements take at most ", MaxCompactBytes(numel)));
+  std::string wide(static_cast<size_t>(numel) * kElementBytes, '\0');
+  const unsigned char* at = reinterpret_cast<const unsigned char*>(bytes.data());
+  const unsigned char* const end = at + bytes.size();
+  for (int64_t start = 0; start < numel; start += kCompactBlock) {
+    const int64_t block = start / kCompactBlock, n = std::min(kCompactBlock, numel - start);
+    if (end - at < 2) return absl::InvalidArgumentError(absl::StrCat("compact exact sum ends in block ", block));
+    const int shift = at[0], width = at[1];
+    at += 2;
+    const int64_t packed = (n * width + 7) / 8;
+    if (width > 128 || shift + width > 128 || (width == 0 && shift != 0) || end - at < packed)
+      return absl::InvalidArgumentError(absl::StrCat("compact exact sum block ", block, " has shift ", shift,
+                                                     " and width ", width, " for ", end - at, " bytes"));
+    BitReader reader(at);
+    for (int64_t k = 0; k < n; ++k) {
+      const __int128 value = static_cast<__int128>(static_cast<Bits>(reader.Get(width)) << shift);
+      std::memcpy(wide.data() + (start + k) * kElementBytes, &value, kElementBytes);
+    }
+    at += packed;
+  }
+  if (at != end)
+    return absl::InvalidArgumentError(
+        absl::StrCat("compact exact sum has ", end - at, " bytes after its last block"));
+  return Decode(wide, numel, terms, max_terms);
 }
 
 absl::StatusOr<ExactSum> ExactSum::Decode(const std::string& bytes, int64_t numel, int terms, int max_terms) {

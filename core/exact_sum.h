@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace reptile {
 
@@ -73,10 +74,23 @@ class ExactSum {
 
   // numel() * kElementBytes bytes.
   std::string Encode() const;
+  // The same integers in fewer bytes, for the wire: blocks of kCompactBlock
+  // elements, each one byte of shift (the trailing zero bits its elements
+  // share, dropped), one byte of width, and its elements shifted, as
+  // two's-complement integers of that width packed least significant bit
+  // first. Sums of fp32 values rarely need more than 40 of the 128 bits.
+  std::string EncodeCompact() const;
+  static constexpr int64_t kCompactBlock = 32;
   // A sum that claims to hold `terms` vectors, from bytes of another process:
   // InvalidArgument unless the size is right, 1 <= terms <= max_terms and
   // every element lies within what `terms` in-range values can reach.
   static absl::StatusOr<ExactSum> Decode(const std::string& bytes, int64_t numel, int terms, int max_terms);
+  // As Decode(), from EncodeCompact()'s bytes; InvalidArgument, naming the
+  // block, if a shift or width is out of range or the bytes end anywhere
+  // but after the last block.
+  static absl::StatusOr<ExactSum> DecodeCompact(absl::string_view bytes, int64_t numel, int terms, int max_terms);
+  // The most bytes EncodeCompact() gives for `numel` elements.
+  static size_t MaxCompactBytes(int64_t numel);
 
  private:
   // |value| that Add() refuses, and the same in units of 2^-96.

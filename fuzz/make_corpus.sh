@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=fuzz/corpus
 rm -rf "$corpus"
-mkdir -p "$corpus"/{config_fuzzer,checkpoint_fuzzer,png_fuzzer,jpeg_fuzzer,tensor_stream_fuzzer,metrics_fuzzer,chart_fuzzer,shared_memory_fuzzer}
-for target in shared_memory_fuzzer jpeg_fuzzer; do
+mkdir -p "$corpus"/{config_fuzzer,checkpoint_fuzzer,png_fuzzer,jpeg_fuzzer,tensor_stream_fuzzer,metrics_fuzzer,chart_fuzzer,shared_memory_fuzzer,compact_sum_fuzzer}
+for target in shared_memory_fuzzer jpeg_fuzzer compact_sum_fuzzer; do
   REPTILE_FUZZ_WRITE_SEEDS="$corpus/$target" "${FUZZ_BUILD_DIR:-build-fuzz}/fuzz/$target"
 done
 

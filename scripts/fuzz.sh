@@ -27,7 +27,7 @@ case "$mode" in
   *) echo "usage: scripts/fuzz.sh check [RUNS] | explore [SECONDS]" >&2; exit 2 ;;
 esac
 build=${FUZZ_BUILD_DIR:-build-fuzz}
-read -r -a targets <<< "${FUZZ_TARGETS:-config_fuzzer checkpoint_fuzzer png_fuzzer jpeg_fuzzer tensor_stream_fuzzer metrics_fuzzer chart_fuzzer shared_memory_fuzzer}"
+read -r -a targets <<< "${FUZZ_TARGETS:-config_fuzzer checkpoint_fuzzer png_fuzzer jpeg_fuzzer tensor_stream_fuzzer metrics_fuzzer chart_fuzzer shared_memory_fuzzer compact_sum_fuzzer}"
 
 if ! command -v clang++-14 > /dev/null; then
   echo "fuzz: clang++-14 is missing (scripts/install_deps.sh installs clang-14 and libclang-rt-14-dev)"

@@ -184,5 +184,69 @@ TEST(ExactSumTest, DecodeChecksSizeTermsAndReach) {
   EXPECT_FALSE(sum.Merge(other).ok()) << "capacities differ";
 }
 
+
+// The compact form decodes to the 16-byte form's bits, whatever the values:
+// spread over 1e-30..1e2 with both signs, subnormal fp32, near the range
+// limit, zeros, blocks of one value and partial last blocks, for 1, 2, 8
+// and 64 terms; and it is never larger than MaxCompactBytes.
+TEST(ExactSumTest, CompactFormRoundTripsEveryKindOfValue) {
+  const float tiny = std::numeric_limits<float>::denorm_min(), smallest_normal = std::numeric_limits<float>::min();
+  for (int terms : {1, 2, 8, 64}) {
+    for (int numel : {0, 1, 31, 32, 33, 1000}) {
+      std::vector<std::vector<float>> vectors = SpreadVectors(terms, numel, 100 + terms + numel);
+      const float limit = std::nextafter(std::ldexp(1.0f, 30) / 64, 0.0f);  // just in range for 64 terms
+      for (int t = 0; t < terms; ++t)
+        for (int i = 0; i < numel; ++i) {
+          switch ((i + t) % 7) {
+            case 0: vectors[t][i] = (t % 2 ? -1 : 1) * tiny; break;
+            case 1: vectors[t][i] = -smallest_normal * 3; break;
+            case 2: vectors[t][i] = (t % 2 ? -1 : 1) * limit; break;
+            case 3: vectors[t][i] = 0; break;
+            default: break;  // spread
+          }
+        }
+      ExactSum sum(numel, 64);
+      for (const auto& v : vectors) ASSERT_TRUE(sum.Add(v.data()).ok());
+      const std::string compact = sum.EncodeCompact();
+      EXPECT_LE(compact.size(), ExactSum::MaxCompactBytes(numel));
+      absl::StatusOr<ExactSum> decoded = ExactSum::DecodeCompact(compact, numel, terms, 64);
+      ASSERT_TRUE(decoded.ok()) << decoded.status() << " (" << terms << " terms, " << numel << " values)";
+      EXPECT_EQ(decoded->Encode(), sum.Encode()) << terms << " terms, " << numel << " values";
+      EXPECT_EQ(decoded->EncodeCompact(), compact);
+    }
+  }
+  // A block of zeros is its two header bytes alone.
+  EXPECT_EQ(ExactSum(32, 1).EncodeCompact(), std::string("\0\0", 2));
+}
+
+// What a hostile peer can send in the compact form is refused, naming the
+// block, or checked for reach as the 16-byte form is.
+TEST(ExactSumTest, CompactDecodeRefusesBadBlocksAndTrailingBytes) {
+  ExactSum sum(40, 8);
+  std::vector<float> values(40);
+  for (int i = 0; i < 40; ++i) values[i] = (i % 3 - 1) * 0.01f * static_cast<float>(i);
+  ASSERT_TRUE(sum.Add(values.data()).ok());
+  const std::string good = sum.EncodeCompact();
+  ASSERT_TRUE(ExactSum::DecodeCompact(good, 40, 1, 8).ok());
+  auto refused = [](const std::string& bytes, int64_t numel = 40, int terms = 1) {
+    absl::StatusOr<ExactSum> decoded = ExactSum::DecodeCompact(bytes, numel, terms, 8);
+    return decoded.ok() ? std::string("accepted") : std::string(decoded.status().message());
+  };
+  EXPECT_EQ(refused(good + '\0'), "compact exact sum has 1 bytes after its last block");
+  EXPECT_EQ(refused(good.substr(0, good.size() - 1)).substr(0, 27), "compact exact sum block 1 h");
+  EXPECT_EQ(refused(good.substr(0, 1)), "compact exact sum ends in block 0");
+  std::string wide = good;
+  wide[1] = static_cast<char>(129);  // width over 128
+  EXPECT_NE(refused(wide).find("block 0 has shift"), std::string::npos) << refused(wide);
+  std::string shifted = good;
+  shifted[0] = static_cast<char>(128 - static_cast<unsigned char>(good[1]) + 1);  // shift + width over 128
+  EXPECT_NE(refused(shifted).find("block 0 has shift"), std::string::npos) << refused(shifted);
+  std::string far = good;
+  far[0] = static_cast<char>(128 - static_cast<unsigned char>(good[1]));  // shifted to the top: beyond reach
+  EXPECT_NE(refused(far).find("lies beyond what 1 in-range values can reach"), std::string::npos) << refused(far);
+  EXPECT_NE(refused(std::string(ExactSum::MaxCompactBytes(40) + 1, '\0')).find("take at most"), std::string::npos);
+  EXPECT_NE(refused(good, 40, 9).find("claims 9 terms"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace reptile

@@ -513,7 +513,7 @@ TEST_F(AdamProtocolTest, ANegativeSecondMomentIsRefused) {
   ExpectAccepted(Messages(honest, redone, leased.result));
 }
 
-// Items of 3 tasks, whose results are exact sums (16 bytes per value).
+// Items of 3 tasks, whose results are exact sums (in their compact form).
 class ExactSumProtocolTest : public ProtocolTest {
  protected:
   std::vector<std::string> Overrides() const override {
@@ -523,9 +523,9 @@ class ExactSumProtocolTest : public ProtocolTest {
   }
 };
 
-// A peer that lies about how many tasks its sum holds, sends sums no
-// in-range values can reach, or stops early is refused; an honest sum is
-// then accepted for the same item.
+// A peer that lies about how many tasks its sum holds or how large it is,
+// sends sums no in-range values can reach, or stops early is refused; an
+// honest sum is then accepted for the same item.
 TEST_F(ExactSumProtocolTest, LyingOrMangledExactSumsAreRefused) {
   auto lease_and_sum = [&](uint64_t worker) {
     Leased leased;
@@ -552,8 +552,20 @@ TEST_F(ExactSumProtocolTest, LyingOrMangledExactSumsAreRefused) {
     Leased leased = lease_and_sum(worker);
     std::vector<ResultChunk> messages = Messages(worker, leased.work, leased.result);
     ASSERT_GT(messages.size(), 1u);
-    (*messages[1].mutable_chunk()->mutable_data())[15] = 0x7f;  // element 0 near 2^127 units
+    // Block 0's values shifted to the top of the 128 bits.
+    std::string& data = *messages[1].mutable_chunk()->mutable_data();
+    data[0] = static_cast<char>(128 - static_cast<unsigned char>(data[1]));
     ExpectRefused(messages, absl::StatusCode::kInvalidArgument, "beyond what 3 in-range values can reach");
+  }
+  {
+    const uint64_t worker = Join();
+    Leased leased = lease_and_sum(worker);
+    std::vector<ResultChunk> messages = Messages(worker, leased.work, leased.result);
+    const uint64_t most = ExactSum::MaxCompactBytes(learner_->num_parameters());
+    messages[0].mutable_header()->set_exact_bytes(0, most + 1);
+    ExpectRefused(messages, absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("an exact sum of ", most + 1, " bytes; ", learner_->num_parameters(),
+                               " values take at most ", most));
   }
   {
     const uint64_t worker = Join();

@@ -611,7 +611,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     if (work.kind != WorkKind::kTrain) return 0;
     const size_t n = static_cast<size_t>(snapshot.numel);
     const size_t moments = (snapshot.moments.first ? 1 : 0) + (snapshot.moments.second ? 1 : 0);
-    if (work.tasks.size() > 1) return (1 + moments) * n * ExactSum::kElementBytes;
+    if (work.tasks.size() > 1) return (1 + moments) * ExactSum::MaxCompactBytes(snapshot.numel);
     return n * std::max<size_t>(DeltaDtypeBytes(header.delta_dtype()), 4) + moments * n * 4;
   }
 

@@ -17,7 +17,8 @@ absl::StatusOr<TensorSums> DecodeSums(std::vector<std::string>& payload, const R
   TensorSums sums(shape.numel, shape.meta_batch, shape.moments);
   size_t index = 0;
   auto decode = [&](ExactSum* sum, const char* what) -> absl::Status {
-    absl::StatusOr<ExactSum> decoded = ExactSum::Decode(payload[index++], shape.numel, tasks, shape.meta_batch);
+    absl::StatusOr<ExactSum> decoded =
+        ExactSum::DecodeCompact(payload[index++], shape.numel, tasks, shape.meta_batch);
     if (!decoded.ok()) return Invalid(absl::StrCat(what, ": ", decoded.status().message()));
     *sum = *std::move(decoded);
     return absl::OkStatus();
@@ -51,19 +52,23 @@ EncodedResult EncodeResult(const absl::StatusOr<TaskResult>& result, DeltaDtype 
   // At most 3 strings: reserve() keeps the views into them valid.
   encoded.storage.reserve(3);
   auto add = [&](std::string bytes) { encoded.tensors.push_back(encoded.storage.emplace_back(std::move(bytes))); };
+  auto add_sum = [&](const ExactSum& sum) {
+    add(sum.EncodeCompact());
+    header.add_exact_bytes(encoded.tensors.back().size());
+  };
   auto add_tensor = [&](const torch::Tensor& tensor, DeltaDtype as) {
     encoded.tensors.push_back(WireBytes(tensor, as, &encoded.storage.emplace_back()));
   };
   if (result->sums) {
     header.set_has_delta(true);
-    add(result->sums->delta.Encode());
+    add_sum(result->sums->delta);
     if (result->sums->adam_m) {
       header.set_has_first_moment(true);
-      add(result->sums->adam_m->Encode());
+      add_sum(*result->sums->adam_m);
     }
     if (result->sums->adam_v) {
       header.set_has_moments(true);
-      add(result->sums->adam_v->Encode());
+      add_sum(*result->sums->adam_v);
     }
   } else if (result->delta.defined()) {
     header.set_has_delta(true);
@@ -91,9 +96,8 @@ absl::StatusOr<std::vector<size_t>> ResultPayloadSizes(const ResultHeader& heade
     return Invalid(absl::StrCat("delta has ", header.num_parameters(), " parameters; the model has ", shape.numel));
   if (header.tasks() != static_cast<uint32_t>(tasks))
     return Invalid(absl::StrCat("result covers ", header.tasks(), " tasks; the lease has ", tasks));
-  const size_t element = exact ? ExactSum::kElementBytes : DeltaDtypeBytes(header.delta_dtype());
-  const size_t moment_element = exact ? ExactSum::kElementBytes : 4;
-  if (train && element == 0) return Invalid(absl::StrCat("unknown delta dtype ", header.delta_dtype()));
+  const size_t element = DeltaDtypeBytes(header.delta_dtype());
+  if (train && !exact && element == 0) return Invalid(absl::StrCat("unknown delta dtype ", header.delta_dtype()));
   // What must follow is the coordinator's decision, from its config; the
   // header must only agree with it.
   const bool second = train && shape.moments.second, first = train && shape.moments.first;
@@ -111,9 +115,22 @@ absl::StatusOr<std::vector<size_t>> ResultPayloadSizes(const ResultHeader& heade
     return Invalid(absl::StrCat("a model of ", shape.numel, " parameters is beyond any result"));
   const size_t numel = static_cast<size_t>(shape.numel);
   std::vector<size_t> sizes;
+  if (train && exact) {  // compact exact sums, each of the size the header gives, within the model's bound
+    const int count = 1 + (first ? 1 : 0) + (second ? 1 : 0);
+    if (header.exact_bytes_size() != count)
+      return Invalid(absl::StrCat("the header sizes ", header.exact_bytes_size(), " exact sums; ", count, " follow"));
+    for (uint64_t bytes : header.exact_bytes()) {
+      if (bytes > ExactSum::MaxCompactBytes(shape.numel))
+        return Invalid(absl::StrCat("an exact sum of ", bytes, " bytes; ", shape.numel, " values take at most ",
+                                    ExactSum::MaxCompactBytes(shape.numel)));
+      sizes.push_back(static_cast<size_t>(bytes));
+    }
+    return sizes;
+  }
+  if (header.exact_bytes_size() != 0) return Invalid("exact-sum sizes in a result that holds no exact sums");
   if (train) sizes.push_back(numel * element);
-  if (first) sizes.push_back(numel * moment_element);
-  if (second) sizes.push_back(numel * moment_element);
+  if (first) sizes.push_back(numel * 4);
+  if (second) sizes.push_back(numel * 4);
   return sizes;
 }
 

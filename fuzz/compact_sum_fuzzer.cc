@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/exact_sum.h"
+#include "fuzz/seed_writer.h"
 
 namespace {
 
@@ -46,10 +47,7 @@ void WriteSeeds(const std::string& folder) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  if (const char* folder = std::getenv("REPTILE_FUZZ_WRITE_SEEDS")) {
-    WriteSeeds(folder);
-    std::exit(0);
-  }
+  WriteSeedsIfAsked(WriteSeeds);
   return 0;
 }
 

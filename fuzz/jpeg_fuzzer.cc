@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/data/image_files.h"
+#include "fuzz/seed_writer.h"
 
 namespace {
 
@@ -28,10 +29,7 @@ void WriteSeeds(const std::string& folder) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  if (const char* folder = std::getenv("REPTILE_FUZZ_WRITE_SEEDS")) {
-    WriteSeeds(folder);
-    std::exit(0);
-  }
+  WriteSeedsIfAsked(WriteSeeds);
   return 0;
 }
 

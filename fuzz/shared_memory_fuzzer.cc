@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz/seed_writer.h"
 #include "google/protobuf/stubs/logging.h"
 #include "transport/wire/result_codec.h"
 #include "transport/shared_memory/shared_board.h"
@@ -198,10 +199,7 @@ void WriteSeeds(const std::string& folder) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   google::protobuf::SetLogHandler(nullptr);
-  if (const char* folder = std::getenv("REPTILE_FUZZ_WRITE_SEEDS")) {
-    WriteSeeds(folder);
-    std::exit(0);
-  }
+  WriteSeedsIfAsked(WriteSeeds);
   return 0;
 }
 

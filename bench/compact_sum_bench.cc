@@ -76,10 +76,10 @@ int Main(int rounds) {
     const std::string delta_bytes = delta.EncodeCompact(), v_bytes = v.EncodeCompact();
     const double encode_ms = Millis(encode_start);
     const auto decode_start = Clock::now();
-    const bool same = OrDie(ExactSum::DecodeCompact(delta_bytes, numel, count, 64)).Encode() == delta.Encode() &&
-                      OrDie(ExactSum::DecodeCompact(v_bytes, numel, count, 64)).Encode() == v.Encode();
+    const ExactSum delta_back = OrDie(ExactSum::DecodeCompact(delta_bytes, numel, count, 64));
+    const ExactSum v_back = OrDie(ExactSum::DecodeCompact(v_bytes, numel, count, 64));
     const double decode_ms = Millis(decode_start);
-    if (!same) {
+    if (delta_back.Encode() != delta.Encode() || v_back.Encode() != v.Encode()) {
       std::fprintf(stderr, "a compact sum did not decode to its own bits\n");
       return 1;
     }

@@ -93,11 +93,6 @@ class BitReader {
     if (width > 0 && width < 128 && (v >> (width - 1)) & 1) v |= ~Bits{0} << width;
     return static_cast<__int128>(v);
   }
-  // Skips to the next whole byte.
-  void Align() {
-    pending_ = 0;
-    count_ = 0;
-  }
 
  private:
   const unsigned char* bytes_;
@@ -247,9 +242,14 @@ absl::StatusOr<ExactSum> ExactSum::DecodeCompact(absl::string_view bytes, int64_
   if (numel < 0 || bytes.size() > MaxCompactBytes(numel))
     return absl::InvalidArgumentError(absl::StrCat("compact exact sum of ", bytes.size(), " bytes; ", numel,
                                                    " elements take at most ", MaxCompactBytes(numel)));
-  std::string wide(static_cast<size_t>(numel) * kElementBytes, '\0');
+  if (terms < 1 || terms > max_terms)
+    return absl::InvalidArgumentError(absl::StrCat("exact sum claims ", terms, " terms; 1 to ", max_terms, " allowed"));
+  ExactSum sum(numel, max_terms);
+  const __int128 reach = sum.Limit() * terms;
   const unsigned char* at = reinterpret_cast<const unsigned char*>(bytes.data());
   const unsigned char* const end = at + bytes.size();
+  // A block's packed values, with room to load 16 bytes from any of them.
+  unsigned char packed_block[kCompactBlock * kElementBytes + sizeof(Bits)];
   for (int64_t start = 0; start < numel; start += kCompactBlock) {
     const int64_t block = start / kCompactBlock, n = std::min(kCompactBlock, numel - start);
     if (end - at < 2) return absl::InvalidArgumentError(absl::StrCat("compact exact sum ends in block ", block));
@@ -259,17 +259,44 @@ absl::StatusOr<ExactSum> ExactSum::DecodeCompact(absl::string_view bytes, int64_
     if (width > 128 || shift + width > 128 || (width == 0 && shift != 0) || end - at < packed)
       return absl::InvalidArgumentError(absl::StrCat("compact exact sum block ", block, " has shift ", shift,
                                                      " and width ", width, " for ", end - at, " bytes"));
-    BitReader reader(at);
+    std::memcpy(packed_block, at, static_cast<size_t>(packed));
+    std::memset(packed_block + packed, 0, sizeof(Bits));
+    BitReader wide(packed_block);  // widths over 120 bits, which one 16-byte load cannot hold with its offset
+    const Bits mask = width == 128 ? ~Bits{0} : (Bits{1} << width) - 1;
     for (int64_t k = 0; k < n; ++k) {
-      const __int128 value = static_cast<__int128>(static_cast<Bits>(reader.Get(width)) << shift);
-      std::memcpy(wide.data() + (start + k) * kElementBytes, &value, kElementBytes);
+      __int128 value;
+      if (width <= 120) {
+        const size_t bit = static_cast<size_t>(k * width);
+        Bits word;
+        std::memcpy(&word, packed_block + bit / 8, sizeof(word));
+        Bits v = (word >> (bit % 8)) & mask;
+        if (width > 0 && (v >> (width - 1)) & 1) v |= ~mask;  // sign-extended
+        value = static_cast<__int128>(v << shift);
+      } else {
+        value = static_cast<__int128>(static_cast<Bits>(wide.Get(width)) << shift);
+      }
+      RETURN_IF_ERROR(sum.SetElement(static_cast<size_t>(start + k), value, reach, terms));
     }
     at += packed;
   }
   if (at != end)
     return absl::InvalidArgumentError(
         absl::StrCat("compact exact sum has ", end - at, " bytes after its last block"));
-  return Decode(wide, numel, terms, max_terms);
+  sum.terms_ = terms;
+  return sum;
+}
+
+absl::Status ExactSum::SetElement(size_t i, __int128 value, __int128 reach, int terms) {
+  if (!AbsBelow(value, reach))
+    return absl::InvalidArgumentError(
+        absl::StrCat("exact sum element ", i, " lies beyond what ", terms, " in-range values can reach"));
+  // Limbs of 42 bits, low and middle in [0, 2^42): each below 2^42. (>> of a
+  // negative integer shifts in ones, as floor division would.)
+  constexpr int64_t kMask = (int64_t{1} << kLimbBits) - 1;
+  low_[i] = static_cast<double>(static_cast<int64_t>(value) & kMask);
+  middle_[i] = static_cast<double>(static_cast<int64_t>(value >> kLimbBits) & kMask);
+  high_[i] = static_cast<double>(static_cast<int64_t>(value >> (2 * kLimbBits)));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ExactSum> ExactSum::Decode(const std::string& bytes, int64_t numel, int terms, int max_terms) {
@@ -283,15 +310,7 @@ absl::StatusOr<ExactSum> ExactSum::Decode(const std::string& bytes, int64_t nume
   for (size_t i = 0; i < static_cast<size_t>(numel); ++i) {
     __int128 value;
     std::memcpy(&value, bytes.data() + i * kElementBytes, kElementBytes);
-    if (!AbsBelow(value, reach))
-      return absl::InvalidArgumentError(
-          absl::StrCat("exact sum element ", i, " lies beyond what ", terms, " in-range values can reach"));
-    // Limbs of 42 bits, low and middle in [0, 2^42): each below 2^42. (>>
-    // of a negative integer shifts in ones, as floor division would.)
-    constexpr int64_t kMask = (int64_t{1} << kLimbBits) - 1;
-    sum.low_[i] = static_cast<double>(static_cast<int64_t>(value) & kMask);
-    sum.middle_[i] = static_cast<double>(static_cast<int64_t>(value >> kLimbBits) & kMask);
-    sum.high_[i] = static_cast<double>(static_cast<int64_t>(value >> (2 * kLimbBits)));
+    RETURN_IF_ERROR(sum.SetElement(i, value, reach, terms));
   }
   sum.terms_ = terms;
   return sum;

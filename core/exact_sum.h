@@ -108,6 +108,10 @@ class ExactSum {
                        static_cast<Bits>(static_cast<int64_t>(low_[i]));
     return static_cast<__int128>(value);
   }
+  // Sets element i to `value` (a 128-bit integer in units of 2^-96) if it
+  // lies within `reach` in magnitude; InvalidArgument naming the element and
+  // the `terms` whose reach it is otherwise.
+  absl::Status SetElement(size_t i, __int128 value, __int128 reach, int terms);
   // Carries the low and middle limbs into the next, leaving each below 2^42.
   void Carry();
   // Each limb stays below load_ * 2^42 in magnitude: 1 after a carry, plus

@@ -1,7 +1,7 @@
 // The coordinator's Prometheus metrics: a RoundObserver that turns what the
 // round engine reports (its round statistics, evaluations, checkpoints and
 // the transport's counters) into gauges and counters, named by Prometheus
-// conventions (README "Monitoring"). Register it with a MetricsServer.
+// conventions (docs/monitoring.md). Register it with a MetricsServer.
 // Thread-safe: the engine's thread updates, the server's thread reads.
 #ifndef REPTILE_MONITORING_COORDINATOR_METRICS_H_
 #define REPTILE_MONITORING_COORDINATOR_METRICS_H_

@@ -1,5 +1,5 @@
 // A worker's Prometheus metrics, read from its WorkerStats at each scrape:
-// tasks done, compute seconds, retries (README "Monitoring"). Register it
+// tasks done, compute seconds, retries (docs/monitoring.md). Register it
 // with a MetricsServer; what `stats` reads must outlive the server.
 #ifndef REPTILE_MONITORING_WORKER_METRICS_H_
 #define REPTILE_MONITORING_WORKER_METRICS_H_

@@ -200,7 +200,7 @@ TEST_F(DeployManifestTest, CoordinatorWorkersAndServiceFitTogether) {
 
     // Prometheus: the coordinator's and each worker's pods carry the usual
     // scrape annotations, naming a declared container port that the process
-    // serves /metrics on (README "Monitoring").
+    // serves /metrics on (docs/monitoring.md).
     for (const Value* deployment : {coordinator, workers}) {
       const Value& template_ = *Get(*deployment, "spec.template");
       const Value* annotations = Get(template_, "metadata.annotations");
@@ -300,7 +300,7 @@ TEST_F(DeployManifestTest, MpiJobRunsReptileMpiUnderMpirun) {
   EXPECT_TRUE(absl::StrContains(line, " /usr/local/bin/reptile mpi --config=/etc/reptile/config/experiment.textproto "
                                       "--run_dir=/var/lib/reptile/run"))
       << line;
-  // Open MPI uses the pod network only (README "Run on a cluster with mpirun").
+  // Open MPI uses the pod network only (docs/mpi.md).
   std::map<std::string, std::string> env;
   for (const Value* variable : GetList(launcher, "env")) env[GetString(*variable, "name")] = GetString(*variable, "value");
   EXPECT_EQ(env["OMPI_MCA_btl_tcp_if_include"], "eth0");
@@ -333,8 +333,8 @@ TEST_F(DeployManifestTest, ConfigMapsHoldTheRepositoryConfigsPointedAtTheDataset
     const std::string deployed = FieldString(Get(*maps[0], "data"), "experiment.textproto");
     const std::string original = ReadWholeFile(SourcePath("configs/" + config + ".textproto"));
     const std::string expected =
-        absl::StrReplaceAll(original, {{"data_dir: \"../shared/data/omniglot\"  # the official zips; see README \"Data\"",
-                                        "data_dir: \"/data/omniglot\"  # the dataset volume (README \"Run on Kubernetes\")"}});
+        absl::StrReplaceAll(original, {{"data_dir: \"../shared/data/omniglot\"  # the official zips; see docs/data.md",
+                                        "data_dir: \"/data/omniglot\"  # the dataset volume (docs/kubernetes.md)"}});
     ASSERT_NE(expected, original) << "configs/" << config << ".textproto: its data_dir line changed";
     EXPECT_EQ(deployed, expected) << kustomization << " vs configs/" << config << ".textproto";
     // Every pod that reads the config mounts the dataset where it points.

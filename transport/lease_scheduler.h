@@ -4,7 +4,7 @@
 // every call that depends on time takes `now`, so tests drive it with a fake
 // clock. Not thread-safe; the transport serializes calls under its lock.
 //
-// The policy (README "Security and limits" says it to users):
+// The policy (docs/security.md says it to users):
 //  - A worker holds at most one lease until it has returned an accepted
 //    result, then at most `max_leases` (prefetch), with one upload per lease.
 //  - A refused result (bad sizes, NaN/Inf, truncated stream, a learner error

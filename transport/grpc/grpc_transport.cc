@@ -691,7 +691,7 @@ std::string IdleWorkersWarning(int workers, const ExperimentConfig& config) {
                       config.outer().meta_batch_size(), ", runtime.tasks_per_item ",
                       std::max(1, config.runtime().tasks_per_item()), "): ", workers - items,
                       " sit idle in every training round (evaluations use them all). Raise outer.meta_batch_size, "
-                      "lower runtime.tasks_per_item or run fewer workers; README \"Scaling\" explains the choice");
+                      "lower runtime.tasks_per_item or run fewer workers; docs/distributed.md \"Scaling\" explains the choice");
 }
 
 namespace {

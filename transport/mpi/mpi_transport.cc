@@ -205,7 +205,7 @@ absl::Status NoAnswer(const std::string& what) {
       "mpirun --mca btl_tcp_if_include eth0 --mca oob_tcp_if_include eth0 ... (or 10.0.0.0/24, or --mca "
       "btl_tcp_if_exclude lo,docker0), or export OMPI_MCA_btl_tcp_if_include=eth0 "
       "OMPI_MCA_oob_tcp_if_include=eth0 where mpirun runs; mpirun --display-map shows the host of each rank. "
-      "README \"Run on a cluster with mpirun\".",
+      "docs/mpi.md says more.",
       "\n  Rank 0 on ", host, ": interfaces ", LocalInterfaces(), "; Open MPI settings: ", InterfaceSettings(), "."));
 }
 

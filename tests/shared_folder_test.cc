@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -90,6 +91,36 @@ TEST(SharedFolderFilesTest, AFullFolderSaysHowToGiveItRoom) {
   EXPECT_FALSE(std::filesystem::exists(path + ".partial"));
   EXPECT_TRUE(absl::IsResourceExhausted(OverwriteTensorFile(path, {megabyte})));
   EXPECT_EQ(system(absl::StrCat("umount ", dir).c_str()), 0);
+}
+
+// A result file rewritten while the coordinator reads it (a worker told by a
+// forged board word that its last result was taken) is refused, never read
+// as a mix of two results: every read that succeeds holds one write's bytes.
+TEST(SharedFolderFilesTest, AFileRewrittenWhileItIsReadIsRefusedNotMixed) {
+  const std::string dir = TempDir("rewritten");
+  const std::string path = dir + "/result-1";
+  const std::string ones(4 << 20, '\x11'), twos(4 << 20, '\x22');
+  ASSERT_TRUE(OverwriteTensorFile(path, {ones}).ok());
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    for (int i = 0; !done.load(); ++i) ASSERT_TRUE(OverwriteTensorFile(path, {i % 2 ? ones : twos}).ok());
+  });
+  int mixed = 0, refused = 0, whole = 0;
+  for (int i = 0; i < 400; ++i) {
+    absl::StatusOr<std::vector<std::string>> read = ReadTensorFile(path, {ones.size()});
+    if (!read.ok()) {
+      EXPECT_TRUE(absl::StrContains(read.status().message(), "changed while it was read")) << read.status();
+      ++refused;
+    } else if ((*read)[0] == ones || (*read)[0] == twos) {
+      ++whole;
+    } else {
+      ++mixed;
+    }
+  }
+  done = true;
+  writer.join();
+  EXPECT_EQ(mixed, 0) << whole << " whole, " << refused << " refused";
+  EXPECT_GT(refused, 0) << "the writer never overlapped a read";
 }
 
 // A coordinator in this process serving TCP and a Unix socket with a shared

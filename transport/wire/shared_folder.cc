@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -50,21 +51,60 @@ std::string SharedResultPath(const std::string& folder, uint64_t worker) {
 
 namespace {
 
-// Writes `tensors` back to back from the start of `path` (opened with
-// `flags` besides O_WRONLY | O_CREAT) and cuts the file to their size.
+// A tensor file holds its tensors between two copies of a generation number
+// (8 bytes before, 8 after), written first and last. A reader reads the last
+// copy first and the first copy last: if they differ, a writer rewrote the
+// file while it read, and what it read may mix two versions (a seqlock).
+constexpr size_t kGenerationBytes = sizeof(uint64_t);
+
+// Distinct for every write of this process (and, with the pid, of any other).
+uint64_t NextGeneration() {
+  static std::atomic<uint64_t> next{1};
+  return (static_cast<uint64_t>(getpid()) << 32) ^ next.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool WriteAll(int fd, absl::string_view bytes, off_t offset) {
+  while (!bytes.empty()) {
+    const ssize_t written = pwrite(fd, bytes.data(), bytes.size(), offset);
+    if (written < 0 && errno == EINTR) continue;
+    if (written <= 0) return false;
+    bytes.remove_prefix(static_cast<size_t>(written));
+    offset += written;
+  }
+  return true;
+}
+
+// Reads size bytes at `offset` into `out`; false if the file ends first
+// (InvalidArgument, via errno 0) or a read fails.
+bool ReadAll(int fd, char* out, size_t size, off_t offset) {
+  for (size_t done = 0; done < size;) {
+    const ssize_t got = pread(fd, out + done, size - done, offset + static_cast<off_t>(done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      if (got == 0) errno = 0;
+      return false;
+    }
+    done += static_cast<size_t>(got);
+  }
+  return true;
+}
+
+// Writes `tensors`, framed by a new generation, from the start of `path`
+// (opened with `flags` besides O_WRONLY | O_CREAT) and cuts the file to
+// their size.
 absl::Status WriteFrom0(const std::string& path, int flags, absl::Span<const absl::string_view> tensors) {
   Descriptor file(open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | flags, 0600));
   if (file.get() < 0) return Failure("create", path);
-  off_t offset = 0;
+  const uint64_t generation = NextGeneration();
+  const absl::string_view frame(reinterpret_cast<const char*>(&generation), kGenerationBytes);
+  if (!WriteAll(file.get(), frame, 0)) return Failure("write", path);
+  off_t offset = kGenerationBytes;
   for (absl::string_view bytes : tensors) {
-    while (!bytes.empty()) {
-      const ssize_t written = pwrite(file.get(), bytes.data(), bytes.size(), offset);
-      if (written < 0 && errno == EINTR) continue;
-      if (written <= 0) return Failure("write", path);
-      bytes.remove_prefix(static_cast<size_t>(written));
-      offset += written;
-    }
+    if (!WriteAll(file.get(), bytes, offset)) return Failure("write", path);
+    offset += static_cast<off_t>(bytes.size());
   }
+  if (!WriteAll(file.get(), frame, offset)) return Failure("write", path);
+  offset += kGenerationBytes;
   if (ftruncate(file.get(), offset) != 0) return Failure("cut to size", path);
   return absl::OkStatus();
 }
@@ -97,23 +137,29 @@ absl::StatusOr<std::vector<std::string>> ReadTensorFile(const std::string& path,
   if (!S_ISREG(info.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
   size_t expected = 0;
   for (size_t size : sizes) expected += size;
-  if (static_cast<uint64_t>(info.st_size) != expected)
-    return absl::InvalidArgumentError(absl::StrCat(path, " holds ", info.st_size, " bytes, not ", expected));
+  if (static_cast<uint64_t>(info.st_size) != expected + 2 * kGenerationBytes)
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " holds ", info.st_size - static_cast<off_t>(2 * kGenerationBytes), " bytes, not ",
+                     expected));
+  auto failed = [&path](const char* what) {
+    return errno == 0 ? absl::InvalidArgumentError(absl::StrCat(path, " ended early (shrunk while read)"))
+                      : Failure(what, path);
+  };
+  uint64_t last = 0, first = 0;
+  if (!ReadAll(file.get(), reinterpret_cast<char*>(&last), kGenerationBytes,
+               static_cast<off_t>(kGenerationBytes + expected)))
+    return failed("read");
   std::vector<std::string> tensors;
   tensors.reserve(sizes.size());
-  off_t offset = 0;
+  off_t offset = kGenerationBytes;
   for (size_t size : sizes) {
     std::string& bytes = tensors.emplace_back();
     bytes.resize(size);
-    for (size_t done = 0; done < size;) {
-      const ssize_t got = pread(file.get(), bytes.data() + done, size - done, offset + static_cast<off_t>(done));
-      if (got < 0 && errno == EINTR) continue;
-      if (got < 0) return Failure("read", path);
-      if (got == 0) return absl::InvalidArgumentError(absl::StrCat(path, " ended early (shrunk while read)"));
-      done += static_cast<size_t>(got);
-    }
+    if (!ReadAll(file.get(), bytes.data(), size, offset)) return failed("read");
     offset += static_cast<off_t>(size);
   }
+  if (!ReadAll(file.get(), reinterpret_cast<char*>(&first), kGenerationBytes, 0)) return failed("read");
+  if (first != last) return absl::InvalidArgumentError(absl::StrCat(path, " changed while it was read"));
   return tensors;
 }
 

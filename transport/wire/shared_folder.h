@@ -37,8 +37,10 @@ absl::Status WriteTensorFile(const std::string& path, absl::Span<const absl::str
 absl::Status OverwriteTensorFile(const std::string& path, absl::Span<const absl::string_view> tensors);
 
 // The tensors of `path`, of `sizes[i]` bytes each. NotFound if there is no
-// such file; InvalidArgument if it is not a regular file or its size is not
-// the sum of `sizes`.
+// such file; InvalidArgument if it is not a regular file, its size is not
+// the sum of `sizes` (and its framing), or a writer rewrote it while it was
+// read (each file is framed by a generation number written first and last,
+// so a read that overlaps a rewrite is refused, never taken as a mix).
 absl::StatusOr<std::vector<std::string>> ReadTensorFile(const std::string& path, absl::Span<const size_t> sizes);
 
 }  // namespace reptile

@@ -95,15 +95,18 @@ bool ReadAll(int fd, char* out, size_t size, off_t offset) {
 absl::Status WriteFrom0(const std::string& path, int flags, absl::Span<const absl::string_view> tensors) {
   Descriptor file(open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | flags, 0600));
   if (file.get() < 0) return Failure("create", path);
+  size_t total = 2 * kGenerationBytes;
+  for (absl::string_view bytes : tensors) total += bytes.size();
+  const std::string writing = absl::StrCat("write ", total, " bytes to");  // what a full file system lacks
   const uint64_t generation = NextGeneration();
   const absl::string_view frame(reinterpret_cast<const char*>(&generation), kGenerationBytes);
-  if (!WriteAll(file.get(), frame, 0)) return Failure("write", path);
+  if (!WriteAll(file.get(), frame, 0)) return Failure(writing, path);
   off_t offset = kGenerationBytes;
   for (absl::string_view bytes : tensors) {
-    if (!WriteAll(file.get(), bytes, offset)) return Failure("write", path);
+    if (!WriteAll(file.get(), bytes, offset)) return Failure(writing, path);
     offset += static_cast<off_t>(bytes.size());
   }
-  if (!WriteAll(file.get(), frame, offset)) return Failure("write", path);
+  if (!WriteAll(file.get(), frame, offset)) return Failure(writing, path);
   offset += kGenerationBytes;
   if (ftruncate(file.get(), offset) != 0) return Failure("cut to size", path);
   return absl::OkStatus();

@@ -3,10 +3,8 @@
 // (headings included), and every `reptile COMMAND --flag` quoted in README is
 // a command whose --help lists that flag. Reads files and runs the binary's
 // --help only: no LibTorch, no data.
-#include <sys/wait.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -23,6 +21,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/child_process.h"
+#include "tests/shell.h"
 
 namespace reptile {
 namespace {
@@ -323,23 +322,6 @@ std::vector<Quoted> ReadmeCommands() {
   return quoted;
 }
 
-struct Output {
-  int exit_code;
-  std::string out;
-};
-
-Output RunHelp(const std::string& command) {
-  const std::string line = absl::StrCat(REPTILE_BINARY, " ", command, command.empty() ? "" : " ", "--help 2>&1");
-  FILE* pipe = popen(line.c_str(), "r");
-  Output output{-1, ""};
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.out.append(buffer, n);
-  const int status = pclose(pipe);
-  output.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return output;
-}
-
 TEST(ReadmeTest, ParsesQuotedCommands) {
   Quoted worker = ParseReptileCommand(
       "build/reptile worker --coordinator nodeA:7070 --tls_ca ca.pem [--data_dir /x] [--learners $(nproc)]");
@@ -358,26 +340,26 @@ TEST(ReadmeTest, ParsesQuotedCommands) {
 TEST(ReadmeTest, EveryQuotedCommandIsOneWhoseHelpListsItsFlags) {
   const std::vector<Quoted> quoted = ReadmeCommands();
   std::set<std::string> commands;
-  std::map<std::string, Output> helps;
+  std::map<std::string, testing::ShellResult> helps;
   int flags = 0;
   for (const Quoted& q : quoted) {
     commands.insert(q.command);
-    if (helps.count(q.command) == 0) helps[q.command] = RunHelp(q.command);
-    const Output& help = helps[q.command];
+    if (helps.count(q.command) == 0) helps[q.command] = testing::RunReptile(q.command + " --help");
+    const testing::ShellResult& help = helps[q.command];
     ASSERT_EQ(help.exit_code, 0) << "`" << q.text << "`: `reptile " << q.command << " --help` exits "
-                                 << help.exit_code << ": " << help.out;
+                                 << help.exit_code << ": " << help.output;
     // An unknown command's --help is the general help.
     const std::string usage = q.command.empty() ? "usage: reptile COMMAND" : "usage: reptile " + q.command + " ";
-    if (!absl::StrContains(help.out, usage)) {
-      ADD_FAILURE() << "`" << q.text << "`: " << q.command << " is not a command:\n" << help.out;
+    if (!absl::StrContains(help.output, usage)) {
+      ADD_FAILURE() << "`" << q.text << "`: " << q.command << " is not a command:\n" << help.output;
       continue;
     }
     for (const std::string& flag : q.flags) {
       if (flag == "help") continue;
       ++flags;
-      EXPECT_THAT(help.out, HasSubstr("  --" + flag + "="))
+      EXPECT_THAT(help.output, HasSubstr("  --" + flag + "="))
           << "`" << q.text << "`: `reptile " << q.command << " --help` does not list --" << flag << ":\n"
-          << help.out;
+          << help.output;
     }
   }
   std::cout << quoted.size() << " commands quoted, " << flags << " flags checked\n";

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <thread>
 
+#include <ATen/Parallel.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"

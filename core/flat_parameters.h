@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include "core/models/models.h"
 #include "reptile.pb.h"

@@ -8,7 +8,7 @@ set -euo pipefail
 # (CMake's configure step requires it). Anything else (default): that and
 # every tool the test suite uses.
 PACKAGES=(
-  build-essential cmake pkg-config
+  build-essential cmake ninja-build pkg-config
   libtorch-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev

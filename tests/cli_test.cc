@@ -308,7 +308,8 @@ TEST(CliTest, ContainerDefaultCommandPrintsHelpAndExitsZero) {
 }
 
 // scripts/build.sh (the first step of scripts/demo.sh) shows progress: one
-// line per file compiled and target built, from make's output, while the
+// line per file (or unity batch) compiled and target built, from make's or
+// Ninja's output (with make's percentage), while the
 // whole output still goes to build.log.
 TEST(BuildScriptTest, ShowsProgressLinesAndKeepsTheFullLog) {
   const std::string script = testing::ReadWholeFile(std::string(REPTILE_SOURCE_DIR) + "/scripts/build.sh");
@@ -318,6 +319,7 @@ TEST(BuildScriptTest, ShowsProgressLinesAndKeepsTheFullLog) {
       << "[  2%] Building CXX object CMakeFiles/reptile_core.dir/core/config.cc.o\n"
          "/work/core/config.cc:10:5: warning: unused variable 'x'\n"
          "[ 40%] Built target reptile_core\n"
+         "[ 40%] Building CXX object CMakeFiles/reptile_core.dir/Unity/unity_1_cxx.cxx.o\n"
          "[ 41%] Linking CXX executable reptile\n"
          "[ 42%] Linking CXX static library libreptile_core.a\n"
          "[ 43%] Building CXX object tests/CMakeFiles/cli_test.dir/cli_test.cc.o\n"
@@ -330,6 +332,7 @@ TEST(BuildScriptTest, ShowsProgressLinesAndKeepsTheFullLog) {
   EXPECT_EQ(condensed.output,
             "[  2%] compiling core/config.cc (reptile_core)\n"
             "[ 40%] built reptile_core\n"
+            "[ 40%] compiling reptile_core, batch 1\n"
             "[ 41%] linking reptile\n"
             "[ 42%] linking libreptile_core.a\n"
             "[ 43%] compiling cli_test.cc (cli_test)\n"

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 
+#include <torch/nn/functional/loss.h>
+
 #include "absl/strings/str_cat.h"
 #include "core/rng.h"
 #include "core/status_macros.h"

@@ -3,6 +3,10 @@
 #include <mutex>
 #include <vector>
 
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
+
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
 #include "core/models/batch_norm_relu.h"

@@ -12,7 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include <torch/torch.h>
+#include <torch/nn/module.h>
+#include <torch/types.h>
 
 #include "absl/status/statusor.h"
 #include "reptile.pb.h"

@@ -1,5 +1,7 @@
 #include "transport/local/local_transport.h"
 
+#include <ATen/Parallel.h>
+
 #include "absl/strings/str_cat.h"
 #include "core/process_setup.h"
 #include "core/status_macros.h"

@@ -21,6 +21,8 @@
 #include <optional>
 #include <thread>
 
+#include <ATen/Parallel.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"

@@ -20,7 +20,7 @@ namespace reptile {
 namespace {
 
 constexpr int kEvictAfterRefusals = 3;  // as the lease scheduler's policy
-constexpr absl::Duration kRecheck = absl::Milliseconds(50);
+constexpr absl::Duration kResultRecheck = absl::Milliseconds(50);
 
 int PidFdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
 void KillThrough(int pidfd) { syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0); }
@@ -135,7 +135,7 @@ absl::Status SharedMemoryTransport::Run(const MetaState& state, const std::vecto
     if (remaining == 0) break;
     RETURN_IF_ERROR(Interrupted());
     ReapDeadWorkers(batch, items.size());
-    if (!progress) FutexWait(&board.result_signal, signal, kRecheck);
+    if (!progress) FutexWait(&board.result_signal, signal, kResultRecheck);
   }
   return absl::OkStatus();
 }

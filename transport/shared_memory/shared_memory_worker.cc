@@ -7,6 +7,8 @@
 #include <optional>
 #include <thread>
 
+#include <ATen/Parallel.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "core/config.h"
@@ -22,7 +24,7 @@
 namespace reptile {
 namespace {
 
-constexpr absl::Duration kRecheck = absl::Milliseconds(200);
+constexpr absl::Duration kWorkRecheck = absl::Milliseconds(200);
 
 // Whether a worker other than `pid` is on the board.
 bool OthersOnBoard(const BoardHeader& board, int32_t pid) {
@@ -231,7 +233,7 @@ absl::Status RunSharedMemoryWorker(const std::string& board_path, absl::Notifica
       }
       results.HandBack(batch, *i, RunItem(*learner, batch, *i, state), batch_number);
     }
-    if (!worked) FutexWait(&header.work_signal, signal, kRecheck);
+    if (!worked) FutexWait(&header.work_signal, signal, kWorkRecheck);
   }
   return absl::OkStatus();
 }

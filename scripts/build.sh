@@ -21,7 +21,7 @@ fi
 export NINJA_STATUS="[%p] "  # make's "[ 42%] " prefix, which condense() reads
 echo "build: configuring (cmake -G \"$generator\" -S . -B build; full log in build.log)"
 cmake -G "$generator" -S . -B build -DCMAKE_BUILD_TYPE=Release > build.log 2>&1 || { cat build.log; exit 1; }
-echo "build: compiling with $jobs jobs (from nothing, on 2 cores: the reptile binary about 2 minutes, everything about 9; docs/performance.md)"
+echo "build: compiling with $jobs jobs (from nothing, on 2 cores: the reptile binary about 2 minutes, everything about 5; docs/performance.md)"
 # "[ 22%] Building CXX object CMakeFiles/reptile_core.dir/core/config.cc.o"
 #   -> "[ 22%] compiling core/config.cc (reptile_core)"
 # "[ 30%] Building CXX object CMakeFiles/reptile_core.dir/Unity/unity_1_cxx.cxx.o"

@@ -12,13 +12,10 @@
 #include <png.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/data/png_reader.h"
 
 namespace reptile {
 namespace {
-
-// As png_reader.cc: refused from the header, before pixels are allocated.
-constexpr uint32_t kMaxSide = 8192;
-constexpr uint64_t kMaxPixels = 25'000'000;
 
 bool IsPng(const std::vector<uint8_t>& b) { return b.size() >= 8 && png_sig_cmp(b.data(), 0, 8) == 0; }
 bool IsJpeg(const std::vector<uint8_t>& b) { return b.size() >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF; }
@@ -61,10 +58,10 @@ bool DecodeJpegInto(jpeg_decompress_struct* info, int channels, DecodedImage* ou
     *refusal = "is a CMYK JPEG; save it as RGB";
     return false;
   }
-  if (info->image_width == 0 || info->image_height == 0 || info->image_width > kMaxSide ||
-      info->image_height > kMaxSide || uint64_t{info->image_width} * info->image_height > kMaxPixels) {
-    *refusal = absl::StrCat("JPEG is ", info->image_width, "x", info->image_height, " pixels; the limit is ", kMaxSide,
-                            " pixels a side and ", kMaxPixels / 1'000'000, " megapixels");
+  if (info->image_width == 0 || info->image_height == 0 || info->image_width > kMaxImageSide ||
+      info->image_height > kMaxImageSide || uint64_t{info->image_width} * info->image_height > kMaxImagePixels) {
+    *refusal = absl::StrCat("JPEG is ", info->image_width, "x", info->image_height, " pixels; the limit is ", kMaxImageSide,
+                            " pixels a side and ", kMaxImagePixels / 1'000'000, " megapixels");
     return false;
   }
   info->out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;

@@ -11,14 +11,6 @@
 namespace reptile {
 namespace {
 
-// The largest image decoded, checked against the header before any pixel
-// buffer is allocated, so a small file cannot demand a huge one. Photos from
-// phones and cameras (12-24 Mpx, up to 6000x4000) fit; the datasets' images
-// are far smaller. At the limit decoding takes about 175 MB (RGBA rows and
-// the planar copy).
-constexpr uint32_t kMaxSide = 8192;
-constexpr uint64_t kMaxPixels = 25'000'000;
-
 // One input sample contributing to an output sample, with the length of their
 // overlap in units where an input sample is out_size long and an output sample
 // in_size long (so all weights are integers and sum to in_size).
@@ -52,11 +44,11 @@ absl::StatusOr<DecodedImage> DecodePng(const uint8_t* data, size_t size, int cha
     png_image_free(&image);
     return absl::InvalidArgumentError(absl::StrCat(what, ": PNG is ", image.width, "x", image.height, ", empty"));
   }
-  if (image.width > kMaxSide || image.height > kMaxSide || uint64_t{image.width} * image.height > kMaxPixels) {
+  if (image.width > kMaxImageSide || image.height > kMaxImageSide || uint64_t{image.width} * image.height > kMaxImagePixels) {
     png_image_free(&image);
     return absl::InvalidArgumentError(absl::StrCat(what, ": PNG is ", image.width, "x", image.height,
-                                                   " pixels; the limit is ", kMaxSide, " pixels a side and ",
-                                                   kMaxPixels / 1'000'000, " megapixels"));
+                                                   " pixels; the limit is ", kMaxImageSide, " pixels a side and ",
+                                                   kMaxImagePixels / 1'000'000, " megapixels"));
   }
   // Untagged 16-bit samples are sRGB like 8-bit ones (set after begin_read,
   // which clears the flags).

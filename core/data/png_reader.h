@@ -11,6 +11,14 @@
 
 namespace reptile {
 
+// The largest image decoded (PNG here, JPEG in image_files.cc), checked against
+// the header before any pixel buffer is allocated, so a small file cannot
+// demand a huge one. Photos from phones and cameras (12-24 Mpx, up to
+// 6000x4000) fit; the datasets' images are far smaller. At the limit decoding
+// takes about 175 MB (RGBA rows and the planar copy).
+inline constexpr uint32_t kMaxImageSide = 8192;
+inline constexpr uint64_t kMaxImagePixels = 25'000'000;
+
 struct DecodedImage {
   int channels = 0;  // 1 (grey) or 3 (RGB)
   int height = 0;

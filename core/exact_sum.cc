@@ -100,6 +100,46 @@ class BitReader {
   int count_ = 0;
 };
 
+// Unpacks the n sign-extended integers of `width` bits (1 to 128) that
+// EncodeCompact packed into `packed`, which has 16 readable bytes past them.
+// Returns the largest magnitude among them (2^127 for -2^127).
+Bits UnpackBlock(const unsigned char* packed, int64_t n, int width, __int128* values) {
+  Bits largest = 0;
+  auto keep = [&largest](__int128 v) {
+    const Bits magnitude = v < 0 ? Bits{0} - static_cast<Bits>(v) : static_cast<Bits>(v);
+    largest = std::max(largest, magnitude);
+  };
+  if (width <= 57) {  // the common case: one 8-byte load a value, with its bit offset
+    for (int64_t k = 0; k < n; ++k) {
+      const size_t bit = static_cast<size_t>(k * width);
+      uint64_t word;
+      std::memcpy(&word, packed + bit / 8, sizeof(word));
+      // The value's bits moved to the top, then shifted down with its sign.
+      const int64_t v = static_cast<int64_t>(word << (64 - width - bit % 8)) >> (64 - width);
+      values[k] = v;
+      largest = std::max(largest, static_cast<Bits>(v < 0 ? -static_cast<uint64_t>(v) : static_cast<uint64_t>(v)));
+    }
+  } else if (width <= 120) {  // one 16-byte load a value
+    const Bits mask = (Bits{1} << width) - 1;
+    for (int64_t k = 0; k < n; ++k) {
+      const size_t bit = static_cast<size_t>(k * width);
+      Bits word;
+      std::memcpy(&word, packed + bit / 8, sizeof(word));
+      Bits v = (word >> (bit % 8)) & mask;
+      if ((v >> (width - 1)) & 1) v |= ~mask;  // sign-extended
+      values[k] = static_cast<__int128>(v);
+      keep(values[k]);
+    }
+  } else {  // wider than one 16-byte load holds with its offset
+    BitReader reader(packed);
+    for (int64_t k = 0; k < n; ++k) {
+      values[k] = reader.Get(width);
+      keep(values[k]);
+    }
+  }
+  return largest;
+}
+
 // Whether every |values[i]| < limit (false for NaN).
 __attribute__((target_clones("avx2", "default"))) bool AllBelow(const float* values, size_t n, double limit) {
   int outside = 0;
@@ -250,6 +290,7 @@ absl::StatusOr<ExactSum> ExactSum::DecodeCompact(absl::string_view bytes, int64_
   const unsigned char* const end = at + bytes.size();
   // A block's packed values, with room to load 16 bytes from any of them.
   unsigned char packed_block[kCompactBlock * kElementBytes + sizeof(Bits)];
+  __int128 block_values[kCompactBlock];
   for (int64_t start = 0; start < numel; start += kCompactBlock) {
     const int64_t block = start / kCompactBlock, n = std::min(kCompactBlock, numel - start);
     if (end - at < 2) return absl::InvalidArgumentError(absl::StrCat("compact exact sum ends in block ", block));
@@ -259,25 +300,20 @@ absl::StatusOr<ExactSum> ExactSum::DecodeCompact(absl::string_view bytes, int64_
     if (width > 128 || shift + width > 128 || (width == 0 && shift != 0) || end - at < packed)
       return absl::InvalidArgumentError(absl::StrCat("compact exact sum block ", block, " has shift ", shift,
                                                      " and width ", width, " for ", end - at, " bytes"));
-    std::memcpy(packed_block, at, static_cast<size_t>(packed));
-    std::memset(packed_block + packed, 0, sizeof(Bits));
-    BitReader wide(packed_block);  // widths over 120 bits, which one 16-byte load cannot hold with its offset
-    const Bits mask = width == 128 ? ~Bits{0} : (Bits{1} << width) - 1;
-    for (int64_t k = 0; k < n; ++k) {
-      __int128 value;
-      if (width <= 120) {
-        const size_t bit = static_cast<size_t>(k * width);
-        Bits word;
-        std::memcpy(&word, packed_block + bit / 8, sizeof(word));
-        Bits v = (word >> (bit % 8)) & mask;
-        if (width > 0 && (v >> (width - 1)) & 1) v |= ~mask;  // sign-extended
-        value = static_cast<__int128>(v << shift);
-      } else {
-        value = static_cast<__int128>(static_cast<Bits>(wide.Get(width)) << shift);
-      }
-      RETURN_IF_ERROR(sum.SetElement(static_cast<size_t>(start + k), value, reach, terms));
-    }
     at += packed;
+    if (width == 0) continue;  // all zeros, as the sum starts
+    std::memcpy(packed_block, at - packed, static_cast<size_t>(packed));
+    std::memset(packed_block + packed, 0, sizeof(Bits));
+    const Bits largest = UnpackBlock(packed_block, n, width, block_values);
+    auto shifted = [shift](__int128 v) { return static_cast<__int128>(static_cast<Bits>(v) << shift); };
+    // One reach check for the block, on its largest magnitude (shift +
+    // width <= 128 keeps it below 2^128); where that fails, the element
+    // beyond reach is found and named.
+    if ((largest << shift) >= static_cast<Bits>(reach)) {
+      for (int64_t k = 0; k < n; ++k)
+        RETURN_IF_ERROR(sum.SetElement(static_cast<size_t>(start + k), shifted(block_values[k]), reach, terms));
+    }
+    for (int64_t k = 0; k < n; ++k) sum.SetLimbs(static_cast<size_t>(start + k), shifted(block_values[k]));
   }
   if (at != end)
     return absl::InvalidArgumentError(
@@ -290,13 +326,17 @@ absl::Status ExactSum::SetElement(size_t i, __int128 value, __int128 reach, int 
   if (!AbsBelow(value, reach))
     return absl::InvalidArgumentError(
         absl::StrCat("exact sum element ", i, " lies beyond what ", terms, " in-range values can reach"));
+  SetLimbs(i, value);
+  return absl::OkStatus();
+}
+
+void ExactSum::SetLimbs(size_t i, __int128 value) {
   // Limbs of 42 bits, low and middle in [0, 2^42): each below 2^42. (>> of a
   // negative integer shifts in ones, as floor division would.)
   constexpr int64_t kMask = (int64_t{1} << kLimbBits) - 1;
   low_[i] = static_cast<double>(static_cast<int64_t>(value) & kMask);
   middle_[i] = static_cast<double>(static_cast<int64_t>(value >> kLimbBits) & kMask);
   high_[i] = static_cast<double>(static_cast<int64_t>(value >> (2 * kLimbBits)));
-  return absl::OkStatus();
 }
 
 absl::StatusOr<ExactSum> ExactSum::Decode(const std::string& bytes, int64_t numel, int terms, int max_terms) {

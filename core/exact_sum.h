@@ -112,6 +112,8 @@ class ExactSum {
   // lies within `reach` in magnitude; InvalidArgument naming the element and
   // the `terms` whose reach it is otherwise.
   absl::Status SetElement(size_t i, __int128 value, __int128 reach, int terms);
+  // Sets element i to `value`, unchecked.
+  void SetLimbs(size_t i, __int128 value);
   // Carries the low and middle limbs into the next, leaving each below 2^42.
   void Carry();
   // Each limb stays below load_ * 2^42 in magnitude: 1 after a carry, plus

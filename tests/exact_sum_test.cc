@@ -219,6 +219,53 @@ TEST(ExactSumTest, CompactFormRoundTripsEveryKindOfValue) {
   EXPECT_EQ(ExactSum(32, 1).EncodeCompact(), std::string("\0\0", 2));
 }
 
+// Every block width the compact form can take (2 to 127 bits here: a block
+// holding +-2^lo and +-2^hi needs hi - lo + 2), each unpacked to the
+// 16-byte form's bits, whichever of the decoder's paths (8-byte loads up to
+// 57 bits, 16-byte loads up to 120, bit by bit above) reads it.
+TEST(ExactSumTest, CompactFormRoundTripsEveryBlockWidth) {
+  for (int width = 2; width <= 127; ++width) {
+    const int lo = -96;              // the grid's last bit: one unit
+    const int hi = lo + width - 2;   // at most 2^29, in range for one term
+    ASSERT_LT(hi, 30) << width;
+    std::vector<float> values(40, 0.0f);
+    for (int i = 0; i < 40; ++i) {
+      const float sign = i % 3 == 0 ? -1.0f : 1.0f;
+      if (i % 5 == 1) values[i] = sign * std::ldexp(1.0f, hi);
+      if (i % 5 == 2) values[i] = sign * std::ldexp(1.0f, lo);
+      if (i % 5 == 3) values[i] = sign * std::ldexp(1.0f, (lo + hi) / 2);
+    }
+    ExactSum sum(40, 1);
+    ASSERT_TRUE(sum.Add(values.data()).ok()) << width;
+    const std::string compact = sum.EncodeCompact();
+    ASSERT_EQ(static_cast<unsigned char>(compact[1]), width);  // block 0's width
+    absl::StatusOr<ExactSum> decoded = ExactSum::DecodeCompact(compact, 40, 1, 1);
+    ASSERT_TRUE(decoded.ok()) << decoded.status() << " (width " << width << ")";
+    EXPECT_EQ(decoded->Encode(), sum.Encode()) << "width " << width;
+    EXPECT_TRUE(decoded->HasNegative()) << "width " << width;
+  }
+}
+
+// HasNegative() reads the sign of every element, however its limbs are
+// held: a sum being added to, and one decoded from either form; an element
+// of -2^-90 (64 units of the grid) is negative in the lowest limb alone.
+TEST(ExactSumTest, HasNegativeFindsOneNegativeElementInEveryForm) {
+  for (float last : {std::ldexp(-1.0f, -90), std::ldexp(1.0f, -90)}) {
+    std::vector<float> values(100, 0.5f);
+    values[99] = last;
+    ExactSum sum(100, 4);
+    ASSERT_TRUE(sum.Add(values.data()).ok());
+    const bool negative = last < 0;
+    EXPECT_EQ(sum.HasNegative(), negative);
+    absl::StatusOr<ExactSum> compact = ExactSum::DecodeCompact(sum.EncodeCompact(), 100, 1, 4);
+    ASSERT_TRUE(compact.ok()) << compact.status();
+    EXPECT_EQ(compact->HasNegative(), negative);
+    absl::StatusOr<ExactSum> wide = ExactSum::Decode(sum.Encode(), 100, 1, 4);
+    ASSERT_TRUE(wide.ok()) << wide.status();
+    EXPECT_EQ(wide->HasNegative(), negative);
+  }
+}
+
 // What a hostile peer can send in the compact form is refused, naming the
 // block, or checked for reach as the 16-byte form is.
 TEST(ExactSumTest, CompactDecodeRefusesBadBlocksAndTrailingBytes) {

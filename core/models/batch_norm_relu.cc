@@ -1,5 +1,7 @@
 #include "core/models/batch_norm_relu.h"
 
+#include <torch/autograd.h>
+
 #include "core/models/batch_norm_relu_kernels.h"
 
 namespace reptile {

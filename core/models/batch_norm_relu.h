@@ -7,7 +7,6 @@
 #ifndef REPTILE_CORE_MODELS_BATCH_NORM_RELU_H_
 #define REPTILE_CORE_MODELS_BATCH_NORM_RELU_H_
 
-#include <torch/autograd.h>
 #include <torch/types.h>
 
 namespace reptile {

@@ -1,5 +1,6 @@
 #include "core/aggregator.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -11,58 +12,64 @@ Aggregator::Aggregator(int64_t numel, std::vector<int> item_tasks, CarriedMoment
     : numel_(numel),
       item_tasks_(std::move(item_tasks)),
       meta_batch_(std::accumulate(item_tasks_.begin(), item_tasks_.end(), 0)),
-      tensor_items_(item_tasks_.size()),
+      received_(item_tasks_.size()),
+      covered_by_(item_tasks_.size()),
       sums_(numel, meta_batch_, carried) {}
 
 absl::Status Aggregator::Add(int item, TaskResult result) {
   const int items = static_cast<int>(item_tasks_.size());
   if (item < 0 || item >= items)
     return absl::InvalidArgumentError(absl::StrCat("item ", item, " outside the batch of ", items));
-  if (tensor_items_[item].has_value()) return absl::AlreadyExistsError(absl::StrCat("item ", item, " already has a result"));
-  const int covered = result.tensor_items;
-  if (covered < 0 || covered > items - item)
-    return absl::InvalidArgumentError(absl::StrCat("item ", item, ": tensors summed over ", covered,
-                                                   " items reach past the batch of ", items));
+  if (received_[item]) return absl::AlreadyExistsError(absl::StrCat("item ", item, " already has a result"));
   auto refuse = [item](const absl::Status& status) {
     return absl::InvalidArgumentError(absl::StrCat("item ", item, ": ", status.message()));
   };
-  if (covered > 0) {
-    const int tasks = std::accumulate(item_tasks_.begin() + item, item_tasks_.begin() + item + covered, 0);
-    if (result.sums.has_value()) {
-      if (result.delta.defined() || result.adam_m.defined() || result.adam_v.defined())
-        return refuse(absl::InvalidArgumentError("carries both fp32 tensors and exact sums"));
-      if (result.sums->tasks() != tasks)
-        return refuse(absl::InvalidArgumentError(
-            absl::StrCat("sums of ", result.sums->tasks(), " tasks, but the items cover ", tasks)));
-      absl::Status merged = sums_.Merge(*result.sums);
-      if (!merged.ok()) return refuse(merged);
-    } else {
-      if (tasks != 1)
-        return refuse(absl::InvalidArgumentError(
-            absl::StrCat("fp32 tensors of one task, but the items cover ", tasks, " (exact sums expected)")));
-      absl::Status added = sums_.Add(result.delta, result.adam_m, result.adam_v);
-      if (!added.ok()) return refuse(added);
-    }
+  if (result.tensors_elsewhere) {
+    if (result.sums.has_value() || result.delta.defined() || result.adam_m.defined() || result.adam_v.defined() ||
+        !result.summed_with.empty())
+      return refuse(absl::InvalidArgumentError("carries tensors, but says another result holds them"));
+    received_[item] = true;
+    return absl::OkStatus();
   }
-  tensor_items_[item] = covered;
+  std::vector<int> covered = {item};
+  covered.insert(covered.end(), result.summed_with.begin(), result.summed_with.end());
+  int tasks = 0;
+  for (size_t k = 0; k < covered.size(); ++k) {
+    const int other = covered[k];
+    if (other < 0 || other >= items)
+      return refuse(absl::InvalidArgumentError(absl::StrCat("sums over item ", other, " outside the batch of ", items)));
+    if (covered_by_[other].has_value() || std::find(covered.begin(), covered.begin() + k, other) != covered.begin() + k)
+      return refuse(absl::InvalidArgumentError(absl::StrCat("sums over item ", other, ", whose tensors are already in")));
+    tasks += item_tasks_[other];
+  }
+  if (result.sums.has_value()) {
+    if (result.delta.defined() || result.adam_m.defined() || result.adam_v.defined())
+      return refuse(absl::InvalidArgumentError("carries both fp32 tensors and exact sums"));
+    if (result.sums->tasks() != tasks)
+      return refuse(absl::InvalidArgumentError(
+          absl::StrCat("sums of ", result.sums->tasks(), " tasks, but the items cover ", tasks)));
+    absl::Status merged = sums_.Merge(*result.sums);
+    if (!merged.ok()) return refuse(merged);
+  } else {
+    if (tasks != 1)
+      return refuse(absl::InvalidArgumentError(
+          absl::StrCat("fp32 tensors of one task, but the items cover ", tasks, " (exact sums expected)")));
+    absl::Status added = sums_.Add(result.delta, result.adam_m, result.adam_v);
+    if (!added.ok()) return refuse(added);
+  }
+  for (int other : covered) covered_by_[other] = item;
+  received_[item] = true;
   return absl::OkStatus();
 }
 
 bool Aggregator::complete() const {
-  for (const auto& covered : tensor_items_)
-    if (!covered.has_value()) return false;
-  return true;
+  return std::all_of(received_.begin(), received_.end(), [](bool received) { return received; });
 }
 
 absl::Status Aggregator::CheckCoverage() const {
-  int still_summed = 0;  // items left that the last sum covers
-  for (size_t item = 0; item < tensor_items_.size(); ++item) {
-    const int covered = *tensor_items_[item];
-    if ((covered == 0) != (still_summed > 0))
-      return absl::InvalidArgumentError(absl::StrCat(
-          "item ", item, covered == 0 ? ": has no tensors and no sum covers it" : ": has tensors that a sum covers too"));
-    still_summed = covered == 0 ? still_summed - 1 : covered - 1;
-  }
+  for (size_t item = 0; item < covered_by_.size(); ++item)
+    if (!covered_by_[item].has_value())
+      return absl::InvalidArgumentError(absl::StrCat("item ", item, ": has no tensors and no sum covers it"));
   return absl::OkStatus();
 }
 

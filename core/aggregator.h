@@ -3,8 +3,8 @@
 // bitwise the same for any worker count, grouping of tasks into items or
 // sums, and arrival order. Each result is checked (shapes, dtype, finite and
 // in-range values, the tasks it covers) before any of it is added. A result
-// may carry the sums over several consecutive items (tensor_items); those
-// items' own results then carry scalars only. Not thread-safe.
+// may carry the sums over several items (summed_with); those items' own
+// results then carry scalars only. Not thread-safe.
 #ifndef REPTILE_CORE_AGGREGATOR_H_
 #define REPTILE_CORE_AGGREGATOR_H_
 
@@ -23,10 +23,11 @@ class Aggregator {
   // others), to be averaged into the state; the caller decides from the config.
   Aggregator(int64_t numel, std::vector<int> item_tasks, CarriedMoments carried);
 
-  // InvalidArgument for a malformed result or item index, tensors that reach
-  // past the last item or whose task count does not match the items they
-  // cover; AlreadyExists for an item that already has a result (the first
-  // one is kept). A refused result adds nothing.
+  // InvalidArgument for a malformed result or item index, sums over items
+  // outside the batch or already covered by another result, or whose task
+  // count does not match the items they cover; AlreadyExists for an item
+  // that already has a result (the first one is kept). A refused result
+  // adds nothing.
   absl::Status Add(int item, TaskResult result);
 
   bool complete() const;
@@ -40,13 +41,14 @@ class Aggregator {
   absl::Status Apply(double step_size, int inner_iterations, MetaState* state) const;
 
  private:
-  // Every item's tensors are in exactly one result: its own or a sum's.
+  // Every item's tensors are in a result: its own or a sum's.
   absl::Status CheckCoverage() const;
 
   int64_t numel_;
   std::vector<int> item_tasks_;
   int meta_batch_ = 0;
-  std::vector<std::optional<int>> tensor_items_;  // per item, once its result is in
+  std::vector<bool> received_;                 // per item: its result is in
+  std::vector<std::optional<int>> covered_by_;  // per item: the item whose result holds its tensors
   TensorSums sums_;
 };
 

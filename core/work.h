@@ -93,10 +93,13 @@ struct TaskResult {
   int64_t correct_inductive = 0;
   int64_t predictions = 0;
   double compute_seconds = 0;
-  // Whose tensors these are. 1: this item's own. n > 1: the sums over this
-  // item and the next n - 1, whose results then carry scalars only (0).
-  // Only a transport that sums on the way (MPI reductions) sets it.
-  int tensor_items = 1;
+  // Whose tensors these are, for a transport that sums on the way (MPI
+  // reductions, a node's learners); by default this item's own.
+  // `summed_with`: the other items of the batch whose tensors this result's
+  // sums add up too. Those items' results carry scalars only and say so
+  // with `tensors_elsewhere`.
+  std::vector<int> summed_with;
+  bool tensors_elsewhere = false;
 };
 
 }  // namespace reptile

@@ -13,12 +13,14 @@ constexpr CarriedMoments kMAndV{true, true};   // CARRY, adam_beta1 != 0
 
 std::vector<int> OneTaskEach(int items) { return std::vector<int>(items, 1); }
 
-// The exact sums of `results`' tensors, standing for `items` items.
-TaskResult SumOf(const std::vector<TaskResult>& results, int meta_batch, CarriedMoments carried, int items) {
+// The exact sums of `results`' tensors, standing for the item it is added
+// as and the items `summed_with`.
+TaskResult SumOf(const std::vector<TaskResult>& results, int meta_batch, CarriedMoments carried,
+                 std::vector<int> summed_with = {}) {
   TaskResult sum;
   sum.sums.emplace(results[0].delta.numel(), meta_batch, carried);
   for (const TaskResult& r : results) EXPECT_TRUE(sum.sums->Add(r.delta, r.adam_m, r.adam_v).ok());
-  sum.tensor_items = items;
+  sum.summed_with = std::move(summed_with);
   return sum;
 }
 
@@ -128,15 +130,15 @@ TEST(AggregatorTest, MalformedAndDuplicateResultsAreRefused) {
   EXPECT_TRUE(no_m.Add(0, v_only).ok());
 }
 
-// MPI reductions hand over one result holding the sums over a run of
-// items, and the other items' results with scalars only.
+// MPI reductions and nodes hand over one result holding the sums over
+// several items, and the other items' results with scalars only.
 TEST(AggregatorTest, ASumOverItemsStandsForTheirOwnTensors) {
   TaskResult a, b, c, scalars_only;
   a.delta = torch::tensor({1.0f, 2.0f});
   b.delta = torch::tensor({3.0f, 6.0f});
   c.delta = torch::tensor({2.0f, 1.0f});
-  const TaskResult sum_ab = SumOf({a, b}, 3, kNone, 2);
-  scalars_only.tensor_items = 0;
+  const TaskResult sum_ab = SumOf({a, b}, 3, kNone, {1});
+  scalars_only.tensors_elsewhere = true;
   auto apply = [](const std::vector<TaskResult>& results) {
     Aggregator aggregator(2, OneTaskEach(3), kNone);
     for (size_t item = 0; item < results.size(); ++item) EXPECT_TRUE(aggregator.Add(item, results[item]).ok());
@@ -167,13 +169,13 @@ TEST(AggregatorTest, AnyGroupingOfTheTasksGivesTheSameBits) {
   const MetaState reference = apply(per_task, results);
   // Items of 3, 3 and 1 tasks.
   Aggregator grouped(5000, {3, 3, 1}, kVOnly);
-  const MetaState by_items = apply(grouped, {SumOf({results[0], results[1], results[2]}, tasks, kVOnly, 1),
-                                             SumOf({results[3], results[4], results[5]}, tasks, kVOnly, 1), results[6]});
+  const MetaState by_items = apply(grouped, {SumOf({results[0], results[1], results[2]}, tasks, kVOnly),
+                                             SumOf({results[3], results[4], results[5]}, tasks, kVOnly), results[6]});
   // One sum over all, added in another order.
   std::vector<TaskResult> reversed(results.rbegin(), results.rend());
   std::vector<TaskResult> one_sum(3);
-  one_sum[0] = SumOf(reversed, tasks, kVOnly, 3);
-  one_sum[1].tensor_items = one_sum[2].tensor_items = 0;
+  one_sum[0] = SumOf(reversed, tasks, kVOnly, {1, 2});
+  one_sum[1].tensors_elsewhere = one_sum[2].tensors_elsewhere = true;
   Aggregator summed(5000, {3, 3, 1}, kVOnly);
   const MetaState by_sum = apply(summed, one_sum);
   for (const MetaState* state : {&by_items, &by_sum}) {
@@ -188,12 +190,12 @@ TEST(AggregatorTest, ResultsMustCoverTheTasksOfTheirItems) {
   Aggregator aggregator(10, {2, 1}, kNone);
   EXPECT_EQ(aggregator.Add(0, results[0]).code(), absl::StatusCode::kInvalidArgument)
       << "fp32 tensors of one task for an item of two";
-  EXPECT_EQ(aggregator.Add(0, SumOf({results[0]}, 3, kNone, 1)).code(), absl::StatusCode::kInvalidArgument)
+  EXPECT_EQ(aggregator.Add(0, SumOf({results[0]}, 3, kNone)).code(), absl::StatusCode::kInvalidArgument)
       << "a sum of one task for an item of two";
-  EXPECT_EQ(aggregator.Add(0, SumOf({results[0], results[1]}, 4, kNone, 1)).code(),
+  EXPECT_EQ(aggregator.Add(0, SumOf({results[0], results[1]}, 4, kNone)).code(),
             absl::StatusCode::kInvalidArgument)
       << "a sum made for another meta-batch";
-  EXPECT_TRUE(aggregator.Add(0, SumOf({results[0], results[1]}, 3, kNone, 1)).ok());
+  EXPECT_TRUE(aggregator.Add(0, SumOf({results[0], results[1]}, 3, kNone)).ok());
   EXPECT_TRUE(aggregator.Add(1, results[2]).ok());
   EXPECT_TRUE(aggregator.complete());
 }
@@ -201,9 +203,9 @@ TEST(AggregatorTest, ResultsMustCoverTheTasksOfTheirItems) {
 TEST(AggregatorTest, SumsThatLeaveSlotsUncoveredOrOverlapAreRefused) {
   TaskResult one, scalars_only;
   one.delta = torch::ones({2});
-  const TaskResult sum_of_two = SumOf({one, one}, 2, kNone, 2);
-  const TaskResult sum_too_long = SumOf({one, one}, 2, kNone, 3);
-  scalars_only.tensor_items = 0;
+  const TaskResult sum_of_two = SumOf({one, one}, 2, kNone, {1});
+  const TaskResult sum_too_long = SumOf({one, one}, 2, kNone, {1, 2});
+  scalars_only.tensors_elsewhere = true;
   MetaState state;
   state.parameters = torch::zeros({2});
   Aggregator too_long(2, OneTaskEach(2), kNone);
@@ -220,6 +222,67 @@ TEST(AggregatorTest, SumsThatLeaveSlotsUncoveredOrOverlapAreRefused) {
   EXPECT_TRUE(torch::equal(state.parameters, torch::ones({2})));
   state.parameters = torch::zeros({2});
   EXPECT_TRUE(torch::equal(state.parameters, torch::zeros({2})));
+}
+
+// A node's sum covers whichever items its learners were leased, in any
+// order, beside items that come with their own tensors: the same bits as
+// one task per item, whatever arrives first.
+TEST(AggregatorTest, NodeSumsOverScatteredItemsGiveTheSameBitsInAnyArrivalOrder) {
+  const auto results = RandomResults(6, 3000, kMAndV);
+  std::vector<int> order(6);
+  std::iota(order.begin(), order.end(), 0);
+  const MetaState reference = Apply(results, order, kMAndV);
+  // Node A ran items 4, 1 and 3; node B items 0 and 5; item 2 came alone.
+  std::vector<TaskResult> arrived(6);
+  arrived[4] = SumOf({results[4], results[1], results[3]}, 6, kMAndV, {1, 3});
+  arrived[0] = SumOf({results[5], results[0]}, 6, kMAndV, {5});
+  arrived[2] = results[2];
+  for (int item : {1, 3, 5}) arrived[item].tensors_elsewhere = true;
+  std::mt19937 shuffle(11);
+  for (int trial = 0; trial < 6; ++trial) {
+    std::shuffle(order.begin(), order.end(), shuffle);
+    Aggregator aggregator(3000, OneTaskEach(6), kMAndV);
+    for (int item : order) ASSERT_TRUE(aggregator.Add(item, arrived[item]).ok()) << item;
+    MetaState state;
+    state.parameters = torch::linspace(-1, 1, 3000);
+    state.adam_m = torch::zeros({3000});
+    state.adam_v = torch::zeros({3000});
+    ASSERT_TRUE(aggregator.Apply(0.7, 5, &state).ok());
+    EXPECT_TRUE(torch::equal(state.parameters, reference.parameters));
+    EXPECT_TRUE(torch::equal(state.adam_m, reference.adam_m));
+    EXPECT_TRUE(torch::equal(state.adam_v, reference.adam_v));
+  }
+}
+
+TEST(AggregatorTest, ASumOverAnItemAlreadyInOrNamedTwiceIsRefusedAndAddsNothing) {
+  const auto results = RandomResults(3, 10, kNone);
+  Aggregator aggregator(10, OneTaskEach(3), kNone);
+  ASSERT_TRUE(aggregator.Add(2, results[2]).ok());
+  EXPECT_EQ(aggregator.Add(0, SumOf({results[0], results[2]}, 3, kNone, {2})).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "item 2's tensors are in already";
+  EXPECT_EQ(aggregator.Add(0, SumOf({results[0], results[1]}, 3, kNone, {0})).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "a sum that names its own item again";
+  EXPECT_EQ(aggregator.Add(0, SumOf({results[0], results[1]}, 3, kNone, {1, 1})).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "an item named twice";
+  EXPECT_EQ(aggregator.Add(0, SumOf({results[0], results[1]}, 3, kNone, {3})).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "an item outside the batch";
+  TaskResult lying = results[1];
+  lying.tensors_elsewhere = true;
+  EXPECT_EQ(aggregator.Add(1, lying).code(), absl::StatusCode::kInvalidArgument)
+      << "tensors in a result that says they are elsewhere";
+  // Nothing refused was added: the honest sum still fits.
+  ASSERT_TRUE(aggregator.Add(0, SumOf({results[0], results[1]}, 3, kNone, {1})).ok());
+  TaskResult scalars_only;
+  scalars_only.tensors_elsewhere = true;
+  ASSERT_TRUE(aggregator.Add(1, scalars_only).ok());
+  MetaState state;
+  state.parameters = torch::zeros({10});
+  ASSERT_TRUE(aggregator.Apply(1.0, 1, &state).ok());
+  EXPECT_TRUE(torch::allclose(state.parameters, (results[0].delta + results[1].delta + results[2].delta) / 3));
 }
 
 }  // namespace

@@ -127,11 +127,11 @@ TEST_F(DistributedTest, TrainRunsWorkerProcessesOverGrpcOnRequestAndMatchesThrea
   EXPECT_TRUE(absl::StrContains(train->err(), "0 left")) << train->err();
 }
 
-// One worker process with 3 learner threads is 3 workers to the
-// coordinator, with the same parameters, but fetches each round's state
-// once: a round sends one state (θ and Adam's v) and takes in 5 results of
-// the same size.
-TEST_F(DistributedTest, AWorkerWithThreeLearnersFetchesEachStateOnceAndMatchesThreads) {
+// One worker process with 3 learner threads is one node to the
+// coordinator: it fetches each round's state once and sends one upload per
+// reply, its learners' tensors summed. A round of 5 tasks takes in two
+// exact sums (3 tasks, then 2), not 5 results of the state's size.
+TEST_F(DistributedTest, AWorkerWithThreeLearnersFetchesEachStateOnceUploadsSumsAndMatchesThreads) {
   const std::vector<std::string> overrides = OmniglotOverrides(20);
   const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
   const std::string run = TempDir("run");
@@ -140,9 +140,7 @@ TEST_F(DistributedTest, AWorkerWithThreeLearnersFetchesEachStateOnceAndMatchesTh
   ASSERT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
   EXPECT_EQ(worker->ExitCode(30), 0) << worker->err();
   EXPECT_EQ(ParameterSha(coordinator->out()), reference);
-  EXPECT_TRUE(absl::StrContains(coordinator->err(), "#3 at")) << coordinator->err();
-  EXPECT_TRUE(absl::StrContains(coordinator->err(), "3 alive")) << coordinator->err();
-  // The process reports its three learners' work once, as one worker.
+  EXPECT_TRUE(absl::StrContains(coordinator->err(), ", 3 learners) joined; 1 alive")) << coordinator->err();
   EXPECT_EQ(CountOccurrences(worker->err(), "the run is finished (this worker: "), 1) << worker->err();
   std::string last_round;
   for (absl::string_view line : absl::StrSplit(ReadWholeFile(run + "/metrics.jsonl"), '\n'))
@@ -152,7 +150,8 @@ TEST_F(DistributedTest, AWorkerWithThreeLearnersFetchesEachStateOnceAndMatchesTh
     return at == std::string::npos ? int64_t{-1} : std::stoll(last_round.substr(at + name.size() + 3));
   };
   ASSERT_GT(field("bytes_out"), 0) << last_round;
-  EXPECT_EQ(5 * field("bytes_out"), field("bytes_in")) << last_round;
+  EXPECT_GT(field("bytes_in"), field("bytes_out")) << last_round;
+  EXPECT_LT(field("bytes_in"), 3 * field("bytes_out")) << last_round;
 }
 
 TEST_F(DistributedTest, OneWorkerOrSixGiveTheSameParameters) {

@@ -23,12 +23,13 @@ void FaultLedger::Accepted(uint64_t worker) {
   it->second.proven = true;
 }
 
-std::string FaultLedger::Refused(uint64_t worker, std::optional<size_t> item, const std::string& why) {
+std::string FaultLedger::Refused(uint64_t worker, absl::Span<const size_t> items, const std::string& why) {
   auto it = workers_.find(worker);
   const bool member = it != workers_.end();
-  if (item.has_value() && *item < items_.size()) {
-    items_[*item].refused_by.insert(worker);
-    if (member && it->second.proven) items_[*item].faulted_by[worker] = why;
+  for (size_t item : items) {
+    if (item >= items_.size()) continue;
+    items_[item].refused_by.insert(worker);
+    if (member && it->second.proven) items_[item].faulted_by[worker] = why;
   }
   if (!member) return "";
   WorkerFaults& faults = it->second;

@@ -13,10 +13,11 @@
 
 #include <cstdint>
 #include <map>
-#include <optional>
 #include <set>
 #include <string>
 #include <vector>
+
+#include "absl/types/span.h"
 
 namespace reptile {
 
@@ -38,10 +39,11 @@ class FaultLedger {
   // The worker's result was accepted: it is proven, and its run of
   // refusals ends.
   void Accepted(uint64_t worker);
-  // The worker's result was refused for `why`; `item` is the batch item it
-  // was for, if that is still open. Returns why the worker is now at fault
-  // (the caller evicts it, then calls Forget), or empty.
-  std::string Refused(uint64_t worker, std::optional<size_t> item, const std::string& why);
+  // The worker's result was refused for `why`: one refusal of the worker,
+  // however many batch items it answered for; `items` are those of them
+  // still open. Returns why the worker is now at fault (the caller evicts
+  // it, then calls Forget), or empty.
+  std::string Refused(uint64_t worker, absl::Span<const size_t> items, const std::string& why);
   // Why item's task is at fault, or empty; judge it after any eviction
   // that Refused asked for.
   std::string TaskFault(size_t item) const;

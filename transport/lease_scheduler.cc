@@ -4,11 +4,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace reptile {
 
-void LeaseScheduler::AddWorker(uint64_t id, const std::string& name, absl::Time now) {
-  workers_[id] = WorkerRecord{name, now};
+void LeaseScheduler::AddWorker(uint64_t id, const std::string& name, absl::Time now, int learners) {
+  workers_[id] = WorkerRecord{name, now, std::max(1, learners)};
   ledger_.Join(id);
 }
 
@@ -113,23 +114,43 @@ std::optional<absl::Duration> LeaseScheduler::HoardPatience(uint64_t worker) con
 }
 
 std::optional<LeaseScheduler::Grant> LeaseScheduler::Lease(uint64_t worker_id, absl::Time now) {
+  return NextGrant(worker_id, now, std::nullopt);
+}
+
+std::vector<LeaseScheduler::Grant> LeaseScheduler::LeaseForLearners(uint64_t worker_id, absl::Time now) {
+  std::vector<Grant> grants;
+  auto worker = workers_.find(worker_id);
+  const int learners = worker == workers_.end() ? 0 : worker->second.learners;
+  std::optional<int> kind;
+  while (static_cast<int>(grants.size()) < learners) {
+    std::optional<Grant> grant = NextGrant(worker_id, now, kind);
+    if (!grant.has_value()) break;
+    grants.push_back(*grant);
+    kind = items_[grant->item].kind;
+  }
+  return grants;
+}
+
+std::optional<LeaseScheduler::Grant> LeaseScheduler::NextGrant(uint64_t worker_id, absl::Time now,
+                                                               std::optional<int> kind) {
   auto worker = workers_.find(worker_id);
   if (!in_batch_ || worker == workers_.end()) return std::nullopt;
   WorkerRecord& record = worker->second;
-  const int allowed = ledger_.proven(worker_id) ? policy_.max_leases : 1;
+  const int allowed = record.learners * (ledger_.proven(worker_id) ? policy_.max_leases : 1);
   if (record.leases >= allowed) return std::nullopt;
   // Items done by a copy may still sit in the queue.
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [this](size_t i) { return items_[i].done; }),
                  pending_.end());
+  auto fits = [&](size_t i) { return !kind.has_value() || items_[i].kind == *kind; };
   std::optional<size_t> item;
   // A task this worker was refused on goes to others first.
   for (auto it = pending_.begin(); it != pending_.end(); ++it) {
-    if (ledger_.refused(*it, worker_id)) continue;
+    if (ledger_.refused(*it, worker_id) || !fits(*it)) continue;
     item = *it;
     pending_.erase(it);
     break;
   }
-  if (!item.has_value() && !pending_.empty() && workers_.size() == 1) {
+  if (!item.has_value() && !pending_.empty() && workers_.size() == 1 && fits(pending_.front())) {
     item = pending_.front();  // nobody else could do it
     pending_.pop_front();
   }
@@ -141,6 +162,12 @@ std::optional<LeaseScheduler::Grant> LeaseScheduler::Lease(uint64_t worker_id, a
   ++record.leases;
   if (!record.owes_since.has_value()) record.owes_since = now;
   return Grant{id, *item};
+}
+
+int LeaseScheduler::num_learners() const {
+  int learners = 0;
+  for (const auto& [id, worker] : workers_) learners += worker.learners;
+  return learners;
 }
 
 std::optional<size_t> LeaseScheduler::StragglerFor(uint64_t idle_worker, absl::Time now) {
@@ -170,60 +197,78 @@ std::optional<size_t> LeaseScheduler::StragglerFor(uint64_t idle_worker, absl::T
   return oldest->item;
 }
 
-absl::StatusOr<size_t> LeaseScheduler::BeginUpload(uint64_t worker, uint64_t lease_id) {
-  auto it = leases_.find(lease_id);
-  if (it == leases_.end()) return absl::NotFoundError(absl::StrCat("unknown lease ", lease_id));
-  LeaseRecord& lease = it->second;
-  if (lease.worker != worker)
-    return absl::PermissionDeniedError(
-        absl::StrCat("lease ", lease_id, " belongs to worker ", lease.worker, ", not ", worker));
-  if (!in_batch_ || items_[lease.item].done) return absl::AlreadyExistsError("the task is already done");
-  if (lease.uploading)
-    return absl::ResourceExhaustedError(absl::StrCat("an upload for lease ", lease_id, " is already open"));
-  lease.uploading = true;
-  return lease.item;
+absl::StatusOr<std::vector<size_t>> LeaseScheduler::BeginUpload(uint64_t worker,
+                                                                 absl::Span<const uint64_t> lease_ids) {
+  if (lease_ids.empty()) return absl::InvalidArgumentError("an upload must answer for a lease");
+  std::vector<size_t> items;
+  std::set<uint64_t> named;
+  bool duplicate = false;
+  for (uint64_t lease_id : lease_ids) {
+    if (!named.insert(lease_id).second)
+      return absl::InvalidArgumentError(absl::StrCat("lease ", lease_id, " named twice in one upload"));
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end()) return absl::NotFoundError(absl::StrCat("unknown lease ", lease_id));
+    const LeaseRecord& lease = it->second;
+    if (lease.worker != worker)
+      return absl::PermissionDeniedError(
+          absl::StrCat("lease ", lease_id, " belongs to worker ", lease.worker, ", not ", worker));
+    if (lease.uploading)
+      return absl::ResourceExhaustedError(absl::StrCat("an upload for lease ", lease_id, " is already open"));
+    duplicate = duplicate || !in_batch_ || items_[lease.item].done;
+    items.push_back(lease.item);
+  }
+  if (duplicate) return absl::AlreadyExistsError("the task is already done");
+  for (uint64_t lease_id : lease_ids) leases_[lease_id].uploading = true;
+  return items;
 }
 
-absl::StatusOr<size_t> LeaseScheduler::OpenItem(uint64_t lease_id) const {
-  auto it = leases_.find(lease_id);
-  if (it == leases_.end() || !in_batch_ || it->second.item >= items_.size() || items_[it->second.item].done)
-    return absl::FailedPreconditionError(absl::StrCat("lease ", lease_id, ": its task is not open"));
-  return it->second.item;
+absl::StatusOr<std::vector<size_t>> LeaseScheduler::OpenItems(absl::Span<const uint64_t> lease_ids) const {
+  std::vector<size_t> items;
+  for (uint64_t lease_id : lease_ids) {
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end() || !in_batch_ || it->second.item >= items_.size() || items_[it->second.item].done)
+      return absl::FailedPreconditionError(absl::StrCat("lease ", lease_id, ": its task is not open"));
+    items.push_back(it->second.item);
+  }
+  return items;
 }
 
-std::optional<size_t> LeaseScheduler::Accept(uint64_t lease_id, absl::Time now) {
-  auto it = leases_.find(lease_id);
-  if (it == leases_.end()) return std::nullopt;
-  LeaseRecord& lease = it->second;
-  lease.uploading = false;
-  const bool current = in_batch_ && lease.item < items_.size();
-  auto worker = workers_.find(lease.worker);
-  if (!current || items_[lease.item].done) {
-    Deactivate(lease);
-    return std::nullopt;
+int LeaseScheduler::Accept(absl::Span<const uint64_t> lease_ids, absl::Time now) {
+  int completed = 0;
+  std::optional<uint64_t> worker_id;
+  for (uint64_t lease_id : lease_ids) {
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end()) continue;
+    LeaseRecord& lease = it->second;
+    lease.uploading = false;
+    worker_id = lease.worker;
+    if (!in_batch_ || lease.item >= items_.size() || items_[lease.item].done) {
+      Deactivate(lease);
+      continue;
+    }
+    ++completed;
+    ItemRecord& item = items_[lease.item];
+    item.done = true;
+    --remaining_;
+    const absl::Duration took = now - lease.granted;
+    auto typical = typical_.find(item.kind);
+    if (typical == typical_.end()) {
+      typical_[item.kind] = took;
+    } else {
+      typical->second = 0.9 * typical->second + 0.1 * took;
+    }
+    // Every lease of the item ends: a copy still running is not waited for.
+    for (auto& [id, other] : leases_)
+      if (other.item == lease.item) Deactivate(other);
   }
-  if (worker != workers_.end()) {
-    ledger_.Accepted(lease.worker);
-    worker->second.late_in_a_row = 0;
-  }
-  ItemRecord& item = items_[lease.item];
-  item.done = true;
-  --remaining_;
-  const absl::Duration took = now - lease.granted;
-  auto typical = typical_.find(item.kind);
-  if (typical == typical_.end()) {
-    typical_[item.kind] = took;
-  } else {
-    typical->second = 0.9 * typical->second + 0.1 * took;
-  }
-  // Every lease of the item ends: a copy still running is not waited for.
-  for (auto& [id, other] : leases_)
-    if (other.item == lease.item) Deactivate(other);
-  if (worker != workers_.end()) {
+  auto worker = worker_id.has_value() ? workers_.find(*worker_id) : workers_.end();
+  if (completed > 0 && worker != workers_.end()) {
+    ledger_.Accepted(*worker_id);
     WorkerRecord& record = worker->second;
+    record.late_in_a_row = 0;
     record.owes_since = record.leases > 0 ? std::optional<absl::Time>(now) : std::nullopt;
   }
-  return lease.item;
+  return completed;
 }
 
 const char* RefusalReasonLabel(RefusalReason reason) {
@@ -238,33 +283,40 @@ const char* RefusalReasonLabel(RefusalReason reason) {
   }
 }
 
-void LeaseScheduler::Refuse(uint64_t lease_id, const std::string& refusal, RefusalReason reason) {
-  auto it = leases_.find(lease_id);
-  if (it == leases_.end()) return;
-  LeaseRecord& lease = it->second;
-  lease.uploading = false;
+void LeaseScheduler::Refuse(absl::Span<const uint64_t> lease_ids, const std::string& refusal,
+                            RefusalReason reason) {
+  std::optional<uint64_t> worker_id;
+  std::vector<size_t> open_items;
+  for (uint64_t lease_id : lease_ids) {
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end()) continue;
+    it->second.uploading = false;
+    worker_id = it->second.worker;
+    const size_t item = it->second.item;
+    if (in_batch_ && item < items_.size() && !items_[item].done) open_items.push_back(item);
+  }
+  if (!worker_id.has_value()) return;
   ++counters_.results_refused;
   ++counters_.results_refused_by_reason[RefusalReasonLabel(reason)];
-  const uint64_t worker_id = lease.worker;
-  const size_t item_index = lease.item;
-  Event(absl::StrCat("result of task ", item_index, " from worker ", worker_id, " refused: ", refusal));
-  const bool current = in_batch_ && item_index < items_.size() && !items_[item_index].done;
-  const std::string worker_fault =
-      ledger_.Refused(worker_id, current ? std::optional<size_t>(item_index) : std::nullopt, refusal);
-  Redo(lease_id, absl::StrCat("its result was refused: ", refusal));
-  auto worker = workers_.find(worker_id);
+  Event(absl::StrCat("result of task", open_items.size() == 1 ? " " : "s ", absl::StrJoin(open_items, ", "),
+                     " from worker ", *worker_id, " refused: ", refusal));
+  const std::string worker_fault = ledger_.Refused(*worker_id, open_items, refusal);
+  for (uint64_t lease_id : lease_ids) Redo(lease_id, absl::StrCat("its result was refused: ", refusal));
+  auto worker = workers_.find(*worker_id);
   // It answered; refusals are counted apart.
   if (worker != workers_.end() && worker->second.leases == 0) worker->second.owes_since.reset();
-  if (!worker_fault.empty()) Evict(worker_id, worker_fault);
+  if (!worker_fault.empty()) Evict(*worker_id, worker_fault);
   // Judged after the eviction, which takes back this refusal too.
-  if (current && failure_.empty()) failure_ = ledger_.TaskFault(item_index);
+  for (size_t item : open_items)
+    if (failure_.empty()) failure_ = ledger_.TaskFault(item);
 }
 
-void LeaseScheduler::Duplicate(uint64_t worker_id, uint64_t lease_id) {
-  auto lease = leases_.find(lease_id);
-  if (lease != leases_.end()) {
+void LeaseScheduler::Duplicate(uint64_t worker_id, absl::Span<const uint64_t> lease_ids) {
+  for (uint64_t lease_id : lease_ids) {
+    auto lease = leases_.find(lease_id);
+    if (lease == leases_.end()) continue;
     lease->second.uploading = false;
-    Deactivate(lease->second);
+    Redo(lease_id, "it was summed with a task done elsewhere");  // only those still open go again
   }
   auto worker = workers_.find(worker_id);
   if (worker == workers_.end()) return;
@@ -275,13 +327,15 @@ void LeaseScheduler::Duplicate(uint64_t worker_id, uint64_t lease_id) {
                                   " results in a row came after their task was done by another worker"));
 }
 
-void LeaseScheduler::Lost(uint64_t lease_id) {
-  auto it = leases_.find(lease_id);
-  if (it == leases_.end()) return;
-  it->second.uploading = false;
-  Redo(lease_id, "its upload was cut off");
-  auto worker = workers_.find(it->second.worker);
-  if (worker != workers_.end() && worker->second.leases == 0) worker->second.owes_since.reset();
+void LeaseScheduler::Lost(absl::Span<const uint64_t> lease_ids) {
+  for (uint64_t lease_id : lease_ids) {
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end()) continue;
+    it->second.uploading = false;
+    Redo(lease_id, "its upload was cut off");
+    auto worker = workers_.find(it->second.worker);
+    if (worker != workers_.end() && worker->second.leases == 0) worker->second.owes_since.reset();
+  }
 }
 
 void LeaseScheduler::Tick(absl::Time now) {

@@ -5,8 +5,11 @@
 // clock. Not thread-safe; the transport serializes calls under its lock.
 //
 // The policy (docs/security.md says it to users):
-//  - A worker holds at most one lease until it has returned an accepted
-//    result, then at most `max_leases` (prefetch), with one upload per lease.
+//  - A worker holds at most one lease per learner until it has returned an
+//    accepted result, then at most `max_leases` per learner (prefetch), with
+//    one upload per lease. A node's upload may answer for several of its
+//    leases (one sum): it is accepted, refused or lost as a whole, and a
+//    refusal counts once against the node and once against each task.
 //  - A refused result (bad sizes, NaN/Inf, truncated stream, a learner error
 //    the worker reports) is a failed attempt, judged by the FaultLedger
 //    (fault_ledger.h) that the shared-memory runtime uses too: a task
@@ -39,6 +42,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "transport/fault_ledger.h"
 
 namespace reptile {
@@ -83,13 +87,17 @@ class LeaseScheduler {
       : policy_(policy), ledger_(policy.max_task_attempts, policy.evict_after_refusals) {}
 
   // Worker membership. `id` is chosen by the caller and must be new.
-  void AddWorker(uint64_t id, const std::string& name, absl::Time now);
+  // `learners`: how many items the worker runs at once (a node's learner
+  // threads); its share of leases is that many times the policy's.
+  void AddWorker(uint64_t id, const std::string& name, absl::Time now, int learners = 1);
   // Marks the worker alive. NotFound if unknown (never joined, dropped, or
   // of another coordinator: join again); PermissionDenied if evicted.
   absl::Status Touch(uint64_t id, absl::Time now);
   // The worker left (or its connection is gone); its leases are redone.
   void RemoveWorker(uint64_t id, const std::string& why);
   int num_workers() const { return static_cast<int>(workers_.size()); }
+  // Their learners, all told.
+  int num_learners() const;
   // When a worker was last dropped for silence (InfinitePast: never): it may
   // be in an outage that is about to pass.
   absl::Time last_lost() const { return last_lost_; }
@@ -111,30 +119,39 @@ class LeaseScheduler {
   // The next item for `worker`: a pending one, or a straggler's copy; none
   // if it holds its share of leases or there is nothing to do.
   std::optional<Grant> Lease(uint64_t worker, absl::Time now);
+  // Up to one item per learner of `worker`, as Lease() gives them, all of
+  // the first one's kind.
+  std::vector<Grant> LeaseForLearners(uint64_t worker, absl::Time now);
   // True while the batch has items nobody holds (workers asking should wait
   // only when false).
   bool has_pending() const { return in_batch_ && !pending_.empty(); }
 
-  // The item of `lease` if `worker` may upload its result now; marks the
-  // upload open. NotFound: unknown lease; PermissionDenied: another
-  // worker's; AlreadyExists: the item is done (a duplicate);
-  // ResourceExhausted: an upload for this lease is already open.
-  absl::StatusOr<size_t> BeginUpload(uint64_t worker, uint64_t lease);
-  // The item of `lease` while the batch is on and the item not yet done
-  // (its result may still be taken); FailedPrecondition otherwise.
-  absl::StatusOr<size_t> OpenItem(uint64_t lease) const;
-  // Closes the upload of `lease` with its result accepted. Returns the item
-  // if this is the first result for it (use it), none for a duplicate.
-  std::optional<size_t> Accept(uint64_t lease, absl::Time now);
-  // Closes the upload of `lease` with its result refused for `refusal`; the
-  // attempt counts against the task and the worker. `reason` only labels
-  // the refusal in the counters.
-  void Refuse(uint64_t lease, const std::string& refusal,
+  // An upload answers for one or more of a worker's leases at once (a
+  // node's learners send one sum), all or none of them.
+
+  // The items of `leases` if `worker` may upload their result now; marks
+  // the upload open. NotFound: an unknown lease; PermissionDenied: another
+  // worker's; AlreadyExists: an item is done (a duplicate);
+  // ResourceExhausted: an upload for a lease is already open;
+  // InvalidArgument: none, or a lease named twice.
+  absl::StatusOr<std::vector<size_t>> BeginUpload(uint64_t worker, absl::Span<const uint64_t> leases);
+  // The items of `leases` while the batch is on and none of them is done
+  // yet (their results may still be taken); FailedPrecondition otherwise.
+  absl::StatusOr<std::vector<size_t>> OpenItems(absl::Span<const uint64_t> leases) const;
+  // Closes the upload of `leases` with its result accepted. Returns how many
+  // of their items this result completes (0: a duplicate; use it only when
+  // all).
+  int Accept(absl::Span<const uint64_t> leases, absl::Time now);
+  // Closes the upload of `leases` with its result refused for `refusal`: one
+  // refusal of the worker, a failed attempt at each of their tasks, which
+  // are redone. `reason` only labels the refusal in the counters.
+  void Refuse(absl::Span<const uint64_t> leases, const std::string& refusal,
               RefusalReason reason = RefusalReason::kInvalidResult);
-  // `worker` delivered a result for `lease` after its task was done.
-  void Duplicate(uint64_t worker, uint64_t lease);
+  // `worker` delivered a result for `leases` after one of their tasks was
+  // done; the others are redone without blame.
+  void Duplicate(uint64_t worker, absl::Span<const uint64_t> leases);
   // Closes an upload cut off in transit; it counts against nobody.
-  void Lost(uint64_t lease);
+  void Lost(absl::Span<const uint64_t> leases);
 
   // Timeouts: drops silent workers, redoes expired leases, copies
   // stragglers' work on demand (in Lease), evicts hoarders.
@@ -150,6 +167,7 @@ class LeaseScheduler {
   struct WorkerRecord {
     std::string name;
     absl::Time last_seen;
+    int learners = 1;
     int late_in_a_row = 0;           // results that came after their task was done
     int leases = 0;                  // active leases held
     // Since when it has owed a result: set by a lease taken while owing
@@ -171,6 +189,8 @@ class LeaseScheduler {
   };
 
   void Event(std::string line) { events_.push_back(std::move(line)); }
+  // Lease()'s work, restricted to items of `kind` when given.
+  std::optional<Grant> NextGrant(uint64_t worker, absl::Time now, std::optional<int> kind);
   void Deactivate(LeaseRecord& lease);
   // Ends an active lease early and queues its item again unless done.
   void Redo(uint64_t lease_id, const std::string& why);

@@ -40,6 +40,8 @@ constexpr int kTrimEveryTicks = 20;  // of kReapEvery: every 2 s
 // A chunk and its framing; nothing a worker sends needs more.
 constexpr size_t kMaxMessageBytes = kChunkBytes + (64 << 10);
 constexpr int kMaxStreamsPerConnection = 16;
+// As `reptile worker --learners` allows.
+constexpr uint32_t kMaxLearnersPerWorker = 1024;
 // Result streams one host may hold open before their header has come (each
 // pins a server thread until then); more are refused at once.
 constexpr int kMaxStreamsAwaitingHeaderPerHost = 16;
@@ -351,6 +353,10 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
                      absl::StrCat("worker's model layout fingerprint ", Printable(request->layout_fingerprint(), 16),
                                   " differs from the coordinator's ", board_->layout_fingerprint.substr(0, 16),
                                   ": run the same reptile version on both"));
+    if (request->learners() > kMaxLearnersPerWorker)
+      return Refusal(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("a worker of ", request->learners(),
+                                                                      " learners; at most ", kMaxLearnersPerWorker));
+    const int learners = std::max<int>(1, static_cast<int>(request->learners()));
     const std::string name = Printable(request->worker_name(), 64);
     std::string line;
     {
@@ -364,12 +370,13 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
       // worker of this one.
       uint64_t id = 0;
       while (id == 0 || scheduler.has_worker(id)) id = board_->id_generator();
-      scheduler.AddWorker(id, name, absl::Now());
-      line = absl::StrCat("worker ", id, " (", name, " at ", Printable(context->peer(), 64), ") joined; ",
+      scheduler.AddWorker(id, name, absl::Now(), learners);
+      line = absl::StrCat("worker ", id, " (", name, " at ", Printable(context->peer(), 64),
+                          learners > 1 ? absl::StrCat(", ", learners, " learners") : "", ") joined; ",
                           scheduler.num_workers(), " alive");
-      if (scheduler.num_workers() > TrainingItemsPerRound(board_->config) && !board_->warned_idle) {
+      if (scheduler.num_learners() > TrainingItemsPerRound(board_->config) && !board_->warned_idle) {
         board_->warned_idle = true;
-        absl::StrAppend(&line, "\nWARNING: ", IdleWorkersWarning(scheduler.num_workers(), board_->config));
+        absl::StrAppend(&line, "\nWARNING: ", IdleWorkersWarning(scheduler.num_learners(), board_->config));
       }
       reply->set_worker_id(id);
     }
@@ -440,7 +447,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     // may not take (its share of leases is out, or it was refused on it) is
     // looked at again every kRecheck, not in a spin.
     const absl::Time until = absl::Now() + kLongPoll;
-    std::optional<LeaseScheduler::Grant> grant;
+    std::vector<LeaseScheduler::Grant> grants;
     while (true) {
       b.mu.AwaitWithDeadline(absl::Condition(&b, &Board::WorkOrNews), until);
       if (b.finished) {
@@ -451,20 +458,25 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
       // keep retrying and join the next one.
       if (b.shutting_down) return Refusal(grpc::StatusCode::UNAVAILABLE, "the coordinator is stopping");
       if (absl::Status s = b.scheduler.Touch(worker, absl::Now()); !s.ok()) return ToGrpc(s);
-      if (b.snapshot != nullptr) grant = b.scheduler.Lease(worker, absl::Now());
-      if (grant.has_value() || absl::Now() >= until) break;
+      if (b.snapshot != nullptr) grants = b.scheduler.LeaseForLearners(worker, absl::Now());
+      if (!grants.empty() || absl::Now() >= until) break;
       b.mu.AwaitWithTimeout(absl::Condition(&b, &Board::Stopping), kRecheck);
     }
-    if (!grant.has_value()) {
+    if (grants.empty()) {
       reply->set_kind(WorkReply::WAIT);
       return grpc::Status::OK;
     }
     b.stats.tasks_in_flight = std::max(b.stats.tasks_in_flight, b.scheduler.active_leases());
-    const WorkItem& work = (*b.items)[grant->item];
+    const WorkItem& work = (*b.items)[grants[0].item];
     reply->set_kind(work.kind == WorkKind::kTrain ? WorkReply::TRAIN : WorkReply::EVALUATE);
-    reply->set_lease_id(grant->lease);
+    reply->set_lease_id(grants[0].lease);
     reply->set_state_version(b.snapshot->version);
     for (const TaskSpec& task : work.tasks) *reply->add_tasks() = task;
+    for (size_t k = 1; k < grants.size(); ++k) {
+      LeasedItem* more = reply->add_more_items();
+      more->set_lease_id(grants[k].lease);
+      for (const TaskSpec& task : (*b.items)[grants[k].item].tasks) *more->add_tasks() = task;
+    }
     return grpc::Status::OK;
   }
 
@@ -476,7 +488,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     if (std::optional<grpc::Status> ended = OpenUpload(context, header, reply, &upload)) return *ended;
     const bool folder_allowed = !board_->shared_folder.empty() && OverUnixSocket(*context);
     absl::StatusOr<TaskResult> result =
-        ReadResult(header, *upload.work, *upload.snapshot, reader, upload.stream, folder_allowed);
+        ReadResult(header, upload.expected, *upload.snapshot, reader, upload.stream, folder_allowed);
     return Deliver(context, header, std::move(result), upload, reply);
   }
 
@@ -520,8 +532,12 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
   // What an upload that may go on reads against.
   struct Upload {
     std::shared_ptr<const Snapshot> snapshot;
-    const WorkItem* work = nullptr;  // b.items outlives the batch's uploads
-    uint64_t stream = 0;             // its registration with the reaper
+    std::vector<uint64_t> leases;  // the header's, then its node_items'
+    std::vector<size_t> items;     // theirs
+    // What the upload's tensors must cover: the kind of its items and all
+    // of their tasks.
+    WorkItem expected;
+    uint64_t stream = 0;  // its registration with the reaper
   };
 
   // Checks `header` against the scheduler: the call's answer if it ends
@@ -540,70 +556,103 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
                      absl::StrCat("stale result: lease ", header.lease_id(), " ran on state version ",
                                   header.state_version(), "; the current one is ",
                                   b.snapshot ? b.snapshot->version : 0));
-    absl::StatusOr<size_t> item = scheduler.BeginUpload(header.worker_id(), header.lease_id());
-    if (absl::IsAlreadyExists(item.status())) {
-      scheduler.Duplicate(header.worker_id(), header.lease_id());
+    std::vector<uint64_t> leases = {header.lease_id()};
+    for (const NodeItem& item : header.node_items()) leases.push_back(item.lease_id());
+    absl::StatusOr<std::vector<size_t>> items = scheduler.BeginUpload(header.worker_id(), leases);
+    if (absl::IsAlreadyExists(items.status())) {
+      scheduler.Duplicate(header.worker_id(), leases);
       reply->set_duplicate(true);
       return grpc::Status::OK;
     }
-    if (!item.ok()) return ToGrpc(item.status());
+    if (!items.ok()) return ToGrpc(items.status());
     if (!header.error().empty()) {
-      scheduler.Refuse(header.lease_id(), absl::StrCat("the worker failed: ", Printable(header.error(), 300)),
+      scheduler.Refuse(leases, absl::StrCat("the worker failed: ", Printable(header.error(), 300)),
                        RefusalReason::kWorkerError);
       return grpc::Status::OK;
     }
+    upload->expected.kind = (*b.items)[(*items)[0]].kind;
+    for (size_t item : *items) {
+      const WorkItem& work = (*b.items)[item];
+      if (work.kind != upload->expected.kind) {
+        scheduler.Refuse(leases, "one upload for training and evaluation items");
+        return Refusal(grpc::StatusCode::INVALID_ARGUMENT, "one upload for training and evaluation items");
+      }
+      upload->expected.tasks.insert(upload->expected.tasks.end(), work.tasks.begin(), work.tasks.end());
+    }
     upload->snapshot = b.snapshot;
-    upload->work = &(*b.items)[*item];
-    upload->stream = b.OpenStreamFor(context, ExpectedBytes(header, *upload->work, *upload->snapshot));
+    upload->leases = std::move(leases);
+    upload->items = *std::move(items);
+    upload->stream = b.OpenStreamFor(context, ExpectedBytes(header, upload->expected, *upload->snapshot));
     return std::nullopt;
   }
 
-  // Hands a result that was read to the round engine and tells the
-  // scheduler how it went. A result counts as accepted once the engine has
-  // taken it: one at a time, and only while its batch is on and its item
-  // still open.
+  // Hands a result that was read to the round engine, one item at a time,
+  // and tells the scheduler how it went. A node's upload goes as its first
+  // item's result, holding the sums over all of them, and the others'
+  // scalars. A result counts as accepted once the engine has taken it: one
+  // at a time, and only while its batch is on and its items still open.
   grpc::Status Deliver(grpc::ServerContext* context, const ResultHeader& header, absl::StatusOr<TaskResult> result,
                        const Upload& upload, SubmitReply* reply) {
     Board& b = *board_;
     absl::MutexLock take_lock(&b.take_mu);
     const ResultSink* take = nullptr;
-    size_t item = 0;
-    const uint64_t lease = header.lease_id();
     {
       absl::MutexLock lock(&b.mu);
       const bool cut_off = b.CloseStream(upload.stream);
       if (!result.ok()) {
         if (cut_off) {
-          b.scheduler.Refuse(lease, "upload too slow; cut off", RefusalReason::kUploadTooSlow);
+          b.scheduler.Refuse(upload.leases, "upload too slow; cut off", RefusalReason::kUploadTooSlow);
           return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "upload too slow; cut off");
         }
         if (context->IsCancelled()) {
-          b.scheduler.Lost(lease);
+          b.scheduler.Lost(upload.leases);
           return Refusal(grpc::StatusCode::CANCELLED, "upload cut off in transit");
         }
-        b.scheduler.Refuse(lease, std::string(result.status().message()));
+        b.scheduler.Refuse(upload.leases, std::string(result.status().message()));
         return ToGrpc(result.status());
       }
       if (b.snapshot != upload.snapshot)
         return Refusal(grpc::StatusCode::FAILED_PRECONDITION, "stale result: the batch ended while it arrived");
-      absl::StatusOr<size_t> open = b.scheduler.OpenItem(lease);
-      if (!open.ok()) {
-        b.scheduler.Accept(lease, absl::Now());  // closes the upload of a duplicate
+      if (!b.scheduler.OpenItems(upload.leases).ok()) {
+        b.scheduler.Accept(upload.leases, absl::Now());  // closes the upload of a duplicate
         reply->set_duplicate(true);
         return grpc::Status::OK;
       }
       take = b.take;
-      item = *open;
     }
-    const absl::Status taken = (*take)(item, *std::move(result));
+    std::vector<TaskResult> per_item = SplitNodeResult(header, *std::move(result), upload);
+    absl::Status taken = absl::OkStatus();
+    for (size_t k = 0; k < per_item.size() && taken.ok(); ++k)
+      taken = (*take)(upload.items[k], std::move(per_item[k]));
     absl::MutexLock lock(&b.mu);
     if (!taken.ok()) {
-      const std::string why = absl::StrCat("lease ", lease, ": ", taken.message());
-      b.scheduler.Refuse(lease, why);
+      const std::string why = absl::StrCat("lease ", header.lease_id(), ": ", taken.message());
+      b.scheduler.Refuse(upload.leases, why);
       return Refusal(grpc::StatusCode::INVALID_ARGUMENT, why);
     }
-    b.scheduler.Accept(lease, absl::Now());
+    b.scheduler.Accept(upload.leases, absl::Now());
     return grpc::Status::OK;
+  }
+
+  // One result per item of `upload`: the first holds the decoded tensors,
+  // summed over the items of its training work, the others their own
+  // scalars from the header's node_items.
+  static std::vector<TaskResult> SplitNodeResult(const ResultHeader& header, TaskResult result, const Upload& upload) {
+    std::vector<TaskResult> per_item;
+    const bool train = upload.expected.kind == WorkKind::kTrain;
+    for (int k = 1; k < static_cast<int>(upload.items.size()); ++k) {
+      const NodeItem& node_item = header.node_items(k - 1);
+      TaskResult& scalars = per_item.emplace_back();
+      scalars.loss = node_item.loss();
+      scalars.correct = node_item.correct();
+      scalars.correct_inductive = node_item.correct_inductive();
+      scalars.predictions = node_item.predictions();
+      scalars.compute_seconds = node_item.compute_seconds();
+      scalars.tensors_elsewhere = train;
+      if (train) result.summed_with.push_back(static_cast<int>(upload.items[k]));
+    }
+    per_item.insert(per_item.begin(), std::move(result));
+    return per_item;
   }
 
   // Bytes a result for `work` must carry, decided by the coordinator.

@@ -22,7 +22,9 @@ namespace reptile {
 // 2: a state or result says whether Adam's m is in it (has_first_moment).
 // 3: work items of several tasks, whose results are exact sums.
 // 4: states and results as files in a shared folder, over the Unix socket.
-inline constexpr uint32_t kProtocolVersion = 5;
+// 5: a TORCHSCRIPT run's model goes to workers (FetchModel, model_sha256).
+// 6: a node's learners: several leases per reply, one upload (one sum) for them.
+inline constexpr uint32_t kProtocolVersion = 6;
 
 // Why `workers` workers for the training items of `config`'s rounds waste cores.
 std::string IdleWorkersWarning(int workers, const ExperimentConfig& config);

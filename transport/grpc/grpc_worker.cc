@@ -79,25 +79,121 @@ absl::Status HoldModel(CoordinatorClient& client, Backoff& backoff, absl::Notifi
 
 }  // namespace
 
-// The meta-state the worker's learners last ran on, fetched by whichever
-// needed it first and shared by all of them.
-struct GrpcWorker::StateCache {
-  absl::Mutex mu;  // held while a learner fetches: the others wait for its copy
-  uint64_t incarnation ABSL_GUARDED_BY(mu) = 0, version ABSL_GUARDED_BY(mu) = 0;
-  std::shared_ptr<const MetaState> state ABSL_GUARDED_BY(mu);  // null: none yet
+// A node's learners, one thread each, running one item apiece at once:
+// learner 0 on the caller's thread, the others on threads that live as long
+// as the crew.
+class LearnerCrew {
+ public:
+  explicit LearnerCrew(std::vector<std::unique_ptr<Learner>> learners) : learners_(std::move(learners)) {
+    for (size_t k = 1; k < learners_.size(); ++k)
+      threads_.emplace_back([this, k] {
+        NameThisThread("learner");
+        Serve(k);
+      });
+  }
+  ~LearnerCrew() {
+    {
+      absl::MutexLock lock(&mu_);
+      closing_ = true;
+    }
+    for (std::thread& thread : threads_) thread.join();
+  }
+
+  int size() const { return static_cast<int>(learners_.size()); }
+  const Learner& first() const { return *learners_[0]; }
+
+  struct Outcome {
+    absl::StatusOr<TaskResult> result = absl::UnknownError("not run");
+    std::chrono::steady_clock::duration took{};
+  };
+  // Runs items[k] on learner k, all at once; at most size() items.
+  std::vector<Outcome> Run(const MetaState& state, const std::vector<WorkItem>& items) {
+    {
+      absl::MutexLock lock(&mu_);
+      state_ = &state;
+      items_ = &items;
+      outcomes_.assign(items.size(), Outcome());
+      outstanding_ = static_cast<int>(items.size()) - 1;
+      ++generation_;
+    }
+    Outcome first = RunOne(0, state, items[0]);
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](int* outstanding) { return *outstanding == 0; }, &outstanding_));
+    outcomes_[0] = std::move(first);
+    return std::move(outcomes_);
+  }
+
+ private:
+  Outcome RunOne(size_t k, const MetaState& state, const WorkItem& item) {
+    const auto started = std::chrono::steady_clock::now();
+    Outcome outcome;
+    outcome.result = learners_[k]->Run(state, item);
+    outcome.took = std::chrono::steady_clock::now() - started;
+    return outcome;
+  }
+
+  void Serve(size_t k) {
+    uint64_t seen = 0;
+    while (true) {
+      const MetaState* state = nullptr;
+      const WorkItem* item = nullptr;
+      {
+        absl::MutexLock lock(&mu_);
+        auto news = [this, &seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closing_ || generation_ != seen; };
+        mu_.Await(absl::Condition(&news));
+        if (closing_) return;
+        seen = generation_;
+        if (k >= items_->size()) continue;
+        state = state_;
+        item = &(*items_)[k];
+      }
+      Outcome outcome = RunOne(k, *state, *item);
+      absl::MutexLock lock(&mu_);
+      outcomes_[k] = std::move(outcome);
+      --outstanding_;
+    }
+  }
+
+  std::vector<std::unique_ptr<Learner>> learners_;
+  std::vector<std::thread> threads_;
+  absl::Mutex mu_;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // one per Run()
+  const MetaState* state_ ABSL_GUARDED_BY(mu_) = nullptr;
+  const std::vector<WorkItem>* items_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<Outcome> outcomes_ ABSL_GUARDED_BY(mu_);
+  int outstanding_ ABSL_GUARDED_BY(mu_) = 0;  // items on the crew's threads still running
 };
 
-// One learner's membership of the run: its learner, its worker id, its
-// heartbeat and its uploads, over the worker's one connection.
+// The leases of one reply: the reply's own, then those for the node's other
+// learners.
+struct Leases {
+  std::vector<uint64_t> ids;
+  std::vector<WorkItem> items;
+};
+
+Leases LeasesOf(const WorkReply& work) {
+  Leases leases;
+  const WorkKind kind = work.kind() == WorkReply::TRAIN ? WorkKind::kTrain : WorkKind::kEvaluate;
+  leases.ids.push_back(work.lease_id());
+  leases.items.push_back(WorkItem{kind, {work.tasks().begin(), work.tasks().end()}});
+  for (const LeasedItem& more : work.more_items()) {
+    leases.ids.push_back(more.lease_id());
+    leases.items.push_back(WorkItem{kind, {more.tasks().begin(), more.tasks().end()}});
+  }
+  return leases;
+}
+
+// The node's membership of the run: its learners, its worker id, its
+// heartbeat and its uploads, over one connection.
 struct GrpcWorker::Session {
   Options* options;
-  std::string name;  // in the coordinator's log: the worker's, numbered when it has several learners
   absl::Notification* stop;
   Counters* counters;
   CoordinatorClient* client;
-  StateCache* cache;
   ExperimentConfig config;
-  std::unique_ptr<Learner> learner;
+  std::unique_ptr<LearnerCrew> crew;
   uint64_t worker_id = 0;
   uint64_t incarnation = 0;
   std::atomic<uint64_t> heartbeat_id{0};
@@ -106,7 +202,9 @@ struct GrpcWorker::Session {
   // shared folder and it is the folder of the Unix socket this worker
   // reached it on; else empty (everything on the streams).
   std::string shared_folder;
-  std::shared_ptr<const MetaState> state;  // what the learner runs on
+  // The state the learners last ran on, and whose it is.
+  std::shared_ptr<const MetaState> state;
+  uint64_t state_incarnation = 0, state_version = 0;
   bool announced_outage = false;
   bool run_finished = false;  // Serve() returned because the run is over
 
@@ -165,11 +263,12 @@ struct GrpcWorker::Session {
   // Joins (again); OK with worker_id set, or a refusal that is final.
   absl::Status Join(Backoff& backoff) {
     JoinRequest request;
-    request.set_worker_name(name);
+    request.set_worker_name(options->name);
+    request.set_learners(crew->size());
     request.set_protocol_version(kProtocolVersion);
     request.set_config_fingerprint(ConfigFingerprint(config));
     request.set_model_sha256(config.model().torchscript_sha256());
-    request.set_layout_fingerprint(LayoutFingerprint(learner->layout()));
+    request.set_layout_fingerprint(LayoutFingerprint(crew->first().layout()));
     ASSIGN_OR_RETURN(JoinReply reply, UntilAnswered<JoinReply>([&] { return client->Join(request); }, backoff));
     RemoveResultFile();  // of the membership before, if any
     worker_id = reply.worker_id();
@@ -202,26 +301,21 @@ struct GrpcWorker::Session {
 
   // The version of the state this process holds for this membership's
   // coordinator (0: none).
-  uint64_t HeldStateVersion() {
-    absl::MutexLock lock(&cache->mu);
-    return cache->state != nullptr && cache->incarnation == incarnation ? cache->version : 0;
+  uint64_t HeldStateVersion() const {
+    return state != nullptr && state_incarnation == incarnation ? state_version : 0;
   }
 
-  // The state of `work`'s lease: cached, read from the shared folder when
-  // the lease names it there, or fetched. Transient failures are retried a
-  // few times; NotFound means join again, FailedPrecondition that the batch
+  // The state of `work`'s lease: held, read from the shared folder when the
+  // lease names it there, or fetched. Transient failures are retried a few
+  // times; NotFound means join again, FailedPrecondition that the batch
   // ended, Cancelled that the worker stopped first. OK only with the state
   // in hand.
   absl::Status EnsureState(const WorkReply& work, Backoff& backoff) {
     const uint64_t version = work.state_version();
-    absl::MutexLock lock(&cache->mu);
-    if (cache->state != nullptr && cache->incarnation == incarnation && cache->version == version) {
-      state = cache->state;
-      return absl::OkStatus();
-    }
+    if (HeldStateVersion() == version && version != 0) return absl::OkStatus();
+    const int64_t numel = crew->first().num_parameters();
     if (work.has_folder_state() && !shared_folder.empty()) {
-      absl::StatusOr<MetaState> read = ReadFolderState(work.folder_state(), version, learner->num_parameters(),
-                                                       moments(), shared_folder);
+      absl::StatusOr<MetaState> read = ReadFolderState(work.folder_state(), version, numel, moments(), shared_folder);
       if (read.ok()) {
         Keep(*std::move(read), version);
         return absl::OkStatus();
@@ -232,8 +326,7 @@ struct GrpcWorker::Session {
     }
     absl::Status status = absl::CancelledError("stopped before the state was fetched");
     for (int attempt = 0; attempt < 3 && !stop->HasBeenNotified(); ++attempt) {
-      absl::StatusOr<MetaState> fetched =
-          client->FetchState(worker_id, version, learner->num_parameters(), moments(), shared_folder);
+      absl::StatusOr<MetaState> fetched = client->FetchState(worker_id, version, numel, moments(), shared_folder);
       if (fetched.ok()) {
         Keep(*std::move(fetched), version);
         return absl::OkStatus();
@@ -245,15 +338,15 @@ struct GrpcWorker::Session {
     return status;
   }
 
-  void Keep(MetaState fetched, uint64_t version) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cache->mu) {
+  void Keep(MetaState fetched, uint64_t version) {
     state = std::make_shared<const MetaState>(std::move(fetched));
-    cache->state = state;
-    cache->incarnation = incarnation;
-    cache->version = version;
+    state_incarnation = incarnation;
+    state_version = version;
   }
 
-  // The work loop of one membership. Returns OK when the run is finished or
-  // the worker stops, NotFound when it must join again, or a final error
+  // The work loop of one membership: a reply's items run on the learners
+  // at once, and go back as one upload. Returns OK when the run is finished
+  // or the worker stops, NotFound when it must join again, or a final error
   // (PermissionDenied: evicted).
   absl::Status Work(Backoff& backoff, bool* finished) {
     auto idle_since = std::chrono::steady_clock::now();
@@ -275,39 +368,51 @@ struct GrpcWorker::Session {
         return absl::OkStatus();
       }
       if (work->kind() == WorkReply::WAIT) continue;
+      Leases leases = LeasesOf(*work);
       absl::Status fetched = EnsureState(*work, backoff);
-      if (stop->HasBeenNotified()) break;  // the lease goes back when the worker leaves
+      if (stop->HasBeenNotified()) break;  // the leases go back when the worker leaves
       if (absl::IsNotFound(fetched)) return absl::NotFoundError("join again");
-      if (absl::IsFailedPrecondition(fetched)) continue;  // the batch ended: the lease went with it
+      if (absl::IsFailedPrecondition(fetched)) continue;  // the batch ended: the leases went with it
+      Pending pending{worker_id, work->state_version(), std::move(leases.ids), {}, shared_folder};
       if (!fetched.ok()) {
-        // Give the lease back now rather than at the coordinator's timeout.
+        // Give the leases back now rather than at the coordinator's timeout.
         Log(absl::StrCat("cannot fetch state ", work->state_version(), ": ", fetched.message()));
-        Upload(Pending{worker_id, *work,
-                       absl::Status(fetched.code(), absl::StrCat("state fetch failed: ", fetched.message())),
-                       shared_folder});
+        for (size_t k = 0; k < pending.leases.size(); ++k)
+          pending.results.push_back(absl::Status(fetched.code(), absl::StrCat("state fetch failed: ", fetched.message())));
+        Upload(std::move(pending));
         continue;
       }
-      WorkItem item;
-      item.kind = work->kind() == WorkReply::TRAIN ? WorkKind::kTrain : WorkKind::kEvaluate;
-      item.tasks.assign(work->tasks().begin(), work->tasks().end());
-      const auto started = std::chrono::steady_clock::now();
-      counters->idle_microseconds.fetch_add(Microseconds(started - idle_since), std::memory_order_relaxed);
-      absl::StatusOr<TaskResult> result = learner->Run(*state, item);
-      idle_since = std::chrono::steady_clock::now();
-      counters->compute_microseconds.fetch_add(Microseconds(idle_since - started), std::memory_order_relaxed);
-      (result.ok() ? counters->tasks_done : counters->tasks_failed).fetch_add(1, std::memory_order_relaxed);
-      Upload(Pending{worker_id, *work, std::move(result), shared_folder});
+      if (static_cast<int>(leases.items.size()) > crew->size()) {
+        // More than the learners the node has: the coordinator is not to
+        // be trusted with the node's threads.
+        return absl::FailedPreconditionError(absl::StrCat("coordinator leased ", leases.items.size(),
+                                                          " items to a node of ", crew->size(), " learners"));
+      }
+      std::vector<LearnerCrew::Outcome> outcomes = crew->Run(*state, leases.items);
+      const auto ended = std::chrono::steady_clock::now();
+      int64_t computing = 0;
+      for (LearnerCrew::Outcome& outcome : outcomes) {
+        computing += Microseconds(outcome.took);
+        (outcome.result.ok() ? counters->tasks_done : counters->tasks_failed).fetch_add(1, std::memory_order_relaxed);
+        pending.results.push_back(std::move(outcome.result));
+      }
+      counters->compute_microseconds.fetch_add(computing, std::memory_order_relaxed);
+      counters->idle_microseconds.fetch_add(crew->size() * Microseconds(ended - idle_since) - computing,
+                                            std::memory_order_relaxed);
+      idle_since = ended;
+      Upload(std::move(pending));
     }
     return absl::OkStatus();
   }
 
-  // Results go back on a thread of their own, so that the next task is
-  // fetched and computed while the last result is on the wire. At most one
-  // result waits while another is being sent.
+  // Results go back on a thread of their own, so that the next items are
+  // fetched and computed while the last results are on the wire. At most
+  // one reply's results wait while another's are being sent.
   struct Pending {
     uint64_t worker;
-    WorkReply work;
-    absl::StatusOr<TaskResult> result;
+    uint64_t state_version;
+    std::vector<uint64_t> leases;
+    std::vector<absl::StatusOr<TaskResult>> results;  // by lease
     std::string shared_folder;  // of the membership that ran it
   };
   absl::Mutex upload_mu;
@@ -321,6 +426,71 @@ struct GrpcWorker::Session {
     uploads.push_back(std::move(pending));
   }
 
+  // The uploads of one reply's results: one for every lease its learner
+  // failed on, with the error, and one for all the others, their training
+  // tensors summed (ResultHeader.node_items).
+  std::vector<std::vector<ResultChunk>> UploadsOf(Pending& pending) const {
+    std::vector<std::vector<ResultChunk>> uploads;
+    const int64_t numel = crew->first().num_parameters();
+    const DeltaDtype dtype = config.outer().delta_dtype();
+    WorkReply lease;
+    lease.set_state_version(pending.state_version);
+    std::vector<size_t> succeeded;
+    for (size_t k = 0; k < pending.leases.size(); ++k) {
+      if (pending.results[k].ok()) {
+        succeeded.push_back(k);
+        continue;
+      }
+      lease.set_lease_id(pending.leases[k]);
+      uploads.push_back(CoordinatorClient::ResultMessages(pending.worker, lease, pending.results[k], dtype, numel));
+    }
+    if (succeeded.empty()) return uploads;
+    absl::StatusOr<TaskResult> combined = std::move(pending.results[succeeded[0]]);
+    int tasks = combined->sums ? combined->sums->tasks() : 1;
+    std::vector<NodeItem> node_items;
+    if (succeeded.size() > 1) {
+      absl::Status summed = absl::OkStatus();
+      const bool train = combined->delta.defined() || combined->sums.has_value();
+      if (train && !combined->sums.has_value()) {
+        combined->sums.emplace(numel, config.outer().meta_batch_size(), moments());
+        summed = combined->sums->Add(combined->delta, combined->adam_m, combined->adam_v);
+        combined->delta = combined->adam_m = combined->adam_v = torch::Tensor();
+      }
+      for (size_t j = 1; j < succeeded.size() && summed.ok(); ++j) {
+        TaskResult& other = *pending.results[succeeded[j]];
+        NodeItem& item = node_items.emplace_back();
+        item.set_lease_id(pending.leases[succeeded[j]]);
+        item.set_loss(other.loss);
+        item.set_correct(other.correct);
+        item.set_correct_inductive(other.correct_inductive);
+        item.set_predictions(other.predictions);
+        item.set_compute_seconds(other.compute_seconds);
+        tasks += other.sums ? other.sums->tasks() : 1;
+        if (!train) continue;
+        summed = other.sums ? combined->sums->Merge(*other.sums)
+                            : combined->sums->Add(other.delta, other.adam_m, other.adam_v);
+      }
+      if (!summed.ok()) {
+        // A learner's tensors that cannot be summed (out of range): each
+        // lease says so, and all are redone.
+        for (size_t k : succeeded) {
+          lease.set_lease_id(pending.leases[k]);
+          uploads.push_back(CoordinatorClient::ResultMessages(
+              pending.worker, lease, absl::InternalError(absl::StrCat("node sum: ", summed.message())), dtype, numel));
+        }
+        return uploads;
+      }
+    }
+    lease.set_lease_id(pending.leases[succeeded[0]]);
+    std::vector<ResultChunk> messages =
+        CoordinatorClient::ResultMessages(pending.worker, lease, combined, dtype, numel, pending.shared_folder);
+    ResultHeader* header = messages[0].mutable_header();
+    header->set_tasks(tasks);
+    for (NodeItem& item : node_items) *header->add_node_items() = std::move(item);
+    uploads.push_back(std::move(messages));
+    return uploads;
+  }
+
   void UploadLoop() {
     while (true) {
       Pending pending;
@@ -331,24 +501,24 @@ struct GrpcWorker::Session {
         if (uploads.empty()) return;
         pending = std::move(uploads.front());
       }
-      const std::vector<ResultChunk> messages =
-          CoordinatorClient::ResultMessages(pending.worker, pending.work, pending.result, config.outer().delta_dtype(),
-                                            learner->num_parameters(), pending.shared_folder);
-      // A result lost in transit would leave its lease held by a live worker
-      // until the coordinator gives up on it: retry transient failures for
-      // a few seconds (a result that did arrive comes back as a duplicate).
-      // Short pauses: the work loop waits for this upload, and a restarted
-      // coordinator must see the worker again within seconds.
-      absl::Status status;
-      absl::Duration pause = absl::Milliseconds(100);
-      for (int attempt = 0; attempt < 8; ++attempt, pause = std::min(2 * pause, absl::Seconds(1))) {
-        status = client->Submit(messages).status();
-        if (status.ok() || !IsTransient(status)) break;
-        stop->WaitForNotificationWithTimeout(pause);
-        counters->retries.fetch_add(1, std::memory_order_relaxed);
+      for (const std::vector<ResultChunk>& messages : UploadsOf(pending)) {
+        // A result lost in transit would leave its leases held by a live
+        // worker until the coordinator gives up on them: retry transient
+        // failures for a few seconds (a result that did arrive comes back
+        // as a duplicate). Short pauses: the work loop waits for this
+        // upload, and a restarted coordinator must see the worker again
+        // within seconds.
+        absl::Status status;
+        absl::Duration pause = absl::Milliseconds(100);
+        for (int attempt = 0; attempt < 8; ++attempt, pause = std::min(2 * pause, absl::Seconds(1))) {
+          status = client->Submit(messages).status();
+          if (status.ok() || !IsTransient(status)) break;
+          stop->WaitForNotificationWithTimeout(pause);
+          counters->retries.fetch_add(1, std::memory_order_relaxed);
+        }
+        if (!status.ok() && !absl::IsFailedPrecondition(status))
+          Log(absl::StrCat("result for lease ", messages[0].header().lease_id(), " not taken: ", status.message()));
       }
-      if (!status.ok() && !absl::IsFailedPrecondition(status))
-        Log(absl::StrCat("result for lease ", pending.work.lease_id(), " not taken: ", status.message()));
       absl::MutexLock lock(&upload_mu);
       uploads.pop_front();  // only now may the next one be queued
     }
@@ -424,27 +594,20 @@ void GrpcWorker::Stop() {
 absl::Status GrpcWorker::Run() {
   ASSIGN_OR_RETURN(std::unique_ptr<CoordinatorClient> client,
                    CoordinatorClient::Connect(options_.coordinator, options_.security));
-  StateCache cache;
-  const int learners = std::max(1, options_.learners);
-  std::vector<std::unique_ptr<Session>> sessions;
-  for (int i = 0; i < learners; ++i) {
-    Session& session = *sessions.emplace_back(std::make_unique<Session>());
-    session.options = &options_;
-    session.name = learners == 1 ? options_.name : absl::StrCat(options_.name, "#", i + 1);
-    session.stop = &stop_;
-    session.counters = &counters_;
-    session.client = client.get();
-    session.cache = &cache;
-  }
+  Session session;
+  session.options = &options_;
+  session.stop = &stop_;
+  session.counters = &counters_;
+  session.client = client.get();
   ExperimentConfig config;
   if (options_.config.has_value()) {
     config = *options_.config;
   } else {
     Backoff backoff(&stop_, &counters_.retries);
-    absl::Status fetched = sessions[0]->FetchConfig(backoff);
+    absl::Status fetched = session.FetchConfig(backoff);
     if (absl::IsCancelled(fetched)) return absl::OkStatus();
     RETURN_IF_ERROR(fetched);
-    config = sessions[0]->config;
+    config = session.config;
   }
   if (!options_.data_dir.empty()) config.mutable_task()->set_data_dir(options_.data_dir);
   RETURN_IF_ERROR(ValidateConfig(config));
@@ -456,25 +619,14 @@ absl::Status GrpcWorker::Run() {
   }
   ASSIGN_OR_RETURN(std::shared_ptr<const TaskSource> tasks, TaskSource::Create(config.task()));
   RecordImageChannels(*tasks, &config);
-  for (std::unique_ptr<Session>& session : sessions) {
-    session->config = config;
-    ASSIGN_OR_RETURN(session->learner, Learner::Create(config, tasks));
+  session.config = config;
+  std::vector<std::unique_ptr<Learner>> learners;
+  for (int i = 0; i < std::max(1, options_.learners); ++i) {
+    ASSIGN_OR_RETURN(learners.emplace_back(), Learner::Create(config, tasks));
   }
-  // A learner that cannot go on (refused, evicted) stops the others: the
-  // worker fails as a whole, as it would with one learner.
-  std::vector<absl::Status> outcomes(learners);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < learners; ++i)
-    threads.emplace_back([this, &sessions, &outcomes, i] {
-      NameThisThread("learner");
-      outcomes[i] = sessions[i]->Serve();
-      if (!outcomes[i].ok()) Stop();
-    });
-  for (std::thread& thread : threads) thread.join();
-  for (const absl::Status& outcome : outcomes) RETURN_IF_ERROR(outcome);
-  const bool run_finished = std::any_of(sessions.begin(), sessions.end(),
-                                        [](const std::unique_ptr<Session>& session) { return session->run_finished; });
-  if (run_finished && options_.log) {
+  session.crew = std::make_unique<LearnerCrew>(std::move(learners));
+  RETURN_IF_ERROR(session.Serve());
+  if (session.run_finished && options_.log) {
     const WorkerStats done = StatsOf(counters_);
     options_.log(absl::StrFormat(
         "the run is finished (this worker: %d tasks, %.1f s computing, %.1f s idle between them); leaving",

@@ -1,7 +1,8 @@
-// The worker's end of the gRPC runtime: joins a coordinator, pulls tasks,
-// runs them on its Learners and streams the results back. Each learner
-// thread is a worker of its own to the coordinator; they share one
-// connection, the dataset and one copy of each state version, fetched once.
+// The worker's end of the gRPC runtime: joins a coordinator as one node,
+// pulls up to one item per learner thread at a time, runs them at once and
+// streams their results back as one upload, the training tensors summed
+// exactly (one sum per node and round, whatever the learners). The learners
+// share one connection, the dataset and one copy of each state version.
 // Keeps heartbeats going, retries with backoff while the coordinator is
 // unreachable and joins again when it restarts.
 #ifndef REPTILE_TRANSPORT_GRPC_GRPC_WORKER_H_
@@ -31,8 +32,8 @@ class GrpcWorker {
     std::optional<ExperimentConfig> config;
     std::string data_dir;  // overrides task.data_dir (the dataset's place on this node)
     std::string name;      // shown in the coordinator's log
-    // Learner threads, each taking tasks of its own (a node's cores): one
-    // state fetch per round serves them all.
+    // Learner threads (a node's cores), each running one item at a time:
+    // one state fetch and one upload a round serve them all.
     int learners = 1;
     std::function<void(const std::string&)> log;
   };
@@ -55,7 +56,6 @@ class GrpcWorker {
 
  private:
   struct Session;
-  struct StateCache;
   struct Counters {
     std::atomic<int64_t> tasks_done{0}, tasks_failed{0}, compute_microseconds{0}, idle_microseconds{0}, retries{0};
   };

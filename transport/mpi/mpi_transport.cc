@@ -287,7 +287,7 @@ absl::Status MoveIntoSum(TaskResult* result, TensorSums& sums) {
   }
   result->delta = result->adam_m = result->adam_v = torch::Tensor();
   result->sums.reset();
-  result->tensor_items = 0;
+  result->tensors_elsewhere = true;
   return absl::OkStatus();
 }
 
@@ -552,7 +552,7 @@ absl::StatusOr<TaskResult> ReceiveResult(int source, size_t item, const WorkItem
     *bytes += static_cast<int64_t>(received.size());
   }
   ASSIGN_OR_RETURN(TaskResult result, DecodeResult(header, expected, shape, std::move(payload)));
-  if (summed) result.tensor_items = 0;
+  if (summed) result.tensors_elsewhere = true;
   return result;
 }
 
@@ -816,7 +816,8 @@ absl::Status ReduceRanksSums(const BatchHeader& header, int tasks, int most, con
   *bytes_in += header.numel * ExactSum::kElementBytes * (1 + header.has_first_moment + header.has_moments);
   if (results[0].ok()) {
     results[0]->sums = std::move(sums);
-    results[0]->tensor_items = static_cast<int>(results.size());
+    results[0]->tensors_elsewhere = false;
+    for (int item = 1; item < static_cast<int>(results.size()); ++item) results[0]->summed_with.push_back(item);
   }
   return absl::OkStatus();
 }
@@ -939,7 +940,6 @@ absl::Status RunMpiWorker(const ExperimentConfig& config, std::shared_ptr<const 
     if (header.reduction != MPI_ALLREDUCE_SUM || !all_ok || !reduced.ok()) continue;
     TaskResult total;
     total.sums = std::move(sums);
-    total.tensor_items = 1;
     Aggregator aggregator(header.numel, {total_tasks}, CarriedMomentsOf(state));
     if (!aggregator.Add(0, std::move(total)).ok() ||
         !aggregator.Apply(header.step_size, static_cast<int>(header.inner_iterations), &state).ok())

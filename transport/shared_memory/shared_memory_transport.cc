@@ -229,7 +229,7 @@ absl::StatusOr<bool> SharedMemoryTransport::TakeResult(const SharedBatch& batch,
     return true;
   }
   if (log_) log_(absl::StrCat("result of work item ", i, " from worker process ", worker, " refused: ", taken.message()));
-  const std::string worker_fault = ledger_.Refused(worker, i, std::string(taken.message()));
+  const std::string worker_fault = ledger_.Refused(worker, {i}, std::string(taken.message()));
   if (!worker_fault.empty()) Evict(worker, worker_fault);
   // Judged after the eviction, which takes back this refusal too.
   const std::string task_fault = ledger_.TaskFault(i);

@@ -32,6 +32,16 @@ absl::StatusOr<TensorSums> DecodeSums(std::vector<std::string>& payload, const R
   return sums;
 }
 
+// A result's loss and counts, in the header or a node item.
+template <typename Scalars>
+absl::Status CheckScalars(const Scalars& scalars) {
+  if (!std::isfinite(scalars.loss())) return Invalid(absl::StrCat("loss is ", scalars.loss()));
+  if (scalars.predictions() < 0 || scalars.correct() < 0 || scalars.correct() > scalars.predictions() ||
+      scalars.correct_inductive() < 0 || scalars.correct_inductive() > scalars.predictions())
+    return Invalid("prediction counts are inconsistent");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 EncodedResult EncodeResult(const absl::StatusOr<TaskResult>& result, DeltaDtype dtype, int64_t numel) {
@@ -95,7 +105,7 @@ absl::StatusOr<std::vector<size_t>> ResultPayloadSizes(const ResultHeader& heade
   if (train && header.num_parameters() != shape.numel)
     return Invalid(absl::StrCat("delta has ", header.num_parameters(), " parameters; the model has ", shape.numel));
   if (header.tasks() != static_cast<uint32_t>(tasks))
-    return Invalid(absl::StrCat("result covers ", header.tasks(), " tasks; the lease has ", tasks));
+    return Invalid(absl::StrCat("result covers ", header.tasks(), " tasks; the lease", header.node_items_size() > 0 ? "s have " : " has ", tasks));
   const size_t element = DeltaDtypeBytes(header.delta_dtype());
   if (train && !exact && element == 0) return Invalid(absl::StrCat("unknown delta dtype ", header.delta_dtype()));
   // What must follow is the coordinator's decision, from its config; the
@@ -106,10 +116,11 @@ absl::StatusOr<std::vector<size_t>> ResultPayloadSizes(const ResultHeader& heade
   if (header.has_first_moment() != first)
     return Invalid(first ? "Adam's m must come with the delta (CARRY, adam_beta1 != 0)"
                          : "unexpected Adam m (adam_beta1 is 0: m is not carried)");
-  if (!std::isfinite(header.loss())) return Invalid(absl::StrCat("loss is ", header.loss()));
-  if (header.predictions() < 0 || header.correct() < 0 || header.correct() > header.predictions() ||
-      header.correct_inductive() < 0 || header.correct_inductive() > header.predictions())
-    return Invalid("prediction counts are inconsistent");
+  RETURN_IF_ERROR(CheckScalars(header));
+  for (const NodeItem& item : header.node_items()) {
+    absl::Status scalars = CheckScalars(item);
+    if (!scalars.ok()) return Invalid(absl::StrCat("lease ", item.lease_id(), ": ", scalars.message()));
+  }
   // The coordinator's own numel; still, no size below may wrap.
   if (shape.numel < 0 || static_cast<uint64_t>(shape.numel) > (uint64_t{1} << 40))
     return Invalid(absl::StrCat("a model of ", shape.numel, " parameters is beyond any result"));

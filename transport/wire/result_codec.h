@@ -38,8 +38,9 @@ struct ResultShape {
   int meta_batch = 0;  // the bound of exact sums
 };
 
-// The byte sizes of the tensors that must follow `header` for `work`;
-// InvalidArgument saying what is wrong when the header does not fit them.
+// The byte sizes of the tensors that must follow `header` for `work` (for a
+// node's upload, all of its leases' tasks); InvalidArgument saying what is
+// wrong when the header, or a node item's scalars, do not fit them.
 absl::StatusOr<std::vector<size_t>> ResultPayloadSizes(const ResultHeader& header, const WorkItem& work,
                                                        const ResultShape& shape);
 

@@ -164,7 +164,7 @@ absl::Status TimedTransport::Run(const MetaState& state, const std::vector<WorkI
   return status;
 }
 
-Precomputed Precompute(const ExperimentConfig& config) {
+Precomputed Precompute(const ExperimentConfig& config, int learners) {
   Precomputed p;
   std::shared_ptr<MetaModel> model = OrDie(MakeModel(config, 0), "model");
   FlatParameters flat(*model);
@@ -187,6 +187,17 @@ Precomputed Precompute(const ExperimentConfig& config) {
     p.tensors.push_back(EncodeTensor(result.adam_v, DELTA_FP32));
   }
   p.upload = CoordinatorClient::ResultMessages(0, WorkReply(), result, p.dtype, p.numel);
+  p.node_uploads.push_back(p.upload);
+  TaskResult sum;
+  sum.loss = result.loss;
+  sum.sums.emplace(p.numel, config.outer().meta_batch_size(), p.carry);
+  for (int k = 1; k <= learners; ++k) {
+    if (!sum.sums->Add(result.delta, result.adam_m, result.adam_v).ok()) Die("a node sum out of range");
+    if (k == 1) continue;
+    std::vector<ResultChunk> upload = CoordinatorClient::ResultMessages(0, WorkReply(), sum, p.dtype, p.numel);
+    for (int item = 1; item < k; ++item) upload[0].mutable_header()->add_node_items()->set_loss(result.loss);
+    p.node_uploads.push_back(std::move(upload));
+  }
   return p;
 }
 
@@ -227,10 +238,10 @@ void SimulatedWorker(const SimulatedWorkerOptions& options, const Precomputed& p
   join.set_protocol_version(kProtocolVersion);
   join.set_config_fingerprint(p.config_fingerprint);
   join.set_layout_fingerprint(p.layout_fingerprint);
+  join.set_learners(options.learners);
   const uint64_t worker = OrDie(client.Join(join), "simulated worker: Join refused").worker_id();
-  std::vector<ResultChunk> upload = p.upload;
-  ResultHeader* header = upload[0].mutable_header();
-  header->set_worker_id(worker);
+  std::vector<std::vector<ResultChunk>> uploads = p.node_uploads;
+  for (std::vector<ResultChunk>& upload : uploads) upload[0].mutable_header()->set_worker_id(worker);
   const auto compute = std::chrono::duration<double>(options.compute_seconds);
   uint64_t fetched_version = 0;
   while (true) {
@@ -253,8 +264,13 @@ void SimulatedWorker(const SimulatedWorkerOptions& options, const Precomputed& p
       if (counted) clock->Add(clock->fetch_ns, clock->fetch_calls, started, &clock->fetch_max_ns);
     }
     if (options.compute_seconds > 0) std::this_thread::sleep_for(compute);
+    const size_t leases = 1 + static_cast<size_t>(work.more_items_size());
+    if (leases > uploads.size()) Die("simulated worker: leased more items than it has learners");
+    std::vector<ResultChunk>& upload = uploads[leases - 1];
+    ResultHeader* header = upload[0].mutable_header();
     header->set_lease_id(work.lease_id());
     header->set_state_version(work.state_version());
+    for (int k = 0; k < work.more_items_size(); ++k) header->mutable_node_items(k)->set_lease_id(work.more_items(k).lease_id());
     started = BenchClock::now();
     absl::StatusOr<SubmitReply> submitted = client.Submit(upload);
     if (absl::IsFailedPrecondition(submitted.status())) {

@@ -94,8 +94,14 @@ struct Precomputed {
   // The upload of that result; its header's worker, lease and state version
   // are set per submission.
   std::vector<ResultChunk> upload;
+  // node_uploads[k - 1]: a node's upload answering for k leases, the exact
+  // sum of k such results with k - 1 node items (node_uploads[0] is
+  // `upload`); its lease ids are set per submission.
+  std::vector<std::vector<ResultChunk>> node_uploads;
 };
-Precomputed Precompute(const ExperimentConfig& config);
+// The result of `config`'s model, and the uploads of nodes of up to
+// `learners` learners.
+Precomputed Precompute(const ExperimentConfig& config, int learners = 1);
 
 // Client-side time in each call of the simulated workers, summed. Thread-safe.
 struct PhaseClock {
@@ -116,7 +122,8 @@ struct PhaseClock {
   static Snapshot Between(const Snapshot& a, const Snapshot& b);
 };
 
-// One simulated worker: Join with `p`'s fingerprints, then GetWork ->
+// One simulated worker (a node when options.learners > 1, whose learners
+// compute at once): Join with `p`'s fingerprints, then GetWork ->
 // FetchState (once per state version, as real workers do) -> wait
 // `compute_seconds` -> SubmitResult of the precomputed upload, all through
 // CoordinatorClient on a connection of its own, until the coordinator says
@@ -126,6 +133,7 @@ struct PhaseClock {
 // process.
 struct SimulatedWorkerOptions {
   std::string address, token;
+  int learners = 1;  // a node's: up to this many leases per reply, one upload for them
   double compute_seconds = 0;
   uint64_t count_from_version = 0;
   bool probe = false;  // time a Heartbeat right after every SubmitResult (a diagnostic)

@@ -7,8 +7,12 @@
 // one task in place of the learner, and submits a result of the real size
 // (the Omniglot model's delta and Adam v, as configs/omniglot_5w1s carries).
 //
-//   build/bench/cluster_bench [--workers=16,64,256] [--meta_batch=0] [--seconds=8] [--warmup_rounds=5]
-//                             [--compute_ms=-1]
+//   build/bench/cluster_bench [--workers=16,64,256] [--learners=1] [--meta_batch=0] [--seconds=8]
+//                             [--warmup_rounds=5] [--compute_ms=-1]
+//
+// --learners=L simulates the workers as nodes of L learners each (W/L nodes,
+// as `reptile worker --learners L` runs): a node is leased up to L items per
+// reply and sends one upload for them, the exact sum of their results.
 //
 // --compute_ms < 0 measures it: the median wall time of Learner::Run on one
 // Omniglot 5-way 1-shot training task, on this machine, in this run. Each case
@@ -52,6 +56,7 @@
 #include "worker/learner.h"
 
 ABSL_FLAG(std::string, workers, "16,64,256", "simulated worker counts, one case each");
+ABSL_FLAG(int, learners, 1, "learners per simulated node; --workers counts learners");
 ABSL_FLAG(std::string, meta_batch, "0", "meta-batch sizes, a case each per worker count; 0: as many tasks as workers");
 ABSL_FLAG(double, seconds, 8, "measured seconds per case, after the warm-up rounds");
 ABSL_FLAG(int, warmup_rounds, 5, "rounds per case before measuring");
@@ -65,7 +70,8 @@ namespace reptile {
 namespace {
 
 struct Options {
-  std::vector<int> workers;
+  std::vector<int> workers;  // learners, in nodes of `learners`
+  int learners = 1;
   std::vector<int> meta_batches;  // 0: the case's worker count
   double seconds = 8;
   int warmup_rounds = 5;
@@ -86,10 +92,12 @@ int SimulateWorkers(const std::string& address, int count, uint64_t count_from_v
       OrDie(CoordinatorClient::Connect(address, security), "simulated workers: channel");
   // Like a worker started without --config: the run's config comes from the coordinator.
   const ExperimentConfig config = OrDie(client->GetRunConfig(), "simulated workers: GetRunConfig").config();
-  const Precomputed result = Precompute(config);
+  const int learners = absl::GetFlag(FLAGS_learners);
+  const Precomputed result = Precompute(config, learners);
   SimulatedWorkerOptions options;
   options.address = address;
   options.token = token;
+  options.learners = learners;
   options.compute_seconds = absl::GetFlag(FLAGS_compute_ms) / 1e3;
   options.count_from_version = count_from_version;
   PhaseClock clock;
@@ -108,12 +116,14 @@ int SimulateWorkers(const std::string& address, int count, uint64_t count_from_v
 // The child process, this binary again; its stdout is a pipe to us.
 class SimulatedCluster {
  public:
-  SimulatedCluster(int port, int count, double compute_ms, int count_from_version, const std::string& token) {
+  SimulatedCluster(int port, int count, int learners, double compute_ms, int count_from_version,
+                   const std::string& token) {
     int fds[2];
     if (pipe(fds) != 0) Die(absl::StrCat("pipe: ", std::strerror(errno)));
     std::vector<std::string> args = {"/proc/self/exe",
                                      absl::StrCat("--simulate=127.0.0.1:", port),
                                      absl::StrCat("--count=", count),
+                                     absl::StrCat("--learners=", learners),
                                      absl::StrCat("--compute_ms=", compute_ms),
                                      absl::StrCat("--count_from_version=", count_from_version)};
     std::vector<char*> argv;
@@ -206,9 +216,10 @@ CaseFigures RunCase(const ExperimentConfig& base, const TaskSource& tasks, int w
       news->push_back(line);
   };
   std::unique_ptr<GrpcTransport> transport = OrDie(GrpcTransport::Create(config, transport_options), "transport");
-  SimulatedCluster cluster(transport->port(), workers, compute_ms, options.warmup_rounds, token);
+  const int nodes = workers / options.learners;
+  SimulatedCluster cluster(transport->port(), nodes, options.learners, compute_ms, options.warmup_rounds, token);
   const auto join_start = BenchClock::now();
-  while (transport->num_workers() < workers) {
+  while (transport->num_workers() < nodes) {
     if (!cluster.Alive()) Die("the simulated workers' process exited");
     if (Seconds(join_start) > 120) Die(absl::StrCat(workers, " simulated workers did not join within 120 s"));
     usleep(20000);
@@ -341,8 +352,9 @@ int Main(const Options& options) {
       cases.push_back(RunCase(omniglot, *tasks, workers, meta_batch > 0 ? meta_batch : workers, options, compute_ms,
                               token));
       const CaseFigures& f = cases.back();
-      std::printf("%d workers, meta-batch %d: %lld rounds in %.1f s\n", workers, f.meta_batch,
-                  static_cast<long long>(f.rounds), f.wall);
+      std::printf("%d workers (%d nodes of %d learners), meta-batch %d: %lld rounds in %.1f s\n", workers,
+                  workers / options.learners, options.learners, f.meta_batch, static_cast<long long>(f.rounds),
+                  f.wall);
       std::fflush(stdout);
     }
 
@@ -418,6 +430,10 @@ int main(int argc, char** argv) {
     if (!absl::SimpleAtoi(w, &count) || count <= 0) reptile::Die(absl::StrCat("--workers: not a count: ", w));
     options.workers.push_back(count);
   }
+  options.learners = absl::GetFlag(FLAGS_learners);
+  for (int count : options.workers)
+    if (options.learners < 1 || count % options.learners != 0)
+      reptile::Die(absl::StrCat("--workers=", count, " is not a whole number of nodes of --learners=", options.learners));
   for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_meta_batch), ',', absl::SkipEmpty())) {
     int size = 0;
     if (!absl::SimpleAtoi(b, &size) || size < 0) reptile::Die(absl::StrCat("--meta_batch: not a size: ", b));

@@ -154,6 +154,79 @@ TEST_F(DistributedTest, AWorkerWithThreeLearnersFetchesEachStateOnceUploadsSumsA
   EXPECT_LT(field("bytes_in"), 3 * field("bytes_out")) << last_round;
 }
 
+// Nodes of several learners send one exact sum per reply. Whatever the
+// layout and however the tasks are grouped into items, the parameters are
+// those of threads: Adam's m and v are summed too.
+TEST_F(DistributedTest, NodeSumsMatchThreadsForOneToThreeNodesOfOneToFourLearners) {
+  const std::vector<std::string> overrides = {"outer.rounds=40",         "outer.meta_batch_size=7",
+                                              "eval.every_rounds=0",     "eval.final_episodes=10",
+                                              "inner.optimizer=ADAM",    "inner.state_mode=CARRY",
+                                              "inner.adam_beta1=0.5",    "inner.adam_beta2=0.99",
+                                              "inner.adam_epsilon=1e-8", "inner.learning_rate=0.01"};
+  const std::string reference = ThreadsReference("configs/sine.textproto", overrides);
+  for (int per_item : {1, 2}) {
+    for (int nodes = 1; nodes <= 3; ++nodes) {
+      for (int learners = 1; learners <= 4; ++learners) {
+        const std::string name = absl::StrCat(nodes, "x", learners, "_items_of_", per_item);
+        auto coordinator =
+            StartCoordinator("configs/sine.textproto",
+                             Concat(overrides, {absl::StrCat("runtime.tasks_per_item=", per_item)}),
+                             TempDir("run" + name), 0, "c" + name);
+        std::vector<std::unique_ptr<ChildProcess>> pool;
+        for (int n = 0; n < nodes; ++n)
+          pool.push_back(StartLoopbackWorker(REPTILE_BINARY, port_, Log(absl::StrCat("w", name, "_", n)),
+                                             {"--learners", std::to_string(learners)}));
+        ASSERT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+        EXPECT_EQ(ParameterSha(coordinator->out()), reference) << name;
+        for (auto& worker : pool) EXPECT_EQ(worker->ExitCode(30), 0) << worker->err();
+      }
+    }
+  }
+}
+
+// A node SIGKILLed while its learners run costs only the items it held:
+// every task redone was that node's, the other node's sums stand, and the
+// parameters are those of threads.
+TEST_F(DistributedTest, ANodeKilledMidRoundCostsOnlyItsOwnTasks) {
+  const std::vector<std::string> overrides = OmniglotOverrides(120);
+  const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator("configs/demo.textproto", overrides, run, 0, "coordinator");
+  const std::vector<std::string> two_learners = {"--learners", "2"};
+  auto survivor = StartLoopbackWorker(REPTILE_BINARY, port_, Log("survivor"), two_learners);
+  std::vector<std::string> victims;  // worker ids of the nodes killed
+  std::mt19937 rng(3);
+  for (int attempt = 0; attempt < 6 && coordinator->running(); ++attempt) {
+    auto victim = StartLoopbackWorker(REPTILE_BINARY, port_, Log(absl::StrCat("victim", attempt)), two_learners);
+    // Until it has joined and taken part in a few rounds.
+    const int rounds = RoundsDone(run);
+    for (int i = 0; i < 600 && coordinator->running(); ++i) {
+      if (absl::StrContains(victim->err(), "as worker") && RoundsDone(run) >= rounds + 3) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 40)(rng)));
+    victim->Signal(SIGKILL);
+    victim->Wait(10);
+    const std::string err = victim->err();
+    const size_t at = err.find("as worker ");
+    if (at != std::string::npos) victims.push_back(err.substr(at + 10, err.find('\n', at) - at - 10));
+    if (CountOccurrences(coordinator->err(), "is redone") >= 3) break;
+  }
+  ASSERT_EQ(coordinator->ExitCode(300), 0) << coordinator->err();
+  EXPECT_EQ(survivor->ExitCode(30), 0) << survivor->err();
+  EXPECT_EQ(ParameterSha(coordinator->out()), reference);
+  int redone = 0;
+  for (absl::string_view line : absl::StrSplit(coordinator->err(), '\n')) {
+    if (!absl::StrContains(line, "is redone")) continue;
+    ++redone;
+    const bool victims_task = std::any_of(victims.begin(), victims.end(), [&](const std::string& id) {
+      return absl::StrContains(line, absl::StrCat("redone: worker ", id, " lost"));
+    });
+    EXPECT_TRUE(victims_task) << line;
+  }
+  EXPECT_GE(redone, 1) << coordinator->err();
+}
+
 TEST_F(DistributedTest, OneWorkerOrSixGiveTheSameParameters) {
   const std::vector<std::string> overrides = {"outer.rounds=300", "outer.meta_batch_size=6", "eval.every_rounds=0",
                                               "eval.final_episodes=20"};

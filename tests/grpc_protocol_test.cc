@@ -372,6 +372,100 @@ TEST_F(ProtocolTest, BadResultsAreRefusedAndTheTaskIsRedone) {
   EXPECT_TRUE(absl::StrContains(coordinator_->err(), "is redone")) << coordinator_->err();
 }
 
+// A node of three learners is leased the round's three items in one reply.
+// The learner that failed sends its error alone and only its task is
+// redone; the other two come back as one exact sum, which the coordinator
+// takes for both. Uploads naming leases that are not the node's, or a sum
+// that leaves out an item's tasks, are refused whole and redone.
+TEST_F(ProtocolTest, ANodeUploadsOneSumAndAFailedLearnerCostsOnlyItsTask) {
+  JoinRequest join = GoodJoin();
+  join.set_learners(3);
+  absl::StatusOr<JoinReply> joined = client_->Join(join);
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  const uint64_t node = joined->worker_id();
+  const uint64_t other = Join();
+  const int64_t numel = learner_->num_parameters();
+  const int meta_batch = config_.outer().meta_batch_size();
+
+  // The node's reply: its three leases and their correct results.
+  struct NodeLease {
+    uint64_t lease;
+    TaskSpec task;
+    TaskResult result;
+  };
+  auto lease_all = [&](const WorkReply& work) {
+    std::vector<NodeLease> leases;
+    absl::StatusOr<MetaState> state =
+        client_->FetchState(node, work.state_version(), numel, CarriedMomentsOf(config_));
+    EXPECT_TRUE(state.ok()) << state.status();
+    if (!state.ok()) return leases;
+    auto add = [&](uint64_t lease, const TaskSpec& task) {
+      absl::StatusOr<TaskResult> result = learner_->Run(*state, WorkItem{WorkKind::kTrain, {task}});
+      EXPECT_TRUE(result.ok()) << result.status();
+      leases.push_back(NodeLease{lease, task, result.ok() ? *result : TaskResult()});
+    };
+    add(work.lease_id(), work.tasks(0));
+    for (const LeasedItem& more : work.more_items()) add(more.lease_id(), more.tasks(0));
+    return leases;
+  };
+  // One upload answering for `leases`, their deltas summed; `lie` changes
+  // its header before it goes.
+  auto node_upload = [&](const WorkReply& work, const std::vector<NodeLease>& leases,
+                         const std::function<void(ResultHeader*)>& lie = nullptr) {
+    TaskResult combined = leases[0].result;
+    combined.delta = torch::Tensor();
+    combined.sums.emplace(numel, meta_batch, CarriedMomentsOf(config_));
+    for (const NodeLease& leased : leases) EXPECT_TRUE(combined.sums->Add(leased.result.delta, {}, {}).ok());
+    WorkReply first = work;
+    first.set_lease_id(leases[0].lease);
+    std::vector<ResultChunk> messages = Messages(node, first, combined);
+    ResultHeader* header = messages[0].mutable_header();
+    for (size_t k = 1; k < leases.size(); ++k) {
+      NodeItem* item = header->add_node_items();
+      item->set_lease_id(leases[k].lease);
+      item->set_loss(leases[k].result.loss);
+    }
+    if (lie) lie(header);
+    return messages;
+  };
+
+  // Round 1: learner 3 fails; only its task comes back, to whoever asks.
+  const WorkReply work = GetWork(node);
+  ASSERT_EQ(work.kind(), WorkReply::TRAIN);
+  ASSERT_EQ(work.more_items_size(), 2) << "one item per learner";
+  std::vector<NodeLease> leases = lease_all(work);
+  ASSERT_EQ(leases.size(), 3u);
+  WorkReply failed = work;
+  failed.set_lease_id(leases[2].lease);
+  ExpectAccepted(Messages(node, failed, absl::InternalError("learner 3 ran out of memory")));
+  const NodeLease lost = leases[2];
+  leases.pop_back();
+  ExpectAccepted(node_upload(work, leases));
+  const WorkReply redone = GetWork(other);
+  ASSERT_EQ(redone.kind(), WorkReply::TRAIN);
+  EXPECT_EQ(redone.tasks(0).SerializeAsString(), lost.task.SerializeAsString()) << "not the failed task";
+  EXPECT_EQ(redone.more_items_size(), 0);
+  ExpectAccepted(Messages(other, redone, lost.result));
+
+  // Round 2: uploads that cannot stand, each refused whole; then the honest one.
+  const WorkReply next = GetWork(node);
+  ASSERT_EQ(next.kind(), WorkReply::TRAIN);
+  ASSERT_EQ(next.more_items_size(), 2);
+  leases = lease_all(next);
+  ASSERT_EQ(leases.size(), 3u);
+  ExpectRefused(node_upload(next, leases, [&](ResultHeader* h) { h->mutable_node_items(1)->set_lease_id(leases[1].lease); }),
+                absl::StatusCode::kInvalidArgument, "named twice");
+  ExpectRefused(node_upload(next, leases, [&](ResultHeader* h) { h->mutable_node_items(1)->set_lease_id(987654321); }),
+                absl::StatusCode::kNotFound, "unknown lease");
+  ExpectRefused(node_upload(next, leases, [&](ResultHeader* h) { h->mutable_node_items(0)->set_loss(NAN); }),
+                absl::StatusCode::kInvalidArgument, "loss is nan");
+  // The NaN upload was one refusal of the node, and sent the three tasks
+  // back to the queue; the honest upload still completes them (the first
+  // result counts).
+  ExpectAccepted(node_upload(next, leases));
+  EXPECT_EQ(FinishWithRealWorker(), ThreadsReference());
+}
+
 TEST_F(ProtocolTest, ATaskRefusedOnTwoWorkersStopsTheRun) {
   const uint64_t first = Join();
   const uint64_t second = Join();

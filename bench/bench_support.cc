@@ -240,8 +240,12 @@ void SimulatedWorker(const SimulatedWorkerOptions& options, const Precomputed& p
   join.set_layout_fingerprint(p.layout_fingerprint);
   join.set_learners(options.learners);
   const uint64_t worker = OrDie(client.Join(join), "simulated worker: Join refused").worker_id();
-  std::vector<std::vector<ResultChunk>> uploads = p.node_uploads;
-  for (std::vector<ResultChunk>& upload : uploads) upload[0].mutable_header()->set_worker_id(worker);
+  // Each node's own headers; the chunks after them are shared by all.
+  std::vector<ResultChunk> headers;
+  for (const std::vector<ResultChunk>& upload : p.node_uploads) {
+    headers.push_back(upload[0]);
+    headers.back().mutable_header()->set_worker_id(worker);
+  }
   const auto compute = std::chrono::duration<double>(options.compute_seconds);
   uint64_t fetched_version = 0;
   while (true) {
@@ -265,14 +269,18 @@ void SimulatedWorker(const SimulatedWorkerOptions& options, const Precomputed& p
     }
     if (options.compute_seconds > 0) std::this_thread::sleep_for(compute);
     const size_t leases = 1 + static_cast<size_t>(work.more_items_size());
-    if (leases > uploads.size()) Die("simulated worker: leased more items than it has learners");
-    std::vector<ResultChunk>& upload = uploads[leases - 1];
-    ResultHeader* header = upload[0].mutable_header();
+    if (leases > headers.size()) Die("simulated worker: leased more items than it has learners");
+    ResultHeader* header = headers[leases - 1].mutable_header();
     header->set_lease_id(work.lease_id());
     header->set_state_version(work.state_version());
-    for (int k = 0; k < work.more_items_size(); ++k) header->mutable_node_items(k)->set_lease_id(work.more_items(k).lease_id());
+    for (int k = 0; k < work.more_items_size(); ++k)
+      header->mutable_node_items(k)->set_lease_id(work.more_items(k).lease_id());
     started = BenchClock::now();
-    absl::StatusOr<SubmitReply> submitted = client.Submit(upload);
+    std::unique_ptr<CoordinatorClient::Upload> upload = client.StartUpload(std::chrono::seconds(120));
+    const std::vector<ResultChunk>& chunks = p.node_uploads[leases - 1];
+    bool written = upload->Write(headers[leases - 1]);
+    for (size_t c = 1; c < chunks.size() && written; ++c) written = upload->Write(chunks[c]);
+    absl::StatusOr<SubmitReply> submitted = upload->Finish();
     if (absl::IsFailedPrecondition(submitted.status())) {
       clock->stale.fetch_add(1);
     } else if (!submitted.ok()) {

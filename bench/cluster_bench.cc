@@ -56,6 +56,8 @@
 #include "worker/learner.h"
 
 ABSL_FLAG(std::string, workers, "16,64,256", "simulated worker counts, one case each");
+ABSL_FLAG(std::string, model, "omniglot",
+          "omniglot: configs/omniglot_5w1s; 10m: the sine MLP widened to 10M parameters (1-3160-3160-1)");
 ABSL_FLAG(int, learners, 1, "learners per simulated node; --workers counts learners");
 ABSL_FLAG(std::string, meta_batch, "0", "meta-batch sizes, a case each per worker count; 0: as many tasks as workers");
 ABSL_FLAG(double, seconds, 8, "measured seconds per case, after the warm-up rounds");
@@ -284,7 +286,7 @@ CaseFigures RunCase(const ExperimentConfig& base, const TaskSource& tasks, int w
   return f;
 }
 
-// Median wall time of Learner::Run on Omniglot training tasks, ms, after a
+// Median wall time of Learner::Run on the model's training tasks, ms, after a
 // warm-up round: what the simulated workers wait in place of computing.
 double MeasureTaskMs(const ExperimentConfig& config, std::shared_ptr<const TaskSource> tasks) {
   std::unique_ptr<Learner> learner = OrDie(Learner::Create(config, tasks), "learner");
@@ -311,11 +313,17 @@ int Main(const Options& options) {
   std::mt19937_64 random(std::random_device{}());
   const std::string token = absl::StrFormat("%016x%016x", random(), random());
   const std::string source = REPTILE_SOURCE_DIR;
+  const bool ten_million = absl::GetFlag(FLAGS_model) == "10m";
+  if (!ten_million && absl::GetFlag(FLAGS_model) != "omniglot")
+    Die(absl::StrCat("--model must be omniglot or 10m, not ", absl::GetFlag(FLAGS_model)));
   const ExperimentConfig omniglot =
-      OrDie(LoadConfig(source + "/configs/omniglot_5w1s.textproto",
-                       {"eval.every_rounds=0", "eval.final_episodes=0",
-                        "task.data_dir=" + source + "/../shared/data/omniglot"}),
-            "omniglot config");
+      ten_million ? OrDie(LoadConfig(source + "/configs/sine.textproto",
+                                     {"eval.every_rounds=0", "eval.final_episodes=0", "model.hidden_units=3160"}),
+                          "10M config")
+                  : OrDie(LoadConfig(source + "/configs/omniglot_5w1s.textproto",
+                                     {"eval.every_rounds=0", "eval.final_episodes=0",
+                                      "task.data_dir=" + source + "/../shared/data/omniglot"}),
+                          "omniglot config");
   std::printf("cluster_bench  %s  (%ld cores online)\n", Now().c_str(), sysconf(_SC_NPROCESSORS_ONLN));
   std::printf("load avg %s at start (1, 5, 15 min; other work on this machine shows here)\n", LoadAverage().c_str());
 

@@ -242,29 +242,75 @@ const Int128Sum& Int128SumOp() {
   return sum;
 }
 
+// The ranks of this rank's node (MPI_COMM_TYPE_SHARED) and, on each node's
+// first rank, the first ranks of all nodes (MPI_COMM_NULL elsewhere). World
+// rank 0 is rank 0 of both. Made once, by every rank, when the job starts.
+struct NodeComms {
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Comm leaders = MPI_COMM_NULL;
+};
+
+NodeComms& Nodes() {
+  static NodeComms comms;
+  return comms;
+}
+
+void SplitByNode() {
+  NodeComms& comms = Nodes();
+  const int rank = Rank();
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &comms.node);
+  int node_rank = 0;
+  MPI_Comm_rank(comms.node, &node_rank);
+  MPI_Comm_split(MPI_COMM_WORLD, node_rank == 0 ? 0 : MPI_UNDEFINED, rank, &comms.leaders);
+}
+
 // Adds `sums` element-wise over all ranks, as encoded 128-bit integers:
-// into rank 0's (MPI_Reduce), or into every rank's (MPI_Allreduce); the sums
-// that receive the total then hold `total_tasks` vectors. Every rank takes
-// part, even one without items or after a failed item. DeadlineExceeded if
-// rank 0's `deadline` for a reduction passed (each of up to three gets
-// `at_least` of its own); InvalidArgument if a total is out of range.
+// into rank 0's (reduce), or into every rank's (allreduce); the sums that
+// receive the total then hold `total_tasks` vectors. In two levels, so that
+// one sum per node crosses the network: each node's ranks reduce into its
+// first rank, and those reduce into rank 0 (or allreduce among themselves
+// and broadcast on their node). Every rank takes part, even one without
+// items or after a failed item. DeadlineExceeded if rank 0's `deadline` for
+// a reduction passed (each of up to three gets `at_least` of its own);
+// InvalidArgument if a total is out of range.
 absl::Status ReduceSums(TensorSums& sums, bool to_all, int total_tasks, Clock::time_point deadline = kForever,
                         Clock::duration at_least = {}) {
   const Int128Sum& int128 = Int128SumOp();
+  const NodeComms& comms = Nodes();
+  const bool leader = comms.leaders != MPI_COMM_NULL;
   const bool receives = to_all || Rank() == 0;
   auto reduce = [&](ExactSum& sum, const char* what) -> absl::Status {
     std::string bytes = sum.Encode();
-    MPI_Request request;
     const int count = static_cast<int>(sum.numel());
-    if (to_all) {
-      MPI_Iallreduce(MPI_IN_PLACE, bytes.data(), count, int128.type, int128.op, MPI_COMM_WORLD, &request);
-    } else if (Rank() == 0) {
-      MPI_Ireduce(MPI_IN_PLACE, bytes.data(), count, int128.type, int128.op, 0, MPI_COMM_WORLD, &request);
+    auto wait = [&](MPI_Request* request) {
+      return Wait(request, deadline == kForever ? kForever : std::max(deadline, Clock::now() + at_least));
+    };
+    auto failed = [what] { return absl::DeadlineExceededError(absl::StrCat("the reduction of ", what, " did not complete")); };
+    MPI_Request request;
+    // On the node, into its first rank.
+    if (leader) {
+      MPI_Ireduce(MPI_IN_PLACE, bytes.data(), count, int128.type, int128.op, 0, comms.node, &request);
     } else {
-      MPI_Ireduce(bytes.data(), nullptr, count, int128.type, int128.op, 0, MPI_COMM_WORLD, &request);
+      MPI_Ireduce(bytes.data(), nullptr, count, int128.type, int128.op, 0, comms.node, &request);
     }
-    if (!Wait(&request, deadline == kForever ? kForever : std::max(deadline, Clock::now() + at_least)))
-      return absl::DeadlineExceededError(absl::StrCat("the reduction of ", what, " did not complete"));
+    if (!wait(&request)) return failed();
+    // Across nodes, among their first ranks.
+    if (leader) {
+      int leader_rank = 0;
+      MPI_Comm_rank(comms.leaders, &leader_rank);
+      if (to_all) {
+        MPI_Iallreduce(MPI_IN_PLACE, bytes.data(), count, int128.type, int128.op, comms.leaders, &request);
+      } else if (leader_rank == 0) {
+        MPI_Ireduce(MPI_IN_PLACE, bytes.data(), count, int128.type, int128.op, 0, comms.leaders, &request);
+      } else {
+        MPI_Ireduce(bytes.data(), nullptr, count, int128.type, int128.op, 0, comms.leaders, &request);
+      }
+      if (!wait(&request)) return failed();
+    }
+    if (to_all) {
+      MPI_Ibcast(bytes.data(), count, int128.type, 0, comms.node, &request);
+      if (!wait(&request)) return failed();
+    }
     if (!receives) return absl::OkStatus();
     absl::StatusOr<ExactSum> total = ExactSum::Decode(bytes, sum.numel(), total_tasks, sum.max_terms());
     if (!total.ok()) return absl::InvalidArgumentError(absl::StrCat("reduced ", what, ": ", total.status().message()));
@@ -657,6 +703,9 @@ absl::StatusOr<ExperimentConfig> ShareConfigOverMpi(const std::optional<Experime
     if (size < 0) return absl::CancelledError("rank 0 could not set the run up");
     if (!Broadcast(bytes.data(), static_cast<int>(size), MPI_BYTE, Clock::now() + timeout)) return relay_failed();
   }
+  // Every rank has heard from every other by now (the broadcasts relay):
+  // the node split's collectives cannot wait on a link nobody can use.
+  SplitByNode();
   ExperimentConfig shared;
   if (!shared.ParseFromString(bytes)) return absl::DataLossError("the config broadcast by rank 0 does not parse");
   if (shared.model().arch() == TORCHSCRIPT) RETURN_IF_ERROR(ShareModelOverMpi(shared));

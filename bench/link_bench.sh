@@ -20,10 +20,11 @@
 # after those (default "5@unlimited 5@1gbit": runtime.tasks_per_item=5, one
 # exact sum per worker item), LINK_BENCH_TLS=1 to serve TLS (a fresh
 # self-signed certificate) instead of plain text with --insecure_listen (a
-# token is required either way), ONE_PROCESS=1 to run the WORKERS workers as
-# one `reptile worker --learners WORKERS` process (one state fetch per round
-# for all of them) instead of WORKERS processes, REPTILE_BINARY,
-# REPTILE_OMNIGLOT_DIR.
+# token is required either way), LAYOUTS (default "processes": WORKERS
+# `reptile worker` processes; "node": one `reptile worker --learners WORKERS`
+# process, one state fetch and one exact-sum upload per reply for all of
+# them; "processes node" runs every case in both, interleaved),
+# REPTILE_BINARY, REPTILE_OMNIGLOT_DIR.
 #
 # Needs root and iproute2 (`ip netns`, `tc`); skips with a message (exit 0)
 # without them. Every namespace, link and process it makes is removed on exit.
@@ -34,6 +35,10 @@ warmup=50
 repeat=${REPEAT:-3}
 links=${LINKS:-unlimited 10gbit 2500mbit 1gbit}
 extra=${EXTRA-5@unlimited 5@1gbit}
+layouts=${LAYOUTS:-processes}
+for layout in $layouts; do
+  case $layout in processes|node) ;; *) echo "link bench: LAYOUTS: unknown layout $layout" >&2; exit 2 ;; esac
+done
 here=$(cd "$(dirname "$0")/.." && pwd)
 reptile=${REPTILE_BINARY:-$here/build/reptile}
 config=$here/configs/omniglot_5w1s.textproto
@@ -142,14 +147,16 @@ round_lines() {
     tail -n +"$warmup"
 }
 
-# One run over link $1 with tasks_per_item $2 (repetition $3); prints its
-# row and appends "rep tpi link rate MB_in MB_out sha" to $scratch/results.
+# One run over link $1 with tasks_per_item $2 (repetition $3) in layout $4;
+# prints its row and appends "rep layout tpi link rate MB_in MB_out bits sha"
+# to $scratch/results.
 run() {
   link=$1
   tpi=$2
   rep=$3
-  name="$tpi@$link"
-  dir=$scratch/run_${rep}_${tpi}_$link
+  layout=$4
+  name="$layout $tpi@$link"
+  dir=$scratch/run_${rep}_${layout}_${tpi}_$link
   rm -f "$scratch/port"
   shape "$link"
   ip netns exec "$cns" "$reptile" coordinator --config "$config" --run_dir "$dir" \
@@ -170,7 +177,7 @@ run() {
   worker_pids=""
   processes=$workers
   learners=1
-  if [ "${ONE_PROCESS:-0}" = 1 ]; then processes=1; learners=$workers; fi
+  if [ "$layout" = node ]; then processes=1; learners=$workers; fi
   k=1
   while [ $k -le "$processes" ]; do
     ip netns exec "$wns" "$reptile" worker --coordinator $caddr:"$port" --token_file "$scratch/token" \
@@ -187,7 +194,7 @@ run() {
   dropped=$(drops "$link")
   sha=$(sed -n 's/.*parameters sha256 \([0-9a-f]*\).*/\1/p' "$dir.out")
   # The first line (the last warm-up round) gives the byte counters' start.
-  round_lines "$dir" | awk -v name="$name" -v rep="$rep" -v tpi="$tpi" -v link="$link" -v bits="$bits" \
+  round_lines "$dir" | awk -v name="$name" -v rep="$rep" -v layout="$layout" -v tpi="$tpi" -v link="$link" -v bits="$bits" \
     -v sha="$sha" -v dropped="$dropped" -v results="$scratch/results" '
     NR == 1 { in0 = $2; out0 = $3; next }
     { t[NR - 1] = $1; in1 = $2; out1 = $3 }
@@ -198,35 +205,40 @@ run() {
       m = t[int((n + 1) / 2)]
       rin = (in1 - in0) / n; rout = (out1 - out0) / n
       wire = (bits == "unlimited") ? "-" : sprintf("%.1f/%.1f", 1000 * rin * 8 / bits, 1000 * rout * 8 / bits)
-      printf "%3d %-16s %6.1f %6.1f %6.1f %7.2f %7.2f %12s %6s  %.16s\n", rep, name, 1 / m, 1 / t[1], 1000 * m,
+      printf "%3d %-22s %6.1f %6.1f %6.1f %7.2f %7.2f %12s %6s  %.16s\n", rep, name, 1 / m, 1 / t[1], 1000 * m,
         rin / 1e6, rout / 1e6, wire, dropped, sha
-      printf "%d %d %s %.4f %.4f %.4f %s %s\n", rep, tpi, link, 1 / m, rin / 1e6, rout / 1e6, bits, sha >> results
+      printf "%d %s %d %s %.4f %.4f %.4f %s %s\n", rep, layout, tpi, link, 1 / m, rin / 1e6, rout / 1e6, bits, sha >> results
     }'
 }
 
-# Cases: "TASKS_PER_ITEM@LINK".
+# Cases: "LAYOUT/TASKS_PER_ITEM@LINK".
 cases=""
-for link in $links; do cases="$cases 1@$link"; done
-cases="$cases $extra"
+for layout in $layouts; do
+  for link in $links; do cases="$cases $layout/1@$link"; done
+  for case in $extra; do cases="$cases $layout/$case"; done
+done
 
 echo "link bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)," \
   "omniglot_5w1s, $rounds rounds ($warmup warm-up), $workers workers" \
-  "($([ "${ONE_PROCESS:-0}" = 1 ] && echo "one process, --learners $workers" || echo "one process each")), $repeat repetitions, $mode"
+  "(layouts: $layouts; node = one process, --learners $workers), $repeat repetitions, $mode"
 echo "tbf on both ends of one veth pair: burst 1 ms at the rate (>= 64 KiB), latency 20 ms"
 echo "each run: median and best rounds/s, median ms per round, MB in/out per round at the coordinator,"
 echo "those bytes' time at the link's rate (ms in/out), packets the tbf queues dropped, parameters' SHA-256"
-printf "%3s %-16s %6s %6s %6s %7s %7s %12s %6s  %s\n" "rep" "tpi@link" "r/s" "best" "ms" "MB in" "MB out" \
+printf "%3s %-22s %6s %6s %6s %7s %7s %12s %6s  %s\n" "rep" "layout tpi@link" "r/s" "best" "ms" "MB in" "MB out" \
   "wire ms i/o" "drops" "sha256"
 : > "$scratch/results"
 rep=1
 while [ $rep -le "$repeat" ]; do
-  for case in $cases; do run "${case#*@}" "${case%@*}" $rep; done
+  for case in $cases; do
+    spec=${case#*/}
+    run "${spec#*@}" "${spec%@*}" $rep "${case%%/*}"
+  done
   rep=$((rep + 1))
 done
 
 # Per case: the median over repetitions of the rate, and of its ratio to
-# the same repetition's unlimited run with the same tasks_per_item, and to
-# its unlimited run with one task per item.
+# the same repetition's unlimited run in the same layout with the same
+# tasks_per_item, and to that with one task per item.
 echo
 echo "summary (medians over $repeat repetitions; ratios against the same repetition's unlimited runs):"
 awk '
@@ -235,24 +247,25 @@ awk '
     for (i = 2; i <= n; ++i) { v = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > v; --j) a[j + 1] = a[j]; a[j + 1] = v }
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
   }
-  { rep[NR] = $1; tpi[NR] = $2; link[NR] = $3; rate[NR] = $4; rin[NR] = $5; rout[NR] = $6; bits[NR] = $7
-    if ($3 == "unlimited") base[$1 "/" $2] = $4
-    c = $2 "@" $3
+  { rep[NR] = $1; layout[NR] = $2; tpi[NR] = $3; link[NR] = $4; rate[NR] = $5; rin[NR] = $6; rout[NR] = $7
+    bits[NR] = $8
+    if ($4 == "unlimited") base[$1 "/" $2 "/" $3] = $5
+    c = $2 " " $3 "@" $4
     if (!(c in seen)) { seen[c] = 1; order[++cases] = c }
-    key[NR] = c; shas[$8] = 1 }
+    key[NR] = c; shas[$9] = 1 }
   END {
-    printf "%-16s %6s %13s %8s %8s %7s %7s %12s\n", "tpi@link", "r/s", "(min-max)", "ratio", "vs tpi=1", "MB in", "MB out", "wire ms i/o"
+    printf "%-22s %6s %13s %8s %8s %7s %7s %12s\n", "layout tpi@link", "r/s", "(min-max)", "ratio", "vs tpi=1", "MB in", "MB out", "wire ms i/o"
     for (k = 1; k <= cases; ++k) {
       c = order[k]; rates = ""; ratios = ""; ratios1 = ""; lo = 1e9; hi = 0
       for (i = 1; i <= NR; ++i) {
         if (key[i] != c) continue
         rates = rates " " rate[i]; lo = (rate[i] < lo) ? rate[i] : lo; hi = (rate[i] > hi) ? rate[i] : hi
-        if ((rep[i] "/" tpi[i]) in base) ratios = ratios " " rate[i] / base[rep[i] "/" tpi[i]]
-        if ((rep[i] "/1") in base) ratios1 = ratios1 " " rate[i] / base[rep[i] "/1"]
+        if ((rep[i] "/" layout[i] "/" tpi[i]) in base) ratios = ratios " " rate[i] / base[rep[i] "/" layout[i] "/" tpi[i]]
+        if ((rep[i] "/" layout[i] "/1") in base) ratios1 = ratios1 " " rate[i] / base[rep[i] "/" layout[i] "/1"]
         mi = rin[i]; mo = rout[i]; b = bits[i]
       }
       wire = (b == "unlimited") ? "-" : sprintf("%.1f/%.1f", 1000 * mi * 1e6 * 8 / b, 1000 * mo * 1e6 * 8 / b)
-      printf "%-16s %6.1f %13s %8s %8s %7.2f %7.2f %12s\n", c, median(rates), sprintf("(%.1f-%.1f)", lo, hi),
+      printf "%-22s %6.1f %13s %8s %8s %7.2f %7.2f %12s\n", c, median(rates), sprintf("(%.1f-%.1f)", lo, hi),
         ratios == "" ? "-" : sprintf("%.2f", median(ratios)), ratios1 == "" ? "-" : sprintf("%.2f", median(ratios1)),
         mi, mo, wire
     }

@@ -128,9 +128,9 @@ TEST_F(DistributedTest, TrainRunsWorkerProcessesOverGrpcOnRequestAndMatchesThrea
 }
 
 // One worker process with 3 learner threads is one node to the
-// coordinator: it fetches each round's state once and sends one upload per
-// reply, its learners' tensors summed. A round of 5 tasks takes in two
-// exact sums (3 tasks, then 2), not 5 results of the state's size.
+// coordinator: it fetches each round's state once, runs the round's 5 tasks
+// on its learners (3, then 2) and sends one upload, the exact sum of all
+// five, about the state's size, instead of 5 results of that size.
 TEST_F(DistributedTest, AWorkerWithThreeLearnersFetchesEachStateOnceUploadsSumsAndMatchesThreads) {
   const std::vector<std::string> overrides = OmniglotOverrides(20);
   const std::string reference = ThreadsReference("configs/demo.textproto", overrides);
@@ -150,8 +150,8 @@ TEST_F(DistributedTest, AWorkerWithThreeLearnersFetchesEachStateOnceUploadsSumsA
     return at == std::string::npos ? int64_t{-1} : std::stoll(last_round.substr(at + name.size() + 3));
   };
   ASSERT_GT(field("bytes_out"), 0) << last_round;
-  EXPECT_GT(field("bytes_in"), field("bytes_out")) << last_round;
-  EXPECT_LT(field("bytes_in"), 3 * field("bytes_out")) << last_round;
+  EXPECT_GT(field("bytes_in"), field("bytes_out") / 2) << last_round;
+  EXPECT_LT(field("bytes_in"), field("bytes_out") * 11 / 10) << last_round;
 }
 
 // Nodes of several learners send one exact sum per reply. Whatever the

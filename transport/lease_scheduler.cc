@@ -117,13 +117,14 @@ std::optional<LeaseScheduler::Grant> LeaseScheduler::Lease(uint64_t worker_id, a
   return NextGrant(worker_id, now, std::nullopt);
 }
 
-std::vector<LeaseScheduler::Grant> LeaseScheduler::LeaseForLearners(uint64_t worker_id, absl::Time now) {
+std::vector<LeaseScheduler::Grant> LeaseScheduler::LeaseForLearners(uint64_t worker_id, absl::Time now,
+                                                                    int finished) {
   std::vector<Grant> grants;
   auto worker = workers_.find(worker_id);
   const int learners = worker == workers_.end() ? 0 : worker->second.learners;
   std::optional<int> kind;
   while (static_cast<int>(grants.size()) < learners) {
-    std::optional<Grant> grant = NextGrant(worker_id, now, kind);
+    std::optional<Grant> grant = NextGrant(worker_id, now, kind, finished);
     if (!grant.has_value()) break;
     grants.push_back(*grant);
     kind = items_[grant->item].kind;
@@ -132,11 +133,12 @@ std::vector<LeaseScheduler::Grant> LeaseScheduler::LeaseForLearners(uint64_t wor
 }
 
 std::optional<LeaseScheduler::Grant> LeaseScheduler::NextGrant(uint64_t worker_id, absl::Time now,
-                                                               std::optional<int> kind) {
+                                                               std::optional<int> kind, int finished) {
   auto worker = workers_.find(worker_id);
   if (!in_batch_ || worker == workers_.end()) return std::nullopt;
   WorkerRecord& record = worker->second;
-  const int allowed = record.learners * (ledger_.proven(worker_id) ? policy_.max_leases : 1);
+  const int allowed = record.learners * (ledger_.proven(worker_id) ? policy_.max_leases : 1) +
+                      std::clamp(finished, 0, record.leases);
   if (record.leases >= allowed) return std::nullopt;
   // Items done by a copy may still sit in the queue.
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [this](size_t i) { return items_[i].done; }),

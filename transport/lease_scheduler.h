@@ -120,8 +120,10 @@ class LeaseScheduler {
   // if it holds its share of leases or there is nothing to do.
   std::optional<Grant> Lease(uint64_t worker, absl::Time now);
   // Up to one item per learner of `worker`, as Lease() gives them, all of
-  // the first one's kind.
-  std::vector<Grant> LeaseForLearners(uint64_t worker, absl::Time now);
+  // the first one's kind. `finished`: leases of the worker it says it has
+  // finished and not yet uploaded (a node summing over several replies),
+  // which do not count against its share.
+  std::vector<Grant> LeaseForLearners(uint64_t worker, absl::Time now, int finished = 0);
   // True while the batch has items nobody holds (workers asking should wait
   // only when false).
   bool has_pending() const { return in_batch_ && !pending_.empty(); }
@@ -189,8 +191,9 @@ class LeaseScheduler {
   };
 
   void Event(std::string line) { events_.push_back(std::move(line)); }
-  // Lease()'s work, restricted to items of `kind` when given.
-  std::optional<Grant> NextGrant(uint64_t worker, absl::Time now, std::optional<int> kind);
+  // Lease()'s work, restricted to items of `kind` when given, with
+  // `finished` of the worker's leases not counted against its share.
+  std::optional<Grant> NextGrant(uint64_t worker, absl::Time now, std::optional<int> kind, int finished = 0);
   void Deactivate(LeaseRecord& lease);
   // Ends an active lease early and queues its item again unless done.
   void Redo(uint64_t lease_id, const std::string& why);

@@ -123,9 +123,10 @@ absl::Status CoordinatorClient::Heartbeat(uint64_t worker) {
 }
 
 absl::StatusOr<WorkReply> CoordinatorClient::GetWork(uint64_t worker, bool shared_folder,
-                                                     uint64_t held_state_version) {
+                                                     uint64_t held_state_version, int finished_leases) {
   WorkRequest request;
   request.set_worker_id(worker);
+  request.set_finished_leases(static_cast<uint32_t>(std::max(0, finished_leases)));
   request.set_shared_folder(shared_folder);
   request.set_held_state_version(held_state_version);
   WorkReply reply;

@@ -52,7 +52,8 @@ class CoordinatorClient {
   // reads the shared folder says so and names the state it holds (0: none);
   // a lease on another state then carries that state's folder header
   // (WorkReply.folder_state, for ReadFolderState()).
-  absl::StatusOr<WorkReply> GetWork(uint64_t worker, bool shared_folder = false, uint64_t held_state_version = 0);
+  absl::StatusOr<WorkReply> GetWork(uint64_t worker, bool shared_folder = false, uint64_t held_state_version = 0,
+                                    int finished_leases = 0);
   absl::Status Leave(uint64_t worker);
 
   // The meta-state of `version`, checked against the model the caller

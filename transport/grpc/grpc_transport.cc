@@ -405,7 +405,9 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
 
   grpc::Status GetWork(grpc::ServerContext* context, const WorkRequest* request, WorkReply* reply) override {
     if (grpc::Status s = CheckToken(board_->token, *context); !s.ok()) return s;
-    grpc::Status status = LeaseWork(request->worker_id(), reply);
+    grpc::Status status = LeaseWork(request->worker_id(), static_cast<int>(std::min<uint32_t>(
+                                                                    request->finished_leases(), kMaxLearnersPerWorker)),
+                                    reply);
     if (status.ok() && request->shared_folder() && OverUnixSocket(*context))
       OfferFolderState(request->held_state_version(), reply);
     board_->FlushLog();
@@ -439,17 +441,20 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     board_->stats.bytes_out += static_cast<int64_t>(snapshot->bytes);
   }
 
-  grpc::Status LeaseWork(uint64_t worker, WorkReply* reply) {
+  // `finished`: leases the worker says it holds finished results of; it
+  // is answered at once when it can be leased nothing.
+  grpc::Status LeaseWork(uint64_t worker, int finished, WorkReply* reply) {
     Board& b = *board_;
     absl::MutexLock lock(&b.mu);
     if (absl::Status s = b.scheduler.Touch(worker, absl::Now()); !s.ok()) return ToGrpc(s);
-    // Long-polls until there is work this worker may take. Pending work it
-    // may not take (its share of leases is out, or it was refused on it) is
-    // looked at again every kRecheck, not in a spin.
+    // Long-polls until there is work this worker may take, unless it holds
+    // finished results to upload. Pending work it may not take (its share
+    // of leases is out, or it was refused on it) is looked at again every
+    // kRecheck, not in a spin.
     const absl::Time until = absl::Now() + kLongPoll;
     std::vector<LeaseScheduler::Grant> grants;
     while (true) {
-      b.mu.AwaitWithDeadline(absl::Condition(&b, &Board::WorkOrNews), until);
+      if (finished == 0) b.mu.AwaitWithDeadline(absl::Condition(&b, &Board::WorkOrNews), until);
       if (b.finished) {
         reply->set_kind(WorkReply::FINISHED);
         return grpc::Status::OK;
@@ -458,8 +463,8 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
       // keep retrying and join the next one.
       if (b.shutting_down) return Refusal(grpc::StatusCode::UNAVAILABLE, "the coordinator is stopping");
       if (absl::Status s = b.scheduler.Touch(worker, absl::Now()); !s.ok()) return ToGrpc(s);
-      if (b.snapshot != nullptr) grants = b.scheduler.LeaseForLearners(worker, absl::Now());
-      if (!grants.empty() || absl::Now() >= until) break;
+      if (b.snapshot != nullptr) grants = b.scheduler.LeaseForLearners(worker, absl::Now(), finished);
+      if (!grants.empty() || finished > 0 || absl::Now() >= until) break;
       b.mu.AwaitWithTimeout(absl::Condition(&b, &Board::Stopping), kRecheck);
     }
     if (grants.empty()) {
@@ -594,11 +599,18 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
   grpc::Status Deliver(grpc::ServerContext* context, const ResultHeader& header, absl::StatusOr<TaskResult> result,
                        const Upload& upload, SubmitReply* reply) {
     Board& b = *board_;
+    // The stream has been read: the reaper stops watching it before the
+    // result waits its turn, so that a queue of large results being added
+    // cannot make this one look stalled.
+    bool cut_off = false;
+    {
+      absl::MutexLock lock(&b.mu);
+      cut_off = b.CloseStream(upload.stream);
+    }
     absl::MutexLock take_lock(&b.take_mu);
     const ResultSink* take = nullptr;
     {
       absl::MutexLock lock(&b.mu);
-      const bool cut_off = b.CloseStream(upload.stream);
       if (!result.ok()) {
         if (cut_off) {
           b.scheduler.Refuse(upload.leases, "upload too slow; cut off", RefusalReason::kUploadTooSlow);

@@ -344,15 +344,23 @@ struct GrpcWorker::Session {
     state_version = version;
   }
 
-  // The work loop of one membership: a reply's items run on the learners
-  // at once, and go back as one upload. Returns OK when the run is finished
-  // or the worker stops, NotFound when it must join again, or a final error
-  // (PermissionDenied: evicted).
+  // The work loop of one membership. A reply's items run on the learners at
+  // once; their results are held and summed over the replies of a batch,
+  // and go back as one upload when the coordinator has nothing more for the
+  // node (a learner's failure goes back at once, alone). Returns OK when the
+  // run is finished or the worker stops, NotFound when it must join again,
+  // or a final error (PermissionDenied: evicted).
   absl::Status Work(Backoff& backoff, bool* finished) {
     auto idle_since = std::chrono::steady_clock::now();
+    Pending held{worker_id, 0, {}, {}, shared_folder};  // finished, not yet uploaded
+    auto upload_held = [&] {
+      if (!held.leases.empty()) Upload(std::move(held));
+      held = Pending{worker_id, 0, {}, {}, shared_folder};
+    };
     while (!stop->HasBeenNotified()) {
-      absl::StatusOr<WorkReply> work = client->GetWork(worker_id, !shared_folder.empty(), HeldStateVersion());
-      if (absl::IsNotFound(work.status())) return absl::NotFoundError("join again");
+      absl::StatusOr<WorkReply> work = client->GetWork(worker_id, !shared_folder.empty(), HeldStateVersion(),
+                                                       static_cast<int>(held.leases.size()));
+      if (absl::IsNotFound(work.status())) return absl::NotFoundError("join again");  // what it held is redone
       if (!work.ok()) {
         if (!IsTransient(work.status()))
           return absl::Status(work.status().code(),
@@ -367,19 +375,24 @@ struct GrpcWorker::Session {
         *finished = true;
         return absl::OkStatus();
       }
-      if (work->kind() == WorkReply::WAIT) continue;
+      if (work->kind() == WorkReply::WAIT) {
+        upload_held();
+        continue;
+      }
+      // Results of an ended batch are of no use to anyone.
+      if (held.state_version != work->state_version()) held = Pending{worker_id, 0, {}, {}, shared_folder};
       Leases leases = LeasesOf(*work);
       absl::Status fetched = EnsureState(*work, backoff);
       if (stop->HasBeenNotified()) break;  // the leases go back when the worker leaves
       if (absl::IsNotFound(fetched)) return absl::NotFoundError("join again");
       if (absl::IsFailedPrecondition(fetched)) continue;  // the batch ended: the leases went with it
-      Pending pending{worker_id, work->state_version(), std::move(leases.ids), {}, shared_folder};
       if (!fetched.ok()) {
         // Give the leases back now rather than at the coordinator's timeout.
         Log(absl::StrCat("cannot fetch state ", work->state_version(), ": ", fetched.message()));
-        for (size_t k = 0; k < pending.leases.size(); ++k)
-          pending.results.push_back(absl::Status(fetched.code(), absl::StrCat("state fetch failed: ", fetched.message())));
-        Upload(std::move(pending));
+        Pending failed{worker_id, work->state_version(), std::move(leases.ids), {}, shared_folder};
+        for (size_t k = 0; k < failed.leases.size(); ++k)
+          failed.results.push_back(absl::Status(fetched.code(), absl::StrCat("state fetch failed: ", fetched.message())));
+        Upload(std::move(failed));
         continue;
       }
       if (static_cast<int>(leases.items.size()) > crew->size()) {
@@ -391,23 +404,29 @@ struct GrpcWorker::Session {
       std::vector<LearnerCrew::Outcome> outcomes = crew->Run(*state, leases.items);
       const auto ended = std::chrono::steady_clock::now();
       int64_t computing = 0;
-      for (LearnerCrew::Outcome& outcome : outcomes) {
+      held.state_version = work->state_version();
+      Pending failed{worker_id, work->state_version(), {}, {}, shared_folder};
+      for (size_t k = 0; k < outcomes.size(); ++k) {
+        LearnerCrew::Outcome& outcome = outcomes[k];
         computing += Microseconds(outcome.took);
         (outcome.result.ok() ? counters->tasks_done : counters->tasks_failed).fetch_add(1, std::memory_order_relaxed);
-        pending.results.push_back(std::move(outcome.result));
+        Pending& into = outcome.result.ok() ? held : failed;
+        into.leases.push_back(leases.ids[k]);
+        into.results.push_back(std::move(outcome.result));
       }
       counters->compute_microseconds.fetch_add(computing, std::memory_order_relaxed);
       counters->idle_microseconds.fetch_add(crew->size() * Microseconds(ended - idle_since) - computing,
                                             std::memory_order_relaxed);
       idle_since = ended;
-      Upload(std::move(pending));
+      if (!failed.leases.empty()) Upload(std::move(failed));
     }
+    upload_held();  // stopping: what is finished still counts
     return absl::OkStatus();
   }
 
   // Results go back on a thread of their own, so that the next items are
   // fetched and computed while the last results are on the wire. At most
-  // one reply's results wait while another's are being sent.
+  // one upload waits while another is being sent.
   struct Pending {
     uint64_t worker;
     uint64_t state_version;
@@ -426,7 +445,7 @@ struct GrpcWorker::Session {
     uploads.push_back(std::move(pending));
   }
 
-  // The uploads of one reply's results: one for every lease its learner
+  // The uploads of `pending`'s results: one for every lease its learner
   // failed on, with the error, and one for all the others, their training
   // tensors summed (ResultHeader.node_items).
   std::vector<std::vector<ResultChunk>> UploadsOf(Pending& pending) const {

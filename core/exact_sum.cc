@@ -71,6 +71,31 @@ class BitWriter {
   int count_ = 0;
 };
 
+// Appends what BitWriter would write for `n` values of a block, each shifted
+// right by `shift`, at a `width` of at most 56 bits: they are gathered in a
+// 64-bit word and stored 8 bytes at a time (EncodeCompact's common case;
+// BitWriter appends a byte at a time).
+void PackNarrowBlock(const __int128* values, size_t n, int shift, int width, std::string* out) {
+  unsigned char packed[ExactSum::kCompactBlock * 8 + 8];
+  const uint64_t mask = (uint64_t{1} << width) - 1;
+  uint64_t word = 0;
+  int used = 0;  // bits of `word` filled
+  size_t at = 0;
+  for (size_t k = 0; k < n; ++k) {
+    const uint64_t v = static_cast<uint64_t>(static_cast<Bits>(values[k]) >> shift) & mask;
+    word |= v << used;
+    used += width;
+    if (used >= 64) {
+      std::memcpy(packed + at, &word, 8);
+      at += 8;
+      used -= 64;
+      word = used > 0 ? v >> (width - used) : 0;
+    }
+  }
+  std::memcpy(packed + at, &word, 8);
+  out->append(reinterpret_cast<const char*>(packed), (n * static_cast<size_t>(width) + 7) / 8);
+}
+
 // Reads what BitWriter wrote from `bytes`, which the caller has checked
 // holds every bit asked for.
 class BitReader {
@@ -260,15 +285,27 @@ std::string ExactSum::EncodeCompact() const {
   __int128 block[kCompactBlock];
   for (size_t start = 0; start < numel; start += kCompactBlock) {
     const size_t n = std::min<size_t>(kCompactBlock, numel - start);
-    int shift = 128, width = 0;
+    // The block's shared trailing zeros are those of its values OR-ed, and
+    // its width that of its largest magnitude (~v for a negative v), whose
+    // top bit is the top bit of all magnitudes OR-ed: no branch per value.
+    Bits any_bits = 0, magnitudes = 0;
     for (size_t k = 0; k < n; ++k) {
       block[k] = Element(start + k);
-      shift = std::min(shift, TrailingZeros(block[k]));
+      any_bits |= static_cast<Bits>(block[k]);
+      magnitudes |= static_cast<Bits>(block[k] ^ (block[k] >> 127));
     }
+    int shift = TrailingZeros(static_cast<__int128>(any_bits));
     if (shift == 128) shift = 0;  // all zeros
-    for (size_t k = 0; k < n; ++k) width = std::max(width, WidthOf(block[k] >> shift));
+    // A block of values that are all -1 or 0 once shifted (such as one
+    // -2^shift) has no magnitude bits but needs its sign bit.
+    const Bits top = magnitudes >> shift;
+    const int width = any_bits == 0 ? 0 : (top == 0 ? 1 : WidthOf(static_cast<__int128>(top)));
     out.push_back(static_cast<char>(shift));
     out.push_back(static_cast<char>(width));
+    if (width <= 56) {
+      PackNarrowBlock(block, n, shift, width, &out);
+      continue;
+    }
     for (size_t k = 0; k < n; ++k) writer.Put(static_cast<Bits>(block[k] >> shift), width);
     writer.Flush();
   }

@@ -246,6 +246,24 @@ TEST(ExactSumTest, CompactFormRoundTripsEveryBlockWidth) {
   }
 }
 
+// Widths 1 and 0: a block whose values are all -1 or 0 once their shared
+// zeros are dropped (one -2^k among zeros, or all equal to -2^k) needs its
+// sign bit alone, and a block of zeros nothing.
+TEST(ExactSumTest, CompactFormKeepsABlockOfMinusOnesAndABlockOfZeros) {
+  const int64_t block = ExactSum::kCompactBlock;
+  std::vector<float> values(3 * block, 0.0f);
+  values[5] = std::ldexp(-1.0f, -10);                                          // block 0: one -2^-10
+  for (int64_t i = block; i < 2 * block; ++i) values[i] = std::ldexp(-1.0f, -50);  // block 1: all -2^-50
+  ExactSum sum(3 * block, 1);                                                  // block 2: zeros
+  ASSERT_TRUE(sum.Add(values.data()).ok());
+  const std::string compact = sum.EncodeCompact();
+  ASSERT_GE(compact.size(), 2u);
+  EXPECT_EQ(static_cast<unsigned char>(compact[1]), 1) << "block 0's width";
+  absl::StatusOr<ExactSum> decoded = ExactSum::DecodeCompact(compact, 3 * block, 1, 1);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->Encode(), sum.Encode());
+}
+
 // HasNegative() reads the sign of every element, however its limbs are
 // held: a sum being added to, and one decoded from either form; an element
 // of -2^-90 (64 units of the grid) is negative in the lowest limb alone.

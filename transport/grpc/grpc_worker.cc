@@ -345,21 +345,23 @@ struct GrpcWorker::Session {
   }
 
   // The work loop of one membership. A reply's items run on the learners at
-  // once; their results are held and summed over the replies of a batch,
-  // and go back as one upload when the coordinator has nothing more for the
-  // node (a learner's failure goes back at once, alone). Returns OK when the
-  // run is finished or the worker stops, NotFound when it must join again,
-  // or a final error (PermissionDenied: evicted).
+  // once. Their results go to the upload thread, which adds them into the
+  // node's running sum while the learners go on, and sends that sum as one
+  // upload when the coordinator has nothing more for the node (a learner's
+  // failure goes back at once, alone). Returns OK when the run is finished
+  // or the worker stops, NotFound when it must join again, or a final error
+  // (PermissionDenied: evicted).
   absl::Status Work(Backoff& backoff, bool* finished) {
     auto idle_since = std::chrono::steady_clock::now();
-    Pending held{worker_id, 0, {}, {}, shared_folder};  // finished, not yet uploaded
-    auto upload_held = [&] {
-      if (!held.leases.empty()) Upload(std::move(held));
-      held = Pending{worker_id, 0, {}, {}, shared_folder};
+    int held = 0;  // leases whose results the upload thread holds for the sum
+    uint64_t held_version = 0;  // the state they ran on
+    auto send_held = [&] {
+      if (held > 0) Upload(Finished{worker_id, 0, {}, {}, shared_folder, /*send=*/true});
+      held = 0;
     };
     while (!stop->HasBeenNotified()) {
-      absl::StatusOr<WorkReply> work = client->GetWork(worker_id, !shared_folder.empty(), HeldStateVersion(),
-                                                       static_cast<int>(held.leases.size()));
+      absl::StatusOr<WorkReply> work =
+          client->GetWork(worker_id, !shared_folder.empty(), HeldStateVersion(), held);
       if (absl::IsNotFound(work.status())) return absl::NotFoundError("join again");  // what it held is redone
       if (!work.ok()) {
         if (!IsTransient(work.status()))
@@ -376,11 +378,11 @@ struct GrpcWorker::Session {
         return absl::OkStatus();
       }
       if (work->kind() == WorkReply::WAIT) {
-        upload_held();
+        send_held();
         continue;
       }
-      // Results of an ended batch are of no use to anyone.
-      if (held.state_version != work->state_version()) held = Pending{worker_id, 0, {}, {}, shared_folder};
+      if (work->state_version() != held_version) held = 0;  // the upload thread drops a sum of an ended batch
+      held_version = work->state_version();
       Leases leases = LeasesOf(*work);
       absl::Status fetched = EnsureState(*work, backoff);
       if (stop->HasBeenNotified()) break;  // the leases go back when the worker leaves
@@ -389,7 +391,7 @@ struct GrpcWorker::Session {
       if (!fetched.ok()) {
         // Give the leases back now rather than at the coordinator's timeout.
         Log(absl::StrCat("cannot fetch state ", work->state_version(), ": ", fetched.message()));
-        Pending failed{worker_id, work->state_version(), std::move(leases.ids), {}, shared_folder};
+        Finished failed{worker_id, work->state_version(), std::move(leases.ids), {}, shared_folder};
         for (size_t k = 0; k < failed.leases.size(); ++k)
           failed.results.push_back(absl::Status(fetched.code(), absl::StrCat("state fetch failed: ", fetched.message())));
         Upload(std::move(failed));
@@ -404,123 +406,161 @@ struct GrpcWorker::Session {
       std::vector<LearnerCrew::Outcome> outcomes = crew->Run(*state, leases.items);
       const auto ended = std::chrono::steady_clock::now();
       int64_t computing = 0;
-      held.state_version = work->state_version();
-      Pending failed{worker_id, work->state_version(), {}, {}, shared_folder};
-      for (size_t k = 0; k < outcomes.size(); ++k) {
-        LearnerCrew::Outcome& outcome = outcomes[k];
+      Finished done{worker_id, work->state_version(), std::move(leases.ids), {}, shared_folder};
+      for (LearnerCrew::Outcome& outcome : outcomes) {
         computing += Microseconds(outcome.took);
         (outcome.result.ok() ? counters->tasks_done : counters->tasks_failed).fetch_add(1, std::memory_order_relaxed);
-        Pending& into = outcome.result.ok() ? held : failed;
-        into.leases.push_back(leases.ids[k]);
-        into.results.push_back(std::move(outcome.result));
+        if (outcome.result.ok()) ++held;
+        done.results.push_back(std::move(outcome.result));
       }
       counters->compute_microseconds.fetch_add(computing, std::memory_order_relaxed);
       counters->idle_microseconds.fetch_add(crew->size() * Microseconds(ended - idle_since) - computing,
                                             std::memory_order_relaxed);
       idle_since = ended;
-      if (!failed.leases.empty()) Upload(std::move(failed));
+      Upload(std::move(done));
     }
-    upload_held();  // stopping: what is finished still counts
+    send_held();  // stopping: what is finished still counts
     return absl::OkStatus();
   }
 
-  // Results go back on a thread of their own, so that the next items are
-  // fetched and computed while the last results are on the wire. At most
-  // one upload waits while another is being sent.
-  struct Pending {
+  // Results handed to the upload thread, so that the next items are fetched
+  // and computed while the last results are summed and sent. At most one
+  // hand-over waits while another is being dealt with.
+  struct Finished {
     uint64_t worker;
     uint64_t state_version;
     std::vector<uint64_t> leases;
     std::vector<absl::StatusOr<TaskResult>> results;  // by lease
     std::string shared_folder;  // of the membership that ran it
+    bool send = false;          // then send the running sum (no results come with it)
   };
   absl::Mutex upload_mu;
-  std::deque<Pending> uploads ABSL_GUARDED_BY(upload_mu);
+  std::deque<Finished> uploads ABSL_GUARDED_BY(upload_mu);
   bool uploads_closed ABSL_GUARDED_BY(upload_mu) = false;
 
-  void Upload(Pending pending) {
+  void Upload(Finished finished) {
     absl::MutexLock lock(&upload_mu);
     upload_mu.Await(absl::Condition(
-        +[](std::deque<Pending>* queue) { return queue->empty(); }, &uploads));
-    uploads.push_back(std::move(pending));
+        +[](std::deque<Finished>* queue) { return queue->empty(); }, &uploads));
+    uploads.push_back(std::move(finished));
   }
 
-  // The uploads of `pending`'s results: one for every lease its learner
-  // failed on, with the error, and one for all the others, their training
-  // tensors summed (ResultHeader.node_items).
-  std::vector<std::vector<ResultChunk>> UploadsOf(Pending& pending) const {
-    std::vector<std::vector<ResultChunk>> uploads;
+  // The upload thread's running sum: the results of one membership and
+  // state version not yet sent, the first as it came, and from the second
+  // on all of their tensors in one exact sum.
+  struct RunningSum {
+    uint64_t worker = 0, state_version = 0;
+    std::string shared_folder;
+    std::vector<uint64_t> leases;
+    std::vector<TaskResult> results;  // by lease; tensors moved into `sums` once there are two
+    std::optional<TensorSums> sums;
+    int tasks = 0;
+    absl::Status broken;  // a result that could not be summed: every lease is sent back failed
+  };
+  RunningSum running;
+
+  // Adds a successful result to the running sum of `finished`'s membership
+  // and state, first dropping a sum of another (its batch is over).
+  void AddToRunningSum(const Finished& finished, uint64_t lease, TaskResult result) {
+    if (running.worker != finished.worker || running.state_version != finished.state_version) {
+      running = RunningSum();
+      running.worker = finished.worker;
+      running.state_version = finished.state_version;
+      running.shared_folder = finished.shared_folder;
+    }
+    const bool train = result.delta.defined() || result.sums.has_value();
+    running.tasks += result.sums ? result.sums->tasks() : 1;
+    running.leases.push_back(lease);
+    running.results.push_back(std::move(result));
+    if (!train || running.results.size() < 2 || !running.broken.ok()) return;
+    if (!running.sums.has_value()) {
+      running.sums.emplace(crew->first().num_parameters(), config.outer().meta_batch_size(), moments());
+      running.broken = MoveInto(running.results[0]);
+    }
+    if (running.broken.ok()) running.broken = MoveInto(running.results.back());
+  }
+
+  absl::Status MoveInto(TaskResult& result) {
+    absl::Status added = result.sums ? running.sums->Merge(*result.sums)
+                                     : running.sums->Add(result.delta, result.adam_m, result.adam_v);
+    result.delta = result.adam_m = result.adam_v = torch::Tensor();
+    result.sums.reset();
+    return added;
+  }
+
+  // The upload of the running sum (or, should a result not have summed,
+  // the failure of each of its leases), which it then empties.
+  std::vector<std::vector<ResultChunk>> TakeRunningSum() {
+    std::vector<std::vector<ResultChunk>> messages;
+    RunningSum sum = std::move(running);
+    running = RunningSum();
+    if (sum.leases.empty()) return messages;
     const int64_t numel = crew->first().num_parameters();
     const DeltaDtype dtype = config.outer().delta_dtype();
     WorkReply lease;
-    lease.set_state_version(pending.state_version);
-    std::vector<size_t> succeeded;
-    for (size_t k = 0; k < pending.leases.size(); ++k) {
-      if (pending.results[k].ok()) {
-        succeeded.push_back(k);
+    lease.set_state_version(sum.state_version);
+    if (!sum.broken.ok()) {
+      for (uint64_t id : sum.leases) {
+        lease.set_lease_id(id);
+        messages.push_back(CoordinatorClient::ResultMessages(
+            sum.worker, lease, absl::InternalError(absl::StrCat("node sum: ", sum.broken.message())), dtype, numel));
+      }
+      return messages;
+    }
+    TaskResult& first = sum.results[0];
+    if (sum.sums.has_value()) first.sums = std::move(sum.sums);
+    lease.set_lease_id(sum.leases[0]);
+    messages.push_back(CoordinatorClient::ResultMessages(sum.worker, lease, first, dtype, numel, sum.shared_folder));
+    ResultHeader* header = messages.back()[0].mutable_header();
+    header->set_tasks(sum.tasks);
+    for (size_t k = 1; k < sum.leases.size(); ++k) {
+      const TaskResult& other = sum.results[k];
+      NodeItem* item = header->add_node_items();
+      item->set_lease_id(sum.leases[k]);
+      item->set_loss(other.loss);
+      item->set_correct(other.correct);
+      item->set_correct_inductive(other.correct_inductive);
+      item->set_predictions(other.predictions);
+      item->set_compute_seconds(other.compute_seconds);
+    }
+    return messages;
+  }
+
+  // What `finished` sends now: its failures, each alone, and the running
+  // sum if it asks for it. Its successes go into the running sum.
+  std::vector<std::vector<ResultChunk>> Handle(Finished& finished) {
+    std::vector<std::vector<ResultChunk>> messages;
+    WorkReply lease;
+    lease.set_state_version(finished.state_version);
+    for (size_t k = 0; k < finished.leases.size(); ++k) {
+      absl::StatusOr<TaskResult>& result = finished.results[k];
+      if (result.ok()) {
+        AddToRunningSum(finished, finished.leases[k], *std::move(result));
         continue;
       }
-      lease.set_lease_id(pending.leases[k]);
-      uploads.push_back(CoordinatorClient::ResultMessages(pending.worker, lease, pending.results[k], dtype, numel));
+      lease.set_lease_id(finished.leases[k]);
+      messages.push_back(CoordinatorClient::ResultMessages(finished.worker, lease, result,
+                                                           config.outer().delta_dtype(),
+                                                           crew->first().num_parameters()));
     }
-    if (succeeded.empty()) return uploads;
-    absl::StatusOr<TaskResult> combined = std::move(pending.results[succeeded[0]]);
-    int tasks = combined->sums ? combined->sums->tasks() : 1;
-    std::vector<NodeItem> node_items;
-    if (succeeded.size() > 1) {
-      absl::Status summed = absl::OkStatus();
-      const bool train = combined->delta.defined() || combined->sums.has_value();
-      if (train && !combined->sums.has_value()) {
-        combined->sums.emplace(numel, config.outer().meta_batch_size(), moments());
-        summed = combined->sums->Add(combined->delta, combined->adam_m, combined->adam_v);
-        combined->delta = combined->adam_m = combined->adam_v = torch::Tensor();
-      }
-      for (size_t j = 1; j < succeeded.size() && summed.ok(); ++j) {
-        TaskResult& other = *pending.results[succeeded[j]];
-        NodeItem& item = node_items.emplace_back();
-        item.set_lease_id(pending.leases[succeeded[j]]);
-        item.set_loss(other.loss);
-        item.set_correct(other.correct);
-        item.set_correct_inductive(other.correct_inductive);
-        item.set_predictions(other.predictions);
-        item.set_compute_seconds(other.compute_seconds);
-        tasks += other.sums ? other.sums->tasks() : 1;
-        if (!train) continue;
-        summed = other.sums ? combined->sums->Merge(*other.sums)
-                            : combined->sums->Add(other.delta, other.adam_m, other.adam_v);
-      }
-      if (!summed.ok()) {
-        // A learner's tensors that cannot be summed (out of range): each
-        // lease says so, and all are redone.
-        for (size_t k : succeeded) {
-          lease.set_lease_id(pending.leases[k]);
-          uploads.push_back(CoordinatorClient::ResultMessages(
-              pending.worker, lease, absl::InternalError(absl::StrCat("node sum: ", summed.message())), dtype, numel));
-        }
-        return uploads;
-      }
+    if (finished.send) {
+      std::vector<std::vector<ResultChunk>> sum = TakeRunningSum();
+      for (std::vector<ResultChunk>& upload : sum) messages.push_back(std::move(upload));
     }
-    lease.set_lease_id(pending.leases[succeeded[0]]);
-    std::vector<ResultChunk> messages =
-        CoordinatorClient::ResultMessages(pending.worker, lease, combined, dtype, numel, pending.shared_folder);
-    ResultHeader* header = messages[0].mutable_header();
-    header->set_tasks(tasks);
-    for (NodeItem& item : node_items) *header->add_node_items() = std::move(item);
-    uploads.push_back(std::move(messages));
-    return uploads;
+    return messages;
   }
 
   void UploadLoop() {
     while (true) {
-      Pending pending;
+      Finished finished;
       {
         absl::MutexLock lock(&upload_mu);
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(upload_mu) { return uploads_closed || !uploads.empty(); };
         upload_mu.Await(absl::Condition(&ready));
         if (uploads.empty()) return;
-        pending = std::move(uploads.front());
+        finished = std::move(uploads.front());
       }
-      for (const std::vector<ResultChunk>& messages : UploadsOf(pending)) {
+      for (const std::vector<ResultChunk>& messages : Handle(finished)) {
         // A result lost in transit would leave its leases held by a live
         // worker until the coordinator gives up on them: retry transient
         // failures for a few seconds (a result that did arrive comes back

@@ -12,7 +12,9 @@
 //
 // --learners=L simulates the workers as nodes of L learners each (W/L nodes,
 // as `reptile worker --learners L` runs): a node is leased up to L items per
-// reply and sends one upload for them, the exact sum of their results.
+// reply and sends one upload for them, the exact sum of their results. (A
+// real node sums over all of a round's replies; with meta-batch = workers,
+// the default, a round is one reply per node, so the two are the same.)
 //
 // --compute_ms < 0 measures it: the median wall time of Learner::Run on one
 // Omniglot 5-way 1-shot training task, on this machine, in this run. Each case

@@ -364,6 +364,23 @@ class MpiNetnsTest : public MpiNodesTest {
     ASSERT_NO_FATAL_FAILURE(SetUpHead("10.78.0"));
     for (const char* node : {"a", "b", "c"}) ASSERT_NO_FATAL_FAILURE(AddNode(node));
   }
+
+  // mpirun of 4 ranks of the demo config into `run`, from the head, over
+  // the nodes' slots in `hostfile`, placed as `placement` says.
+  std::vector<std::string> MpirunArgs(const std::string& hostfile, const std::vector<std::string>& placement,
+                                      const std::string& run, const std::vector<std::string>& overrides) const {
+    std::vector<std::string> args = {namespaces_->ip(), "netns", "exec", head_, "/usr/bin/mpirun",
+                                     "--hostfile", hostfile, "-np", "4"};
+    args.insert(args.end(), placement.begin(), placement.end());
+    const std::vector<std::string> rest = {
+        "--bind-to", "none", "--mca", "plm_rsh_agent", SourcePath("tests/mpi_netns_rsh.sh"),
+        "--mca", "oob_tcp_if_include", kSubnet, "--mca", "btl_tcp_if_include", kSubnet,
+        "--mca", "btl", "self,vader,tcp",
+        REPTILE_BINARY, "mpi", "--config", SourcePath("configs/demo.textproto"), "--run_dir", run};
+    args.insert(args.end(), rest.begin(), rest.end());
+    args.insert(args.end(), overrides.begin(), overrides.end());
+    return args;
+  }
 };
 
 TEST_F(MpiNetnsTest, RanksOnThreeNodesLaunchedThroughAnRshAgentMatchTheInProcessRun) {
@@ -374,16 +391,8 @@ TEST_F(MpiNetnsTest, RanksOnThreeNodesLaunchedThroughAnRshAgentMatchTheInProcess
   std::ofstream(hostfile) << nodes_[0].address << " slots=1\n"
                           << nodes_[1].address << " slots=1\n"
                           << nodes_[2].address << " slots=2\n";
-  const std::vector<std::string> env = MpirunEnv(agent_log);
-  std::vector<std::string> args = {namespaces_->ip(), "netns", "exec", head_, "/usr/bin/mpirun",
-                                   "--hostfile", hostfile, "-np", "4", "--bind-to", "none",
-                                   "--mca", "plm_rsh_agent", SourcePath("tests/mpi_netns_rsh.sh"),
-                                   "--mca", "oob_tcp_if_include", kSubnet, "--mca", "btl_tcp_if_include", kSubnet,
-                                   "--mca", "btl", "self,vader,tcp",
-                                   REPTILE_BINARY, "mpi", "--config", SourcePath("configs/demo.textproto"),
-                                   "--run_dir", run};
-  args.insert(args.end(), overrides.begin(), overrides.end());
-  mpirun_ = ChildProcess::Start(args, logs + "/mpirun", REPTILE_SOURCE_DIR, env);
+  mpirun_ = ChildProcess::Start(MpirunArgs(hostfile, {}, run, overrides), logs + "/mpirun", REPTILE_SOURCE_DIR,
+                                MpirunEnv(agent_log));
 
   // Where each rank runs: the inode of its network namespace, while it runs.
   std::map<ino_t, std::string> node_of;
@@ -455,16 +464,9 @@ TEST_F(MpiNetnsTest, TheReductionSendsOneSumPerNodeOverItsLink) {
   std::ofstream(hostfile) << nodes_[0].address << " slots=1\n"
                           << nodes_[1].address << " slots=2\n"
                           << nodes_[2].address << " slots=1\n";
-  std::vector<std::string> args = {namespaces_->ip(), "netns", "exec", head_, "/usr/bin/mpirun",
-                                   "--hostfile", hostfile, "-np", "4", "--map-by", "node", "--bind-to", "none",
-                                   "--mca", "plm_rsh_agent", SourcePath("tests/mpi_netns_rsh.sh"),
-                                   "--mca", "oob_tcp_if_include", kSubnet, "--mca", "btl_tcp_if_include", kSubnet,
-                                   "--mca", "btl", "self,vader,tcp",
-                                   REPTILE_BINARY, "mpi", "--config", SourcePath("configs/demo.textproto"),
-                                   "--run_dir", run};
-  args.insert(args.end(), overrides.begin(), overrides.end());
   const std::pair<long, long> b_before = ReceivedAndSent(nodes_[1].ns);
-  mpirun_ = ChildProcess::Start(args, logs + "/mpirun", REPTILE_SOURCE_DIR, MpirunEnv(agent_log));
+  mpirun_ = ChildProcess::Start(MpirunArgs(hostfile, {"--map-by", "node"}, run, overrides), logs + "/mpirun",
+                                REPTILE_SOURCE_DIR, MpirunEnv(agent_log));
   ASSERT_EQ(mpirun_->ExitCode(300), 0) << mpirun_->err() << mpirun_->out() << "\nagent log:\n"
                                        << ReadWholeFile(agent_log);
   EXPECT_EQ(ParameterSha(mpirun_->out()), ThreadsReference(overrides, logs + "/reference")) << mpirun_->out();

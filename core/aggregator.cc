@@ -25,8 +25,8 @@ absl::Status Aggregator::Add(int item, TaskResult result) {
     return absl::InvalidArgumentError(absl::StrCat("item ", item, ": ", status.message()));
   };
   if (result.tensors_elsewhere) {
-    if (result.sums.has_value() || result.delta.defined() || result.adam_m.defined() || result.adam_v.defined() ||
-        !result.summed_with.empty())
+    if (result.sums.has_value() || result.compact_sums.has_value() || result.delta.defined() ||
+        result.adam_m.defined() || result.adam_v.defined() || !result.summed_with.empty())
       return refuse(absl::InvalidArgumentError("carries tensors, but says another result holds them"));
     received_[item] = true;
     return absl::OkStatus();
@@ -42,13 +42,14 @@ absl::Status Aggregator::Add(int item, TaskResult result) {
       return refuse(absl::InvalidArgumentError(absl::StrCat("sums over item ", other, ", whose tensors are already in")));
     tasks += item_tasks_[other];
   }
-  if (result.sums.has_value()) {
-    if (result.delta.defined() || result.adam_m.defined() || result.adam_v.defined())
-      return refuse(absl::InvalidArgumentError("carries both fp32 tensors and exact sums"));
-    if (result.sums->tasks() != tasks)
-      return refuse(absl::InvalidArgumentError(
-          absl::StrCat("sums of ", result.sums->tasks(), " tasks, but the items cover ", tasks)));
-    absl::Status merged = sums_.Merge(*result.sums);
+  const int forms = (result.delta.defined() || result.adam_m.defined() || result.adam_v.defined() ? 1 : 0) +
+                    (result.sums.has_value() ? 1 : 0) + (result.compact_sums.has_value() ? 1 : 0);
+  if (forms > 1) return refuse(absl::InvalidArgumentError("carries its tensors in more than one form"));
+  if (result.sums.has_value() || result.compact_sums.has_value()) {
+    const int summed = result.sums ? result.sums->tasks() : result.compact_sums->tasks();
+    if (summed != tasks)
+      return refuse(absl::InvalidArgumentError(absl::StrCat("sums of ", summed, " tasks, but the items cover ", tasks)));
+    absl::Status merged = result.sums ? sums_.Merge(*result.sums) : sums_.Merge(*result.compact_sums);
     if (!merged.ok()) return refuse(merged);
   } else {
     if (tasks != 1)

@@ -317,14 +317,8 @@ size_t ExactSum::MaxCompactBytes(int64_t numel) {
   return (n + kCompactBlock - 1) / kCompactBlock * 2 + n * kElementBytes;
 }
 
-absl::StatusOr<ExactSum> ExactSum::DecodeCompact(absl::string_view bytes, int64_t numel, int terms, int max_terms) {
-  if (numel < 0 || bytes.size() > MaxCompactBytes(numel))
-    return absl::InvalidArgumentError(absl::StrCat("compact exact sum of ", bytes.size(), " bytes; ", numel,
-                                                   " elements take at most ", MaxCompactBytes(numel)));
-  if (terms < 1 || terms > max_terms)
-    return absl::InvalidArgumentError(absl::StrCat("exact sum claims ", terms, " terms; 1 to ", max_terms, " allowed"));
-  ExactSum sum(numel, max_terms);
-  const __int128 reach = sum.Limit() * terms;
+template <typename Visit>
+absl::Status ExactSum::ForEachCompactBlock(absl::string_view bytes, int64_t numel, const Visit& visit) {
   const unsigned char* at = reinterpret_cast<const unsigned char*>(bytes.data());
   const unsigned char* const end = at + bytes.size();
   // A block's packed values, with room to load 16 bytes from any of them.
@@ -340,24 +334,83 @@ absl::StatusOr<ExactSum> ExactSum::DecodeCompact(absl::string_view bytes, int64_
       return absl::InvalidArgumentError(absl::StrCat("compact exact sum block ", block, " has shift ", shift,
                                                      " and width ", width, " for ", end - at, " bytes"));
     at += packed;
-    if (width == 0) continue;  // all zeros, as the sum starts
+    if (width == 0) continue;  // all zeros
     std::memcpy(packed_block, at - packed, static_cast<size_t>(packed));
     std::memset(packed_block + packed, 0, sizeof(Bits));
     const Bits largest = UnpackBlock(packed_block, n, width, block_values);
-    auto shifted = [shift](__int128 v) { return static_cast<__int128>(static_cast<Bits>(v) << shift); };
-    // One reach check for the block, on its largest magnitude (shift +
-    // width <= 128 keeps it below 2^128); where that fails, the element
-    // beyond reach is found and named.
-    if ((largest << shift) >= static_cast<Bits>(reach)) {
-      for (int64_t k = 0; k < n; ++k)
-        RETURN_IF_ERROR(sum.SetElement(static_cast<size_t>(start + k), shifted(block_values[k]), reach, terms));
-    }
-    for (int64_t k = 0; k < n; ++k) sum.SetLimbs(static_cast<size_t>(start + k), shifted(block_values[k]));
+    RETURN_IF_ERROR(visit(start, n, shift, static_cast<const __int128*>(block_values), largest));
   }
   if (at != end)
     return absl::InvalidArgumentError(
         absl::StrCat("compact exact sum has ", end - at, " bytes after its last block"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CompactSum> CompactSum::Check(std::string bytes, int64_t numel, int terms, int max_terms) {
+  if (numel < 0 || bytes.size() > ExactSum::MaxCompactBytes(numel))
+    return absl::InvalidArgumentError(absl::StrCat("compact exact sum of ", bytes.size(), " bytes; ", numel,
+                                                   " elements take at most ", ExactSum::MaxCompactBytes(numel)));
+  if (terms < 1 || terms > max_terms)
+    return absl::InvalidArgumentError(absl::StrCat("exact sum claims ", terms, " terms; 1 to ", max_terms, " allowed"));
+  const __int128 reach = (static_cast<__int128>(1) << 126) / max_terms * terms;  // as ExactSum::Limit() * terms
+  bool negative = false;
+  // One reach check a block, on its largest magnitude (shift + width <= 128
+  // keeps it below 2^128); where that fails, the element beyond reach is
+  // found and named.
+  RETURN_IF_ERROR(ExactSum::ForEachCompactBlock(
+      bytes, numel, [&](int64_t start, int64_t n, int shift, const __int128* values, Bits largest) -> absl::Status {
+        Bits signs = 0;
+        for (int64_t k = 0; k < n; ++k) signs |= static_cast<Bits>(values[k]);
+        negative = negative || (signs >> 127) != 0;
+        if ((largest << shift) < static_cast<Bits>(reach)) return absl::OkStatus();
+        for (int64_t k = 0; k < n; ++k)
+          if (!AbsBelow(static_cast<__int128>(static_cast<Bits>(values[k]) << shift), reach))
+            return absl::InvalidArgumentError(absl::StrCat("exact sum element ", start + k, " lies beyond what ",
+                                                           terms, " in-range values can reach"));
+        return absl::OkStatus();
+      }));
+  CompactSum sum;
+  sum.bytes_ = std::move(bytes);
+  sum.numel_ = numel;
   sum.terms_ = terms;
+  sum.max_terms_ = max_terms;
+  sum.has_negative_ = negative;
+  return sum;
+}
+
+absl::Status ExactSum::Merge(const CompactSum& other) {
+  if (other.numel_ != numel() || other.max_terms_ != max_terms_)
+    return absl::InvalidArgumentError(absl::StrCat("cannot merge a compact exact sum of ", other.numel_,
+                                                   " elements for ", other.max_terms_, " terms into one of ",
+                                                   numel(), " for ", max_terms_));
+  if (terms_ + other.terms_ > max_terms_)
+    return absl::InvalidArgumentError(absl::StrCat("merged exact sums would hold ", terms_ + other.terms_,
+                                                   " vectors, more than ", max_terms_));
+  // Each element splits into limbs below 2^42 (its magnitude is within
+  // reach, below 2^126): one unit of load.
+  if (load_ + 1 > kMaxLoad) Carry();
+  constexpr int64_t kMask = (int64_t{1} << kLimbBits) - 1;
+  RETURN_IF_ERROR(ForEachCompactBlock(
+      other.bytes_, other.numel_,
+      [this](int64_t start, int64_t n, int shift, const __int128* values, Bits) -> absl::Status {
+        for (int64_t k = 0; k < n; ++k) {
+          const __int128 value = static_cast<__int128>(static_cast<Bits>(values[k]) << shift);
+          const size_t i = static_cast<size_t>(start + k);
+          low_[i] += static_cast<double>(static_cast<int64_t>(value) & kMask);
+          middle_[i] += static_cast<double>(static_cast<int64_t>(value >> kLimbBits) & kMask);
+          high_[i] += static_cast<double>(static_cast<int64_t>(value >> (2 * kLimbBits)));
+        }
+        return absl::OkStatus();
+      }));
+  ++load_;
+  terms_ += other.terms_;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ExactSum> ExactSum::DecodeCompact(absl::string_view bytes, int64_t numel, int terms, int max_terms) {
+  ASSIGN_OR_RETURN(CompactSum compact, CompactSum::Check(std::string(bytes), numel, terms, max_terms));
+  ExactSum sum(numel, max_terms);
+  RETURN_IF_ERROR(sum.Merge(compact));
   return sum;
 }
 

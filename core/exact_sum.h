@@ -28,6 +28,8 @@
 
 namespace reptile {
 
+class CompactSum;
+
 class ExactSum {
  public:
   // Fixed-point bits below the binary point, and the bytes of one element
@@ -47,6 +49,9 @@ class ExactSum {
   // Adds another sum of the same size and capacity. InvalidArgument if the
   // sizes differ or the terms would exceed max_terms.
   absl::Status Merge(const ExactSum& other);
+  // The same for a sum in its checked compact form, added straight from its
+  // bytes.
+  absl::Status Merge(const CompactSum& other);
 
   // sum / divisor for element i, rounded to double (a function of the exact
   // sum alone).
@@ -93,6 +98,15 @@ class ExactSum {
   static size_t MaxCompactBytes(int64_t numel);
 
  private:
+  friend class CompactSum;
+  // Calls visit(start, n, shift, values, largest) for each block of
+  // EncodeCompact()'s `bytes` that is not all zeros: its first element, its
+  // size, its shift and its n values before the shift, with the largest
+  // magnitude among them. InvalidArgument, naming the block, for a shift or
+  // width out of range, or bytes that end anywhere but after the last block.
+  template <typename Visit>
+  static absl::Status ForEachCompactBlock(absl::string_view bytes, int64_t numel, const Visit& visit);
+
   // |value| that Add() refuses, and the same in units of 2^-96.
   double ValueLimit() const;
   __int128 Limit() const;
@@ -124,6 +138,31 @@ class ExactSum {
   int load_ = 1;
   int max_terms_ = 1;
   int terms_ = 0;
+};
+
+// An exact sum in its compact form (ExactSum::EncodeCompact) from another
+// process, checked as ExactSum::DecodeCompact checks it but left packed:
+// ExactSum::Merge adds it without unpacking it into a sum of its own first
+// (24 bytes a value, allocated, filled and read again).
+class CompactSum {
+ public:
+  // InvalidArgument as ExactSum::DecodeCompact.
+  static absl::StatusOr<CompactSum> Check(std::string bytes, int64_t numel, int terms, int max_terms);
+
+  int64_t numel() const { return numel_; }
+  int terms() const { return terms_; }
+  int max_terms() const { return max_terms_; }
+  // Whether any element is below zero (a sum of squares cannot be).
+  bool has_negative() const { return has_negative_; }
+
+ private:
+  friend class ExactSum;
+  CompactSum() = default;
+
+  std::string bytes_;
+  int64_t numel_ = 0;
+  int terms_ = 0, max_terms_ = 1;
+  bool has_negative_ = false;
 };
 
 }  // namespace reptile

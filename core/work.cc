@@ -55,18 +55,32 @@ absl::Status TensorSums::Add(const torch::Tensor& task_delta, const torch::Tenso
   return absl::OkStatus();
 }
 
-absl::Status TensorSums::Merge(const TensorSums& other) {
-  if (other.carried() != carried())
+namespace {
+
+// Merges `other`'s sums into `sums`, all or none: whether they fit is
+// checked first (each tensor's sum has the delta's size and capacity).
+template <typename Other>
+absl::Status MergeSums(TensorSums& sums, const Other& other) {
+  if (other.carried() != sums.carried())
     return absl::InvalidArgumentError("tensor sums carry different Adam moments");
-  if (other.delta.numel() != delta.numel() || other.delta.max_terms() != delta.max_terms() ||
-      other.tasks() + tasks() > delta.max_terms())
+  auto fits = [&sums, &other](const auto& sum) {
+    return sum.numel() == sums.delta.numel() && sum.max_terms() == sums.delta.max_terms() &&
+           sum.terms() == other.tasks() && other.tasks() + sums.tasks() <= sums.delta.max_terms();
+  };
+  if (!fits(other.delta) || (other.adam_m && !fits(*other.adam_m)) || (other.adam_v && !fits(*other.adam_v)))
     return absl::InvalidArgumentError(absl::StrCat("tensor sums of ", other.tasks(), " tasks and ",
                                                    other.delta.numel(), " elements do not fit a sum of ",
-                                                   tasks(), " tasks and ", delta.numel()));
-  RETURN_IF_ERROR(delta.Merge(other.delta));
-  if (adam_m) RETURN_IF_ERROR(adam_m->Merge(*other.adam_m));
-  if (adam_v) RETURN_IF_ERROR(adam_v->Merge(*other.adam_v));
+                                                   sums.tasks(), " tasks and ", sums.delta.numel()));
+  RETURN_IF_ERROR(sums.delta.Merge(other.delta));
+  if (sums.adam_m) RETURN_IF_ERROR(sums.adam_m->Merge(*other.adam_m));
+  if (sums.adam_v) RETURN_IF_ERROR(sums.adam_v->Merge(*other.adam_v));
   return absl::OkStatus();
 }
+
+}  // namespace
+
+absl::Status TensorSums::Merge(const TensorSums& other) { return MergeSums(*this, other); }
+
+absl::Status TensorSums::Merge(const CompactTensorSums& other) { return MergeSums(*this, other); }
 
 }  // namespace reptile

@@ -55,6 +55,15 @@ struct WorkItem {
   std::vector<TaskSpec> tasks;
 };
 
+// A training result's exact sums as they came over the wire: checked, and
+// left in their compact form (CompactSum) until they are added.
+struct CompactTensorSums {
+  CompactSum delta;
+  std::optional<CompactSum> adam_m, adam_v;  // as carried
+  int tasks() const { return delta.terms(); }
+  CarriedMoments carried() const { return {adam_m.has_value(), adam_v.has_value()}; }
+};
+
 // The exact sums (core/exact_sum.h) of training tasks' tensors: delta and
 // the carried moments. Any grouping of the same tasks gives the same bits.
 struct TensorSums {
@@ -65,12 +74,14 @@ struct TensorSums {
   absl::Status Add(const torch::Tensor& delta, const torch::Tensor& adam_m, const torch::Tensor& adam_v);
   // InvalidArgument if `other` holds other moments or sizes, or too many terms.
   absl::Status Merge(const TensorSums& other);
+  absl::Status Merge(const CompactTensorSums& other);
   int tasks() const { return delta.terms(); }
   CarriedMoments carried() const { return {adam_m.has_value(), adam_v.has_value()}; }
 
   ExactSum delta;
   std::optional<ExactSum> adam_m, adam_v;  // as carried
 };
+
 
 // The result of one work item.
 struct TaskResult {
@@ -80,8 +91,10 @@ struct TaskResult {
   torch::Tensor delta;
   torch::Tensor adam_m, adam_v;
   // Training, an item of several tasks (or a transport's sum over items):
-  // the exact sums of those tensors instead.
+  // the exact sums of those tensors instead; as decoded from the wire, in
+  // their compact form.
   std::optional<TensorSums> sums;
+  std::optional<CompactTensorSums> compact_sums;
   // Training: mean loss over the inner minibatches (and over the item's
   // tasks). Evaluation: loss on the query set after adaptation
   // (cross-entropy, or MSE for sine).

@@ -128,9 +128,9 @@ void FuzzClaims(const std::string& folder, const Choice& choice, const uint8_t* 
     absl::StatusOr<reptile::TaskResult> result = reptile::DecodeResult(*header, item, shape, std::move(payload));
     if (!result.ok()) continue;
     if (item.kind == reptile::WorkKind::kEvaluate) {
-      if (result->delta.defined() || result->sums) __builtin_trap();
+      if (result->delta.defined() || result->compact_sums) __builtin_trap();
     } else if (item.tasks.size() > 1) {
-      if (!result->sums || result->sums->delta.numel() != kNumel) __builtin_trap();
+      if (!result->compact_sums || result->compact_sums->delta.numel() != kNumel) __builtin_trap();
     } else if (!result->delta.defined() || result->delta.numel() != kNumel ||
                result->adam_v.defined() != choice.moments.second || result->adam_m.defined() != choice.moments.first) {
       __builtin_trap();

@@ -492,8 +492,7 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     Upload upload;
     if (std::optional<grpc::Status> ended = OpenUpload(context, header, reply, &upload)) return *ended;
     const bool folder_allowed = !board_->shared_folder.empty() && OverUnixSocket(*context);
-    absl::StatusOr<TaskResult> result =
-        ReadResult(header, upload.expected, *upload.snapshot, reader, upload.stream, folder_allowed);
+    absl::StatusOr<TaskResult> result = ReadResult(header, reader, folder_allowed, &upload);
     return Deliver(context, header, std::move(result), upload, reply);
   }
 
@@ -542,7 +541,8 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
     // What the upload's tensors must cover: the kind of its items and all
     // of their tasks.
     WorkItem expected;
-    uint64_t stream = 0;  // its registration with the reaper
+    uint64_t stream = 0;   // its registration with the reaper, until its bytes are in
+    bool cut_off = false;  // the reaper cut it off first
   };
 
   // Checks `header` against the scheduler: the call's answer if it ends
@@ -599,20 +599,12 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
   grpc::Status Deliver(grpc::ServerContext* context, const ResultHeader& header, absl::StatusOr<TaskResult> result,
                        const Upload& upload, SubmitReply* reply) {
     Board& b = *board_;
-    // The stream has been read: the reaper stops watching it before the
-    // result waits its turn, so that a queue of large results being added
-    // cannot make this one look stalled.
-    bool cut_off = false;
-    {
-      absl::MutexLock lock(&b.mu);
-      cut_off = b.CloseStream(upload.stream);
-    }
     absl::MutexLock take_lock(&b.take_mu);
     const ResultSink* take = nullptr;
     {
       absl::MutexLock lock(&b.mu);
       if (!result.ok()) {
-        if (cut_off) {
+        if (upload.cut_off) {
           b.scheduler.Refuse(upload.leases, "upload too slow; cut off", RefusalReason::kUploadTooSlow);
           return Refusal(grpc::StatusCode::DEADLINE_EXCEEDED, "upload too slow; cut off");
         }
@@ -679,19 +671,26 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
   // Reads the rest of a result stream, or the result file it names, and
   // checks it against what the task must return. Every failure is
   // InvalidArgument saying what is wrong.
-  absl::StatusOr<TaskResult> ReadResult(const ResultHeader& header, const WorkItem& work, const Snapshot& snapshot,
-                                        grpc::ServerReader<ResultChunk>* reader, uint64_t stream,
-                                        bool folder_allowed) {
+  // The reaper watches the stream until its bytes are in, not while they
+  // are decoded: many large results decoded at once on a busy coordinator
+  // must not look like stalled uploads.
+  absl::StatusOr<TaskResult> ReadResult(const ResultHeader& header, grpc::ServerReader<ResultChunk>* reader,
+                                        bool folder_allowed, Upload* upload) {
     auto invalid = [&](absl::string_view what) {
       return absl::InvalidArgumentError(absl::StrCat("lease ", header.lease_id(), ": ", what));
     };
-    const ResultShape shape{snapshot.numel, snapshot.moments, board_->meta_batch};
-    absl::StatusOr<std::vector<size_t>> sizes = ResultPayloadSizes(header, work, shape);
-    if (!sizes.ok()) return invalid(sizes.status().message());
-    ASSIGN_OR_RETURN(std::vector<std::string> payload,
-                     header.in_shared_folder() ? ReadFolderPayload(header, *sizes, reader, folder_allowed, invalid)
-                                               : ReadStreamPayload(*sizes, reader, stream, invalid));
-    absl::StatusOr<TaskResult> result = DecodeResult(header, work, shape, std::move(payload));
+    const ResultShape shape{upload->snapshot->numel, upload->snapshot->moments, board_->meta_batch};
+    absl::StatusOr<std::vector<size_t>> sizes = ResultPayloadSizes(header, upload->expected, shape);
+    absl::StatusOr<std::vector<std::string>> payload =
+        !sizes.ok() ? invalid(sizes.status().message())
+        : header.in_shared_folder() ? ReadFolderPayload(header, *sizes, reader, folder_allowed, invalid)
+                                    : ReadStreamPayload(*sizes, reader, upload->stream, invalid);
+    {
+      absl::MutexLock lock(&board_->mu);
+      upload->cut_off = board_->CloseStream(upload->stream);
+    }
+    if (!payload.ok()) return payload.status();
+    absl::StatusOr<TaskResult> result = DecodeResult(header, upload->expected, shape, *std::move(payload));
     if (!result.ok()) return invalid(result.status().message());
     return result;
   }

@@ -112,6 +112,7 @@ class LearnerCrew {
       absl::MutexLock lock(&mu_);
       state_ = &state;
       items_ = &items;
+      count_ = items.size();
       outcomes_.assign(items.size(), Outcome());
       outstanding_ = static_cast<int>(items.size()) - 1;
       ++generation_;
@@ -121,6 +122,10 @@ class LearnerCrew {
     mu_.Await(absl::Condition(
         +[](int* outstanding) { return *outstanding == 0; }, &outstanding_));
     outcomes_[0] = std::move(first);
+    // A thread that wakes late for this Run() must not look at its items.
+    state_ = nullptr;
+    items_ = nullptr;
+    count_ = 0;
     return std::move(outcomes_);
   }
 
@@ -144,7 +149,9 @@ class LearnerCrew {
         mu_.Await(absl::Condition(&news));
         if (closing_) return;
         seen = generation_;
-        if (k >= items_->size()) continue;
+        // Only a thread with an item is waited for: the others must not
+        // touch the items, which may be gone by now.
+        if (k >= count_) continue;
         state = state_;
         item = &(*items_)[k];
       }
@@ -162,6 +169,7 @@ class LearnerCrew {
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // one per Run()
   const MetaState* state_ ABSL_GUARDED_BY(mu_) = nullptr;
   const std::vector<WorkItem>* items_ ABSL_GUARDED_BY(mu_) = nullptr;
+  size_t count_ ABSL_GUARDED_BY(mu_) = 0;  // items of the Run() in progress
   std::vector<Outcome> outcomes_ ABSL_GUARDED_BY(mu_);
   int outstanding_ ABSL_GUARDED_BY(mu_) = 0;  // items on the crew's threads still running
 };

@@ -12,22 +12,23 @@ namespace {
 absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError(what); }
 
 // A training result's tensors as the exact sums of `tasks` tasks, in the
-// order delta, m, v (each carried one present).
-absl::StatusOr<TensorSums> DecodeSums(std::vector<std::string>& payload, const ResultShape& shape, int tasks) {
-  TensorSums sums(shape.numel, shape.meta_batch, shape.moments);
+// order delta, m, v (each carried one present), checked and left compact.
+absl::StatusOr<CompactTensorSums> CheckSums(std::vector<std::string>& payload, const ResultShape& shape, int tasks) {
   size_t index = 0;
-  auto decode = [&](ExactSum* sum, const char* what) -> absl::Status {
-    absl::StatusOr<ExactSum> decoded =
-        ExactSum::DecodeCompact(payload[index++], shape.numel, tasks, shape.meta_batch);
-    if (!decoded.ok()) return Invalid(absl::StrCat(what, ": ", decoded.status().message()));
-    *sum = *std::move(decoded);
-    return absl::OkStatus();
+  auto check = [&](const char* what) -> absl::StatusOr<CompactSum> {
+    absl::StatusOr<CompactSum> checked =
+        CompactSum::Check(std::move(payload[index++]), shape.numel, tasks, shape.meta_batch);
+    if (!checked.ok()) return Invalid(absl::StrCat(what, ": ", checked.status().message()));
+    return checked;
   };
-  RETURN_IF_ERROR(decode(&sums.delta, "delta"));
-  if (sums.adam_m) RETURN_IF_ERROR(decode(&*sums.adam_m, "adam_m"));
-  if (sums.adam_v) {
-    RETURN_IF_ERROR(decode(&*sums.adam_v, "adam_v"));
-    if (sums.adam_v->HasNegative()) return Invalid("adam_v has negative entries");
+  ASSIGN_OR_RETURN(CompactSum delta, check("delta"));
+  CompactTensorSums sums{std::move(delta), std::nullopt, std::nullopt};
+  if (shape.moments.first) {
+    ASSIGN_OR_RETURN(sums.adam_m, check("adam_m"));
+  }
+  if (shape.moments.second) {
+    ASSIGN_OR_RETURN(sums.adam_v, check("adam_v"));
+    if (sums.adam_v->has_negative()) return Invalid("adam_v has negative entries");
   }
   return sums;
 }
@@ -156,7 +157,7 @@ absl::StatusOr<TaskResult> DecodeResult(const ResultHeader& header, const WorkIt
   const size_t m_index = 1, v_index = first ? 2 : 1;
   TaskResult result;
   if (train && tasks > 1) {
-    ASSIGN_OR_RETURN(result.sums, DecodeSums(payload, shape, tasks));
+    ASSIGN_OR_RETURN(result.compact_sums, CheckSums(payload, shape, tasks));
   } else if (train) {
     absl::StatusOr<torch::Tensor> delta = DecodeTensor(std::move(payload[0]), header.delta_dtype(), shape.numel);
     if (!delta.ok()) return Invalid(absl::StrCat("delta: ", delta.status().message()));

@@ -3,10 +3,13 @@
 // carried) trained for some rounds on threads, then 64 tasks of the next
 // round run by the learner. For 1, 2, 8 and 64 results summed, it prints
 // the bytes of the compact delta and v sums against one fp32 result (delta
-// and v, 4 bytes a value each) and against the 16-byte form, and the
-// encode and decode times.
+// and v, 4 bytes a value each) and against the 16-byte form, the encode
+// and decode times, and the coordinator's ingest of both sums into a
+// round's sums: decoded into sums of their own and merged, or checked
+// (CompactSum) and added straight from their bytes.
 //
 //   build/bench/compact_sum_bench [rounds trained first]   (default 300)
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -64,8 +67,8 @@ int Main(int rounds) {
   const double fp32_result = 2.0 * 4 * static_cast<double>(numel);  // delta and v
   std::printf("compact exact sums of Omniglot results (%lld parameters, delta and Adam's v), after %d rounds\n",
               static_cast<long long>(numel), rounds);
-  std::printf("%8s %14s %14s %12s %12s %12s %12s\n", "results", "compact bytes", "vs one fp32", "vs 16-byte",
-              "bits/value", "encode ms", "decode ms");
+  std::printf("%8s %14s %14s %12s %12s %12s %12s %14s %14s\n", "results", "compact bytes", "vs one fp32",
+              "vs 16-byte", "bits/value", "encode ms", "decode ms", "decode+merge", "check+add");
   for (int count : {1, 2, 8, 64}) {
     ExactSum delta(numel, 64), v(numel, 64);
     for (int r = 0; r < count; ++r) {
@@ -83,10 +86,34 @@ int Main(int rounds) {
       std::fprintf(stderr, "a compact sum did not decode to its own bits\n");
       return 1;
     }
+    // The coordinator's ingest of the two sums into a round's sums, medians
+    // of 5: decoded into sums of their own and merged (as before), or
+    // checked and added straight from their bytes (as now).
+    std::vector<double> decode_merge, check_add;
+    for (int repetition = 0; repetition < 5; ++repetition) {
+      ExactSum round_delta(numel, 64), round_v(numel, 64);
+      auto start = Clock::now();
+      if (!round_delta.Merge(OrDie(ExactSum::DecodeCompact(delta_bytes, numel, count, 64))).ok() ||
+          !round_v.Merge(OrDie(ExactSum::DecodeCompact(v_bytes, numel, count, 64))).ok())
+        return 1;
+      decode_merge.push_back(Millis(start));
+      ExactSum direct_delta(numel, 64), direct_v(numel, 64);
+      start = Clock::now();
+      if (!direct_delta.Merge(OrDie(CompactSum::Check(delta_bytes, numel, count, 64))).ok() ||
+          !direct_v.Merge(OrDie(CompactSum::Check(v_bytes, numel, count, 64))).ok())
+        return 1;
+      check_add.push_back(Millis(start));
+      if (direct_delta.Encode() != round_delta.Encode() || direct_v.Encode() != round_v.Encode()) {
+        std::fprintf(stderr, "the two ingest paths disagree\n");
+        return 1;
+      }
+    }
+    std::sort(decode_merge.begin(), decode_merge.end());
+    std::sort(check_add.begin(), check_add.end());
     const double compact = static_cast<double>(delta_bytes.size() + v_bytes.size());
-    std::printf("%8d %14.0f %13.2fx %11.3fx %12.1f %12.2f %12.2f\n", count, compact, compact / fp32_result,
-                compact / (2.0 * ExactSum::kElementBytes * numel), 8 * compact / (2.0 * numel), encode_ms,
-                decode_ms);
+    std::printf("%8d %14.0f %13.2fx %11.3fx %12.1f %12.2f %12.2f %14.2f %14.2f\n", count, compact,
+                compact / fp32_result, compact / (2.0 * ExactSum::kElementBytes * numel), 8 * compact / (2.0 * numel),
+                encode_ms, decode_ms, decode_merge[2], check_add[2]);
   }
   return 0;
 }

@@ -21,7 +21,7 @@
 // runs meta-batch = workers (or each --meta_batch on every worker count) and
 // prints rounds/s against the ideal (⌈B/W⌉ compute times plus one unary round
 // trip), efficiency, per-core efficiency beside B / (W·⌈B/W⌉), the coordinator's CPU per
-// round (by thread), ingest and egress in GB/s beside raw loopback TCP
+// round (by thread) and per MB of results, ingest and egress in GB/s beside raw loopback TCP
 // measured in the same run, and where the round's time goes: the engine
 // outside Transport::Run, and the simulated workers' client-side time in
 // FetchState and SubmitResult. Asserts nothing.
@@ -369,10 +369,10 @@ int Main(const Options& options) {
     }
 
   std::printf("\n== rounds/s against the ideal (ideal = 1 / (⌈B/W⌉ compute times + one round trip))\n");
-  std::printf("%8s %6s %9s %8s %7s %9s %9s %12s %9s %9s %9s %10s\n", "workers", "meta-", "rounds/s", "ideal",
-              "effic.", "per-core", "wire", "coord CPU", "ingest", "egress", "ingest/", "MB in/out");
-  std::printf("%8s %6s %9s %8s %7s %9s %9s %12s %9s %9s %9s %10s\n", "W", "batch B", "", "", "", "(B/W⌈B/W⌉)",
-              "bound", "s/round", "GB/s", "GB/s", "loopback", "per round");
+  std::printf("%8s %6s %9s %8s %7s %9s %9s %10s %10s %9s %9s %9s %10s\n", "workers", "meta-", "rounds/s", "ideal",
+              "effic.", "per-core", "wire", "coord CPU", "coord CPU", "ingest", "egress", "ingest/", "MB in/out");
+  std::printf("%8s %6s %9s %8s %7s %9s %9s %10s %10s %9s %9s %9s %10s\n", "W", "batch B", "", "", "", "(B/W⌈B/W⌉)",
+              "bound", "ms/round", "ms/MB res.", "GB/s", "GB/s", "loopback", "per round");
   for (const CaseFigures& f : cases) {
     // Rounds/s if the round's bytes crossed loopback TCP at its measured
     // rate, with no other cost: a bound no coordinator on this host passes.
@@ -381,15 +381,19 @@ int Main(const Options& options) {
     const double per_core = f.meta_batch * compute_ms * 1e-3 * f.rounds_per_s / f.workers;
     const int task_times = (f.meta_batch + f.workers - 1) / f.workers;
     const double per_core_bound = static_cast<double>(f.meta_batch) / (f.workers * task_times);
-    std::printf("%8d %6d %9.2f %8.1f %6.1f%% %4.0f%% (%3.0f%%) %8.1f %12.4f %9.3f %9.3f %8.1f%% %5.0f/%.0f\n",
+    // The coordinator's CPU per MB of the round's results as the tasks
+    // made them (fp32, one per task), however few bytes the nodes sent.
+    const double results_mb = f.meta_batch * static_cast<double>(result_bytes) / 1e6;
+    std::printf("%8d %6d %9.2f %8.1f %6.1f%% %4.0f%% (%3.0f%%) %8.1f %10.1f %10.3f %9.3f %9.3f %8.1f%% %5.0f/%.0f\n",
                 f.workers, f.meta_batch, f.rounds_per_s, ideal(f), 100 * f.rounds_per_s / ideal(f), 100 * per_core,
-                100 * per_core_bound, wire_bound, f.coordinator_cpu, f.in_gbps, f.out_gbps,
-                100 * f.in_gbps / Median(tcp), f.mb_in_per_round, f.mb_out_per_round);
+                100 * per_core_bound, wire_bound, 1e3 * f.coordinator_cpu, 1e3 * f.coordinator_cpu / results_mb,
+                f.in_gbps, f.out_gbps, 100 * f.in_gbps / Median(tcp), f.mb_in_per_round, f.mb_out_per_round);
   }
   std::printf("per-core: B · compute · rounds/s / W, the share of the workers' time spent on tasks; in brackets its\n"
               "bound B / (W·⌈B/W⌉) (a round waits for its busiest worker). wire bound: median loopback GB/s / (MB in\n"
               "+ out per round), the rounds/s of a coordinator whose only cost were the bytes at raw loopback TCP\n"
-              "speed. ingest/loopback: against the median loopback figure.\n");
+              "speed. ms/MB res.: the coordinator's CPU per MB of the round's results, one fp32 result per task\n"
+              "(B x the result's size), whatever the nodes sent. ingest/loopback: against the median loopback figure.\n");
 
   std::printf("\n== where a round's time goes, ms per round\n");
   std::printf("%8s %6s %9s %9s %9s %13s %13s %7s %7s\n", "workers", "meta-", "round", "Run()", "engine",

@@ -203,7 +203,7 @@ ExactSum::ExactSum(int64_t numel, int max_terms)
 
 __int128 ExactSum::Limit() const { return (static_cast<__int128>(1) << 126) / max_terms_; }
 
-double ExactSum::ValueLimit() const { return std::ldexp(1.0, 30) / max_terms_; }
+double ExactSum::ValueLimit(int max_terms) { return std::ldexp(1.0, 30) / std::max(max_terms, 1); }
 
 void ExactSum::Carry() {
   for (size_t i = 0; i < high_.size(); ++i) {
@@ -217,12 +217,12 @@ void ExactSum::Carry() {
   load_ = 1;
 }
 
-absl::Status ExactSum::CheckRange(const float* values) const {
-  const double limit = ValueLimit();
-  if (AllBelow(values, high_.size(), limit)) return absl::OkStatus();
+absl::Status ExactSum::CheckRange(const float* values, int64_t n, int max_terms) {
+  const double limit = ValueLimit(max_terms);
+  if (AllBelow(values, static_cast<size_t>(std::max<int64_t>(n, 0)), limit)) return absl::OkStatus();
   size_t i = 0;
   while (std::fabs(values[i]) < limit) ++i;
-  return absl::InvalidArgumentError(absl::StrCat("element ", i, " is ", values[i], ": exact sums of ", max_terms_,
+  return absl::InvalidArgumentError(absl::StrCat("element ", i, " is ", values[i], ": exact sums of ", max_terms,
                                                  " vectors take finite values below ", limit,
                                                  " in magnitude (has training diverged?)"));
 }
@@ -243,6 +243,15 @@ absl::Status ExactSum::Merge(const ExactSum& other) {
     return absl::InvalidArgumentError(absl::StrCat("cannot merge an exact sum of ", other.high_.size(),
                                                    " elements for ", other.max_terms_, " terms into one of ",
                                                    high_.size(), " for ", max_terms_));
+  return MergeSlice(other, 0);
+}
+
+absl::Status ExactSum::MergeSlice(const ExactSum& other, int64_t first) {
+  if (other.max_terms_ != max_terms_ || first < 0 || first + numel() > other.numel())
+    return absl::InvalidArgumentError(absl::StrCat("cannot merge elements ", first, " to ", first + numel(),
+                                                   " of an exact sum of ", other.numel(), " elements for ",
+                                                   other.max_terms_, " terms into one of ", numel(), " for ",
+                                                   max_terms_));
   if (terms_ + other.terms_ > max_terms_)
     return absl::InvalidArgumentError(absl::StrCat("merged exact sums would hold ", terms_ + other.terms_,
                                                    " vectors, more than ", max_terms_));
@@ -250,12 +259,13 @@ absl::Status ExactSum::Merge(const ExactSum& other) {
   if (load_ + other.load_ > kMaxLoad) {
     ExactSum carried = other;
     carried.Carry();
-    return Merge(carried);
+    return MergeSlice(carried, first);
   }
+  const size_t offset = static_cast<size_t>(first);
   for (size_t i = 0; i < high_.size(); ++i) {
-    high_[i] += other.high_[i];
-    middle_[i] += other.middle_[i];
-    low_[i] += other.low_[i];
+    high_[i] += other.high_[offset + i];
+    middle_[i] += other.middle_[offset + i];
+    low_[i] += other.low_[offset + i];
   }
   load_ += other.load_;
   terms_ += other.terms_;
@@ -318,14 +328,17 @@ size_t ExactSum::MaxCompactBytes(int64_t numel) {
 }
 
 template <typename Visit>
-absl::Status ExactSum::ForEachCompactBlock(absl::string_view bytes, int64_t numel, const Visit& visit) {
-  const unsigned char* at = reinterpret_cast<const unsigned char*>(bytes.data());
-  const unsigned char* const end = at + bytes.size();
+absl::Status ExactSum::ForEachCompactBlock(absl::string_view bytes, int64_t numel, const Visit& visit,
+                                           std::vector<size_t>* index) {
+  const unsigned char* const begin = reinterpret_cast<const unsigned char*>(bytes.data());
+  const unsigned char* const end = begin + bytes.size();
+  const unsigned char* at = begin;
   // A block's packed values, with room to load 16 bytes from any of them.
   unsigned char packed_block[kCompactBlock * kElementBytes + sizeof(Bits)];
   __int128 block_values[kCompactBlock];
   for (int64_t start = 0; start < numel; start += kCompactBlock) {
     const int64_t block = start / kCompactBlock, n = std::min(kCompactBlock, numel - start);
+    if (block % kIndexedBlocks == 0) index->push_back(static_cast<size_t>(at - begin));
     if (end - at < 2) return absl::InvalidArgumentError(absl::StrCat("compact exact sum ends in block ", block));
     const int shift = at[0], width = at[1];
     at += 2;
@@ -354,6 +367,7 @@ absl::StatusOr<CompactSum> CompactSum::Check(std::string bytes, int64_t numel, i
     return absl::InvalidArgumentError(absl::StrCat("exact sum claims ", terms, " terms; 1 to ", max_terms, " allowed"));
   const __int128 reach = (static_cast<__int128>(1) << 126) / max_terms * terms;  // as ExactSum::Limit() * terms
   bool negative = false;
+  std::vector<size_t> index;
   // One reach check a block, on its largest magnitude (shift + width <= 128
   // keeps it below 2^128); where that fails, the element beyond reach is
   // found and named.
@@ -368,9 +382,11 @@ absl::StatusOr<CompactSum> CompactSum::Check(std::string bytes, int64_t numel, i
             return absl::InvalidArgumentError(absl::StrCat("exact sum element ", start + k, " lies beyond what ",
                                                            terms, " in-range values can reach"));
         return absl::OkStatus();
-      }));
+      },
+      &index));
   CompactSum sum;
   sum.bytes_ = std::move(bytes);
+  sum.block_offsets_ = std::move(index);
   sum.numel_ = numel;
   sum.terms_ = terms;
   sum.max_terms_ = max_terms;
@@ -383,28 +399,59 @@ absl::Status ExactSum::Merge(const CompactSum& other) {
     return absl::InvalidArgumentError(absl::StrCat("cannot merge a compact exact sum of ", other.numel_,
                                                    " elements for ", other.max_terms_, " terms into one of ",
                                                    numel(), " for ", max_terms_));
+  return MergeSlice(other, 0);
+}
+
+absl::Status ExactSum::MergeSlice(const CompactSum& other, int64_t first) {
+  const int64_t last = first + numel();
+  if (other.max_terms_ != max_terms_ || first < 0 || last > other.numel_ || first % kCompactBlock != 0 ||
+      (last != other.numel_ && last % kCompactBlock != 0))
+    return absl::InvalidArgumentError(absl::StrCat("cannot merge elements ", first, " to ", last,
+                                                   " of a compact exact sum of ", other.numel_, " elements for ",
+                                                   other.max_terms_, " terms into one of ", numel(), " for ",
+                                                   max_terms_, " (slices start and end on blocks of ",
+                                                   kCompactBlock, ")"));
   if (terms_ + other.terms_ > max_terms_)
     return absl::InvalidArgumentError(absl::StrCat("merged exact sums would hold ", terms_ + other.terms_,
                                                    " vectors, more than ", max_terms_));
   // Each element splits into limbs below 2^42 (its magnitude is within
   // reach, below 2^126): one unit of load.
   if (load_ + 1 > kMaxLoad) Carry();
-  constexpr int64_t kMask = (int64_t{1} << kLimbBits) - 1;
-  RETURN_IF_ERROR(ForEachCompactBlock(
-      other.bytes_, other.numel_,
-      [this](int64_t start, int64_t n, int shift, const __int128* values, Bits) -> absl::Status {
-        for (int64_t k = 0; k < n; ++k) {
-          const __int128 value = static_cast<__int128>(static_cast<Bits>(values[k]) << shift);
-          const size_t i = static_cast<size_t>(start + k);
-          low_[i] += static_cast<double>(static_cast<int64_t>(value) & kMask);
-          middle_[i] += static_cast<double>(static_cast<int64_t>(value >> kLimbBits) & kMask);
-          high_[i] += static_cast<double>(static_cast<int64_t>(value >> (2 * kLimbBits)));
-        }
-        return absl::OkStatus();
-      }));
+  AddCompactBlocks(other, first);
   ++load_;
   terms_ += other.terms_;
   return absl::OkStatus();
+}
+
+void ExactSum::AddCompactBlocks(const CompactSum& other, int64_t first) {
+  if (numel() == 0) return;  // `first` may be other's end, which has no offset
+  constexpr int64_t kMask = (int64_t{1} << kLimbBits) - 1;
+  const unsigned char* const begin = reinterpret_cast<const unsigned char*>(other.bytes_.data());
+  // The nearest indexed block, then the headers of those up to `first`.
+  int64_t block = first / kCompactBlock / kIndexedBlocks * kIndexedBlocks;
+  const unsigned char* at = begin + other.block_offsets_[static_cast<size_t>(block / kIndexedBlocks)];
+  auto packed_bytes = [&](int64_t n) { return static_cast<size_t>((n * at[1] + 7) / 8); };
+  for (; block * kCompactBlock < first; ++block) at += 2 + packed_bytes(kCompactBlock);
+  unsigned char packed_block[kCompactBlock * kElementBytes + sizeof(Bits)];
+  __int128 values[kCompactBlock];
+  for (int64_t start = first; start < first + numel(); start += kCompactBlock) {
+    const int64_t n = std::min(kCompactBlock, other.numel_ - start);
+    const int shift = at[0], width = at[1];
+    const size_t packed = packed_bytes(n);
+    at += 2;
+    if (width == 0) continue;  // all zeros
+    std::memcpy(packed_block, at, packed);
+    std::memset(packed_block + packed, 0, sizeof(Bits));
+    at += packed;
+    UnpackBlock(packed_block, n, width, values);
+    for (int64_t k = 0; k < n; ++k) {
+      const __int128 value = static_cast<__int128>(static_cast<Bits>(values[k]) << shift);
+      const size_t i = static_cast<size_t>(start - first + k);
+      low_[i] += static_cast<double>(static_cast<int64_t>(value) & kMask);
+      middle_[i] += static_cast<double>(static_cast<int64_t>(value >> kLimbBits) & kMask);
+      high_[i] += static_cast<double>(static_cast<int64_t>(value >> (2 * kLimbBits)));
+    }
+  }
 }
 
 absl::StatusOr<ExactSum> ExactSum::DecodeCompact(absl::string_view bytes, int64_t numel, int terms, int max_terms) {

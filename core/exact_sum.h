@@ -42,7 +42,9 @@ class ExactSum {
 
   // Whether Add() takes these numel() values: InvalidArgument, naming the
   // element, for NaN, infinity, or |x| >= 2^30 / max_terms.
-  absl::Status CheckRange(const float* values) const;
+  absl::Status CheckRange(const float* values) const { return CheckRange(values, numel(), max_terms_); }
+  // The same for `n` values and a sum for `max_terms` vectors.
+  static absl::Status CheckRange(const float* values, int64_t n, int max_terms);
   // Adds one vector of numel() fp32 values. Fails as CheckRange(), and when
   // the sum already holds max_terms vectors; the sum is unchanged then.
   absl::Status Add(const float* values);
@@ -52,6 +54,14 @@ class ExactSum {
   // The same for a sum in its checked compact form, added straight from its
   // bytes.
   absl::Status Merge(const CompactSum& other);
+  // Adds elements [first, first + numel()) of a longer sum of the same
+  // capacity, as this sum's elements 0, 1, ...: a slice of the vector, so
+  // that slices can be added on several threads. InvalidArgument if `other`
+  // ends before the slice or the terms would exceed max_terms; for a compact
+  // sum also unless the slice starts and ends on its blocks (first a
+  // multiple of kCompactBlock, and the end too unless it is other's end).
+  absl::Status MergeSlice(const ExactSum& other, int64_t first);
+  absl::Status MergeSlice(const CompactSum& other, int64_t first);
 
   // sum / divisor for element i, rounded to double (a function of the exact
   // sum alone).
@@ -104,11 +114,20 @@ class ExactSum {
   // size, its shift and its n values before the shift, with the largest
   // magnitude among them. InvalidArgument, naming the block, for a shift or
   // width out of range, or bytes that end anywhere but after the last block.
+  // Appends to `index` the offset of every kIndexedBlocks-th block.
   template <typename Visit>
-  static absl::Status ForEachCompactBlock(absl::string_view bytes, int64_t numel, const Visit& visit);
+  static absl::Status ForEachCompactBlock(absl::string_view bytes, int64_t numel, const Visit& visit,
+                                          std::vector<size_t>* index);
+  // Adds blocks from element `first` up to element `first + numel()` of a
+  // compact sum that CompactSum::Check has accepted.
+  void AddCompactBlocks(const CompactSum& other, int64_t first);
+  // Every how many blocks CompactSum keeps a block's offset, so that a slice
+  // is found without reading the blocks before it.
+  static constexpr int64_t kIndexedBlocks = 32;
 
-  // |value| that Add() refuses, and the same in units of 2^-96.
-  double ValueLimit() const;
+  // |value| that Add() refuses for a sum of `max_terms` vectors, and the
+  // same in units of 2^-96 for this sum.
+  static double ValueLimit(int max_terms);
   __int128 Limit() const;
 
   static constexpr int kLimbBits = 42;
@@ -160,6 +179,7 @@ class CompactSum {
   CompactSum() = default;
 
   std::string bytes_;
+  std::vector<size_t> block_offsets_;  // of blocks 0, kIndexedBlocks, 2 * kIndexedBlocks, ...
   int64_t numel_ = 0;
   int terms_ = 0, max_terms_ = 1;
   bool has_negative_ = false;

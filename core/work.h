@@ -69,12 +69,21 @@ struct CompactTensorSums {
 struct TensorSums {
   // For a round of `meta_batch` tasks.
   TensorSums(int64_t numel, int meta_batch, CarriedMoments carried);
-  // Adds one task's fp32 tensors, all or none: InvalidArgument for a
-  // missing, misshapen, non-finite or out-of-range tensor.
+  // Adds one task's fp32 tensors, all or none: InvalidArgument as
+  // CheckTaskTensors.
   absl::Status Add(const torch::Tensor& delta, const torch::Tensor& adam_m, const torch::Tensor& adam_v);
   // InvalidArgument if `other` holds other moments or sizes, or too many terms.
   absl::Status Merge(const TensorSums& other);
   absl::Status Merge(const CompactTensorSums& other);
+  // As Add() and Merge() for sums that hold a slice of longer vectors (a
+  // shard of a round's sums): adds elements [first, first + numel) of one
+  // task's tensors that CheckTaskTensors took for their full size, or of
+  // sums that CheckSumsFit took. InvalidArgument as ExactSum::MergeSlice;
+  // not all or none.
+  absl::Status AddSlice(const torch::Tensor& delta, const torch::Tensor& adam_m, const torch::Tensor& adam_v,
+                        int64_t first);
+  absl::Status MergeSlice(const TensorSums& other, int64_t first);
+  absl::Status MergeSlice(const CompactTensorSums& other, int64_t first);
   int tasks() const { return delta.terms(); }
   CarriedMoments carried() const { return {adam_m.has_value(), adam_v.has_value()}; }
 
@@ -82,6 +91,18 @@ struct TensorSums {
   std::optional<ExactSum> adam_m, adam_v;  // as carried
 };
 
+// Whether one task's fp32 tensors can be added to sums of `numel` elements
+// for `meta_batch` tasks that carry `carried`: InvalidArgument, naming the
+// tensor, for one missing, not carried, misshapen, non-finite or out of
+// range.
+absl::Status CheckTaskTensors(int64_t numel, int meta_batch, CarriedMoments carried, const torch::Tensor& delta,
+                              const torch::Tensor& adam_m, const torch::Tensor& adam_v);
+// Whether `sums` can be merged into sums of `numel` elements for
+// `meta_batch` tasks that carry `carried`, room aside: InvalidArgument if
+// they hold other moments, sizes or capacities, or their tensors' sums hold
+// different numbers of tasks.
+absl::Status CheckSumsFit(int64_t numel, int meta_batch, CarriedMoments carried, const TensorSums& sums);
+absl::Status CheckSumsFit(int64_t numel, int meta_batch, CarriedMoments carried, const CompactTensorSums& sums);
 
 // The result of one work item.
 struct TaskResult {

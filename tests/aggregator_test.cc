@@ -1,5 +1,7 @@
 #include <algorithm>
+#include <atomic>
 #include <random>
+#include <thread>
 
 #include "core/aggregator.h"
 #include "gtest/gtest.h"
@@ -283,6 +285,95 @@ TEST(AggregatorTest, ASumOverAnItemAlreadyInOrNamedTwiceIsRefusedAndAddsNothing)
   state.parameters = torch::zeros({10});
   ASSERT_TRUE(aggregator.Apply(1.0, 1, &state).ok());
   EXPECT_TRUE(torch::allclose(state.parameters, (results[0].delta + results[1].delta + results[2].delta) / 3));
+}
+
+// A result's sums as a node sends them: in the compact form, checked.
+TaskResult CompactOf(TaskResult sum) {
+  auto compact = [&sum](const ExactSum& exact) {
+    absl::StatusOr<CompactSum> checked =
+        CompactSum::Check(exact.EncodeCompact(), exact.numel(), exact.terms(), exact.max_terms());
+    EXPECT_TRUE(checked.ok()) << checked.status();
+    return *std::move(checked);
+  };
+  CompactTensorSums sums{compact(sum.sums->delta), std::nullopt, std::nullopt};
+  if (sum.sums->adam_m) sums.adam_m = compact(*sum.sums->adam_m);
+  if (sum.sums->adam_v) sums.adam_v = compact(*sum.sums->adam_v);
+  sum.sums.reset();
+  sum.compact_sums = std::move(sums);
+  return sum;
+}
+
+// Results added from 4 threads at once, into shards of 64 elements (79 of
+// them), in every form (fp32 tensors, sums, compact sums, scalars of items
+// summed elsewhere), give the bits of adding them one at a time.
+TEST(AggregatorTest, ResultsAddedFromSeveralThreadsAtOnceGiveTheSameBits) {
+  const int tasks = 24;
+  const int64_t numel = 5000;
+  const auto results = RandomResults(tasks, numel, kMAndV);
+  // Items 0-11 one task each; 12-17 summed by item 12; 18-23 by item 18,
+  // compact.
+  std::vector<TaskResult> items(results.begin(), results.begin() + 12);
+  items.push_back(SumOf({results.begin() + 12, results.begin() + 18}, tasks, kMAndV, {13, 14, 15, 16, 17}));
+  for (int i = 13; i < 18; ++i) items.emplace_back().tensors_elsewhere = true;
+  items.push_back(
+      CompactOf(SumOf({results.begin() + 18, results.end()}, tasks, kMAndV, {19, 20, 21, 22, 23})));
+  for (int i = 19; i < 24; ++i) items.emplace_back().tensors_elsewhere = true;
+  auto initial = [numel] {
+    MetaState state;
+    state.parameters = torch::linspace(-1, 1, numel);
+    state.adam_m = torch::zeros({numel});
+    state.adam_v = torch::zeros({numel});
+    return state;
+  };
+  const MetaState reference = Apply(results, [] {
+    std::vector<int> order(24);
+    std::iota(order.begin(), order.end(), 0);
+    return order;
+  }(), kMAndV);
+  for (int trial = 0; trial < 20; ++trial) {
+    Aggregator aggregator(numel, OneTaskEach(tasks), kMAndV, 64);
+    ASSERT_EQ(aggregator.num_shards(), 79);
+    std::atomic<int> next{0}, refused{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+      threads.emplace_back([&] {
+        for (int item = next++; item < tasks; item = next++)
+          if (!aggregator.Add(item, items[item]).ok()) ++refused;
+      });
+    for (std::thread& thread : threads) thread.join();
+    ASSERT_EQ(refused.load(), 0);
+    MetaState state = initial();
+    ASSERT_TRUE(aggregator.Apply(0.7, 5, &state).ok());
+    ASSERT_TRUE(torch::equal(state.parameters, reference.parameters)) << "trial " << trial;
+    ASSERT_TRUE(torch::equal(state.adam_m, reference.adam_m)) << "trial " << trial;
+    ASSERT_TRUE(torch::equal(state.adam_v, reference.adam_v)) << "trial " << trial;
+  }
+}
+
+// The same item from 8 threads at once (a result and its duplicates racing
+// in): one is added, the others are told it already has one.
+TEST(AggregatorTest, OneOfSeveralResultsForAnItemArrivingAtOnceIsAdded) {
+  const int64_t numel = 20000;
+  const auto results = RandomResults(2, numel, kNone);
+  for (int trial = 0; trial < 20; ++trial) {
+    Aggregator aggregator(numel, OneTaskEach(2), kNone, 64);
+    std::atomic<int> added{0}, already{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([&] {
+        const absl::Status status = aggregator.Add(0, results[0]);
+        if (status.ok()) ++added;
+        if (absl::IsAlreadyExists(status)) ++already;
+      });
+    for (std::thread& thread : threads) thread.join();
+    ASSERT_EQ(added.load(), 1);
+    ASSERT_EQ(already.load(), 7);
+    ASSERT_TRUE(aggregator.Add(1, results[1]).ok());
+    MetaState state;
+    state.parameters = torch::zeros({numel});
+    ASSERT_TRUE(aggregator.Apply(1.0, 1, &state).ok());
+    ASSERT_TRUE(torch::allclose(state.parameters, (results[0].delta + results[1].delta) / 2)) << "trial " << trial;
+  }
 }
 
 }  // namespace

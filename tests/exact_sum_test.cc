@@ -264,6 +264,39 @@ TEST(ExactSumTest, CompactFormKeepsABlockOfMinusOnesAndABlockOfZeros) {
   EXPECT_EQ(decoded->Encode(), sum.Encode());
 }
 
+// Slices of a sum, added from the 24-byte form or straight from the compact
+// bytes, put together the whole sum's bits, wherever the slices start
+// (past the compact form's index of every kIndexedBlocks-th block too) and
+// whatever blocks before them hold; a slice that would split a compact
+// block, or run past the end, is refused.
+TEST(ExactSumTest, SlicesAddUpToTheWholeSum) {
+  const int64_t block = ExactSum::kCompactBlock;
+  const int64_t numel = 70 * block + 5;  // past two index entries; a short last block
+  std::vector<std::vector<float>> vectors = SpreadVectors(3, static_cast<int>(numel), 77);
+  for (int64_t i = 0; i < 3 * block; ++i) vectors[1][i] = vectors[0][i] = vectors[2][i] = 0;  // zero blocks first
+  ExactSum whole(numel, 8);
+  for (const auto& v : vectors) ASSERT_TRUE(whole.Add(v.data()).ok());
+  absl::StatusOr<CompactSum> compact = CompactSum::Check(whole.EncodeCompact(), numel, 3, 8);
+  ASSERT_TRUE(compact.ok()) << compact.status();
+  for (int64_t step : {block, 3 * block, 33 * block, numel}) {
+    std::string from_sum, from_compact;
+    for (int64_t first = 0; first < numel; first += step) {
+      ExactSum a(std::min(step, numel - first), 8), b(std::min(step, numel - first), 8);
+      ASSERT_TRUE(a.MergeSlice(whole, first).ok()) << first;
+      ASSERT_TRUE(b.MergeSlice(*compact, first).ok()) << first;
+      from_sum += a.Encode();
+      from_compact += b.Encode();
+    }
+    EXPECT_EQ(from_sum, whole.Encode()) << "slices of " << step;
+    EXPECT_EQ(from_compact, whole.Encode()) << "slices of " << step;
+  }
+  ExactSum misaligned(block, 8), past_end(block, 8), tail(5, 8);
+  EXPECT_FALSE(misaligned.MergeSlice(*compact, 1).ok());
+  EXPECT_FALSE(past_end.MergeSlice(whole, numel - block + 1).ok());
+  EXPECT_FALSE(past_end.MergeSlice(*compact, numel - 5).ok());
+  EXPECT_TRUE(tail.MergeSlice(*compact, numel - 5).ok()) << "the last block ends at the sum's end";
+}
+
 // HasNegative() reads the sign of every element, however its limbs are
 // held: a sum being added to, and one decoded from either form; an element
 // of -2^-90 (64 units of the grid) is negative in the lowest limb alone.

@@ -179,7 +179,7 @@ TEST_F(ProtocolTest, HealthServiceReportsServing) {
   }
 }
 
-TEST_F(ProtocolTest, JoinRefusesAnotherConfigModelOrProtocol) {
+TEST_F(ProtocolTest, JoinRefusesAnotherConfigModelProtocolOrTooManyLearners) {
   JoinRequest request = GoodJoin();
   request.set_config_fingerprint(ConfigFingerprint(LoadNamedConfig("sine", {"inner.learning_rate=0.5"})));
   absl::Status status = client_->Join(request).status();
@@ -197,6 +197,13 @@ TEST_F(ProtocolTest, JoinRefusesAnotherConfigModelOrProtocol) {
   status = client_->Join(request).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(absl::StrContains(status.message(), "protocol")) << status;
+
+  // A node's learners are leased at once: their number is bounded.
+  request = GoodJoin();
+  request.set_learners(1025);
+  status = client_->Join(request).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(status.message(), "at most 1024")) << status;
 
   // A worker that was never admitted gets no work.
   EXPECT_EQ(client_->GetWork(4242).status().code(), absl::StatusCode::kNotFound);

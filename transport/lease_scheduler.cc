@@ -137,8 +137,7 @@ std::optional<LeaseScheduler::Grant> LeaseScheduler::NextGrant(uint64_t worker_i
   auto worker = workers_.find(worker_id);
   if (!in_batch_ || worker == workers_.end()) return std::nullopt;
   WorkerRecord& record = worker->second;
-  const int allowed = record.learners * (ledger_.proven(worker_id) ? policy_.max_leases : 1) +
-                      std::clamp(finished, 0, record.leases);
+  const int allowed = record.learners * (ledger_.proven(worker_id) ? policy_.max_leases : 1) + finished;
   if (record.leases >= allowed) return std::nullopt;
   // Items done by a copy may still sit in the queue.
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [this](size_t i) { return items_[i].done; }),

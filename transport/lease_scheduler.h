@@ -122,7 +122,9 @@ class LeaseScheduler {
   // Up to one item per learner of `worker`, as Lease() gives them, all of
   // the first one's kind. `finished`: leases of the worker it says it has
   // finished and not yet uploaded (a node summing over several replies),
-  // which do not count against its share.
+  // which do not count against its share. Nothing can check that claim: a
+  // worker that lies gets one item per learner a call, and is evicted as a
+  // hoarder once it has owed a result for the hoard patience.
   std::vector<Grant> LeaseForLearners(uint64_t worker, absl::Time now, int finished = 0);
   // True while the batch has items nobody holds (workers asking should wait
   // only when false).

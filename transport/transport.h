@@ -51,8 +51,10 @@ class Transport {
 
   // Runs every item against `state` and hands each item's result to `take`
   // as soon as it is in, whichever worker ran it and in whatever order they
-  // finish: `take(i, result)` for items[i], once per item, never two calls
-  // at once, all before Run() returns. A result `take` refuses is treated
+  // finish: `take(i, result)` for items[i], once per item, all before Run()
+  // returns. Calls for different items may come from several threads at
+  // once (gRPC's, so that results are added on several cores); two for the
+  // same item never do. A result `take` refuses is treated
   // as a worker's invalid result: run again elsewhere where the transport
   // can, else Run() fails with it. Fails only when an item cannot be
   // completed by any worker; the error names the item. Called by one thread

@@ -3,12 +3,14 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <grpcpp/health_check_service_interface.h>
@@ -163,8 +165,10 @@ struct GrpcTransport::Board {
   int meta_batch = 1;
   uint64_t incarnation = 0;
 
-  // Held while a result is handed to Run()'s sink, one at a time, and by
-  // Run() to end a batch; taken before mu, never while holding it.
+  // Held shared while results are handed to Run()'s sink (several at once,
+  // each on its RPC's thread, so that they are added on several cores), and
+  // exclusively by Run() to end a batch; taken before mu, never while
+  // holding it.
   absl::Mutex take_mu ABSL_ACQUIRED_BEFORE(mu);
   mutable absl::Mutex mu;
   LeaseScheduler scheduler ABSL_GUARDED_BY(mu);
@@ -174,6 +178,9 @@ struct GrpcTransport::Board {
   std::shared_ptr<const Snapshot> snapshot ABSL_GUARDED_BY(mu);
   const std::vector<WorkItem>* items ABSL_GUARDED_BY(mu) = nullptr;
   const ResultSink* take ABSL_GUARDED_BY(mu) = nullptr;
+  // Items whose result is being handed to `take`: another upload of one of
+  // them waits to see how that ends.
+  std::set<size_t> being_taken ABSL_GUARDED_BY(mu);
   std::map<uint64_t, OpenStream> streams ABSL_GUARDED_BY(mu);
   // Result streams still waiting for their header, by PeerHost.
   std::map<std::string, int> awaiting_header ABSL_GUARDED_BY(mu);
@@ -594,15 +601,22 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
   // Hands a result that was read to the round engine, one item at a time,
   // and tells the scheduler how it went. A node's upload goes as its first
   // item's result, holding the sums over all of them, and the others'
-  // scalars. A result counts as accepted once the engine has taken it: one
-  // at a time, and only while its batch is on and its items still open.
+  // scalars. A result counts as accepted once the engine has taken it, and
+  // only while its batch is on and its items still open. Uploads of other
+  // items are handed over side by side; one of an item being handed over
+  // waits for the first to be taken or refused.
   grpc::Status Deliver(grpc::ServerContext* context, const ResultHeader& header, absl::StatusOr<TaskResult> result,
                        const Upload& upload, SubmitReply* reply) {
     Board& b = *board_;
-    absl::MutexLock take_lock(&b.take_mu);
+    absl::ReaderMutexLock take_lock(&b.take_mu);
     const ResultSink* take = nullptr;
     {
       absl::MutexLock lock(&b.mu);
+      auto free = [&b, &upload]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.mu) {
+        return std::none_of(upload.items.begin(), upload.items.end(),
+                            [&b](size_t item) { return b.being_taken.count(item) > 0; });
+      };
+      b.mu.Await(absl::Condition(&free));
       if (!result.ok()) {
         if (upload.cut_off) {
           b.scheduler.Refuse(upload.leases, "upload too slow; cut off", RefusalReason::kUploadTooSlow);
@@ -623,12 +637,14 @@ class GrpcTransport::Service final : public Coordinator::WithRawCallbackMethod_F
         return grpc::Status::OK;
       }
       take = b.take;
+      b.being_taken.insert(upload.items.begin(), upload.items.end());
     }
     std::vector<TaskResult> per_item = SplitNodeResult(header, *std::move(result), upload);
     absl::Status taken = absl::OkStatus();
     for (size_t k = 0; k < per_item.size() && taken.ok(); ++k)
       taken = (*take)(upload.items[k], std::move(per_item[k]));
     absl::MutexLock lock(&b.mu);
+    for (size_t item : upload.items) b.being_taken.erase(item);
     if (!taken.ok()) {
       const std::string why = absl::StrCat("lease ", header.lease_id(), ": ", taken.message());
       b.scheduler.Refuse(upload.leases, why);
@@ -946,8 +962,8 @@ absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkIt
     return b.scheduler.batch_done() || !b.scheduler.failure().empty() || !b.interrupted.empty();
   };
   b.mu.Await(absl::Condition(&done));
-  // No result may be handed to `take` once Run() returns: wait for one being
-  // handed over (take_mu comes before mu).
+  // No result may be handed to `take` once Run() returns: wait for those
+  // being handed over (take_mu comes before mu).
   b.mu.Unlock();
   b.take_mu.Lock();
   b.mu.Lock();

@@ -23,7 +23,11 @@
 # token is required either way), LAYOUTS (default "processes": WORKERS
 # `reptile worker` processes; "node": one `reptile worker --learners WORKERS`
 # process, one state fetch and one exact-sum upload per reply for all of
-# them; "processes node" runs every case in both, interleaved),
+# them; "processes node" runs every case in both, interleaved), CONFIG
+# (default configs/omniglot_5w1s.textproto) and OVERRIDES (default
+# task.data_dir=REPTILE_OMNIGLOT_DIR; the 10M-parameter model of
+# docs/performance.md is CONFIG=configs/sine.textproto
+# OVERRIDES=model.hidden_units=3160), WARMUP (default 50 rounds),
 # REPTILE_BINARY, REPTILE_OMNIGLOT_DIR.
 #
 # Needs root and iproute2 (`ip netns`, `tc`); skips with a message (exit 0)
@@ -31,7 +35,7 @@
 set -eu
 rounds=${1:-300}
 workers=${2:-2}
-warmup=50
+warmup=${WARMUP:-50}
 repeat=${REPEAT:-3}
 links=${LINKS:-unlimited 10gbit 2500mbit 1gbit}
 extra=${EXTRA-5@unlimited 5@1gbit}
@@ -41,8 +45,9 @@ for layout in $layouts; do
 done
 here=$(cd "$(dirname "$0")/.." && pwd)
 reptile=${REPTILE_BINARY:-$here/build/reptile}
-config=$here/configs/omniglot_5w1s.textproto
+config=${CONFIG:-$here/configs/omniglot_5w1s.textproto}
 data=$(cd "${REPTILE_OMNIGLOT_DIR:-$here/../shared/data/omniglot}" && pwd)
+overrides=${OVERRIDES-task.data_dir=$data}
 
 PATH=$PATH:/usr/sbin:/sbin
 if [ "$(id -u)" -ne 0 ]; then
@@ -161,7 +166,7 @@ run() {
   shape "$link"
   ip netns exec "$cns" "$reptile" coordinator --config "$config" --run_dir "$dir" \
     --listen $caddr:0 --port_file "$scratch/port" --token_file "$scratch/token" $security \
-    task.data_dir="$data" outer.rounds="$rounds" eval.every_rounds=0 eval.final_episodes=0 \
+    $overrides outer.rounds="$rounds" eval.every_rounds=0 eval.final_episodes=0 \
     runtime.checkpoint_every_rounds=0 runtime.tasks_per_item="$tpi" \
     > "$dir.out" 2> "$dir.err" &
   coordinator=$!
@@ -219,7 +224,7 @@ for layout in $layouts; do
 done
 
 echo "link bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)," \
-  "omniglot_5w1s, $rounds rounds ($warmup warm-up), $workers workers" \
+  "$(basename "$config" .textproto) $overrides, $rounds rounds ($warmup warm-up), $workers workers" \
   "(layouts: $layouts; node = one process, --learners $workers), $repeat repetitions, $mode"
 echo "tbf on both ends of one veth pair: burst 1 ms at the rate (>= 64 KiB), latency 20 ms"
 echo "each run: median and best rounds/s, median ms per round, MB in/out per round at the coordinator,"

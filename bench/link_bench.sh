@@ -27,7 +27,9 @@
 # (default configs/omniglot_5w1s.textproto) and OVERRIDES (default
 # task.data_dir=REPTILE_OMNIGLOT_DIR; the 10M-parameter model of
 # docs/performance.md is CONFIG=configs/sine.textproto
-# OVERRIDES=model.hidden_units=3160), WARMUP (default 50 rounds),
+# OVERRIDES="model.hidden_units=3160 outer.meta_batch_size=2
+# inner.learning_rate=0.0004", a rate at which the wide MLP does not
+# diverge), WARMUP (default 50 rounds),
 # REPTILE_BINARY, REPTILE_OMNIGLOT_DIR.
 #
 # Needs root and iproute2 (`ip netns`, `tc`); skips with a message (exit 0)

@@ -20,8 +20,12 @@ void SkipMutexCycleChecks() { absl::SetMutexDeadlockDetectionMode(absl::OnDeadlo
 
 }  // namespace
 
+// glibc's own limit on chunks mmapped at once (DEFAULT_MMAP_MAX).
+constexpr int kGlibcMmapMax = 65536;
+
 void ConfigureProcessForTraining() {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);   // the largest value glibc accepts
+  mallopt(M_MMAP_MAX, 0);                // and nothing above it mmapped either
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
   at::set_num_threads(1);
   SkipMutexCycleChecks();
@@ -33,6 +37,7 @@ void NameThisThread(const char* name) { pthread_setname_np(pthread_self(), name)
 
 void ConfigureProcessForServing() {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_MMAP_MAX, kGlibcMmapMax);  // buffers above 32 MB come and go with their peers
   mallopt(M_TRIM_THRESHOLD, 32 << 20);
   at::set_num_threads(1);
   SkipMutexCycleChecks();

@@ -8,8 +8,12 @@ namespace reptile {
 // after every operation: glibc's default mmap threshold makes each
 // activation buffer (a few hundred KB) a fresh mmap with page faults, which
 // measured 8.4 ms instead of 2.2 ms per forward+backward of the Omniglot
-// network (batch 10, one core). Also pins LibTorch to one intra-op thread in
-// the calling thread; parallelism comes from workers, not from inside ops.
+// network (batch 10, one core). Buffers above the largest threshold glibc
+// accepts (32 MB: the tensors of a 10M-parameter model) come from the heap
+// too: mmapped afresh, they took 2.4M page faults a worker in 40 rounds of
+// the 10M-parameter sine MLP, and 2.1 rounds/s against 3.1 from the heap
+// (docs/performance.md). Also pins LibTorch to one intra-op thread in the
+// calling thread; parallelism comes from workers, not from inside ops.
 void ConfigureProcessForTraining();
 
 // For a process that coordinates remote workers: as above, large buffers

@@ -4,11 +4,13 @@
 //   byte 1     the receiver's element count (0 to 255)
 //   the rest   the compact bytes
 // A sum must be refused or decode to one whose own compact form decodes to
-// the same bits, no larger than MaxCompactBytes.
+// the same bits, no larger than MaxCompactBytes, and which its slices,
+// added from the packed bytes, put together again.
 //
 // With REPTILE_FUZZ_WRITE_SEEDS=<folder> in the environment the binary
 // instead writes seed inputs there, made by the real encoder, and exits
 // (fuzz/make_corpus.sh).
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -62,5 +64,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (again.size() > reptile::ExactSum::MaxCompactBytes(numel)) __builtin_trap();
   absl::StatusOr<reptile::ExactSum> decoded = reptile::ExactSum::DecodeCompact(again, numel, terms, kMaxTerms);
   if (!decoded.ok() || decoded->Encode() != sum->Encode()) __builtin_trap();
+  // Added in slices of 1 to 4 blocks (as a coordinator's shards add it),
+  // the accepted bytes give the same sum.
+  absl::StatusOr<reptile::CompactSum> checked = reptile::CompactSum::Check(bytes, numel, terms, kMaxTerms);
+  if (!checked.ok()) __builtin_trap();
+  const int64_t step = reptile::ExactSum::kCompactBlock * (1 + bytes.size() % 4);
+  std::string sliced;
+  for (int64_t first = 0; first < numel; first += step) {
+    reptile::ExactSum slice(std::min(step, numel - first), kMaxTerms);
+    if (!slice.MergeSlice(*checked, first).ok()) __builtin_trap();
+    sliced += slice.Encode();
+  }
+  if (sliced != sum->Encode()) __builtin_trap();
   return 0;
 }

@@ -748,5 +748,93 @@ TEST(ProtocolStallTest, AStalledStateFetchIsCutOffAndTheNextOneIsServed) {
   run.join();
 }
 
+// Results are handed to the round engine on several threads at once, but
+// never two for one item: a straggler's copy that comes in while the first
+// result for its item is being taken waits, and is then answered as a
+// duplicate (not refused, which would count against an honest worker). The
+// coordinator runs in this process, with a sink that holds the first result.
+TEST(ProtocolRaceTest, ACopysResultArrivingWhileTheFirstIsTakenWaitsAndIsADuplicate) {
+  const ExperimentConfig config = LoadNamedConfig("sine", {});
+  auto transport = GrpcTransport::Create(config, {});
+  ASSERT_TRUE(transport.ok()) << transport.status();
+  auto model = MakeModel(config, 0);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int64_t numel = FlatParameters(**model).numel();
+  MetaState state;
+  state.parameters = torch::zeros({numel});
+  const std::vector<WorkItem> items = {WorkItem{WorkKind::kTrain, {TaskSpec()}}};
+  absl::Mutex mu;
+  bool entered = false, released = false;
+  int calls = 0, in_sink = 0, most_in_sink = 0;
+  absl::Status run_status;
+  std::thread run([&] {
+    run_status = (*transport)->Run(state, items, [&](size_t, TaskResult) {
+      absl::MutexLock lock(&mu);
+      ++calls;
+      most_in_sink = std::max(most_in_sink, ++in_sink);
+      entered = true;
+      mu.Await(absl::Condition(&released));
+      --in_sink;
+      return absl::OkStatus();
+    });
+  });
+
+  CoordinatorClient client(grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*transport)->port()),
+                                                grpc::InsecureChannelCredentials()),
+                           "");
+  JoinRequest join;
+  join.set_worker_name("race");
+  join.set_protocol_version(kProtocolVersion);
+  join.set_config_fingerprint(ConfigFingerprint(config));
+  join.set_layout_fingerprint(LayoutFingerprint(FlatParameters(**model).layout()));
+  auto lease = [&](uint64_t worker) {
+    for (int attempt = 0; attempt < 50; ++attempt) {
+      absl::StatusOr<WorkReply> reply = client.GetWork(worker);
+      EXPECT_TRUE(reply.ok()) << reply.status();
+      if (!reply.ok() || reply->kind() == WorkReply::TRAIN) return reply.ok() ? *reply : WorkReply();
+    }
+    return WorkReply();
+  };
+  absl::StatusOr<JoinReply> first = client.Join(join), second = client.Join(join);
+  ASSERT_TRUE(first.ok() && second.ok());
+  const WorkReply original = lease(first->worker_id());
+  ASSERT_EQ(original.kind(), WorkReply::TRAIN);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // past the 1 s before a copy is made
+  const WorkReply copy = lease(second->worker_id());
+  ASSERT_EQ(copy.kind(), WorkReply::TRAIN) << "no straggler's copy";
+  ASSERT_NE(copy.lease_id(), original.lease_id());
+
+  TaskResult zeros;
+  zeros.delta = torch::zeros({numel});
+  absl::StatusOr<SubmitReply> copy_reply, original_reply;
+  std::thread copy_upload([&] {
+    copy_reply = client.Submit(CoordinatorClient::ResultMessages(second->worker_id(), copy, zeros, DELTA_FP32, numel));
+  });
+  {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(&entered));
+  }
+  std::thread original_upload([&] {
+    original_reply =
+        client.Submit(CoordinatorClient::ResultMessages(first->worker_id(), original, zeros, DELTA_FP32, numel));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // time to reach the sink, were it not held back
+  {
+    absl::MutexLock lock(&mu);
+    released = true;
+  }
+  copy_upload.join();
+  original_upload.join();
+  run.join();
+  EXPECT_TRUE(run_status.ok()) << run_status;
+  ASSERT_TRUE(copy_reply.ok()) << copy_reply.status();
+  EXPECT_FALSE(copy_reply->duplicate());
+  ASSERT_TRUE(original_reply.ok()) << original_reply.status();
+  EXPECT_TRUE(original_reply->duplicate());
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(most_in_sink, 1);
+  EXPECT_EQ((*transport)->Stats().results_refused, 0);
+}
+
 }  // namespace
 }  // namespace reptile::testing

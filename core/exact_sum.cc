@@ -272,6 +272,14 @@ absl::Status ExactSum::MergeSlice(const ExactSum& other, int64_t first) {
   return absl::OkStatus();
 }
 
+void ExactSum::Clear() {
+  std::fill(high_.begin(), high_.end(), 0.0);
+  std::fill(middle_.begin(), middle_.end(), 0.0);
+  std::fill(low_.begin(), low_.end(), 0.0);
+  load_ = 1;
+  terms_ = 0;
+}
+
 bool ExactSum::HasNegative() const {
   for (size_t i = 0; i < high_.size(); ++i)
     if (Element(i) < 0) return true;

@@ -82,6 +82,8 @@ class ExactSum {
 
   // Whether any element is below zero (a sum of squares cannot be).
   bool HasNegative() const;
+  // Back to a zero sum of no vectors, keeping its memory.
+  void Clear();
 
   int64_t numel() const { return static_cast<int64_t>(high_.size()); }
   int terms() const { return terms_; }

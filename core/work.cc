@@ -103,6 +103,12 @@ absl::Status TensorSums::AddSlice(const torch::Tensor& task_delta, const torch::
   return absl::OkStatus();
 }
 
+void TensorSums::Clear() {
+  delta.Clear();
+  if (adam_m) adam_m->Clear();
+  if (adam_v) adam_v->Clear();
+}
+
 absl::Status TensorSums::Merge(const TensorSums& other) { return MergeSums(*this, other); }
 
 absl::Status TensorSums::Merge(const CompactTensorSums& other) { return MergeSums(*this, other); }

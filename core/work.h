@@ -84,6 +84,8 @@ struct TensorSums {
                         int64_t first);
   absl::Status MergeSlice(const TensorSums& other, int64_t first);
   absl::Status MergeSlice(const CompactTensorSums& other, int64_t first);
+  // Back to sums of no tasks, keeping their memory.
+  void Clear();
   int tasks() const { return delta.terms(); }
   CarriedMoments carried() const { return {adam_m.has_value(), adam_v.has_value()}; }
 

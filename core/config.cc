@@ -166,6 +166,7 @@ absl::Status ValidateRuntime(const RuntimeConfig& r) {
   if (r.metrics_every_rounds() < 0) return FieldError("runtime.metrics_every_rounds", "must be >= 0");
   if (r.max_workers() < 0) return FieldError("runtime.max_workers", "must be >= 0");
   if (r.tasks_per_item() < 0) return FieldError("runtime.tasks_per_item", "must be >= 0 (0: 1)");
+  if (r.start_with_learners() < 0) return FieldError("runtime.start_with_learners", "must be >= 0 (0: at once)");
   if (!(r.heartbeat_seconds() >= 0)) return FieldError("runtime.heartbeat_seconds", "must be >= 0 (0: 1 s)");
   if (!(r.worker_timeout_seconds() >= 0))
     return FieldError("runtime.worker_timeout_seconds", "must be >= 0 (0: 6 s)");

@@ -168,10 +168,13 @@ TEST_F(DistributedTest, NodeSumsMatchThreadsForOneToThreeNodesOfOneToFourLearner
     for (int nodes = 1; nodes <= 3; ++nodes) {
       for (int learners = 1; learners <= 4; ++learners) {
         const std::string name = absl::StrCat(nodes, "x", learners, "_items_of_", per_item);
-        auto coordinator =
-            StartCoordinator("configs/sine.textproto",
-                             Concat(overrides, {absl::StrCat("runtime.tasks_per_item=", per_item)}),
-                             TempDir("run" + name), 0, "c" + name);
+        // Every node takes part, however slow to start: a round of 40 is
+        // shorter than a worker's start-up on a loaded machine.
+        auto coordinator = StartCoordinator(
+            "configs/sine.textproto",
+            Concat(overrides, {absl::StrCat("runtime.tasks_per_item=", per_item),
+                               absl::StrCat("runtime.start_with_learners=", nodes * learners)}),
+            TempDir("run" + name), 0, "c" + name);
         std::vector<std::unique_ptr<ChildProcess>> pool;
         for (int n = 0; n < nodes; ++n)
           pool.push_back(StartLoopbackWorker(REPTILE_BINARY, port_, Log(absl::StrCat("w", name, "_", n)),
@@ -225,6 +228,26 @@ TEST_F(DistributedTest, ANodeKilledMidRoundCostsOnlyItsOwnTasks) {
     EXPECT_TRUE(victims_task) << line;
   }
   EXPECT_GE(redone, 1) << coordinator->err();
+}
+
+// runtime.start_with_learners holds the first round until workers with that
+// many learners in all have joined; then the run goes on as any other.
+TEST_F(DistributedTest, TheFirstRoundWaitsForTheLearnersItIsToldToStartWith) {
+  const std::vector<std::string> overrides = {"outer.rounds=40", "outer.meta_batch_size=3", "eval.every_rounds=0",
+                                              "eval.final_episodes=10"};
+  const std::string reference = ThreadsReference("configs/sine.textproto", overrides);
+  const std::string run = TempDir("run");
+  auto coordinator = StartCoordinator("configs/sine.textproto",
+                                      Concat(overrides, {"runtime.start_with_learners=3"}), run, 0, "coordinator");
+  auto node = StartLoopbackWorker(REPTILE_BINARY, port_, Log("node"), {"--learners", "2"});
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(RoundsDone(run), 0) << "a round ran with 2 of the 3 learners";
+  EXPECT_TRUE(absl::StrContains(coordinator->err(), "waiting for workers with 3 learners")) << coordinator->err();
+  auto single = StartWorker("single");
+  ASSERT_EQ(coordinator->ExitCode(120), 0) << coordinator->err();
+  EXPECT_EQ(ParameterSha(coordinator->out()), reference);
+  EXPECT_EQ(node->ExitCode(30), 0) << node->err();
+  EXPECT_EQ(single->ExitCode(30), 0) << single->err();
 }
 
 TEST_F(DistributedTest, OneWorkerOrSixGiveTheSameParameters) {

@@ -162,6 +162,7 @@ struct GrpcTransport::Board {
   std::function<void(const std::string&)> log;
   absl::Duration heartbeat;
   int max_workers = 256;
+  int start_with_learners = 0;  // runtime.start_with_learners
   int meta_batch = 1;
   uint64_t incarnation = 0;
 
@@ -192,6 +193,7 @@ struct GrpcTransport::Board {
   bool shutting_down ABSL_GUARDED_BY(mu) = false;  // this process stops: workers wait for the next
   TransportStats stats ABSL_GUARDED_BY(mu);
   bool warned_idle ABSL_GUARDED_BY(mu) = false;  // more workers than a round has tasks
+  bool started ABSL_GUARDED_BY(mu) = false;      // a batch has begun: none waits for workers again
 
   explicit Board(LeasePolicy policy) : scheduler(policy) {}
 
@@ -831,6 +833,7 @@ absl::StatusOr<std::unique_ptr<GrpcTransport>> GrpcTransport::Create(const Exper
   b.log = options.log;
   b.heartbeat = seconds_or(r.heartbeat_seconds(), 1);
   b.max_workers = r.max_workers() > 0 ? r.max_workers() : 256;
+  b.start_with_learners = r.start_with_learners();
   b.meta_batch = config.outer().meta_batch_size();
   b.incarnation = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
 
@@ -950,8 +953,22 @@ absl::Status GrpcTransport::Run(const MetaState& state, const std::vector<WorkIt
   std::shared_ptr<Snapshot> snapshot = MakeSnapshot(state, moments, version, state_file, b.log);
   std::vector<int> kinds;
   for (const WorkItem& item : items) kinds.push_back(static_cast<int>(item.kind));
+  // The first batch waits for runtime.start_with_learners.
+  auto may_start = [&b]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(b.mu) {
+    return b.started || b.scheduler.num_learners() >= b.start_with_learners || !b.interrupted.empty();
+  };
+  bool waits = false;
+  {
+    absl::MutexLock lock(&b.mu);
+    waits = !may_start();
+  }
+  if (waits && b.log)
+    b.log(absl::StrCat("waiting for workers with ", b.start_with_learners,
+                       " learners in all to join (runtime.start_with_learners)"));
   absl::MutexLock lock(&b.mu);
+  b.mu.Await(absl::Condition(&may_start));
   if (!b.interrupted.empty()) return absl::CancelledError(b.interrupted);
+  b.started = true;
   b.last_version = snapshot->version;
   b.snapshot = snapshot;
   b.items = &items;

@@ -681,6 +681,30 @@ TEST_F(ExactSumProtocolTest, LyingOrMangledExactSumsAreRefused) {
   ExpectAccepted(Messages(honest, leased.work, leased.result));
 }
 
+// A coordinator's transport in this process, for tests that stall its
+// streams or hold its sink: the transport for a config, a zero state of its
+// model, and the Join request of a worker.
+struct InProcess {
+  std::unique_ptr<GrpcTransport> transport;
+  MetaState state;
+  int64_t numel = 0;
+  JoinRequest join;
+};
+
+void StartInProcess(const ExperimentConfig& config, const std::string& worker_name, InProcess* in) {
+  absl::StatusOr<std::unique_ptr<GrpcTransport>> transport = GrpcTransport::Create(config, {});
+  ASSERT_TRUE(transport.ok()) << transport.status();
+  auto model = MakeModel(config, 0);
+  ASSERT_TRUE(model.ok()) << model.status();
+  in->transport = *std::move(transport);
+  in->numel = FlatParameters(**model).numel();
+  in->state.parameters = torch::zeros({in->numel});
+  in->join.set_worker_name(worker_name);
+  in->join.set_protocol_version(kProtocolVersion);
+  in->join.set_config_fingerprint(ConfigFingerprint(config));
+  in->join.set_layout_fingerprint(LayoutFingerprint(FlatParameters(**model).layout()));
+}
+
 // A worker that opens a state fetch and stops reading is cut off once the
 // stream has not moved for 5 s (the coordinator holds no thread for it), and
 // the same worker's next fetch is served whole. The coordinator runs in this
@@ -688,28 +712,22 @@ TEST_F(ExactSumProtocolTest, LyingOrMangledExactSumsAreRefused) {
 // client that does not read.
 TEST(ProtocolStallTest, AStalledStateFetchIsCutOffAndTheNextOneIsServed) {
   const ExperimentConfig config = LoadNamedConfig("sine", {"model.hidden_units=2048"});
-  auto transport = GrpcTransport::Create(config, {});
-  ASSERT_TRUE(transport.ok()) << transport.status();
-  auto model = MakeModel(config, 0);
-  ASSERT_TRUE(model.ok()) << model.status();
-  const int64_t numel = FlatParameters(**model).numel();
-  MetaState state;
-  state.parameters = torch::zeros({numel});
+  InProcess coordinator;
+  ASSERT_NO_FATAL_FAILURE(StartInProcess(config, "staller", &coordinator));
+  const int64_t numel = coordinator.numel;
   const std::vector<WorkItem> items(1);  // a training item; nobody runs it
-  std::thread run([&] { (*transport)->Run(state, items, [](size_t, TaskResult) { return absl::OkStatus(); }).IgnoreError(); });
+  std::thread run([&] {
+    coordinator.transport->Run(coordinator.state, items, [](size_t, TaskResult) { return absl::OkStatus(); })
+        .IgnoreError();
+  });
 
-  const std::string address = absl::StrCat("127.0.0.1:", (*transport)->port());
+  const std::string address = absl::StrCat("127.0.0.1:", coordinator.transport->port());
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);  // windows stay small: a client that does not read stalls the stream
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   CoordinatorClient client(channel, "");
-  JoinRequest join;
-  join.set_worker_name("staller");
-  join.set_protocol_version(kProtocolVersion);
-  join.set_config_fingerprint(ConfigFingerprint(config));
-  join.set_layout_fingerprint(LayoutFingerprint(FlatParameters(**model).layout()));
-  absl::StatusOr<JoinReply> joined = client.Join(join);
+  absl::StatusOr<JoinReply> joined = client.Join(coordinator.join);
   ASSERT_TRUE(joined.ok()) << joined.status();
   WorkReply work;
   for (int attempt = 0; attempt < 20 && work.kind() != WorkReply::TRAIN; ++attempt) {
@@ -744,7 +762,7 @@ TEST(ProtocolStallTest, AStalledStateFetchIsCutOffAndTheNextOneIsServed) {
   absl::StatusOr<MetaState> fetched =
       client.FetchState(joined->worker_id(), work.state_version(), numel, CarriedMomentsOf(config));
   EXPECT_TRUE(fetched.ok()) << fetched.status();
-  (*transport)->Interrupt("test over");
+  coordinator.transport->Interrupt("test over");
   run.join();
 }
 
@@ -755,20 +773,16 @@ TEST(ProtocolStallTest, AStalledStateFetchIsCutOffAndTheNextOneIsServed) {
 // coordinator runs in this process, with a sink that holds the first result.
 TEST(ProtocolRaceTest, ACopysResultArrivingWhileTheFirstIsTakenWaitsAndIsADuplicate) {
   const ExperimentConfig config = LoadNamedConfig("sine", {});
-  auto transport = GrpcTransport::Create(config, {});
-  ASSERT_TRUE(transport.ok()) << transport.status();
-  auto model = MakeModel(config, 0);
-  ASSERT_TRUE(model.ok()) << model.status();
-  const int64_t numel = FlatParameters(**model).numel();
-  MetaState state;
-  state.parameters = torch::zeros({numel});
+  InProcess coordinator;
+  ASSERT_NO_FATAL_FAILURE(StartInProcess(config, "race", &coordinator));
+  const int64_t numel = coordinator.numel;
   const std::vector<WorkItem> items = {WorkItem{WorkKind::kTrain, {TaskSpec()}}};
   absl::Mutex mu;
   bool entered = false, released = false;
   int calls = 0, in_sink = 0, most_in_sink = 0;
   absl::Status run_status;
   std::thread run([&] {
-    run_status = (*transport)->Run(state, items, [&](size_t, TaskResult) {
+    run_status = coordinator.transport->Run(coordinator.state, items, [&](size_t, TaskResult) {
       absl::MutexLock lock(&mu);
       ++calls;
       most_in_sink = std::max(most_in_sink, ++in_sink);
@@ -779,14 +793,9 @@ TEST(ProtocolRaceTest, ACopysResultArrivingWhileTheFirstIsTakenWaitsAndIsADuplic
     });
   });
 
-  CoordinatorClient client(grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*transport)->port()),
+  CoordinatorClient client(grpc::CreateChannel(absl::StrCat("127.0.0.1:", coordinator.transport->port()),
                                                 grpc::InsecureChannelCredentials()),
                            "");
-  JoinRequest join;
-  join.set_worker_name("race");
-  join.set_protocol_version(kProtocolVersion);
-  join.set_config_fingerprint(ConfigFingerprint(config));
-  join.set_layout_fingerprint(LayoutFingerprint(FlatParameters(**model).layout()));
   auto lease = [&](uint64_t worker) {
     for (int attempt = 0; attempt < 50; ++attempt) {
       absl::StatusOr<WorkReply> reply = client.GetWork(worker);
@@ -795,7 +804,7 @@ TEST(ProtocolRaceTest, ACopysResultArrivingWhileTheFirstIsTakenWaitsAndIsADuplic
     }
     return WorkReply();
   };
-  absl::StatusOr<JoinReply> first = client.Join(join), second = client.Join(join);
+  absl::StatusOr<JoinReply> first = client.Join(coordinator.join), second = client.Join(coordinator.join);
   ASSERT_TRUE(first.ok() && second.ok());
   const WorkReply original = lease(first->worker_id());
   ASSERT_EQ(original.kind(), WorkReply::TRAIN);
@@ -833,7 +842,7 @@ TEST(ProtocolRaceTest, ACopysResultArrivingWhileTheFirstIsTakenWaitsAndIsADuplic
   EXPECT_TRUE(original_reply->duplicate());
   EXPECT_EQ(calls, 1);
   EXPECT_EQ(most_in_sink, 1);
-  EXPECT_EQ((*transport)->Stats().results_refused, 0);
+  EXPECT_EQ(coordinator.transport->Stats().results_refused, 0);
 }
 
 }  // namespace

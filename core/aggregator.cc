@@ -140,10 +140,13 @@ absl::Status Aggregator::CheckCoverage() const {
 }
 
 absl::Status Aggregator::Apply(double step_size, int inner_iterations, MetaState* state) const {
+  {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(broken_);  // first: an item added in part is never received
+  }
   if (!complete()) return absl::FailedPreconditionError("aggregator applied before every item has a result");
   {
     absl::MutexLock lock(&mu_);
-    RETURN_IF_ERROR(broken_);
     RETURN_IF_ERROR(CheckCoverage());
   }
   if (state->parameters.numel() != numel_ || state->parameters.scalar_type() != torch::kFloat32)

@@ -210,6 +210,33 @@ TEST_F(ProtocolTest, JoinRefusesAnotherConfigModelProtocolOrTooManyLearners) {
   EXPECT_EQ(FinishWithRealWorker(), ThreadsReference());
 }
 
+// A node that claims to hold finished results it never uploads (an
+// unchecked claim) gets at most one item per learner a call and, once a
+// task's time is known, is evicted as a hoarder within seconds; its items
+// are redone and the run ends with the parameters of threads.
+TEST_F(ProtocolTest, ANodeLyingAboutFinishedLeasesIsEvictedAsAHoarder) {
+  const uint64_t honest = Join(), liar = Join();
+  Leased first = LeaseAndCompute(honest);
+  ASSERT_EQ(first.work.kind(), WorkReply::TRAIN);
+  ExpectAccepted(Messages(honest, first.work, first.result));  // the typical task time is known
+  Leave(honest);
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<WorkReply> reply;
+  int leased = 0;
+  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(30)) {
+    reply = client_->GetWork(liar, false, 0, 1 << 30);
+    if (!reply.ok()) break;
+    if (reply->kind() == WorkReply::TRAIN) ++leased;
+    EXPECT_EQ(reply->more_items_size(), 0) << "more than one item a call for one learner";
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(reply.status().code(), absl::StatusCode::kPermissionDenied) << reply.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
+  EXPECT_GE(leased, 1);
+  EXPECT_EQ(FinishWithRealWorker(), ThreadsReference());
+  EXPECT_TRUE(absl::StrContains(coordinator_->err(), "evicted: owed a result")) << coordinator_->err();
+}
+
 // A result broken in one way: the upload, and how the coordinator refuses it.
 struct BadResult {
   std::string what;

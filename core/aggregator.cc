@@ -7,6 +7,14 @@
 #include "core/status_macros.h"
 
 namespace reptile {
+namespace {
+
+// `why`, as InvalidArgument naming the item a result was refused for.
+absl::Status Refusal(int item, const absl::Status& why) {
+  return absl::InvalidArgumentError(absl::StrCat("item ", item, ": ", why.message()));
+}
+
+}  // namespace
 
 Aggregator::Aggregator(int64_t numel, std::vector<int> item_tasks, CarriedMoments carried, int64_t shard_elements)
     : numel_(numel),
@@ -28,9 +36,7 @@ absl::Status Aggregator::Add(int item, TaskResult result) {
     return absl::InvalidArgumentError(absl::StrCat("item ", item, " outside the batch of ", items));
   // What the tensors hold is checked first, outside the lock: the range
   // check reads every value.
-  auto refuse = [item](const absl::Status& status) {
-    return absl::InvalidArgumentError(absl::StrCat("item ", item, ": ", status.message()));
-  };
+  auto refuse = [item](const absl::Status& status) { return Refusal(item, status); };
   const bool fp32 = result.delta.defined() || result.adam_m.defined() || result.adam_v.defined();
   const int forms = (fp32 ? 1 : 0) + (result.sums.has_value() ? 1 : 0) + (result.compact_sums.has_value() ? 1 : 0);
   if (result.tensors_elsewhere && (forms > 0 || !result.summed_with.empty()))
@@ -59,9 +65,7 @@ absl::Status Aggregator::Add(int item, TaskResult result) {
 absl::Status Aggregator::Reserve(int item, const TaskResult& result) {
   absl::MutexLock lock(&mu_);
   if (taken_[item]) return absl::AlreadyExistsError(absl::StrCat("item ", item, " already has a result"));
-  auto refuse = [item](const absl::Status& status) {
-    return absl::InvalidArgumentError(absl::StrCat("item ", item, ": ", status.message()));
-  };
+  auto refuse = [item](const absl::Status& status) { return Refusal(item, status); };
   const int items = static_cast<int>(item_tasks_.size());
   if (result.tensors_elsewhere) {
     taken_[item] = true;
